@@ -1,0 +1,358 @@
+//! The headless command line: `pretext train …` drives the same training engine as the app,
+//! prints a progress bar and one line per epoch (or JSON lines), and leaves a run directory.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{DataSource, DeviceKind, TaskKind, TrainConfig};
+use crate::train::{Command, EpochSummary, Event, Outcome, StepMetrics, Trainer};
+
+/// Exit code for input the program cannot use (bad folder, bad option, missing device).
+pub const EXIT_INPUT: i32 = 2;
+/// Exit code for a run that failed while training.
+pub const EXIT_FAILED: i32 = 1;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "pretext",
+    version,
+    about = "A lab for self-supervised learning: train an encoder on unlabelled images with pretext tasks.",
+    long_about = "A lab for self-supervised learning: train an encoder on unlabelled images with pretext \
+                  tasks.\n\nWith no subcommand, pretext is meant to open the desktop app (optionally on \
+                  PATH). `pretext train` trains from the command line and writes a run directory.",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Commands>,
+    /// A folder of images to open in the desktop app.
+    pub path: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Commands {
+    /// Train an encoder on a folder of images (or the built-in scenes) without a window.
+    Train(TrainArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// Images to learn from: a folder (scanned recursively; first-level subfolders become class
+    /// labels), `builtin` (2,400 generated scenes in 8 classes) or `builtin:N` (N scenes).
+    #[arg(long, value_name = "PATH|builtin")]
+    pub data: Option<DataSource>,
+    /// Pretext task(s), comma-separated.
+    #[arg(long, value_enum, value_delimiter = ',', value_name = "TASK")]
+    pub task: Vec<TaskKind>,
+    /// Loss weight per task, comma-separated, in the order of --task (default: all 1).
+    #[arg(long, value_delimiter = ',', value_name = "W")]
+    pub task_weights: Vec<f64>,
+    /// Total number of epochs (with --resume: the new total) [default: 5].
+    #[arg(long, value_name = "N")]
+    pub epochs: Option<usize>,
+    /// Images per batch [default: 128].
+    #[arg(long, value_name = "N")]
+    pub batch: Option<usize>,
+    /// Working image size in pixels, a multiple of 4 from 16 to 256 [default: 32].
+    #[arg(long, value_name = "PX")]
+    pub size: Option<usize>,
+    /// Learning rate of AdamW [default: 0.001]. With --resume: a new learning rate.
+    #[arg(long, value_name = "F")]
+    pub lr: Option<f64>,
+    /// Weight decay of AdamW [default: 0.01].
+    #[arg(long, value_name = "F")]
+    pub weight_decay: Option<f64>,
+    /// Random seed: the same seed gives the same run on the CPU [default: 0].
+    #[arg(long, value_name = "N")]
+    pub seed: Option<u64>,
+    /// Compute device; cuda and metal need a build with that cargo feature [default: cpu].
+    #[arg(long, value_enum, value_name = "D")]
+    pub device: Option<DeviceKind>,
+    /// Folder under which the run directory is created [default: runs].
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Continue the run in RUN_DIR from its last checkpoint (its config.json is used; --epochs,
+    /// --lr and --device may change it).
+    #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["data", "task", "task_weights", "batch", "size", "seed", "weight_decay", "out"])]
+    pub resume: Option<PathBuf>,
+    /// Print one JSON object per line instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl TrainArgs {
+    /// The configuration of a new run: defaults overridden by the options given.
+    pub fn config(&self) -> TrainConfig {
+        let d = TrainConfig::default();
+        let tasks = if self.task.is_empty() {
+            d.tasks.clone()
+        } else {
+            self.task.clone()
+        };
+        let task_weights = if self.task_weights.is_empty() {
+            vec![1.0; tasks.len()]
+        } else {
+            self.task_weights.clone()
+        };
+        TrainConfig {
+            data: self.data.clone().unwrap_or(d.data),
+            tasks,
+            task_weights,
+            epochs: self.epochs.unwrap_or(d.epochs),
+            batch: self.batch.unwrap_or(d.batch),
+            size: self.size.unwrap_or(d.size),
+            lr: self.lr.unwrap_or(d.lr),
+            weight_decay: self.weight_decay.unwrap_or(d.weight_decay),
+            seed: self.seed.unwrap_or(d.seed),
+            device: self.device.unwrap_or(d.device),
+            out: self.out.clone().unwrap_or(d.out),
+            preview_images: d.preview_images,
+        }
+    }
+}
+
+/// A one-line progress bar on stderr, drawn only when stderr is a terminal.
+struct Progress {
+    enabled: bool,
+    drawn: bool,
+}
+
+impl Progress {
+    fn new() -> Self {
+        Self {
+            enabled: std::io::stderr().is_terminal(),
+            drawn: false,
+        }
+    }
+
+    fn draw(&mut self, line: &str) {
+        if self.enabled {
+            eprint!("\r\x1b[2K{line}");
+            let _ = std::io::stderr().flush();
+            self.drawn = true;
+        }
+    }
+
+    fn clear(&mut self) {
+        if self.drawn {
+            eprint!("\r\x1b[2K");
+            let _ = std::io::stderr().flush();
+            self.drawn = false;
+        }
+    }
+}
+
+fn bar(done: usize, total: usize, width: usize) -> String {
+    let filled = (done * width)
+        .checked_div(total)
+        .unwrap_or(width)
+        .min(width);
+    format!("[{}{}]", "#".repeat(filled), "-".repeat(width - filled))
+}
+
+fn step_line(m: &StepMetrics, epoch_start: Instant) -> String {
+    let metrics: Vec<String> = m
+        .tasks
+        .iter()
+        .map(|t| format!("{} {}", t.metric_info.name, t.metric_info.format(t.metric)))
+        .collect();
+    let elapsed = epoch_start.elapsed().as_secs_f64();
+    let eta = if m.batch > 0 {
+        elapsed / m.batch as f64 * (m.batches - m.batch) as f64
+    } else {
+        0.0
+    };
+    format!(
+        "Epoch {}/{} {} {}/{}  loss {:.3}  {}  {:.0} img/s  ETA {:.0}s",
+        m.epoch,
+        m.epochs,
+        bar(m.batch, m.batches, 24),
+        m.batch,
+        m.batches,
+        m.loss,
+        metrics.join("  "),
+        m.images_per_s,
+        eta
+    )
+}
+
+/// `Epoch 1/5 Loss: 1.982 Proxy accuracy: 62%` (several tasks: one metric each).
+pub fn epoch_line(e: &EpochSummary) -> String {
+    let mut line = format!("Epoch {}/{} Loss: {:.3}", e.epoch, e.epochs, e.loss);
+    if let [t] = e.tasks.as_slice() {
+        line.push_str(&format!(
+            " {}: {}",
+            t.metric_info.label,
+            t.metric_info.format(t.metric)
+        ));
+    } else {
+        for t in &e.tasks {
+            line.push_str(&format!(
+                " | {} loss {:.3} {}: {}",
+                t.task,
+                t.loss,
+                t.metric_info.name,
+                t.metric_info.format(t.metric)
+            ));
+        }
+    }
+    line
+}
+
+fn epoch_json(e: &EpochSummary) -> serde_json::Value {
+    let first = e.tasks.first();
+    serde_json::json!({
+        "epoch": e.epoch,
+        "epochs": e.epochs,
+        "task": e.tasks.iter().map(|t| t.task.name()).collect::<Vec<_>>().join(","),
+        "loss": e.loss,
+        "proxy_metric": first.map(|t| t.metric_info.name),
+        "proxy_value": first.map(|t| t.metric),
+        "images_per_s": e.images_per_s,
+        "step": e.step,
+        "wall_s": e.wall_s,
+        "tasks": e.tasks.iter().map(|t| serde_json::json!({
+            "task": t.task.name(),
+            "loss": t.loss,
+            "proxy_metric": t.metric_info.name,
+            "proxy_value": t.metric,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// Runs `pretext train`; returns the process exit code.
+pub fn train(args: &TrainArgs) -> i32 {
+    let command = match &args.resume {
+        Some(dir) => Command::Continue {
+            run_dir: dir.clone(),
+            epochs: args.epochs,
+            lr: args.lr,
+        },
+        None => {
+            let config = args.config();
+            if let Err(m) = config.validate() {
+                eprintln!("error: {m}");
+                return EXIT_INPUT;
+            }
+            Command::Start(Box::new(config))
+        }
+    };
+    let trainer = match Trainer::spawn() {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: cannot start the training thread: {e}");
+            return EXIT_FAILED;
+        }
+    };
+    trainer.send(command);
+    let mut progress = Progress::new();
+    let mut epoch_start = Instant::now();
+    let mut nan_stop = false;
+    for event in trainer.events() {
+        match event {
+            Event::Loading { done, total } => {
+                progress.draw(&format!(
+                    "Loading images {} {done}/{total}",
+                    bar(done, total, 24)
+                ));
+            }
+            Event::DataReady(s) => {
+                progress.clear();
+                let classes = if s.classes.is_empty() {
+                    "unlabelled".to_string()
+                } else {
+                    format!("{} classes", s.classes.len())
+                };
+                eprintln!(
+                    "Data: {} images ({classes}) from {} at {} px",
+                    s.images, s.source, s.size
+                );
+                if !s.skipped.is_empty() {
+                    eprintln!(
+                        "Skipped {} file(s) that could not be used:",
+                        s.skipped.len()
+                    );
+                    for (path, reason) in s.skipped.iter().take(5) {
+                        eprintln!("  {path}: {reason}");
+                    }
+                    if s.skipped.len() > 5 {
+                        eprintln!("  … and {} more", s.skipped.len() - 5);
+                    }
+                }
+            }
+            Event::RunStarted {
+                run_dir,
+                start_step,
+                parameters,
+                ..
+            } => {
+                if start_step > 0 {
+                    eprintln!("Continuing {} from step {start_step}", run_dir.display());
+                } else {
+                    eprintln!(
+                        "Run directory: {} ({parameters} parameters)",
+                        run_dir.display()
+                    );
+                }
+                epoch_start = Instant::now();
+            }
+            Event::Step(m) => {
+                progress.draw(&step_line(&m, epoch_start));
+            }
+            Event::Epoch(e) => {
+                progress.clear();
+                if args.json {
+                    println!("{}", epoch_json(&e));
+                } else {
+                    println!("{}", epoch_line(&e));
+                }
+                epoch_start = Instant::now();
+            }
+            Event::Warning(w) => {
+                progress.clear();
+                eprintln!("warning: {w}");
+            }
+            Event::Error(e) => {
+                progress.clear();
+                eprintln!("error: {e}");
+            }
+            Event::Paused { reason, .. } => {
+                if reason == crate::train::PauseReason::NonFiniteLoss {
+                    // Nobody can lower the learning rate here: end the run, keeping its files.
+                    nan_stop = true;
+                    trainer.send(Command::Stop);
+                }
+            }
+            Event::Finished { run_dir, outcome } => {
+                progress.clear();
+                let code = match outcome {
+                    Outcome::Completed => 0,
+                    Outcome::Stopped if nan_stop => EXIT_FAILED,
+                    Outcome::Stopped => 0,
+                    Outcome::InvalidInput(_) => EXIT_INPUT,
+                    Outcome::Failed(_) => EXIT_FAILED,
+                };
+                if let Some(dir) = run_dir {
+                    if args.json {
+                        println!(
+                            "{}",
+                            serde_json::json!({ "run_dir": dir, "exit_code": code })
+                        );
+                    } else {
+                        println!("Run directory: {}", dir.display());
+                    }
+                }
+                return code;
+            }
+            Event::Preview(_)
+            | Event::CheckpointSaved { .. }
+            | Event::Resumed
+            | Event::LrChanged(_) => {}
+        }
+    }
+    eprintln!("error: the training thread ended unexpectedly");
+    EXIT_FAILED
+}

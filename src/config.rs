@@ -1,0 +1,246 @@
+//! Run configuration: everything needed to reproduce a run, saved as `config.json` in every run
+//! directory.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// Number of images in the built-in data set when no count is given.
+pub const BUILTIN_DEFAULT_COUNT: usize = 2400;
+
+/// Where the images come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DataSource {
+    /// The procedurally generated scenes (see [`crate::data::builtin`]), `count` images.
+    Builtin { count: usize },
+    /// A folder of image files, scanned recursively.
+    Folder(PathBuf),
+}
+
+impl Default for DataSource {
+    fn default() -> Self {
+        Self::Builtin {
+            count: BUILTIN_DEFAULT_COUNT,
+        }
+    }
+}
+
+impl fmt::Display for DataSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Builtin { count } if *count == BUILTIN_DEFAULT_COUNT => f.write_str("builtin"),
+            Self::Builtin { count } => write!(f, "builtin:{count}"),
+            Self::Folder(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+impl FromStr for DataSource {
+    type Err = String;
+    /// `builtin`, `builtin:N` (N images, at least 8) or a folder path.
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "builtin" {
+            return Ok(Self::default());
+        }
+        if let Some(n) = s.strip_prefix("builtin:") {
+            let count: usize = n
+                .parse()
+                .map_err(|_| format!("`{s}`: expected builtin:N with N a whole number"))?;
+            if count < 8 {
+                return Err(format!("`{s}`: the built-in set needs at least 8 images"));
+            }
+            return Ok(Self::Builtin { count });
+        }
+        Ok(Self::Folder(PathBuf::from(s)))
+    }
+}
+
+impl Serialize for DataSource {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for DataSource {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// The compute device.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceKind {
+    #[default]
+    Cpu,
+    Cuda,
+    Metal,
+}
+
+impl fmt::Display for DeviceKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Cpu => "cpu",
+            Self::Cuda => "cuda",
+            Self::Metal => "metal",
+        })
+    }
+}
+
+/// A pretext task: a label the data gives for free.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskKind {
+    /// Predict which of 0/90/180/270° an image was rotated by (Gidaris et al. 2018).
+    Rotation,
+}
+
+impl TaskKind {
+    pub const ALL: [TaskKind; 1] = [TaskKind::Rotation];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Rotation => "rotation",
+        }
+    }
+}
+
+impl fmt::Display for TaskKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Everything that defines a training run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub data: DataSource,
+    pub tasks: Vec<TaskKind>,
+    /// Loss weights, one per task (same order as `tasks`).
+    pub task_weights: Vec<f64>,
+    pub epochs: usize,
+    pub batch: usize,
+    /// Working image size in pixels (square).
+    pub size: usize,
+    pub lr: f64,
+    pub weight_decay: f64,
+    pub seed: u64,
+    pub device: DeviceKind,
+    /// Folder under which run directories are created.
+    pub out: PathBuf,
+    /// How many images the fixed inspection batch (previews) holds.
+    pub preview_images: usize,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            data: DataSource::default(),
+            tasks: vec![TaskKind::Rotation],
+            task_weights: vec![1.0],
+            epochs: 5,
+            batch: 128,
+            size: 32,
+            lr: 1e-3,
+            weight_decay: 0.01,
+            seed: 0,
+            device: DeviceKind::Cpu,
+            out: PathBuf::from("runs"),
+            preview_images: 8,
+        }
+    }
+}
+
+/// Smallest and largest working image sizes.
+pub const MIN_SIZE: usize = 16;
+pub const MAX_SIZE: usize = 256;
+
+impl TrainConfig {
+    /// Checks that the numbers make sense together; the message names the option to change.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.tasks.is_empty() {
+            return Err("choose at least one task (--task)".into());
+        }
+        if self.task_weights.len() != self.tasks.len() {
+            return Err(format!(
+                "--task-weights has {} numbers for {} tasks",
+                self.task_weights.len(),
+                self.tasks.len()
+            ));
+        }
+        if self.task_weights.iter().any(|w| !w.is_finite() || *w < 0.0) {
+            return Err("--task-weights must be finite and not negative".into());
+        }
+        if self.epochs == 0 {
+            return Err("--epochs must be at least 1".into());
+        }
+        if self.batch < 2 {
+            return Err("--batch must be at least 2 (batch norm needs two images)".into());
+        }
+        if !(MIN_SIZE..=MAX_SIZE).contains(&self.size) || !self.size.is_multiple_of(4) {
+            return Err(format!(
+                "--size must be a multiple of 4 between {MIN_SIZE} and {MAX_SIZE} (got {})",
+                self.size
+            ));
+        }
+        if !self.lr.is_finite() || self.lr <= 0.0 {
+            return Err(format!("--lr must be a positive number (got {})", self.lr));
+        }
+        if !self.weight_decay.is_finite() || self.weight_decay < 0.0 {
+            return Err("--weight-decay must be a non-negative number".into());
+        }
+        Ok(())
+    }
+
+    /// A short name for the run directory, e.g. `rotation`.
+    pub fn tasks_label(&self) -> String {
+        self.tasks
+            .iter()
+            .map(|t| t.name())
+            .collect::<Vec<_>>()
+            .join("+")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_source_parses_and_prints_back() {
+        for s in ["builtin", "builtin:64", "some/folder"] {
+            let d: DataSource = s.parse().unwrap();
+            assert_eq!(d.to_string(), s);
+        }
+        assert!("builtin:x".parse::<DataSource>().is_err());
+        assert!("builtin:3".parse::<DataSource>().is_err());
+    }
+
+    #[test]
+    fn config_round_trips_through_json_and_validates() {
+        let c = TrainConfig::default();
+        c.validate().unwrap();
+        let back: TrainConfig = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
+        assert_eq!(back, c);
+        let bad = TrainConfig {
+            size: 30,
+            ..TrainConfig::default()
+        };
+        assert!(bad.validate().unwrap_err().contains("--size"));
+    }
+}

@@ -1,0 +1,192 @@
+//! The default encoder: a small ResNet that matches the reference encoder
+//! (stem conv3×3 → BN → ReLU, then three residual basic blocks 32→32, 32→64 /2, 64→128 /2,
+//! z = global average pool of the last stage). Tensor names follow the PyTorch module's
+//! `state_dict` keys (`stem.0.weight`, `l1.c1.weight`, `l2.sc.1.running_var`, …).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use candle_core::{Result, Tensor, Var};
+use candle_nn::{Init, VarBuilder};
+
+use super::ops;
+
+/// Batch normalisation with running statistics, as `torch.nn.BatchNorm2d` (momentum 0.1,
+/// eps 1e-5, running variance updated with the unbiased batch variance).
+pub struct BatchNorm {
+    weight: Tensor,
+    bias: Tensor,
+    running_mean: Var,
+    running_var: Var,
+    /// `num_batches_tracked` of PyTorch; shared with the model so checkpoints can carry it.
+    batches: Arc<AtomicU64>,
+}
+
+pub const BN_MOMENTUM: f64 = 0.1;
+pub const BN_EPS: f64 = 1e-5;
+
+impl BatchNorm {
+    pub fn new(channels: usize, vb: &VarBuilder<'_>, counters: &mut Counters) -> Result<Self> {
+        let weight = vb.get_with_hints(channels, "weight", Init::Const(1.0))?;
+        let bias = vb.get_with_hints(channels, "bias", Init::Const(0.0))?;
+        let rm = vb.get_with_hints(channels, "running_mean", Init::Const(0.0))?;
+        let rv = vb.get_with_hints(channels, "running_var", Init::Const(1.0))?;
+        let batches = Arc::new(AtomicU64::new(0));
+        counters.push((
+            format!("{}.num_batches_tracked", vb.prefix()),
+            batches.clone(),
+        ));
+        Ok(Self {
+            weight,
+            bias,
+            running_mean: Var::from_tensor(&rm)?,
+            running_var: Var::from_tensor(&rv)?,
+            batches,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        if train {
+            let (mean, var, count) = ops::batch_stats(x)?;
+            let m = BN_MOMENTUM;
+            let unbiased =
+                (var.detach().flatten_all()? * (count as f64 / (count.max(2) - 1) as f64))?;
+            let new_mean = ((self.running_mean.as_tensor() * (1.0 - m))?
+                + (mean.detach().flatten_all()? * m)?)?;
+            let new_var = ((self.running_var.as_tensor() * (1.0 - m))? + (unbiased * m)?)?;
+            self.running_mean.set(&new_mean)?;
+            self.running_var.set(&new_var)?;
+            self.batches.fetch_add(1, Ordering::Relaxed);
+            ops::normalize(x, &mean, &var, &self.weight, &self.bias, BN_EPS)
+        } else {
+            let mean = self.running_mean.as_tensor().reshape((1, (), 1, 1))?;
+            let var = self.running_var.as_tensor().reshape((1, (), 1, 1))?;
+            ops::normalize(x, &mean, &var, &self.weight, &self.bias, BN_EPS)
+        }
+    }
+}
+
+/// `num_batches_tracked` counters by tensor name.
+pub type Counters = Vec<(String, Arc<AtomicU64>)>;
+
+fn conv_weight(
+    vb: &VarBuilder<'_>,
+    name: &str,
+    cin: usize,
+    cout: usize,
+    k: usize,
+) -> Result<Tensor> {
+    vb.get_with_hints((cout, cin, k, k), name, Init::Const(0.0))
+}
+
+/// Residual basic block: conv3×3 → BN → ReLU → conv3×3 → BN, + shortcut, → ReLU.
+pub struct Block {
+    c1: Tensor,
+    b1: BatchNorm,
+    c2: Tensor,
+    b2: BatchNorm,
+    shortcut: Option<(Tensor, BatchNorm)>,
+    stride: usize,
+}
+
+impl Block {
+    pub fn new(
+        cin: usize,
+        cout: usize,
+        stride: usize,
+        vb: &VarBuilder<'_>,
+        counters: &mut Counters,
+    ) -> Result<Self> {
+        let c1 = conv_weight(vb, "c1.weight", cin, cout, 3)?;
+        let b1 = BatchNorm::new(cout, &vb.pp("b1"), counters)?;
+        let c2 = conv_weight(vb, "c2.weight", cout, cout, 3)?;
+        let b2 = BatchNorm::new(cout, &vb.pp("b2"), counters)?;
+        let shortcut = if stride != 1 || cin != cout {
+            let sc = vb.pp("sc");
+            Some((
+                conv_weight(&sc, "0.weight", cin, cout, 1)?,
+                BatchNorm::new(cout, &sc.pp("1"), counters)?,
+            ))
+        } else {
+            None
+        };
+        Ok(Self {
+            c1,
+            b1,
+            c2,
+            b2,
+            shortcut,
+            stride,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let y = ops::relu(
+            &self
+                .b1
+                .forward(&ops::conv2d(x, &self.c1, self.stride, 1)?, train)?,
+        )?;
+        let y = self.b2.forward(&ops::conv2d(&y, &self.c2, 1, 1)?, train)?;
+        let s = match &self.shortcut {
+            Some((w, bn)) => bn.forward(&ops::conv2d(x, w, self.stride, 0)?, train)?,
+            None => x.clone(),
+        };
+        ops::relu(&(y + s)?)
+    }
+}
+
+/// What the encoder gives: the last feature map and the pooled representation z.
+pub struct EncoderOutput {
+    /// (N, 4w, H/4, W/4)
+    pub fmap: Tensor,
+    /// (N, 4w)
+    pub z: Tensor,
+}
+
+pub struct Encoder {
+    stem_conv: Tensor,
+    stem_bn: BatchNorm,
+    l1: Block,
+    l2: Block,
+    l3: Block,
+    pub in_channels: usize,
+    pub width: usize,
+}
+
+impl Encoder {
+    pub fn new(
+        in_channels: usize,
+        width: usize,
+        vb: &VarBuilder<'_>,
+        counters: &mut Counters,
+    ) -> Result<Self> {
+        let stem = vb.pp("stem");
+        Ok(Self {
+            stem_conv: conv_weight(&stem, "0.weight", in_channels, width, 3)?,
+            stem_bn: BatchNorm::new(width, &stem.pp("1"), counters)?,
+            l1: Block::new(width, width, 1, &vb.pp("l1"), counters)?,
+            l2: Block::new(width, 2 * width, 2, &vb.pp("l2"), counters)?,
+            l3: Block::new(2 * width, 4 * width, 2, &vb.pp("l3"), counters)?,
+            in_channels,
+            width,
+        })
+    }
+
+    /// Size of the representation z.
+    pub fn z_dim(&self) -> usize {
+        4 * self.width
+    }
+
+    pub fn forward(&self, x: &Tensor, train: bool) -> Result<EncoderOutput> {
+        let y = ops::relu(
+            &self
+                .stem_bn
+                .forward(&ops::conv2d(x, &self.stem_conv, 1, 1)?, train)?,
+        )?;
+        let y = self.l1.forward(&y, train)?;
+        let y = self.l2.forward(&y, train)?;
+        let fmap = self.l3.forward(&y, train)?;
+        let z = ops::global_avg_pool(&fmap)?;
+        Ok(EncoderOutput { fmap, z })
+    }
+}

@@ -1,0 +1,205 @@
+//! The training engine: a named worker thread that takes typed [`Command`]s and emits typed
+//! [`Event`]s over bounded channels. The desktop app and the command line drive the same engine;
+//! the engine owns the run directory, so both leave the same record on disk.
+
+pub mod run_dir;
+mod worker;
+
+use std::path::PathBuf;
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+
+use crate::config::{TaskKind, TrainConfig};
+use crate::data::DatasetSummary;
+use crate::tasks::{MetricInfo, Preview};
+pub use run_dir::RunDir;
+
+/// Capacity of the command channel.
+const COMMAND_CAPACITY: usize = 64;
+/// Capacity of the event channel: a front end that falls this far behind slows training down
+/// instead of letting memory grow.
+const EVENT_CAPACITY: usize = 1024;
+
+/// What a front end can ask of the engine.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Command {
+    /// Start a new run.
+    Start(Box<TrainConfig>),
+    /// Continue a run from its directory; optionally with a new total epoch count or a new
+    /// learning rate.
+    Continue {
+        run_dir: PathBuf,
+        epochs: Option<usize>,
+        lr: Option<f64>,
+    },
+    /// Pause after the current step.
+    Pause,
+    /// Resume a paused run.
+    Resume,
+    /// While paused: train exactly one batch, then stay paused.
+    Step,
+    /// End the run after the current step, saving a checkpoint to continue from.
+    Stop,
+    /// Change the learning rate from the next step on.
+    SetLr(f64),
+    /// Save a checkpoint now.
+    SaveCheckpoint,
+    /// Stop any run and end the worker thread.
+    Shutdown,
+}
+
+/// Loss and proxy metric of one task on one batch or one epoch.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct TaskMetrics {
+    pub task: TaskKind,
+    pub loss: f64,
+    pub metric: f64,
+    pub metric_info: MetricInfo,
+}
+
+/// One training step.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct StepMetrics {
+    /// Steps completed in the whole run (1 after the first step).
+    pub step: u64,
+    /// 1-based epoch.
+    pub epoch: usize,
+    pub epochs: usize,
+    /// 1-based batch within the epoch.
+    pub batch: usize,
+    pub batches: usize,
+    pub tasks: Vec<TaskMetrics>,
+    /// Weighted sum of the task losses.
+    pub loss: f64,
+    pub lr: f64,
+    pub images_per_s: f64,
+    /// Seconds since the run (or its continuation) started.
+    pub wall_s: f64,
+}
+
+/// The end of an epoch.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct EpochSummary {
+    pub epoch: usize,
+    pub epochs: usize,
+    pub step: u64,
+    /// Mean over the epoch's steps.
+    pub tasks: Vec<TaskMetrics>,
+    pub loss: f64,
+    /// Images through the network per second of training time.
+    pub images_per_s: f64,
+    pub wall_s: f64,
+}
+
+/// Why a run paused.
+#[derive(Clone, Debug, PartialEq)]
+pub enum PauseReason {
+    Requested,
+    /// Stepped one batch while paused.
+    Stepped,
+    /// The loss was NaN or infinite; the weights were restored to before the bad update.
+    NonFiniteLoss,
+}
+
+/// How a run ended.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    Completed,
+    Stopped,
+    /// The input could not be used (data, configuration, device, run directory).
+    InvalidInput(String),
+    /// Something failed while training (e.g. a checkpoint could not be written).
+    Failed(String),
+}
+
+/// What the engine reports.
+#[derive(Clone, Debug)]
+pub enum Event {
+    /// Images decoded so far.
+    Loading {
+        done: usize,
+        total: usize,
+    },
+    DataReady(DatasetSummary),
+    RunStarted {
+        run_dir: PathBuf,
+        config: Box<TrainConfig>,
+        /// Step count the run starts (or continues) from.
+        start_step: u64,
+        batches_per_epoch: usize,
+        parameters: usize,
+    },
+    Step(StepMetrics),
+    Epoch(EpochSummary),
+    Preview(Box<Preview>),
+    CheckpointSaved {
+        path: PathBuf,
+        step: u64,
+    },
+    Paused {
+        step: u64,
+        reason: PauseReason,
+    },
+    Resumed,
+    LrChanged(f64),
+    Warning(String),
+    /// Something went wrong; `message` says what and what to try.
+    Error(String),
+    Finished {
+        run_dir: Option<PathBuf>,
+        outcome: Outcome,
+    },
+}
+
+/// A handle on the worker thread; dropping it stops the worker cleanly.
+pub struct Trainer {
+    commands: Sender<Command>,
+    events: Receiver<Event>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Trainer {
+    /// Starts the worker thread (named `pretext-trainer`), idle until it gets a command.
+    pub fn spawn() -> std::io::Result<Self> {
+        let (cmd_tx, cmd_rx) = crossbeam_channel::bounded(COMMAND_CAPACITY);
+        let (ev_tx, ev_rx) = crossbeam_channel::bounded(EVENT_CAPACITY);
+        let thread = std::thread::Builder::new()
+            .name("pretext-trainer".into())
+            .spawn(move || worker::run(&cmd_rx, &ev_tx))?;
+        Ok(Self {
+            commands: cmd_tx,
+            events: ev_rx,
+            thread: Some(thread),
+        })
+    }
+
+    /// Sends a command; false if the worker is gone or its queue is full.
+    pub fn send(&self, command: Command) -> bool {
+        match self.commands.try_send(command) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => false,
+        }
+    }
+
+    /// The event stream.
+    pub fn events(&self) -> &Receiver<Event> {
+        &self.events
+    }
+}
+
+impl Drop for Trainer {
+    fn drop(&mut self) {
+        let _ = self.commands.send(Command::Shutdown);
+        // Unblock a worker waiting to send into a full event channel.
+        while let Some(t) = &self.thread {
+            if t.is_finished() {
+                break;
+            }
+            while self.events.try_recv().is_ok() {}
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

@@ -1,0 +1,359 @@
+//! The training engine end to end on small built-in data: learning, reproducibility,
+//! checkpoints, resuming, pause/step/stop and the NaN guard.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use candle_core::{Device, Tensor};
+use pretext::config::{DataSource, TaskKind, TrainConfig};
+use pretext::model::{Model, checkpoint};
+use pretext::tasks;
+use pretext::train::{Command, EpochSummary, Event, Outcome, PauseReason, StepMetrics, Trainer};
+
+const TIMEOUT: Duration = Duration::from_secs(300);
+
+fn config(out: &Path, count: usize, batch: usize, epochs: usize) -> TrainConfig {
+    TrainConfig {
+        data: DataSource::Builtin { count },
+        batch,
+        epochs,
+        out: out.to_path_buf(),
+        preview_images: 2,
+        ..TrainConfig::default()
+    }
+}
+
+/// Everything a run reported.
+#[derive(Default)]
+struct Log {
+    steps: Vec<StepMetrics>,
+    epochs: Vec<EpochSummary>,
+    errors: Vec<String>,
+    pauses: Vec<PauseReason>,
+    previews: usize,
+    run_dir: Option<PathBuf>,
+    outcome: Option<Outcome>,
+}
+
+/// Feeds events to `on_event` (which may send commands) until the run finishes.
+fn drive(trainer: &Trainer, mut on_event: impl FnMut(&Event, &Log)) -> Log {
+    let mut log = Log::default();
+    loop {
+        let e = trainer
+            .events()
+            .recv_timeout(TIMEOUT)
+            .expect("no event for too long");
+        on_event(&e, &log);
+        match e {
+            Event::Step(m) => log.steps.push(m),
+            Event::Epoch(s) => log.epochs.push(s),
+            Event::Error(m) => log.errors.push(m),
+            Event::Paused { reason, .. } => log.pauses.push(reason),
+            Event::Preview(_) => log.previews += 1,
+            Event::Finished { run_dir, outcome } => {
+                log.run_dir = run_dir;
+                log.outcome = Some(outcome);
+                return log;
+            }
+            _ => {}
+        }
+    }
+}
+
+fn run(cmd: Command) -> Log {
+    let t = Trainer::spawn().unwrap();
+    assert!(t.send(cmd));
+    drive(&t, |_, _| {})
+}
+
+#[test]
+fn rotation_training_learns_on_builtin_scenes() {
+    let out = tempfile::tempdir().unwrap();
+    let log = run(Command::Start(Box::new(TrainConfig {
+        lr: 2e-3,
+        ..config(out.path(), 384, 32, 3)
+    })));
+    assert_eq!(log.outcome, Some(Outcome::Completed), "{:?}", log.errors);
+    assert_eq!(log.epochs.len(), 3);
+    let first = &log.epochs[0];
+    let last = &log.epochs[2];
+    let acc = last.tasks[0].metric;
+    eprintln!(
+        "rotation: loss {:.3} -> {:.3}, accuracy {:.1}% -> {:.1}%",
+        first.loss,
+        last.loss,
+        first.tasks[0].metric * 100.0,
+        acc * 100.0
+    );
+    assert!(
+        last.loss < first.loss - 0.1,
+        "loss did not fall: {} -> {}",
+        first.loss,
+        last.loss
+    );
+    assert!(
+        last.loss < 4f64.ln(),
+        "loss {} not below chance level ln 4",
+        last.loss
+    );
+    assert!(
+        acc > 0.5,
+        "rotation accuracy {acc} not clearly above 25% chance"
+    );
+    // Previews: one before training and one per epoch.
+    assert_eq!(log.previews, 4);
+}
+
+#[test]
+fn same_seed_same_run_on_cpu() {
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    let la = run(Command::Start(Box::new(config(a.path(), 64, 16, 1))));
+    let lb = run(Command::Start(Box::new(config(b.path(), 64, 16, 1))));
+    let losses = |l: &Log| l.steps.iter().map(|s| s.loss).collect::<Vec<_>>();
+    assert_eq!(losses(&la).len(), 4);
+    assert_eq!(losses(&la), losses(&lb));
+    let lc = run(Command::Start(Box::new(TrainConfig {
+        seed: 1,
+        ..config(b.path(), 64, 16, 1)
+    })));
+    assert_ne!(losses(&la), losses(&lc));
+}
+
+fn build(device: &Device) -> (Model, Vec<Box<dyn tasks::PretextTask>>) {
+    let model = Model::new(device.clone(), 3).unwrap();
+    let tasks = tasks::build(&[TaskKind::Rotation], &model).unwrap();
+    (model, tasks)
+}
+
+#[test]
+fn checkpoint_round_trip_gives_bit_identical_outputs_and_torch_names() {
+    let dev = Device::Cpu;
+    let (model, _tasks) = build(&dev);
+    model.init_weights(7).unwrap();
+    // One training-mode pass so the running statistics are not the defaults.
+    let x = Tensor::randn(0f32, 1.0, (4, 3, 32, 32), &dev).unwrap();
+    model.encoder.forward(&x, true).unwrap();
+    let before = model.encoder.forward(&x, false).unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.safetensors");
+    let meta = [("step".to_string(), "1".to_string())]
+        .into_iter()
+        .collect();
+    checkpoint::write(&path, &model.state_dict().unwrap(), &meta).unwrap();
+    assert!(
+        std::fs::read_dir(dir.path()).unwrap().count() == 1,
+        "no temporary file is left behind"
+    );
+
+    let (fresh, _t) = build(&dev);
+    fresh.init_weights(99).unwrap();
+    let (tensors, read_meta) = checkpoint::read(&path, &dev).unwrap();
+    assert_eq!(read_meta.get("step").map(String::as_str), Some("1"));
+    let unknown = fresh.load_state_dict(&tensors, "m").unwrap();
+    assert!(unknown.is_empty(), "{unknown:?}");
+    let after = fresh.encoder.forward(&x, false).unwrap();
+    assert_eq!(
+        before.z.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        after.z.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    );
+    assert_eq!(
+        before.fmap.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        after.fmap.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    );
+
+    // Names, shapes and dtypes of the encoder follow PyTorch's state_dict exactly.
+    let reference: serde_json::Value =
+        serde_json::from_str(include_str!("data/reference_state_dict.json")).unwrap();
+    let expected: HashMap<String, (Vec<usize>, String)> = reference["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            let shape = t["shape"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d.as_u64().unwrap() as usize)
+                .collect();
+            (
+                t["name"].as_str().unwrap().to_string(),
+                (shape, t["dtype"].as_str().unwrap().to_string()),
+            )
+        })
+        .collect();
+    let encoder_names: Vec<&String> = tensors
+        .keys()
+        .filter(|k| !k.starts_with("heads."))
+        .collect();
+    assert_eq!(encoder_names.len(), expected.len(), "{encoder_names:?}");
+    for (name, (shape, dtype)) in &expected {
+        let t = tensors
+            .get(name)
+            .unwrap_or_else(|| panic!("checkpoint lacks {name}"));
+        assert_eq!(t.dims(), shape.as_slice(), "{name}");
+        let ours = match t.dtype() {
+            candle_core::DType::F32 => "float32",
+            candle_core::DType::I64 => "int64",
+            other => panic!("{name}: unexpected dtype {other:?}"),
+        };
+        assert_eq!(ours, dtype, "{name}");
+    }
+    assert!(tensors.contains_key("heads.rotation.weight"));
+    assert_eq!(
+        tensors["l1.b1.num_batches_tracked"]
+            .to_scalar::<i64>()
+            .unwrap(),
+        1
+    );
+}
+
+#[test]
+fn continuing_a_run_picks_up_where_it_stopped_and_matches_an_uninterrupted_run() {
+    let a = tempfile::tempdir().unwrap();
+    let straight = run(Command::Start(Box::new(config(a.path(), 64, 16, 2))));
+    assert_eq!(straight.outcome, Some(Outcome::Completed));
+
+    let b = tempfile::tempdir().unwrap();
+    let first = run(Command::Start(Box::new(config(b.path(), 64, 16, 1))));
+    let dir = first.run_dir.clone().unwrap();
+    let second = run(Command::Continue {
+        run_dir: dir.clone(),
+        epochs: Some(2),
+        lr: None,
+    });
+    assert_eq!(
+        second.outcome,
+        Some(Outcome::Completed),
+        "{:?}",
+        second.errors
+    );
+    assert_eq!(
+        second.steps.first().map(|s| s.step),
+        Some(5),
+        "step count continues"
+    );
+    assert_eq!(second.epochs.last().map(|e| e.epoch), Some(2));
+    let losses = |l: &[StepMetrics]| l.iter().map(|s| s.loss).collect::<Vec<_>>();
+    assert_eq!(
+        losses(&straight.steps[4..]),
+        losses(&second.steps),
+        "resume is exact"
+    );
+
+    let csv = std::fs::read_to_string(dir.join("metrics.csv")).unwrap();
+    let rows: Vec<&str> = csv.lines().collect();
+    assert_eq!(rows[0], pretext::train::run_dir::METRICS_HEADER);
+    assert_eq!(rows.len(), 1 + 8);
+    assert!(rows[8].starts_with("8,2,rotation,"), "{}", rows[8]);
+    let config: TrainConfig =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config.epochs, 2);
+}
+
+#[test]
+fn pause_step_resume_and_stop_take_effect_within_a_step() {
+    let out = tempfile::tempdir().unwrap();
+    let t = Trainer::spawn().unwrap();
+    t.send(Command::Start(Box::new(config(out.path(), 64, 16, 50))));
+    let mut stage = 0;
+    let mut steps_when_stopped = 0;
+    let log = drive(&t, |e, log| match (stage, e) {
+        (0, Event::Step(_)) => {
+            t.send(Command::Pause);
+            stage = 1;
+        }
+        (1, Event::Paused { .. }) => {
+            t.send(Command::Step);
+            stage = 2;
+        }
+        (
+            2,
+            Event::Paused {
+                reason: PauseReason::Stepped,
+                ..
+            },
+        ) => {
+            t.send(Command::SetLr(5e-4));
+            t.send(Command::Resume);
+            stage = 3;
+        }
+        (3, Event::Step(m)) if m.step >= 5 => {
+            assert_eq!(m.lr, 5e-4);
+            t.send(Command::Stop);
+            steps_when_stopped = log.steps.len() + 1;
+            stage = 4;
+        }
+        _ => {}
+    });
+    assert_eq!(log.outcome, Some(Outcome::Stopped));
+    assert_eq!(
+        log.pauses[..2],
+        [PauseReason::Requested, PauseReason::Stepped]
+    );
+    // Exactly one step between the requested pause and the stepped pause is implied by the
+    // step counts: the stepped pause came after step 2 or 3 (a step may be under way when
+    // Pause arrives).
+    assert!(
+        log.steps.len() <= steps_when_stopped + 1,
+        "stop took more than one step"
+    );
+    // Stopping saved a checkpoint to continue from.
+    let dir = log.run_dir.unwrap();
+    assert!(dir.join("checkpoints/resume.safetensors").is_file());
+}
+
+#[test]
+fn a_non_finite_loss_pauses_with_advice_and_the_run_can_go_on() {
+    let out = tempfile::tempdir().unwrap();
+    let t = Trainer::spawn().unwrap();
+    t.send(Command::Start(Box::new(TrainConfig {
+        lr: 1e38,
+        ..config(out.path(), 64, 16, 2)
+    })));
+    let mut recovered = false;
+    let log = drive(&t, |e, _| {
+        if let Event::Paused {
+            reason: PauseReason::NonFiniteLoss,
+            ..
+        } = e
+            && !recovered
+        {
+            recovered = true;
+            t.send(Command::SetLr(1e-3));
+            t.send(Command::Resume);
+        }
+    });
+    assert!(
+        recovered,
+        "the huge learning rate never produced a non-finite loss"
+    );
+    let msg = &log.errors[0];
+    assert!(msg.contains("lower learning rate"), "{msg}");
+    assert!(msg.contains("NaN") || msg.contains("inf"), "{msg}");
+    assert_eq!(log.outcome, Some(Outcome::Completed), "{:?}", log.errors);
+    assert!(log.steps.iter().all(|s| s.loss.is_finite()));
+    assert_eq!(log.epochs.len(), 2);
+}
+
+#[test]
+fn bad_input_ends_the_run_with_a_clear_message() {
+    let out = tempfile::tempdir().unwrap();
+    let log = run(Command::Start(Box::new(TrainConfig {
+        data: DataSource::Folder(out.path().join("missing")),
+        ..config(out.path(), 64, 16, 1)
+    })));
+    assert!(matches!(&log.outcome, Some(Outcome::InvalidInput(m)) if m.contains("does not exist")));
+    let log = run(Command::Continue {
+        run_dir: out.path().to_path_buf(),
+        epochs: None,
+        lr: None,
+    });
+    assert!(
+        matches!(&log.outcome, Some(Outcome::InvalidInput(m)) if m.contains("not a run directory"))
+    );
+}
