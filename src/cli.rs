@@ -267,8 +267,12 @@ pub fn train(args: &TrainArgs) -> i32 {
                     format!("{} classes", s.classes.len())
                 };
                 eprintln!(
-                    "Data: {} images ({classes}) from {} at {} px",
-                    s.images, s.source, s.size
+                    "Data: {} images ({classes}) from {} at {} px, loaded in {:.2} s ({:.0} files/s)",
+                    s.images,
+                    s.source,
+                    s.size,
+                    s.load_secs,
+                    (s.images + s.skipped.len()) as f64 / s.load_secs.max(1e-9)
                 );
                 if !s.skipped.is_empty() {
                     eprintln!(

@@ -154,8 +154,8 @@ fn checkpoint_round_trip_gives_bit_identical_outputs_and_torch_names() {
     fresh.init_weights(99).unwrap();
     let (tensors, read_meta) = checkpoint::read(&path, &dev).unwrap();
     assert_eq!(read_meta.get("step").map(String::as_str), Some("1"));
-    let unknown = fresh.load_state_dict(&tensors, "m").unwrap();
-    assert!(unknown.is_empty(), "{unknown:?}");
+    let report = fresh.load_state_dict(&tensors, "m").unwrap();
+    assert_eq!(report, pretext::model::LoadReport::default());
     let after = fresh.encoder.forward(&x, false).unwrap();
     assert_eq!(
         before.z.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
@@ -204,6 +204,17 @@ fn checkpoint_round_trip_gives_bit_identical_outputs_and_torch_names() {
         assert_eq!(ours, dtype, "{name}");
     }
     assert!(tensors.contains_key("heads.rotation.weight"));
+
+    // An encoder-only state_dict (as PyTorch saves one) loads; the head keeps its values.
+    let encoder_only: HashMap<String, Tensor> =
+        tensors.iter().filter(|(k, _)| !k.starts_with("heads.")).map(|(k, v)| (k.clone(), v.clone())).collect();
+    let report = fresh.load_state_dict(&encoder_only, "encoder").unwrap();
+    assert_eq!(report.missing_heads, ["heads.rotation.bias", "heads.rotation.weight"]);
+    // Without an encoder tensor it is refused, naming it.
+    let mut broken = encoder_only.clone();
+    broken.remove("l2.sc.1.running_var");
+    let e = fresh.load_state_dict(&broken, "broken").unwrap_err().to_string();
+    assert!(e.contains("l2.sc.1.running_var"), "{e}");
     assert_eq!(
         tensors["l1.b1.num_batches_tracked"]
             .to_scalar::<i64>()

@@ -126,8 +126,8 @@ impl Dataset {
         self.class_names.iter().cloned().zip(counts).collect()
     }
 
-    /// A compact description for logs and events.
-    pub fn summary(&self) -> DatasetSummary {
+    /// A compact description for logs and events; `load_secs` is how long loading took.
+    pub fn summary(&self, load_secs: f64) -> DatasetSummary {
         DatasetSummary {
             source: self.source.to_string(),
             images: self.len(),
@@ -138,6 +138,7 @@ impl Dataset {
                 .iter()
                 .map(|s| (s.path.display().to_string(), s.reason.clone()))
                 .collect(),
+            load_secs,
         }
     }
 }
@@ -152,6 +153,8 @@ pub struct DatasetSummary {
     pub classes: Vec<(String, usize)>,
     /// (path, reason) for every skipped file.
     pub skipped: Vec<(String, String)>,
+    /// Seconds spent scanning, decoding and resizing (or generating).
+    pub load_secs: f64,
 }
 
 /// Loads any data source at the given working size. `progress(done, total)` is called from

@@ -203,40 +203,31 @@ impl Model {
         Ok(out)
     }
 
-    /// Loads tensors by name; every parameter of the model must be present with its shape.
-    /// Tensors the model does not have (e.g. another task's head) are returned by name.
-    pub fn load_state_dict(
-        &self,
-        tensors: &HashMap<String, Tensor>,
-        origin: &str,
-    ) -> Result<Vec<String>> {
+    /// Loads tensors by name. Every encoder tensor must be present with its shape; heads that
+    /// the file lacks keep their current values (a PyTorch encoder-only `state_dict` loads).
+    pub fn load_state_dict(&self, tensors: &HashMap<String, Tensor>, origin: &str) -> Result<LoadReport> {
         let vars = self.named_vars();
         let missing: Vec<&String> = vars.keys().filter(|k| !tensors.contains_key(*k)).collect();
-        if !missing.is_empty() {
+        let (missing_heads, missing_encoder): (Vec<&String>, Vec<&String>) =
+            missing.into_iter().partition(|k| k.starts_with("heads."));
+        if !missing_encoder.is_empty() {
             return Err(ModelError::Checkpoint {
                 path: origin.to_string(),
                 message: format!(
-                    "{} tensor(s) missing, first: {}",
-                    missing.len(),
-                    missing
-                        .iter()
-                        .take(3)
-                        .map(|s| s.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    "{} encoder tensor(s) missing, first: {}",
+                    missing_encoder.len(),
+                    missing_encoder.iter().take(3).map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
                 ),
             });
         }
         for (name, var) in &vars {
-            let t = &tensors[name];
+            let Some(t) = tensors.get(name) else {
+                continue;
+            };
             if t.dims() != var.dims() {
                 return Err(ModelError::Checkpoint {
                     path: origin.to_string(),
-                    message: format!(
-                        "{name} has shape {:?}, the model needs {:?}",
-                        t.dims(),
-                        var.dims()
-                    ),
+                    message: format!("{name} has shape {:?}, the model needs {:?}", t.dims(), var.dims()),
                 });
             }
             var.set(&t.to_dtype(DType::F32)?.to_device(&self.device)?)?;
@@ -248,13 +239,14 @@ impl Model {
             }
         }
         let counter_names: Vec<&String> = self.counters.iter().map(|(n, _)| n).collect();
-        Ok(tensors
-            .keys()
-            .filter(|k| {
-                !vars.contains_key(*k) && !counter_names.contains(k) && !k.starts_with("optimizer.")
-            })
-            .cloned()
-            .collect())
+        Ok(LoadReport {
+            unknown: tensors
+                .keys()
+                .filter(|k| !vars.contains_key(*k) && !counter_names.contains(k) && !k.starts_with("optimizer."))
+                .cloned()
+                .collect(),
+            missing_heads: missing_heads.into_iter().cloned().collect(),
+        })
     }
 
     /// Number of trainable numbers.
@@ -264,6 +256,15 @@ impl Model {
             .map(|(_, v)| v.elem_count())
             .sum()
     }
+}
+
+/// What loading a checkpoint could not match.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LoadReport {
+    /// Tensors in the file that this model does not have (e.g. another task's head).
+    pub unknown: Vec<String>,
+    /// Head tensors the file lacks; those heads keep their values.
+    pub missing_heads: Vec<String>,
 }
 
 /// Batch-norm running statistics are state, not parameters.

@@ -251,14 +251,16 @@ impl Session {
             }
         };
         let device = model::open_device(config.device).map_err(|e| invalid(e.to_string()))?;
+        let load_start = Instant::now();
         let data = load_data(link, &config)?;
+        let load_secs = load_start.elapsed().as_secs_f64();
         if data.len() < 2 {
             return Err(invalid(format!(
                 "{}: at least 2 images are needed to train (batch norm)",
                 config.data
             )));
         }
-        link.emit(Event::DataReady(data.summary()));
+        link.emit(Event::DataReady(data.summary(load_secs)));
         if config.batch > data.len() {
             link.emit(Event::Warning(format!(
                 "batch {} is larger than the data set ({} images): using batches of {}",
@@ -282,9 +284,16 @@ impl Session {
                     .join(RESUME_FILE);
                 let (tensors, meta) =
                     checkpoint::read(&path, &model.device).map_err(|e| invalid(e.to_string()))?;
-                model
+                let report = model
                     .load_state_dict(&tensors, &path.display().to_string())
                     .map_err(|e| invalid(e.to_string()))?;
+                if !report.missing_heads.is_empty() {
+                    return Err(invalid(format!(
+                        "{}: the checkpoint has no weights for {} (was the run's config.json changed?)",
+                        path.display(),
+                        report.missing_heads.join(", ")
+                    )));
+                }
                 let t = resume_metadata(&meta, "optimizer_t", &path)?;
                 opt.load_state(&tensors, t)
                     .map_err(|e| invalid(e.to_string()))?;

@@ -1,0 +1,168 @@
+//! `pretext train` end to end as a user runs it: exit codes, epoch lines, JSON lines, the run
+//! directory, continuing a run, and one-line errors for unusable input.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn pretext(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pretext"))
+        .args(args)
+        .output()
+        .expect("run pretext")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn small_run(out: &Path, extra: &[&str]) -> Output {
+    let out = out.to_str().unwrap();
+    let mut args = vec![
+        "train", "--data", "builtin:64", "--task", "rotation", "--epochs", "2", "--batch", "16", "--seed", "3",
+        "--out", out,
+    ];
+    args.extend_from_slice(extra);
+    pretext(&args)
+}
+
+fn run_dir_from(stdout: &str) -> std::path::PathBuf {
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("Run directory: "))
+        .unwrap_or_else(|| panic!("no run directory in {stdout}"));
+    line.into()
+}
+
+#[test]
+fn train_prints_epoch_lines_and_writes_a_complete_run_directory() {
+    let out = tempfile::tempdir().unwrap();
+    let o = small_run(out.path(), &[]);
+    let stdout = text(&o.stdout);
+    assert!(o.status.success(), "{stdout}\n{}", text(&o.stderr));
+    let epochs: Vec<&str> = stdout.lines().filter(|l| l.starts_with("Epoch ")).collect();
+    assert_eq!(epochs.len(), 2, "{stdout}");
+    for (i, line) in epochs.iter().enumerate() {
+        // Epoch 1/2 Loss: 1.234 Proxy accuracy: 56%
+        let rest = line.strip_prefix(&format!("Epoch {}/2 Loss: ", i + 1)).unwrap();
+        let (loss, acc) = rest.split_once(" Proxy accuracy: ").unwrap();
+        assert!(loss.parse::<f64>().unwrap() > 0.0);
+        let pct: u32 = acc.strip_suffix('%').unwrap().parse().unwrap();
+        assert!(pct <= 100);
+    }
+    let dir = run_dir_from(&stdout);
+    assert!(dir.starts_with(out.path()));
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["seed"], 3);
+    assert_eq!(config["data"], "builtin:64");
+    assert_eq!(config["tasks"][0], "rotation");
+    let csv = std::fs::read_to_string(dir.join("metrics.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 1 + 8, "{csv}");
+    assert!(csv.lines().nth(1).unwrap().starts_with("1,1,rotation,"));
+    for f in [
+        "checkpoints/epoch-0001.safetensors",
+        "checkpoints/epoch-0002.safetensors",
+        "checkpoints/resume.safetensors",
+        "previews/epoch-0001-rotation.png",
+        "previews/epoch-0002-rotation.png",
+    ] {
+        assert!(dir.join(f).is_file(), "{f} missing");
+    }
+    let png = image::open(dir.join("previews/epoch-0002-rotation.png")).unwrap();
+    assert!(png.width() > 100 && png.height() > 100);
+
+    // Continue the same run to 3 epochs.
+    let o = pretext(&["train", "--resume", dir.to_str().unwrap(), "--epochs", "3"]);
+    let stdout = text(&o.stdout);
+    assert!(o.status.success(), "{stdout}\n{}", text(&o.stderr));
+    assert!(stdout.lines().any(|l| l.starts_with("Epoch 3/3 Loss: ")), "{stdout}");
+    assert!(!stdout.contains("Epoch 1/3"), "{stdout}");
+    assert!(text(&o.stderr).contains("from step 8"), "{}", text(&o.stderr));
+    assert_eq!(std::fs::read_to_string(dir.join("metrics.csv")).unwrap().lines().count(), 1 + 12);
+}
+
+#[test]
+fn json_mode_prints_one_object_per_line() {
+    let out = tempfile::tempdir().unwrap();
+    let o = small_run(out.path(), &["--json"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let lines: Vec<serde_json::Value> = text(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect();
+    assert_eq!(lines.len(), 3);
+    for (i, e) in lines[..2].iter().enumerate() {
+        assert_eq!(e["epoch"], i + 1);
+        assert_eq!(e["epochs"], 2);
+        assert_eq!(e["task"], "rotation");
+        assert_eq!(e["proxy_metric"], "rotation accuracy");
+        assert!(e["loss"].as_f64().unwrap() > 0.0);
+        assert!((0.0..=1.0).contains(&e["proxy_value"].as_f64().unwrap()));
+        assert!(e["images_per_s"].as_f64().unwrap() > 0.0);
+    }
+    let dir = lines[2]["run_dir"].as_str().unwrap();
+    assert!(Path::new(dir).join("config.json").is_file());
+}
+
+fn assert_one_line_error(o: &Output, needle: &str) {
+    let stderr = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{stderr}");
+    assert!(!stderr.contains("panicked") && !stderr.contains("backtrace"), "{stderr}");
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error")).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(errors[0].contains(needle), "{stderr}");
+}
+
+#[test]
+fn unusable_input_is_a_one_line_error_with_exit_code_2() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("runs");
+    let out = out.to_str().unwrap();
+    let missing = tmp.path().join("no-such-folder");
+    let o = pretext(&["train", "--data", missing.to_str().unwrap(), "--out", out]);
+    assert_one_line_error(&o, "does not exist");
+
+    let file = tmp.path().join("a.txt");
+    std::fs::write(&file, "x").unwrap();
+    let o = pretext(&["train", "--data", file.to_str().unwrap(), "--out", out]);
+    assert_one_line_error(&o, "not a folder");
+
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    std::fs::write(empty.join("broken.png"), "not a png").unwrap();
+    let o = pretext(&["train", "--data", empty.to_str().unwrap(), "--out", out]);
+    assert_one_line_error(&o, "no readable image");
+
+    let o = pretext(&["train", "--data", "builtin:64", "--size", "30", "--out", out]);
+    assert_one_line_error(&o, "--size");
+
+    #[cfg(not(feature = "cuda"))]
+    {
+        let o = pretext(&["train", "--data", "builtin:64", "--device", "cuda", "--out", out]);
+        assert_one_line_error(&o, "--features cuda");
+    }
+
+    let o = pretext(&["train", "--resume", tmp.path().to_str().unwrap()]);
+    assert_one_line_error(&o, "not a run directory");
+
+    let o = pretext(&["train", "--task", "telepathy"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(!Path::new(out).exists(), "nothing is written for bad input");
+}
+
+#[test]
+fn help_explains_every_option() {
+    let o = pretext(&["train", "--help"]);
+    assert!(o.status.success());
+    let help = text(&o.stdout);
+    for opt in [
+        "--data", "--task", "--task-weights", "--epochs", "--batch", "--size", "--lr", "--seed", "--device",
+        "--out", "--resume", "--json", "builtin",
+    ] {
+        assert!(help.contains(opt), "{opt} missing from help:\n{help}");
+    }
+    let o = pretext(&["--help"]);
+    assert!(text(&o.stdout).contains("train"));
+}
