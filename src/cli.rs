@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{DataSource, DeviceKind, TaskKind, TrainConfig};
+use crate::config::{DataSource, DeviceKind, MaskKind, TaskKind, TaskSettings, TrainConfig};
 use crate::train::{Command, EpochSummary, Event, Outcome, StepMetrics, Trainer};
 
 /// Exit code for input the program cannot use (bad folder, bad option, missing device).
@@ -74,10 +74,92 @@ pub struct TrainArgs {
     /// Folder under which the run directory is created [default: runs].
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
-    /// Continue the run in RUN_DIR from its last checkpoint (its config.json is used; --epochs,
-    /// --lr and --device may change it).
-    #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["data", "task", "task_weights", "batch", "size", "seed", "weight_decay", "out"])]
+    /// Continue the run in RUN_DIR from its last checkpoint (its config.json is used; --epochs
+    /// and --lr may change it).
+    #[arg(long, value_name = "RUN_DIR", conflicts_with_all = [
+        "data", "task", "task_weights", "batch", "size", "seed", "weight_decay", "out", "device",
+        "temperature", "mask", "mask_size", "color_threshold", "patch_gap", "crop_min_scale",
+        "flip_p", "jitter_p", "brightness", "contrast", "saturation", "hue", "gray_p", "blur_p",
+    ])]
     pub resume: Option<PathBuf>,
+    /// Contrastive: NT-Xent temperature τ [default: 0.5].
+    #[arg(long, value_name = "T", help_heading = "Task settings")]
+    pub temperature: Option<f64>,
+    /// Inpainting: which region is hidden [default: center].
+    #[arg(long, value_enum, value_name = "KIND", help_heading = "Task settings")]
+    pub mask: Option<MaskKind>,
+    /// Inpainting: side of the hidden square as a share of the image side [default: 0.5].
+    #[arg(long, value_name = "F", help_heading = "Task settings")]
+    pub mask_size: Option<f64>,
+    /// Colorization: a pixel counts as right within this a*b* distance [default: 10].
+    #[arg(long, value_name = "D", help_heading = "Task settings")]
+    pub color_threshold: Option<f64>,
+    /// Patch prediction: gap between patches as a share of a grid cell [default: 0.25].
+    #[arg(long, value_name = "F", help_heading = "Task settings")]
+    pub patch_gap: Option<f64>,
+    /// Contrastive views: smallest area share a random crop keeps [default: 0.2].
+    #[arg(
+        long,
+        value_name = "F",
+        help_heading = "Augmentations (contrastive views)"
+    )]
+    pub crop_min_scale: Option<f64>,
+    /// Probability of a horizontal flip [default: 0.5].
+    #[arg(
+        long,
+        value_name = "P",
+        help_heading = "Augmentations (contrastive views)"
+    )]
+    pub flip_p: Option<f64>,
+    /// Probability of colour jitter [default: 0.8].
+    #[arg(
+        long,
+        value_name = "P",
+        help_heading = "Augmentations (contrastive views)"
+    )]
+    pub jitter_p: Option<f64>,
+    /// Colour jitter: brightness strength [default: 0.4].
+    #[arg(
+        long,
+        value_name = "S",
+        help_heading = "Augmentations (contrastive views)"
+    )]
+    pub brightness: Option<f64>,
+    /// Colour jitter: contrast strength [default: 0.4].
+    #[arg(
+        long,
+        value_name = "S",
+        help_heading = "Augmentations (contrastive views)"
+    )]
+    pub contrast: Option<f64>,
+    /// Colour jitter: saturation strength [default: 0.4].
+    #[arg(
+        long,
+        value_name = "S",
+        help_heading = "Augmentations (contrastive views)"
+    )]
+    pub saturation: Option<f64>,
+    /// Colour jitter: hue shift, in turns, at most 0.5 [default: 0.1].
+    #[arg(
+        long,
+        value_name = "S",
+        help_heading = "Augmentations (contrastive views)"
+    )]
+    pub hue: Option<f64>,
+    /// Probability of turning a view grey [default: 0.2].
+    #[arg(
+        long,
+        value_name = "P",
+        help_heading = "Augmentations (contrastive views)"
+    )]
+    pub gray_p: Option<f64>,
+    /// Probability of a Gaussian blur [default: 0].
+    #[arg(
+        long,
+        value_name = "P",
+        help_heading = "Augmentations (contrastive views)"
+    )]
+    pub blur_p: Option<f64>,
     /// Print one JSON object per line instead of text.
     #[arg(long)]
     pub json: bool,
@@ -110,6 +192,30 @@ impl TrainArgs {
             device: self.device.unwrap_or(d.device),
             out: self.out.clone().unwrap_or(d.out),
             preview_images: d.preview_images,
+            settings: self.settings(),
+        }
+    }
+
+    fn settings(&self) -> TaskSettings {
+        let d = TaskSettings::default();
+        let a = &d.augment;
+        TaskSettings {
+            temperature: self.temperature.unwrap_or(d.temperature),
+            mask: self.mask.unwrap_or(d.mask),
+            mask_size: self.mask_size.unwrap_or(d.mask_size),
+            color_threshold: self.color_threshold.unwrap_or(d.color_threshold),
+            patch_gap: self.patch_gap.unwrap_or(d.patch_gap),
+            augment: crate::config::Augment {
+                crop_min_scale: self.crop_min_scale.unwrap_or(a.crop_min_scale),
+                flip_p: self.flip_p.unwrap_or(a.flip_p),
+                jitter_p: self.jitter_p.unwrap_or(a.jitter_p),
+                brightness: self.brightness.unwrap_or(a.brightness),
+                contrast: self.contrast.unwrap_or(a.contrast),
+                saturation: self.saturation.unwrap_or(a.saturation),
+                hue: self.hue.unwrap_or(a.hue),
+                gray_p: self.gray_p.unwrap_or(a.gray_p),
+                blur_p: self.blur_p.unwrap_or(a.blur_p),
+            },
         }
     }
 }
@@ -181,21 +287,27 @@ fn step_line(m: &StepMetrics, epoch_start: Instant) -> String {
 
 /// `Epoch 1/5 Loss: 1.982 Proxy accuracy: 62%` (several tasks: one metric each).
 pub fn epoch_line(e: &EpochSummary) -> String {
+    let baseline = |t: &crate::train::TaskMetrics| match (t.baseline, t.metric_info.baseline) {
+        (Some(b), Some(name)) => format!(" ({name} {})", t.metric_info.format(b)),
+        _ => String::new(),
+    };
     let mut line = format!("Epoch {}/{} Loss: {:.3}", e.epoch, e.epochs, e.loss);
     if let [t] = e.tasks.as_slice() {
         line.push_str(&format!(
-            " {}: {}",
+            " {}: {}{}",
             t.metric_info.label,
-            t.metric_info.format(t.metric)
+            t.metric_info.format(t.metric),
+            baseline(t)
         ));
     } else {
         for t in &e.tasks {
             line.push_str(&format!(
-                " | {} loss {:.3} {}: {}",
+                " | {} loss {:.3} {}: {}{}",
                 t.task,
                 t.loss,
                 t.metric_info.name,
-                t.metric_info.format(t.metric)
+                t.metric_info.format(t.metric),
+                baseline(t)
             ));
         }
     }
@@ -211,6 +323,7 @@ fn epoch_json(e: &EpochSummary) -> serde_json::Value {
         "loss": e.loss,
         "proxy_metric": first.map(|t| t.metric_info.name),
         "proxy_value": first.map(|t| t.metric),
+        "baseline": first.and_then(|t| t.baseline),
         "images_per_s": e.images_per_s,
         "step": e.step,
         "wall_s": e.wall_s,
@@ -219,6 +332,8 @@ fn epoch_json(e: &EpochSummary) -> serde_json::Value {
             "loss": t.loss,
             "proxy_metric": t.metric_info.name,
             "proxy_value": t.metric,
+            "baseline": t.baseline,
+            "baseline_name": t.metric_info.baseline,
         })).collect::<Vec<_>>(),
     })
 }

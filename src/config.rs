@@ -106,17 +106,166 @@ impl fmt::Display for DeviceKind {
 )]
 #[serde(rename_all = "lowercase")]
 pub enum TaskKind {
+    /// Predict the colour (CIE a*b*) from the lightness L* (Zhang et al. 2016).
+    Colorization,
+    /// Reconstruct a hidden region from its context (Pathak et al. 2016).
+    Inpainting,
     /// Predict which of 0/90/180/270° an image was rotated by (Gidaris et al. 2018).
     Rotation,
+    /// Predict where a patch sits relative to its centre neighbour (Doersch et al. 2015).
+    Patch,
+    /// Tell two views of the same image apart from all others (SimCLR, Chen et al. 2020).
+    Contrastive,
 }
 
 impl TaskKind {
-    pub const ALL: [TaskKind; 1] = [TaskKind::Rotation];
+    pub const ALL: [TaskKind; 5] = [
+        TaskKind::Colorization,
+        TaskKind::Inpainting,
+        TaskKind::Rotation,
+        TaskKind::Patch,
+        TaskKind::Contrastive,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
+            Self::Colorization => "colorization",
+            Self::Inpainting => "inpainting",
             Self::Rotation => "rotation",
+            Self::Patch => "patch",
+            Self::Contrastive => "contrastive",
         }
+    }
+}
+
+/// Which region inpainting hides.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum MaskKind {
+    /// One square in the centre (Context Encoders' "central region").
+    #[default]
+    Center,
+    /// One square at a random place.
+    Random,
+    /// Several smaller squares at random places, covering about the same area.
+    Blocks,
+}
+
+/// The augmentations T(x) that make the two views of contrastive learning (SimCLR's recipe).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Augment {
+    /// Random resized crop: smallest share of the image area a crop keeps.
+    pub crop_min_scale: f64,
+    /// Probability of a horizontal flip.
+    pub flip_p: f64,
+    /// Probability that colour jitter is applied.
+    pub jitter_p: f64,
+    /// Colour jitter strengths (as torchvision's ColorJitter).
+    pub brightness: f64,
+    pub contrast: f64,
+    pub saturation: f64,
+    pub hue: f64,
+    /// Probability of turning the view grey.
+    pub gray_p: f64,
+    /// Probability of a Gaussian blur (σ from 0.1 to 2.0 px at 32 px, scaled with the size).
+    pub blur_p: f64,
+}
+
+impl Default for Augment {
+    fn default() -> Self {
+        Self {
+            crop_min_scale: 0.2,
+            flip_p: 0.5,
+            jitter_p: 0.8,
+            brightness: 0.4,
+            contrast: 0.4,
+            saturation: 0.4,
+            hue: 0.1,
+            gray_p: 0.2,
+            blur_p: 0.0,
+        }
+    }
+}
+
+/// Per-task settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TaskSettings {
+    /// NT-Xent temperature τ.
+    pub temperature: f64,
+    pub mask: MaskKind,
+    /// Side of the hidden square as a share of the image side (blocks: the covered area is
+    /// this share squared).
+    pub mask_size: f64,
+    /// Colorization counts a pixel right when its predicted a*b* is within this distance.
+    pub color_threshold: f64,
+    /// Patch prediction: gap between patches as a share of a grid cell (jitter fills it).
+    pub patch_gap: f64,
+    pub augment: Augment,
+}
+
+impl Default for TaskSettings {
+    fn default() -> Self {
+        Self {
+            temperature: 0.5,
+            mask: MaskKind::Center,
+            mask_size: 0.5,
+            color_threshold: 10.0,
+            patch_gap: 0.25,
+            augment: Augment::default(),
+        }
+    }
+}
+
+impl TaskSettings {
+    fn validate(&self) -> Result<(), String> {
+        let a = &self.augment;
+        let unit = |name: &str, v: f64| {
+            if (0.0..=1.0).contains(&v) {
+                Ok(())
+            } else {
+                Err(format!("{name} must be between 0 and 1 (got {v})"))
+            }
+        };
+        if !(self.temperature.is_finite() && self.temperature > 0.0) {
+            return Err(format!(
+                "--temperature must be positive (got {})",
+                self.temperature
+            ));
+        }
+        if !(0.05..=0.9).contains(&self.mask_size) {
+            return Err(format!(
+                "--mask-size must be between 0.05 and 0.9 (got {})",
+                self.mask_size
+            ));
+        }
+        if !(self.color_threshold.is_finite() && self.color_threshold > 0.0) {
+            return Err("--color-threshold must be positive".into());
+        }
+        if !(0.0..=0.6).contains(&self.patch_gap) {
+            return Err(format!(
+                "--patch-gap must be between 0 and 0.6 (got {})",
+                self.patch_gap
+            ));
+        }
+        if !(0.01..=1.0).contains(&a.crop_min_scale) {
+            return Err(format!(
+                "--crop-min-scale must be between 0.01 and 1 (got {})",
+                a.crop_min_scale
+            ));
+        }
+        unit("--flip-p", a.flip_p)?;
+        unit("--jitter-p", a.jitter_p)?;
+        unit("--gray-p", a.gray_p)?;
+        unit("--blur-p", a.blur_p)?;
+        unit("--brightness", a.brightness)?;
+        unit("--contrast", a.contrast)?;
+        unit("--saturation", a.saturation)?;
+        if !(0.0..=0.5).contains(&a.hue) {
+            return Err(format!("--hue must be between 0 and 0.5 (got {})", a.hue));
+        }
+        Ok(())
     }
 }
 
@@ -145,6 +294,8 @@ pub struct TrainConfig {
     pub out: PathBuf,
     /// How many images the fixed inspection batch (previews) holds.
     pub preview_images: usize,
+    #[serde(default)]
+    pub settings: TaskSettings,
 }
 
 impl Default for TrainConfig {
@@ -162,6 +313,7 @@ impl Default for TrainConfig {
             device: DeviceKind::Cpu,
             out: PathBuf::from("runs"),
             preview_images: 8,
+            settings: TaskSettings::default(),
         }
     }
 }
@@ -204,7 +356,11 @@ impl TrainConfig {
         if !self.weight_decay.is_finite() || self.weight_decay < 0.0 {
             return Err("--weight-decay must be a non-negative number".into());
         }
-        Ok(())
+        let mut seen = std::collections::BTreeSet::new();
+        if let Some(t) = self.tasks.iter().find(|t| !seen.insert(**t)) {
+            return Err(format!("--task names {t} twice"));
+        }
+        self.settings.validate()
     }
 
     /// A short name for the run directory, e.g. `rotation`.

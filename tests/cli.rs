@@ -20,8 +20,19 @@ fn text(b: &[u8]) -> String {
 fn small_run(out: &Path, extra: &[&str]) -> Output {
     let out = out.to_str().unwrap();
     let mut args = vec![
-        "train", "--data", "builtin:64", "--task", "rotation", "--epochs", "2", "--batch", "16", "--seed", "3",
-        "--out", out,
+        "train",
+        "--data",
+        "builtin:64",
+        "--task",
+        "rotation",
+        "--epochs",
+        "2",
+        "--batch",
+        "16",
+        "--seed",
+        "3",
+        "--out",
+        out,
     ];
     args.extend_from_slice(extra);
     pretext(&args)
@@ -45,7 +56,9 @@ fn train_prints_epoch_lines_and_writes_a_complete_run_directory() {
     assert_eq!(epochs.len(), 2, "{stdout}");
     for (i, line) in epochs.iter().enumerate() {
         // Epoch 1/2 Loss: 1.234 Proxy accuracy: 56%
-        let rest = line.strip_prefix(&format!("Epoch {}/2 Loss: ", i + 1)).unwrap();
+        let rest = line
+            .strip_prefix(&format!("Epoch {}/2 Loss: ", i + 1))
+            .unwrap();
         let (loss, acc) = rest.split_once(" Proxy accuracy: ").unwrap();
         assert!(loss.parse::<f64>().unwrap() > 0.0);
         let pct: u32 = acc.strip_suffix('%').unwrap().parse().unwrap();
@@ -77,10 +90,23 @@ fn train_prints_epoch_lines_and_writes_a_complete_run_directory() {
     let o = pretext(&["train", "--resume", dir.to_str().unwrap(), "--epochs", "3"]);
     let stdout = text(&o.stdout);
     assert!(o.status.success(), "{stdout}\n{}", text(&o.stderr));
-    assert!(stdout.lines().any(|l| l.starts_with("Epoch 3/3 Loss: ")), "{stdout}");
+    assert!(
+        stdout.lines().any(|l| l.starts_with("Epoch 3/3 Loss: ")),
+        "{stdout}"
+    );
     assert!(!stdout.contains("Epoch 1/3"), "{stdout}");
-    assert!(text(&o.stderr).contains("from step 8"), "{}", text(&o.stderr));
-    assert_eq!(std::fs::read_to_string(dir.join("metrics.csv")).unwrap().lines().count(), 1 + 12);
+    assert!(
+        text(&o.stderr).contains("from step 8"),
+        "{}",
+        text(&o.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("metrics.csv"))
+            .unwrap()
+            .lines()
+            .count(),
+        1 + 12
+    );
 }
 
 #[test]
@@ -109,7 +135,10 @@ fn json_mode_prints_one_object_per_line() {
 fn assert_one_line_error(o: &Output, needle: &str) {
     let stderr = text(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{stderr}");
-    assert!(!stderr.contains("panicked") && !stderr.contains("backtrace"), "{stderr}");
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("backtrace"),
+        "{stderr}"
+    );
     let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error")).collect();
     assert_eq!(errors.len(), 1, "{stderr}");
     assert!(errors[0].contains(needle), "{stderr}");
@@ -135,12 +164,28 @@ fn unusable_input_is_a_one_line_error_with_exit_code_2() {
     let o = pretext(&["train", "--data", empty.to_str().unwrap(), "--out", out]);
     assert_one_line_error(&o, "no readable image");
 
-    let o = pretext(&["train", "--data", "builtin:64", "--size", "30", "--out", out]);
+    let o = pretext(&[
+        "train",
+        "--data",
+        "builtin:64",
+        "--size",
+        "30",
+        "--out",
+        out,
+    ]);
     assert_one_line_error(&o, "--size");
 
     #[cfg(not(feature = "cuda"))]
     {
-        let o = pretext(&["train", "--data", "builtin:64", "--device", "cuda", "--out", out]);
+        let o = pretext(&[
+            "train",
+            "--data",
+            "builtin:64",
+            "--device",
+            "cuda",
+            "--out",
+            out,
+        ]);
         assert_one_line_error(&o, "--features cuda");
     }
 
@@ -158,8 +203,19 @@ fn help_explains_every_option() {
     assert!(o.status.success());
     let help = text(&o.stdout);
     for opt in [
-        "--data", "--task", "--task-weights", "--epochs", "--batch", "--size", "--lr", "--seed", "--device",
-        "--out", "--resume", "--json", "builtin",
+        "--data",
+        "--task",
+        "--task-weights",
+        "--epochs",
+        "--batch",
+        "--size",
+        "--lr",
+        "--seed",
+        "--device",
+        "--out",
+        "--resume",
+        "--json",
+        "builtin",
     ] {
         assert!(help.contains(opt), "{opt} missing from help:\n{help}");
     }

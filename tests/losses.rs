@@ -6,7 +6,9 @@ use candle_core::{DType, Device, Tensor};
 use pretext::model::ops;
 
 fn fixture(name: &str) -> serde_json::Value {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(name);
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(name);
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
@@ -14,7 +16,13 @@ fn matrix(v: &serde_json::Value) -> Vec<Vec<f64>> {
     v.as_array()
         .unwrap()
         .iter()
-        .map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect())
+        .map(|r| {
+            r.as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap())
+                .collect()
+        })
         .collect()
 }
 
@@ -22,16 +30,34 @@ fn matrix(v: &serde_json::Value) -> Vec<Vec<f64>> {
 fn cross_entropy_and_softmax_match_pytorch() {
     let f = fixture("cross_entropy.json");
     let logits = matrix(&f["logits"]);
-    let labels: Vec<u32> = f["labels"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
+    let labels: Vec<u32> = f["labels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect();
     let (n, k) = (logits.len(), logits[0].len());
     let flat: Vec<f64> = logits.iter().flatten().copied().collect();
     for (dtype, tol) in [(DType::F64, 1e-5), (DType::F32, 1e-4)] {
-        let x = Tensor::from_vec(flat.clone(), (n, k), &Device::Cpu).unwrap().to_dtype(dtype).unwrap();
+        let x = Tensor::from_vec(flat.clone(), (n, k), &Device::Cpu)
+            .unwrap()
+            .to_dtype(dtype)
+            .unwrap();
         let y = Tensor::new(labels.as_slice(), &Device::Cpu).unwrap();
-        let loss = ops::cross_entropy(&x, &y).unwrap().to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap();
+        let loss = ops::cross_entropy(&x, &y)
+            .unwrap()
+            .to_dtype(DType::F64)
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap();
         let want = f["loss"].as_f64().unwrap();
         assert!((loss - want).abs() < tol, "{dtype:?}: {loss} vs {want}");
-        let p = ops::softmax(&x).unwrap().to_dtype(DType::F64).unwrap().to_vec2::<f64>().unwrap();
+        let p = ops::softmax(&x)
+            .unwrap()
+            .to_dtype(DType::F64)
+            .unwrap()
+            .to_vec2::<f64>()
+            .unwrap();
         for (row, want_row) in p.iter().zip(matrix(&f["softmax"])) {
             for (a, b) in row.iter().zip(want_row) {
                 assert!((a - b).abs() < tol, "{dtype:?}: softmax {a} vs {b}");
@@ -43,9 +69,105 @@ fn cross_entropy_and_softmax_match_pytorch() {
         .iter()
         .zip(&labels)
         .filter(|(r, y)| {
-            let best = r.iter().enumerate().fold(0, |b, (i, v)| if *v > r[b] { i } else { b });
+            let best = r
+                .iter()
+                .enumerate()
+                .fold(0, |b, (i, v)| if *v > r[b] { i } else { b });
             best as u32 == **y
         })
         .count();
     assert!((correct as f64 / n as f64 - f["accuracy"].as_f64().unwrap()).abs() < 1e-12);
+}
+
+fn tensor(rows: &[Vec<f64>], dtype: DType) -> Tensor {
+    let (n, d) = (rows.len(), rows[0].len());
+    let flat: Vec<f64> = rows.iter().flatten().copied().collect();
+    Tensor::from_vec(flat, (n, d), &Device::Cpu)
+        .unwrap()
+        .to_dtype(dtype)
+        .unwrap()
+}
+
+#[test]
+fn nt_xent_matches_lightly_in_every_case() {
+    let f = fixture("nt_xent.json");
+    for case in f["cases"].as_array().unwrap() {
+        let z1 = matrix(&case["z1"]);
+        let z2 = matrix(&case["z2"]);
+        let tau = case["temperature"].as_f64().unwrap();
+        let z: Vec<Vec<f64>> = z1.iter().chain(&z2).cloned().collect();
+        for (dtype, tol) in [(DType::F64, 1e-5), (DType::F32, 1e-4)] {
+            let (loss, sim) = ops::nt_xent(&tensor(&z, dtype), tau).unwrap();
+            let loss = loss
+                .to_dtype(DType::F64)
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap();
+            let want = case["loss"].as_f64().unwrap();
+            assert!(
+                (loss - want).abs() < tol,
+                "τ={tau} {dtype:?}: {loss} vs {want}"
+            );
+            let sim64 = sim.to_dtype(DType::F64).unwrap().to_vec2::<f64>().unwrap();
+            for (row, want_row) in sim64.iter().zip(matrix(&case["cosine_similarity"])) {
+                for (a, b) in row.iter().zip(want_row) {
+                    assert!((a - b).abs() < tol, "cosine {a} vs {b}");
+                }
+            }
+            let sim32: Vec<Vec<f32>> = sim64
+                .iter()
+                .map(|r| r.iter().map(|&v| v as f32).collect())
+                .collect();
+            assert!(
+                (ops::positive_top1(&sim32) - case["positive_top1"].as_f64().unwrap()).abs()
+                    < 1e-12
+            );
+            // Per-anchor losses, from the similarity row: −log(exp(s⁺/τ) / Σ_{k≠i} exp(s_k/τ)).
+            let per: Vec<f64> = case["per_anchor_loss"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap())
+                .collect();
+            for (i, row) in sim64.iter().enumerate() {
+                let pos = ops::positive_index(i, row.len());
+                let denom: f64 = row
+                    .iter()
+                    .enumerate()
+                    .filter(|(k, _)| *k != i)
+                    .map(|(_, s)| (s / tau).exp())
+                    .sum();
+                let l = -((row[pos] / tau).exp() / denom).ln();
+                assert!(
+                    (l - per[i]).abs() < tol * 10.0,
+                    "anchor {i}: {l} vs {}",
+                    per[i]
+                );
+            }
+            assert!((per.iter().sum::<f64>() / per.len() as f64 - want).abs() < 1e-9);
+        }
+    }
+}
+
+#[test]
+fn srgb_to_lab_matches_scikit_image_and_round_trips() {
+    use pretext::data::color::{lab_to_rgb, rgb_to_lab};
+    let f = fixture("lab.json");
+    let rgb = matrix(&f["rgb"]);
+    let lab = matrix(&f["lab"]);
+    let back = matrix(&f["rgb_roundtrip"]);
+    for ((c, l), r) in rgb.iter().zip(&lab).zip(&back) {
+        let ours = rgb_to_lab([c[0], c[1], c[2]]);
+        for k in 0..3 {
+            assert!((ours[k] - l[k]).abs() < 1e-5, "{c:?}: {ours:?} vs {l:?}");
+        }
+        let rt = lab_to_rgb(ours);
+        for k in 0..3 {
+            assert!(
+                (rt[k] - r[k]).abs() < 1e-5,
+                "{c:?}: round trip {rt:?} vs {r:?}"
+            );
+            assert!((rt[k] - c[k]).abs() < 1e-5, "{c:?}: round trip {rt:?}");
+        }
+    }
 }

@@ -3,17 +3,18 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::path::Path;
+
+use common::{Log, drive, run};
 
 use candle_core::{Device, Tensor};
 use pretext::config::{DataSource, TaskKind, TrainConfig};
 use pretext::model::{Model, checkpoint};
 use pretext::tasks;
-use pretext::train::{Command, EpochSummary, Event, Outcome, PauseReason, StepMetrics, Trainer};
-
-const TIMEOUT: Duration = Duration::from_secs(300);
+use pretext::train::{Command, Event, Outcome, PauseReason, StepMetrics, Trainer};
 
 fn config(out: &Path, count: usize, batch: usize, epochs: usize) -> TrainConfig {
     TrainConfig {
@@ -24,49 +25,6 @@ fn config(out: &Path, count: usize, batch: usize, epochs: usize) -> TrainConfig 
         preview_images: 2,
         ..TrainConfig::default()
     }
-}
-
-/// Everything a run reported.
-#[derive(Default)]
-struct Log {
-    steps: Vec<StepMetrics>,
-    epochs: Vec<EpochSummary>,
-    errors: Vec<String>,
-    pauses: Vec<PauseReason>,
-    previews: usize,
-    run_dir: Option<PathBuf>,
-    outcome: Option<Outcome>,
-}
-
-/// Feeds events to `on_event` (which may send commands) until the run finishes.
-fn drive(trainer: &Trainer, mut on_event: impl FnMut(&Event, &Log)) -> Log {
-    let mut log = Log::default();
-    loop {
-        let e = trainer
-            .events()
-            .recv_timeout(TIMEOUT)
-            .expect("no event for too long");
-        on_event(&e, &log);
-        match e {
-            Event::Step(m) => log.steps.push(m),
-            Event::Epoch(s) => log.epochs.push(s),
-            Event::Error(m) => log.errors.push(m),
-            Event::Paused { reason, .. } => log.pauses.push(reason),
-            Event::Preview(_) => log.previews += 1,
-            Event::Finished { run_dir, outcome } => {
-                log.run_dir = run_dir;
-                log.outcome = Some(outcome);
-                return log;
-            }
-            _ => {}
-        }
-    }
-}
-
-fn run(cmd: Command) -> Log {
-    let t = Trainer::spawn().unwrap();
-    assert!(t.send(cmd));
-    drive(&t, |_, _| {})
 }
 
 #[test]
@@ -125,7 +83,7 @@ fn same_seed_same_run_on_cpu() {
 
 fn build(device: &Device) -> (Model, Vec<Box<dyn tasks::PretextTask>>) {
     let model = Model::new(device.clone(), 3).unwrap();
-    let tasks = tasks::build(&[TaskKind::Rotation], &model).unwrap();
+    let tasks = tasks::build(&[TaskKind::Rotation], &Default::default(), &model).unwrap();
     (model, tasks)
 }
 
@@ -206,14 +164,23 @@ fn checkpoint_round_trip_gives_bit_identical_outputs_and_torch_names() {
     assert!(tensors.contains_key("heads.rotation.weight"));
 
     // An encoder-only state_dict (as PyTorch saves one) loads; the head keeps its values.
-    let encoder_only: HashMap<String, Tensor> =
-        tensors.iter().filter(|(k, _)| !k.starts_with("heads.")).map(|(k, v)| (k.clone(), v.clone())).collect();
+    let encoder_only: HashMap<String, Tensor> = tensors
+        .iter()
+        .filter(|(k, _)| !k.starts_with("heads."))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     let report = fresh.load_state_dict(&encoder_only, "encoder").unwrap();
-    assert_eq!(report.missing_heads, ["heads.rotation.bias", "heads.rotation.weight"]);
+    assert_eq!(
+        report.missing_heads,
+        ["heads.rotation.bias", "heads.rotation.weight"]
+    );
     // Without an encoder tensor it is refused, naming it.
     let mut broken = encoder_only.clone();
     broken.remove("l2.sc.1.running_var");
-    let e = fresh.load_state_dict(&broken, "broken").unwrap_err().to_string();
+    let e = fresh
+        .load_state_dict(&broken, "broken")
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("l2.sc.1.running_var"), "{e}");
     assert_eq!(
         tensors["l1.b1.num_batches_tracked"]

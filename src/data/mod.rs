@@ -2,7 +2,9 @@
 //! operations the pretext tasks need. Only working-size pixels stay in memory: every image is
 //! stored as `size × size × 3` bytes (row-major, RGB).
 
+pub mod augment;
 pub mod builtin;
+pub mod color;
 pub mod folder;
 pub mod ops;
 

@@ -205,7 +205,11 @@ impl Model {
 
     /// Loads tensors by name. Every encoder tensor must be present with its shape; heads that
     /// the file lacks keep their current values (a PyTorch encoder-only `state_dict` loads).
-    pub fn load_state_dict(&self, tensors: &HashMap<String, Tensor>, origin: &str) -> Result<LoadReport> {
+    pub fn load_state_dict(
+        &self,
+        tensors: &HashMap<String, Tensor>,
+        origin: &str,
+    ) -> Result<LoadReport> {
         let vars = self.named_vars();
         let missing: Vec<&String> = vars.keys().filter(|k| !tensors.contains_key(*k)).collect();
         let (missing_heads, missing_encoder): (Vec<&String>, Vec<&String>) =
@@ -216,7 +220,12 @@ impl Model {
                 message: format!(
                     "{} encoder tensor(s) missing, first: {}",
                     missing_encoder.len(),
-                    missing_encoder.iter().take(3).map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                    missing_encoder
+                        .iter()
+                        .take(3)
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             });
         }
@@ -227,7 +236,11 @@ impl Model {
             if t.dims() != var.dims() {
                 return Err(ModelError::Checkpoint {
                     path: origin.to_string(),
-                    message: format!("{name} has shape {:?}, the model needs {:?}", t.dims(), var.dims()),
+                    message: format!(
+                        "{name} has shape {:?}, the model needs {:?}",
+                        t.dims(),
+                        var.dims()
+                    ),
                 });
             }
             var.set(&t.to_dtype(DType::F32)?.to_device(&self.device)?)?;
@@ -242,7 +255,11 @@ impl Model {
         Ok(LoadReport {
             unknown: tensors
                 .keys()
-                .filter(|k| !vars.contains_key(*k) && !counter_names.contains(k) && !k.starts_with("optimizer."))
+                .filter(|k| {
+                    !vars.contains_key(*k)
+                        && !counter_names.contains(k)
+                        && !k.starts_with("optimizer.")
+                })
                 .cloned()
                 .collect(),
             missing_heads: missing_heads.into_iter().cloned().collect(),

@@ -75,3 +75,71 @@ pub fn cross_entropy(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
     let picked = logp.gather(&labels.unsqueeze(1)?, 1)?;
     picked.neg()?.mean_all()
 }
+
+/// Nearest-neighbour upsampling ×2, (N, C, H, W) → (N, C, 2H, 2W), built from reshape and
+/// broadcast so its gradient accumulates correctly (candle's `upsample_nearest2d` backward
+/// overwrites when its input is used twice).
+pub fn upsample2x(x: &Tensor) -> Result<Tensor> {
+    let (n, c, h, w) = x.dims4()?;
+    x.reshape((n, c, h, 1, w, 1))?
+        .broadcast_as((n, c, h, 2, w, 2))?
+        .reshape((n, c, 2 * h, 2 * w))
+}
+
+/// Mean squared error.
+pub fn mse(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    (a - b)?.sqr()?.mean_all()
+}
+
+/// Rows scaled to unit length (`F.normalize`, eps 1e-12).
+pub fn l2_normalize_rows(z: &Tensor) -> Result<Tensor> {
+    let norm = z.sqr()?.sum_keepdim(1)?.sqrt()?.maximum(1e-12)?;
+    z.broadcast_div(&norm)
+}
+
+/// Cosine similarity of every pair of rows: sim(a, b) = a·b / (‖a‖‖b‖).
+pub fn cosine_similarity_matrix(z: &Tensor) -> Result<Tensor> {
+    let u = l2_normalize_rows(z)?;
+    u.matmul(&u.t()?)
+}
+
+/// Index of each anchor's positive among 2N views laid out as (view 1 of all N, view 2 of all
+/// N): i ↔ i + N (mod 2N).
+pub fn positive_index(i: usize, two_n: usize) -> usize {
+    (i + two_n / 2) % two_n
+}
+
+/// NT-Xent / InfoNCE over 2N views (rows: the N first views, then the N second views):
+/// ℓᵢ = −log( exp(sim(zᵢ, zᵢ⁺)/τ) / Σ_{k≠i} exp(sim(zᵢ, z_k)/τ) ), mean over all 2N anchors.
+/// Returns the loss and the cosine-similarity matrix.
+pub fn nt_xent(z: &Tensor, temperature: f64) -> Result<(Tensor, Tensor)> {
+    let (two_n, _) = z.dims2()?;
+    let sim = cosine_similarity_matrix(z)?;
+    // Self-similarity is excluded: a large negative on the diagonal gives exp(·) = 0.
+    let eye = Tensor::eye(two_n, z.dtype(), z.device())?;
+    let logits = ((&sim / temperature)? + (eye * -1e9)?)?;
+    let targets: Vec<u32> = (0..two_n)
+        .map(|i| positive_index(i, two_n) as u32)
+        .collect();
+    let targets = Tensor::new(targets.as_slice(), z.device())?;
+    Ok((cross_entropy(&logits, &targets)?, sim))
+}
+
+/// Share of anchors whose positive is the most similar of the other 2N − 1 views.
+pub fn positive_top1(sim: &[Vec<f32>]) -> f64 {
+    let two_n = sim.len();
+    let hits = sim
+        .iter()
+        .enumerate()
+        .filter(|(i, row)| {
+            let best = (0..two_n)
+                .filter(|j| j != i)
+                .fold(None::<usize>, |b, j| match b {
+                    Some(b) if row[b] >= row[j] => Some(b),
+                    _ => Some(j),
+                });
+            best == Some(positive_index(*i, two_n))
+        })
+        .count();
+    hits as f64 / two_n.max(1) as f64
+}

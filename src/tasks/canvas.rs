@@ -57,6 +57,68 @@ impl Canvas {
         }
     }
 
+    /// Vertical bars for values in [0, 1], the `highlight`ed one in blue.
+    pub fn bars(
+        &mut self,
+        x: usize,
+        y: usize,
+        w: usize,
+        h: usize,
+        values: &[f32],
+        highlight: Option<usize>,
+    ) {
+        let bar_w = w / values.len().max(1);
+        for (k, &p) in values.iter().enumerate() {
+            let bh = (p.clamp(0.0, 1.0) * h as f32).round() as usize;
+            let color = if Some(k) == highlight {
+                [80, 150, 255]
+            } else {
+                [170, 170, 170]
+            };
+            self.fill_rect(
+                x + k * bar_w + 1,
+                y + h - bh,
+                bar_w.saturating_sub(2).max(1),
+                bh,
+                color,
+            );
+        }
+    }
+
+    /// A heat map of values in `range` (blue → white → red), each value a `cell`-pixel square,
+    /// `cols` values a row, its top-left corner at `at`.
+    pub fn heatmap(
+        &mut self,
+        at: (usize, usize),
+        values: &[f32],
+        cols: usize,
+        cell: usize,
+        range: (f32, f32),
+    ) {
+        let (lo, hi) = range;
+        for (i, &v) in values.iter().enumerate() {
+            let t = ((v - lo) / (hi - lo).max(1e-12)).clamp(0.0, 1.0);
+            let color = if t < 0.5 {
+                let u = t * 2.0;
+                [
+                    (40.0 + 215.0 * u) as u8,
+                    (70.0 + 185.0 * u) as u8,
+                    (200.0 + 55.0 * u) as u8,
+                ]
+            } else {
+                let u = (t - 0.5) * 2.0;
+                [255, (255.0 - 195.0 * u) as u8, (255.0 - 215.0 * u) as u8]
+            };
+            self.fill_rect(
+                at.0 + (i % cols) * cell,
+                at.1 + (i / cols) * cell,
+                cell,
+                cell,
+                color,
+            );
+        }
+    }
+
     pub fn save_png(&self, path: &Path) -> Result<(), image::ImageError> {
         let img =
             image::RgbImage::from_raw(self.width as u32, self.height as u32, self.rgb.clone())

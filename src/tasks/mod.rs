@@ -1,33 +1,87 @@
 //! Pretext tasks: each turns unlabelled images into inputs and self-made labels, computes its
 //! loss and proxy metric from the shared encoder plus its own head, and draws previews.
 //!
-//! Adding a task means adding a [`TaskKind`] variant, a file here implementing [`PretextTask`],
-//! and a line in [`build`].
+//! A task has two halves: a [`BatchMaker`] that builds batches on the CPU from the data alone
+//! (so batches can be made ahead of time on another thread), and the [`PretextTask`] itself,
+//! which owns the head and computes loss, metric and previews. Adding a task means adding a
+//! [`TaskKind`] variant, a file here, and a line in [`build`].
 
 pub mod canvas;
+pub mod colorization;
+pub mod contrastive;
+pub mod heads;
+pub mod inpainting;
+pub mod patch;
 pub mod rotation;
 
-use candle_core::{Device, Tensor};
+use std::sync::Arc;
 
-use crate::config::TaskKind;
+use candle_core::{Device, Tensor};
+use rayon::prelude::*;
+
+use crate::config::{TaskKind, TaskSettings};
 use crate::data::Dataset;
+use crate::data::augment::{AugmentRecord, PatchLayout};
 use crate::model::{Model, ModelError};
 use crate::rng::Rng;
 pub use canvas::Canvas;
 
-/// A prepared batch, on the model's device.
-pub struct Batch {
-    /// Network inputs, (B, C, S, S).
-    pub inputs: Tensor,
-    /// Class labels for classification tasks, u32 (B,).
-    pub labels: Option<Tensor>,
-    /// The same labels on the host.
-    pub label_values: Vec<u32>,
-    /// Which data-set image each row came from.
-    pub sources: Vec<usize>,
+/// Seed of the inspection batch: previews always show the same images under the same masks,
+/// crops and rotations, so change over time is visible.
+pub const PREVIEW_SEED: u64 = 0x5EE_D1E5;
+
+/// A host-side array.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct HostTensor {
+    pub data: Vec<f32>,
+    pub shape: Vec<usize>,
 }
 
-impl Batch {
+impl HostTensor {
+    pub fn new(data: Vec<f32>, shape: &[usize]) -> Self {
+        debug_assert_eq!(data.len(), shape.iter().product::<usize>());
+        Self {
+            data,
+            shape: shape.to_vec(),
+        }
+    }
+
+    pub fn upload(&self, device: &Device) -> candle_core::Result<Tensor> {
+        Tensor::from_slice(&self.data, self.shape.as_slice(), device)
+    }
+}
+
+/// Task-specific facts about a batch, kept for metrics and previews.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum BatchExtra {
+    #[default]
+    None,
+    /// Patch prediction: each sample's layout.
+    Patches(Vec<PatchLayout>),
+    /// Contrastive: what T did to each image's two views.
+    Views(Vec<(AugmentRecord, AugmentRecord)>),
+}
+
+/// A batch built on the CPU.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct HostBatch {
+    /// Network inputs (B, C, H, W); for two-view tasks the first views of all images, then
+    /// the second views.
+    pub inputs: HostTensor,
+    /// Regression targets (colour, pixels).
+    pub target: Option<HostTensor>,
+    /// Inpainting: 1 where hidden, (B, 1, H, W).
+    pub mask: Option<HostTensor>,
+    /// Class labels for classification tasks.
+    pub labels: Vec<u32>,
+    /// Which data-set image each sample came from.
+    pub sources: Vec<usize>,
+    /// A trivial method's score on this batch, in the proxy metric's unit.
+    pub baseline: Option<f64>,
+    pub extra: BatchExtra,
+}
+
+impl HostBatch {
     pub fn len(&self) -> usize {
         self.sources.len()
     }
@@ -35,14 +89,63 @@ impl Batch {
     pub fn is_empty(&self) -> bool {
         self.sources.is_empty()
     }
+
+    /// Copies the arrays to the device.
+    pub fn upload(self, device: &Device) -> candle_core::Result<Batch> {
+        let labels = if self.labels.is_empty() {
+            None
+        } else {
+            Some(Tensor::new(self.labels.as_slice(), device)?)
+        };
+        Ok(Batch {
+            inputs: self.inputs.upload(device)?,
+            target: self.target.as_ref().map(|t| t.upload(device)).transpose()?,
+            mask: self.mask.as_ref().map(|t| t.upload(device)).transpose()?,
+            labels,
+            host: self,
+        })
+    }
+}
+
+/// A batch on the model's device, with its host copy.
+pub struct Batch {
+    pub inputs: Tensor,
+    pub target: Option<Tensor>,
+    pub mask: Option<Tensor>,
+    pub labels: Option<Tensor>,
+    pub host: HostBatch,
+}
+
+impl Batch {
+    pub fn len(&self) -> usize {
+        self.host.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.host.is_empty()
+    }
+
+    pub fn labels(&self) -> Result<&Tensor, ModelError> {
+        self.labels.as_ref().ok_or_else(|| {
+            ModelError::Candle(candle_core::Error::Msg("batch without labels".into()))
+        })
+    }
+
+    pub fn target(&self) -> Result<&Tensor, ModelError> {
+        self.target.as_ref().ok_or_else(|| {
+            ModelError::Candle(candle_core::Error::Msg("batch without targets".into()))
+        })
+    }
 }
 
 /// What one forward pass of a task gives.
 pub struct TaskOutput {
     /// Scalar loss, part of the autograd graph when training.
     pub loss: Tensor,
-    /// The proxy metric on this batch (a fraction in [0, 1] for accuracies).
+    /// The proxy metric on this batch (a fraction in [0, 1] for accuracies, dB for PSNR).
     pub metric: f64,
+    /// A trivial method's score on the same batch, when the metric needs one to mean anything.
+    pub baseline: Option<f64>,
     /// Images that went into the loss.
     pub images: usize,
 }
@@ -54,19 +157,22 @@ pub struct MetricInfo {
     pub name: &'static str,
     /// Short label for the classic epoch line, e.g. "Proxy accuracy".
     pub label: &'static str,
-    /// Shown as a percentage (fractions) or as a plain number.
+    /// Shown as a percentage (fractions) or as a number with `unit`.
     pub percent: bool,
-    /// What guessing gets, for context.
-    pub chance: f64,
+    pub unit: &'static str,
+    /// What guessing gets (classification), for context.
+    pub chance: Option<f64>,
+    /// What the baseline is, when the task reports one (e.g. "mean fill").
+    pub baseline: Option<&'static str>,
 }
 
 impl MetricInfo {
-    /// `62%` or `23.4`.
+    /// `62%` or `23.4 dB`.
     pub fn format(&self, value: f64) -> String {
         if self.percent {
             format!("{:.0}%", value * 100.0)
         } else {
-            format!("{value:.2}")
+            format!("{value:.2}{}", self.unit)
         }
     }
 }
@@ -84,21 +190,33 @@ pub struct Preview {
 #[derive(Clone, Debug)]
 pub enum PreviewDetail {
     Rotation(Vec<rotation::RotationSample>),
+    Colorization {
+        agreement: Vec<f64>,
+    },
+    Inpainting {
+        psnr: f64,
+        mean_fill_psnr: f64,
+    },
+    Patch(Vec<patch::PatchSample>),
+    /// Cosine similarities of the 2k inspection views, row-major.
+    Contrastive {
+        views: usize,
+        similarity: Vec<f32>,
+    },
+}
+
+/// Builds batches from the data alone; shared with the thread that makes batches ahead.
+pub trait BatchMaker: Send + Sync {
+    /// Builds the batch for data-set images `indices`; all randomness comes from `seed`
+    /// (one stream per position in the batch, so the result does not depend on threads).
+    fn make(&self, data: &Dataset, indices: &[usize], seed: u64) -> HostBatch;
 }
 
 /// One pretext task behind the common interface.
 pub trait PretextTask: Send {
     fn kind(&self) -> TaskKind;
     fn metric(&self) -> MetricInfo;
-    /// Builds the inputs and labels for data-set images `indices` (CPU work, then one copy to
-    /// the device).
-    fn prepare(
-        &self,
-        data: &Dataset,
-        indices: &[usize],
-        rng: &mut Rng,
-        device: &Device,
-    ) -> Result<Batch, ModelError>;
+    fn maker(&self) -> Arc<dyn BatchMaker>;
     fn forward(&self, model: &Model, batch: &Batch, train: bool) -> Result<TaskOutput, ModelError>;
     /// Predictions on a fixed set of images, in evaluation mode.
     fn preview(
@@ -110,18 +228,55 @@ pub trait PretextTask: Send {
 }
 
 /// Creates the tasks (and their heads in the model's parameter map).
-pub fn build(kinds: &[TaskKind], model: &Model) -> Result<Vec<Box<dyn PretextTask>>, ModelError> {
+pub fn build(
+    kinds: &[TaskKind],
+    settings: &TaskSettings,
+    model: &Model,
+) -> Result<Vec<Box<dyn PretextTask>>, ModelError> {
+    let channels = model.encoder.in_channels;
     kinds
         .iter()
         .map(|k| -> Result<Box<dyn PretextTask>, ModelError> {
-            match k {
-                TaskKind::Rotation => Ok(Box::new(rotation::Rotation::new(model)?)),
-            }
+            Ok(match k {
+                TaskKind::Rotation => Box::new(rotation::Rotation::new(model)?),
+                TaskKind::Colorization => {
+                    Box::new(colorization::Colorization::new(model, channels, settings)?)
+                }
+                TaskKind::Inpainting => Box::new(inpainting::Inpainting::new(model, settings)?),
+                TaskKind::Patch => Box::new(patch::Patch::new(model, settings)?),
+                TaskKind::Contrastive => Box::new(contrastive::Contrastive::new(model, settings)?),
+            })
         })
         .collect()
 }
 
-/// Number of input channels the encoder needs for these tasks.
-pub fn input_channels(_kinds: &[TaskKind]) -> usize {
-    3
+/// Input channels of the shared encoder: colorization alone sees only lightness (1 channel, as
+/// the reference); with other tasks the encoder takes RGB and colorization repeats L three times.
+pub fn input_channels(kinds: &[TaskKind]) -> usize {
+    if kinds == [TaskKind::Colorization] {
+        1
+    } else {
+        3
+    }
+}
+
+/// Runs `f` for each position of a batch in parallel, each with its own random stream.
+pub fn per_sample<T: Send>(
+    indices: &[usize],
+    seed: u64,
+    f: impl Fn(usize, &mut Rng) -> T + Sync,
+) -> Vec<T> {
+    indices
+        .par_iter()
+        .enumerate()
+        .map(|(pos, &idx)| {
+            let mut rng = Rng::derive(seed, &[pos as u64]);
+            f(idx, &mut rng)
+        })
+        .collect()
+}
+
+/// Scale of the preview cells: images are drawn at least 64 px wide.
+pub fn preview_factor(size: usize) -> usize {
+    (64 / size).max(1)
 }

@@ -2,9 +2,12 @@
 //! and the encoder predicts which; loss −Σ log P(y|x) (softmax cross-entropy), proxy metric
 //! rotation accuracy (chance 25%).
 
-use candle_core::{Device, Tensor};
+use std::sync::Arc;
 
-use super::{Batch, Canvas, MetricInfo, PretextTask, Preview, PreviewDetail, TaskOutput};
+use super::{
+    Batch, BatchMaker, Canvas, HostBatch, HostTensor, MetricInfo, PretextTask, Preview,
+    PreviewDetail, TaskOutput, preview_factor,
+};
 use crate::config::TaskKind;
 use crate::data::{Dataset, ops};
 use crate::model::{Linear, Model, ModelError, ops as nn};
@@ -26,13 +29,53 @@ pub struct RotationSample {
 
 impl RotationSample {
     pub fn predicted(&self) -> u32 {
-        let mut best = 0;
-        for k in 1..4 {
-            if self.probs[k] > self.probs[best] {
-                best = k;
-            }
+        argmax(&self.probs) as u32
+    }
+}
+
+pub(crate) fn argmax(v: &[f32]) -> usize {
+    let mut best = 0;
+    for k in 1..v.len() {
+        if v[k] > v[best] {
+            best = k;
         }
-        best as u32
+    }
+    best
+}
+
+/// Makes rotated batches.
+pub struct RotationMaker;
+
+impl RotationMaker {
+    /// Images with the given rotations (quarter turns).
+    pub fn batch_with(data: &Dataset, items: &[(usize, u32)]) -> HostBatch {
+        let s = data.size;
+        let mut inputs = Vec::with_capacity(items.len() * 3 * s * s);
+        let mut turned = vec![0u8; data.image_bytes()];
+        for &(idx, k) in items {
+            ops::rotate90(data.image(idx), s, k as usize, &mut turned);
+            ops::push_chw(&turned, s, &mut inputs);
+        }
+        HostBatch {
+            inputs: HostTensor::new(inputs, &[items.len(), 3, s, s]),
+            labels: items.iter().map(|&(_, k)| k).collect(),
+            sources: items.iter().map(|&(i, _)| i).collect(),
+            ..HostBatch::default()
+        }
+    }
+}
+
+impl BatchMaker for RotationMaker {
+    /// Each image gets one rotation; rotations cycle through the batch from a random offset,
+    /// so every batch is balanced over the four classes.
+    fn make(&self, data: &Dataset, indices: &[usize], seed: u64) -> HostBatch {
+        let offset = Rng::derive(seed, &[u64::MAX]).below(4);
+        let items: Vec<(usize, u32)> = indices
+            .iter()
+            .enumerate()
+            .map(|(p, &i)| (i, ((p + offset) % 4) as u32))
+            .collect();
+        Self::batch_with(data, &items)
     }
 }
 
@@ -41,27 +84,6 @@ impl Rotation {
         let vb = model.head_builder("rotation");
         Ok(Self {
             head: Linear::new(&vb, model.encoder.z_dim(), 4)?,
-        })
-    }
-
-    fn batch_with(
-        data: &Dataset,
-        items: &[(usize, u32)],
-        device: &Device,
-    ) -> Result<Batch, ModelError> {
-        let s = data.size;
-        let mut inputs = Vec::with_capacity(items.len() * 3 * s * s);
-        let mut turned = vec![0u8; data.image_bytes()];
-        for &(idx, k) in items {
-            ops::rotate90(data.image(idx), s, k as usize, &mut turned);
-            ops::push_chw(&turned, s, &mut inputs);
-        }
-        let labels: Vec<u32> = items.iter().map(|&(_, k)| k).collect();
-        Ok(Batch {
-            inputs: Tensor::from_vec(inputs, (items.len(), 3, s, s), device)?,
-            labels: Some(Tensor::new(labels.as_slice(), device)?),
-            label_values: labels,
-            sources: items.iter().map(|&(i, _)| i).collect(),
         })
     }
 }
@@ -76,45 +98,30 @@ impl PretextTask for Rotation {
             name: "rotation accuracy",
             label: "Proxy accuracy",
             percent: true,
-            chance: 0.25,
+            unit: "%",
+            chance: Some(0.25),
+            baseline: None,
         }
     }
 
-    /// Each image gets one rotation; rotations cycle through the batch from a random offset,
-    /// so every batch is balanced over the four classes.
-    fn prepare(
-        &self,
-        data: &Dataset,
-        indices: &[usize],
-        rng: &mut Rng,
-        device: &Device,
-    ) -> Result<Batch, ModelError> {
-        let offset = rng.below(4);
-        let items: Vec<(usize, u32)> = indices
-            .iter()
-            .enumerate()
-            .map(|(p, &i)| (i, ((p + offset) % 4) as u32))
-            .collect();
-        Self::batch_with(data, &items, device)
+    fn maker(&self) -> Arc<dyn BatchMaker> {
+        Arc::new(RotationMaker)
     }
 
     fn forward(&self, model: &Model, batch: &Batch, train: bool) -> Result<TaskOutput, ModelError> {
         let z = model.encoder.forward(&batch.inputs, train)?.z;
         let logits = self.head.forward(&z)?;
-        let labels = batch
-            .labels
-            .as_ref()
-            .ok_or_else(|| candle_core::Error::Msg("rotation batch without labels".into()))?;
-        let loss = nn::cross_entropy(&logits, labels)?;
+        let loss = nn::cross_entropy(&logits, batch.labels()?)?;
         let predicted = logits.argmax(1)?.to_vec1::<u32>()?;
         let correct = predicted
             .iter()
-            .zip(&batch.label_values)
+            .zip(&batch.host.labels)
             .filter(|(p, y)| p == y)
             .count();
         Ok(TaskOutput {
             loss,
             metric: correct as f64 / batch.len().max(1) as f64,
+            baseline: None,
             images: batch.len(),
         })
     }
@@ -132,7 +139,7 @@ impl PretextTask for Rotation {
             .iter()
             .flat_map(|&i| (0..4).map(move |k| (i, k)))
             .collect();
-        let batch = Self::batch_with(data, &items, &model.device)?;
+        let batch = RotationMaker::batch_with(data, &items).upload(&model.device)?;
         let z = model.encoder.forward(&batch.inputs, false)?.z;
         let probs = nn::softmax(&self.head.forward(&z)?)?.to_vec2::<f32>()?;
         let samples: Vec<RotationSample> = items
@@ -146,15 +153,11 @@ impl PretextTask for Rotation {
             .collect();
 
         let s = data.size;
-        let factor = (64 / s).max(1);
-        let cell = s * factor;
-        let pad = 6;
-        let bars_h = 18;
-        let cols = 4;
-        let rows = indices.len();
+        let cell = s * preview_factor(s);
+        let (pad, bars_h) = (6, 18);
         let mut canvas = Canvas::new(
-            cols * (cell + pad) + pad,
-            rows * (cell + bars_h + 2 * pad) + pad,
+            4 * (cell + pad) + pad,
+            indices.len() * (cell + bars_h + 2 * pad) + pad,
             [24, 24, 28],
         );
         let mut turned = vec![0u8; data.image_bytes()];
@@ -169,34 +172,25 @@ impl PretextTask for Rotation {
                 sample.quarter_turns as usize,
                 &mut turned,
             );
-            canvas.blit(&turned, s, s, factor, x, y);
+            canvas.blit(&turned, s, s, preview_factor(s), x, y);
             let right = sample.predicted() == sample.quarter_turns;
             correct += usize::from(right);
-            let frame = if right { [60, 200, 90] } else { [220, 60, 60] };
             canvas.frame(
                 x.saturating_sub(2),
                 y.saturating_sub(2),
                 cell + 4,
                 cell + 4,
                 2,
-                frame,
+                verdict_color(right),
             );
-            let bar_w = cell / 4;
-            for (k, &p) in sample.probs.iter().enumerate() {
-                let h = ((p.clamp(0.0, 1.0)) * bars_h as f32).round() as usize;
-                let color = if k as u32 == sample.quarter_turns {
-                    [80, 150, 255]
-                } else {
-                    [170, 170, 170]
-                };
-                canvas.fill_rect(
-                    x + k * bar_w + 1,
-                    y + cell + pad + bars_h - h,
-                    bar_w.saturating_sub(2),
-                    h,
-                    color,
-                );
-            }
+            canvas.bars(
+                x,
+                y + cell + pad,
+                cell,
+                bars_h,
+                &sample.probs,
+                Some(sample.quarter_turns as usize),
+            );
         }
         Ok(Preview {
             task: TaskKind::Rotation,
@@ -208,4 +202,9 @@ impl PretextTask for Rotation {
             detail: PreviewDetail::Rotation(samples),
         })
     }
+}
+
+/// Green for right, red for wrong.
+pub fn verdict_color(right: bool) -> [u8; 3] {
+    if right { [60, 200, 90] } else { [220, 60, 60] }
 }

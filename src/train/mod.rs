@@ -2,6 +2,7 @@
 //! [`Event`]s over bounded channels. The desktop app and the command line drive the same engine;
 //! the engine owns the run directory, so both leave the same record on disk.
 
+pub mod prefetch;
 pub mod run_dir;
 mod worker;
 
@@ -54,6 +55,8 @@ pub struct TaskMetrics {
     pub task: TaskKind,
     pub loss: f64,
     pub metric: f64,
+    /// A trivial method's score on the same batches (e.g. mean-fill PSNR), when the task has one.
+    pub baseline: Option<f64>,
     pub metric_info: MetricInfo,
 }
 
@@ -73,6 +76,8 @@ pub struct StepMetrics {
     pub loss: f64,
     pub lr: f64,
     pub images_per_s: f64,
+    /// Seconds the step waited for its batch (near zero when batches are made ahead in time).
+    pub data_wait_s: f64,
     /// Seconds since the run (or its continuation) started.
     pub wall_s: f64,
 }

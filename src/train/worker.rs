@@ -3,24 +3,20 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use candle_core::Tensor;
 use crossbeam_channel::{Receiver, Sender};
 
+use super::prefetch::{Position, Prefetcher, Prepared, Schedule};
 use super::run_dir::{RESUME_FILE, RunDir};
 use super::{Command, EpochSummary, Event, Outcome, PauseReason, StepMetrics, TaskMetrics};
 use crate::config::TrainConfig;
 use crate::data::{self, DataError, Dataset};
 use crate::model::{self, Model, checkpoint, optim::AdamW};
-use crate::rng::Rng;
 use crate::tasks::{self, PretextTask};
-
-/// Random streams derived from the run's seed.
-const STREAM_EPOCH_ORDER: u64 = 1;
-const STREAM_STEP: u64 = 2;
 
 /// Checkpoint format written in the metadata.
 const FORMAT: &str = "pretext-checkpoint-1";
@@ -80,7 +76,7 @@ pub(super) fn run(commands: &Receiver<Command>, events: &Sender<Event>) {
         };
         let setup = match cmd {
             Command::Shutdown => return,
-            Command::Start(config) => Setup::New(*config),
+            Command::Start(config) => Setup::New(config),
             Command::Continue {
                 run_dir,
                 epochs,
@@ -114,22 +110,12 @@ pub(super) fn run(commands: &Receiver<Command>, events: &Sender<Event>) {
 }
 
 enum Setup {
-    New(TrainConfig),
+    New(Box<TrainConfig>),
     Continue {
         run_dir: PathBuf,
         epochs: Option<usize>,
         lr: Option<f64>,
     },
-}
-
-/// Where a run stands.
-#[derive(Clone, Copy, Debug, Default)]
-struct Position {
-    step: u64,
-    /// 0-based epoch in progress.
-    epoch: usize,
-    /// Batches of that epoch already done.
-    batch: usize,
 }
 
 /// Weights and optimiser state from before the last update, to undo a step that blew up.
@@ -146,13 +132,14 @@ struct EpochAcc {
     loss: f64,
     task_loss: Vec<f64>,
     task_metric: Vec<f64>,
+    task_baseline: Vec<Option<f64>>,
     images: usize,
     train_secs: f64,
 }
 
 struct Session {
     config: TrainConfig,
-    data: Dataset,
+    data: Arc<Dataset>,
     model: Model,
     tasks: Vec<Box<dyn PretextTask>>,
     opt: AdamW,
@@ -166,6 +153,10 @@ struct Session {
     pause_after_step: bool,
     snapshot: Option<Snapshot>,
     acc: EpochAcc,
+    /// Makes batches ahead of the step; started when training starts.
+    prefetch: Option<Prefetcher>,
+    /// A step's batches that have not been trained yet (kept when a step is retried).
+    current: Option<Prepared>,
 }
 
 enum Flow {
@@ -229,7 +220,7 @@ impl Session {
         let (config, run, resume) = match setup {
             Setup::New(config) => {
                 config.validate().map_err(invalid)?;
-                (config, None, None)
+                (*config, None, None)
             }
             Setup::Continue {
                 run_dir,
@@ -272,7 +263,7 @@ impl Session {
 
         let failed = |e: model::ModelError| Outcome::Failed(e.to_string());
         let model = Model::new(device, tasks::input_channels(&config.tasks)).map_err(failed)?;
-        let tasks = tasks::build(&config.tasks, &model).map_err(failed)?;
+        let tasks = tasks::build(&config.tasks, &config.settings, &model).map_err(failed)?;
         model.init_weights(config.seed).map_err(failed)?;
         let mut opt = AdamW::new(model.trainable_vars(), config.lr, config.weight_decay);
         let mut pos = Position::default();
@@ -322,7 +313,7 @@ impl Session {
         let parameters = model.parameter_count();
         let session = Self {
             config,
-            data,
+            data: Arc::new(data),
             model,
             tasks,
             opt,
@@ -335,6 +326,8 @@ impl Session {
             pause_after_step: false,
             snapshot: None,
             acc: EpochAcc::default(),
+            prefetch: None,
+            current: None,
         };
         link.emit(Event::RunStarted {
             run_dir: session.run.path.clone(),
@@ -350,10 +343,38 @@ impl Session {
         self.config.batch.min(self.data.len())
     }
 
-    fn epoch_order(&self, epoch: usize) -> Vec<usize> {
-        let mut order: Vec<usize> = (0..self.data.len()).collect();
-        Rng::derive(self.config.seed, &[STREAM_EPOCH_ORDER, epoch as u64]).shuffle(&mut order);
-        order
+    fn schedule(&self) -> Schedule {
+        Schedule {
+            seed: self.config.seed,
+            batch: self.batch_size(),
+            batches_per_epoch: self.batches_per_epoch,
+            epochs: self.config.epochs,
+        }
+    }
+
+    /// The next step's batches and how long the step waited for them.
+    fn next_batches(&mut self) -> Result<(Prepared, f64), Outcome> {
+        if let Some(p) = self.current.take() {
+            return Ok((p, 0.0));
+        }
+        if self.prefetch.is_none() {
+            let makers = self.tasks.iter().map(|t| t.maker()).collect();
+            let p = Prefetcher::start(self.data.clone(), makers, self.schedule(), self.pos)
+                .map_err(|e| Outcome::Failed(format!("cannot start the batch thread: {e}")))?;
+            self.prefetch = Some(p);
+        }
+        let t0 = Instant::now();
+        let next = self.prefetch.as_ref().and_then(Prefetcher::next);
+        let Some(p) = next else {
+            return Err(Outcome::Failed("the batch thread ended early".into()));
+        };
+        if p.position != self.pos {
+            return Err(Outcome::Failed(format!(
+                "internal error: batch for {:?} arrived at {:?}",
+                p.position, self.pos
+            )));
+        }
+        Ok((p, t0.elapsed().as_secs_f64()))
     }
 
     /// The whole run: epochs of steps, commands between steps.
@@ -362,17 +383,17 @@ impl Session {
             self.send_previews(link, None);
         }
         while self.pos.epoch < self.config.epochs {
-            let order = self.epoch_order(self.pos.epoch);
             while self.pos.batch < self.batches_per_epoch {
                 match self.handle_commands(link) {
                     Ok(Flow::Continue) => {}
                     Ok(Flow::Stop) => return self.finish_stopped(link),
                     Err(o) => return o,
                 }
-                let b = self.batch_size();
-                let indices = &order[self.pos.batch * b..(self.pos.batch + 1) * b];
-                let indices = indices.to_vec();
-                match self.step(link, &indices) {
+                let (prepared, wait) = match self.next_batches() {
+                    Ok(p) => p,
+                    Err(o) => return o,
+                };
+                match self.step(link, prepared, wait) {
                     Ok(true) => {
                         if std::mem::take(&mut self.pause_after_step) {
                             self.paused = true;
@@ -526,19 +547,26 @@ impl Session {
         restore().map_err(|e| Outcome::Failed(e.to_string()))
     }
 
-    /// One optimisation step on `indices`. Ok(false) when the loss was not finite (the run is
-    /// then paused and the weights restored).
-    fn step(&mut self, link: &Link<'_>, indices: &[usize]) -> Result<bool, Outcome> {
+    /// One optimisation step on prepared batches. Ok(false) when the loss was not finite (the
+    /// run is then paused, the weights restored, and the batches kept for a retry).
+    fn step(
+        &mut self,
+        link: &Link<'_>,
+        prepared: Prepared,
+        data_wait_s: f64,
+    ) -> Result<bool, Outcome> {
         let t0 = Instant::now();
         let failed = |e: candle_core::Error| Outcome::Failed(format!("training step failed: {e}"));
-        let mut rng = Rng::derive(self.config.seed, &[STREAM_STEP, self.pos.step]);
         let mut total: Option<Tensor> = None;
         let mut metrics = Vec::with_capacity(self.tasks.len());
         let mut images = 0;
-        for (task, &w) in self.tasks.iter().zip(&self.config.task_weights) {
-            let batch = task
-                .prepare(&self.data, indices, &mut rng, &self.model.device)
-                .map_err(|e| Outcome::Failed(e.to_string()))?;
+        for ((task, &w), host) in self
+            .tasks
+            .iter()
+            .zip(&self.config.task_weights)
+            .zip(&prepared.batches)
+        {
+            let batch = host.clone().upload(&self.model.device).map_err(failed)?;
             let out = task
                 .forward(&self.model, &batch, true)
                 .map_err(|e| Outcome::Failed(e.to_string()))?;
@@ -548,6 +576,7 @@ impl Session {
                 task: task.kind(),
                 loss: loss_value,
                 metric: out.metric,
+                baseline: out.baseline,
                 metric_info: task.metric(),
             });
             let weighted = (out.loss * w).map_err(failed)?;
@@ -562,6 +591,7 @@ impl Session {
         if let Some(bad) = metrics.iter().find(|m| !m.loss.is_finite()) {
             self.restore_snapshot()?;
             self.paused = true;
+            self.current = Some(prepared);
             link.emit(Event::Error(format!(
                 "the {} loss became {} at step {} (learning rate {:e}); training is paused and the \
                  weights are back to before the last update. Try a lower learning rate (e.g. {:e}), \
@@ -594,12 +624,16 @@ impl Session {
         acc.steps += 1;
         acc.loss += total_loss;
         acc.images += images;
-        acc.train_secs += secs;
+        acc.train_secs += secs + data_wait_s;
         acc.task_loss.resize(metrics.len(), 0.0);
         acc.task_metric.resize(metrics.len(), 0.0);
+        acc.task_baseline.resize(metrics.len(), None);
         for (i, m) in metrics.iter().enumerate() {
             acc.task_loss[i] += m.loss;
             acc.task_metric[i] += m.metric;
+            if let Some(b) = m.baseline {
+                acc.task_baseline[i] = Some(acc.task_baseline[i].unwrap_or(0.0) + b);
+            }
         }
         let step = StepMetrics {
             step: self.pos.step,
@@ -610,7 +644,8 @@ impl Session {
             tasks: metrics,
             loss: total_loss,
             lr: self.opt.lr,
-            images_per_s: images as f64 / secs.max(1e-9),
+            images_per_s: images as f64 / (secs + data_wait_s).max(1e-9),
+            data_wait_s,
             wall_s: self.started.elapsed().as_secs_f64(),
         };
         self.run
@@ -631,6 +666,7 @@ impl Session {
                 task: t.kind(),
                 loss: acc.task_loss.get(i).copied().unwrap_or(f64::NAN) / n,
                 metric: acc.task_metric.get(i).copied().unwrap_or(f64::NAN) / n,
+                baseline: acc.task_baseline.get(i).copied().flatten().map(|b| b / n),
                 metric_info: t.metric(),
             })
             .collect();

@@ -2,7 +2,12 @@
 //! `image` crate's encoders do not produce (palette PNG, EXIF orientation, lying headers).
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use pretext::train::{Command, EpochSummary, Event, Outcome, PauseReason, StepMetrics, Trainer};
+
+const TIMEOUT: Duration = Duration::from_secs(600);
 
 fn crc32(bytes: &[u8]) -> u32 {
     let mut crc = 0xFFFF_FFFFu32;
@@ -135,4 +140,47 @@ pub fn mean_rgb(px: &[u8], size: usize, x0: usize, y0: usize, x1: usize, y1: usi
         }
     }
     sum.map(|s| s / n)
+}
+
+/// Everything a run reported.
+#[derive(Default)]
+pub struct Log {
+    pub steps: Vec<StepMetrics>,
+    pub epochs: Vec<EpochSummary>,
+    pub errors: Vec<String>,
+    pub pauses: Vec<PauseReason>,
+    pub previews: usize,
+    pub run_dir: Option<PathBuf>,
+    pub outcome: Option<Outcome>,
+}
+
+/// Feeds events to `on_event` (which may send commands) until the run finishes.
+pub fn drive(trainer: &Trainer, mut on_event: impl FnMut(&Event, &Log)) -> Log {
+    let mut log = Log::default();
+    loop {
+        let e = trainer
+            .events()
+            .recv_timeout(TIMEOUT)
+            .expect("no event for too long");
+        on_event(&e, &log);
+        match e {
+            Event::Step(m) => log.steps.push(m),
+            Event::Epoch(s) => log.epochs.push(s),
+            Event::Error(m) => log.errors.push(m),
+            Event::Paused { reason, .. } => log.pauses.push(reason),
+            Event::Preview(_) => log.previews += 1,
+            Event::Finished { run_dir, outcome } => {
+                log.run_dir = run_dir;
+                log.outcome = Some(outcome);
+                return log;
+            }
+            _ => {}
+        }
+    }
+}
+
+pub fn run(cmd: Command) -> Log {
+    let t = Trainer::spawn().unwrap();
+    assert!(t.send(cmd));
+    drive(&t, |_, _| {})
 }

@@ -1,0 +1,196 @@
+//! Contrastive learning (SimCLR, Chen et al. 2020): two random views x⁺ = T(x) of every image
+//! (random resized crop, horizontal flip, colour jitter, random grey, optional blur), the
+//! shared encoder, a projection head, and NT-Xent / InfoNCE over the 2N views with cosine
+//! similarity and temperature τ. Proxy metric: how often an anchor's positive is the most
+//! similar of the other 2N − 1 views (chance 1/(2N − 1)).
+
+use std::sync::Arc;
+
+use super::heads::Mlp;
+use super::{
+    Batch, BatchExtra, BatchMaker, Canvas, HostBatch, HostTensor, MetricInfo, PREVIEW_SEED,
+    PretextTask, Preview, PreviewDetail, TaskOutput, per_sample, preview_factor,
+};
+use crate::config::{Augment, TaskKind, TaskSettings};
+use crate::data::Dataset;
+use crate::data::augment::{self, AugmentRecord};
+use crate::data::ops::{INPUT_MEAN, INPUT_STD};
+use crate::model::{Model, ModelError, ops as nn};
+
+/// Output size of the projection head.
+pub const PROJECTION_DIM: usize = 64;
+
+pub struct Contrastive {
+    projector: Mlp,
+    maker: Arc<ContrastiveMaker>,
+    temperature: f64,
+}
+
+pub struct ContrastiveMaker {
+    pub augment: Augment,
+}
+
+/// HWC floats in [0, 1] → normalised CHW.
+fn unit_hwc_to_chw(img: &[f32], size: usize, out: &mut Vec<f32>) {
+    let plane = size * size;
+    let start = out.len();
+    out.resize(start + 3 * plane, 0.0);
+    for p in 0..plane {
+        for c in 0..3 {
+            out[start + c * plane + p] = (img[p * 3 + c] - INPUT_MEAN) / INPUT_STD;
+        }
+    }
+}
+
+impl BatchMaker for ContrastiveMaker {
+    fn make(&self, data: &Dataset, indices: &[usize], seed: u64) -> HostBatch {
+        let s = data.size;
+        let per: Vec<(Vec<f32>, Vec<f32>, AugmentRecord, AugmentRecord)> =
+            per_sample(indices, seed, |idx, rng| {
+                let (a, ra) = augment::augment(data.image(idx), s, &self.augment, rng);
+                let (b, rb) = augment::augment(data.image(idx), s, &self.augment, rng);
+                (a, b, ra, rb)
+            });
+        let n = indices.len();
+        let mut inputs = Vec::with_capacity(2 * n * 3 * s * s);
+        for (a, _, _, _) in &per {
+            unit_hwc_to_chw(a, s, &mut inputs);
+        }
+        for (_, b, _, _) in &per {
+            unit_hwc_to_chw(b, s, &mut inputs);
+        }
+        HostBatch {
+            inputs: HostTensor::new(inputs, &[2 * n, 3, s, s]),
+            sources: indices.to_vec(),
+            extra: BatchExtra::Views(per.into_iter().map(|x| (x.2, x.3)).collect()),
+            ..HostBatch::default()
+        }
+    }
+}
+
+impl Contrastive {
+    pub fn new(model: &Model, settings: &TaskSettings) -> Result<Self, ModelError> {
+        let vb = model.head_builder("contrastive");
+        let z = model.encoder.z_dim();
+        Ok(Self {
+            projector: Mlp::new(&vb, z, z, PROJECTION_DIM)?,
+            maker: Arc::new(ContrastiveMaker {
+                augment: settings.augment.clone(),
+            }),
+            temperature: settings.temperature,
+        })
+    }
+
+    /// Projections h = g(f(x)) of all 2N views.
+    pub fn project(
+        &self,
+        model: &Model,
+        batch: &Batch,
+        train: bool,
+    ) -> Result<candle_core::Tensor, ModelError> {
+        let z = model.encoder.forward(&batch.inputs, train)?.z;
+        Ok(self.projector.forward(&z)?)
+    }
+}
+
+impl PretextTask for Contrastive {
+    fn kind(&self) -> TaskKind {
+        TaskKind::Contrastive
+    }
+
+    fn metric(&self) -> MetricInfo {
+        MetricInfo {
+            name: "positive top-1",
+            label: "Proxy positive top-1",
+            percent: true,
+            unit: "%",
+            chance: None,
+            baseline: Some("chance 1/(2N-1)"),
+        }
+    }
+
+    fn maker(&self) -> Arc<dyn BatchMaker> {
+        self.maker.clone()
+    }
+
+    fn forward(&self, model: &Model, batch: &Batch, train: bool) -> Result<TaskOutput, ModelError> {
+        let h = self.project(model, batch, train)?;
+        let (loss, sim) = nn::nt_xent(&h, self.temperature)?;
+        let sim = sim.to_vec2::<f32>()?;
+        let two_n = sim.len();
+        Ok(TaskOutput {
+            loss,
+            metric: nn::positive_top1(&sim),
+            baseline: Some(1.0 / (two_n.saturating_sub(1)).max(1) as f64),
+            images: two_n,
+        })
+    }
+
+    /// Left: each image's two views side by side; right: the 2k × 2k cosine-similarity matrix
+    /// of the views (rows and columns: first views, then second views; positives on the two
+    /// off-diagonals).
+    fn preview(
+        &self,
+        model: &Model,
+        data: &Dataset,
+        indices: &[usize],
+    ) -> Result<Preview, ModelError> {
+        let batch = self
+            .maker
+            .make(data, indices, PREVIEW_SEED)
+            .upload(&model.device)?;
+        let h = self.project(model, &batch, false)?;
+        let sim = nn::cosine_similarity_matrix(&h)?.to_vec2::<f32>()?;
+        let top1 = nn::positive_top1(&sim);
+        let s = data.size;
+        let f = preview_factor(s);
+        let cell = s * f;
+        let pad = 6;
+        let k = indices.len();
+        let plane = s * s;
+        let view_bytes = |v: usize| -> Vec<u8> {
+            let chw = &batch.host.inputs.data[v * 3 * plane..(v + 1) * 3 * plane];
+            (0..plane)
+                .flat_map(|p| {
+                    (0..3).map(move |c| {
+                        ((chw[c * plane + p] * INPUT_STD + INPUT_MEAN).clamp(0.0, 1.0) * 255.0)
+                            .round() as u8
+                    })
+                })
+                .collect()
+        };
+        let heat_cell = ((k * (cell + pad)) / (2 * k).max(1)).max(2);
+        let heat = 2 * k * heat_cell;
+        let mut canvas = Canvas::new(
+            2 * (cell + pad) + 2 * pad + heat + pad,
+            (k * (cell + pad) + pad).max(heat + 2 * pad),
+            [24, 24, 28],
+        );
+        for row in 0..k {
+            let y = pad + row * (cell + pad);
+            canvas.blit(&view_bytes(row), s, s, f, pad, y);
+            canvas.blit(&view_bytes(row + k), s, s, f, 2 * pad + cell, y);
+        }
+        let flat: Vec<f32> = sim.iter().flatten().copied().collect();
+        canvas.heatmap(
+            (2 * (cell + pad) + 2 * pad, pad),
+            &flat,
+            2 * k,
+            heat_cell,
+            (-1.0, 1.0),
+        );
+        Ok(Preview {
+            task: TaskKind::Contrastive,
+            caption: format!(
+                "contrastive: view pairs x⁺ = T(x) | cosine similarity of the {} views (blue −1, white 0, red 1); positive top-1 {:.0}%",
+                2 * k,
+                top1 * 100.0
+            ),
+            image: canvas,
+            detail: PreviewDetail::Contrastive {
+                views: 2 * k,
+                similarity: flat,
+            },
+        })
+    }
+}
