@@ -467,6 +467,7 @@ pub fn train(args: &TrainArgs) -> i32 {
                 return code;
             }
             Event::Preview(_)
+            | Event::Inspection { .. }
             | Event::CheckpointSaved { .. }
             | Event::Resumed
             | Event::LrChanged(_) => {}

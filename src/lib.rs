@@ -12,5 +12,6 @@ pub mod model;
 pub mod rng;
 pub mod tasks;
 pub mod train;
+pub mod ui;
 
 pub use config::{DataSource, DeviceKind, TaskKind, TrainConfig};

@@ -11,7 +11,9 @@ use std::path::PathBuf;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use crate::config::{TaskKind, TrainConfig};
-use crate::data::DatasetSummary;
+use std::sync::Arc;
+
+use crate::data::{Dataset, DatasetSummary};
 use crate::tasks::{MetricInfo, Preview};
 pub use run_dir::RunDir;
 
@@ -22,10 +24,13 @@ const COMMAND_CAPACITY: usize = 64;
 const EVENT_CAPACITY: usize = 1024;
 
 /// What a front end can ask of the engine.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub enum Command {
     /// Start a new run.
     Start(Box<TrainConfig>),
+    /// Start a new run on data the front end has already loaded (it must match the
+    /// configuration's data source and size, or it is loaded again).
+    StartWithData(Box<TrainConfig>, Arc<Dataset>),
     /// Continue a run from its directory; optionally with a new total epoch count or a new
     /// learning rate.
     Continue {
@@ -45,6 +50,9 @@ pub enum Command {
     SetLr(f64),
     /// Save a checkpoint now.
     SaveCheckpoint,
+    /// Every task's predictions for these data-set images (answered with
+    /// [`Event::Inspection`] between two steps, or at once while paused).
+    Inspect(Vec<usize>),
     /// Stop any run and end the worker thread.
     Shutdown,
 }
@@ -137,6 +145,8 @@ pub enum Event {
     Step(StepMetrics),
     Epoch(EpochSummary),
     Preview(Box<Preview>),
+    /// The answer to [`Command::Inspect`].
+    Inspection { indices: Vec<usize>, previews: Vec<Preview> },
     CheckpointSaved {
         path: PathBuf,
         step: u64,
@@ -156,6 +166,9 @@ pub enum Event {
     },
 }
 
+/// Called after each event the worker sends.
+pub type Notify = Arc<dyn Fn() + Send + Sync>;
+
 /// A handle on the worker thread; dropping it stops the worker cleanly.
 pub struct Trainer {
     commands: Sender<Command>,
@@ -166,11 +179,17 @@ pub struct Trainer {
 impl Trainer {
     /// Starts the worker thread (named `pretext-trainer`), idle until it gets a command.
     pub fn spawn() -> std::io::Result<Self> {
+        Self::spawn_with_notify(Arc::new(|| {}))
+    }
+
+    /// Like [`Trainer::spawn`]; `notify` is called after every event sent (a GUI asks for a
+    /// repaint there, so it wakes up when something happened and sleeps otherwise).
+    pub fn spawn_with_notify(notify: Notify) -> std::io::Result<Self> {
         let (cmd_tx, cmd_rx) = crossbeam_channel::bounded(COMMAND_CAPACITY);
         let (ev_tx, ev_rx) = crossbeam_channel::bounded(EVENT_CAPACITY);
         let thread = std::thread::Builder::new()
             .name("pretext-trainer".into())
-            .spawn(move || worker::run(&cmd_rx, &ev_tx))?;
+            .spawn(move || worker::run(&cmd_rx, &ev_tx, &notify))?;
         Ok(Self {
             commands: cmd_tx,
             events: ev_rx,

@@ -24,6 +24,7 @@ const FORMAT: &str = "pretext-checkpoint-1";
 struct Link<'a> {
     commands: &'a Receiver<Command>,
     events: &'a Sender<Event>,
+    notify: &'a super::Notify,
     /// Commands that arrived while they could not be handled (e.g. during loading).
     pending: Mutex<Vec<Command>>,
     shutdown: AtomicBool,
@@ -36,6 +37,7 @@ impl Link<'_> {
             self.shutdown.store(true, Ordering::Relaxed);
             false
         } else {
+            (self.notify)();
             true
         }
     }
@@ -63,10 +65,11 @@ impl Link<'_> {
 }
 
 /// Entry point of the `pretext-trainer` thread.
-pub(super) fn run(commands: &Receiver<Command>, events: &Sender<Event>) {
+pub(super) fn run(commands: &Receiver<Command>, events: &Sender<Event>, notify: &super::Notify) {
     let link = Link {
         commands,
         events,
+        notify,
         pending: Mutex::new(Vec::new()),
         shutdown: AtomicBool::new(false),
     };
@@ -76,7 +79,8 @@ pub(super) fn run(commands: &Receiver<Command>, events: &Sender<Event>) {
         };
         let setup = match cmd {
             Command::Shutdown => return,
-            Command::Start(config) => Setup::New(config),
+            Command::Start(config) => Setup::New(config, None),
+            Command::StartWithData(config, data) => Setup::New(config, Some(data)),
             Command::Continue {
                 run_dir,
                 epochs,
@@ -91,6 +95,7 @@ pub(super) fn run(commands: &Receiver<Command>, events: &Sender<Event>) {
             | Command::Step
             | Command::Stop
             | Command::SaveCheckpoint
+            | Command::Inspect(_)
             | Command::SetLr(_) => {
                 continue;
             }
@@ -110,7 +115,7 @@ pub(super) fn run(commands: &Receiver<Command>, events: &Sender<Event>) {
 }
 
 enum Setup {
-    New(Box<TrainConfig>),
+    New(Box<TrainConfig>, Option<Arc<Dataset>>),
     Continue {
         run_dir: PathBuf,
         epochs: Option<usize>,
@@ -217,9 +222,11 @@ fn resume_metadata(
 impl Session {
     fn start(link: &Link<'_>, setup: Setup) -> Result<Self, Outcome> {
         let invalid = |m: String| Outcome::InvalidInput(m);
+        let mut preloaded: Option<Arc<Dataset>> = None;
         let (config, run, resume) = match setup {
-            Setup::New(config) => {
+            Setup::New(config, data) => {
                 config.validate().map_err(invalid)?;
+                preloaded = data.filter(|d| d.source == config.data && d.size == config.size);
                 (*config, None, None)
             }
             Setup::Continue {
@@ -243,7 +250,10 @@ impl Session {
         };
         let device = model::open_device(config.device).map_err(|e| invalid(e.to_string()))?;
         let load_start = Instant::now();
-        let data = load_data(link, &config)?;
+        let data = match preloaded {
+            Some(d) => d,
+            None => Arc::new(load_data(link, &config)?),
+        };
         let load_secs = load_start.elapsed().as_secs_f64();
         if data.len() < 2 {
             return Err(invalid(format!(
@@ -313,7 +323,7 @@ impl Session {
         let parameters = model.parameter_count();
         let session = Self {
             config,
-            data: Arc::new(data),
+            data,
             model,
             tasks,
             opt,
@@ -496,7 +506,16 @@ impl Session {
                     self.save_model(link, &name)?;
                     self.save_resume(link)?;
                 }
-                Command::Start(_) | Command::Continue { .. } => {
+                Command::Inspect(indices) => {
+                    let indices: Vec<usize> = indices.into_iter().filter(|&i| i < self.data.len()).collect();
+                    let previews = self
+                        .tasks
+                        .iter()
+                        .filter_map(|t| t.preview(&self.model, &self.data, &indices).ok())
+                        .collect();
+                    link.emit(Event::Inspection { indices, previews });
+                }
+                Command::Start(_) | Command::StartWithData(..) | Command::Continue { .. } => {
                     link.emit(Event::Warning(
                         "a run is already in progress: stop it first".into(),
                     ));
