@@ -82,13 +82,23 @@ fn start_pause_step_resume_stop_on_builtin_data() {
     assert!(h.query_by_label_contains("64 images").is_some());
 
     h.get_by_label("Start").click();
-    wait_until(&mut h, "steps and previews", |a| a.curves.steps_seen >= 2 && !a.previews.is_empty());
-    let points = h.state().curves.series.get("loss/rotation").map(|s| s.len()).unwrap_or(0);
+    wait_until(&mut h, "steps and previews", |a| {
+        a.curves.steps_seen >= 2 && !a.previews.is_empty()
+    });
+    let points = h
+        .state()
+        .curves
+        .series
+        .get("loss/rotation")
+        .map(|s| s.len())
+        .unwrap_or(0);
     assert!(points >= 2, "loss curve has {points} points");
     assert!(h.state().previews.contains_key(&TaskKind::Rotation));
 
     h.get_by_label("Pause").click();
-    wait_until(&mut h, "pause", |a| matches!(a.status, RunStatus::Paused(_)));
+    wait_until(&mut h, "pause", |a| {
+        matches!(a.status, RunStatus::Paused(_))
+    });
     // Let any event of a step that was under way arrive.
     for _ in 0..20 {
         h.step();
@@ -96,15 +106,30 @@ fn start_pause_step_resume_stop_on_builtin_data() {
     }
     let before = h.state().curves.steps_seen;
     h.get_by_label("Step").click();
-    wait_until(&mut h, "one step", |a| a.status == RunStatus::Paused(PauseReason::Stepped));
-    assert_eq!(h.state().curves.steps_seen, before + 1, "Step trains exactly one batch");
+    wait_until(&mut h, "one step", |a| {
+        a.status == RunStatus::Paused(PauseReason::Stepped)
+    });
+    assert_eq!(
+        h.state().curves.steps_seen,
+        before + 1,
+        "Step trains exactly one batch"
+    );
 
     h.get_by_label("Resume").click();
     wait_until(&mut h, "resume", |a| a.status == RunStatus::Running);
     h.get_by_label("Stop").click();
-    wait_until(&mut h, "stop", |a| matches!(a.status, RunStatus::Finished(_)));
+    wait_until(&mut h, "stop", |a| {
+        matches!(a.status, RunStatus::Finished(_))
+    });
     assert_eq!(h.state().status, RunStatus::Finished(Outcome::Stopped));
-    assert!(h.state().run_dir.as_ref().unwrap().join("metrics.csv").is_file());
+    assert!(
+        h.state()
+            .run_dir
+            .as_ref()
+            .unwrap()
+            .join("metrics.csv")
+            .is_file()
+    );
 }
 
 #[test]
@@ -117,7 +142,9 @@ fn opening_folders_by_typed_path_including_an_empty_one() {
     let empty = tempfile::tempdir().unwrap();
     h.state_mut().path_input = empty.path().display().to_string();
     h.get_by_label("Open").click();
-    wait_until(&mut h, "load error", |a| matches!(a.data, DataState::Failed(_)));
+    wait_until(&mut h, "load error", |a| {
+        matches!(a.data, DataState::Failed(_))
+    });
     assert!(
         h.query_all_by_label_contains("no readable image").count() >= 1,
         "the error shows in the window"
@@ -130,13 +157,19 @@ fn opening_folders_by_typed_path_including_an_empty_one() {
     for i in 0..6 {
         let dir = good.path().join(if i % 2 == 0 { "even" } else { "odd" });
         std::fs::create_dir_all(&dir).unwrap();
-        image::RgbImage::from_raw(32, 32, d.image(i).to_vec()).unwrap().save(dir.join(format!("{i}.png"))).unwrap();
+        image::RgbImage::from_raw(32, 32, d.image(i).to_vec())
+            .unwrap()
+            .save(dir.join(format!("{i}.png")))
+            .unwrap();
     }
     h.state_mut().path_input = good.path().display().to_string();
     h.get_by_label("Open").click();
     wait_until(&mut h, "folder", |a| matches!(a.data, DataState::Ready(_)));
     assert!(h.query_by_label_contains("2 classes").is_some());
-    assert_eq!(h.state().settings.recent.first(), Some(&good.path().display().to_string()));
+    assert_eq!(
+        h.state().settings.recent.first(),
+        Some(&good.path().display().to_string())
+    );
 }
 
 #[test]
@@ -150,7 +183,10 @@ fn settings_survive_a_restart() {
     h.state_mut().settings.smoothing = 0.5;
     h.state_mut().settings.log_scale = true;
     let saved = h.state().settings.clone();
-    assert_eq!(saved.config.tasks, [TaskKind::Rotation, TaskKind::Contrastive]);
+    assert_eq!(
+        saved.config.tasks,
+        [TaskKind::Rotation, TaskKind::Contrastive]
+    );
     eframe::App::save(h.state_mut(), &mut storage);
     drop(h);
 
@@ -168,8 +204,12 @@ fn a_nan_loss_shows_advice_in_the_window_without_crashing() {
     wait_until(&mut h, "a step", |a| a.curves.steps_seen >= 1);
     // What the "Set" button sends, with a learning rate no run survives.
     h.state_mut().send(pretext::train::Command::SetLr(1e38));
-    wait_until(&mut h, "the NaN pause", |a| a.status == RunStatus::Paused(PauseReason::NonFiniteLoss));
+    wait_until(&mut h, "the NaN pause", |a| {
+        a.status == RunStatus::Paused(PauseReason::NonFiniteLoss)
+    });
     assert!(h.query_all_by_label_contains("lower learning rate").count() >= 1);
     h.get_by_label("Stop").click();
-    wait_until(&mut h, "stop", |a| matches!(a.status, RunStatus::Finished(_)));
+    wait_until(&mut h, "stop", |a| {
+        matches!(a.status, RunStatus::Finished(_))
+    });
 }

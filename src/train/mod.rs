@@ -146,7 +146,10 @@ pub enum Event {
     Epoch(EpochSummary),
     Preview(Box<Preview>),
     /// The answer to [`Command::Inspect`].
-    Inspection { indices: Vec<usize>, previews: Vec<Preview> },
+    Inspection {
+        indices: Vec<usize>,
+        previews: Vec<Preview>,
+    },
     CheckpointSaved {
         path: PathBuf,
         step: u64,

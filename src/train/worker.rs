@@ -507,7 +507,10 @@ impl Session {
                     self.save_resume(link)?;
                 }
                 Command::Inspect(indices) => {
-                    let indices: Vec<usize> = indices.into_iter().filter(|&i| i < self.data.len()).collect();
+                    let indices: Vec<usize> = indices
+                        .into_iter()
+                        .filter(|&i| i < self.data.len())
+                        .collect();
                     let previews = self
                         .tasks
                         .iter()

@@ -42,7 +42,10 @@ impl History {
                     .chunks(2)
                     .map(|c| {
                         let k = c.len() as f64;
-                        [c.iter().map(|p| p[0]).sum::<f64>() / k, c.iter().map(|p| p[1]).sum::<f64>() / k]
+                        [
+                            c.iter().map(|p| p[0]).sum::<f64>() / k,
+                            c.iter().map(|p| p[1]).sum::<f64>() / k,
+                        ]
                     })
                     .collect();
                 self.stride *= 2;
@@ -104,7 +107,9 @@ mod tests {
         assert!(pts.windows(2).all(|w| w[0][0] < w[1][0]), "x increases");
         assert!(pts[0][0] < 1000.0 && pts[pts.len() - 1][0] > 98_000.0);
         // The sine's shape survives: the max is near x = π/2 · 10⁴.
-        let max = pts.iter().fold(pts[0], |m, p| if p[1] > m[1] { *p } else { m });
+        let max = pts
+            .iter()
+            .fold(pts[0], |m, p| if p[1] > m[1] { *p } else { m });
         assert!((max[0] - 15_708.0).abs() < 2_000.0, "{max:?}");
     }
 

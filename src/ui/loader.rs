@@ -19,23 +19,30 @@ pub struct Loader {
 }
 
 impl Loader {
-    pub fn start(source: DataSource, size: usize, wake: Arc<dyn Fn() + Send + Sync>) -> std::io::Result<Self> {
+    pub fn start(
+        source: DataSource,
+        size: usize,
+        wake: Arc<dyn Fn() + Send + Sync>,
+    ) -> std::io::Result<Self> {
         let done = Arc::new(AtomicUsize::new(0));
         let total = Arc::new(AtomicUsize::new(0));
         let cancel = Arc::new(AtomicBool::new(false));
         let (tx, rx) = bounded(1);
         let (d, t, c, s) = (done.clone(), total.clone(), cancel.clone(), source.clone());
-        std::thread::Builder::new().name("pretext-loader".into()).spawn(move || {
-            let started = std::time::Instant::now();
-            let progress = |n: usize, of: usize| {
-                d.store(n, Ordering::Relaxed);
-                t.store(of, Ordering::Relaxed);
+        std::thread::Builder::new()
+            .name("pretext-loader".into())
+            .spawn(move || {
+                let started = std::time::Instant::now();
+                let progress = |n: usize, of: usize| {
+                    d.store(n, Ordering::Relaxed);
+                    t.store(of, Ordering::Relaxed);
+                    wake();
+                };
+                let r = data::load(&s, size, &progress, &c)
+                    .map(|d| (d, started.elapsed().as_secs_f64()));
+                let _ = tx.send(r);
                 wake();
-            };
-            let r = data::load(&s, size, &progress, &c).map(|d| (d, started.elapsed().as_secs_f64()));
-            let _ = tx.send(r);
-            wake();
-        })?;
+            })?;
         Ok(Self {
             source,
             size,
@@ -48,7 +55,10 @@ impl Loader {
 
     /// (done, total) files.
     pub fn progress(&self) -> (usize, usize) {
-        (self.done.load(Ordering::Relaxed), self.total.load(Ordering::Relaxed))
+        (
+            self.done.load(Ordering::Relaxed),
+            self.total.load(Ordering::Relaxed),
+        )
     }
 
     pub fn cancel(&self) {

@@ -184,7 +184,12 @@ fn preview_view(ctx: &egui::Context, p: &Preview) -> PreviewView {
 
 impl PretextApp {
     /// The app with its persisted settings (from `storage`) and optionally a folder to open.
-    pub fn new(ctx: &egui::Context, storage: Option<&dyn eframe::Storage>, open: Option<PathBuf>) -> anyhow::Result<Self> {
+    pub fn new(
+        ctx: &egui::Context,
+        storage: Option<&dyn eframe::Storage>,
+        open: Option<PathBuf>,
+    ) -> anyhow::Result<Self> {
+        install_math_font(ctx);
         let settings: Persisted = storage
             .and_then(|s| eframe::get_value(s, STORAGE_KEY))
             .unwrap_or_default();
@@ -224,7 +229,10 @@ impl PretextApp {
     }
 
     pub fn is_training(&self) -> bool {
-        matches!(self.status, RunStatus::Starting | RunStatus::Running | RunStatus::Paused(_))
+        matches!(
+            self.status,
+            RunStatus::Starting | RunStatus::Running | RunStatus::Paused(_)
+        )
     }
 
     pub fn message(&mut self, error: bool, text: impl Into<String>) {
@@ -272,10 +280,16 @@ impl PretextApp {
     pub fn pick_folder(&mut self) {
         let (tx, rx) = crossbeam_channel::bounded(1);
         let wake = self.wake.clone();
-        let spawned = std::thread::Builder::new().name("pretext-dialog".into()).spawn(move || {
-            let _ = tx.send(rfd::FileDialog::new().set_title("Open a folder of images").pick_folder());
-            wake();
-        });
+        let spawned = std::thread::Builder::new()
+            .name("pretext-dialog".into())
+            .spawn(move || {
+                let _ = tx.send(
+                    rfd::FileDialog::new()
+                        .set_title("Open a folder of images")
+                        .pick_folder(),
+                );
+                wake();
+            });
         match spawned {
             Ok(_) => self.dialog = Some(rx),
             Err(e) => self.message(true, format!("cannot open the folder dialog: {e}")),
@@ -314,7 +328,11 @@ impl PretextApp {
             Ok(rows) => {
                 for r in rows {
                     let x = r.step as f64;
-                    let metric = if r.percent { r.metric * 100.0 } else { r.metric };
+                    let metric = if r.percent {
+                        r.metric * 100.0
+                    } else {
+                        r.metric
+                    };
                     self.curves.push(format!("loss/{}", r.task), x, r.loss);
                     self.curves.push(format!("metric/{}", r.task), x, metric);
                     self.curves.push("lr".into(), x, r.lr);
@@ -357,7 +375,10 @@ impl PretextApp {
 
     pub fn send(&mut self, cmd: Command) {
         if !self.trainer.send(cmd) {
-            self.message(true, "the training thread is not answering (its queue is full or it ended)");
+            self.message(
+                true,
+                "the training thread is not answering (its queue is full or it ended)",
+            );
         }
     }
 
@@ -384,7 +405,13 @@ impl PretextApp {
                     let summary = d.summary(secs);
                     let source = d.source.clone();
                     if !summary.skipped.is_empty() {
-                        self.message(false, format!("{} file(s) skipped (see the data panel)", summary.skipped.len()));
+                        self.message(
+                            false,
+                            format!(
+                                "{} file(s) skipped (see the data panel)",
+                                summary.skipped.len()
+                            ),
+                        );
                     }
                     let (tex, cols) = panels::thumbnail_atlas(ctx, &d);
                     self.data = DataState::Ready(LoadedData {
@@ -431,7 +458,11 @@ impl PretextApp {
             } => {
                 self.curves.batches_per_epoch = batches_per_epoch;
                 self.status = RunStatus::Running;
-                let verb = if start_step > 0 { "continuing" } else { "run directory" };
+                let verb = if start_step > 0 {
+                    "continuing"
+                } else {
+                    "run directory"
+                };
                 self.message(false, format!("{verb}: {}", run_dir.display()));
                 self.run_dir = Some(run_dir);
             }
@@ -468,7 +499,10 @@ impl PretextApp {
             self.send(Command::Inspect(vec![index]));
             self.tab = Tab::Inspect;
         } else {
-            self.message(false, "start a run to see the tasks' predictions for an image");
+            self.message(
+                false,
+                "start a run to see the tasks' predictions for an image",
+            );
         }
     }
 
@@ -488,13 +522,15 @@ impl eframe::App for PretextApp {
         panels::dropped_folder(self, ui);
         panels::top_bar(self, ui);
         panels::status_bar(self, ui);
-        egui::Panel::left("controls").default_size(330.0).show(ui, |ui| {
-            egui::ScrollArea::vertical().show(ui, |ui| {
-                panels::data_panel(self, ui);
-                ui.separator();
-                panels::controls(self, ui);
+        egui::Panel::left("controls")
+            .default_size(330.0)
+            .show(ui, |ui| {
+                egui::ScrollArea::vertical().show(ui, |ui| {
+                    panels::data_panel(self, ui);
+                    ui.separator();
+                    panels::controls(self, ui);
+                });
             });
-        });
         egui::CentralPanel::default_margins().show(ui, |ui| panels::central(self, ui));
         panels::zoom_window(self, ui);
         if matches!(self.data, DataState::Loading(_)) {
@@ -510,7 +546,8 @@ impl eframe::App for PretextApp {
 
     fn on_exit(&mut self) {
         if std::env::var_os("PRETEXT_FRAME_STATS").is_some()
-            && let Some((median, p95)) = frame_stats::percentiles(self.frame_stats.all.iter().copied())
+            && let Some((median, p95)) =
+                frame_stats::percentiles(self.frame_stats.all.iter().copied())
         {
             eprintln!(
                 "frame time over {} frames: median {median:.2} ms, 95th percentile {p95:.2} ms",
@@ -518,6 +555,25 @@ impl eframe::App for PretextApp {
             );
         }
     }
+}
+
+/// DejaVu Sans as a fallback after egui's own fonts, for the mathematical symbols egui's
+/// default fonts lack (superscripts, ‖, ∇, ∑ …).
+fn install_math_font(ctx: &egui::Context) {
+    use egui::epaint::text::{FontInsert, FontPriority, InsertFontFamily};
+    const DEJAVU: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
+    let families = [egui::FontFamily::Proportional, egui::FontFamily::Monospace]
+        .into_iter()
+        .map(|family| InsertFontFamily {
+            family,
+            priority: FontPriority::Lowest,
+        })
+        .collect();
+    ctx.add_font(FontInsert::new(
+        "DejaVuSans",
+        egui::FontData::from_static(DEJAVU),
+        families,
+    ));
 }
 
 /// Opens the window; `open` is a folder given on the command line.

@@ -17,9 +17,20 @@ const MUTED: Color32 = Color32::from_rgb(150, 150, 160);
 
 /// A folder dropped on the window opens.
 pub fn dropped_folder(app: &mut PretextApp, ui: &egui::Ui) {
-    let dropped: Vec<std::path::PathBuf> = ui.ctx().input(|i| i.raw.dropped_files.iter().map(|f| f.path().to_path_buf()).filter(|p| !p.as_os_str().is_empty()).collect());
+    let dropped: Vec<std::path::PathBuf> = ui.ctx().input(|i| {
+        i.raw
+            .dropped_files
+            .iter()
+            .map(|f| f.path().to_path_buf())
+            .filter(|p| !p.as_os_str().is_empty())
+            .collect()
+    });
     if let Some(p) = dropped.first() {
-        let folder = if p.is_dir() { p.clone() } else { p.parent().map(Path::to_path_buf).unwrap_or_default() };
+        let folder = if p.is_dir() {
+            p.clone()
+        } else {
+            p.parent().map(Path::to_path_buf).unwrap_or_default()
+        };
         app.open_folder(&folder);
     }
 }
@@ -29,15 +40,20 @@ pub fn top_bar(app: &mut PretextApp, ui: &mut egui::Ui) {
         ui.horizontal_wrapped(|ui| {
             ui.heading("pretext");
             ui.separator();
-            if ui.button("Open folder…").on_hover_text("Choose a folder of images with the system dialog").clicked() {
+            if ui
+                .button("Open folder…")
+                .on_hover_text("Choose a folder of images with the system dialog")
+                .clicked()
+            {
                 app.pick_folder();
             }
+            let label = ui.label("Folder path");
             ui.add(
                 egui::TextEdit::singleline(&mut app.path_input)
-                    .hint_text("or type a folder path")
-                    .desired_width(260.0),
+                    .hint_text("type a folder path, or drop a folder on the window")
+                    .desired_width(280.0),
             )
-            .labelled_by(ui.label("Folder path").id);
+            .labelled_by(label.id);
             if ui.button("Open").clicked() {
                 let p = std::path::PathBuf::from(app.path_input.trim());
                 app.open_folder(&p);
@@ -64,9 +80,18 @@ pub fn top_bar(app: &mut PretextApp, ui: &mut egui::Ui) {
                 }
             });
             ui.separator();
-            ui.label("Run dir");
-            ui.add(egui::TextEdit::singleline(&mut app.run_input).hint_text("runs/…").desired_width(180.0));
-            if ui.button("Continue run").on_hover_text("Load a run directory's curves and model and train on").clicked() {
+            let label = ui.label("Run dir");
+            ui.add(
+                egui::TextEdit::singleline(&mut app.run_input)
+                    .hint_text("runs/…")
+                    .desired_width(180.0),
+            )
+            .labelled_by(label.id);
+            if ui
+                .button("Continue run")
+                .on_hover_text("Load a run directory's curves and model and train on")
+                .clicked()
+            {
                 let p = std::path::PathBuf::from(app.run_input.trim());
                 app.continue_run(&p, None);
             }
@@ -75,7 +100,11 @@ pub fn top_bar(app: &mut PretextApp, ui: &mut egui::Ui) {
             if app.settings.show_frame_time
                 && let Some((median, p95)) = app.frame_time()
             {
-                ui.label(RichText::new(format!("{median:.1} ms (p95 {p95:.1})")).monospace().color(MUTED));
+                ui.label(
+                    RichText::new(format!("{median:.1} ms (p95 {p95:.1})"))
+                        .monospace()
+                        .color(MUTED),
+                );
             }
         });
     });
@@ -84,7 +113,11 @@ pub fn top_bar(app: &mut PretextApp, ui: &mut egui::Ui) {
 /// The folder of example photos: next to the executable's crate, or in the working directory.
 pub fn example_photos() -> std::path::PathBuf {
     let here = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/examples/photos");
-    if here.is_dir() { here } else { std::path::PathBuf::from("assets/examples/photos") }
+    if here.is_dir() {
+        here
+    } else {
+        std::path::PathBuf::from("assets/examples/photos")
+    }
 }
 
 pub fn status_bar(app: &mut PretextApp, ui: &mut egui::Ui) {
@@ -94,11 +127,15 @@ pub fn status_bar(app: &mut PretextApp, ui: &mut egui::Ui) {
                 RunStatus::Idle => ("ready".to_string(), MUTED),
                 RunStatus::Starting => ("starting…".to_string(), MUTED),
                 RunStatus::Running => ("training".to_string(), Color32::from_rgb(90, 200, 120)),
-                RunStatus::Paused(PauseReason::NonFiniteLoss) => ("paused: the loss was not finite".to_string(), ERROR),
+                RunStatus::Paused(PauseReason::NonFiniteLoss) => {
+                    ("paused: the loss was not finite".to_string(), ERROR)
+                }
                 RunStatus::Paused(_) => ("paused".to_string(), Color32::from_rgb(230, 190, 80)),
                 RunStatus::Finished(Outcome::Completed) => ("finished".to_string(), MUTED),
                 RunStatus::Finished(Outcome::Stopped) => ("stopped".to_string(), MUTED),
-                RunStatus::Finished(Outcome::InvalidInput(_) | Outcome::Failed(_)) => ("failed".to_string(), ERROR),
+                RunStatus::Finished(Outcome::InvalidInput(_) | Outcome::Failed(_)) => {
+                    ("failed".to_string(), ERROR)
+                }
             };
             ui.label(RichText::new(text).color(color).strong());
             if let Some(m) = &app.last_step {
@@ -120,7 +157,11 @@ pub fn status_bar(app: &mut PretextApp, ui: &mut egui::Ui) {
                 if app.messages.len() > 1 {
                     ui.collapsing(format!("{} messages", app.messages.len()), |ui| {
                         for m in app.messages.iter().rev() {
-                            ui.label(RichText::new(&m.text).color(if m.error { ERROR } else { MUTED }));
+                            ui.label(RichText::new(&m.text).color(if m.error {
+                                ERROR
+                            } else {
+                                MUTED
+                            }));
                         }
                     });
                 }
@@ -143,7 +184,10 @@ pub fn thumbnail_atlas(ctx: &egui::Context, d: &Dataset) -> (Option<egui::Textur
         canvas.blit(d.image(i), s, s, 1, (i % cols) * s, (i / cols) * s);
     }
     let img = egui::ColorImage::from_rgb([canvas.width, canvas.height], &canvas.rgb);
-    (Some(ctx.load_texture("thumbnails", img, egui::TextureOptions::NEAREST)), cols)
+    (
+        Some(ctx.load_texture("thumbnails", img, egui::TextureOptions::NEAREST)),
+        cols,
+    )
 }
 
 pub fn data_panel(app: &mut PretextApp, ui: &mut egui::Ui) {
@@ -157,7 +201,11 @@ pub fn data_panel(app: &mut PretextApp, ui: &mut egui::Ui) {
         DataState::Loading(l) => {
             let (done, total) = l.progress();
             ui.label(format!("Loading {} …", l.source));
-            let frac = if total > 0 { done as f32 / total as f32 } else { 0.0 };
+            let frac = if total > 0 {
+                done as f32 / total as f32
+            } else {
+                0.0
+            };
             ui.add(egui::ProgressBar::new(frac).text(format!("{done}/{total}")));
             cancel = ui.button("Cancel loading").clicked();
         }
@@ -167,51 +215,63 @@ pub fn data_panel(app: &mut PretextApp, ui: &mut egui::Ui) {
         DataState::Ready(d) => {
             let s = &d.summary;
             ui.label(RichText::new(&s.source).strong());
-            ui.label(format!(
-                "{} images at {} px, loaded in {:.2} s",
-                s.images, s.size, s.load_secs
-            ));
+            ui.label(format!("{} images at {} px", s.images, s.size))
+                .on_hover_text(format!("loaded in {:.2} s", s.load_secs));
             if s.classes.is_empty() {
                 ui.label("unlabelled (no class subfolders)");
             } else {
-                egui::CollapsingHeader::new(format!("{} classes", s.classes.len())).show(ui, |ui| {
-                    egui::Grid::new("classes").striped(true).show(ui, |ui| {
-                        for (name, count) in &s.classes {
-                            ui.label(name);
-                            ui.label(count.to_string());
-                            ui.end_row();
-                        }
-                    });
-                });
+                egui::CollapsingHeader::new(format!("{} classes", s.classes.len())).show(
+                    ui,
+                    |ui| {
+                        egui::Grid::new("classes").striped(true).show(ui, |ui| {
+                            for (name, count) in &s.classes {
+                                ui.label(name);
+                                ui.label(count.to_string());
+                                ui.end_row();
+                            }
+                        });
+                    },
+                );
             }
             if !s.skipped.is_empty() {
-                egui::CollapsingHeader::new(RichText::new(format!("{} file(s) skipped", s.skipped.len())).color(ERROR))
-                    .show(ui, |ui| {
-                        for (path, reason) in s.skipped.iter().take(100) {
-                            ui.label(format!("{path}: {reason}"));
-                        }
-                    });
+                egui::CollapsingHeader::new(
+                    RichText::new(format!("{} file(s) skipped", s.skipped.len())).color(ERROR),
+                )
+                .show(ui, |ui| {
+                    for (path, reason) in s.skipped.iter().take(100) {
+                        ui.label(format!("{path}: {reason}"));
+                    }
+                });
             }
             if let Some(tex) = &d.thumbnails {
                 let shown = s.images.min(THUMBNAILS_MAX);
-                ui.label(RichText::new(format!("{shown} of {} shown; click one to inspect it", s.images)).color(MUTED));
-                egui::ScrollArea::vertical().max_height(220.0).show(ui, |ui| {
-                    let width = ui.available_width().min(320.0);
-                    let scale = width / tex.size()[0] as f32;
-                    let size = egui::vec2(width, tex.size()[1] as f32 * scale);
-                    let r = ui.add(egui::Image::new((tex.id(), size)).sense(egui::Sense::click()));
-                    if r.clicked()
-                        && let Some(pos) = r.interact_pointer_pos()
-                    {
-                        let cell = width / d.thumb_cols as f32;
-                        let col = ((pos.x - r.rect.left()) / cell) as usize;
-                        let row = ((pos.y - r.rect.top()) / cell) as usize;
-                        let i = row * d.thumb_cols + col;
-                        if i < shown {
-                            inspect = Some(i);
+                ui.label(
+                    RichText::new(format!(
+                        "{shown} of {} shown; click one to inspect it",
+                        s.images
+                    ))
+                    .color(MUTED),
+                );
+                egui::ScrollArea::vertical()
+                    .max_height(220.0)
+                    .show(ui, |ui| {
+                        let width = ui.available_width().min(320.0);
+                        let scale = width / tex.size()[0] as f32;
+                        let size = egui::vec2(width, tex.size()[1] as f32 * scale);
+                        let r =
+                            ui.add(egui::Image::new((tex.id(), size)).sense(egui::Sense::click()));
+                        if r.clicked()
+                            && let Some(pos) = r.interact_pointer_pos()
+                        {
+                            let cell = width / d.thumb_cols as f32;
+                            let col = ((pos.x - r.rect.left()) / cell) as usize;
+                            let row = ((pos.y - r.rect.top()) / cell) as usize;
+                            let i = row * d.thumb_cols + col;
+                            if i < shown {
+                                inspect = Some(i);
+                            }
                         }
-                    }
-                });
+                    });
             }
         }
     }
@@ -231,30 +291,55 @@ pub fn controls(app: &mut PretextApp, ui: &mut egui::Ui) {
     ui.separator();
     ui.horizontal_wrapped(|ui| {
         let paused = matches!(app.status, RunStatus::Paused(_));
-        if ui.add_enabled(!busy && ready, egui::Button::new("Start")).clicked() {
+        if ui
+            .add_enabled(!busy && ready, egui::Button::new("Start"))
+            .clicked()
+        {
             app.start();
         }
-        if ui.add_enabled(busy && !paused, egui::Button::new("Pause")).clicked() {
+        if ui
+            .add_enabled(busy && !paused, egui::Button::new("Pause"))
+            .clicked()
+        {
             app.send(Command::Pause);
         }
-        if ui.add_enabled(paused, egui::Button::new("Resume")).clicked() {
+        if ui
+            .add_enabled(paused, egui::Button::new("Resume"))
+            .clicked()
+        {
             app.send(Command::Resume);
         }
-        if ui.add_enabled(paused, egui::Button::new("Step")).on_hover_text("Train one batch, then pause").clicked() {
+        if ui
+            .add_enabled(paused, egui::Button::new("Step"))
+            .on_hover_text("Train one batch, then pause")
+            .clicked()
+        {
             app.send(Command::Step);
         }
-        if ui.add_enabled(busy, egui::Button::new("Stop")).on_hover_text("End the run; it can be continued later").clicked() {
+        if ui
+            .add_enabled(busy, egui::Button::new("Stop"))
+            .on_hover_text("End the run; it can be continued later")
+            .clicked()
+        {
             app.send(Command::Stop);
         }
-        if ui.button("Reset").on_hover_text("Stop and clear curves and previews").clicked() {
+        if ui
+            .button("Reset")
+            .on_hover_text("Stop and clear curves and previews")
+            .clicked()
+        {
             app.reset();
         }
     });
     ui.add_enabled_ui(busy, |ui| {
         ui.horizontal(|ui| {
             let l = ui.label("Learning rate now");
-            ui.add(egui::DragValue::new(&mut app.lr_input).speed(1e-5).range(1e-7..=10.0))
-                .labelled_by(l.id);
+            ui.add(
+                egui::DragValue::new(&mut app.lr_input)
+                    .speed(1e-5)
+                    .range(1e-7..=10.0),
+            )
+            .labelled_by(l.id);
             if ui.button("Set").clicked() {
                 let lr = app.lr_input;
                 app.send(Command::SetLr(lr));
@@ -286,13 +371,20 @@ fn settings_ui(app: &mut PretextApp, ui: &mut egui::Ui) {
     let old_size = c.size;
     egui::Grid::new("settings").num_columns(2).show(ui, |ui| {
         let l = ui.label("Epochs");
-        ui.add(egui::DragValue::new(&mut c.epochs).range(1..=10_000)).labelled_by(l.id);
+        ui.add(egui::DragValue::new(&mut c.epochs).range(1..=10_000))
+            .labelled_by(l.id);
         ui.end_row();
         let l = ui.label("Batch");
-        ui.add(egui::DragValue::new(&mut c.batch).range(2..=4096)).labelled_by(l.id);
+        ui.add(egui::DragValue::new(&mut c.batch).range(2..=4096))
+            .labelled_by(l.id);
         ui.end_row();
         let l = ui.label("Learning rate");
-        ui.add(egui::DragValue::new(&mut c.lr).speed(1e-5).range(1e-7..=10.0)).labelled_by(l.id);
+        ui.add(
+            egui::DragValue::new(&mut c.lr)
+                .speed(1e-5)
+                .range(1e-7..=10.0),
+        )
+        .labelled_by(l.id);
         ui.end_row();
         let l = ui.label("Image size");
         egui::ComboBox::from_id_salt("size")
@@ -325,15 +417,21 @@ fn settings_ui(app: &mut PretextApp, ui: &mut egui::Ui) {
         ui.add(egui::Slider::new(&mut t.temperature, 0.05..=2.0).text("temperature τ"));
         ui.horizontal(|ui| {
             ui.label("mask");
-            for (k, name) in [(MaskKind::Center, "centre"), (MaskKind::Random, "random"), (MaskKind::Blocks, "blocks")] {
+            for (k, name) in [
+                (MaskKind::Center, "centre"),
+                (MaskKind::Random, "random"),
+                (MaskKind::Blocks, "blocks"),
+            ] {
                 ui.selectable_value(&mut t.mask, k, name);
             }
         });
         ui.add(egui::Slider::new(&mut t.mask_size, 0.1..=0.8).text("mask size"));
-        ui.add(egui::Slider::new(&mut t.color_threshold, 1.0..=40.0).text("colour threshold (a*b*)"));
+        ui.add(
+            egui::Slider::new(&mut t.color_threshold, 1.0..=40.0).text("colour threshold (a*b*)"),
+        );
         ui.add(egui::Slider::new(&mut t.patch_gap, 0.0..=0.5).text("patch gap"));
     });
-    egui::CollapsingHeader::new("Augmentations").show(ui, |ui| {
+    egui::CollapsingHeader::new("Augmentation strengths").show(ui, |ui| {
         let a = &mut t.augment;
         ui.add(egui::Slider::new(&mut a.crop_min_scale, 0.05..=1.0).text("crop min scale"));
         ui.add(egui::Slider::new(&mut a.flip_p, 0.0..=1.0).text("flip p"));
@@ -360,12 +458,18 @@ pub fn central(app: &mut PretextApp, ui: &mut egui::Ui) {
     });
     ui.separator();
     if let Some(m) = app.messages.iter().rev().find(|m| m.error) {
-        let show = matches!(app.status, RunStatus::Paused(PauseReason::NonFiniteLoss) | RunStatus::Finished(Outcome::Failed(_) | Outcome::InvalidInput(_)))
-            || matches!(app.data, DataState::Failed(_));
+        let show = matches!(
+            app.status,
+            RunStatus::Paused(PauseReason::NonFiniteLoss)
+                | RunStatus::Finished(Outcome::Failed(_) | Outcome::InvalidInput(_))
+        ) || matches!(app.data, DataState::Failed(_));
         if show {
-            egui::Frame::new().fill(Color32::from_rgb(70, 25, 25)).inner_margin(8.0).show(ui, |ui| {
-                ui.label(RichText::new(&m.text).color(Color32::WHITE));
-            });
+            egui::Frame::new()
+                .fill(Color32::from_rgb(70, 25, 25))
+                .inner_margin(8.0)
+                .show(ui, |ui| {
+                    ui.label(RichText::new(&m.text).color(Color32::WHITE));
+                });
         }
     }
     match app.tab {
@@ -375,10 +479,30 @@ pub fn central(app: &mut PretextApp, ui: &mut egui::Ui) {
     }
 }
 
-fn series_line<'a>(app: &PretextApp, name: &str, label: String, smooth_it: bool) -> Option<Line<'a>> {
+/// A colour per task, so a task's raw, smoothed and baseline curves read as one.
+fn task_color(name: &str) -> Color32 {
+    match name.rsplit('/').next().unwrap_or(name) {
+        "colorization" => Color32::from_rgb(240, 150, 60),
+        "inpainting" => Color32::from_rgb(170, 120, 240),
+        "rotation" => Color32::from_rgb(70, 200, 190),
+        "patch" => Color32::from_rgb(230, 210, 80),
+        "contrastive" => Color32::from_rgb(240, 100, 140),
+        _ => Color32::from_rgb(200, 200, 210),
+    }
+}
+
+/// How a series is drawn.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Style {
+    Raw,
+    Smoothed,
+    Baseline,
+}
+
+fn series_line<'a>(app: &PretextApp, name: &str, label: String, style: Style) -> Option<Line<'a>> {
     let h = app.curves.series.get(name)?;
     let mut pts = h.points();
-    if smooth_it {
+    if style != Style::Raw {
         pts = smooth(&pts, app.settings.smoothing);
     }
     let per_epoch = app.curves.batches_per_epoch.max(1) as f64;
@@ -386,24 +510,56 @@ fn series_line<'a>(app: &PretextApp, name: &str, label: String, smooth_it: bool)
     let pts: Vec<[f64; 2]> = pts
         .into_iter()
         .map(|[x, y]| {
-            let x = if app.settings.x_in_epochs { x / per_epoch } else { x };
+            let x = if app.settings.x_in_epochs {
+                x / per_epoch
+            } else {
+                x
+            };
             let y = if log { y.max(1e-12).log10() } else { y };
             [x, y]
         })
         .collect();
-    Some(Line::new(label, PlotPoints::from(pts)))
+    let color = task_color(name);
+    let line = Line::new(label, PlotPoints::from(pts));
+    Some(match style {
+        Style::Raw => line.color(color.gamma_multiply(0.35)).width(1.0),
+        Style::Smoothed => line.color(color).width(2.0),
+        Style::Baseline => line
+            .color(color.gamma_multiply(0.7))
+            .style(egui_plot::LineStyle::dashed_loose()),
+    })
 }
 
-fn plot(app: &PretextApp, ui: &mut egui::Ui, id: &str, title: &str, lines: Vec<Line<'_>>, height: f32) {
+fn plot(
+    app: &PretextApp,
+    ui: &mut egui::Ui,
+    id: &str,
+    title: &str,
+    lines: Vec<Line<'_>>,
+    height: f32,
+) {
     ui.vertical(|ui| {
         ui.label(RichText::new(title).strong());
         let log = app.settings.log_scale;
         let mut p = Plot::new(id)
             .height(height)
             .legend(Legend::default())
-            .x_axis_label(if app.settings.x_in_epochs { "epoch" } else { "step" });
+            .x_axis_label(if app.settings.x_in_epochs {
+                "epoch"
+            } else {
+                "step"
+            });
         if log {
             p = p.y_axis_formatter(|m, _| format!("1e{:.1}", m.value));
+        } else {
+            p = p.y_axis_formatter(|m, _| {
+                let v = m.value;
+                if v != 0.0 && v.abs() < 0.01 {
+                    format!("{v:.0e}")
+                } else {
+                    format!("{v}")
+                }
+            });
         }
         p.show(ui, |plot_ui| {
             for l in lines {
@@ -418,11 +574,17 @@ fn training_tab(app: &mut PretextApp, ui: &mut egui::Ui) {
         ui.add(egui::Slider::new(&mut app.settings.smoothing, 0.0..=0.99).text("smoothing"));
         ui.checkbox(&mut app.settings.log_scale, "log scale");
         ui.checkbox(&mut app.settings.x_in_epochs, "x in epochs");
-        if let Some(e) = &app.last_epoch {
-            ui.separator();
-            ui.label(crate::cli::epoch_line(e));
-        }
     });
+    if let Some(e) = &app.last_epoch {
+        ui.add(
+            egui::Label::new(
+                RichText::new(crate::cli::epoch_line(e))
+                    .small()
+                    .color(MUTED),
+            )
+            .wrap(),
+        );
+    }
     let tasks: Vec<TaskKind> = app.settings.config.tasks.clone();
     let width = ui.available_width();
     let plot_w = (width * 0.55).max(300.0);
@@ -432,39 +594,73 @@ fn training_tab(app: &mut PretextApp, ui: &mut egui::Ui) {
             let mut loss_lines = Vec::new();
             for t in &tasks {
                 let n = format!("loss/{t}");
-                loss_lines.extend(series_line(app, &n, format!("{t} (raw)"), false));
-                loss_lines.extend(series_line(app, &n, format!("{t}"), true));
+                loss_lines.extend(series_line(app, &n, format!("{t}"), Style::Raw));
+                loss_lines.extend(series_line(app, &n, format!("{t}"), Style::Smoothed));
             }
-            loss_lines.extend(series_line(app, "loss/total", "total".into(), true));
+            loss_lines.extend(series_line(
+                app,
+                "loss/total",
+                "total".into(),
+                Style::Smoothed,
+            ));
             plot(app, ui, "loss", "Loss", loss_lines, 190.0);
             let mut metric_lines = Vec::new();
             for t in &tasks {
-                metric_lines.extend(series_line(app, &format!("metric/{t}"), format!("{t}"), true));
-                metric_lines.extend(series_line(app, &format!("baseline/{t}"), format!("{t} baseline"), true));
+                metric_lines.extend(series_line(
+                    app,
+                    &format!("metric/{t}"),
+                    format!("{t}"),
+                    Style::Smoothed,
+                ));
+                metric_lines.extend(series_line(
+                    app,
+                    &format!("baseline/{t}"),
+                    format!("{t} baseline"),
+                    Style::Baseline,
+                ));
             }
-            plot(app, ui, "metric", "Proxy metric (% or dB)", metric_lines, 190.0);
+            plot(
+                app,
+                ui,
+                "metric",
+                "Proxy metric (% or dB)",
+                metric_lines,
+                190.0,
+            );
             ui.columns(2, |cols| {
-                let lr = series_line(app, "lr", "lr".into(), false).into_iter().collect();
+                let lr = series_line(app, "lr", "lr".into(), Style::Raw)
+                    .into_iter()
+                    .collect();
                 plot(app, &mut cols[0], "lr", "Learning rate", lr, 120.0);
-                let ips = series_line(app, "images_per_s", "images/s".into(), true).into_iter().collect();
+                let ips = series_line(app, "images_per_s", "images/s".into(), Style::Smoothed)
+                    .into_iter()
+                    .collect();
                 plot(app, &mut cols[1], "ips", "Images per second", ips, 120.0);
             });
         });
         ui.vertical(|ui| {
+            ui.set_width(ui.available_width());
             ui.label(RichText::new("Pretext outputs on the inspection batch").strong());
             if app.previews.is_empty() {
-                ui.label(RichText::new("Press Start: previews appear before the first step and after each epoch.").color(MUTED));
+                ui.label(
+                    RichText::new(
+                        "Press Start: previews appear before the first step and after each epoch.",
+                    )
+                    .color(MUTED),
+                );
             }
-            egui::ScrollArea::vertical().id_salt("previews").show(ui, |ui| {
-                let kinds: Vec<TaskKind> = app.previews.keys().copied().collect();
-                for k in kinds {
-                    if let Some(p) = app.previews.get(&k) {
-                        if preview_ui(ui, p, ui.available_width().min(420.0)).clicked() {
+            egui::ScrollArea::vertical()
+                .id_salt("previews")
+                .show(ui, |ui| {
+                    let kinds: Vec<TaskKind> = app.previews.keys().copied().collect();
+                    for k in kinds {
+                        if let Some(p) = app.previews.get(&k)
+                            && preview_ui(ui, p, ui.available_width().min(420.0)).clicked()
+                        {
                             app.zoom = Some(k);
                         }
                     }
-                }
-            });
+                });
         });
     });
 }
@@ -483,13 +679,16 @@ pub fn zoom_window(app: &mut PretextApp, ui: &mut egui::Ui) {
     };
     let mut open = true;
     if let Some(p) = app.previews.get(&k) {
-        egui::Window::new(format!("{k} preview")).open(&mut open).resizable(true).show(ui.ctx(), |ui| {
-            ui.label(&p.caption);
-            egui::ScrollArea::both().show(ui, |ui| {
-                let size = egui::vec2(p.size[0] as f32 * 2.0, p.size[1] as f32 * 2.0);
-                ui.add(egui::Image::new((p.texture.id(), size)));
+        egui::Window::new(format!("{k} preview"))
+            .open(&mut open)
+            .resizable(true)
+            .show(ui.ctx(), |ui| {
+                ui.label(&p.caption);
+                egui::ScrollArea::both().show(ui, |ui| {
+                    let size = egui::vec2(p.size[0] as f32 * 2.0, p.size[1] as f32 * 2.0);
+                    ui.add(egui::Image::new((p.texture.id(), size)));
+                });
             });
-        });
     }
     if !open {
         app.zoom = None;
@@ -522,15 +721,26 @@ fn augment_tab(app: &mut PretextApp, ui: &mut egui::Ui) {
         let cell = s * f;
         let rows = data.len().min(6);
         let per_row = 6;
-        let mut canvas = Canvas::new((per_row + 1) * (cell + 6) + 6, rows * (cell + 6) + 6, [24, 24, 28]);
+        let mut canvas = Canvas::new(
+            (per_row + 1) * (cell + 6) + 6,
+            rows * (cell + 6) + 6,
+            [24, 24, 28],
+        );
         for r in 0..rows {
-            let i = r * data.len() / rows;
+            let i = (r * (data.len() / rows) + r) % data.len();
             canvas.blit(data.image(i), s, s, f, 6, 6 + r * (cell + 6));
             let mut rng = crate::rng::Rng::derive(app.augment_seed, &[i as u64]);
             for v in 0..per_row {
                 let (img, _) = crate::data::augment::augment(data.image(i), s, a, &mut rng);
                 let bytes = crate::data::augment::unit_to_bytes(&img);
-                canvas.blit(&bytes, s, s, f, 6 + (v + 1) * (cell + 6) + 6, 6 + r * (cell + 6));
+                canvas.blit(
+                    &bytes,
+                    s,
+                    s,
+                    f,
+                    6 + (v + 1) * (cell + 6) + 6,
+                    6 + r * (cell + 6),
+                );
             }
         }
         let view = PreviewView {
@@ -579,7 +789,8 @@ pub struct MetricsRow {
 /// Reads a run directory's metrics.csv.
 pub fn read_metrics(dir: &Path) -> Result<Vec<MetricsRow>, String> {
     let path = dir.join(crate::train::run_dir::METRICS_FILE);
-    let text = std::fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let mut rows = Vec::new();
     for line in text.lines().skip(1) {
         let f: Vec<&str> = line.split(',').collect();

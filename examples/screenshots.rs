@@ -1,0 +1,84 @@
+//! Makes the PNGs in `screenshots/` from the real app mid-training (rendered offscreen with
+//! wgpu): `cargo run --release --example screenshots` (see screenshots/README.md).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use egui_kittest::Harness;
+use pretext::config::{DataSource, TaskKind, TrainConfig};
+use pretext::ui::{DataState, Persisted, PretextApp, Tab};
+
+const TRAIN_SECS: u64 = 90;
+
+fn frames_until(h: &mut Harness<'_, PretextApp>, what: &str, cond: impl Fn(&PretextApp) -> bool) {
+    let start = Instant::now();
+    while !cond(h.state()) {
+        assert!(
+            start.elapsed() < Duration::from_secs(600),
+            "timed out waiting for {what}"
+        );
+        h.step();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    h.run_steps(4);
+}
+
+fn save(h: &mut Harness<'_, PretextApp>, name: &str) {
+    let img = h.render().expect("render");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("screenshots")
+        .join(name);
+    img.save(&path).unwrap();
+    println!("wrote {}", path.display());
+}
+
+fn main() {
+    let out = tempfile::tempdir().unwrap();
+    let mut h = Harness::builder()
+        .with_size(eframe::egui::vec2(1500.0, 950.0))
+        .wgpu()
+        .build_eframe(|cc| PretextApp::new(&cc.egui_ctx, None, None).unwrap());
+    let tasks = vec![
+        TaskKind::Colorization,
+        TaskKind::Inpainting,
+        TaskKind::Rotation,
+        TaskKind::Contrastive,
+    ];
+    h.state_mut().settings = Persisted {
+        config: TrainConfig {
+            data: DataSource::Builtin { count: 512 },
+            task_weights: vec![1.0; tasks.len()],
+            tasks,
+            batch: 32,
+            epochs: 20,
+            preview_images: 4,
+            out: out.path().to_path_buf(),
+            ..TrainConfig::default()
+        },
+        show_frame_time: true,
+        ..Persisted::default()
+    };
+    h.state_mut().open_data(DataSource::Builtin { count: 512 });
+    frames_until(&mut h, "data", |a| matches!(a.data, DataState::Ready(_)));
+    h.state_mut().start();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(TRAIN_SECS) || h.state().last_epoch.is_none() {
+        h.step();
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    save(&mut h, "training.png");
+
+    h.state_mut().inspect(13);
+    frames_until(&mut h, "inspection", |a| a.inspection.is_some());
+    h.state_mut().tab = Tab::Inspect;
+    h.run_steps(4);
+    save(&mut h, "inspect.png");
+
+    h.state_mut().tab = Tab::Augmentations;
+    h.run_steps(4);
+    save(&mut h, "augmentations.png");
+    h.state_mut().reset();
+    h.run_steps(4);
+}
