@@ -213,3 +213,46 @@ fn a_nan_loss_shows_advice_in_the_window_without_crashing() {
         matches!(a.status, RunStatus::Finished(_))
     });
 }
+
+#[test]
+fn continuing_a_run_directory_written_by_the_command_line() {
+    let out = tempfile::tempdir().unwrap();
+    // A one-epoch run, as `pretext train` leaves it.
+    let trainer = pretext::train::Trainer::spawn().unwrap();
+    trainer.send(pretext::train::Command::Start(Box::new(TrainConfig {
+        epochs: 1,
+        ..small_config(out.path())
+    })));
+    let run_dir = loop {
+        if let pretext::train::Event::Finished { run_dir, .. } = trainer
+            .events()
+            .recv_timeout(Duration::from_secs(120))
+            .unwrap()
+        {
+            break run_dir.unwrap();
+        }
+    };
+    drop(trainer);
+
+    let storage = storage_with(TrainConfig {
+        epochs: 2,
+        ..small_config(out.path())
+    });
+    let mut h = app(&storage, None);
+    wait_until(&mut h, "data", |a| matches!(a.data, DataState::Ready(_)));
+    h.state_mut().run_input = run_dir.display().to_string();
+    h.get_by_label("Continue run").click();
+    wait_until(&mut h, "the continued run", |a| {
+        matches!(a.status, RunStatus::Finished(_))
+    });
+    let a = h.state();
+    assert_eq!(
+        a.status,
+        RunStatus::Finished(Outcome::Completed),
+        "{:?}",
+        a.messages
+    );
+    // 4 steps read back from metrics.csv, 4 more trained.
+    assert_eq!(a.curves.series["loss/rotation"].len(), 8);
+    assert_eq!(a.last_step.as_ref().map(|s| s.step), Some(8));
+}

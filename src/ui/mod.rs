@@ -86,6 +86,8 @@ pub struct LoadedData {
     pub summary: DatasetSummary,
     thumbnails: Option<egui::TextureHandle>,
     thumb_cols: usize,
+    /// Which data-set image each thumbnail shows (evenly spread over the set).
+    thumb_indices: Vec<usize>,
 }
 
 pub enum DataState {
@@ -413,12 +415,14 @@ impl PretextApp {
                             ),
                         );
                     }
-                    let (tex, cols) = panels::thumbnail_atlas(ctx, &d);
+                    let thumb_indices = panels::thumbnail_indices(d.len());
+                    let (tex, cols) = panels::thumbnail_atlas(ctx, &d, &thumb_indices);
                     self.data = DataState::Ready(LoadedData {
                         data: Arc::new(d),
                         summary,
                         thumbnails: tex,
                         thumb_cols: cols,
+                        thumb_indices,
                     });
                     self.remember_recent(&source);
                 }
@@ -444,8 +448,11 @@ impl PretextApp {
     fn handle(&mut self, ctx: &egui::Context, event: Event) {
         match event {
             Event::Loading { .. } | Event::DataReady(_) | Event::CheckpointSaved { .. } => {
+                // Epoch checkpoints are routine; a checkpoint asked for is worth a message.
                 if let Event::CheckpointSaved { path, .. } = event
-                    && !path.ends_with(crate::train::run_dir::RESUME_FILE)
+                    && path
+                        .file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with("step-"))
                 {
                     self.message(false, format!("checkpoint saved: {}", path.display()));
                 }

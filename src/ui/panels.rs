@@ -89,11 +89,12 @@ pub fn top_bar(app: &mut PretextApp, ui: &mut egui::Ui) {
             .labelled_by(label.id);
             if ui
                 .button("Continue run")
-                .on_hover_text("Load a run directory's curves and model and train on")
+                .on_hover_text("Load a run directory's curves and model and train on, up to the Epochs set on the left")
                 .clicked()
             {
                 let p = std::path::PathBuf::from(app.run_input.trim());
-                app.continue_run(&p, None);
+                let epochs = app.settings.config.epochs;
+                app.continue_run(&p, Some(epochs));
             }
             ui.separator();
             ui.checkbox(&mut app.settings.show_frame_time, "Frame time");
@@ -170,9 +171,20 @@ pub fn status_bar(app: &mut PretextApp, ui: &mut egui::Ui) {
     });
 }
 
-/// One picture of the first images, `cols` a row.
-pub fn thumbnail_atlas(ctx: &egui::Context, d: &Dataset) -> (Option<egui::TextureHandle>, usize) {
-    let n = d.len().min(THUMBNAILS_MAX);
+/// Which images the thumbnails show: all of a small set, an even spread of a large one (so
+/// every class of a sorted folder shows).
+pub fn thumbnail_indices(len: usize) -> Vec<usize> {
+    let n = len.min(THUMBNAILS_MAX);
+    (0..n).map(|i| i * len / n.max(1)).collect()
+}
+
+/// One picture of the thumbnails, `cols` a row.
+pub fn thumbnail_atlas(
+    ctx: &egui::Context,
+    d: &Dataset,
+    indices: &[usize],
+) -> (Option<egui::TextureHandle>, usize) {
+    let n = indices.len();
     if n == 0 {
         return (None, 1);
     }
@@ -180,8 +192,8 @@ pub fn thumbnail_atlas(ctx: &egui::Context, d: &Dataset) -> (Option<egui::Textur
     let rows = n.div_ceil(cols);
     let s = d.size;
     let mut canvas = Canvas::new(cols * s, rows * s, [20, 20, 24]);
-    for i in 0..n {
-        canvas.blit(d.image(i), s, s, 1, (i % cols) * s, (i / cols) * s);
+    for (i, &idx) in indices.iter().enumerate() {
+        canvas.blit(d.image(idx), s, s, 1, (i % cols) * s, (i / cols) * s);
     }
     let img = egui::ColorImage::from_rgb([canvas.width, canvas.height], &canvas.rgb);
     (
@@ -247,7 +259,7 @@ pub fn data_panel(app: &mut PretextApp, ui: &mut egui::Ui) {
                 let shown = s.images.min(THUMBNAILS_MAX);
                 ui.label(
                     RichText::new(format!(
-                        "{shown} of {} shown; click one to inspect it",
+                        "{shown} of {} shown, spread over the set; click one to inspect it",
                         s.images
                     ))
                     .color(MUTED),
@@ -266,8 +278,7 @@ pub fn data_panel(app: &mut PretextApp, ui: &mut egui::Ui) {
                             let cell = width / d.thumb_cols as f32;
                             let col = ((pos.x - r.rect.left()) / cell) as usize;
                             let row = ((pos.y - r.rect.top()) / cell) as usize;
-                            let i = row * d.thumb_cols + col;
-                            if i < shown {
+                            if let Some(&i) = d.thumb_indices.get(row * d.thumb_cols + col) {
                                 inspect = Some(i);
                             }
                         }
@@ -491,6 +502,15 @@ fn task_color(name: &str) -> Color32 {
     }
 }
 
+/// A tick value with as many decimals as the grid step needs (scientific for tiny values).
+fn tick_label(v: f64, step: f64) -> String {
+    if v != 0.0 && v.abs() < 0.01 {
+        return format!("{v:.0e}");
+    }
+    let decimals = (-step.abs().max(1e-12).log10().floor()).clamp(0.0, 6.0) as usize;
+    format!("{v:.decimals$}")
+}
+
 /// How a series is drawn.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Style {
@@ -538,6 +558,20 @@ fn plot(
     lines: Vec<Line<'_>>,
     height: f32,
 ) {
+    plot_with(app, ui, id, title, lines, height, None);
+}
+
+/// A plot; `y_range` fixes the value axis (e.g. 0 to the largest learning rate, so a constant
+/// curve does not sit on an arbitrary axis).
+fn plot_with(
+    app: &PretextApp,
+    ui: &mut egui::Ui,
+    id: &str,
+    title: &str,
+    lines: Vec<Line<'_>>,
+    height: f32,
+    y_range: Option<(f64, f64)>,
+) {
     ui.vertical(|ui| {
         ui.label(RichText::new(title).strong());
         let log = app.settings.log_scale;
@@ -552,18 +586,19 @@ fn plot(
         if log {
             p = p.y_axis_formatter(|m, _| format!("1e{:.1}", m.value));
         } else {
-            p = p.y_axis_formatter(|m, _| {
-                let v = m.value;
-                if v != 0.0 && v.abs() < 0.01 {
-                    format!("{v:.0e}")
-                } else {
-                    format!("{v}")
-                }
-            });
+            p = p.y_axis_formatter(|m, _| tick_label(m.value, m.step_size));
         }
         p.show(ui, |plot_ui| {
             for l in lines {
                 plot_ui.line(l);
+            }
+            if let Some((lo, hi)) = y_range {
+                let (lo, hi) = if log {
+                    (lo.max(1e-12).log10(), hi.max(1e-12).log10())
+                } else {
+                    (lo, hi)
+                };
+                plot_ui.set_plot_bounds_y(lo..=hi);
             }
         });
     });
@@ -628,10 +663,30 @@ fn training_tab(app: &mut PretextApp, ui: &mut egui::Ui) {
                 190.0,
             );
             ui.columns(2, |cols| {
+                let lr_max = app
+                    .curves
+                    .series
+                    .get("lr")
+                    .map_or(app.settings.config.lr, |h| {
+                        h.points().iter().fold(0.0f64, |m, p| m.max(p[1]))
+                    });
                 let lr = series_line(app, "lr", "lr".into(), Style::Raw)
                     .into_iter()
                     .collect();
-                plot(app, &mut cols[0], "lr", "Learning rate", lr, 120.0);
+                let range = if app.settings.log_scale {
+                    (lr_max / 10.0, lr_max * 2.0)
+                } else {
+                    (0.0, lr_max * 1.2)
+                };
+                plot_with(
+                    app,
+                    &mut cols[0],
+                    "lr",
+                    "Learning rate",
+                    lr,
+                    120.0,
+                    Some(range),
+                );
                 let ips = series_line(app, "images_per_s", "images/s".into(), Style::Smoothed)
                     .into_iter()
                     .collect();
