@@ -61,8 +61,8 @@ fn rotation_training_learns_on_builtin_scenes() {
         acc > 0.5,
         "rotation accuracy {acc} not clearly above 25% chance"
     );
-    // Previews: one before training and one per epoch.
-    assert_eq!(log.previews, 4);
+    // Previews: one before training, one per epoch (more when an epoch is long).
+    assert!(log.previews >= 4, "{}", log.previews);
 }
 
 #[test]

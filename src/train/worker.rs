@@ -73,6 +73,8 @@ pub(super) fn run(commands: &Receiver<Command>, events: &Sender<Event>, notify: 
         pending: Mutex::new(Vec::new()),
         shutdown: AtomicBool::new(false),
     };
+    // The last run's model stays for inspection until the next run starts.
+    let mut last: Option<Session> = None;
     while !link.shutdown.load(Ordering::Relaxed) {
         let Some(cmd) = link.wait_command() else {
             return;
@@ -90,20 +92,29 @@ pub(super) fn run(commands: &Receiver<Command>, events: &Sender<Event>, notify: 
                 epochs,
                 lr,
             },
+            Command::Inspect(indices) => {
+                if let Some(s) = &last {
+                    s.inspect(&link, indices);
+                }
+                continue;
+            }
             Command::Pause
             | Command::Resume
             | Command::Step
             | Command::Stop
             | Command::SaveCheckpoint
-            | Command::Inspect(_)
             | Command::SetLr(_) => {
                 continue;
             }
         };
+        last = None;
         let (run_dir, outcome) = match Session::start(&link, setup) {
             Ok(mut session) => {
                 let outcome = session.train(&link);
-                (Some(session.run.path.clone()), outcome)
+                let dir = session.run.path.clone();
+                session.prefetch = None;
+                last = Some(session);
+                (Some(dir), outcome)
             }
             Err(outcome) => (None, outcome),
         };
@@ -162,7 +173,11 @@ struct Session {
     prefetch: Option<Prefetcher>,
     /// A step's batches that have not been trained yet (kept when a step is retried).
     current: Option<Prepared>,
+    last_preview: Instant,
 }
+
+/// How often previews are sent while an epoch runs.
+const PREVIEW_EVERY: Duration = Duration::from_secs(15);
 
 enum Flow {
     Continue,
@@ -338,6 +353,7 @@ impl Session {
             acc: EpochAcc::default(),
             prefetch: None,
             current: None,
+            last_preview: Instant::now(),
         };
         link.emit(Event::RunStarted {
             run_dir: session.run.path.clone(),
@@ -405,6 +421,12 @@ impl Session {
                 };
                 match self.step(link, prepared, wait) {
                     Ok(true) => {
+                        // Previews between epochs too, so a person watching sees change.
+                        if self.last_preview.elapsed() > PREVIEW_EVERY
+                            && self.pos.batch < self.batches_per_epoch
+                        {
+                            self.send_previews(link, None);
+                        }
                         if std::mem::take(&mut self.pause_after_step) {
                             self.paused = true;
                             link.emit(Event::Paused {
@@ -506,18 +528,7 @@ impl Session {
                     self.save_model(link, &name)?;
                     self.save_resume(link)?;
                 }
-                Command::Inspect(indices) => {
-                    let indices: Vec<usize> = indices
-                        .into_iter()
-                        .filter(|&i| i < self.data.len())
-                        .collect();
-                    let previews = self
-                        .tasks
-                        .iter()
-                        .filter_map(|t| t.preview(&self.model, &self.data, &indices).ok())
-                        .collect();
-                    link.emit(Event::Inspection { indices, previews });
-                }
+                Command::Inspect(indices) => self.inspect(link, indices),
                 Command::Start(_) | Command::StartWithData(..) | Command::Continue { .. } => {
                     link.emit(Event::Warning(
                         "a run is already in progress: stop it first".into(),
@@ -753,8 +764,20 @@ impl Session {
             .map_err(|e| Outcome::Failed(e.to_string()))
     }
 
+    /// Every task's predictions for data-set images `indices`.
+    fn inspect(&self, link: &Link<'_>, indices: Vec<usize>) {
+        let indices: Vec<usize> = indices.into_iter().filter(|&i| i < self.data.len()).collect();
+        let previews = self
+            .tasks
+            .iter()
+            .filter_map(|t| t.preview(&self.model, &self.data, &indices).ok())
+            .collect();
+        link.emit(Event::Inspection { indices, previews });
+    }
+
     /// Previews on the inspection batch; written as PNGs when `epoch` is given.
-    fn send_previews(&self, link: &Link<'_>, epoch: Option<usize>) {
+    fn send_previews(&mut self, link: &Link<'_>, epoch: Option<usize>) {
+        self.last_preview = Instant::now();
         for task in &self.tasks {
             match task.preview(&self.model, &self.data, &self.inspection) {
                 Ok(p) => {

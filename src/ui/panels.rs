@@ -813,7 +813,7 @@ fn augment_tab(app: &mut PretextApp, ui: &mut egui::Ui) {
 fn inspect_tab(app: &mut PretextApp, ui: &mut egui::Ui) {
     match &app.inspection {
         None => {
-            ui.label("Click a thumbnail in the data panel while a run is going to see every task's prediction for it.");
+            ui.label("Click a thumbnail in the data panel during or after a run to see every task's prediction for it.");
         }
         Some((i, views)) => {
             let name = match &app.data {
