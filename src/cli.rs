@@ -468,6 +468,7 @@ pub fn train(args: &TrainArgs) -> i32 {
             }
             Event::Preview(_)
             | Event::Inspection { .. }
+            | Event::Math(_)
             | Event::CheckpointSaved { .. }
             | Event::Resumed
             | Event::LrChanged(_) => {}

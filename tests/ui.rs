@@ -256,3 +256,51 @@ fn continuing_a_run_directory_written_by_the_command_line() {
     assert_eq!(a.curves.series["loss/rotation"].len(), 8);
     assert_eq!(a.last_step.as_ref().map(|s| s.step), Some(8));
 }
+
+#[test]
+fn the_math_panel_walks_every_step_of_every_task() {
+    let out = tempfile::tempdir().unwrap();
+    let tasks = TaskKind::ALL.to_vec();
+    let storage = storage_with(TrainConfig {
+        task_weights: vec![1.0; tasks.len()],
+        tasks,
+        ..small_config(out.path())
+    });
+    let mut h = app(&storage, None);
+    wait_until(&mut h, "data", |a| matches!(a.data, DataState::Ready(_)));
+    h.get_by_label("Start").click();
+    wait_until(&mut h, "a step", |a| a.curves.steps_seen >= 1);
+    h.get_by_label("Pause").click();
+    wait_until(&mut h, "pause", |a| {
+        matches!(a.status, RunStatus::Paused(_))
+    });
+    h.get_by_label("Math").click();
+    h.run_steps(2);
+    h.get_by_label("Freeze batch").click();
+    wait_until(&mut h, "the frozen batch", |a| a.math.is_some());
+    for task in 0..5 {
+        h.state_mut().math_sel.task = task;
+        h.state_mut().math_step = 0;
+        h.run_steps(2);
+        let mut seen = 1;
+        loop {
+            let before = h.state().math_step;
+            h.get_by_label("Next").click();
+            h.run_steps(2);
+            if h.state().math_step == before {
+                break;
+            }
+            seen += 1;
+            assert!(seen < 20);
+        }
+        assert!(seen >= 3, "task {task}: only {seen} steps");
+        // Arrow keys walk back.
+        h.key_press(eframe::egui::Key::ArrowLeft);
+        h.run_steps(2);
+        assert_eq!(h.state().math_step, seen - 2);
+    }
+    h.get_by_label("Stop").click();
+    wait_until(&mut h, "stop", |a| {
+        matches!(a.status, RunStatus::Finished(_))
+    });
+}

@@ -7,8 +7,9 @@ use std::sync::Arc;
 
 use super::heads::Decoder;
 use super::{
-    Batch, BatchMaker, Canvas, HostBatch, HostTensor, MetricInfo, PREVIEW_SEED, PretextTask,
-    Preview, PreviewDetail, TaskOutput, per_sample, preview_factor,
+    Batch, BatchMaker, Canvas, Explained, HostBatch, HostTensor, MetricInfo, PREVIEW_SEED,
+    PretextTask, Preview, PreviewDetail, TaskOutput, inputs_to_bytes, per_image, per_sample,
+    preview_factor, rows,
 };
 use crate::config::{TaskKind, TaskSettings};
 use crate::data::{Dataset, color};
@@ -159,6 +160,25 @@ impl PretextTask for Colorization {
             metric: agreement(&pred_ab, &true_ab, plane, self.threshold),
             baseline: Some(constant_baseline(&true_ab, plane, self.threshold)),
             images: batch.len(),
+        })
+    }
+
+    fn explain(&self, model: &Model, batch: &Batch) -> Result<Explained, ModelError> {
+        let out = model.encoder.forward(&batch.inputs, true)?;
+        let pred = self.decoder.forward(&out.fmap)?;
+        let s = batch.host.inputs.shape[2];
+        Ok(Explained {
+            math: crate::math::TaskMath::Reconstruction {
+                prediction: per_image(&pred)?,
+                target: per_image(batch.target()?)?,
+                weight: vec![vec![1.0; s * s]; batch.len()],
+                channels: 2,
+                size: s,
+            },
+            z: rows(&out.z)?,
+            inputs: inputs_to_bytes(&batch.host.inputs, true),
+            input_size: s,
+            transforms: Vec::new(),
         })
     }
 

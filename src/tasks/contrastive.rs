@@ -8,8 +8,9 @@ use std::sync::Arc;
 
 use super::heads::Mlp;
 use super::{
-    Batch, BatchExtra, BatchMaker, Canvas, HostBatch, HostTensor, MetricInfo, PREVIEW_SEED,
-    PretextTask, Preview, PreviewDetail, TaskOutput, per_sample, preview_factor,
+    Batch, BatchExtra, BatchMaker, Canvas, Explained, HostBatch, HostTensor, MetricInfo,
+    PREVIEW_SEED, PretextTask, Preview, PreviewDetail, TaskOutput, inputs_to_bytes, per_sample,
+    preview_factor, rows,
 };
 use crate::config::{Augment, TaskKind, TaskSettings};
 use crate::data::Dataset;
@@ -123,6 +124,50 @@ impl PretextTask for Contrastive {
             metric: nn::positive_top1(&sim),
             baseline: Some(1.0 / (two_n.saturating_sub(1)).max(1) as f64),
             images: two_n,
+        })
+    }
+
+    fn explain(&self, model: &Model, batch: &Batch) -> Result<Explained, ModelError> {
+        let z = model.encoder.forward(&batch.inputs, true)?.z;
+        let h = self.projector.forward(&z)?;
+        let describe = |r: &AugmentRecord| {
+            let mut parts = vec![format!(
+                "crop {:.0}×{:.0} at ({:.0}, {:.0})",
+                r.crop[2], r.crop[3], r.crop[0], r.crop[1]
+            )];
+            if r.flipped {
+                parts.push("flipped".into());
+            }
+            if let Some(j) = r.jitter {
+                parts.push(format!(
+                    "brightness ×{:.2}, contrast ×{:.2}, saturation ×{:.2}, hue {:+.2}",
+                    j[0], j[1], j[2], j[3]
+                ));
+            }
+            if r.gray {
+                parts.push("grey".into());
+            }
+            if let Some(s) = r.blur_sigma {
+                parts.push(format!("blur σ {s:.1}"));
+            }
+            parts.join(", ")
+        };
+        let transforms = match &batch.host.extra {
+            BatchExtra::Views(v) => v
+                .iter()
+                .map(|(a, b)| format!("View 1: {}. View 2: {}.", describe(a), describe(b)))
+                .collect(),
+            _ => Vec::new(),
+        };
+        Ok(Explained {
+            math: crate::math::TaskMath::Contrastive {
+                projections: rows(&h)?,
+                temperature: self.temperature,
+            },
+            z: rows(&z)?,
+            inputs: inputs_to_bytes(&batch.host.inputs, false),
+            input_size: batch.host.inputs.shape[2],
+            transforms,
         })
     }
 

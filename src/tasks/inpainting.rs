@@ -9,8 +9,9 @@ use std::sync::Arc;
 
 use super::heads::Decoder;
 use super::{
-    Batch, BatchMaker, Canvas, HostBatch, HostTensor, MetricInfo, PREVIEW_SEED, PretextTask,
-    Preview, PreviewDetail, TaskOutput, per_sample, preview_factor,
+    Batch, BatchMaker, Canvas, Explained, HostBatch, HostTensor, MetricInfo, PREVIEW_SEED,
+    PretextTask, Preview, PreviewDetail, TaskOutput, inputs_to_bytes, per_image, per_sample,
+    preview_factor, rows,
 };
 use crate::config::{MaskKind, TaskKind, TaskSettings};
 use crate::data::ops::{INPUT_MEAN, INPUT_STD};
@@ -195,6 +196,29 @@ impl PretextTask for Inpainting {
             metric: psnr(mse_unit),
             baseline: batch.host.baseline,
             images: batch.len(),
+        })
+    }
+
+    fn explain(&self, model: &Model, batch: &Batch) -> Result<Explained, ModelError> {
+        let out = model.encoder.forward(&batch.inputs, true)?;
+        let pred = self.decoder.forward(&out.fmap)?;
+        let mask = batch.mask.as_ref().ok_or_else(|| {
+            ModelError::Candle(candle_core::Error::Msg(
+                "inpainting batch without mask".into(),
+            ))
+        })?;
+        Ok(Explained {
+            math: crate::math::TaskMath::Reconstruction {
+                prediction: per_image(&pred)?,
+                target: per_image(batch.target()?)?,
+                weight: per_image(mask)?,
+                channels: 3,
+                size: batch.host.inputs.shape[2],
+            },
+            z: rows(&out.z)?,
+            inputs: inputs_to_bytes(&batch.host.inputs, false),
+            input_size: batch.host.inputs.shape[2],
+            transforms: Vec::new(),
         })
     }
 

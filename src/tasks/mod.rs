@@ -225,6 +225,61 @@ pub trait PretextTask: Send {
         data: &Dataset,
         indices: &[usize],
     ) -> Result<Preview, ModelError>;
+    /// The raw numbers behind the loss on `batch` (training mode, as the step computes them),
+    /// for the Math panel.
+    fn explain(&self, model: &Model, batch: &Batch) -> Result<Explained, ModelError>;
+}
+
+/// What [`PretextTask::explain`] gives.
+pub struct Explained {
+    pub math: crate::math::TaskMath,
+    /// z = f(x) of each input shown.
+    pub z: Vec<Vec<f32>>,
+    /// The inputs shown, as RGB bytes, and their side.
+    pub inputs: Vec<Vec<u8>>,
+    pub input_size: usize,
+    /// What was done to each input (contrastive views).
+    pub transforms: Vec<String>,
+}
+
+/// Normalised CHW network inputs of a batch (N, C, S, S) → RGB bytes per image (grey for one
+/// channel; `lightness` for colorization inputs, which are L*/100 normalised).
+pub fn inputs_to_bytes(inputs: &HostTensor, lightness: bool) -> Vec<Vec<u8>> {
+    let (n, c, s) = (inputs.shape[0], inputs.shape[1], inputs.shape[2]);
+    let plane = s * s;
+    let to_unit = |v: f32| {
+        if lightness {
+            v * 0.25 + 0.5
+        } else {
+            v * crate::data::ops::INPUT_STD + crate::data::ops::INPUT_MEAN
+        }
+    };
+    (0..n)
+        .map(|i| {
+            let img = &inputs.data[i * c * plane..(i + 1) * c * plane];
+            (0..plane)
+                .flat_map(|p| {
+                    (0..3).map(move |k| {
+                        let ch = if c >= 3 { k } else { 0 };
+                        (to_unit(img[ch * plane + p]).clamp(0.0, 1.0) * 255.0).round() as u8
+                    })
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Rows of a 2-D tensor.
+pub fn rows(t: &Tensor) -> Result<Vec<Vec<f32>>, ModelError> {
+    Ok(t.to_dtype(candle_core::DType::F32)?.to_vec2::<f32>()?)
+}
+
+/// Per-image flat values of a 4-D tensor.
+pub fn per_image(t: &Tensor) -> Result<Vec<Vec<f32>>, ModelError> {
+    let n = t.dim(0)?;
+    let flat = t.flatten_all()?.to_vec1::<f32>()?;
+    let each = flat.len() / n.max(1);
+    Ok(flat.chunks(each.max(1)).map(<[f32]>::to_vec).collect())
 }
 
 /// Creates the tasks (and their heads in the model's parameter map).

@@ -9,8 +9,9 @@ use std::sync::Arc;
 use super::heads::Mlp;
 use super::rotation::{argmax, verdict_color};
 use super::{
-    Batch, BatchExtra, BatchMaker, Canvas, HostBatch, HostTensor, MetricInfo, PREVIEW_SEED,
-    PretextTask, Preview, PreviewDetail, TaskOutput, per_sample, preview_factor,
+    Batch, BatchExtra, BatchMaker, Canvas, Explained, HostBatch, HostTensor, MetricInfo,
+    PREVIEW_SEED, PretextTask, Preview, PreviewDetail, TaskOutput, inputs_to_bytes, per_sample,
+    preview_factor, rows,
 };
 use crate::config::{TaskKind, TaskSettings};
 use crate::data::augment::{self, NEIGHBOUR_CELLS, PatchLayout};
@@ -130,6 +131,29 @@ impl PretextTask for Patch {
             metric: correct as f64 / batch.len().max(1) as f64,
             baseline: None,
             images: batch.len(),
+        })
+    }
+
+    fn explain(&self, model: &Model, batch: &Batch) -> Result<Explained, ModelError> {
+        let n = batch.len();
+        let z = model.encoder.forward(&batch.inputs, true)?.z;
+        let pair = candle_core::Tensor::cat(&[z.narrow(0, 0, n)?, z.narrow(0, n, n)?], 1)?;
+        let logits = self.head.forward(&pair)?;
+        let names = ["↖", "↑", "↗", "←", "→", "↙", "↓", "↘"];
+        let mut inputs = inputs_to_bytes(&batch.host.inputs, false);
+        inputs.truncate(n);
+        let mut z_rows = rows(&z)?;
+        z_rows.truncate(n);
+        Ok(Explained {
+            math: crate::math::TaskMath::Likelihood {
+                logits: rows(&logits)?,
+                labels: batch.host.labels.clone(),
+                classes: names.iter().map(|s| (*s).to_string()).collect(),
+            },
+            z: z_rows,
+            inputs,
+            input_size: batch.host.inputs.shape[2],
+            transforms: Vec::new(),
         })
     }
 

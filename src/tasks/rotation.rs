@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use super::{
-    Batch, BatchMaker, Canvas, HostBatch, HostTensor, MetricInfo, PretextTask, Preview,
-    PreviewDetail, TaskOutput, preview_factor,
+    Batch, BatchMaker, Canvas, Explained, HostBatch, HostTensor, MetricInfo, PretextTask, Preview,
+    PreviewDetail, TaskOutput, inputs_to_bytes, preview_factor, rows,
 };
 use crate::config::TaskKind;
 use crate::data::{Dataset, ops};
@@ -123,6 +123,25 @@ impl PretextTask for Rotation {
             metric: correct as f64 / batch.len().max(1) as f64,
             baseline: None,
             images: batch.len(),
+        })
+    }
+
+    fn explain(&self, model: &Model, batch: &Batch) -> Result<Explained, ModelError> {
+        let z = model.encoder.forward(&batch.inputs, true)?.z;
+        let logits = self.head.forward(&z)?;
+        Ok(Explained {
+            math: crate::math::TaskMath::Likelihood {
+                logits: rows(&logits)?,
+                labels: batch.host.labels.clone(),
+                classes: ["0°", "90°", "180°", "270°"]
+                    .iter()
+                    .map(|s| (*s).to_string())
+                    .collect(),
+            },
+            z: rows(&z)?,
+            inputs: inputs_to_bytes(&batch.host.inputs, false),
+            input_size: batch.host.inputs.shape[2],
+            transforms: Vec::new(),
         })
     }
 

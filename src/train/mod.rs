@@ -50,6 +50,9 @@ pub enum Command {
     SetLr(f64),
     /// Save a checkpoint now.
     SaveCheckpoint,
+    /// Freeze a batch of this many images and derive the Math panel's steps from it, with one
+    /// plain gradient step of size `eta` on a copy of the weights (answered with [`Event::Math`]).
+    Freeze { images: usize, eta: f64 },
     /// Every task's predictions for these data-set images (answered with
     /// [`Event::Inspection`] between two steps, or at once while paused).
     Inspect(Vec<usize>),
@@ -145,6 +148,8 @@ pub enum Event {
     Step(StepMetrics),
     Epoch(EpochSummary),
     Preview(Box<Preview>),
+    /// The answer to [`Command::Freeze`].
+    Math(Box<crate::math::MathReport>),
     /// The answer to [`Command::Inspect`].
     Inspection {
         indices: Vec<usize>,

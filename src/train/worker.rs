@@ -15,6 +15,7 @@ use super::run_dir::{RESUME_FILE, RunDir};
 use super::{Command, EpochSummary, Event, Outcome, PauseReason, StepMetrics, TaskMetrics};
 use crate::config::TrainConfig;
 use crate::data::{self, DataError, Dataset};
+use crate::math::{MathReport, Optimisation, TaskReport};
 use crate::model::{self, Model, checkpoint, optim::AdamW};
 use crate::tasks::{self, PretextTask};
 
@@ -95,6 +96,12 @@ pub(super) fn run(commands: &Receiver<Command>, events: &Sender<Event>, notify: 
             Command::Inspect(indices) => {
                 if let Some(s) = &last {
                     s.inspect(&link, indices);
+                }
+                continue;
+            }
+            Command::Freeze { images, eta } => {
+                if let Some(s) = &mut last {
+                    s.freeze(&link, images, eta);
                 }
                 continue;
             }
@@ -529,6 +536,7 @@ impl Session {
                     self.save_resume(link)?;
                 }
                 Command::Inspect(indices) => self.inspect(link, indices),
+                Command::Freeze { images, eta } => self.freeze(link, images, eta),
                 Command::Start(_) | Command::StartWithData(..) | Command::Continue { .. } => {
                     link.emit(Event::Warning(
                         "a run is already in progress: stop it first".into(),
@@ -546,38 +554,154 @@ impl Session {
         }
     }
 
-    fn take_snapshot(&mut self) -> Result<(), Outcome> {
-        let copy = || -> candle_core::Result<Snapshot> {
-            let vars = self
-                .model
-                .named_vars()
-                .into_values()
-                .map(|v| {
-                    let t = v.as_tensor().copy()?;
-                    Ok((v, t))
-                })
-                .collect::<candle_core::Result<Vec<_>>>()?;
-            Ok(Snapshot {
-                vars,
-                optimizer: self.opt.state_tensors(),
-                t: self.opt.t,
+    /// A copy of every weight and buffer and of the optimiser state.
+    fn snapshot(&self) -> candle_core::Result<Snapshot> {
+        let vars = self
+            .model
+            .named_vars()
+            .into_values()
+            .map(|v| {
+                let t = v.as_tensor().copy()?;
+                Ok((v, t))
             })
-        };
-        self.snapshot = Some(copy().map_err(|e| Outcome::Failed(e.to_string()))?);
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(Snapshot {
+            vars,
+            optimizer: self.opt.state_tensors(),
+            t: self.opt.t,
+        })
+    }
+
+    fn restore(&mut self, s: &Snapshot) -> candle_core::Result<()> {
+        for (var, t) in &s.vars {
+            var.set(t)?;
+        }
+        self.opt.load_state(&s.optimizer, s.t)
+    }
+
+    fn take_snapshot(&mut self) -> Result<(), Outcome> {
+        self.snapshot = Some(
+            self.snapshot()
+                .map_err(|e| Outcome::Failed(e.to_string()))?,
+        );
         Ok(())
     }
 
     fn restore_snapshot(&mut self) -> Result<(), Outcome> {
-        let Some(s) = &self.snapshot else {
+        let Some(s) = self.snapshot.take() else {
             return Ok(());
         };
-        let mut restore = || -> candle_core::Result<()> {
-            for (var, t) in &s.vars {
-                var.set(t)?;
+        let r = self.restore(&s).map_err(|e| Outcome::Failed(e.to_string()));
+        self.snapshot = Some(s);
+        r
+    }
+
+    /// Freezes a batch of `images` images and derives every step of the Math panel from it; the
+    /// weights, statistics and optimiser are left exactly as they were.
+    fn freeze(&mut self, link: &Link<'_>, images: usize, eta: f64) {
+        let result = (|| -> Result<MathReport, model::ModelError> {
+            let saved = self.snapshot()?;
+            let report = self.derive(images, eta);
+            self.restore(&saved)?;
+            report
+        })();
+        match result {
+            Ok(r) => {
+                link.emit(Event::Math(Box::new(r)));
             }
-            self.opt.load_state(&s.optimizer, s.t)
+            Err(e) => {
+                link.emit(Event::Warning(format!("cannot freeze a batch: {e}")));
+            }
+        }
+    }
+
+    fn derive(&self, images: usize, eta: f64) -> Result<MathReport, model::ModelError> {
+        let order = super::prefetch::epoch_order(self.config.seed, self.data.len(), self.pos.epoch);
+        let indices: Vec<usize> = order
+            .into_iter()
+            .take(images.clamp(2, self.data.len()))
+            .collect();
+        let seeds: Vec<u64> = (0..self.tasks.len())
+            .map(|t| super::prefetch::step_seed(self.config.seed, self.pos.step, t))
+            .collect();
+        let mut batches = Vec::new();
+        let mut reports = Vec::new();
+        for (t, task) in self.tasks.iter().enumerate() {
+            let host = task.maker().make(&self.data, &indices, seeds[t]);
+            let batch = host.upload(&self.model.device)?;
+            let trainer_loss = f64::from(
+                task.forward(&self.model, &batch, true)?
+                    .loss
+                    .to_scalar::<f32>()?,
+            );
+            let e = task.explain(&self.model, &batch)?;
+            let originals = batch
+                .host
+                .sources
+                .iter()
+                .map(|&i| self.data.image(i).to_vec())
+                .collect();
+            reports.push(TaskReport {
+                task: task.kind(),
+                trainer_loss,
+                inputs: e.inputs,
+                input_size: e.input_size,
+                originals,
+                z: e.z,
+                transforms: e.transforms,
+                math: e.math,
+            });
+            batches.push(batch);
+        }
+        // One plain gradient step on the weighted loss, on the weights as they are.
+        let total_loss = |batches: &[tasks::Batch]| -> Result<Tensor, model::ModelError> {
+            let mut total: Option<Tensor> = None;
+            for ((task, w), b) in self
+                .tasks
+                .iter()
+                .zip(&self.config.task_weights)
+                .zip(batches)
+            {
+                let l = (task.forward(&self.model, b, true)?.loss * *w)?;
+                total = Some(match total {
+                    Some(t) => (t + l)?,
+                    None => l,
+                });
+            }
+            total
+                .ok_or_else(|| model::ModelError::Candle(candle_core::Error::Msg("no task".into())))
         };
-        restore().map_err(|e| Outcome::Failed(e.to_string()))
+        let before = total_loss(&batches)?;
+        let loss_before = f64::from(before.to_scalar::<f32>()?);
+        let grads = before.backward()?;
+        let mut grad_norms = Vec::new();
+        let mut trainable = self.model.trainable_vars();
+        let rank = |n: &str| match n.split('.').next() {
+            Some("stem") => 0,
+            Some("l1") => 1,
+            Some("l2") => 2,
+            Some("l3") => 3,
+            _ => 4,
+        };
+        trainable.sort_by_key(|(n, _)| rank(n));
+        for (name, var) in &trainable {
+            if let Some(g) = grads.get(var.as_tensor()) {
+                let norm = f64::from(g.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()?);
+                grad_norms.push((name.clone(), norm));
+                var.set(&(var.as_tensor() - (g * eta)?)?)?;
+            }
+        }
+        let loss_after = f64::from(total_loss(&batches)?.to_scalar::<f32>()?);
+        Ok(MathReport {
+            step: self.pos.step,
+            tasks: reports,
+            optimisation: Some(Optimisation {
+                eta,
+                grad_norms,
+                loss_before,
+                loss_after,
+            }),
+        })
     }
 
     /// One optimisation step on prepared batches. Ok(false) when the loss was not finite (the
@@ -766,7 +890,10 @@ impl Session {
 
     /// Every task's predictions for data-set images `indices`.
     fn inspect(&self, link: &Link<'_>, indices: Vec<usize>) {
-        let indices: Vec<usize> = indices.into_iter().filter(|&i| i < self.data.len()).collect();
+        let indices: Vec<usize> = indices
+            .into_iter()
+            .filter(|&i| i < self.data.len())
+            .collect();
         let previews = self
             .tasks
             .iter()

@@ -5,6 +5,7 @@
 mod frame_stats;
 pub mod history;
 mod loader;
+mod math_panel;
 mod panels;
 
 use std::collections::BTreeMap;
@@ -160,6 +161,11 @@ pub struct PretextApp {
     pub tab: Tab,
     frame_stats: FrameStats,
     augment_view: Option<(u64, PreviewView)>,
+    /// The frozen batch's derivations, what is selected in them, and the step shown.
+    pub math: Option<crate::math::MathReport>,
+    pub math_sel: crate::math::Selection,
+    pub math_step: usize,
+    math_textures: std::collections::HashMap<u64, egui::TextureHandle>,
     augment_seed: u64,
     dialog: Option<crossbeam_channel::Receiver<Option<PathBuf>>>,
 }
@@ -169,6 +175,7 @@ pub enum Tab {
     Training,
     Augmentations,
     Inspect,
+    Math,
 }
 
 fn texture(ctx: &egui::Context, name: &str, c: &Canvas) -> egui::TextureHandle {
@@ -219,6 +226,10 @@ impl PretextApp {
             tab: Tab::Training,
             frame_stats: FrameStats::default(),
             augment_view: None,
+            math: None,
+            math_sel: crate::math::Selection::default(),
+            math_step: 0,
+            math_textures: std::collections::HashMap::new(),
             augment_seed: 1,
             dialog: None,
         };
@@ -481,6 +492,14 @@ impl PretextApp {
             Event::Preview(p) => {
                 let view = preview_view(ctx, &p);
                 self.previews.insert(p.task, view);
+            }
+            Event::Math(report) => {
+                self.math_textures.clear();
+                if self.math_sel.task >= report.tasks.len() {
+                    self.math_sel = crate::math::Selection::default();
+                }
+                self.math = Some(*report);
+                self.tab = Tab::Math;
             }
             Event::Inspection { indices, previews } => {
                 let views = previews.iter().map(|p| preview_view(ctx, p)).collect();

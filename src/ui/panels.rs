@@ -466,6 +466,7 @@ pub fn central(app: &mut PretextApp, ui: &mut egui::Ui) {
         ui.selectable_value(&mut app.tab, Tab::Training, "Training");
         ui.selectable_value(&mut app.tab, Tab::Augmentations, "Augmentations");
         ui.selectable_value(&mut app.tab, Tab::Inspect, "Inspect image");
+        ui.selectable_value(&mut app.tab, Tab::Math, "Math");
     });
     ui.separator();
     if let Some(m) = app.messages.iter().rev().find(|m| m.error) {
@@ -487,6 +488,7 @@ pub fn central(app: &mut PretextApp, ui: &mut egui::Ui) {
         Tab::Training => training_tab(app, ui),
         Tab::Augmentations => augment_tab(app, ui),
         Tab::Inspect => inspect_tab(app, ui),
+        Tab::Math => super::math_panel::math_tab(app, ui),
     }
 }
 

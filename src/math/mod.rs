@@ -1,0 +1,708 @@
+//! Step-through derivations of what the network computes, built from the numbers of a frozen
+//! batch. No egui here: [`steps`] returns formulas, short explanations, values (each with how
+//! it was computed) and pictures; the app's Math panel only draws them. The numbers come from
+//! the same functions the trainer uses ([`crate::model::ops`] and each task's head).
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::config::TaskKind;
+use crate::model::ops;
+
+/// What one task computed on the frozen batch.
+#[derive(Clone, Debug)]
+pub enum TaskMath {
+    /// Classification: −Σ log P(y|x) over softmax of logits (rotation, patch position).
+    Likelihood {
+        logits: Vec<Vec<f32>>,
+        labels: Vec<u32>,
+        /// Names of the classes, e.g. "90°".
+        classes: Vec<String>,
+    },
+    /// NT-Xent over 2N projections (first views, then second views).
+    Contrastive {
+        projections: Vec<Vec<f32>>,
+        temperature: f64,
+    },
+    /// Mean squared error of a prediction against a target, over the weighted pixels.
+    Reconstruction {
+        /// Per image: channels × size × size, in the network's units.
+        prediction: Vec<Vec<f32>>,
+        target: Vec<Vec<f32>>,
+        /// Per image: size × size weights (1 = counted); all ones when every pixel counts.
+        weight: Vec<Vec<f32>>,
+        channels: usize,
+        size: usize,
+    },
+}
+
+/// The frozen batch as one task saw it.
+#[derive(Clone, Debug)]
+pub struct TaskReport {
+    pub task: TaskKind,
+    /// The loss the trainer's own `forward` reports on this batch.
+    pub trainer_loss: f64,
+    /// What the network saw, per example, as RGB bytes (`size × size`).
+    pub inputs: Vec<Vec<u8>>,
+    pub input_size: usize,
+    /// The originals the examples came from (before any transformation).
+    pub originals: Vec<Vec<u8>>,
+    /// Representation z = f(x) of each input.
+    pub z: Vec<Vec<f32>>,
+    /// Descriptions of the transformation per example (contrastive views), if any.
+    pub transforms: Vec<String>,
+    pub math: TaskMath,
+}
+
+/// One real update θ ← θ − η∇L on a copy of the weights.
+#[derive(Clone, Debug)]
+pub struct Optimisation {
+    pub eta: f64,
+    /// ‖∇L‖ per parameter tensor, in model order.
+    pub grad_norms: Vec<(String, f64)>,
+    pub loss_before: f64,
+    pub loss_after: f64,
+}
+
+/// Everything the Math panel shows for one frozen batch.
+#[derive(Clone, Debug)]
+pub struct MathReport {
+    /// Training step at which the batch was frozen.
+    pub step: u64,
+    pub tasks: Vec<TaskReport>,
+    pub optimisation: Option<Optimisation>,
+}
+
+/// A number with how it was computed (shown on hover).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Value {
+    pub label: String,
+    pub value: f64,
+    pub how: String,
+}
+
+fn value(label: impl Into<String>, value: f64, how: impl Into<String>) -> Value {
+    Value {
+        label: label.into(),
+        value,
+        how: how.into(),
+    }
+}
+
+/// A picture of numbers.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Picture {
+    Bars {
+        label: String,
+        values: Vec<f32>,
+        /// Index drawn in the accent colour.
+        highlight: Option<usize>,
+        /// Names under the bars, when few.
+        names: Vec<String>,
+    },
+    Heatmap {
+        label: String,
+        rows: usize,
+        cols: usize,
+        values: Vec<f32>,
+        range: (f32, f32),
+        /// A marked cell (row, col).
+        mark: Option<(usize, usize)>,
+    },
+    Image {
+        label: String,
+        size: usize,
+        rgb: Vec<u8>,
+    },
+}
+
+/// What a step is about; the panel uses it to know what a click on a picture selects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StepKind {
+    Representation,
+    Transformation,
+    Similarity,
+    Contrastive,
+    Likelihood,
+    Reconstruction,
+    Optimisation,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Step {
+    pub kind: StepKind,
+    pub title: String,
+    pub formula: String,
+    pub text: String,
+    pub values: Vec<Value>,
+    pub pictures: Vec<Picture>,
+}
+
+/// What the person chose to look at.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Selection {
+    /// Which task of the report.
+    pub task: usize,
+    /// Example (likelihood, reconstruction, representation) or anchor (contrastive).
+    pub example: usize,
+    /// The second element of a cosine-similarity pair.
+    pub other: usize,
+    /// Temperature τ for the contrastive steps (the trainer's by default).
+    pub temperature: Option<f64>,
+}
+
+impl Default for Selection {
+    fn default() -> Self {
+        Self {
+            task: 0,
+            example: 0,
+            other: 1,
+            temperature: None,
+        }
+    }
+}
+
+fn tensor2(rows: &[Vec<f32>]) -> candle_core::Result<Tensor> {
+    let cols = rows.first().map_or(0, Vec::len);
+    let flat: Vec<f32> = rows.iter().flatten().copied().collect();
+    Tensor::from_vec(flat, (rows.len(), cols), &Device::Cpu)
+}
+
+/// Contrastive quantities for every anchor at temperature τ, from the trainer's functions.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ContrastiveNumbers {
+    /// Cosine similarities (2N × 2N).
+    pub sim: Vec<Vec<f32>>,
+    /// ℓᵢ per anchor.
+    pub per_anchor: Vec<f64>,
+    /// NT-Xent as the trainer computes it (`ops::nt_xent`).
+    pub loss: f64,
+}
+
+pub fn contrastive_numbers(
+    projections: &[Vec<f32>],
+    temperature: f64,
+) -> candle_core::Result<ContrastiveNumbers> {
+    let h = tensor2(projections)?.to_dtype(DType::F64)?;
+    let (loss, sim) = ops::nt_xent(&h, temperature)?;
+    let sim64 = sim.to_vec2::<f64>()?;
+    let n = sim64.len();
+    let per_anchor = sim64
+        .iter()
+        .enumerate()
+        .map(|(i, row)| {
+            let pos = ops::positive_index(i, n);
+            let denom: f64 = row
+                .iter()
+                .enumerate()
+                .filter(|(k, _)| *k != i)
+                .map(|(_, s)| (s / temperature).exp())
+                .sum();
+            -((row[pos] / temperature).exp() / denom).ln()
+        })
+        .collect();
+    Ok(ContrastiveNumbers {
+        sim: sim64
+            .iter()
+            .map(|r| r.iter().map(|&v| v as f32).collect())
+            .collect(),
+        per_anchor,
+        loss: loss.to_scalar::<f64>()?,
+    })
+}
+
+/// Softmax and −log P of the true class per example, and the batch mean through the trainer's
+/// `ops::cross_entropy`.
+pub fn likelihood_numbers(
+    logits: &[Vec<f32>],
+    labels: &[u32],
+) -> candle_core::Result<(Vec<Vec<f32>>, Vec<f64>, f64)> {
+    let x = tensor2(logits)?;
+    let probs = ops::softmax(&x)?.to_vec2::<f32>()?;
+    let nll = probs
+        .iter()
+        .zip(labels)
+        .map(|(p, &y)| -f64::from(p[y as usize]).ln())
+        .collect();
+    let y = Tensor::new(labels, &Device::Cpu)?;
+    let mean = f64::from(ops::cross_entropy(&x, &y)?.to_scalar::<f32>()?);
+    Ok((probs, nll, mean))
+}
+
+/// Per-pixel squared error maps (summed over channels, weighted) and the loss
+/// Σ w·(ŷ − y)² / (channels · Σ w) over the batch.
+pub fn reconstruction_numbers(
+    prediction: &[Vec<f32>],
+    target: &[Vec<f32>],
+    weight: &[Vec<f32>],
+    channels: usize,
+    size: usize,
+) -> (Vec<Vec<f32>>, f64) {
+    let plane = size * size;
+    let mut total = 0f64;
+    let mut count = 0f64;
+    let maps = prediction
+        .iter()
+        .zip(target)
+        .zip(weight)
+        .map(|((p, t), w)| {
+            (0..plane)
+                .map(|px| {
+                    let e: f32 = (0..channels)
+                        .map(|c| (p[c * plane + px] - t[c * plane + px]).powi(2))
+                        .sum();
+                    total += f64::from(e * w[px]);
+                    count += f64::from(w[px]) * channels as f64;
+                    e * w[px]
+                })
+                .collect()
+        })
+        .collect();
+    (maps, total / count.max(1.0))
+}
+
+fn fmt(v: f64) -> String {
+    if v.abs() >= 1e4 || (v != 0.0 && v.abs() < 1e-3) {
+        format!("{v:.3e}")
+    } else {
+        format!("{v:.4}")
+    }
+}
+
+/// The steps for the selected task of a report.
+pub fn steps(report: &MathReport, sel: &Selection) -> Vec<Step> {
+    let Some(t) = report.tasks.get(sel.task) else {
+        return Vec::new();
+    };
+    let n = t.z.len().max(1);
+    let i = sel.example.min(n - 1);
+    let mut out = vec![representation_step(t, i)];
+    match &t.math {
+        TaskMath::Contrastive {
+            projections,
+            temperature,
+        } => {
+            let tau = sel.temperature.unwrap_or(*temperature);
+            out.push(transformation_step(t, i % (n / 2).max(1)));
+            if let Ok(c) = contrastive_numbers(projections, tau) {
+                out.push(similarity_step(projections, &c, i, sel.other.min(n - 1)));
+                out.push(contrastive_step(t, &c, i, tau));
+            }
+        }
+        TaskMath::Likelihood {
+            logits,
+            labels,
+            classes,
+        } => {
+            if let Ok((probs, nll, mean)) = likelihood_numbers(logits, labels) {
+                out.push(likelihood_step(
+                    t, logits, labels, classes, &probs, &nll, mean, i,
+                ));
+            }
+        }
+        TaskMath::Reconstruction {
+            prediction,
+            target,
+            weight,
+            channels,
+            size,
+        } => {
+            let (maps, loss) = reconstruction_numbers(prediction, target, weight, *channels, *size);
+            out.push(reconstruction_step(t, &maps, loss, *size, i));
+        }
+    }
+    if let Some(o) = &report.optimisation {
+        out.push(optimisation_step(o));
+    }
+    out
+}
+
+fn representation_step(t: &TaskReport, i: usize) -> Step {
+    let z = &t.z[i];
+    let norm = z.iter().map(|v| f64::from(*v).powi(2)).sum::<f64>().sqrt();
+    Step {
+        kind: StepKind::Representation,
+        title: "Representation f(x) → z".into(),
+        formula: "z = f(x) = mean over positions of the encoder's last feature map".into(),
+        text: format!(
+            "The encoder turns the {s}×{s} input into {d} numbers: the average of each of its last {d} \
+             feature maps. Everything the tasks learn has to pass through these numbers; the downstream \
+             tasks use them too.",
+            s = t.input_size,
+            d = z.len()
+        ),
+        values: vec![
+            value(
+                "dimensions of z",
+                z.len() as f64,
+                "channels of the last stage (4 × width)",
+            ),
+            value("‖z‖", norm, "√(Σ zₖ²)"),
+            value(
+                "largest zₖ",
+                z.iter().fold(f32::MIN, |m, v| m.max(*v)).into(),
+                "max over the dimensions",
+            ),
+        ],
+        pictures: vec![
+            Picture::Image {
+                label: format!("x (example {i})"),
+                size: t.input_size,
+                rgb: t.inputs[i].clone(),
+            },
+            Picture::Bars {
+                label: "z".into(),
+                values: z.clone(),
+                highlight: None,
+                names: Vec::new(),
+            },
+        ],
+    }
+}
+
+fn transformation_step(t: &TaskReport, i: usize) -> Step {
+    let n = t.inputs.len() / 2;
+    let mut pictures = Vec::new();
+    if let Some(o) = t.originals.get(i) {
+        pictures.push(Picture::Image {
+            label: "x".into(),
+            size: t.input_size,
+            rgb: o.clone(),
+        });
+    }
+    for (label, k) in [("x⁺₁ = T₁(x)", i), ("x⁺₂ = T₂(x)", i + n)] {
+        if let Some(v) = t.inputs.get(k) {
+            pictures.push(Picture::Image {
+                label: label.into(),
+                size: t.input_size,
+                rgb: v.clone(),
+            });
+        }
+    }
+    Step {
+        kind: StepKind::Transformation,
+        title: "Transformation x⁺ = T(x)".into(),
+        formula: "T = grey? ∘ jitter? ∘ flip? ∘ resized crop".into(),
+        text: format!(
+            "Each image becomes two random views. The network is asked to find that they belong together \
+             among all {} views of the batch, so it must keep what survives T (shapes, layout) and may \
+             drop what T changes (exact colours, position). {}",
+            2 * n,
+            t.transforms.get(i).cloned().unwrap_or_default()
+        ),
+        values: vec![value(
+            "views in the batch (2N)",
+            (2 * n) as f64,
+            "two per image",
+        )],
+        pictures,
+    }
+}
+
+fn similarity_step(h: &[Vec<f32>], c: &ContrastiveNumbers, a: usize, b: usize) -> Step {
+    let dot: f64 = h[a]
+        .iter()
+        .zip(&h[b])
+        .map(|(x, y)| f64::from(*x) * f64::from(*y))
+        .sum();
+    let na = h[a]
+        .iter()
+        .map(|v| f64::from(*v).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    let nb = h[b]
+        .iter()
+        .map(|v| f64::from(*v).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    let n = c.sim.len();
+    Step {
+        kind: StepKind::Similarity,
+        title: "Cosine similarity".into(),
+        formula: "sim(a, b) = a·b / (‖a‖ ‖b‖)".into(),
+        text: "How alike two projections are, whatever their length: 1 means the same direction, 0 \
+               unrelated, −1 opposite. The matrix holds every pair of the batch's views; the positives \
+               sit on the two off-diagonals. Click a cell to pick a pair."
+            .into(),
+        values: vec![
+            value("a·b", dot, format!("Σₖ h{a}ₖ · h{b}ₖ over {} dimensions", h[a].len())),
+            value("‖a‖", na, format!("√(Σₖ h{a}ₖ²)")),
+            value("‖b‖", nb, format!("√(Σₖ h{b}ₖ²)")),
+            value(
+                format!("sim(h{a}, h{b})"),
+                f64::from(c.sim[a][b]),
+                format!("{} / ({} · {})", fmt(dot), fmt(na), fmt(nb)),
+            ),
+        ],
+        pictures: vec![Picture::Heatmap {
+            label: format!("cosine similarity of all {n} views"),
+            rows: n,
+            cols: n,
+            values: c.sim.iter().flatten().copied().collect(),
+            range: (-1.0, 1.0),
+            mark: Some((a, b)),
+        }],
+    }
+}
+
+fn contrastive_step(t: &TaskReport, c: &ContrastiveNumbers, i: usize, tau: f64) -> Step {
+    let n = c.sim.len();
+    let pos = ops::positive_index(i, n);
+    let row = &c.sim[i];
+    let scaled: Vec<f32> = row.iter().map(|s| (f64::from(*s) / tau) as f32).collect();
+    let exps: Vec<f32> = (0..n)
+        .map(|k| {
+            if k == i {
+                0.0
+            } else {
+                (f64::from(row[k]) / tau).exp() as f32
+            }
+        })
+        .collect();
+    let numerator = (f64::from(row[pos]) / tau).exp();
+    let denominator: f64 = exps.iter().map(|&e| f64::from(e)).sum();
+    let mean = c.per_anchor.iter().sum::<f64>() / c.per_anchor.len().max(1) as f64;
+    Step {
+        kind: StepKind::Contrastive,
+        title: "Contrastive loss (InfoNCE / NT-Xent)".into(),
+        formula: "ℓᵢ = −log( exp(sim(xᵢ,xᵢ⁺)/τ) / Σ_{k≠i} exp(sim(xᵢ,x_k)/τ) ),   L = mean over all 2N anchors".into(),
+        text: format!(
+            "For anchor {i}, the similarities to the other views are divided by τ and exponentiated; \
+             the loss is small when the positive (view {pos}) takes most of the sum. A small τ sharpens \
+             the competition, a large one softens it. The mean over all {n} anchors is the loss the \
+             trainer reports."
+        ),
+        values: vec![
+            value("τ", tau, "temperature"),
+            value(format!("sim(x{i}, x{pos})"), f64::from(row[pos]), "the positive's cosine similarity"),
+            value("numerator", numerator, format!("exp({} / {tau})", fmt(f64::from(row[pos])))),
+            value("denominator", denominator, format!("Σ over the {} other views of exp(sim/τ)", n - 1)),
+            value(format!("ℓ{i}"), c.per_anchor[i], format!("−log({} / {})", fmt(numerator), fmt(denominator))),
+            value("L = mean ℓ", mean, format!("Σ ℓ / {n}")),
+            value("L by the trainer (ops::nt_xent)", c.loss, "the function the training step calls"),
+            value("trainer's loss at τ of the run", t.trainer_loss, "the task's forward() on this batch"),
+        ],
+        pictures: vec![
+            Picture::Bars {
+                label: format!("sim(x{i}, ·) / τ — positive highlighted"),
+                values: scaled,
+                highlight: Some(pos),
+                names: Vec::new(),
+            },
+            Picture::Bars {
+                label: "exp(sim/τ) — the denominator's terms".into(),
+                values: exps,
+                highlight: Some(pos),
+                names: Vec::new(),
+            },
+            Picture::Bars {
+                label: "ℓ per anchor".into(),
+                values: c.per_anchor.iter().map(|&v| v as f32).collect(),
+                highlight: Some(i),
+                names: Vec::new(),
+            },
+        ],
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn likelihood_step(
+    t: &TaskReport,
+    logits: &[Vec<f32>],
+    labels: &[u32],
+    classes: &[String],
+    probs: &[Vec<f32>],
+    nll: &[f64],
+    mean: f64,
+    i: usize,
+) -> Step {
+    let i = i.min(logits.len().saturating_sub(1));
+    let y = labels[i] as usize;
+    let max = logits[i].iter().fold(f32::MIN, |m, v| m.max(*v));
+    let sum_exp: f64 = logits[i].iter().map(|v| f64::from(v - max).exp()).sum();
+    Step {
+        kind: StepKind::Likelihood,
+        title: format!("Likelihood loss ({})", t.task),
+        formula: "P(y|x) = exp(logit_y) / Σ_k exp(logit_k),   L = −(1/N) Σᵢ log P(yᵢ|xᵢ)".into(),
+        text: format!(
+            "The head scores each of the {} possible answers; softmax turns the scores into \
+             probabilities. The loss is the negative log of the probability given to the true answer: 0 \
+             when the network is sure and right, large when it is sure and wrong. Averaged over the {} \
+             examples it is the loss the trainer reports.",
+            classes.len(),
+            logits.len()
+        ),
+        values: vec![
+            value(
+                "true class y",
+                y as f64,
+                classes.get(y).cloned().unwrap_or_default(),
+            ),
+            value(
+                format!(
+                    "logit of y ({})",
+                    classes.get(y).cloned().unwrap_or_default()
+                ),
+                f64::from(logits[i][y]),
+                "the head's score",
+            ),
+            value(
+                "Σ exp(logit − max)",
+                sum_exp,
+                "softmax's denominator, shifted by the largest logit for stability",
+            ),
+            value(
+                "P(y|x)",
+                f64::from(probs[i][y]),
+                format!(
+                    "exp({} − {}) / {}",
+                    fmt(f64::from(logits[i][y])),
+                    fmt(f64::from(max)),
+                    fmt(sum_exp)
+                ),
+            ),
+            value(
+                "−log P(y|x)",
+                nll[i],
+                format!("−ln {}", fmt(f64::from(probs[i][y]))),
+            ),
+            value(
+                "L = mean over the batch",
+                nll.iter().sum::<f64>() / nll.len().max(1) as f64,
+                format!("Σ −log P / {}", nll.len()),
+            ),
+            value(
+                "L by the trainer (ops::cross_entropy)",
+                mean,
+                "the function the training step calls",
+            ),
+            value(
+                "trainer's loss on this batch",
+                t.trainer_loss,
+                "the task's forward() on this batch",
+            ),
+        ],
+        pictures: vec![
+            Picture::Image {
+                label: format!("x (example {i})"),
+                size: t.input_size,
+                rgb: t.inputs.get(i).cloned().unwrap_or_default(),
+            },
+            Picture::Bars {
+                label: "logits".into(),
+                values: logits[i].clone(),
+                highlight: Some(y),
+                names: classes.to_vec(),
+            },
+            Picture::Bars {
+                label: "softmax P(k|x)".into(),
+                values: probs[i].clone(),
+                highlight: Some(y),
+                names: classes.to_vec(),
+            },
+            Picture::Bars {
+                label: "−log P(y|x) per example".into(),
+                values: nll.iter().map(|&v| v as f32).collect(),
+                highlight: Some(i),
+                names: Vec::new(),
+            },
+        ],
+    }
+}
+
+fn reconstruction_step(
+    t: &TaskReport,
+    maps: &[Vec<f32>],
+    loss: f64,
+    size: usize,
+    i: usize,
+) -> Step {
+    let i = i.min(maps.len().saturating_sub(1));
+    let map = &maps[i];
+    let hi = map.iter().fold(0f32, |m, v| m.max(*v)).max(1e-6);
+    let image_sum: f64 = map.iter().map(|&v| f64::from(v)).sum();
+    let (formula, what) = match t.task {
+        TaskKind::Colorization => (
+            "L = mean over pixels and a*b* of (ŷ − y)²,   y = (a*, b*) / 100",
+            "the predicted colour against the true colour",
+        ),
+        _ => (
+            "L = Σ mask·(ŷ − y)² / (3 Σ mask)",
+            "the predicted pixels against the hidden ones (only the hidden region counts)",
+        ),
+    };
+    Step {
+        kind: StepKind::Reconstruction,
+        title: format!("Reconstruction loss ({})", t.task),
+        formula: formula.into(),
+        text: format!(
+            "Each pixel's squared error compares {what}. Bright pixels in the map are where the network \
+             is furthest off. Summed and divided by the number of counted values it is the loss the \
+             trainer reports."
+        ),
+        values: vec![
+            value("Σ error, this image", image_sum, "Σ over the map's pixels"),
+            value("largest pixel error", f64::from(hi), "max over the map"),
+            value(
+                "L over the batch",
+                loss,
+                "Σ weighted errors / counted values",
+            ),
+            value(
+                "trainer's loss on this batch",
+                t.trainer_loss,
+                "the task's forward() on this batch",
+            ),
+        ],
+        pictures: vec![
+            Picture::Image {
+                label: format!("input (example {i})"),
+                size: t.input_size,
+                rgb: t.inputs.get(i).cloned().unwrap_or_default(),
+            },
+            Picture::Heatmap {
+                label: "squared error per pixel".into(),
+                rows: size,
+                cols: size,
+                values: map.clone(),
+                range: (0.0, hi),
+                mark: None,
+            },
+        ],
+    }
+}
+
+fn optimisation_step(o: &Optimisation) -> Step {
+    let total = o.grad_norms.iter().map(|(_, g)| g * g).sum::<f64>().sqrt();
+    Step {
+        kind: StepKind::Optimisation,
+        title: "Optimisation θ* = argmin L(θ)".into(),
+        formula: "θ ← θ − η ∇L(θ)".into(),
+        text: format!(
+            "Backpropagation gives the gradient of the loss for every weight; one step against it lowers \
+             the loss on this batch if η is small enough. Here one plain gradient step with η = {} was \
+             taken on a copy of the weights (training itself uses AdamW, which rescales each weight's step).",
+            o.eta
+        ),
+        values: vec![
+            value("η", o.eta, "step size"),
+            value("‖∇L‖ (all weights)", total, "√(Σ over tensors of ‖∇‖²)"),
+            value(
+                "L before",
+                o.loss_before,
+                "the frozen batch, current weights",
+            ),
+            value(
+                "L after one step",
+                o.loss_after,
+                "the frozen batch, θ − η∇L",
+            ),
+            value("change", o.loss_after - o.loss_before, "after − before"),
+        ],
+        pictures: vec![Picture::Bars {
+            label: "‖∇L‖ per weight tensor (stem → heads)".into(),
+            values: o.grad_norms.iter().map(|(_, g)| *g as f32).collect(),
+            highlight: None,
+            names: o.grad_norms.iter().map(|(n, _)| n.clone()).collect(),
+        }],
+    }
+}

@@ -1,0 +1,197 @@
+//! The Math panel's derivations: equal to the trainer's loss on the same batch, equal to the
+//! fixtures, a real gradient step lowers the loss, and the weights are untouched afterwards.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use pretext::config::{DataSource, TaskKind, TrainConfig};
+use pretext::math::{self, MathReport, Selection, StepKind, TaskMath};
+use pretext::train::{Command, Event, Outcome, Trainer};
+
+fn freeze(trainer: &Trainer) -> MathReport {
+    assert!(trainer.send(Command::Freeze {
+        images: 8,
+        eta: 0.01
+    }));
+    loop {
+        match trainer
+            .events()
+            .recv_timeout(Duration::from_secs(120))
+            .unwrap()
+        {
+            Event::Math(r) => return *r,
+            Event::Warning(w) => panic!("{w}"),
+            _ => {}
+        }
+    }
+}
+
+#[test]
+fn every_task_derivation_equals_the_trainers_loss_and_the_step_lowers_it() {
+    let out = tempfile::tempdir().unwrap();
+    let trainer = Trainer::spawn().unwrap();
+    let tasks = TaskKind::ALL.to_vec();
+    trainer.send(Command::Start(Box::new(TrainConfig {
+        data: DataSource::Builtin { count: 64 },
+        task_weights: vec![1.0; tasks.len()],
+        tasks,
+        batch: 16,
+        epochs: 1,
+        out: out.path().to_path_buf(),
+        preview_images: 2,
+        ..TrainConfig::default()
+    })));
+    let log = common::drive(&trainer, |_, _| {});
+    assert_eq!(log.outcome, Some(Outcome::Completed), "{:?}", log.errors);
+
+    // The finished run's model answers; freezing twice gives the same numbers (weights restored).
+    let report = freeze(&trainer);
+    let again = freeze(&trainer);
+    assert_eq!(report.tasks.len(), 5);
+    let opt = report.optimisation.as_ref().unwrap();
+    assert_eq!(
+        opt.loss_before,
+        again.optimisation.as_ref().unwrap().loss_before
+    );
+    assert!(
+        opt.loss_after < opt.loss_before,
+        "{} → {}",
+        opt.loss_before,
+        opt.loss_after
+    );
+    assert!(opt.grad_norms.iter().all(|(_, g)| g.is_finite()));
+    assert!(opt.grad_norms[0].0.starts_with("stem"));
+
+    for (i, t) in report.tasks.iter().enumerate() {
+        let derived = match &t.math {
+            TaskMath::Contrastive {
+                projections,
+                temperature,
+            } => {
+                let c = math::contrastive_numbers(projections, *temperature).unwrap();
+                let mean = c.per_anchor.iter().sum::<f64>() / c.per_anchor.len() as f64;
+                assert!(
+                    (mean - c.loss).abs() < 1e-9,
+                    "step-by-step mean {mean} vs nt_xent {}",
+                    c.loss
+                );
+                c.loss
+            }
+            TaskMath::Likelihood { logits, labels, .. } => {
+                let (_, nll, mean) = math::likelihood_numbers(logits, labels).unwrap();
+                let by_hand = nll.iter().sum::<f64>() / nll.len() as f64;
+                assert!((by_hand - mean).abs() < 1e-5);
+                mean
+            }
+            TaskMath::Reconstruction {
+                prediction,
+                target,
+                weight,
+                channels,
+                size,
+            } => math::reconstruction_numbers(prediction, target, weight, *channels, *size).1,
+        };
+        assert!(
+            (derived - t.trainer_loss).abs() < 1e-4 * t.trainer_loss.abs().max(1.0),
+            "{}: derived {derived} vs trainer {}",
+            t.task,
+            t.trainer_loss
+        );
+        let steps = math::steps(
+            &report,
+            &Selection {
+                task: i,
+                ..Selection::default()
+            },
+        );
+        assert_eq!(
+            steps.first().map(|s| s.kind),
+            Some(StepKind::Representation)
+        );
+        assert_eq!(steps.last().map(|s| s.kind), Some(StepKind::Optimisation));
+        assert!(
+            steps
+                .iter()
+                .all(|s| !s.formula.is_empty() && !s.text.is_empty())
+        );
+    }
+    // The contrastive steps: a different τ changes the loss, and the trainer's τ reproduces it.
+    let ci = report
+        .tasks
+        .iter()
+        .position(|t| t.task == TaskKind::Contrastive)
+        .unwrap();
+    let steps = math::steps(
+        &report,
+        &Selection {
+            task: ci,
+            temperature: Some(0.1),
+            ..Selection::default()
+        },
+    );
+    let kinds: Vec<StepKind> = steps.iter().map(|s| s.kind).collect();
+    assert_eq!(
+        kinds,
+        [
+            StepKind::Representation,
+            StepKind::Transformation,
+            StepKind::Similarity,
+            StepKind::Contrastive,
+            StepKind::Optimisation
+        ]
+    );
+    let loss_at = |steps: &[math::Step]| {
+        steps[3]
+            .values
+            .iter()
+            .find(|v| v.label == "L = mean ℓ")
+            .unwrap()
+            .value
+    };
+    let default_steps = math::steps(
+        &report,
+        &Selection {
+            task: ci,
+            ..Selection::default()
+        },
+    );
+    assert!((loss_at(&default_steps) - report.tasks[ci].trainer_loss).abs() < 1e-4);
+    assert!((loss_at(&steps) - loss_at(&default_steps)).abs() > 1e-3);
+}
+
+#[test]
+fn contrastive_derivation_matches_the_nt_xent_fixture() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/nt_xent.json");
+    let f: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    for case in f["cases"].as_array().unwrap() {
+        let rows = |k: &str| -> Vec<Vec<f32>> {
+            case[k]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| {
+                    r.as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|v| v.as_f64().unwrap() as f32)
+                        .collect()
+                })
+                .collect()
+        };
+        let h: Vec<Vec<f32>> = rows("z1").into_iter().chain(rows("z2")).collect();
+        let tau = case["temperature"].as_f64().unwrap();
+        let c = math::contrastive_numbers(&h, tau).unwrap();
+        assert!((c.loss - case["loss"].as_f64().unwrap()).abs() < 1e-4);
+        for (a, b) in c
+            .per_anchor
+            .iter()
+            .zip(case["per_anchor_loss"].as_array().unwrap())
+        {
+            assert!((a - b.as_f64().unwrap()).abs() < 1e-4, "{a} vs {b}");
+        }
+    }
+}
