@@ -79,6 +79,37 @@ fn main() {
     h.state_mut().tab = Tab::Augmentations;
     h.run_steps(4);
     save(&mut h, "augmentations.png");
+
+    // The Math panel on a frozen batch: contrastive loss, likelihood, reconstruction, update.
+    h.state_mut().send(pretext::train::Command::Freeze {
+        images: 8,
+        eta: None,
+    });
+    frames_until(&mut h, "frozen batch", |a| a.math.is_some());
+    let tasks: Vec<TaskKind> = h
+        .state()
+        .math
+        .as_ref()
+        .unwrap()
+        .tasks
+        .iter()
+        .map(|t| t.task)
+        .collect();
+    let find = |k: TaskKind| tasks.iter().position(|t| *t == k).unwrap_or(0);
+    for (name, task, step) in [
+        ("math-contrastive.png", find(TaskKind::Contrastive), 3),
+        ("math-similarity.png", find(TaskKind::Contrastive), 2),
+        ("math-likelihood.png", find(TaskKind::Rotation), 1),
+        ("math-reconstruction.png", find(TaskKind::Inpainting), 1),
+        ("math-optimisation.png", find(TaskKind::Rotation), 2),
+    ] {
+        h.state_mut().tab = Tab::Math;
+        h.state_mut().math_sel.task = task;
+        h.state_mut().math_sel.example = 3;
+        h.state_mut().math_step = step;
+        h.run_steps(4);
+        save(&mut h, name);
+    }
     h.state_mut().reset();
     h.run_steps(4);
 }

@@ -14,7 +14,7 @@ use pretext::train::{Command, Event, Outcome, Trainer};
 fn freeze(trainer: &Trainer) -> MathReport {
     assert!(trainer.send(Command::Freeze {
         images: 8,
-        eta: 0.01
+        eta: None
     }));
     loop {
         match trainer

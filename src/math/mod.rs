@@ -673,30 +673,28 @@ fn reconstruction_step(
 
 fn optimisation_step(o: &Optimisation) -> Step {
     let total = o.grad_norms.iter().map(|(_, g)| g * g).sum::<f64>().sqrt();
+    let predicted = -o.eta * total * total;
     Step {
         kind: StepKind::Optimisation,
         title: "Optimisation θ* = argmin L(θ)".into(),
         formula: "θ ← θ − η ∇L(θ)".into(),
-        text: format!(
-            "Backpropagation gives the gradient of the loss for every weight; one step against it lowers \
-             the loss on this batch if η is small enough. Here one plain gradient step with η = {} was \
-             taken on a copy of the weights (training itself uses AdamW, which rescales each weight's step).",
-            o.eta
-        ),
+        text: "Backpropagation gives the gradient of the loss for every weight; a small enough step \
+               against it lowers the loss on this batch, to first order by η‖∇L‖². Here one plain \
+               gradient step was taken on a copy of the weights, sized so that this prediction is 5% of \
+               L (training itself uses AdamW, which rescales each weight's step). L is the weighted sum \
+               over the run's tasks."
+            .into(),
         values: vec![
-            value("η", o.eta, "step size"),
+            value("η", o.eta, "0.05 · L / ‖∇L‖²"),
             value("‖∇L‖ (all weights)", total, "√(Σ over tensors of ‖∇‖²)"),
-            value(
-                "L before",
-                o.loss_before,
-                "the frozen batch, current weights",
-            ),
-            value(
-                "L after one step",
-                o.loss_after,
-                "the frozen batch, θ − η∇L",
-            ),
+            value("L before", o.loss_before, "the frozen batch, current weights"),
+            value("L after one step", o.loss_after, "the frozen batch, θ − η∇L"),
             value("change", o.loss_after - o.loss_before, "after − before"),
+            value(
+                "first-order prediction",
+                predicted,
+                format!("−η‖∇L‖² = −{} · {}²", fmt(o.eta), fmt(total)),
+            ),
         ],
         pictures: vec![Picture::Bars {
             label: "‖∇L‖ per weight tensor (stem → heads)".into(),

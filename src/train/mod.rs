@@ -52,7 +52,8 @@ pub enum Command {
     SaveCheckpoint,
     /// Freeze a batch of this many images and derive the Math panel's steps from it, with one
     /// plain gradient step of size `eta` on a copy of the weights (answered with [`Event::Math`]).
-    Freeze { images: usize, eta: f64 },
+    /// Without `eta`, the step is sized so that its first-order prediction η‖∇L‖² is 5% of L.
+    Freeze { images: usize, eta: Option<f64> },
     /// Every task's predictions for these data-set images (answered with
     /// [`Event::Inspection`] between two steps, or at once while paused).
     Inspect(Vec<usize>),

@@ -598,7 +598,7 @@ impl Session {
 
     /// Freezes a batch of `images` images and derives every step of the Math panel from it; the
     /// weights, statistics and optimiser are left exactly as they were.
-    fn freeze(&mut self, link: &Link<'_>, images: usize, eta: f64) {
+    fn freeze(&mut self, link: &Link<'_>, images: usize, eta: Option<f64>) {
         let result = (|| -> Result<MathReport, model::ModelError> {
             let saved = self.snapshot()?;
             let report = self.derive(images, eta);
@@ -615,7 +615,7 @@ impl Session {
         }
     }
 
-    fn derive(&self, images: usize, eta: f64) -> Result<MathReport, model::ModelError> {
+    fn derive(&self, images: usize, eta: Option<f64>) -> Result<MathReport, model::ModelError> {
         let order = super::prefetch::epoch_order(self.config.seed, self.data.len(), self.pos.epoch);
         let indices: Vec<usize> = order
             .into_iter()
@@ -674,7 +674,6 @@ impl Session {
         let before = total_loss(&batches)?;
         let loss_before = f64::from(before.to_scalar::<f32>()?);
         let grads = before.backward()?;
-        let mut grad_norms = Vec::new();
         let mut trainable = self.model.trainable_vars();
         let rank = |n: &str| match n.split('.').next() {
             Some("stem") => 0,
@@ -684,12 +683,19 @@ impl Session {
             _ => 4,
         };
         trainable.sort_by_key(|(n, _)| rank(n));
+        let mut grad_norms = Vec::new();
+        let mut updates = Vec::new();
         for (name, var) in &trainable {
             if let Some(g) = grads.get(var.as_tensor()) {
                 let norm = f64::from(g.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()?);
                 grad_norms.push((name.clone(), norm));
-                var.set(&(var.as_tensor() - (g * eta)?)?)?;
+                updates.push((var, g));
             }
+        }
+        let squared: f64 = grad_norms.iter().map(|(_, g)| g * g).sum();
+        let eta = eta.unwrap_or(0.05 * loss_before.abs() / squared.max(1e-12));
+        for (var, g) in updates {
+            var.set(&(var.as_tensor() - (g * eta)?)?)?;
         }
         let loss_after = f64::from(total_loss(&batches)?.to_scalar::<f32>()?);
         Ok(MathReport {

@@ -12,8 +12,6 @@ const ACCENT: Color32 = Color32::from_rgb(80, 150, 255);
 const BAR: Color32 = Color32::from_rgb(170, 170, 180);
 /// Images in a frozen batch.
 pub const FROZEN_IMAGES: usize = 8;
-/// Step size of the demonstrated gradient step.
-pub const DEMO_ETA: f64 = 0.01;
 
 fn heat(t: f32) -> Color32 {
     let t = t.clamp(0.0, 1.0);
@@ -46,7 +44,7 @@ pub fn math_tab(app: &mut PretextApp, ui: &mut egui::Ui) {
         {
             app.send(Command::Freeze {
                 images: FROZEN_IMAGES,
-                eta: DEMO_ETA,
+                eta: None,
             });
         }
         match &app.math {
