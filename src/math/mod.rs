@@ -148,6 +148,8 @@ pub struct Selection {
     pub other: usize,
     /// Temperature τ for the contrastive steps (the trainer's by default).
     pub temperature: Option<f64>,
+    /// The pixel (row, column) whose error the reconstruction step spells out.
+    pub pixel: Option<(usize, usize)>,
 }
 
 impl Default for Selection {
@@ -157,6 +159,7 @@ impl Default for Selection {
             example: 0,
             other: 1,
             temperature: None,
+            pixel: None,
         }
     }
 }
@@ -307,7 +310,15 @@ pub fn steps(report: &MathReport, sel: &Selection) -> Vec<Step> {
             size,
         } => {
             let (maps, loss) = reconstruction_numbers(prediction, target, weight, *channels, *size);
-            out.push(reconstruction_step(t, &maps, loss, *size, i));
+            let pixel = sel.pixel.unwrap_or((*size / 2, *size / 2));
+            let at = PixelValues {
+                prediction: &prediction[i.min(prediction.len() - 1)],
+                target: &target[i.min(target.len() - 1)],
+                weight: &weight[i.min(weight.len() - 1)],
+                channels: *channels,
+                pixel: (pixel.0.min(size - 1), pixel.1.min(size - 1)),
+            };
+            out.push(reconstruction_step(t, &maps, loss, *size, i, &at));
         }
     }
     if let Some(o) = &report.optimisation {
@@ -609,12 +620,22 @@ fn likelihood_step(
     }
 }
 
+/// One pixel's numbers for the reconstruction step.
+struct PixelValues<'a> {
+    prediction: &'a [f32],
+    target: &'a [f32],
+    weight: &'a [f32],
+    channels: usize,
+    pixel: (usize, usize),
+}
+
 fn reconstruction_step(
     t: &TaskReport,
     maps: &[Vec<f32>],
     loss: f64,
     size: usize,
     i: usize,
+    at: &PixelValues<'_>,
 ) -> Step {
     let i = i.min(maps.len().saturating_sub(1));
     let map = &maps[i];
@@ -639,20 +660,55 @@ fn reconstruction_step(
              is furthest off. Summed and divided by the number of counted values it is the loss the \
              trainer reports."
         ),
-        values: vec![
-            value("Σ error, this image", image_sum, "Σ over the map's pixels"),
-            value("largest pixel error", f64::from(hi), "max over the map"),
-            value(
+        values: {
+            let (r, c) = at.pixel;
+            let p = r * size + c;
+            let plane = size * size;
+            let names: &[&str] = if at.channels == 2 {
+                &["a*/100", "b*/100"]
+            } else {
+                &["R", "G", "B"]
+            };
+            let mut v = Vec::new();
+            let mut sum = 0f64;
+            for (ch, name) in names.iter().enumerate().take(at.channels) {
+                let yhat = f64::from(at.prediction[ch * plane + p]);
+                let y = f64::from(at.target[ch * plane + p]);
+                sum += (yhat - y).powi(2);
+                v.push(value(
+                    format!("pixel ({r}, {c}) {name}: (ŷ − y)²"),
+                    (yhat - y).powi(2),
+                    format!("({} − {})²", fmt(yhat), fmt(y)),
+                ));
+            }
+            let w = f64::from(at.weight[p]);
+            v.push(value(
+                format!("pixel ({r}, {c}): weighted error"),
+                sum * w,
+                format!("{} (sum over channels) × weight {w}", fmt(sum)),
+            ));
+            v.push(value(
+                "Σ error, this image",
+                image_sum,
+                "Σ over the map's pixels",
+            ));
+            v.push(value(
+                "largest pixel error",
+                f64::from(hi),
+                "max over the map",
+            ));
+            v.push(value(
                 "L over the batch",
                 loss,
                 "Σ weighted errors / counted values",
-            ),
-            value(
+            ));
+            v.push(value(
                 "trainer's loss on this batch",
                 t.trainer_loss,
                 "the task's forward() on this batch",
-            ),
-        ],
+            ));
+            v
+        },
         pictures: vec![
             Picture::Image {
                 label: format!("input (example {i})"),
@@ -660,12 +716,12 @@ fn reconstruction_step(
                 rgb: t.inputs.get(i).cloned().unwrap_or_default(),
             },
             Picture::Heatmap {
-                label: "squared error per pixel".into(),
+                label: "squared error per pixel (click a pixel)".into(),
                 rows: size,
                 cols: size,
                 values: map.clone(),
                 range: (0.0, hi),
-                mark: None,
+                mark: Some(at.pixel),
             },
         ],
     }

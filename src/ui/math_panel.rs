@@ -31,7 +31,8 @@ fn heat(t: f32) -> Color32 {
 /// What a click on a picture chose.
 enum Pick {
     Example(usize),
-    Pair(usize, usize),
+    /// A cell of a heat map: a pair of views, or a pixel.
+    Cell(usize, usize),
 }
 
 pub fn math_tab(app: &mut PretextApp, ui: &mut egui::Ui) {
@@ -131,7 +132,10 @@ pub fn math_tab(app: &mut PretextApp, ui: &mut egui::Ui) {
         if let Some(pick) = step_ui(app, ui, step) {
             match pick {
                 Pick::Example(i) => app.math_sel.example = i,
-                Pick::Pair(a, b) => {
+                Pick::Cell(a, b) if step.kind == math::StepKind::Reconstruction => {
+                    app.math_sel.pixel = Some((a, b));
+                }
+                Pick::Cell(a, b) => {
                     app.math_sel.example = a;
                     app.math_sel.other = b;
                 }
@@ -317,7 +321,7 @@ fn picture_ui(app: &mut PretextApp, ui: &mut egui::Ui, p: &Picture) -> Option<Pi
                 && let Some((r, c)) = at
                 && mark.is_some()
             {
-                return Some(Pick::Pair(r, c));
+                return Some(Pick::Cell(r, c));
             }
             None
         }
