@@ -78,7 +78,7 @@ pub struct TrainArgs {
     /// and --lr may change it).
     #[arg(long, value_name = "RUN_DIR", conflicts_with_all = [
         "data", "task", "task_weights", "batch", "size", "seed", "weight_decay", "out", "device",
-        "temperature", "mask", "mask_size", "color_threshold", "patch_gap", "crop_min_scale",
+        "temperature", "mask", "mask_size", "init_from", "color_threshold", "patch_gap", "crop_min_scale",
         "flip_p", "jitter_p", "brightness", "contrast", "saturation", "hue", "gray_p", "blur_p",
     ])]
     pub resume: Option<PathBuf>,
@@ -160,6 +160,10 @@ pub struct TrainArgs {
         help_heading = "Augmentations (contrastive views)"
     )]
     pub blur_p: Option<f64>,
+    /// Start from the weights in FILE (a pretext checkpoint, or a PyTorch state_dict saved with
+    /// safetensors) instead of a random initialisation.
+    #[arg(long, value_name = "FILE")]
+    pub init_from: Option<PathBuf>,
     /// Print one JSON object per line instead of text.
     #[arg(long)]
     pub json: bool,
@@ -193,6 +197,7 @@ impl TrainArgs {
             out: self.out.clone().unwrap_or(d.out),
             preview_images: d.preview_images,
             settings: self.settings(),
+            init_from: self.init_from.clone(),
         }
     }
 

@@ -296,6 +296,10 @@ pub struct TrainConfig {
     pub preview_images: usize,
     #[serde(default)]
     pub settings: TaskSettings,
+    /// Start from these weights (a pretext checkpoint or a PyTorch `state_dict` saved as
+    /// safetensors) instead of a random initialisation; heads it lacks start random.
+    #[serde(default)]
+    pub init_from: Option<PathBuf>,
 }
 
 impl Default for TrainConfig {
@@ -314,6 +318,7 @@ impl Default for TrainConfig {
             out: PathBuf::from("runs"),
             preview_images: 8,
             settings: TaskSettings::default(),
+            init_from: None,
         }
     }
 }

@@ -222,3 +222,51 @@ fn help_explains_every_option() {
     let o = pretext(&["--help"]);
     assert!(text(&o.stdout).contains("train"));
 }
+
+#[test]
+fn init_from_starts_a_run_from_saved_weights() {
+    let out = tempfile::tempdir().unwrap();
+    let o = small_run(out.path(), &[]);
+    assert!(o.status.success());
+    let dir = run_dir_from(&text(&o.stdout));
+    let weights = dir.join("checkpoints/epoch-0002.safetensors");
+    let o = pretext(&[
+        "train",
+        "--data",
+        "builtin:64",
+        "--task",
+        "rotation,contrastive",
+        "--epochs",
+        "1",
+        "--batch",
+        "16",
+        "--out",
+        out.path().to_str().unwrap(),
+        "--init-from",
+        weights.to_str().unwrap(),
+    ]);
+    let stderr = text(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("heads.contrastive"),
+        "missing heads are named: {stderr}"
+    );
+    let second = run_dir_from(&text(&o.stdout));
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(second.join("config.json")).unwrap())
+            .unwrap();
+    assert_eq!(config["init_from"], weights.to_str().unwrap());
+
+    let bogus = out.path().join("bogus.safetensors");
+    std::fs::write(&bogus, b"not a checkpoint").unwrap();
+    let o = pretext(&[
+        "train",
+        "--data",
+        "builtin:64",
+        "--out",
+        out.path().to_str().unwrap(),
+        "--init-from",
+        bogus.to_str().unwrap(),
+    ]);
+    assert_one_line_error(&o, "bogus.safetensors");
+}

@@ -297,6 +297,20 @@ impl Session {
         let model = Model::new(device, tasks::input_channels(&config.tasks)).map_err(failed)?;
         let tasks = tasks::build(&config.tasks, &config.settings, &model).map_err(failed)?;
         model.init_weights(config.seed).map_err(failed)?;
+        if let Some(path) = &config.init_from {
+            let (tensors, _) =
+                checkpoint::read(path, &model.device).map_err(|e| invalid(e.to_string()))?;
+            let report = model
+                .load_state_dict(&tensors, &path.display().to_string())
+                .map_err(|e| invalid(e.to_string()))?;
+            if !report.missing_heads.is_empty() {
+                link.emit(Event::Warning(format!(
+                    "{} has no weights for {}: those start random",
+                    path.display(),
+                    report.missing_heads.join(", ")
+                )));
+            }
+        }
         let mut opt = AdamW::new(model.trainable_vars(), config.lr, config.weight_decay);
         let mut pos = Position::default();
 

@@ -423,6 +423,30 @@ fn settings_ui(app: &mut PretextApp, ui: &mut egui::Ui) {
             .labelled_by(l.id);
         ui.end_row();
     });
+    ui.horizontal(|ui| {
+        let l = ui.label("Start from weights");
+        let mut text = c
+            .init_from
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        if ui
+            .add(
+                egui::TextEdit::singleline(&mut text)
+                    .hint_text("random, or a .safetensors path")
+                    .desired_width(170.0),
+            )
+            .labelled_by(l.id)
+            .on_hover_text("A pretext checkpoint or a PyTorch state_dict saved with safetensors")
+            .changed()
+        {
+            c.init_from = if text.trim().is_empty() {
+                None
+            } else {
+                Some(text.trim().into())
+            };
+        }
+    });
     let t = &mut c.settings;
     egui::CollapsingHeader::new("Task settings").show(ui, |ui| {
         ui.add(egui::Slider::new(&mut t.temperature, 0.05..=2.0).text("temperature τ"));
