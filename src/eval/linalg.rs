@@ -1,6 +1,8 @@
 //! Small dense linear algebra for the gauges and PCA: a cyclic Jacobi eigen-solver for
 //! symmetric matrices (exact enough for d ≤ a few hundred).
 
+#![allow(clippy::needless_range_loop)] // index loops mirror the textbook formulas
+
 /// Eigenvalues (descending) and eigenvectors (as columns: `vectors[row][k]`) of a symmetric
 /// matrix.
 pub fn symmetric_eigen(a: &[Vec<f64>]) -> (Vec<f64>, Vec<Vec<f64>>) {
@@ -41,7 +43,7 @@ pub fn symmetric_eigen(a: &[Vec<f64>]) -> (Vec<f64>, Vec<Vec<f64>>) {
                     m[p][k] = c * mpk - s * mqk;
                     m[q][k] = s * mpk + c * mqk;
                 }
-                for row in v.iter_mut() {
+                for row in &mut v {
                     let vp = row[p];
                     let vq = row[q];
                     row[p] = c * vp - s * vq;

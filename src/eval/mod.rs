@@ -1,6 +1,8 @@
 //! Judging a representation: weighted kNN, a linear probe, collapse and quality gauges, and
 //! PCA for a 2-D map. Plain f64 arithmetic on feature rows; no UI.
 
+#![allow(clippy::needless_range_loop)] // index loops mirror the textbook formulas
+
 pub mod linalg;
 
 /// Rows scaled to unit length (zero rows stay zero).
