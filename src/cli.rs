@@ -35,7 +35,151 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Commands {
     /// Train an encoder on a folder of images (or the built-in scenes) without a window.
-    Train(TrainArgs),
+    Train(Box<TrainArgs>),
+    /// Judge a run's encoder on labelled images: kNN per stage and a linear probe (trained vs
+    /// random init vs raw pixels) and collapse gauges.
+    Eval(EvalArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// The run directory whose latest weights are judged.
+    #[arg(long, value_name = "RUN_DIR")]
+    pub run: PathBuf,
+    /// Labelled images (one subfolder per class) or `builtin[:N]` [default: the run's data].
+    #[arg(long, value_name = "PATH|builtin")]
+    pub data: Option<DataSource>,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The newest weights of a run: its resume checkpoint, else its last epoch checkpoint.
+fn run_weights(dir: &std::path::Path) -> Option<PathBuf> {
+    let ck = dir.join(crate::train::run_dir::CHECKPOINT_DIR);
+    let resume = ck.join(crate::train::run_dir::RESUME_FILE);
+    if resume.is_file() {
+        return Some(resume);
+    }
+    let mut epochs: Vec<PathBuf> = std::fs::read_dir(&ck)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+        .collect();
+    epochs.sort();
+    epochs.pop()
+}
+
+fn pct(v: f64) -> String {
+    format!("{:5.1}%", v * 100.0)
+}
+
+/// Runs `pretext eval`; returns the process exit code.
+pub fn eval(args: &EvalArgs) -> i32 {
+    match eval_inner(args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            EXIT_INPUT
+        }
+    }
+}
+
+fn eval_inner(args: &EvalArgs) -> anyhow::Result<i32> {
+    use crate::model::{Model, checkpoint, open_device};
+    use anyhow::Context;
+    let config_path = args.run.join(crate::train::run_dir::CONFIG_FILE);
+    let text = std::fs::read_to_string(&config_path).with_context(|| {
+        format!(
+            "{} is not a run directory (no readable config.json)",
+            args.run.display()
+        )
+    })?;
+    let config: TrainConfig = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not valid", config_path.display()))?;
+    let weights = run_weights(&args.run)
+        .with_context(|| format!("{} has no checkpoint", args.run.display()))?;
+    let source = args.data.clone().unwrap_or_else(|| config.data.clone());
+    let data = crate::data::load(
+        &source,
+        config.size,
+        &|_, _| {},
+        &std::sync::atomic::AtomicBool::new(false),
+    )?;
+    let device = open_device(config.device)?;
+    let build = || -> anyhow::Result<(Model, Vec<Box<dyn crate::tasks::PretextTask>>)> {
+        let m = Model::new(device.clone(), crate::tasks::input_channels(&config.tasks))?;
+        let t = crate::tasks::build(&config.tasks, &config.settings, &m)?;
+        m.init_weights(config.seed)?;
+        Ok((m, t))
+    };
+    let (trained, _heads) = build()?;
+    let (tensors, _) = checkpoint::read(&weights, &device)?;
+    trained.load_state_dict(&tensors, &weights.display().to_string())?;
+    let (random, _heads2) = build()?;
+    let started = Instant::now();
+    let Some(r) = crate::eval::embed::evaluate(&trained, &random, &data)? else {
+        let g =
+            crate::eval::embed::gauges(&crate::eval::embed::stage_features(&trained, &data)?[3]);
+        if args.json {
+            println!(
+                "{}",
+                serde_json::json!({ "weights": weights, "data": source.to_string(), "labelled": false, "gauges": g })
+            );
+        } else {
+            println!(
+                "{source} has no labels (no class subfolders): only the gauges of z can be given."
+            );
+            println!(
+                "std of L2-normalised z {:.4} (1/√d = {:.4}), RankMe {:.1} of {}, uniformity {:.3}",
+                g.std_of_l2_normalized, g.std_reference, g.rankme, g.dimensions, g.uniformity
+            );
+        }
+        return Ok(0);
+    };
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({ "weights": weights, "data": source.to_string(), "labelled": true, "report": r, "seconds": started.elapsed().as_secs_f64() })
+        );
+        return Ok(0);
+    }
+    println!(
+        "Evaluated {} on {source}: {} images, {} classes, {} held out",
+        weights.display(),
+        r.images,
+        r.classes,
+        r.held_out
+    );
+    println!(
+        "kNN accuracy (k = {}, t = {})   trained   random init",
+        crate::eval::embed::KNN_K,
+        crate::eval::embed::KNN_T
+    );
+    for s in &r.knn {
+        println!("  {:<28} {}    {}", s.stage, pct(s.trained), pct(s.random));
+    }
+    println!("  {:<28} {}", "raw pixels", pct(r.knn_raw_pixels));
+    println!(
+        "Linear probe on z               {}    {}    (raw pixels {})",
+        pct(r.probe_trained),
+        pct(r.probe_random),
+        pct(r.probe_raw_pixels)
+    );
+    let g = &r.gauges_trained;
+    println!(
+        "Gauges of z: std of L2-normalised {:.4} (1/√d = {:.4}; random init {:.4}), RankMe {:.1} of {} (random {:.1}), uniformity {:.3} (random {:.3})",
+        g.std_of_l2_normalized,
+        g.std_reference,
+        r.gauges_random.std_of_l2_normalized,
+        g.rankme,
+        g.dimensions,
+        r.gauges_random.rankme,
+        g.uniformity,
+        r.gauges_random.uniformity
+    );
+    Ok(0)
 }
 
 #[derive(Debug, Args)]

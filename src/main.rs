@@ -6,6 +6,7 @@ fn main() {
     let cli = Cli::parse();
     let code = match &cli.command {
         Some(Commands::Train(args)) => pretext::cli::train(args),
+        Some(Commands::Eval(args)) => pretext::cli::eval(args),
         None => match pretext::ui::run(cli.path.clone()) {
             Ok(()) => 0,
             Err(e) => {

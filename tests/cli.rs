@@ -270,3 +270,40 @@ fn init_from_starts_a_run_from_saved_weights() {
     ]);
     assert_one_line_error(&o, "bogus.safetensors");
 }
+
+#[test]
+fn eval_judges_a_run_against_random_init_and_raw_pixels() {
+    let out = tempfile::tempdir().unwrap();
+    let o = small_run(out.path(), &[]);
+    assert!(o.status.success());
+    let dir = run_dir_from(&text(&o.stdout));
+    let o = pretext(&["eval", "--run", dir.to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let v: serde_json::Value = serde_json::from_str(text(&o.stdout).trim()).unwrap();
+    let r = &v["report"];
+    assert_eq!(r["classes"], 8);
+    assert_eq!(r["knn"].as_array().unwrap().len(), 4);
+    for s in r["knn"].as_array().unwrap() {
+        for k in ["trained", "random"] {
+            assert!((0.0..=1.0).contains(&s[k].as_f64().unwrap()));
+        }
+    }
+    assert!((0.0..=1.0).contains(&r["probe_trained"].as_f64().unwrap()));
+    let confusion: usize = r["confusion"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|row| row.as_array().unwrap())
+        .map(|c| c.as_u64().unwrap() as usize)
+        .sum();
+    assert_eq!(confusion, r["held_out"].as_u64().unwrap() as usize);
+    // Text mode, and unusable input.
+    let o = pretext(&["eval", "--run", dir.to_str().unwrap()]);
+    assert!(
+        text(&o.stdout).contains("kNN accuracy"),
+        "{}",
+        text(&o.stdout)
+    );
+    let o = pretext(&["eval", "--run", out.path().to_str().unwrap()]);
+    assert_one_line_error(&o, "not a run directory");
+}

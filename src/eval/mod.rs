@@ -3,6 +3,7 @@
 
 #![allow(clippy::needless_range_loop)] // index loops mirror the textbook formulas
 
+pub mod embed;
 pub mod linalg;
 
 /// Rows scaled to unit length (zero rows stay zero).

@@ -177,6 +177,20 @@ impl Encoder {
         4 * self.width
     }
 
+    /// Globally pooled features of every stage (stem, l1, l2, l3 — the last is z), in
+    /// evaluation mode: where in the network the useful representation lives.
+    pub fn stage_features(&self, x: &Tensor) -> Result<Vec<Tensor>> {
+        let s0 = ops::relu(
+            &self
+                .stem_bn
+                .forward(&ops::conv2d(x, &self.stem_conv, 1, 1)?, false)?,
+        )?;
+        let s1 = self.l1.forward(&s0, false)?;
+        let s2 = self.l2.forward(&s1, false)?;
+        let s3 = self.l3.forward(&s2, false)?;
+        [s0, s1, s2, s3].iter().map(ops::global_avg_pool).collect()
+    }
+
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<EncoderOutput> {
         let y = ops::relu(
             &self

@@ -1,0 +1,173 @@
+//! Features of a whole data set from an encoder (every stage), and the evaluation report that
+//! compares a trained encoder with a randomly initialised one and with raw pixels.
+
+use candle_core::Tensor;
+
+use super::{accuracy, knn_predict, linear_probe, rankme, split, std_of_l2_normalized, uniformity};
+use crate::data::{Dataset, color, ops as px};
+use crate::model::{Model, ModelError};
+
+/// Stage names, first to last.
+pub const STAGES: [&str; 4] = ["stem", "l1", "l2", "l3 (z)"];
+
+/// kNN defaults (as lightly's benchmarks).
+pub const KNN_K: usize = 20;
+pub const KNN_T: f64 = 0.1;
+/// Every fifth image of each class is held out.
+pub const HOLDOUT_EVERY: usize = 5;
+
+/// Pooled features of every stage for every image, `stages[s][image]`.
+pub fn stage_features(model: &Model, data: &Dataset) -> Result<Vec<Vec<Vec<f32>>>, ModelError> {
+    let s = data.size;
+    let channels = model.encoder.in_channels;
+    let mut out: Vec<Vec<Vec<f32>>> = vec![Vec::with_capacity(data.len()); STAGES.len()];
+    for start in (0..data.len()).step_by(256) {
+        let end = (start + 256).min(data.len());
+        let mut input = Vec::with_capacity((end - start) * channels * s * s);
+        for i in start..end {
+            if channels == 1 {
+                let (l, _, _) = color::image_to_lab_planes(data.image(i));
+                input.extend(
+                    l.iter()
+                        .map(|&v| crate::tasks::colorization::normalize_l(v)),
+                );
+            } else {
+                px::push_chw(data.image(i), s, &mut input);
+            }
+        }
+        let x = Tensor::from_vec(input, (end - start, channels, s, s), &model.device)?;
+        for (k, f) in model.encoder.stage_features(&x)?.iter().enumerate() {
+            out[k].extend(f.to_vec2::<f32>()?);
+        }
+    }
+    Ok(out)
+}
+
+/// Raw pixels as features (the floor any representation should beat).
+pub fn pixel_features(data: &Dataset) -> Vec<Vec<f32>> {
+    (0..data.len())
+        .map(|i| {
+            data.image(i)
+                .iter()
+                .map(|&v| f32::from(v) / 255.0)
+                .collect()
+        })
+        .collect()
+}
+
+/// kNN accuracy of `features` on the fixed split.
+pub fn knn_accuracy(features: &[Vec<f32>], labels: &[u32], classes: usize) -> f64 {
+    let (train, test) = split(labels, HOLDOUT_EVERY);
+    let pick = |idx: &[usize]| idx.iter().map(|&i| features[i].clone()).collect::<Vec<_>>();
+    let lab = |idx: &[usize]| idx.iter().map(|&i| labels[i]).collect::<Vec<_>>();
+    let pred = knn_predict(
+        &pick(&train),
+        &lab(&train),
+        &pick(&test),
+        KNN_K,
+        KNN_T,
+        classes,
+    );
+    accuracy(&pred, &lab(&test))
+}
+
+/// Linear-probe accuracy of `features` on the fixed split, with the predictions.
+pub fn probe_accuracy(
+    features: &[Vec<f32>],
+    labels: &[u32],
+    classes: usize,
+) -> (f64, Vec<u32>, Vec<u32>) {
+    let (train, test) = split(labels, HOLDOUT_EVERY);
+    let pick = |idx: &[usize]| idx.iter().map(|&i| features[i].clone()).collect::<Vec<_>>();
+    let lab = |idx: &[usize]| idx.iter().map(|&i| labels[i]).collect::<Vec<_>>();
+    let truth = lab(&test);
+    let pred = linear_probe(&pick(&train), &lab(&train), &pick(&test), classes, 300);
+    (accuracy(&pred, &truth), pred, truth)
+}
+
+/// Quality gauges of a representation.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Gauges {
+    pub std_of_l2_normalized: f64,
+    /// 1/√d: what a representation spread evenly over the sphere gives.
+    pub std_reference: f64,
+    pub rankme: f64,
+    pub dimensions: usize,
+    pub uniformity: f64,
+}
+
+pub fn gauges(z: &[Vec<f32>]) -> Gauges {
+    let d = z.first().map_or(0, Vec::len);
+    // Uniformity is quadratic in the number of rows: a fixed subset keeps it quick.
+    let sample: Vec<Vec<f32>> = z.iter().step_by((z.len() / 1000).max(1)).cloned().collect();
+    Gauges {
+        std_of_l2_normalized: std_of_l2_normalized(z),
+        std_reference: 1.0 / (d.max(1) as f64).sqrt(),
+        rankme: rankme(z),
+        dimensions: d,
+        uniformity: uniformity(&sample),
+    }
+}
+
+/// kNN accuracy per stage for one encoder.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct StageKnn {
+    pub stage: &'static str,
+    pub trained: f64,
+    pub random: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct EvalReport {
+    pub images: usize,
+    pub classes: usize,
+    pub held_out: usize,
+    pub knn: Vec<StageKnn>,
+    pub knn_raw_pixels: f64,
+    pub probe_trained: f64,
+    pub probe_random: f64,
+    pub probe_raw_pixels: f64,
+    /// `confusion[truth][predicted]` of the trained encoder's probe.
+    pub confusion: Vec<Vec<usize>>,
+    pub gauges_trained: Gauges,
+    pub gauges_random: Gauges,
+}
+
+/// Compares a trained and a randomly initialised encoder on labelled data.
+pub fn evaluate(
+    trained: &Model,
+    random: &Model,
+    data: &Dataset,
+) -> Result<Option<EvalReport>, ModelError> {
+    let Some(labels) = &data.labels else {
+        return Ok(None);
+    };
+    let classes = data.class_names.len();
+    let ft = stage_features(trained, data)?;
+    let fr = stage_features(random, data)?;
+    let pixels = pixel_features(data);
+    let knn = STAGES
+        .iter()
+        .enumerate()
+        .map(|(s, &stage)| StageKnn {
+            stage,
+            trained: knn_accuracy(&ft[s], labels, classes),
+            random: knn_accuracy(&fr[s], labels, classes),
+        })
+        .collect();
+    let last = STAGES.len() - 1;
+    let (probe_trained, pred, truth) = probe_accuracy(&ft[last], labels, classes);
+    Ok(Some(EvalReport {
+        images: data.len(),
+        classes,
+        held_out: truth.len(),
+        knn,
+        knn_raw_pixels: knn_accuracy(&pixels, labels, classes),
+        probe_trained,
+        probe_random: probe_accuracy(&fr[last], labels, classes).0,
+        probe_raw_pixels: probe_accuracy(&pixels, labels, classes).0,
+        confusion: super::confusion(&pred, &truth, classes),
+        gauges_trained: gauges(&ft[last]),
+        gauges_random: gauges(&fr[last]),
+    }))
+}
