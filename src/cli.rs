@@ -618,6 +618,7 @@ pub fn train(args: &TrainArgs) -> i32 {
             Event::Preview(_)
             | Event::Inspection { .. }
             | Event::Math(_)
+            | Event::Knn(_)
             | Event::CheckpointSaved { .. }
             | Event::Resumed
             | Event::LrChanged(_) => {}

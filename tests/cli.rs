@@ -72,8 +72,20 @@ fn train_prints_epoch_lines_and_writes_a_complete_run_directory() {
     assert_eq!(config["data"], "builtin:64");
     assert_eq!(config["tasks"][0], "rotation");
     let csv = std::fs::read_to_string(dir.join("metrics.csv")).unwrap();
-    assert_eq!(csv.lines().count(), 1 + 8, "{csv}");
-    assert!(csv.lines().nth(1).unwrap().starts_with("1,1,rotation,"));
+    let count = |csv: &str, task: &str| {
+        csv.lines()
+            .filter(|l| l.split(',').nth(2) == Some(task))
+            .count()
+    };
+    assert_eq!(count(&csv, "rotation"), 8, "{csv}");
+    assert!(csv.lines().any(|l| l.starts_with("1,1,rotation,")));
+    // The kNN monitor: before training and after each epoch, four stages each (labelled data).
+    assert_eq!(count(&csv, "knn"), 12, "{csv}");
+    assert!(
+        csv.lines()
+            .any(|l| l.starts_with("0,0,knn,,knn_accuracy_l3,")),
+        "{csv}"
+    );
     for f in [
         "checkpoints/epoch-0001.safetensors",
         "checkpoints/epoch-0002.safetensors",
@@ -100,13 +112,9 @@ fn train_prints_epoch_lines_and_writes_a_complete_run_directory() {
         "{}",
         text(&o.stderr)
     );
-    assert_eq!(
-        std::fs::read_to_string(dir.join("metrics.csv"))
-            .unwrap()
-            .lines()
-            .count(),
-        1 + 12
-    );
+    let csv = std::fs::read_to_string(dir.join("metrics.csv")).unwrap();
+    assert_eq!(count(&csv, "rotation"), 12);
+    assert_eq!(count(&csv, "knn"), 16);
 }
 
 #[test]

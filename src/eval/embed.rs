@@ -18,13 +18,22 @@ pub const HOLDOUT_EVERY: usize = 5;
 
 /// Pooled features of every stage for every image, `stages[s][image]`.
 pub fn stage_features(model: &Model, data: &Dataset) -> Result<Vec<Vec<Vec<f32>>>, ModelError> {
+    let all: Vec<usize> = (0..data.len()).collect();
+    stage_features_of(model, data, &all)
+}
+
+/// Pooled features of every stage for the images `indices`.
+pub fn stage_features_of(
+    model: &Model,
+    data: &Dataset,
+    indices: &[usize],
+) -> Result<Vec<Vec<Vec<f32>>>, ModelError> {
     let s = data.size;
     let channels = model.encoder.in_channels;
-    let mut out: Vec<Vec<Vec<f32>>> = vec![Vec::with_capacity(data.len()); STAGES.len()];
-    for start in (0..data.len()).step_by(256) {
-        let end = (start + 256).min(data.len());
-        let mut input = Vec::with_capacity((end - start) * channels * s * s);
-        for i in start..end {
+    let mut out: Vec<Vec<Vec<f32>>> = vec![Vec::with_capacity(indices.len()); STAGES.len()];
+    for chunk in indices.chunks(256) {
+        let mut input = Vec::with_capacity(chunk.len() * channels * s * s);
+        for &i in chunk {
             if channels == 1 {
                 let (l, _, _) = color::image_to_lab_planes(data.image(i));
                 input.extend(
@@ -35,7 +44,7 @@ pub fn stage_features(model: &Model, data: &Dataset) -> Result<Vec<Vec<Vec<f32>>
                 px::push_chw(data.image(i), s, &mut input);
             }
         }
-        let x = Tensor::from_vec(input, (end - start, channels, s, s), &model.device)?;
+        let x = Tensor::from_vec(input, (chunk.len(), channels, s, s), &model.device)?;
         for (k, f) in model.encoder.stage_features(&x)?.iter().enumerate() {
             out[k].extend(f.to_vec2::<f32>()?);
         }
@@ -169,5 +178,52 @@ pub fn evaluate(
         confusion: super::confusion(&pred, &truth, classes),
         gauges_trained: gauges(&ft[last]),
         gauges_random: gauges(&fr[last]),
+    }))
+}
+
+/// Images the live kNN monitor uses at most (evenly spread over the set).
+pub const MONITOR_IMAGES: usize = 1000;
+
+/// What the live kNN monitor measured.
+pub struct Monitor {
+    /// Accuracy per stage, in [`STAGES`] order.
+    pub stages: Vec<f64>,
+    pub raw_pixels: Option<f64>,
+}
+
+/// kNN accuracy of every stage on an even subset of a labelled set (None when unlabelled),
+/// and of raw pixels when `with_pixels`.
+pub fn monitor(
+    model: &Model,
+    data: &Dataset,
+    with_pixels: bool,
+) -> Result<Option<Monitor>, ModelError> {
+    let Some(all_labels) = &data.labels else {
+        return Ok(None);
+    };
+    let n = data.len().min(MONITOR_IMAGES);
+    let indices: Vec<usize> = (0..n).map(|i| i * data.len() / n.max(1)).collect();
+    let labels: Vec<u32> = indices.iter().map(|&i| all_labels[i]).collect();
+    let classes = data.class_names.len();
+    let feats = stage_features_of(model, data, &indices)?;
+    let stages = feats
+        .iter()
+        .map(|f| knn_accuracy(f, &labels, classes))
+        .collect();
+    let pixels = with_pixels.then(|| {
+        let p: Vec<Vec<f32>> = indices
+            .iter()
+            .map(|&i| {
+                data.image(i)
+                    .iter()
+                    .map(|&v| f32::from(v) / 255.0)
+                    .collect()
+            })
+            .collect();
+        knn_accuracy(&p, &labels, classes)
+    });
+    Ok(Some(Monitor {
+        stages,
+        raw_pixels: pixels,
     }))
 }

@@ -94,6 +94,16 @@ pub struct StepMetrics {
     pub wall_s: f64,
 }
 
+/// kNN accuracy of the encoder's stages, as training goes.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct KnnMetrics {
+    pub step: u64,
+    pub epoch: usize,
+    /// (stage, accuracy) for stem, l1, l2, l3 (z).
+    pub stages: Vec<(String, f64)>,
+    pub raw_pixels: Option<f64>,
+}
+
 /// The end of an epoch.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct EpochSummary {
@@ -149,6 +159,9 @@ pub enum Event {
     Step(StepMetrics),
     Epoch(EpochSummary),
     Preview(Box<Preview>),
+    /// Live kNN accuracy per encoder stage on labelled data (at the start and after each
+    /// epoch); raw pixels' accuracy comes with the first.
+    Knn(KnnMetrics),
     /// The answer to [`Command::Freeze`].
     Math(Box<crate::math::MathReport>),
     /// The answer to [`Command::Inspect`].

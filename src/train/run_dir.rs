@@ -169,6 +169,21 @@ impl RunDir {
         Ok(())
     }
 
+    /// Appends the kNN monitor's accuracies as rows of task `knn`.
+    pub fn append_knn(&mut self, k: &super::KnnMetrics, wall_s: f64) -> Result<(), RunDirError> {
+        let path = self.path.join(METRICS_FILE);
+        for (stage, acc) in &k.stages {
+            let name = stage.split_whitespace().next().unwrap_or(stage);
+            writeln!(
+                self.metrics,
+                "{},{},knn,,knn_accuracy_{name},{acc:.6},,,{wall_s:.3}",
+                k.step, k.epoch
+            )
+            .map_err(write_err(&path))?;
+        }
+        Ok(())
+    }
+
     pub fn flush(&mut self) -> Result<(), RunDirError> {
         let path = self.path.join(METRICS_FILE);
         self.metrics.flush().map_err(write_err(&path))

@@ -428,6 +428,9 @@ impl Session {
     fn train(&mut self, link: &Link<'_>) -> Outcome {
         if self.pos.step == 0 {
             self.send_previews(link, None);
+            if let Err(o) = self.knn_monitor(link, true) {
+                return o;
+            }
         }
         while self.pos.epoch < self.config.epochs {
             while self.pos.batch < self.batches_per_epoch {
@@ -856,6 +859,7 @@ impl Session {
         self.save_model(link, &format!("epoch-{epoch:04}.safetensors"))?;
         self.save_resume(link)?;
         self.send_previews(link, Some(epoch));
+        self.knn_monitor(link, false)?;
         link.emit(Event::Epoch(EpochSummary {
             epoch,
             epochs: self.config.epochs,
@@ -906,6 +910,30 @@ impl Session {
         tensors.extend(self.opt.state_tensors());
         checkpoint::write(&path, &tensors, &self.metadata())
             .map_err(|e| Outcome::Failed(e.to_string()))
+    }
+
+    /// kNN accuracy per stage on labelled data, into metrics.csv and an event.
+    fn knn_monitor(&mut self, link: &Link<'_>, with_pixels: bool) -> Result<(), Outcome> {
+        let result = crate::eval::embed::monitor(&self.model, &self.data, with_pixels)
+            .map_err(|e| Outcome::Failed(format!("kNN monitor failed: {e}")))?;
+        let Some(crate::eval::embed::Monitor { stages, raw_pixels }) = result else {
+            return Ok(());
+        };
+        let k = super::KnnMetrics {
+            step: self.pos.step,
+            epoch: self.pos.epoch,
+            stages: crate::eval::embed::STAGES
+                .iter()
+                .map(|s| (*s).to_string())
+                .zip(stages)
+                .collect(),
+            raw_pixels,
+        };
+        self.run
+            .append_knn(&k, self.started.elapsed().as_secs_f64())
+            .map_err(|e| Outcome::Failed(e.to_string()))?;
+        link.emit(Event::Knn(k));
+        Ok(())
     }
 
     /// Every task's predictions for data-set images `indices`.

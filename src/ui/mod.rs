@@ -155,6 +155,8 @@ pub struct PretextApp {
     pub inspection: Option<(usize, Vec<PreviewView>)>,
     pub messages: Vec<Message>,
     pub last_step: Option<StepMetrics>,
+    /// Raw pixels' kNN accuracy (%), the floor for the kNN curves.
+    pub knn_pixels: Option<f64>,
     pub last_epoch: Option<EpochSummary>,
     pub lr_input: f64,
     pub zoom: Option<TaskKind>,
@@ -220,6 +222,7 @@ impl PretextApp {
             inspection: None,
             messages: Vec::new(),
             last_step: None,
+            knn_pixels: None,
             last_epoch: None,
             lr_input,
             zoom: None,
@@ -341,6 +344,17 @@ impl PretextApp {
             Ok(rows) => {
                 for r in rows {
                     let x = r.step as f64;
+                    if r.task == "knn" {
+                        let short = r.metric_name.trim_start_matches("knn_accuracy_");
+                        if let Some(stage) = crate::eval::embed::STAGES
+                            .iter()
+                            .find(|s| s.starts_with(short))
+                        {
+                            self.curves
+                                .push(format!("knn/{stage}"), x, r.metric * 100.0);
+                        }
+                        continue;
+                    }
                     let metric = if r.percent {
                         r.metric * 100.0
                     } else {
@@ -373,6 +387,7 @@ impl PretextApp {
         self.previews.clear();
         self.inspection = None;
         self.last_step = None;
+        self.knn_pixels = None;
         self.last_epoch = None;
         self.run_dir = None;
     }
@@ -492,6 +507,15 @@ impl PretextApp {
             Event::Preview(p) => {
                 let view = preview_view(ctx, &p);
                 self.previews.insert(p.task, view);
+            }
+            Event::Knn(k) => {
+                let x = k.step as f64;
+                for (stage, acc) in &k.stages {
+                    self.curves.push(format!("knn/{stage}"), x, acc * 100.0);
+                }
+                if let Some(p) = k.raw_pixels {
+                    self.knn_pixels = Some(p * 100.0);
+                }
             }
             Event::Math(report) => {
                 self.math_textures.clear();

@@ -537,6 +537,43 @@ fn tick_label(v: f64, step: f64) -> String {
     format!("{v:.decimals$}")
 }
 
+fn stage_color(stage: &str) -> Color32 {
+    match stage {
+        "stem" => Color32::from_rgb(120, 160, 255),
+        "l1" => Color32::from_rgb(110, 210, 170),
+        "l2" => Color32::from_rgb(240, 200, 90),
+        _ => Color32::from_rgb(240, 120, 120),
+    }
+}
+
+/// kNN accuracy per stage, with raw pixels as a dashed floor.
+fn plot_knn(app: &PretextApp, ui: &mut egui::Ui, lines: Vec<Line<'_>>) {
+    let pixels = app.knn_pixels;
+    ui.vertical(|ui| {
+        ui.label(
+            RichText::new("kNN accuracy per encoder stage (%) — held-out labels, k = 20").strong(),
+        );
+        Plot::new("knn")
+            .height(140.0)
+            .legend(Legend::default())
+            .x_axis_label("step")
+            .include_y(0.0)
+            .include_y(100.0)
+            .show(ui, |plot_ui| {
+                for l in lines {
+                    plot_ui.line(l);
+                }
+                if let Some(p) = pixels {
+                    plot_ui.hline(
+                        egui_plot::HLine::new("raw pixels", p)
+                            .color(Color32::from_gray(160))
+                            .style(egui_plot::LineStyle::dashed_loose()),
+                    );
+                }
+            });
+    });
+}
+
 /// How a series is drawn.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Style {
@@ -688,6 +725,16 @@ fn training_tab(app: &mut PretextApp, ui: &mut egui::Ui) {
                 metric_lines,
                 190.0,
             );
+            if app.curves.series.keys().any(|k| k.starts_with("knn/")) {
+                let mut knn_lines = Vec::new();
+                for stage in crate::eval::embed::STAGES {
+                    knn_lines.extend(
+                        series_line(app, &format!("knn/{stage}"), stage.to_string(), Style::Raw)
+                            .map(|l| l.width(2.0).color(stage_color(stage))),
+                    );
+                }
+                plot_knn(app, ui, knn_lines);
+            }
             ui.columns(2, |cols| {
                 let lr_max = app
                     .curves
@@ -860,6 +907,7 @@ fn inspect_tab(app: &mut PretextApp, ui: &mut egui::Ui) {
 pub struct MetricsRow {
     pub step: u64,
     pub task: String,
+    pub metric_name: String,
     pub loss: f64,
     pub metric: f64,
     pub percent: bool,
@@ -882,6 +930,7 @@ pub fn read_metrics(dir: &Path) -> Result<Vec<MetricsRow>, String> {
         rows.push(MetricsRow {
             step: f[0].parse().unwrap_or(0),
             task: f[2].to_string(),
+            metric_name: f[4].to_string(),
             loss: num(f[3]),
             metric: num(f[5]),
             percent: !f[4].contains("PSNR"),
