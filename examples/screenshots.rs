@@ -110,6 +110,12 @@ fn main() {
         h.run_steps(4);
         save(&mut h, name);
     }
+    h.state_mut().send(pretext::train::Command::Embed);
+    frames_until(&mut h, "embedding", |a| a.embedding.is_some());
+    h.state_mut().explorer_selected = Some(13);
+    h.state_mut().tab = Tab::Explorer;
+    h.run_steps(4);
+    save(&mut h, "explorer.png");
     h.state_mut().reset();
     h.run_steps(4);
 }

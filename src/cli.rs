@@ -619,6 +619,7 @@ pub fn train(args: &TrainArgs) -> i32 {
             | Event::Inspection { .. }
             | Event::Math(_)
             | Event::Knn(_)
+            | Event::Embedding(_)
             | Event::CheckpointSaved { .. }
             | Event::Resumed
             | Event::LrChanged(_) => {}

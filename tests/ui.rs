@@ -304,3 +304,35 @@ fn the_math_panel_walks_every_step_of_every_task() {
         matches!(a.status, RunStatus::Finished(_))
     });
 }
+
+#[test]
+fn the_explorer_embeds_every_image_and_shows_gauges_probe_and_neighbours() {
+    let out = tempfile::tempdir().unwrap();
+    let storage = storage_with(small_config(out.path()));
+    let mut h = app(&storage, None);
+    wait_until(&mut h, "data", |a| matches!(a.data, DataState::Ready(_)));
+    h.get_by_label("Start").click();
+    wait_until(&mut h, "a step", |a| a.curves.steps_seen >= 1);
+    h.get_by_label("Pause").click();
+    wait_until(&mut h, "pause", |a| {
+        matches!(a.status, RunStatus::Paused(_))
+    });
+    h.get_by_label("Explorer").click();
+    h.run_steps(2);
+    h.get_by_label("Embed all images").click();
+    wait_until(&mut h, "the embedding", |a| a.embedding.is_some());
+    let e = h.state().embedding.clone().unwrap();
+    assert_eq!(e.z.len(), 64);
+    assert_eq!(e.projection.len(), 64);
+    assert!(e.probe.is_some(), "the built-in set is labelled");
+    assert!(h.query_all_by_label_contains("RankMe").count() >= 1);
+    assert!(h.query_all_by_label_contains("linear probe").count() >= 1);
+    // Selecting an image shows its neighbours.
+    h.state_mut().explorer_selected = Some(3);
+    h.run_steps(3);
+    assert!(h.query_all_by_label_contains("nearest neighbours").count() >= 1);
+    h.get_by_label("Stop").click();
+    wait_until(&mut h, "stop", |a| {
+        matches!(a.status, RunStatus::Finished(_))
+    });
+}

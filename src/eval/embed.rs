@@ -227,3 +227,70 @@ pub fn monitor(
         raw_pixels: pixels,
     }))
 }
+
+/// The whole data set in embedding space, for the explorer.
+#[derive(Clone, Debug)]
+pub struct Embedding {
+    pub step: u64,
+    /// z of every image.
+    pub z: Vec<Vec<f32>>,
+    /// PCA to 2-D, and the variance share of the two components.
+    pub projection: Vec<[f64; 2]>,
+    pub explained: [f64; 2],
+    pub gauges: Gauges,
+    /// Linear-probe accuracy and `confusion[truth][predicted]` on the held-out split, when labelled.
+    pub probe: Option<(f64, Vec<Vec<usize>>)>,
+}
+
+/// Embeds every image with `model` and summarises the representation.
+pub fn embedding(model: &Model, data: &Dataset, step: u64) -> Result<Embedding, ModelError> {
+    let feats = stage_features(model, data)?;
+    let z = feats.into_iter().last().unwrap_or_default();
+    let (proj, ratio) = super::pca(&z, 2);
+    let probe = data.labels.as_ref().map(|labels| {
+        let (acc, pred, truth) = probe_accuracy(&z, labels, data.class_names.len());
+        (acc, super::confusion(&pred, &truth, data.class_names.len()))
+    });
+    Ok(Embedding {
+        step,
+        gauges: gauges(&z),
+        projection: proj
+            .iter()
+            .map(|p| {
+                [
+                    p.first().copied().unwrap_or(0.0),
+                    p.get(1).copied().unwrap_or(0.0),
+                ]
+            })
+            .collect(),
+        explained: [
+            ratio.first().copied().unwrap_or(0.0),
+            ratio.get(1).copied().unwrap_or(0.0),
+        ],
+        probe,
+        z,
+    })
+}
+
+/// Whether the gauges say the representation has collapsed (all images mapped to nearly the
+/// same direction, or to very few dimensions).
+pub fn collapsed(g: &Gauges) -> bool {
+    g.std_of_l2_normalized < 0.1 * g.std_reference || g.rankme < 2.0
+}
+
+/// The `k` images most cosine-similar to image `i`, with their similarities.
+pub fn neighbours(z: &[Vec<f32>], i: usize, k: usize) -> Vec<(usize, f64)> {
+    let u = super::l2_normalize(z);
+    let Some(q) = u.get(i) else {
+        return Vec::new();
+    };
+    let mut sims: Vec<(usize, f64)> = u
+        .iter()
+        .enumerate()
+        .filter(|(j, _)| *j != i)
+        .map(|(j, r)| (j, r.iter().zip(q).map(|(a, b)| a * b).sum()))
+        .collect();
+    sims.sort_by(|a, b| b.1.total_cmp(&a.1));
+    sims.truncate(k);
+    sims
+}

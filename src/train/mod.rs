@@ -54,6 +54,8 @@ pub enum Command {
     /// plain gradient step of size `eta` on a copy of the weights (answered with [`Event::Math`]).
     /// Without `eta`, the step is sized so that its first-order prediction η‖∇L‖² is 5% of L.
     Freeze { images: usize, eta: Option<f64> },
+    /// Embed every image and summarise the representation (answered with [`Event::Embedding`]).
+    Embed,
     /// Every task's predictions for these data-set images (answered with
     /// [`Event::Inspection`] between two steps, or at once while paused).
     Inspect(Vec<usize>),
@@ -162,6 +164,8 @@ pub enum Event {
     /// Live kNN accuracy per encoder stage on labelled data (at the start and after each
     /// epoch); raw pixels' accuracy comes with the first.
     Knn(KnnMetrics),
+    /// The answer to [`Command::Embed`].
+    Embedding(Box<crate::eval::embed::Embedding>),
     /// The answer to [`Command::Freeze`].
     Math(Box<crate::math::MathReport>),
     /// The answer to [`Command::Inspect`].

@@ -105,6 +105,12 @@ pub(super) fn run(commands: &Receiver<Command>, events: &Sender<Event>, notify: 
                 }
                 continue;
             }
+            Command::Embed => {
+                if let Some(s) = &last {
+                    s.embed(&link);
+                }
+                continue;
+            }
             Command::Pause
             | Command::Resume
             | Command::Step
@@ -554,6 +560,7 @@ impl Session {
                 }
                 Command::Inspect(indices) => self.inspect(link, indices),
                 Command::Freeze { images, eta } => self.freeze(link, images, eta),
+                Command::Embed => self.embed(link),
                 Command::Start(_) | Command::StartWithData(..) | Command::Continue { .. } => {
                     link.emit(Event::Warning(
                         "a run is already in progress: stop it first".into(),
@@ -934,6 +941,18 @@ impl Session {
             .map_err(|e| Outcome::Failed(e.to_string()))?;
         link.emit(Event::Knn(k));
         Ok(())
+    }
+
+    /// The whole data set in embedding space.
+    fn embed(&self, link: &Link<'_>) {
+        match crate::eval::embed::embedding(&self.model, &self.data, self.pos.step) {
+            Ok(e) => {
+                link.emit(Event::Embedding(Box::new(e)));
+            }
+            Err(e) => {
+                link.emit(Event::Warning(format!("cannot embed the data: {e}")));
+            }
+        }
     }
 
     /// Every task's predictions for data-set images `indices`.

@@ -2,6 +2,7 @@
 //! [`Command`]s, drains [`Event`]s under a small time budget each frame, and repaints when the
 //! worker or the loader says something happened.
 
+mod explorer;
 mod frame_stats;
 pub mod history;
 mod loader;
@@ -168,6 +169,10 @@ pub struct PretextApp {
     pub math_sel: crate::math::Selection,
     pub math_step: usize,
     math_textures: std::collections::HashMap<u64, egui::TextureHandle>,
+    /// The whole data set in embedding space, and the explorer's selection.
+    pub embedding: Option<crate::eval::embed::Embedding>,
+    pub explorer_selected: Option<usize>,
+    explorer_textures: std::collections::HashMap<usize, egui::TextureHandle>,
     augment_seed: u64,
     dialog: Option<crossbeam_channel::Receiver<Option<PathBuf>>>,
 }
@@ -178,6 +183,7 @@ pub enum Tab {
     Augmentations,
     Inspect,
     Math,
+    Explorer,
 }
 
 fn texture(ctx: &egui::Context, name: &str, c: &Canvas) -> egui::TextureHandle {
@@ -233,6 +239,9 @@ impl PretextApp {
             math_sel: crate::math::Selection::default(),
             math_step: 0,
             math_textures: std::collections::HashMap::new(),
+            embedding: None,
+            explorer_selected: None,
+            explorer_textures: std::collections::HashMap::new(),
             augment_seed: 1,
             dialog: None,
         };
@@ -277,6 +286,9 @@ impl PretextApp {
         }
         self.inspection = None;
         self.augment_view = None;
+        self.embedding = None;
+        self.explorer_selected = None;
+        self.explorer_textures.clear();
     }
 
     pub fn open_folder(&mut self, path: &Path) {
@@ -516,6 +528,13 @@ impl PretextApp {
                 if let Some(p) = k.raw_pixels {
                     self.knn_pixels = Some(p * 100.0);
                 }
+            }
+            Event::Embedding(e) => {
+                if self.explorer_selected.is_some_and(|i| i >= e.z.len()) {
+                    self.explorer_selected = None;
+                }
+                self.embedding = Some(*e);
+                self.tab = Tab::Explorer;
             }
             Event::Math(report) => {
                 self.math_textures.clear();

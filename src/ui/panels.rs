@@ -491,6 +491,7 @@ pub fn central(app: &mut PretextApp, ui: &mut egui::Ui) {
         ui.selectable_value(&mut app.tab, Tab::Augmentations, "Augmentations");
         ui.selectable_value(&mut app.tab, Tab::Inspect, "Inspect image");
         ui.selectable_value(&mut app.tab, Tab::Math, "Math");
+        ui.selectable_value(&mut app.tab, Tab::Explorer, "Explorer");
     });
     ui.separator();
     if let Some(m) = app.messages.iter().rev().find(|m| m.error) {
@@ -513,6 +514,7 @@ pub fn central(app: &mut PretextApp, ui: &mut egui::Ui) {
         Tab::Augmentations => augment_tab(app, ui),
         Tab::Inspect => inspect_tab(app, ui),
         Tab::Math => super::math_panel::math_tab(app, ui),
+        Tab::Explorer => super::explorer::explorer_tab(app, ui),
     }
 }
 
