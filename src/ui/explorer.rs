@@ -65,9 +65,15 @@ pub fn explorer_tab(app: &mut PretextApp, ui: &mut egui::Ui) {
             ),
         };
     });
-    let Some(e) = app.embedding.clone() else {
+    // Taken out while drawing (no per-frame copy of every z), put back at the end.
+    let Some(e) = app.embedding.take() else {
         return;
     };
+    draw(app, ui, &e);
+    app.embedding = Some(e);
+}
+
+fn draw(app: &mut PretextApp, ui: &mut egui::Ui, e: &crate::eval::embed::Embedding) {
     let (labels, classes) = match &app.data {
         DataState::Ready(d) if d.data.len() == e.z.len() => {
             (d.data.labels.clone(), d.data.class_names.clone())
@@ -180,8 +186,12 @@ pub fn explorer_tab(app: &mut PretextApp, ui: &mut egui::Ui) {
                 if let Some(tex) = image_texture(app, ui.ctx(), sel) {
                     ui.add(egui::Image::new((tex.id(), egui::vec2(96.0, 96.0))));
                 }
+                if app.explorer_neighbours.as_ref().is_none_or(|(i, _)| *i != sel) {
+                    app.explorer_neighbours = Some((sel, neighbours(&e.z, sel, 8)));
+                }
+                let near = app.explorer_neighbours.as_ref().map(|(_, n)| n.clone()).unwrap_or_default();
                 ui.horizontal_wrapped(|ui| {
-                    for (j, sim) in neighbours(&e.z, sel, 8) {
+                    for (j, sim) in near {
                         if let Some(tex) = image_texture(app, ui.ctx(), j) {
                             ui.vertical(|ui| {
                                 ui.add(egui::Image::new((tex.id(), egui::vec2(64.0, 64.0))));

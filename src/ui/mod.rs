@@ -172,6 +172,8 @@ pub struct PretextApp {
     /// The whole data set in embedding space, and the explorer's selection.
     pub embedding: Option<crate::eval::embed::Embedding>,
     pub explorer_selected: Option<usize>,
+    /// Nearest neighbours of the selected image, computed once per selection.
+    explorer_neighbours: Option<(usize, Vec<(usize, f64)>)>,
     explorer_textures: std::collections::HashMap<usize, egui::TextureHandle>,
     augment_seed: u64,
     dialog: Option<crossbeam_channel::Receiver<Option<PathBuf>>>,
@@ -241,6 +243,7 @@ impl PretextApp {
             math_textures: std::collections::HashMap::new(),
             embedding: None,
             explorer_selected: None,
+            explorer_neighbours: None,
             explorer_textures: std::collections::HashMap::new(),
             augment_seed: 1,
             dialog: None,
@@ -533,6 +536,7 @@ impl PretextApp {
                 if self.explorer_selected.is_some_and(|i| i >= e.z.len()) {
                     self.explorer_selected = None;
                 }
+                self.explorer_neighbours = None;
                 self.embedding = Some(*e);
                 self.tab = Tab::Explorer;
             }
