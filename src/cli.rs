@@ -49,6 +49,10 @@ pub struct EvalArgs {
     /// Labelled images (one subfolder per class) or `builtin[:N]` [default: the run's data].
     #[arg(long, value_name = "PATH|builtin")]
     pub data: Option<DataSource>,
+    /// Also write z of every image with its file name and label to DIR/embeddings.csv and
+    /// DIR/embeddings.npy.
+    #[arg(long, value_name = "DIR")]
+    pub export: Option<PathBuf>,
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
@@ -118,6 +122,14 @@ fn eval_inner(args: &EvalArgs) -> anyhow::Result<i32> {
     let (tensors, _) = checkpoint::read(&weights, &device)?;
     trained.load_state_dict(&tensors, &weights.display().to_string())?;
     let (random, _heads2) = build()?;
+    if let Some(dir) = &args.export {
+        let z = crate::eval::embed::stage_features(&trained, &data)?
+            .pop()
+            .unwrap_or_default();
+        let (csv, npy) = crate::eval::embed::export(dir, &data, &z)
+            .with_context(|| format!("cannot write embeddings to {}", dir.display()))?;
+        eprintln!("Embeddings: {} and {}", csv.display(), npy.display());
+    }
     let started = Instant::now();
     let Some(r) = crate::eval::embed::evaluate(&trained, &random, &data)? else {
         let g =

@@ -305,13 +305,36 @@ fn eval_judges_a_run_against_random_init_and_raw_pixels() {
         .map(|c| c.as_u64().unwrap() as usize)
         .sum();
     assert_eq!(confusion, r["held_out"].as_u64().unwrap() as usize);
-    // Text mode, and unusable input.
-    let o = pretext(&["eval", "--run", dir.to_str().unwrap()]);
+    // Text mode with an export of the embeddings, and unusable input.
+    let export = out.path().join("export");
+    let o = pretext(&[
+        "eval",
+        "--run",
+        dir.to_str().unwrap(),
+        "--export",
+        export.to_str().unwrap(),
+    ]);
     assert!(
         text(&o.stdout).contains("kNN accuracy"),
         "{}",
         text(&o.stdout)
     );
+    let csv = std::fs::read_to_string(export.join("embeddings.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 1 + 64);
+    assert!(csv.lines().next().unwrap().starts_with("name,label,z0,z1,"));
+    assert!(
+        csv.lines()
+            .nth(1)
+            .unwrap()
+            .starts_with("meadow/00000,meadow,")
+    );
+    let npy = std::fs::read(export.join("embeddings.npy")).unwrap();
+    assert_eq!(&npy[..6], b"\x93NUMPY");
+    let header_len = u16::from_le_bytes([npy[8], npy[9]]) as usize;
+    let header = std::str::from_utf8(&npy[10..10 + header_len]).unwrap();
+    assert!(header.contains("'shape': (64, 128)"), "{header}");
+    assert_eq!((10 + header_len) % 64, 0);
+    assert_eq!(npy.len(), 10 + header_len + 64 * 128 * 4);
     let o = pretext(&["eval", "--run", out.path().to_str().unwrap()]);
     assert_one_line_error(&o, "not a run directory");
 }

@@ -294,3 +294,63 @@ pub fn neighbours(z: &[Vec<f32>], i: usize, k: usize) -> Vec<(usize, f64)> {
     sims.truncate(k);
     sims
 }
+
+/// Writes `embeddings.csv` (name, label, z₀ … z_d) and `embeddings.npy` (N × d float32, the
+/// same rows) into `dir`; returns the two paths.
+pub fn export(
+    dir: &std::path::Path,
+    data: &Dataset,
+    z: &[Vec<f32>],
+) -> std::io::Result<(std::path::PathBuf, std::path::PathBuf)> {
+    use std::fmt::Write as _;
+    std::fs::create_dir_all(dir)?;
+    let d = z.first().map_or(0, Vec::len);
+    let mut csv = String::from("name,label");
+    for k in 0..d {
+        let _ = write!(csv, ",z{k}");
+    }
+    csv.push('\n');
+    for (i, row) in z.iter().enumerate() {
+        let name = data
+            .names
+            .get(i)
+            .map(|n| n.replace(',', "_"))
+            .unwrap_or_default();
+        let label = data
+            .label(i)
+            .and_then(|l| data.class_names.get(l as usize))
+            .cloned()
+            .unwrap_or_default();
+        let _ = write!(csv, "{name},{label}");
+        for v in row {
+            let _ = write!(csv, ",{v}");
+        }
+        csv.push('\n');
+    }
+    let csv_path = dir.join("embeddings.csv");
+    crate::model::checkpoint::write_atomic(&csv_path, csv.as_bytes())?;
+
+    // NPY version 1.0: magic, header length, a Python dict header padded to 64 bytes.
+    let mut header = format!(
+        "{{'descr': '<f4', 'fortran_order': False, 'shape': ({}, {d}), }}",
+        z.len()
+    );
+    let total = 10 + header.len() + 1;
+    header.push_str(&" ".repeat((64 - total % 64) % 64));
+    header.push('\n');
+    let mut npy = b"\x93NUMPY\x01\x00".to_vec();
+    npy.extend_from_slice(
+        &u16::try_from(header.len())
+            .unwrap_or(u16::MAX)
+            .to_le_bytes(),
+    );
+    npy.extend_from_slice(header.as_bytes());
+    for row in z {
+        for v in row {
+            npy.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    let npy_path = dir.join("embeddings.npy");
+    crate::model::checkpoint::write_atomic(&npy_path, &npy)?;
+    Ok((csv_path, npy_path))
+}

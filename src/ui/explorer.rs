@@ -58,6 +58,21 @@ pub fn explorer_tab(app: &mut PretextApp, ui: &mut egui::Ui) {
         {
             app.send(Command::Embed);
         }
+        let export = app.embedding.is_some()
+            && ui
+                .button("Export")
+                .on_hover_text("Write z of every image with its name and label to embeddings/embeddings.csv and .npy")
+                .clicked();
+        if export
+            && let (Some(e), DataState::Ready(d)) = (&app.embedding, &app.data)
+        {
+            let dir = app.run_dir.clone().unwrap_or_default().join("embeddings");
+            let msg = match crate::eval::embed::export(&dir, &d.data, &e.z) {
+                Ok((csv, npy)) => (false, format!("embeddings written: {} and {}", csv.display(), npy.display())),
+                Err(err) => (true, format!("cannot write embeddings to {}: {err}", dir.display())),
+            };
+            app.message(msg.0, msg.1);
+        }
         match &app.embedding {
             Some(e) => ui.label(format!("{} images embedded at step {}", e.z.len(), e.step)),
             None => ui.label(
@@ -186,10 +201,18 @@ fn draw(app: &mut PretextApp, ui: &mut egui::Ui, e: &crate::eval::embed::Embeddi
                 if let Some(tex) = image_texture(app, ui.ctx(), sel) {
                     ui.add(egui::Image::new((tex.id(), egui::vec2(96.0, 96.0))));
                 }
-                if app.explorer_neighbours.as_ref().is_none_or(|(i, _)| *i != sel) {
+                if app
+                    .explorer_neighbours
+                    .as_ref()
+                    .is_none_or(|(i, _)| *i != sel)
+                {
                     app.explorer_neighbours = Some((sel, neighbours(&e.z, sel, 8)));
                 }
-                let near = app.explorer_neighbours.as_ref().map(|(_, n)| n.clone()).unwrap_or_default();
+                let near = app
+                    .explorer_neighbours
+                    .as_ref()
+                    .map(|(_, n)| n.clone())
+                    .unwrap_or_default();
                 ui.horizontal_wrapped(|ui| {
                     for (j, sim) in near {
                         if let Some(tex) = image_texture(app, ui.ctx(), j) {
