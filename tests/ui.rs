@@ -73,6 +73,19 @@ fn wait_until(h: &mut Harness<'_, PretextApp>, what: &str, cond: impl Fn(&Pretex
     h.step();
 }
 
+/// The app on its data, one step trained, paused.
+fn started_and_paused(storage: &MemoryStorage) -> Harness<'static, PretextApp> {
+    let mut h = app(storage, None);
+    wait_until(&mut h, "data", |a| matches!(a.data, DataState::Ready(_)));
+    h.get_by_label("Start").click();
+    wait_until(&mut h, "a step", |a| a.curves.steps_seen >= 1);
+    h.get_by_label("Pause").click();
+    wait_until(&mut h, "pause", |a| {
+        matches!(a.status, RunStatus::Paused(_))
+    });
+    h
+}
+
 #[test]
 fn start_pause_step_resume_stop_on_builtin_data() {
     let out = tempfile::tempdir().unwrap();
@@ -266,14 +279,7 @@ fn the_math_panel_walks_every_step_of_every_task() {
         tasks,
         ..small_config(out.path())
     });
-    let mut h = app(&storage, None);
-    wait_until(&mut h, "data", |a| matches!(a.data, DataState::Ready(_)));
-    h.get_by_label("Start").click();
-    wait_until(&mut h, "a step", |a| a.curves.steps_seen >= 1);
-    h.get_by_label("Pause").click();
-    wait_until(&mut h, "pause", |a| {
-        matches!(a.status, RunStatus::Paused(_))
-    });
+    let mut h = started_and_paused(&storage);
     h.get_by_label("Math").click();
     h.run_steps(2);
     h.get_by_label("Freeze batch").click();
@@ -309,14 +315,7 @@ fn the_math_panel_walks_every_step_of_every_task() {
 fn the_explorer_embeds_every_image_and_shows_gauges_probe_and_neighbours() {
     let out = tempfile::tempdir().unwrap();
     let storage = storage_with(small_config(out.path()));
-    let mut h = app(&storage, None);
-    wait_until(&mut h, "data", |a| matches!(a.data, DataState::Ready(_)));
-    h.get_by_label("Start").click();
-    wait_until(&mut h, "a step", |a| a.curves.steps_seen >= 1);
-    h.get_by_label("Pause").click();
-    wait_until(&mut h, "pause", |a| {
-        matches!(a.status, RunStatus::Paused(_))
-    });
+    let mut h = started_and_paused(&storage);
     h.get_by_label("Explorer").click();
     h.run_steps(2);
     h.get_by_label("Embed all images").click();
