@@ -86,6 +86,11 @@ fn train_prints_epoch_lines_and_writes_a_complete_run_directory() {
             .any(|l| l.starts_with("0,0,knn,,knn_accuracy_l3,")),
         "{csv}"
     );
+    assert_eq!(
+        count(&csv, "gauges"),
+        6,
+        "std and RankMe, three times: {csv}"
+    );
     for f in [
         "checkpoints/epoch-0001.safetensors",
         "checkpoints/epoch-0002.safetensors",

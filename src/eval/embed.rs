@@ -103,6 +103,8 @@ pub struct Gauges {
     pub rankme: f64,
     pub dimensions: usize,
     pub uniformity: f64,
+    /// Normalised singular values of z, descending (what RankMe summarises).
+    pub spectrum: Vec<f64>,
 }
 
 pub fn gauges(z: &[Vec<f32>]) -> Gauges {
@@ -115,6 +117,7 @@ pub fn gauges(z: &[Vec<f32>]) -> Gauges {
         rankme: rankme(z),
         dimensions: d,
         uniformity: uniformity(&sample),
+        spectrum: super::spectrum(z),
     }
 }
 
@@ -186,31 +189,34 @@ pub const MONITOR_IMAGES: usize = 1000;
 
 /// What the live kNN monitor measured.
 pub struct Monitor {
-    /// Accuracy per stage, in [`STAGES`] order.
+    /// kNN accuracy per stage, in [`STAGES`] order (empty when the data has no labels).
     pub stages: Vec<f64>,
     pub raw_pixels: Option<f64>,
+    /// Gauges of z on the same images.
+    pub gauges: Gauges,
 }
 
-/// kNN accuracy of every stage on an even subset of a labelled set (None when unlabelled),
-/// and of raw pixels when `with_pixels`.
-pub fn monitor(
-    model: &Model,
-    data: &Dataset,
-    with_pixels: bool,
-) -> Result<Option<Monitor>, ModelError> {
-    let Some(all_labels) = &data.labels else {
-        return Ok(None);
-    };
+/// On an even subset of the data: kNN accuracy of every stage (labelled data), of raw pixels
+/// when `with_pixels`, and the gauges of z.
+pub fn monitor(model: &Model, data: &Dataset, with_pixels: bool) -> Result<Monitor, ModelError> {
     let n = data.len().min(MONITOR_IMAGES);
     let indices: Vec<usize> = (0..n).map(|i| i * data.len() / n.max(1)).collect();
+    let feats = stage_features_of(model, data, &indices)?;
+    let gauges = gauges(feats.last().map_or(&[][..], Vec::as_slice));
+    let Some(all_labels) = &data.labels else {
+        return Ok(Monitor {
+            stages: Vec::new(),
+            raw_pixels: None,
+            gauges,
+        });
+    };
     let labels: Vec<u32> = indices.iter().map(|&i| all_labels[i]).collect();
     let classes = data.class_names.len();
-    let feats = stage_features_of(model, data, &indices)?;
     let stages = feats
         .iter()
         .map(|f| knn_accuracy(f, &labels, classes))
         .collect();
-    let pixels = with_pixels.then(|| {
+    let raw_pixels = with_pixels.then(|| {
         let p: Vec<Vec<f32>> = indices
             .iter()
             .map(|&i| {
@@ -222,10 +228,11 @@ pub fn monitor(
             .collect();
         knn_accuracy(&p, &labels, classes)
     });
-    Ok(Some(Monitor {
+    Ok(Monitor {
         stages,
-        raw_pixels: pixels,
-    }))
+        raw_pixels,
+        gauges,
+    })
 }
 
 /// The whole data set in embedding space, for the explorer.

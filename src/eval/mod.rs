@@ -92,20 +92,25 @@ pub fn std_of_l2_normalized(z: &[Vec<f32>]) -> f64 {
 /// RankMe (Garrido et al. 2023): exp of the entropy of the normalised singular values,
 /// p = σ / Σσ + 1e-7; between 1 (collapsed) and min(n, d).
 pub fn rankme(z: &[Vec<f32>]) -> f64 {
+    let entropy: f64 = spectrum(z)
+        .iter()
+        .map(|s| {
+            let p = s + 1e-7;
+            -p * p.ln()
+        })
+        .sum();
+    entropy.exp()
+}
+
+/// Singular values of the embedding matrix, descending, scaled to sum to 1.
+pub fn spectrum(z: &[Vec<f32>]) -> Vec<f64> {
     let rows: Vec<Vec<f64>> = z
         .iter()
         .map(|r| r.iter().map(|v| f64::from(*v)).collect())
         .collect();
     let sigma = linalg::singular_values(&rows);
     let sum: f64 = sigma.iter().sum::<f64>().max(1e-12);
-    let entropy: f64 = sigma
-        .iter()
-        .map(|s| {
-            let p = s / sum + 1e-7;
-            -p * p.ln()
-        })
-        .sum();
-    entropy.exp()
+    sigma.iter().map(|s| s / sum).collect()
 }
 
 /// Alignment (Wang & Isola 2020): mean ‖zᵢ − zᵢ⁺‖² of L2-normalised positive pairs.

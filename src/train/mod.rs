@@ -96,14 +96,16 @@ pub struct StepMetrics {
     pub wall_s: f64,
 }
 
-/// kNN accuracy of the encoder's stages, as training goes.
+/// The representation as training goes: kNN accuracy of the encoder's stages (labelled data)
+/// and the collapse gauges of z.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct KnnMetrics {
     pub step: u64,
     pub epoch: usize,
-    /// (stage, accuracy) for stem, l1, l2, l3 (z).
+    /// (stage, accuracy) for stem, l1, l2, l3 (z); empty without labels.
     pub stages: Vec<(String, f64)>,
     pub raw_pixels: Option<f64>,
+    pub gauges: crate::eval::embed::Gauges,
 }
 
 /// The end of an epoch.

@@ -169,7 +169,7 @@ impl RunDir {
         Ok(())
     }
 
-    /// Appends the kNN monitor's accuracies as rows of task `knn`.
+    /// Appends the monitor's kNN accuracies (rows of task `knn`) and gauges (task `gauges`).
     pub fn append_knn(&mut self, k: &super::KnnMetrics, wall_s: f64) -> Result<(), RunDirError> {
         let path = self.path.join(METRICS_FILE);
         for (stage, acc) in &k.stages {
@@ -177,6 +177,18 @@ impl RunDir {
             writeln!(
                 self.metrics,
                 "{},{},knn,,knn_accuracy_{name},{acc:.6},,,{wall_s:.3}",
+                k.step, k.epoch
+            )
+            .map_err(write_err(&path))?;
+        }
+        let g = &k.gauges;
+        for (name, v) in [
+            ("std_of_l2_normalized", g.std_of_l2_normalized),
+            ("rankme", g.rankme),
+        ] {
+            writeln!(
+                self.metrics,
+                "{},{},gauges,,{name},{v:.6},,,{wall_s:.3}",
                 k.step, k.epoch
             )
             .map_err(write_err(&path))?;

@@ -923,9 +923,11 @@ impl Session {
     fn knn_monitor(&mut self, link: &Link<'_>, with_pixels: bool) -> Result<(), Outcome> {
         let result = crate::eval::embed::monitor(&self.model, &self.data, with_pixels)
             .map_err(|e| Outcome::Failed(format!("kNN monitor failed: {e}")))?;
-        let Some(crate::eval::embed::Monitor { stages, raw_pixels }) = result else {
-            return Ok(());
-        };
+        let crate::eval::embed::Monitor {
+            stages,
+            raw_pixels,
+            gauges,
+        } = result;
         let k = super::KnnMetrics {
             step: self.pos.step,
             epoch: self.pos.epoch,
@@ -935,6 +937,7 @@ impl Session {
                 .zip(stages)
                 .collect(),
             raw_pixels,
+            gauges,
         };
         self.run
             .append_knn(&k, self.started.elapsed().as_secs_f64())

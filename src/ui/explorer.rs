@@ -126,6 +126,7 @@ fn draw(app: &mut PretextApp, ui: &mut egui::Ui, e: &crate::eval::embed::Embeddi
             ui.label(RichText::new(format!("linear probe {:.1}%", acc * 100.0)).strong());
         }
     });
+    spectrum_ui(ui, &g.spectrum);
     let mut hovered = None;
     let mut clicked = false;
     ui.horizontal_top(|ui| {
@@ -247,6 +248,23 @@ fn draw(app: &mut PretextApp, ui: &mut egui::Ui, e: &crate::eval::embed::Embeddi
     if clicked && hovered.is_some() {
         app.explorer_selected = hovered;
     }
+}
+
+/// The normalised singular values of z: a few tall bars mean few dimensions in use.
+fn spectrum_ui(ui: &mut egui::Ui, spectrum: &[f64]) {
+    let shown = &spectrum[..spectrum.len().min(64)];
+    let (resp, painter) = ui.allocate_painter(egui::vec2(320.0, 40.0), egui::Sense::hover());
+    let max = shown.iter().fold(1e-12f64, |m, v| m.max(*v));
+    let w = resp.rect.width() / shown.len().max(1) as f32;
+    for (k, v) in shown.iter().enumerate() {
+        let h = (v / max) as f32 * resp.rect.height();
+        let r = egui::Rect::from_min_max(
+            egui::pos2(resp.rect.left() + k as f32 * w, resp.rect.bottom() - h),
+            egui::pos2(resp.rect.left() + (k as f32 + 0.8) * w, resp.rect.bottom()),
+        );
+        painter.rect_filled(r, 0.0, Color32::from_rgb(120, 200, 255));
+    }
+    resp.on_hover_text("singular values of z, largest first (first 64), scaled to sum to 1: RankMe is exp of their entropy");
 }
 
 /// The confusion matrix as a picture: rows are the true classes, columns the predictions.

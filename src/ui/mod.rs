@@ -359,6 +359,14 @@ impl PretextApp {
             Ok(rows) => {
                 for r in rows {
                     let x = r.step as f64;
+                    if r.task == "gauges" {
+                        let d = (4 * crate::model::ENCODER_WIDTH) as f64;
+                        match r.metric_name.as_str() {
+                            "rankme" => self.curves.push("gauge/rankme".into(), x, r.metric),
+                            _ => self.curves.push("gauge/std".into(), x, r.metric * d.sqrt()),
+                        }
+                        continue;
+                    }
                     if r.task == "knn" {
                         let short = r.metric_name.trim_start_matches("knn_accuracy_");
                         if let Some(stage) = crate::eval::embed::STAGES
@@ -530,6 +538,23 @@ impl PretextApp {
                 }
                 if let Some(p) = k.raw_pixels {
                     self.knn_pixels = Some(p * 100.0);
+                }
+                let g = &k.gauges;
+                self.curves.push("gauge/rankme".into(), x, g.rankme);
+                self.curves.push(
+                    "gauge/std".into(),
+                    x,
+                    g.std_of_l2_normalized / g.std_reference.max(1e-12),
+                );
+                if crate::eval::embed::collapsed(g) {
+                    self.message(
+                        true,
+                        format!(
+                            "the representation is collapsing at step {} (RankMe {:.1}, std of L2-normalised z {:.4}): \
+                             try a lower learning rate or another task",
+                            k.step, g.rankme, g.std_of_l2_normalized
+                        ),
+                    );
                 }
             }
             Event::Embedding(e) => {

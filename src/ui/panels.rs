@@ -727,6 +727,32 @@ fn training_tab(app: &mut PretextApp, ui: &mut egui::Ui) {
                 metric_lines,
                 190.0,
             );
+            if app.curves.series.contains_key("gauge/rankme") {
+                let lines = vec![
+                    series_line(
+                        app,
+                        "gauge/rankme",
+                        "RankMe (effective dimensions)".into(),
+                        Style::Raw,
+                    )
+                    .map(|l| l.width(2.0).color(Color32::from_rgb(120, 200, 255))),
+                    series_line(
+                        app,
+                        "gauge/std",
+                        "std of L2-normalised z × √d (1 = evenly spread)".into(),
+                        Style::Raw,
+                    )
+                    .map(|l| l.width(2.0).color(Color32::from_rgb(240, 170, 90))),
+                ];
+                plot(
+                    app,
+                    ui,
+                    "gauges",
+                    "Collapse gauges of z (higher = more spread out)",
+                    lines.into_iter().flatten().collect(),
+                    110.0,
+                );
+            }
             if app.curves.series.keys().any(|k| k.starts_with("knn/")) {
                 let mut knn_lines = Vec::new();
                 for stage in crate::eval::embed::STAGES {
