@@ -362,7 +362,7 @@ impl PretextApp {
                     if r.task == "gauges" {
                         let d = (4 * crate::model::ENCODER_WIDTH) as f64;
                         match r.metric_name.as_str() {
-                            "rankme" => self.curves.push("gauge/rankme".into(), x, r.metric),
+                            "rankme" => self.curves.push("gauge/rankme".into(), x, r.metric / d),
                             _ => self.curves.push("gauge/std".into(), x, r.metric * d.sqrt()),
                         }
                         continue;
@@ -540,7 +540,11 @@ impl PretextApp {
                     self.knn_pixels = Some(p * 100.0);
                 }
                 let g = &k.gauges;
-                self.curves.push("gauge/rankme".into(), x, g.rankme);
+                self.curves.push(
+                    "gauge/rankme".into(),
+                    x,
+                    g.rankme / g.dimensions.max(1) as f64,
+                );
                 self.curves.push(
                     "gauge/std".into(),
                     x,

@@ -691,108 +691,118 @@ fn training_tab(app: &mut PretextApp, ui: &mut egui::Ui) {
     ui.horizontal_top(|ui| {
         ui.vertical(|ui| {
             ui.set_width(plot_w);
-            let mut loss_lines = Vec::new();
-            for t in &tasks {
-                let n = format!("loss/{t}");
-                loss_lines.extend(series_line(app, &n, format!("{t}"), Style::Raw));
-                loss_lines.extend(series_line(app, &n, format!("{t}"), Style::Smoothed));
-            }
-            loss_lines.extend(series_line(
-                app,
-                "loss/total",
-                "total".into(),
-                Style::Smoothed,
-            ));
-            plot(app, ui, "loss", "Loss", loss_lines, 190.0);
-            let mut metric_lines = Vec::new();
-            for t in &tasks {
-                metric_lines.extend(series_line(
-                    app,
-                    &format!("metric/{t}"),
-                    format!("{t}"),
-                    Style::Smoothed,
-                ));
-                metric_lines.extend(series_line(
-                    app,
-                    &format!("baseline/{t}"),
-                    format!("{t} baseline"),
-                    Style::Baseline,
-                ));
-            }
-            plot(
-                app,
-                ui,
-                "metric",
-                "Proxy metric (% or dB)",
-                metric_lines,
-                190.0,
-            );
-            if app.curves.series.contains_key("gauge/rankme") {
-                let lines = vec![
-                    series_line(
+            egui::ScrollArea::vertical()
+                .id_salt("plots")
+                .show(ui, |ui| {
+                    let mut loss_lines = Vec::new();
+                    for t in &tasks {
+                        let n = format!("loss/{t}");
+                        loss_lines.extend(series_line(app, &n, format!("{t}"), Style::Raw));
+                        loss_lines.extend(series_line(app, &n, format!("{t}"), Style::Smoothed));
+                    }
+                    loss_lines.extend(series_line(
                         app,
-                        "gauge/rankme",
-                        "RankMe (effective dimensions)".into(),
-                        Style::Raw,
-                    )
-                    .map(|l| l.width(2.0).color(Color32::from_rgb(120, 200, 255))),
-                    series_line(
+                        "loss/total",
+                        "total".into(),
+                        Style::Smoothed,
+                    ));
+                    plot(app, ui, "loss", "Loss", loss_lines, 190.0);
+                    let mut metric_lines = Vec::new();
+                    for t in &tasks {
+                        metric_lines.extend(series_line(
+                            app,
+                            &format!("metric/{t}"),
+                            format!("{t}"),
+                            Style::Smoothed,
+                        ));
+                        metric_lines.extend(series_line(
+                            app,
+                            &format!("baseline/{t}"),
+                            format!("{t} baseline"),
+                            Style::Baseline,
+                        ));
+                    }
+                    plot(
                         app,
-                        "gauge/std",
-                        "std of L2-normalised z × √d (1 = evenly spread)".into(),
-                        Style::Raw,
-                    )
-                    .map(|l| l.width(2.0).color(Color32::from_rgb(240, 170, 90))),
-                ];
-                plot(
-                    app,
-                    ui,
-                    "gauges",
-                    "Collapse gauges of z (higher = more spread out)",
-                    lines.into_iter().flatten().collect(),
-                    110.0,
-                );
-            }
-            if app.curves.series.keys().any(|k| k.starts_with("knn/")) {
-                let mut knn_lines = Vec::new();
-                for stage in crate::eval::embed::STAGES {
-                    knn_lines.extend(
-                        series_line(app, &format!("knn/{stage}"), stage.to_string(), Style::Raw)
-                            .map(|l| l.width(2.0).color(stage_color(stage))),
+                        ui,
+                        "metric",
+                        "Proxy metric (% or dB)",
+                        metric_lines,
+                        190.0,
                     );
-                }
-                plot_knn(app, ui, knn_lines);
-            }
-            ui.columns(2, |cols| {
-                let lr_max = app
-                    .curves
-                    .series
-                    .get("lr")
-                    .map_or(app.settings.config.lr, |h| {
-                        h.points().iter().fold(0.0f64, |m, p| m.max(p[1]))
+                    if app.curves.series.contains_key("gauge/rankme") {
+                        let lines = vec![
+                            series_line(
+                                app,
+                                "gauge/rankme",
+                                "RankMe / d (share of dimensions in use)".into(),
+                                Style::Raw,
+                            )
+                            .map(|l| l.width(2.0).color(Color32::from_rgb(120, 200, 255))),
+                            series_line(
+                                app,
+                                "gauge/std",
+                                "std of L2-normalised z × √d (1 = evenly spread)".into(),
+                                Style::Raw,
+                            )
+                            .map(|l| l.width(2.0).color(Color32::from_rgb(240, 170, 90))),
+                        ];
+                        plot(
+                            app,
+                            ui,
+                            "gauges",
+                            "Collapse gauges of z (1 = fully spread, 0 = collapsed)",
+                            lines.into_iter().flatten().collect(),
+                            110.0,
+                        );
+                    }
+                    if app.curves.series.keys().any(|k| k.starts_with("knn/")) {
+                        let mut knn_lines = Vec::new();
+                        for stage in crate::eval::embed::STAGES {
+                            knn_lines.extend(
+                                series_line(
+                                    app,
+                                    &format!("knn/{stage}"),
+                                    stage.to_string(),
+                                    Style::Raw,
+                                )
+                                .map(|l| l.width(2.0).color(stage_color(stage))),
+                            );
+                        }
+                        plot_knn(app, ui, knn_lines);
+                    }
+                    ui.columns(2, |cols| {
+                        let lr_max = app
+                            .curves
+                            .series
+                            .get("lr")
+                            .map_or(app.settings.config.lr, |h| {
+                                h.points().iter().fold(0.0f64, |m, p| m.max(p[1]))
+                            });
+                        let lr = series_line(app, "lr", "lr".into(), Style::Raw)
+                            .into_iter()
+                            .collect();
+                        let range = if app.settings.log_scale {
+                            (lr_max / 10.0, lr_max * 2.0)
+                        } else {
+                            (0.0, lr_max * 1.2)
+                        };
+                        plot_with(
+                            app,
+                            &mut cols[0],
+                            "lr",
+                            "Learning rate",
+                            lr,
+                            120.0,
+                            Some(range),
+                        );
+                        let ips =
+                            series_line(app, "images_per_s", "images/s".into(), Style::Smoothed)
+                                .into_iter()
+                                .collect();
+                        plot(app, &mut cols[1], "ips", "Images per second", ips, 120.0);
                     });
-                let lr = series_line(app, "lr", "lr".into(), Style::Raw)
-                    .into_iter()
-                    .collect();
-                let range = if app.settings.log_scale {
-                    (lr_max / 10.0, lr_max * 2.0)
-                } else {
-                    (0.0, lr_max * 1.2)
-                };
-                plot_with(
-                    app,
-                    &mut cols[0],
-                    "lr",
-                    "Learning rate",
-                    lr,
-                    120.0,
-                    Some(range),
-                );
-                let ips = series_line(app, "images_per_s", "images/s".into(), Style::Smoothed)
-                    .into_iter()
-                    .collect();
-                plot(app, &mut cols[1], "ips", "Images per second", ips, 120.0);
-            });
+                });
         });
         ui.vertical(|ui| {
             ui.set_width(ui.available_width());
