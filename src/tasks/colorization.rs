@@ -176,7 +176,7 @@ impl PretextTask for Colorization {
                 size: s,
             },
             z: rows(&out.z)?,
-            inputs: inputs_to_bytes(&batch.host.inputs, true),
+            inputs: inputs_to_bytes(&batch.host.inputs),
             input_size: s,
             transforms: Vec::new(),
         })

@@ -165,7 +165,7 @@ impl PretextTask for Contrastive {
                 temperature: self.temperature,
             },
             z: rows(&z)?,
-            inputs: inputs_to_bytes(&batch.host.inputs, false),
+            inputs: inputs_to_bytes(&batch.host.inputs),
             input_size: batch.host.inputs.shape[2],
             transforms,
         })
@@ -192,18 +192,7 @@ impl PretextTask for Contrastive {
         let cell = s * f;
         let pad = 6;
         let k = indices.len();
-        let plane = s * s;
-        let view_bytes = |v: usize| -> Vec<u8> {
-            let chw = &batch.host.inputs.data[v * 3 * plane..(v + 1) * 3 * plane];
-            (0..plane)
-                .flat_map(|p| {
-                    (0..3).map(move |c| {
-                        ((chw[c * plane + p] * INPUT_STD + INPUT_MEAN).clamp(0.0, 1.0) * 255.0)
-                            .round() as u8
-                    })
-                })
-                .collect()
-        };
+        let views = inputs_to_bytes(&batch.host.inputs);
         let heat_cell = ((k * (cell + pad)) / (2 * k).max(1)).max(2);
         let heat = 2 * k * heat_cell;
         let mut canvas = Canvas::new(
@@ -213,8 +202,8 @@ impl PretextTask for Contrastive {
         );
         for row in 0..k {
             let y = pad + row * (cell + pad);
-            canvas.blit(&view_bytes(row), s, s, f, pad, y);
-            canvas.blit(&view_bytes(row + k), s, s, f, 2 * pad + cell, y);
+            canvas.blit(&views[row], s, s, f, pad, y);
+            canvas.blit(&views[row + k], s, s, f, 2 * pad + cell, y);
         }
         let flat: Vec<f32> = sim.iter().flatten().copied().collect();
         canvas.heatmap(

@@ -216,7 +216,7 @@ impl PretextTask for Inpainting {
                 size: batch.host.inputs.shape[2],
             },
             z: rows(&out.z)?,
-            inputs: inputs_to_bytes(&batch.host.inputs, false),
+            inputs: inputs_to_bytes(&batch.host.inputs),
             input_size: batch.host.inputs.shape[2],
             transforms: Vec::new(),
         })
@@ -253,15 +253,7 @@ impl PretextTask for Inpainting {
         let (sse, count) = hidden_sse(&pred, &targets, &masks, plane);
         let model_psnr = psnr(sse / count.max(1) as f64);
         let fill_psnr = host.baseline.unwrap_or(f64::NAN);
-        let to_bytes = |chw: &[f32]| -> Vec<u8> {
-            (0..plane)
-                .flat_map(|p| {
-                    (0..3).map(move |c| {
-                        ((to_unit(chw[c * plane + p])).clamp(0.0, 1.0) * 255.0).round() as u8
-                    })
-                })
-                .collect()
-        };
+        let to_bytes = |chw: &[f32]| super::chw_to_rgb_bytes(chw, 3, plane);
         let f = preview_factor(s);
         let cell = s * f;
         let pad = 6;

@@ -242,31 +242,47 @@ pub struct Explained {
     pub transforms: Vec<String>,
 }
 
-/// Normalised CHW network inputs of a batch (N, C, S, S) → RGB bytes per image (grey for one
-/// channel; `lightness` for colorization inputs, which are L*/100 normalised).
-pub fn inputs_to_bytes(inputs: &HostTensor, lightness: bool) -> Vec<Vec<u8>> {
-    let (n, c, s) = (inputs.shape[0], inputs.shape[1], inputs.shape[2]);
-    let plane = s * s;
-    let to_unit = |v: f32| {
-        if lightness {
-            v * 0.25 + 0.5
-        } else {
-            v * crate::data::ops::INPUT_STD + crate::data::ops::INPUT_MEAN
-        }
-    };
-    (0..n)
-        .map(|i| {
-            let img = &inputs.data[i * c * plane..(i + 1) * c * plane];
-            (0..plane)
-                .flat_map(|p| {
-                    (0..3).map(move |k| {
-                        let ch = if c >= 3 { k } else { 0 };
-                        (to_unit(img[ch * plane + p]).clamp(0.0, 1.0) * 255.0).round() as u8
-                    })
-                })
-                .collect()
+/// One normalised CHW image (`channels` planes of `plane` pixels) → RGB bytes (grey for one
+/// channel). Colorization's L* input uses the same normalisation, so it comes back as grey L*.
+pub fn chw_to_rgb_bytes(chw: &[f32], channels: usize, plane: usize) -> Vec<u8> {
+    use crate::data::ops::{INPUT_MEAN, INPUT_STD};
+    (0..plane)
+        .flat_map(|p| {
+            (0..3).map(move |k| {
+                let ch = if channels >= 3 { k } else { 0 };
+                ((chw[ch * plane + p] * INPUT_STD + INPUT_MEAN).clamp(0.0, 1.0) * 255.0).round()
+                    as u8
+            })
         })
         .collect()
+}
+
+/// Normalised CHW network inputs of a batch (N, C, S, S) → RGB bytes per image.
+pub fn inputs_to_bytes(inputs: &HostTensor) -> Vec<Vec<u8>> {
+    let (c, s) = (inputs.shape[1], inputs.shape[2]);
+    let plane = s * s;
+    inputs
+        .data
+        .chunks(c * plane)
+        .map(|img| chw_to_rgb_bytes(img, c, plane))
+        .collect()
+}
+
+/// Cross-entropy loss and accuracy of classification `logits` against the batch's labels.
+pub fn classification_output(logits: &Tensor, batch: &Batch) -> Result<TaskOutput, ModelError> {
+    let loss = crate::model::ops::cross_entropy(logits, batch.labels()?)?;
+    let predicted = logits.argmax(1)?.to_vec1::<u32>()?;
+    let correct = predicted
+        .iter()
+        .zip(&batch.host.labels)
+        .filter(|(p, y)| p == y)
+        .count();
+    Ok(TaskOutput {
+        loss,
+        metric: correct as f64 / batch.len().max(1) as f64,
+        baseline: None,
+        images: batch.len(),
+    })
 }
 
 /// Rows of a 2-D tensor.

@@ -119,19 +119,7 @@ impl PretextTask for Patch {
 
     fn forward(&self, model: &Model, batch: &Batch, train: bool) -> Result<TaskOutput, ModelError> {
         let logits = self.logits(model, batch, train)?;
-        let loss = nn::cross_entropy(&logits, batch.labels()?)?;
-        let predicted = logits.argmax(1)?.to_vec1::<u32>()?;
-        let correct = predicted
-            .iter()
-            .zip(&batch.host.labels)
-            .filter(|(p, y)| p == y)
-            .count();
-        Ok(TaskOutput {
-            loss,
-            metric: correct as f64 / batch.len().max(1) as f64,
-            baseline: None,
-            images: batch.len(),
-        })
+        super::classification_output(&logits, batch)
     }
 
     fn explain(&self, model: &Model, batch: &Batch) -> Result<Explained, ModelError> {
@@ -140,7 +128,7 @@ impl PretextTask for Patch {
         let pair = candle_core::Tensor::cat(&[z.narrow(0, 0, n)?, z.narrow(0, n, n)?], 1)?;
         let logits = self.head.forward(&pair)?;
         let names = ["↖", "↑", "↗", "←", "→", "↙", "↓", "↘"];
-        let mut inputs = inputs_to_bytes(&batch.host.inputs, false);
+        let mut inputs = inputs_to_bytes(&batch.host.inputs);
         inputs.truncate(n);
         let mut z_rows = rows(&z)?;
         z_rows.truncate(n);

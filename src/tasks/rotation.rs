@@ -111,19 +111,7 @@ impl PretextTask for Rotation {
     fn forward(&self, model: &Model, batch: &Batch, train: bool) -> Result<TaskOutput, ModelError> {
         let z = model.encoder.forward(&batch.inputs, train)?.z;
         let logits = self.head.forward(&z)?;
-        let loss = nn::cross_entropy(&logits, batch.labels()?)?;
-        let predicted = logits.argmax(1)?.to_vec1::<u32>()?;
-        let correct = predicted
-            .iter()
-            .zip(&batch.host.labels)
-            .filter(|(p, y)| p == y)
-            .count();
-        Ok(TaskOutput {
-            loss,
-            metric: correct as f64 / batch.len().max(1) as f64,
-            baseline: None,
-            images: batch.len(),
-        })
+        super::classification_output(&logits, batch)
     }
 
     fn explain(&self, model: &Model, batch: &Batch) -> Result<Explained, ModelError> {
@@ -139,7 +127,7 @@ impl PretextTask for Rotation {
                     .collect(),
             },
             z: rows(&z)?,
-            inputs: inputs_to_bytes(&batch.host.inputs, false),
+            inputs: inputs_to_bytes(&batch.host.inputs),
             input_size: batch.host.inputs.shape[2],
             transforms: Vec::new(),
         })
