@@ -39,6 +39,72 @@ pub enum Commands {
     /// Judge a run's encoder on labelled images: kNN per stage and a linear probe (trained vs
     /// random init vs raw pixels) and collapse gauges.
     Eval(EvalArgs),
+    /// Measure training throughput: images per second of one task's training step, split into
+    /// forward, backward, optimiser and data wait, with peak memory.
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[arg(long, value_enum, default_value = "rotation")]
+    pub task: TaskKind,
+    #[arg(long, default_value_t = 128)]
+    pub batch: usize,
+    /// Image side in pixels.
+    #[arg(long, default_value_t = 32)]
+    pub size: usize,
+    /// Timed steps (after 3 warm-up steps).
+    #[arg(long, default_value_t = 20)]
+    pub steps: usize,
+    /// Use candle's stock operations instead of pretext's CPU kernels (for comparison).
+    #[arg(long)]
+    pub stock_ops: bool,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs `pretext bench`; returns the process exit code.
+pub fn bench(args: &BenchArgs) -> i32 {
+    if args.stock_ops {
+        crate::model::kernels::set_stock_ops(true);
+    }
+    let spec = crate::bench::BenchSpec {
+        task: args.task,
+        batch: args.batch,
+        size: args.size,
+        steps: args.steps,
+    };
+    if !args.json {
+        eprintln!(
+            "benchmarking {} at batch {}, {} px: {} warm-up + {} timed steps…",
+            args.task.name(),
+            args.batch,
+            args.size,
+            crate::bench::WARMUP,
+            args.steps
+        );
+    }
+    match crate::bench::run(&spec) {
+        Ok(report) => {
+            if args.json {
+                match serde_json::to_string(&report) {
+                    Ok(s) => println!("{s}"),
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        return EXIT_FAILED;
+                    }
+                }
+            } else {
+                println!("{report}");
+            }
+            0
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            EXIT_FAILED
+        }
+    }
 }
 
 #[derive(Debug, Args)]

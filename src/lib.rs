@@ -5,6 +5,7 @@
 //! ([`tasks`]), and the training engine that runs on a worker thread and talks over typed
 //! commands and events ([`train`]). The command-line front end is in [`cli`].
 
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod data;

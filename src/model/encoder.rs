@@ -45,23 +45,31 @@ impl BatchNorm {
         })
     }
 
-    pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+    /// Normalises `x` (batch statistics in training, running statistics otherwise) and, when
+    /// `relu` is set, applies ReLU in the same pass.
+    pub fn forward(&self, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
         if train {
-            let (mean, var, count) = ops::batch_stats(x)?;
+            let (y, mean, var) = ops::batch_norm_train(x, &self.weight, &self.bias, BN_EPS, relu)?;
+            let (n, _c, h, w) = x.dims4()?;
+            let count = n * h * w;
             let m = BN_MOMENTUM;
-            let unbiased =
-                (var.detach().flatten_all()? * (count as f64 / (count.max(2) - 1) as f64))?;
-            let new_mean = ((self.running_mean.as_tensor() * (1.0 - m))?
-                + (mean.detach().flatten_all()? * m)?)?;
+            let unbiased = (var.detach() * (count as f64 / (count.max(2) - 1) as f64))?;
+            let new_mean = ((self.running_mean.as_tensor() * (1.0 - m))? + (mean.detach() * m)?)?;
             let new_var = ((self.running_var.as_tensor() * (1.0 - m))? + (unbiased * m)?)?;
             self.running_mean.set(&new_mean)?;
             self.running_var.set(&new_var)?;
             self.batches.fetch_add(1, Ordering::Relaxed);
-            ops::normalize(x, &mean, &var, &self.weight, &self.bias, BN_EPS)
+            Ok(y)
         } else {
-            let mean = self.running_mean.as_tensor().reshape((1, (), 1, 1))?;
-            let var = self.running_var.as_tensor().reshape((1, (), 1, 1))?;
-            ops::normalize(x, &mean, &var, &self.weight, &self.bias, BN_EPS)
+            ops::batch_norm_eval(
+                x,
+                &self.weight,
+                &self.bias,
+                self.running_mean.as_tensor(),
+                self.running_var.as_tensor(),
+                BN_EPS,
+                relu,
+            )
         }
     }
 }
@@ -121,17 +129,17 @@ impl Block {
     }
 
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let y = ops::relu(
-            &self
-                .b1
-                .forward(&ops::conv2d(x, &self.c1, self.stride, 1)?, train)?,
-        )?;
-        let y = self.b2.forward(&ops::conv2d(&y, &self.c2, 1, 1)?, train)?;
+        let y = self
+            .b1
+            .forward(&ops::conv2d(x, &self.c1, self.stride, 1)?, train, true)?;
+        let y = self
+            .b2
+            .forward(&ops::conv2d(&y, &self.c2, 1, 1)?, train, false)?;
         let s = match &self.shortcut {
-            Some((w, bn)) => bn.forward(&ops::conv2d(x, w, self.stride, 0)?, train)?,
+            Some((w, bn)) => bn.forward(&ops::conv2d(x, w, self.stride, 0)?, train, false)?,
             None => x.clone(),
         };
-        ops::relu(&(y + s)?)
+        ops::add_relu(&y, &s)
     }
 }
 
@@ -180,11 +188,9 @@ impl Encoder {
     /// Globally pooled features of every stage (stem, l1, l2, l3 — the last is z), in
     /// evaluation mode: where in the network the useful representation lives.
     pub fn stage_features(&self, x: &Tensor) -> Result<Vec<Tensor>> {
-        let s0 = ops::relu(
-            &self
-                .stem_bn
-                .forward(&ops::conv2d(x, &self.stem_conv, 1, 1)?, false)?,
-        )?;
+        let s0 = self
+            .stem_bn
+            .forward(&ops::conv2d(x, &self.stem_conv, 1, 1)?, false, true)?;
         let s1 = self.l1.forward(&s0, false)?;
         let s2 = self.l2.forward(&s1, false)?;
         let s3 = self.l3.forward(&s2, false)?;
@@ -192,11 +198,9 @@ impl Encoder {
     }
 
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<EncoderOutput> {
-        let y = ops::relu(
-            &self
-                .stem_bn
-                .forward(&ops::conv2d(x, &self.stem_conv, 1, 1)?, train)?,
-        )?;
+        let y = self
+            .stem_bn
+            .forward(&ops::conv2d(x, &self.stem_conv, 1, 1)?, train, true)?;
         let y = self.l1.forward(&y, train)?;
         let y = self.l2.forward(&y, train)?;
         let fmap = self.l3.forward(&y, train)?;

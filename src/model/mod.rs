@@ -3,6 +3,7 @@
 
 pub mod checkpoint;
 pub mod encoder;
+pub mod kernels;
 pub mod ops;
 pub mod optim;
 

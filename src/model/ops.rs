@@ -3,9 +3,16 @@
 
 use candle_core::{D, Result, Tensor};
 
+use super::kernels;
+
 /// 2-D convolution without bias; `x` is (N, C, H, W), `w` is (O, C, K, K).
+/// On the CPU this is [`kernels::conv::conv2d`]; elsewhere candle's own convolution.
 pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
-    x.conv2d(w, padding, stride, 1, 1)
+    if kernels::applies(x.device(), x.dtype()) {
+        kernels::conv::conv2d(x, w, stride, padding)
+    } else {
+        x.conv2d(w, padding, stride, 1, 1)
+    }
 }
 
 /// 2-D convolution with a per-channel bias.
@@ -22,6 +29,15 @@ pub fn conv2d_bias(
 
 pub fn relu(x: &Tensor) -> Result<Tensor> {
     x.relu()
+}
+
+/// `relu(a + b)`, fused on the CPU.
+pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if kernels::applies(a.device(), a.dtype()) && a.dims() == b.dims() {
+        kernels::norm::add_relu(a, b)
+    } else {
+        (a + b)?.relu()
+    }
 }
 
 /// `x · wᵀ + b` for `x` of shape (N, in) and `w` of shape (out, in).
@@ -62,6 +78,50 @@ pub fn normalize(
         .reshape((1, (), 1, 1))?
         .broadcast_sub(&mean.broadcast_mul(&scale)?)?;
     x.broadcast_mul(&scale)?.broadcast_add(&shift)
+}
+
+/// Training-mode batch norm, optionally followed by ReLU: returns the output and the batch's
+/// per-channel mean and biased variance (each of shape (C,)) for the running statistics.
+pub fn batch_norm_train(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+    relu: bool,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    if kernels::applies(x.device(), x.dtype()) {
+        return kernels::norm::batch_norm_train(x, weight, bias, eps, relu);
+    }
+    let (mean, var, _) = batch_stats(x)?;
+    let y = normalize(x, &mean, &var, weight, bias, eps)?;
+    let y = if relu { y.relu()? } else { y };
+    Ok((y, mean.flatten_all()?, var.flatten_all()?))
+}
+
+/// Evaluation-mode batch norm with the running statistics (each of shape (C,)), optionally
+/// followed by ReLU. For inference: on the CPU no gradient flows through it.
+pub fn batch_norm_eval(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    mean: &Tensor,
+    var: &Tensor,
+    eps: f64,
+    relu: bool,
+) -> Result<Tensor> {
+    if kernels::applies(x.device(), x.dtype()) {
+        return kernels::norm::batch_norm_eval(x, weight, bias, mean, var, eps, relu);
+    }
+    let shape = (1, (), 1, 1);
+    let y = normalize(
+        x,
+        &mean.reshape(shape)?,
+        &var.reshape(shape)?,
+        weight,
+        bias,
+        eps,
+    )?;
+    if relu { y.relu() } else { Ok(y) }
 }
 
 /// Row-wise softmax.

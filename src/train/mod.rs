@@ -74,6 +74,15 @@ pub struct TaskMetrics {
     pub metric_info: MetricInfo,
 }
 
+/// Where a step's time went, in seconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
+pub struct StepTiming {
+    /// Uploading the batch, the forward pass and the losses.
+    pub forward_s: f64,
+    pub backward_s: f64,
+    pub optimizer_s: f64,
+}
+
 /// One training step.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct StepMetrics {
@@ -92,6 +101,11 @@ pub struct StepMetrics {
     pub images_per_s: f64,
     /// Seconds the step waited for its batch (near zero when batches are made ahead in time).
     pub data_wait_s: f64,
+    /// Images (views, for two-view tasks) the step trained on.
+    pub images: usize,
+    /// Seconds the step computed (without the data wait).
+    pub step_s: f64,
+    pub timing: StepTiming,
     /// Seconds since the run (or its continuation) started.
     pub wall_s: f64,
 }

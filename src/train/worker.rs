@@ -12,7 +12,9 @@ use crossbeam_channel::{Receiver, Sender};
 
 use super::prefetch::{Position, Prefetcher, Prepared, Schedule};
 use super::run_dir::{RESUME_FILE, RunDir};
-use super::{Command, EpochSummary, Event, Outcome, PauseReason, StepMetrics, TaskMetrics};
+use super::{
+    Command, EpochSummary, Event, Outcome, PauseReason, StepMetrics, StepTiming, TaskMetrics,
+};
 use crate::config::TrainConfig;
 use crate::data::{self, DataError, Dataset};
 use crate::math::{MathReport, Optimisation, TaskReport};
@@ -795,9 +797,14 @@ impl Session {
             });
             return Ok(false);
         }
+        let forward_s = t0.elapsed().as_secs_f64();
         self.take_snapshot()?;
+        let t1 = Instant::now();
         let grads = total.backward().map_err(failed)?;
+        let backward_s = t1.elapsed().as_secs_f64();
+        let t2 = Instant::now();
         self.opt.step(&grads).map_err(failed)?;
+        let optimizer_s = t2.elapsed().as_secs_f64();
         let total_loss: f64 = metrics
             .iter()
             .zip(&self.config.task_weights)
@@ -833,6 +840,13 @@ impl Session {
             lr: self.opt.lr,
             images_per_s: images as f64 / (secs + data_wait_s).max(1e-9),
             data_wait_s,
+            images,
+            step_s: secs,
+            timing: StepTiming {
+                forward_s,
+                backward_s,
+                optimizer_s,
+            },
             wall_s: self.started.elapsed().as_secs_f64(),
         };
         self.run

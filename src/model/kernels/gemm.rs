@@ -1,0 +1,120 @@
+//! The one place that calls the `gemm` crate: a bounds-checked, safe matrix product over
+//! slices with arbitrary row and column strides.
+
+use candle_core::{Result, bail};
+
+/// A read-only matrix view: `data[i * rs + j * cs]` is element (i, j).
+#[derive(Clone, Copy)]
+pub struct MatRef<'a> {
+    pub data: &'a [f32],
+    pub rows: usize,
+    pub cols: usize,
+    pub rs: usize,
+    pub cs: usize,
+}
+
+impl<'a> MatRef<'a> {
+    /// A row-major matrix.
+    pub fn rows(data: &'a [f32], rows: usize, cols: usize) -> Self {
+        Self {
+            data,
+            rows,
+            cols,
+            rs: cols,
+            cs: 1,
+        }
+    }
+
+    /// The transpose of this view (no copy).
+    pub fn t(self) -> Self {
+        Self {
+            data: self.data,
+            rows: self.cols,
+            cols: self.rows,
+            rs: self.cs,
+            cs: self.rs,
+        }
+    }
+
+    fn check(&self, what: &str) -> Result<()> {
+        if self.rows == 0 || self.cols == 0 {
+            return Ok(());
+        }
+        let last = (self.rows - 1) * self.rs + (self.cols - 1) * self.cs;
+        if last >= self.data.len() {
+            bail!(
+                "gemm: {what} view {}×{} (strides {}, {}) exceeds its {} values",
+                self.rows,
+                self.cols,
+                self.rs,
+                self.cs,
+                self.data.len()
+            );
+        }
+        Ok(())
+    }
+}
+
+/// `dst = (accumulate ? dst : 0) + a · b`, with `dst` row-major (`a.rows` × `b.cols`).
+/// Single-threaded: callers parallelise over images.
+pub fn matmul(dst: &mut [f32], accumulate: bool, a: MatRef<'_>, b: MatRef<'_>) -> Result<()> {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    if b.rows != k {
+        bail!("gemm: inner sizes differ ({} vs {})", k, b.rows);
+    }
+    if dst.len() < m * n {
+        bail!(
+            "gemm: destination holds {} values, needs {}",
+            dst.len(),
+            m * n
+        );
+    }
+    a.check("left")?;
+    b.check("right")?;
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    if k == 0 {
+        if !accumulate {
+            dst[..m * n].fill(0.0);
+        }
+        return Ok(());
+    }
+    let stride = |s: usize| isize::try_from(s).map_err(candle_core::Error::wrap);
+    let (a_rs, a_cs, b_rs, b_cs, d_rs) = (
+        stride(a.rs)?,
+        stride(a.cs)?,
+        stride(b.rs)?,
+        stride(b.cs)?,
+        stride(n)?,
+    );
+    // SAFETY: every index gemm touches is (i·rs + j·cs) with i < rows and j < cols of the
+    // respective view; `check` proved the largest such index lies inside each slice, and the
+    // destination holds m·n row-major values. The slices do not alias (`dst` is borrowed
+    // mutably), and gemm runs to completion before this function returns.
+    #[allow(unsafe_code)]
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            d_rs,
+            accumulate,
+            a.data.as_ptr(),
+            a_cs,
+            a_rs,
+            b.data.as_ptr(),
+            b_cs,
+            b_rs,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,56 @@
+//! Fast CPU kernels for the training step, as candle custom ops (forward on `CpuStorage`,
+//! backward in terms of further custom ops), so the model code stays candle:
+//!
+//! - [`conv::conv2d`]: convolution forward and both backward passes, im2col + `gemm`;
+//! - [`norm::batch_norm_train`] / [`norm::batch_norm_eval`]: batch norm fused with the ReLU
+//!   after it, forward and backward in two passes over the data.
+//!
+//! [`crate::model::ops`] routes to these on the CPU and to candle's own ops elsewhere (CUDA,
+//! Metal) or when [`set_stock_ops`] asks for them (the benchmark compares both).
+
+pub mod conv;
+mod gemm;
+pub mod norm;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, DType, Device, Layout, Result, Tensor, bail};
+
+static STOCK: AtomicBool = AtomicBool::new(false);
+
+/// Use candle's stock operations instead of these kernels (process-wide), e.g. to compare them.
+/// The environment variable `PRETEXT_STOCK_OPS=1` sets this at start-up.
+pub fn set_stock_ops(stock: bool) {
+    STOCK.store(stock, Ordering::Relaxed);
+}
+
+/// Whether tensors of this device and dtype go through these kernels.
+pub fn applies(device: &Device, dtype: DType) -> bool {
+    device.is_cpu() && dtype == DType::F32 && !STOCK.load(Ordering::Relaxed)
+}
+
+/// Reads `PRETEXT_STOCK_OPS` once at start-up.
+pub fn init_from_env() {
+    if std::env::var("PRETEXT_STOCK_OPS").is_ok_and(|v| v == "1" || v == "true") {
+        set_stock_ops(true);
+    }
+}
+
+/// The f32 values of a contiguous CPU tensor.
+fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+    let CpuStorage::F32(v) = s else {
+        bail!("{what}: expected f32, got {:?}", s.dtype());
+    };
+    match l.contiguous_offsets() {
+        Some((a, b)) if b <= v.len() => Ok(&v[a..b]),
+        _ => bail!("{what}: expected a contiguous tensor"),
+    }
+}
+
+fn same_device_contiguous(a: &Tensor, b: &Tensor) -> Result<(Tensor, Tensor)> {
+    if !a.device().same_device(b.device()) {
+        bail!("tensors on different devices");
+    }
+    Ok((a.contiguous()?, b.contiguous()?))
+}

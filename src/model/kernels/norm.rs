@@ -1,0 +1,361 @@
+//! Batch normalisation (optionally fused with the ReLU after it) as candle custom ops.
+//!
+//! The per-channel parameters travel as one (4, C) tensor `p` = [weight; bias; mean; var]:
+//! the first two rows carry gradients, the statistics rows are constants (batch statistics are
+//! taken by [`BatchStats`] and their own gradient is folded into the backward formula).
+
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, bail,
+};
+use rayon::prelude::*;
+
+use super::f32_slice;
+
+fn nchw(dims: &[usize], what: &str) -> Result<(usize, usize, usize)> {
+    match *dims {
+        [n, c, h, w] => Ok((n, c, h * w)),
+        [n, c] => Ok((n, c, 1)),
+        _ => bail!("{what}: expected an (N, C, H, W) or (N, C) tensor, got {dims:?}"),
+    }
+}
+
+/// Per-channel mean and biased variance over (N, H, W), as a (2, C) tensor; two passes in f64
+/// so large batches do not lose precision.
+pub struct BatchStats;
+
+impl CustomOp1 for BatchStats {
+    fn name(&self) -> &'static str {
+        "pretext-batch-stats"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s, l, "batch norm input")?;
+        let (n, c, hw) = nchw(l.dims(), "batch norm")?;
+        let count = (n * hw).max(1) as f64;
+        let stats: Vec<(f32, f32)> = (0..c)
+            .into_par_iter()
+            .map(|ch| {
+                let planes = (0..n).map(|i| &x[(i * c + ch) * hw..(i * c + ch + 1) * hw]);
+                let sum: f64 = planes
+                    .clone()
+                    .map(|p| f64::from(p.iter().sum::<f32>()))
+                    .sum();
+                let mean = sum / count;
+                let m = mean as f32;
+                let sq: f64 = planes
+                    .map(|p| f64::from(p.iter().map(|v| (v - m) * (v - m)).sum::<f32>()))
+                    .sum();
+                (mean as f32, (sq / count) as f32)
+            })
+            .collect();
+        let mut out = Vec::with_capacity(2 * c);
+        out.extend(stats.iter().map(|s| s.0));
+        out.extend(stats.iter().map(|s| s.1));
+        Ok((CpuStorage::F32(out), Shape::from((2, c))))
+    }
+}
+
+/// `y = (x − mean) / √(var + eps) · weight + bias`, then ReLU when `relu` is set.
+pub struct BatchNorm {
+    pub eps: f32,
+    pub relu: bool,
+}
+
+/// Per-channel scale and shift so that the normalised value is `x · scale + shift`, and the
+/// inverse standard deviation.
+fn affine(p: &[f32], c: usize, eps: f32) -> Vec<(f32, f32, f32)> {
+    (0..c)
+        .map(|ch| {
+            let (w, b, mean, var) = (p[ch], p[c + ch], p[2 * c + ch], p[3 * c + ch]);
+            let inv = 1.0 / (var + eps).sqrt();
+            (w * inv, b - mean * w * inv, inv)
+        })
+        .collect()
+}
+
+impl CustomOp2 for BatchNorm {
+    fn name(&self) -> &'static str {
+        "pretext-batch-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s1, l1, "batch norm input")?;
+        let p = f32_slice(s2, l2, "batch norm parameters")?;
+        let (n, c, hw) = nchw(l1.dims(), "batch norm")?;
+        if p.len() != 4 * c {
+            bail!(
+                "batch norm: parameters hold {} values, need 4 × {c}",
+                p.len()
+            );
+        }
+        let coef = affine(p, c, self.eps);
+        let mut y = vec![0f32; n * c * hw];
+        let relu = self.relu;
+        y.par_chunks_mut(hw.max(1))
+            .zip(x.par_chunks(hw.max(1)))
+            .enumerate()
+            .for_each(|(plane, (yo, xi))| {
+                let (scale, shift, _) = coef[plane % c];
+                if relu {
+                    for (o, v) in yo.iter_mut().zip(xi) {
+                        *o = (v * scale + shift).max(0.0);
+                    }
+                } else {
+                    for (o, v) in yo.iter_mut().zip(xi) {
+                        *o = v * scale + shift;
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(y), Shape::from(l1.dims())))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        p: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let c = p.dim(1)?;
+        let grad = grad.contiguous()?;
+        let packed = x.apply_op3_no_bwd(
+            p,
+            &grad,
+            &BatchNormBackward {
+                eps: self.eps,
+                relu: self.relu,
+            },
+        )?;
+        let numel = x.elem_count();
+        let dx = packed.narrow(0, 0, numel)?.reshape(x.shape())?;
+        let dwb = packed.narrow(0, numel, 2 * c)?.reshape((2, c))?;
+        let dp = Tensor::cat(&[&dwb, &Tensor::zeros((2, c), p.dtype(), p.device())?], 0)?;
+        Ok((Some(dx), Some(dp)))
+    }
+}
+
+/// The training-mode backward pass: the gradient with respect to x includes the paths through
+/// the batch mean and variance, `dx = inv/M · (M·g − Σg − x̂·Σ(g·x̂)) · weight`. Returns one flat
+/// tensor [dx; dweight; dbias].
+pub struct BatchNormBackward {
+    pub eps: f32,
+    pub relu: bool,
+}
+
+impl CustomOp3 for BatchNormBackward {
+    fn name(&self) -> &'static str {
+        "pretext-batch-norm-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s1, l1, "batch norm input")?;
+        let p = f32_slice(s2, l2, "batch norm parameters")?;
+        let g = f32_slice(s3, l3, "batch norm output gradient")?;
+        let (n, c, hw) = nchw(l1.dims(), "batch norm")?;
+        if p.len() != 4 * c || g.len() != x.len() {
+            bail!("batch norm backward: shapes do not match");
+        }
+        let coef = affine(p, c, self.eps);
+        let relu = self.relu;
+        let m = (n * hw).max(1) as f32;
+        // Per channel: Σg and Σg·x̂ over the batch (g masked by the ReLU when fused).
+        let sums: Vec<(f32, f32)> = (0..c)
+            .into_par_iter()
+            .map(|ch| {
+                let (scale, shift, inv) = coef[ch];
+                let mean = p[2 * c + ch];
+                let (mut sg, mut sgx) = (0f64, 0f64);
+                for i in 0..n {
+                    let r = (i * c + ch) * hw..(i * c + ch + 1) * hw;
+                    let (mut a, mut b) = (0f32, 0f32);
+                    for (&xv, &gv) in x[r.clone()].iter().zip(&g[r]) {
+                        let gv = if relu && xv * scale + shift <= 0.0 {
+                            0.0
+                        } else {
+                            gv
+                        };
+                        a += gv;
+                        b += gv * (xv - mean) * inv;
+                    }
+                    sg += f64::from(a);
+                    sgx += f64::from(b);
+                }
+                (sg as f32, sgx as f32)
+            })
+            .collect();
+        let numel = n * c * hw;
+        let mut out = vec![0f32; numel + 2 * c];
+        let (dx, dwb) = out.split_at_mut(numel);
+        dx.par_chunks_mut(hw.max(1))
+            .enumerate()
+            .for_each(|(plane, d)| {
+                let ch = plane % c;
+                let (scale, shift, inv) = coef[ch];
+                let (w, mean) = (p[ch], p[2 * c + ch]);
+                let (sg, sgx) = sums[ch];
+                let k = w * inv / m;
+                let base = plane * hw;
+                for (j, dv) in d.iter_mut().enumerate() {
+                    let xv = x[base + j];
+                    let gv = if relu && xv * scale + shift <= 0.0 {
+                        0.0
+                    } else {
+                        g[base + j]
+                    };
+                    let xhat = (xv - mean) * inv;
+                    *dv = k * (m * gv - sg - xhat * sgx);
+                }
+            });
+        for ch in 0..c {
+            dwb[ch] = sums[ch].1;
+            dwb[c + ch] = sums[ch].0;
+        }
+        Ok((CpuStorage::F32(out), Shape::from(numel + 2 * c)))
+    }
+}
+
+/// Training-mode batch norm (+ ReLU): returns the output and the batch (mean, biased variance),
+/// each of shape (C,), for the running statistics.
+pub fn batch_norm_train(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+    relu: bool,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let x = x.contiguous()?;
+    let stats = x.apply_op1_no_bwd(&BatchStats)?;
+    let p = Tensor::cat(&[&weight.unsqueeze(0)?, &bias.unsqueeze(0)?, &stats], 0)?;
+    let y = x.apply_op2(
+        &p,
+        BatchNorm {
+            eps: eps as f32,
+            relu,
+        },
+    )?;
+    Ok((y, stats.get(0)?, stats.get(1)?))
+}
+
+/// Batch norm (+ ReLU) with given statistics (evaluation mode); differentiable with respect to
+/// the input as if the statistics were the batch's own is not wanted here, so no gradient flows.
+pub fn batch_norm_eval(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    mean: &Tensor,
+    var: &Tensor,
+    eps: f64,
+    relu: bool,
+) -> Result<Tensor> {
+    let x = x.contiguous()?;
+    let p = Tensor::stack(&[weight, bias, mean, var], 0)?;
+    x.apply_op2_no_bwd(
+        &p,
+        &BatchNorm {
+            eps: eps as f32,
+            relu,
+        },
+    )
+}
+
+/// `relu(a + b)` in one pass (the end of a residual block); its backward passes the gradient
+/// where the output is positive to both operands.
+pub struct AddRelu;
+
+impl CustomOp2 for AddRelu {
+    fn name(&self) -> &'static str {
+        "pretext-add-relu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let a = f32_slice(s1, l1, "residual")?;
+        let b = f32_slice(s2, l2, "shortcut")?;
+        if l1.dims() != l2.dims() {
+            bail!(
+                "add-relu: shapes {:?} and {:?} differ",
+                l1.dims(),
+                l2.dims()
+            );
+        }
+        let mut y = vec![0f32; a.len()];
+        y.par_chunks_mut(CHUNK)
+            .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
+            .for_each(|(y, (a, b))| {
+                for ((o, x), z) in y.iter_mut().zip(a).zip(b) {
+                    *o = (x + z).max(0.0);
+                }
+            });
+        Ok((CpuStorage::F32(y), Shape::from(l1.dims())))
+    }
+
+    fn bwd(
+        &self,
+        _a: &Tensor,
+        _b: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = grad.contiguous()?.apply_op2_no_bwd(res, &ReluMask)?;
+        Ok((Some(g.clone()), Some(g)))
+    }
+}
+
+/// `grad · [out > 0]`: the gradient through a ReLU given its output.
+pub struct ReluMask;
+
+impl CustomOp2 for ReluMask {
+    fn name(&self) -> &'static str {
+        "pretext-relu-mask"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = f32_slice(s1, l1, "gradient")?;
+        let out = f32_slice(s2, l2, "relu output")?;
+        if g.len() != out.len() {
+            bail!("relu mask: sizes {} and {} differ", g.len(), out.len());
+        }
+        let mut d = vec![0f32; g.len()];
+        d.par_chunks_mut(CHUNK)
+            .zip(g.par_chunks(CHUNK).zip(out.par_chunks(CHUNK)))
+            .for_each(|(d, (g, o))| {
+                for ((d, g), o) in d.iter_mut().zip(g).zip(o) {
+                    *d = if *o > 0.0 { *g } else { 0.0 };
+                }
+            });
+        Ok((CpuStorage::F32(d), Shape::from(l1.dims())))
+    }
+}
+
+/// Elements per parallel work item in the element-wise kernels.
+const CHUNK: usize = 1 << 14;
+
+/// `relu(a + b)` for same-shaped tensors.
+pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    a.contiguous()?.apply_op2(&b.contiguous()?, AddRelu)
+}

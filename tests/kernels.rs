@@ -1,0 +1,311 @@
+//! The CPU kernels against candle's own operations and against finite differences.
+
+use candle_core::{Device, Result, Tensor, Var};
+use pretext::model::kernels::{conv, norm};
+use pretext::model::ops;
+
+/// Deterministic values in [-1, 1).
+fn values(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+fn tensor(dims: &[usize], seed: u64) -> Result<Tensor> {
+    let n = dims.iter().product();
+    Tensor::from_vec(values(n, seed), dims, &Device::Cpu)
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
+    (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()
+}
+
+fn max_abs(a: &Tensor) -> Result<f32> {
+    a.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()
+}
+
+/// (N, C, H, W, O, K, stride, padding)
+type Geometry = (usize, usize, usize, usize, usize, usize, usize, usize);
+
+const GEOMETRIES: [Geometry; 7] = [
+    (2, 3, 8, 8, 4, 3, 1, 1),
+    (3, 4, 9, 7, 5, 3, 2, 1),
+    (2, 4, 8, 8, 6, 1, 2, 0),
+    (2, 5, 6, 6, 3, 1, 1, 0),
+    (1, 2, 5, 5, 2, 3, 1, 0),
+    (2, 3, 7, 7, 4, 5, 2, 2),
+    (5, 8, 4, 4, 8, 3, 1, 1),
+];
+
+#[test]
+fn conv2d_forward_and_gradients_match_candle() -> Result<()> {
+    for (i, &(n, c, h, w, o, k, s, p)) in GEOMETRIES.iter().enumerate() {
+        let seed = i as u64 * 10;
+        let x = Var::from_tensor(&tensor(&[n, c, h, w], seed)?)?;
+        let wt = Var::from_tensor(&tensor(&[o, c, k, k], seed + 1)?)?;
+        let ours = conv::conv2d(x.as_tensor(), wt.as_tensor(), s, p)?;
+        let stock = x.as_tensor().conv2d(wt.as_tensor(), p, s, 1, 1)?;
+        assert_eq!(ours.dims(), stock.dims(), "geometry {i}");
+        let d = max_diff(&ours, &stock)?;
+        assert!(d < 1e-4, "geometry {i}: forward differs by {d}");
+
+        let r = tensor(ours.dims(), seed + 2)?;
+        let g_ours = (ours * &r)?.sum_all()?.backward()?;
+        let g_stock = (stock * &r)?.sum_all()?.backward()?;
+        for (name, v) in [("input", &x), ("weight", &wt)] {
+            let (a, b) = (
+                g_ours
+                    .get(v)
+                    .ok_or(candle_core::Error::Msg("no grad".into()))?,
+                g_stock
+                    .get(v)
+                    .ok_or(candle_core::Error::Msg("no grad".into()))?,
+            );
+            let d = max_diff(a, b)?;
+            let scale = max_abs(b)?.max(1.0);
+            assert!(
+                d / scale < 1e-4,
+                "geometry {i}: {name} gradient differs by {d} (scale {scale})"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Central differences of `f` at a few coordinates of `v` against the analytic gradient.
+fn check_finite_differences(
+    v: &Var,
+    analytic: &Tensor,
+    f: &dyn Fn(&Tensor) -> Result<f32>,
+    what: &str,
+) -> Result<()> {
+    let base = v.as_tensor().flatten_all()?.to_vec1::<f32>()?;
+    let grad = analytic.flatten_all()?.to_vec1::<f32>()?;
+    let eps = 1e-2f32;
+    for idx in (0..base.len()).step_by((base.len() / 11).max(1)) {
+        let mut plus = base.clone();
+        plus[idx] += eps;
+        let mut minus = base.clone();
+        minus[idx] -= eps;
+        let fp = f(&Tensor::from_vec(plus, v.dims(), &Device::Cpu)?)?;
+        let fm = f(&Tensor::from_vec(minus, v.dims(), &Device::Cpu)?)?;
+        let numeric = (fp - fm) / (2.0 * eps);
+        let tol = 2e-2 * numeric.abs().max(grad[idx].abs()).max(1.0);
+        assert!(
+            (numeric - grad[idx]).abs() < tol,
+            "{what}[{idx}]: finite difference {numeric} vs analytic {}",
+            grad[idx]
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn conv2d_gradients_match_finite_differences() -> Result<()> {
+    let (n, c, h, w, o, k, s, p) = (2, 3, 6, 5, 4, 3, 2, 1);
+    let x = Var::from_tensor(&tensor(&[n, c, h, w], 7)?)?;
+    let wt = Var::from_tensor(&tensor(&[o, c, k, k], 8)?)?;
+    let y = conv::conv2d(x.as_tensor(), wt.as_tensor(), s, p)?;
+    let r = tensor(y.dims(), 9)?;
+    let grads = (y * &r)?.sum_all()?.backward()?;
+    let loss = |xv: &Tensor, wv: &Tensor| -> Result<f32> {
+        (conv::conv2d(xv, wv, s, p)? * &r)?
+            .sum_all()?
+            .to_scalar::<f32>()
+    };
+    let gx = grads
+        .get(&x)
+        .ok_or(candle_core::Error::Msg("no grad".into()))?;
+    let gw = grads
+        .get(&wt)
+        .ok_or(candle_core::Error::Msg("no grad".into()))?;
+    check_finite_differences(&x, gx, &|t| loss(t, wt.as_tensor()), "conv input")?;
+    check_finite_differences(&wt, gw, &|t| loss(x.as_tensor(), t), "conv weight")
+}
+
+/// Batch norm (+ ReLU) written with candle's stock operations.
+fn stock_batch_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, relu: bool) -> Result<Tensor> {
+    let (mean, var, _) = ops::batch_stats(x)?;
+    let y = ops::normalize(x, &mean, &var, weight, bias, 1e-5)?;
+    if relu { y.relu() } else { Ok(y) }
+}
+
+#[test]
+fn batch_norm_forward_and_gradients_match_candle() -> Result<()> {
+    for (i, relu) in [false, true].into_iter().enumerate() {
+        let seed = 100 + i as u64 * 10;
+        // Values far from zero mean, so the statistics matter.
+        let x = Var::from_tensor(&((tensor(&[4, 3, 5, 6], seed)? * 3.0)? + 2.0)?)?;
+        let weight = Var::from_tensor(&(tensor(&[3], seed + 1)? + 1.0)?)?;
+        let bias = Var::from_tensor(&tensor(&[3], seed + 2)?)?;
+        let (ours, mean, var) = norm::batch_norm_train(
+            x.as_tensor(),
+            weight.as_tensor(),
+            bias.as_tensor(),
+            1e-5,
+            relu,
+        )?;
+        let stock = stock_batch_norm(x.as_tensor(), weight.as_tensor(), bias.as_tensor(), relu)?;
+        let d = max_diff(&ours, &stock)?;
+        assert!(d < 1e-4, "relu {relu}: forward differs by {d}");
+        let (m, v, _) = ops::batch_stats(x.as_tensor())?;
+        assert!(max_diff(&mean, &m.flatten_all()?)? < 1e-5);
+        assert!(max_diff(&var, &v.flatten_all()?)? < 1e-4);
+
+        let r = tensor(ours.dims(), seed + 3)?;
+        let g_ours = (ours * &r)?.sum_all()?.backward()?;
+        let g_stock = (stock * &r)?.sum_all()?.backward()?;
+        for (name, v) in [("input", &x), ("weight", &weight), ("bias", &bias)] {
+            let (a, b) = (
+                g_ours
+                    .get(v)
+                    .ok_or(candle_core::Error::Msg("no grad".into()))?,
+                g_stock
+                    .get(v)
+                    .ok_or(candle_core::Error::Msg("no grad".into()))?,
+            );
+            let d = max_diff(a, b)?;
+            assert!(d < 1e-4, "relu {relu}: {name} gradient differs by {d}");
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn batch_norm_gradients_match_finite_differences() -> Result<()> {
+    let x = Var::from_tensor(&(tensor(&[3, 2, 4, 4], 31)? * 2.0)?)?;
+    let weight = Var::from_tensor(&(tensor(&[2], 32)? + 1.5)?)?;
+    let bias = Var::from_tensor(&tensor(&[2], 33)?)?;
+    let (y, _, _) = norm::batch_norm_train(
+        x.as_tensor(),
+        weight.as_tensor(),
+        bias.as_tensor(),
+        1e-5,
+        true,
+    )?;
+    let r = tensor(y.dims(), 34)?;
+    let grads = (y * &r)?.sum_all()?.backward()?;
+    let loss = |xv: &Tensor, wv: &Tensor, bv: &Tensor| -> Result<f32> {
+        (norm::batch_norm_train(xv, wv, bv, 1e-5, true)?.0 * &r)?
+            .sum_all()?
+            .to_scalar::<f32>()
+    };
+    let get = |v: &Var| {
+        grads
+            .get(v)
+            .cloned()
+            .ok_or(candle_core::Error::Msg("no grad".into()))
+    };
+    check_finite_differences(
+        &x,
+        &get(&x)?,
+        &|t| loss(t, weight.as_tensor(), bias.as_tensor()),
+        "bn input",
+    )?;
+    check_finite_differences(
+        &weight,
+        &get(&weight)?,
+        &|t| loss(x.as_tensor(), t, bias.as_tensor()),
+        "bn weight",
+    )?;
+    check_finite_differences(
+        &bias,
+        &get(&bias)?,
+        &|t| loss(x.as_tensor(), weight.as_tensor(), t),
+        "bn bias",
+    )
+}
+
+#[test]
+fn batch_norm_eval_uses_the_given_statistics() -> Result<()> {
+    let x = tensor(&[2, 3, 4, 4], 41)?;
+    let weight = (tensor(&[3], 42)? + 1.0)?;
+    let bias = tensor(&[3], 43)?;
+    let mean = tensor(&[3], 44)?;
+    let var = (tensor(&[3], 45)?.abs()? + 0.5)?;
+    for relu in [false, true] {
+        let ours = norm::batch_norm_eval(&x, &weight, &bias, &mean, &var, 1e-5, relu)?;
+        let shape = (1, 3, 1, 1);
+        let stock = ops::normalize(
+            &x,
+            &mean.reshape(shape)?,
+            &var.reshape(shape)?,
+            &weight,
+            &bias,
+            1e-5,
+        )?;
+        let stock = if relu { stock.relu()? } else { stock };
+        assert!(max_diff(&ours, &stock)? < 1e-5);
+    }
+    Ok(())
+}
+
+#[test]
+fn add_relu_matches_candle() -> Result<()> {
+    let a = Var::from_tensor(&tensor(&[2, 3, 4, 5], 51)?)?;
+    let b = Var::from_tensor(&tensor(&[2, 3, 4, 5], 52)?)?;
+    let ours = norm::add_relu(a.as_tensor(), b.as_tensor())?;
+    let stock = (a.as_tensor() + b.as_tensor())?.relu()?;
+    assert!(max_diff(&ours, &stock)? < 1e-6);
+    let r = tensor(ours.dims(), 53)?;
+    let g1 = (ours * &r)?.sum_all()?.backward()?;
+    let g2 = (stock * &r)?.sum_all()?.backward()?;
+    for v in [&a, &b] {
+        let (x, y) = (
+            g1.get(v).ok_or(candle_core::Error::Msg("no grad".into()))?,
+            g2.get(v).ok_or(candle_core::Error::Msg("no grad".into()))?,
+        );
+        assert!(max_diff(x, y)? < 1e-6);
+    }
+    Ok(())
+}
+
+/// The whole encoder, forward in training mode and backward, gives the same z, running
+/// statistics and parameter gradients with the kernels as with candle's stock operations.
+#[test]
+fn encoder_with_kernels_matches_stock_candle() -> Result<()> {
+    use pretext::model::{Model, kernels};
+    let run = |stock: bool| -> anyhow::Result<(Tensor, Vec<(String, Tensor)>)> {
+        kernels::set_stock_ops(stock);
+        let model = Model::new(Device::Cpu, 3)?;
+        model.init_weights(5)?;
+        let x = tensor(&[4, 3, 16, 16], 61)?;
+        let out = model.encoder.forward(&x, true)?;
+        let r = tensor(out.fmap.dims(), 62)?;
+        let grads = (&out.fmap * &r)?.sum_all()?.backward()?;
+        let mut g = Vec::new();
+        for (name, v) in model.trainable_vars() {
+            if let Some(t) = grads.get(&v) {
+                g.push((name, t.clone()));
+            }
+        }
+        let state = model.state_dict()?;
+        for (name, t) in state {
+            if name.ends_with("running_var") || name.ends_with("running_mean") {
+                g.push((name, t));
+            }
+        }
+        Ok((out.z, g))
+    };
+    let (z_stock, g_stock) = run(true).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+    let (z_ours, g_ours) = run(false).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+    kernels::set_stock_ops(false);
+    assert!(max_diff(&z_ours, &z_stock)? < 1e-4);
+    assert_eq!(g_ours.len(), g_stock.len());
+    assert!(g_ours.len() > 20, "only {} gradients", g_ours.len());
+    for ((n1, a), (n2, b)) in g_ours.iter().zip(&g_stock) {
+        assert_eq!(n1, n2);
+        let d = max_diff(a, b)?;
+        let scale = max_abs(b)?.max(1e-3);
+        assert!(d / scale < 1e-3, "{n1}: differs by {d} (scale {scale})");
+    }
+    Ok(())
+}
