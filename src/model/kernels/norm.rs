@@ -19,6 +19,58 @@ fn nchw(dims: &[usize], what: &str) -> Result<(usize, usize, usize)> {
     }
 }
 
+/// Independent accumulators, so that sums vectorise (a single f32 accumulator is a serial
+/// dependency chain the compiler may not reorder).
+const LANES: usize = 16;
+
+/// `Σ f(v)` over `xs`, in [`LANES`] partial sums.
+fn lanes(xs: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    let mut acc = [0f32; LANES];
+    let chunks = xs.chunks_exact(LANES);
+    let tail: f32 = chunks.remainder().iter().map(|&v| f(v)).sum();
+    for ch in chunks {
+        for (a, &v) in acc.iter_mut().zip(ch) {
+            *a += f(v);
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// (Σg, Σg·(x − mean)) with g zeroed where the fused ReLU's output `x·scale + shift` is not
+/// positive.
+fn masked_sums(
+    x: &[f32],
+    g: &[f32],
+    relu: bool,
+    scale: f32,
+    shift: f32,
+    mean: f32,
+) -> (f32, f32) {
+    let (mut a, mut b) = ([0f32; LANES], [0f32; LANES]);
+    let mask = |xv: f32, gv: f32| {
+        if relu && xv * scale + shift <= 0.0 {
+            0.0
+        } else {
+            gv
+        }
+    };
+    let (xc, gc) = (x.chunks_exact(LANES), g.chunks_exact(LANES));
+    let (mut ta, mut tb) = (0f32, 0f32);
+    for (&xv, &gv) in xc.remainder().iter().zip(gc.remainder()) {
+        let gv = mask(xv, gv);
+        ta += gv;
+        tb += gv * (xv - mean);
+    }
+    for (xs, gs) in xc.zip(gc) {
+        for l in 0..LANES {
+            let gv = mask(xs[l], gs[l]);
+            a[l] += gv;
+            b[l] += gv * (xs[l] - mean);
+        }
+    }
+    (a.iter().sum::<f32>() + ta, b.iter().sum::<f32>() + tb)
+}
+
 /// Per-channel mean and biased variance over (N, H, W), as a (2, C) tensor; two passes in f64
 /// so large batches do not lose precision.
 pub struct BatchStats;
@@ -36,14 +88,11 @@ impl CustomOp1 for BatchStats {
             .into_par_iter()
             .map(|ch| {
                 let planes = (0..n).map(|i| &x[(i * c + ch) * hw..(i * c + ch + 1) * hw]);
-                let sum: f64 = planes
-                    .clone()
-                    .map(|p| f64::from(p.iter().sum::<f32>()))
-                    .sum();
+                let sum: f64 = planes.clone().map(|p| f64::from(lanes(p, |v| v))).sum();
                 let mean = sum / count;
                 let m = mean as f32;
                 let sq: f64 = planes
-                    .map(|p| f64::from(p.iter().map(|v| (v - m) * (v - m)).sum::<f32>()))
+                    .map(|p| f64::from(lanes(p, |v| (v - m) * (v - m))))
                     .sum();
                 (mean as f32, (sq / count) as f32)
             })
@@ -181,20 +230,11 @@ impl CustomOp3 for BatchNormBackward {
                 let (mut sg, mut sgx) = (0f64, 0f64);
                 for i in 0..n {
                     let r = (i * c + ch) * hw..(i * c + ch + 1) * hw;
-                    let (mut a, mut b) = (0f32, 0f32);
-                    for (&xv, &gv) in x[r.clone()].iter().zip(&g[r]) {
-                        let gv = if relu && xv * scale + shift <= 0.0 {
-                            0.0
-                        } else {
-                            gv
-                        };
-                        a += gv;
-                        b += gv * (xv - mean) * inv;
-                    }
+                    let (a, b) = masked_sums(&x[r.clone()], &g[r], relu, scale, shift, mean);
                     sg += f64::from(a);
                     sgx += f64::from(b);
                 }
-                (sg as f32, sgx as f32)
+                (sg as f32, (sgx * f64::from(inv)) as f32)
             })
             .collect();
         let numel = n * c * hw;
@@ -208,13 +248,12 @@ impl CustomOp3 for BatchNormBackward {
                 let (w, mean) = (p[ch], p[2 * c + ch]);
                 let (sg, sgx) = sums[ch];
                 let k = w * inv / m;
-                let base = plane * hw;
-                for (j, dv) in d.iter_mut().enumerate() {
-                    let xv = x[base + j];
+                let r = plane * hw..(plane + 1) * hw;
+                for ((dv, &xv), &gv) in d.iter_mut().zip(&x[r.clone()]).zip(&g[r]) {
                     let gv = if relu && xv * scale + shift <= 0.0 {
                         0.0
                     } else {
-                        g[base + j]
+                        gv
                     };
                     let xhat = (xv - mean) * inv;
                     *dv = k * (m * gv - sg - xhat * sgx);
