@@ -18,7 +18,7 @@ fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
 }
 
 fn main() -> anyhow::Result<()> {
-    pretext::model::kernels::init_from_env();
+    pretext::model::kernels::init();
     let args: Vec<String> = std::env::args().collect();
     let task: String = arg(&args, "--task", "rotation".to_string());
     let task = <TaskKind as clap::ValueEnum>::from_str(&task, true).map_err(anyhow::Error::msg)?;

@@ -3,7 +3,7 @@ use clap::Parser;
 use pretext::cli::{Cli, Commands, EXIT_INPUT};
 
 fn main() {
-    pretext::model::kernels::init_from_env();
+    pretext::model::kernels::init();
     let cli = Cli::parse();
     let code = match &cli.command {
         Some(Commands::Train(args)) => pretext::cli::train(args),

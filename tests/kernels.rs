@@ -1,7 +1,7 @@
 //! The CPU kernels against candle's own operations and against finite differences.
 
 use candle_core::{Device, Result, Tensor, Var};
-use pretext::model::kernels::{conv, norm};
+use pretext::model::kernels::{conv, norm, pointwise};
 use pretext::model::ops;
 
 /// Deterministic values in [-1, 1).
@@ -252,7 +252,7 @@ fn batch_norm_eval_uses_the_given_statistics() -> Result<()> {
 fn add_relu_matches_candle() -> Result<()> {
     let a = Var::from_tensor(&tensor(&[2, 3, 4, 5], 51)?)?;
     let b = Var::from_tensor(&tensor(&[2, 3, 4, 5], 52)?)?;
-    let ours = norm::add_relu(a.as_tensor(), b.as_tensor())?;
+    let ours = pointwise::add_relu(a.as_tensor(), b.as_tensor())?;
     let stock = (a.as_tensor() + b.as_tensor())?.relu()?;
     assert!(max_diff(&ours, &stock)? < 1e-6);
     let r = tensor(ours.dims(), 53)?;
@@ -306,6 +306,59 @@ fn encoder_with_kernels_matches_stock_candle() -> Result<()> {
         let d = max_diff(a, b)?;
         let scale = max_abs(b)?.max(1e-3);
         assert!(d / scale < 1e-3, "{n1}: differs by {d} (scale {scale})");
+    }
+    Ok(())
+}
+
+#[test]
+fn bias_act_and_upsample_match_candle() -> Result<()> {
+    for relu in [false, true] {
+        let x = Var::from_tensor(&tensor(&[2, 3, 4, 5], 71)?)?;
+        let b = Var::from_tensor(&tensor(&[3], 72)?)?;
+        let ours = pointwise::bias_act(x.as_tensor(), b.as_tensor(), relu)?;
+        let stock = x
+            .as_tensor()
+            .broadcast_add(&b.as_tensor().reshape((1, 3, 1, 1))?)?;
+        let stock = if relu { stock.relu()? } else { stock };
+        assert!(max_diff(&ours, &stock)? < 1e-6);
+        let r = tensor(ours.dims(), 73)?;
+        let g1 = (ours * &r)?.sum_all()?.backward()?;
+        let g2 = (stock * &r)?.sum_all()?.backward()?;
+        for v in [&x, &b] {
+            let (p, q) = (
+                g1.get(v).ok_or(candle_core::Error::Msg("no grad".into()))?,
+                g2.get(v).ok_or(candle_core::Error::Msg("no grad".into()))?,
+            );
+            assert!(max_diff(p, q)? < 1e-5, "relu {relu}");
+        }
+    }
+    let x = Var::from_tensor(&tensor(&[2, 3, 4, 5], 74)?)?;
+    let ours = pointwise::upsample2x(x.as_tensor())?;
+    let stock = x.as_tensor().upsample_nearest2d(8, 10)?;
+    assert_eq!(ours.dims(), &[2, 3, 8, 10]);
+    assert!(max_diff(&ours, &stock)? < 1e-7);
+    let r = tensor(ours.dims(), 75)?;
+    let g = (ours * &r)?.sum_all()?.backward()?;
+    let gx = g.get(&x).ok_or(candle_core::Error::Msg("no grad".into()))?;
+    // Each input pixel's gradient is the sum of the 2×2 block it was copied to.
+    let r4: Vec<Vec<Vec<Vec<f32>>>> = (0..2)
+        .map(|n| r.get(n)?.to_vec3::<f32>())
+        .collect::<Result<_>>()?;
+    let g4: Vec<Vec<Vec<Vec<f32>>>> = (0..2)
+        .map(|n| gx.get(n)?.to_vec3::<f32>())
+        .collect::<Result<_>>()?;
+    for n in 0..2 {
+        for c in 0..3 {
+            for y in 0..4 {
+                for xx in 0..5 {
+                    let want = r4[n][c][2 * y][2 * xx]
+                        + r4[n][c][2 * y][2 * xx + 1]
+                        + r4[n][c][2 * y + 1][2 * xx]
+                        + r4[n][c][2 * y + 1][2 * xx + 1];
+                    assert!((g4[n][c][y][xx] - want).abs() < 1e-5);
+                }
+            }
+        }
     }
     Ok(())
 }

@@ -24,7 +24,24 @@ pub fn conv2d_bias(
     padding: usize,
 ) -> Result<Tensor> {
     let y = conv2d(x, w, stride, padding)?;
+    if kernels::applies(x.device(), x.dtype()) {
+        return kernels::pointwise::bias_act(&y, b, false);
+    }
     y.broadcast_add(&b.reshape((1, (), 1, 1))?)
+}
+
+/// `relu(conv2d(x, w) + b)`, with bias and ReLU fused on the CPU.
+pub fn conv2d_bias_relu(
+    x: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+    stride: usize,
+    padding: usize,
+) -> Result<Tensor> {
+    if kernels::applies(x.device(), x.dtype()) {
+        return kernels::pointwise::bias_act(&conv2d(x, w, stride, padding)?, b, true);
+    }
+    conv2d_bias(x, w, b, stride, padding)?.relu()
 }
 
 pub fn relu(x: &Tensor) -> Result<Tensor> {
@@ -34,7 +51,7 @@ pub fn relu(x: &Tensor) -> Result<Tensor> {
 /// `relu(a + b)`, fused on the CPU.
 pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     if kernels::applies(a.device(), a.dtype()) && a.dims() == b.dims() {
-        kernels::norm::add_relu(a, b)
+        kernels::pointwise::add_relu(a, b)
     } else {
         (a + b)?.relu()
     }
@@ -140,6 +157,9 @@ pub fn cross_entropy(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
 /// broadcast so its gradient accumulates correctly (candle's `upsample_nearest2d` backward
 /// overwrites when its input is used twice).
 pub fn upsample2x(x: &Tensor) -> Result<Tensor> {
+    if kernels::applies(x.device(), x.dtype()) {
+        return kernels::pointwise::upsample2x(x);
+    }
     let (n, c, h, w) = x.dims4()?;
     x.reshape((n, c, h, 1, w, 1))?
         .broadcast_as((n, c, h, 2, w, 2))?

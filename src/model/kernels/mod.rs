@@ -3,7 +3,9 @@
 //!
 //! - [`conv::conv2d`]: convolution forward and both backward passes, im2col + `gemm`;
 //! - [`norm::batch_norm_train`] / [`norm::batch_norm_eval`]: batch norm fused with the ReLU
-//!   after it, forward and backward in two passes over the data.
+//!   after it, forward and backward in two passes over the data;
+//! - [`pointwise`]: residual add + ReLU, bias + ReLU and ×2 upsampling with their backward
+//!   passes, each one pass over memory instead of candle's broadcast and reduction chains.
 //!
 //! [`crate::model::ops`] routes to these on the CPU and to candle's own ops elsewhere (CUDA,
 //! Metal) or when [`set_stock_ops`] asks for them (the benchmark compares both).
@@ -11,6 +13,7 @@
 pub mod conv;
 mod gemm;
 pub mod norm;
+pub mod pointwise;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -30,12 +33,39 @@ pub fn applies(device: &Device, dtype: DType) -> bool {
     device.is_cpu() && dtype == DType::F32 && !STOCK.load(Ordering::Relaxed)
 }
 
-/// Reads `PRETEXT_STOCK_OPS` once at start-up.
-pub fn init_from_env() {
+/// Process start-up for training: reads `PRETEXT_STOCK_OPS`, and on glibc keeps freed
+/// activation buffers in the heap (see [`keep_freed_memory`]).
+pub fn init() {
     if std::env::var("PRETEXT_STOCK_OPS").is_ok_and(|v| v == "1" || v == "true") {
         set_stock_ops(true);
     }
+    keep_freed_memory();
 }
+
+/// A training step allocates and frees the same tens of megabytes of activations and
+/// gradients every step. glibc serves blocks that large with fresh `mmap`s and gives them back
+/// on free, so every step pays page faults and zeroing on all of them (half the step time of
+/// the contrastive task, measured). Raising the mmap and trim thresholds makes glibc reuse the
+/// freed blocks instead; peak memory stays what the step needs.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn keep_freed_memory() {
+    const M_TRIM_THRESHOLD: i32 = -1;
+    const M_MMAP_THRESHOLD: i32 = -3;
+    #[allow(unsafe_code)]
+    unsafe extern "C" {
+        fn mallopt(param: i32, value: i32) -> i32;
+    }
+    // SAFETY: mallopt only adjusts allocator parameters; glibc serialises it with the
+    // allocator's own lock, and the values are plain integers within its accepted range.
+    #[allow(unsafe_code)]
+    unsafe {
+        mallopt(M_MMAP_THRESHOLD, 1 << 30);
+        mallopt(M_TRIM_THRESHOLD, i32::MAX);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn keep_freed_memory() {}
 
 /// The f32 values of a contiguous CPU tensor.
 fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {

@@ -24,7 +24,7 @@ fn nchw(dims: &[usize], what: &str) -> Result<(usize, usize, usize)> {
 const LANES: usize = 16;
 
 /// `Σ f(v)` over `xs`, in [`LANES`] partial sums.
-fn lanes(xs: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+pub(super) fn lanes(xs: &[f32], f: impl Fn(f32) -> f32) -> f32 {
     let mut acc = [0f32; LANES];
     let chunks = xs.chunks_exact(LANES);
     let tail: f32 = chunks.remainder().iter().map(|&v| f(v)).sum();
@@ -38,14 +38,7 @@ fn lanes(xs: &[f32], f: impl Fn(f32) -> f32) -> f32 {
 
 /// (Σg, Σg·(x − mean)) with g zeroed where the fused ReLU's output `x·scale + shift` is not
 /// positive.
-fn masked_sums(
-    x: &[f32],
-    g: &[f32],
-    relu: bool,
-    scale: f32,
-    shift: f32,
-    mean: f32,
-) -> (f32, f32) {
+fn masked_sums(x: &[f32], g: &[f32], relu: bool, scale: f32, shift: f32, mean: f32) -> (f32, f32) {
     let (mut a, mut b) = ([0f32; LANES], [0f32; LANES]);
     let mask = |xv: f32, gv: f32| {
         if relu && xv * scale + shift <= 0.0 {
@@ -309,92 +302,4 @@ pub fn batch_norm_eval(
             relu,
         },
     )
-}
-
-/// `relu(a + b)` in one pass (the end of a residual block); its backward passes the gradient
-/// where the output is positive to both operands.
-pub struct AddRelu;
-
-impl CustomOp2 for AddRelu {
-    fn name(&self) -> &'static str {
-        "pretext-add-relu"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let a = f32_slice(s1, l1, "residual")?;
-        let b = f32_slice(s2, l2, "shortcut")?;
-        if l1.dims() != l2.dims() {
-            bail!(
-                "add-relu: shapes {:?} and {:?} differ",
-                l1.dims(),
-                l2.dims()
-            );
-        }
-        let mut y = vec![0f32; a.len()];
-        y.par_chunks_mut(CHUNK)
-            .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
-            .for_each(|(y, (a, b))| {
-                for ((o, x), z) in y.iter_mut().zip(a).zip(b) {
-                    *o = (x + z).max(0.0);
-                }
-            });
-        Ok((CpuStorage::F32(y), Shape::from(l1.dims())))
-    }
-
-    fn bwd(
-        &self,
-        _a: &Tensor,
-        _b: &Tensor,
-        res: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let g = grad.contiguous()?.apply_op2_no_bwd(res, &ReluMask)?;
-        Ok((Some(g.clone()), Some(g)))
-    }
-}
-
-/// `grad · [out > 0]`: the gradient through a ReLU given its output.
-pub struct ReluMask;
-
-impl CustomOp2 for ReluMask {
-    fn name(&self) -> &'static str {
-        "pretext-relu-mask"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let g = f32_slice(s1, l1, "gradient")?;
-        let out = f32_slice(s2, l2, "relu output")?;
-        if g.len() != out.len() {
-            bail!("relu mask: sizes {} and {} differ", g.len(), out.len());
-        }
-        let mut d = vec![0f32; g.len()];
-        d.par_chunks_mut(CHUNK)
-            .zip(g.par_chunks(CHUNK).zip(out.par_chunks(CHUNK)))
-            .for_each(|(d, (g, o))| {
-                for ((d, g), o) in d.iter_mut().zip(g).zip(o) {
-                    *d = if *o > 0.0 { *g } else { 0.0 };
-                }
-            });
-        Ok((CpuStorage::F32(d), Shape::from(l1.dims())))
-    }
-}
-
-/// Elements per parallel work item in the element-wise kernels.
-const CHUNK: usize = 1 << 14;
-
-/// `relu(a + b)` for same-shaped tensors.
-pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    a.contiguous()?.apply_op2(&b.contiguous()?, AddRelu)
 }
