@@ -362,3 +362,48 @@ fn bias_act_and_upsample_match_candle() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn fused_conv_batch_norm_matches_the_separate_ops() -> Result<()> {
+    use pretext::model::kernels::fused;
+    for (i, &(relu, stride, k)) in [(true, 1, 3), (false, 2, 3), (false, 2, 1)]
+        .iter()
+        .enumerate()
+    {
+        let seed = 200 + 10 * i as u64;
+        let x = Var::from_tensor(&tensor(&[3, 4, 8, 8], seed)?)?;
+        let w = Var::from_tensor(&tensor(&[5, 4, k, k], seed + 1)?)?;
+        let weight = Var::from_tensor(&(tensor(&[5], seed + 2)? + 1.0)?)?;
+        let bias = Var::from_tensor(&tensor(&[5], seed + 3)?)?;
+        let pad = k / 2;
+        let (y1, m1, v1) = fused::conv_batch_norm_train(
+            x.as_tensor(),
+            w.as_tensor(),
+            weight.as_tensor(),
+            bias.as_tensor(),
+            stride,
+            pad,
+            1e-5,
+            relu,
+        )?;
+        let a = x.as_tensor().conv2d(w.as_tensor(), pad, stride, 1, 1)?;
+        let y2 = stock_batch_norm(&a, weight.as_tensor(), bias.as_tensor(), relu)?;
+        let (m2, v2, _) = ops::batch_stats(&a)?;
+        assert!(max_diff(&y1, &y2)? < 1e-4, "case {i}: forward");
+        assert!(max_diff(&m1, &m2.flatten_all()?)? < 1e-5, "case {i}: mean");
+        assert!(max_diff(&v1, &v2.flatten_all()?)? < 1e-4, "case {i}: var");
+        let r = tensor(y1.dims(), seed + 4)?;
+        let g1 = (y1 * &r)?.sum_all()?.backward()?;
+        let g2 = (y2 * &r)?.sum_all()?.backward()?;
+        for (name, v) in [("x", &x), ("w", &w), ("weight", &weight), ("bias", &bias)] {
+            let (p, q) = (
+                g1.get(v).ok_or(candle_core::Error::Msg("no grad".into()))?,
+                g2.get(v).ok_or(candle_core::Error::Msg("no grad".into()))?,
+            );
+            let d = max_diff(p, q)?;
+            let scale = max_abs(q)?.max(1.0);
+            assert!(d / scale < 1e-4, "case {i}: {name} gradient differs by {d}");
+        }
+    }
+    Ok(())
+}

@@ -45,20 +45,42 @@ impl BatchNorm {
         })
     }
 
+    /// `bn(conv2d(x, w))` (batch statistics in training, running statistics otherwise), then
+    /// ReLU when `relu` is set; in training on the CPU one fused op.
+    pub fn conv_forward(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        stride: usize,
+        padding: usize,
+        train: bool,
+        relu: bool,
+    ) -> Result<Tensor> {
+        if !train {
+            return self.forward(&ops::conv2d(x, w, stride, padding)?, false, relu);
+        }
+        let (y, mean, var) = ops::conv_batch_norm_train(
+            x,
+            w,
+            &self.weight,
+            &self.bias,
+            stride,
+            padding,
+            BN_EPS,
+            relu,
+        )?;
+        let (n, _c, h, wd) = y.dims4()?;
+        self.update_running(&mean, &var, n * h * wd)?;
+        Ok(y)
+    }
+
     /// Normalises `x` (batch statistics in training, running statistics otherwise) and, when
     /// `relu` is set, applies ReLU in the same pass.
     pub fn forward(&self, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
         if train {
             let (y, mean, var) = ops::batch_norm_train(x, &self.weight, &self.bias, BN_EPS, relu)?;
             let (n, _c, h, w) = x.dims4()?;
-            let count = n * h * w;
-            let m = BN_MOMENTUM;
-            let unbiased = (var.detach() * (count as f64 / (count.max(2) - 1) as f64))?;
-            let new_mean = ((self.running_mean.as_tensor() * (1.0 - m))? + (mean.detach() * m)?)?;
-            let new_var = ((self.running_var.as_tensor() * (1.0 - m))? + (unbiased * m)?)?;
-            self.running_mean.set(&new_mean)?;
-            self.running_var.set(&new_var)?;
-            self.batches.fetch_add(1, Ordering::Relaxed);
+            self.update_running(&mean, &var, n * h * w)?;
             Ok(y)
         } else {
             ops::batch_norm_eval(
@@ -71,6 +93,19 @@ impl BatchNorm {
                 relu,
             )
         }
+    }
+
+    /// PyTorch's running-statistics update from a batch's mean and biased variance over
+    /// `count` values per channel (the variance stored unbiased).
+    fn update_running(&self, mean: &Tensor, var: &Tensor, count: usize) -> Result<()> {
+        let m = BN_MOMENTUM;
+        let unbiased = (var.detach() * (count as f64 / (count.max(2) - 1) as f64))?;
+        let new_mean = ((self.running_mean.as_tensor() * (1.0 - m))? + (mean.detach() * m)?)?;
+        let new_var = ((self.running_var.as_tensor() * (1.0 - m))? + (unbiased * m)?)?;
+        self.running_mean.set(&new_mean)?;
+        self.running_var.set(&new_var)?;
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
 }
 
@@ -190,7 +225,7 @@ impl Encoder {
     pub fn stage_features(&self, x: &Tensor) -> Result<Vec<Tensor>> {
         let s0 = self
             .stem_bn
-            .forward(&ops::conv2d(x, &self.stem_conv, 1, 1)?, false, true)?;
+            .conv_forward(x, &self.stem_conv, 1, 1, false, true)?;
         let s1 = self.l1.forward(&s0, false)?;
         let s2 = self.l2.forward(&s1, false)?;
         let s3 = self.l3.forward(&s2, false)?;
@@ -200,7 +235,7 @@ impl Encoder {
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<EncoderOutput> {
         let y = self
             .stem_bn
-            .forward(&ops::conv2d(x, &self.stem_conv, 1, 1)?, train, true)?;
+            .conv_forward(x, &self.stem_conv, 1, 1, train, true)?;
         let y = self.l1.forward(&y, train)?;
         let y = self.l2.forward(&y, train)?;
         let fmap = self.l3.forward(&y, train)?;

@@ -115,6 +115,27 @@ pub fn batch_norm_train(
     Ok((y, mean.flatten_all()?, var.flatten_all()?))
 }
 
+/// `bn(conv2d(x, w))` in training mode (then ReLU): the output and the batch's per-channel
+/// mean and biased variance, each (C,). One fused op on the CPU.
+#[allow(clippy::too_many_arguments)]
+pub fn conv_batch_norm_train(
+    x: &Tensor,
+    w: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    stride: usize,
+    padding: usize,
+    eps: f64,
+    relu: bool,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    if kernels::applies(x.device(), x.dtype()) {
+        return kernels::fused::conv_batch_norm_train(
+            x, w, weight, bias, stride, padding, eps, relu,
+        );
+    }
+    batch_norm_train(&conv2d(x, w, stride, padding)?, weight, bias, eps, relu)
+}
+
 /// Evaluation-mode batch norm with the running statistics (each of shape (C,)), optionally
 /// followed by ReLU. For inference: on the CPU no gradient flows through it.
 pub fn batch_norm_eval(

@@ -22,7 +22,7 @@ pub struct ConvGeom {
 }
 
 impl ConvGeom {
-    fn new(x: &[usize], w: &[usize], stride: usize, pad: usize) -> Result<Self> {
+    pub fn new(x: &[usize], w: &[usize], stride: usize, pad: usize) -> Result<Self> {
         let (&[n, c, h, wd], &[o, wc, k, k2]) = (x, w) else {
             bail!("conv2d: expected 4-D input and weight, got {x:?} and {w:?}");
         };
@@ -152,6 +152,101 @@ impl ConvGeom {
     }
 }
 
+/// A per-thread im2col buffer (none for pointwise convolutions).
+fn col_buffer(g: &ConvGeom) -> Vec<f32> {
+    vec![
+        0f32;
+        if g.is_pointwise() {
+            0
+        } else {
+            g.ckk() * g.hw_out()
+        }
+    ]
+}
+
+/// `y = conv(x, w)` for a batch laid out as `g` says.
+pub(super) fn forward(g: &ConvGeom, x: &[f32], w: &[f32]) -> Result<Vec<f32>> {
+    let mut y = vec![0f32; g.n * g.out_image()];
+    let wmat = MatRef::rows(w, g.o, g.ckk());
+    y.par_chunks_mut(g.out_image().max(1))
+        .zip(x.par_chunks(g.in_image().max(1)))
+        .try_for_each_init(
+            || col_buffer(g),
+            |col, (yi, xi)| {
+                let cols = if g.is_pointwise() {
+                    MatRef::rows(xi, g.ckk(), g.hw_out())
+                } else {
+                    g.im2col(xi, col);
+                    MatRef::rows(col, g.ckk(), g.hw_out())
+                };
+                matmul(yi, false, wmat, cols)
+            },
+        )?;
+    Ok(y)
+}
+
+/// ∂L/∂x from ∂L/∂y: per image wᵀ · dy, then col2im.
+pub(super) fn backward_input(g: &ConvGeom, dy: &[f32], w: &[f32]) -> Result<Vec<f32>> {
+    let mut dx = vec![0f32; g.n * g.in_image()];
+    let wt = MatRef::rows(w, g.o, g.ckk()).t();
+    dx.par_chunks_mut(g.in_image().max(1))
+        .zip(dy.par_chunks(g.out_image().max(1)))
+        .try_for_each_init(
+            || col_buffer(g),
+            |col, (dxi, dyi)| {
+                let dyi = MatRef::rows(dyi, g.o, g.hw_out());
+                if g.is_pointwise() {
+                    return matmul(dxi, false, wt, dyi);
+                }
+                matmul(col, false, wt, dyi)?;
+                g.col2im(col, dxi);
+                Ok(())
+            },
+        )?;
+    Ok(dx)
+}
+
+/// ∂L/∂w from the input and ∂L/∂y, summed over the batch: one partial sum per thread, each
+/// (C·K·K × O) += col · dyᵀ (both operands read along their contiguous rows, which packs far
+/// faster than colᵀ for large images), then summed and transposed to (O × C·K·K).
+pub(super) fn backward_weight(g: &ConvGeom, x: &[f32], dy: &[f32]) -> Result<Vec<f32>> {
+    let (ckk, size) = (g.ckk(), g.o * g.ckk());
+    let threads = rayon::current_num_threads().max(1);
+    let per = g.n.div_ceil(threads).max(1);
+    let partials: Vec<Vec<f32>> = (0..g.n.div_ceil(per))
+        .into_par_iter()
+        .map(|chunk| -> Result<Vec<f32>> {
+            let mut dw = vec![0f32; size];
+            let mut col = col_buffer(g);
+            for i in chunk * per..((chunk + 1) * per).min(g.n) {
+                let xi = &x[i * g.in_image()..(i + 1) * g.in_image()];
+                let dyi = MatRef::rows(
+                    &dy[i * g.out_image()..(i + 1) * g.out_image()],
+                    g.o,
+                    g.hw_out(),
+                );
+                let cols = if g.is_pointwise() {
+                    MatRef::rows(xi, ckk, g.hw_out())
+                } else {
+                    g.im2col(xi, &mut col);
+                    MatRef::rows(&col, ckk, g.hw_out())
+                };
+                matmul(&mut dw, true, cols, dyi.t())?;
+            }
+            Ok(dw)
+        })
+        .collect::<Result<_>>()?;
+    let mut dw = vec![0f32; size];
+    for p in &partials {
+        for (r, row) in p.chunks_exact(g.o.max(1)).enumerate() {
+            for (oc, v) in row.iter().enumerate() {
+                dw[oc * ckk + r] += v;
+            }
+        }
+    }
+    Ok(dw)
+}
+
 /// Forward: `y = conv2d(x, w)`.
 pub struct Conv2d {
     pub stride: usize,
@@ -173,31 +268,7 @@ impl CustomOp2 for Conv2d {
         let x = f32_slice(s1, l1, "conv2d input")?;
         let w = f32_slice(s2, l2, "conv2d weight")?;
         let g = ConvGeom::new(l1.dims(), l2.dims(), self.stride, self.pad)?;
-        let mut y = vec![0f32; g.n * g.out_image()];
-        let wmat = MatRef::rows(w, g.o, g.ckk());
-        y.par_chunks_mut(g.out_image().max(1))
-            .zip(x.par_chunks(g.in_image().max(1)))
-            .try_for_each_init(
-                || {
-                    vec![
-                        0f32;
-                        if g.is_pointwise() {
-                            0
-                        } else {
-                            g.ckk() * g.hw_out()
-                        }
-                    ]
-                },
-                |col, (yi, xi)| {
-                    let cols = if g.is_pointwise() {
-                        MatRef::rows(xi, g.ckk(), g.hw_out())
-                    } else {
-                        g.im2col(xi, col);
-                        MatRef::rows(col, g.ckk(), g.hw_out())
-                    };
-                    matmul(yi, false, wmat, cols)
-                },
-            )?;
+        let y = forward(&g, x, w)?;
         Ok((CpuStorage::F32(y), Shape::from((g.n, g.o, g.ho(), g.wo()))))
     }
 
@@ -209,14 +280,19 @@ impl CustomOp2 for Conv2d {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
-        let dx = grad.apply_op2_no_bwd(
-            w,
-            &Conv2dBackwardInput {
-                stride: self.stride,
-                pad: self.pad,
-                input_dims: x.dims().to_vec(),
-            },
-        )?;
+        // The network's input images need no gradient.
+        let dx = if x.track_op() {
+            Some(grad.apply_op2_no_bwd(
+                w,
+                &Conv2dBackwardInput {
+                    stride: self.stride,
+                    pad: self.pad,
+                    input_dims: x.dims().to_vec(),
+                },
+            )?)
+        } else {
+            None
+        };
         let dw = x.apply_op2_no_bwd(
             &grad,
             &Conv2dBackwardWeight {
@@ -225,7 +301,7 @@ impl CustomOp2 for Conv2d {
                 k: w.dims().get(2).copied().unwrap_or(1),
             },
         )?;
-        Ok((Some(dx), Some(dw)))
+        Ok((dx, Some(dw)))
     }
 }
 
@@ -261,31 +337,7 @@ impl CustomOp2 for Conv2dBackwardInput {
                 g.wo()
             );
         }
-        let mut dx = vec![0f32; g.n * g.in_image()];
-        let wt = MatRef::rows(w, g.o, g.ckk()).t();
-        dx.par_chunks_mut(g.in_image().max(1))
-            .zip(dy.par_chunks(g.out_image().max(1)))
-            .try_for_each_init(
-                || {
-                    vec![
-                        0f32;
-                        if g.is_pointwise() {
-                            0
-                        } else {
-                            g.ckk() * g.hw_out()
-                        }
-                    ]
-                },
-                |col, (dxi, dyi)| {
-                    let dyi = MatRef::rows(dyi, g.o, g.hw_out());
-                    if g.is_pointwise() {
-                        return matmul(dxi, false, wt, dyi);
-                    }
-                    matmul(col, false, wt, dyi)?;
-                    g.col2im(col, dxi);
-                    Ok(())
-                },
-            )?;
+        let dx = backward_input(&g, dy, w)?;
         Ok((CpuStorage::F32(dx), Shape::from(self.input_dims.as_slice())))
     }
 }
@@ -318,52 +370,7 @@ impl CustomOp2 for Conv2dBackwardWeight {
         if l2.dims() != [n, o, g.ho(), g.wo()] {
             bail!("conv2d backward: gradient {:?} does not match", l2.dims());
         }
-        let size = g.o * g.ckk();
-        // Images split into one chunk per thread; each chunk accumulates its own ∂L/∂w.
-        let threads = rayon::current_num_threads().max(1);
-        let per = g.n.div_ceil(threads).max(1);
-        let partials: Vec<Vec<f32>> = (0..g.n.div_ceil(per))
-            .into_par_iter()
-            .map(|chunk| -> Result<Vec<f32>> {
-                let mut dw = vec![0f32; size];
-                let mut col = vec![
-                    0f32;
-                    if g.is_pointwise() {
-                        0
-                    } else {
-                        g.ckk() * g.hw_out()
-                    }
-                ];
-                for i in chunk * per..((chunk + 1) * per).min(g.n) {
-                    let xi = &x[i * g.in_image()..(i + 1) * g.in_image()];
-                    let dyi = MatRef::rows(
-                        &dy[i * g.out_image()..(i + 1) * g.out_image()],
-                        g.o,
-                        g.hw_out(),
-                    );
-                    let cols = if g.is_pointwise() {
-                        MatRef::rows(xi, g.ckk(), g.hw_out())
-                    } else {
-                        g.im2col(xi, &mut col);
-                        MatRef::rows(&col, g.ckk(), g.hw_out())
-                    };
-                    // ∂L/∂wᵀ (C·K·K × O) += col · dyᵀ: both operands are read along their
-                    // contiguous rows, which packs far faster than colᵀ for large images.
-                    matmul(&mut dw, true, cols, dyi.t())?;
-                }
-                Ok(dw)
-            })
-            .collect::<Result<_>>()?;
-        // Sum the per-thread partials and transpose (C·K·K × O) → (O × C·K·K).
-        let ckk = g.ckk();
-        let mut dw = vec![0f32; size];
-        for p in &partials {
-            for (r, row) in p.chunks_exact(g.o.max(1)).enumerate() {
-                for (oc, v) in row.iter().enumerate() {
-                    dw[oc * ckk + r] += v;
-                }
-            }
-        }
+        let dw = backward_weight(&g, x, dy)?;
         Ok((CpuStorage::F32(dw), Shape::from((g.o, g.c, g.k, g.k))))
     }
 }

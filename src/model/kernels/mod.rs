@@ -4,6 +4,8 @@
 //! - [`conv::conv2d`]: convolution forward and both backward passes, im2col + `gemm`;
 //! - [`norm::batch_norm_train`] / [`norm::batch_norm_eval`]: batch norm fused with the ReLU
 //!   after it, forward and backward in two passes over the data;
+//! - [`fused::conv_batch_norm_train`]: convolution + batch norm (+ ReLU) as one op in
+//!   training, so the convolution's output never becomes a tensor of candle's graph;
 //! - [`pointwise`]: residual add + ReLU, bias + ReLU and ×2 upsampling with their backward
 //!   passes, each one pass over memory instead of candle's broadcast and reduction chains.
 //!
@@ -11,6 +13,7 @@
 //! Metal) or when [`set_stock_ops`] asks for them (the benchmark compares both).
 
 pub mod conv;
+pub mod fused;
 mod gemm;
 pub mod norm;
 pub mod pointwise;

@@ -11,7 +11,7 @@ use rayon::prelude::*;
 
 use super::f32_slice;
 
-fn nchw(dims: &[usize], what: &str) -> Result<(usize, usize, usize)> {
+pub(super) fn nchw(dims: &[usize], what: &str) -> Result<(usize, usize, usize)> {
     match *dims {
         [n, c, h, w] => Ok((n, c, h * w)),
         [n, c] => Ok((n, c, 1)),
@@ -64,6 +64,103 @@ fn masked_sums(x: &[f32], g: &[f32], relu: bool, scale: f32, shift: f32, mean: f
     (a.iter().sum::<f32>() + ta, b.iter().sum::<f32>() + tb)
 }
 
+/// Per-channel (mean, biased variance) of an (N, C, H·W) batch.
+pub(super) fn stats(x: &[f32], n: usize, c: usize, hw: usize) -> Vec<(f32, f32)> {
+    let count = (n * hw).max(1) as f64;
+    (0..c)
+        .into_par_iter()
+        .map(|ch| {
+            let planes = (0..n).map(|i| &x[(i * c + ch) * hw..(i * c + ch + 1) * hw]);
+            let sum: f64 = planes.clone().map(|p| f64::from(lanes(p, |v| v))).sum();
+            let mean = sum / count;
+            let m = mean as f32;
+            let sq: f64 = planes
+                .map(|p| f64::from(lanes(p, |v| (v - m) * (v - m))))
+                .sum();
+            (mean as f32, (sq / count) as f32)
+        })
+        .collect()
+}
+
+/// `x · scale + shift` per channel (then ReLU).
+pub(super) fn apply(x: &[f32], coef: &[(f32, f32, f32)], relu: bool, hw: usize) -> Vec<f32> {
+    let c = coef.len().max(1);
+    let mut y = vec![0f32; x.len()];
+    y.par_chunks_mut(hw.max(1))
+        .zip(x.par_chunks(hw.max(1)))
+        .enumerate()
+        .for_each(|(plane, (yo, xi))| {
+            let (scale, shift, _) = coef[plane % c];
+            if relu {
+                for (o, v) in yo.iter_mut().zip(xi) {
+                    *o = (v * scale + shift).max(0.0);
+                }
+            } else {
+                for (o, v) in yo.iter_mut().zip(xi) {
+                    *o = v * scale + shift;
+                }
+            }
+        });
+    y
+}
+
+/// The training-mode backward pass into `out` = [dx (N·C·H·W); dweight (C); dbias (C)], for
+/// parameters `p` = [weight; bias; mean; var].
+#[allow(clippy::too_many_arguments)]
+pub(super) fn backward_into(
+    x: &[f32],
+    p: &[f32],
+    g: &[f32],
+    eps: f32,
+    relu: bool,
+    (n, c, hw): (usize, usize, usize),
+    out: &mut [f32],
+) {
+    let coef = affine(p, c, eps);
+    let m = (n * hw).max(1) as f32;
+    // Per channel: Σg and Σg·x̂ over the batch (g masked by the ReLU when fused).
+    let sums: Vec<(f32, f32)> = (0..c)
+        .into_par_iter()
+        .map(|ch| {
+            let (scale, shift, inv) = coef[ch];
+            let mean = p[2 * c + ch];
+            let (mut sg, mut sgx) = (0f64, 0f64);
+            for i in 0..n {
+                let r = (i * c + ch) * hw..(i * c + ch + 1) * hw;
+                let (a, b) = masked_sums(&x[r.clone()], &g[r], relu, scale, shift, mean);
+                sg += f64::from(a);
+                sgx += f64::from(b);
+            }
+            (sg as f32, (sgx * f64::from(inv)) as f32)
+        })
+        .collect();
+    let numel = n * c * hw;
+    let (dx, dwb) = out.split_at_mut(numel);
+    dx.par_chunks_mut(hw.max(1))
+        .enumerate()
+        .for_each(|(plane, d)| {
+            let ch = plane % c;
+            let (scale, shift, inv) = coef[ch];
+            let (w, mean) = (p[ch], p[2 * c + ch]);
+            let (sg, sgx) = sums[ch];
+            let k = w * inv / m;
+            let r = plane * hw..(plane + 1) * hw;
+            for ((dv, &xv), &gv) in d.iter_mut().zip(&x[r.clone()]).zip(&g[r]) {
+                let gv = if relu && xv * scale + shift <= 0.0 {
+                    0.0
+                } else {
+                    gv
+                };
+                let xhat = (xv - mean) * inv;
+                *dv = k * (m * gv - sg - xhat * sgx);
+            }
+        });
+    for ch in 0..c {
+        dwb[ch] = sums[ch].1;
+        dwb[c + ch] = sums[ch].0;
+    }
+}
+
 /// Per-channel mean and biased variance over (N, H, W), as a (2, C) tensor; two passes in f64
 /// so large batches do not lose precision.
 pub struct BatchStats;
@@ -76,20 +173,7 @@ impl CustomOp1 for BatchStats {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = f32_slice(s, l, "batch norm input")?;
         let (n, c, hw) = nchw(l.dims(), "batch norm")?;
-        let count = (n * hw).max(1) as f64;
-        let stats: Vec<(f32, f32)> = (0..c)
-            .into_par_iter()
-            .map(|ch| {
-                let planes = (0..n).map(|i| &x[(i * c + ch) * hw..(i * c + ch + 1) * hw]);
-                let sum: f64 = planes.clone().map(|p| f64::from(lanes(p, |v| v))).sum();
-                let mean = sum / count;
-                let m = mean as f32;
-                let sq: f64 = planes
-                    .map(|p| f64::from(lanes(p, |v| (v - m) * (v - m))))
-                    .sum();
-                (mean as f32, (sq / count) as f32)
-            })
-            .collect();
+        let stats = stats(x, n, c, hw);
         let mut out = Vec::with_capacity(2 * c);
         out.extend(stats.iter().map(|s| s.0));
         out.extend(stats.iter().map(|s| s.1));
@@ -105,7 +189,7 @@ pub struct BatchNorm {
 
 /// Per-channel scale and shift so that the normalised value is `x · scale + shift`, and the
 /// inverse standard deviation.
-fn affine(p: &[f32], c: usize, eps: f32) -> Vec<(f32, f32, f32)> {
+pub(super) fn affine(p: &[f32], c: usize, eps: f32) -> Vec<(f32, f32, f32)> {
     (0..c)
         .map(|ch| {
             let (w, b, mean, var) = (p[ch], p[c + ch], p[2 * c + ch], p[3 * c + ch]);
@@ -129,7 +213,7 @@ impl CustomOp2 for BatchNorm {
     ) -> Result<(CpuStorage, Shape)> {
         let x = f32_slice(s1, l1, "batch norm input")?;
         let p = f32_slice(s2, l2, "batch norm parameters")?;
-        let (n, c, hw) = nchw(l1.dims(), "batch norm")?;
+        let (_, c, hw) = nchw(l1.dims(), "batch norm")?;
         if p.len() != 4 * c {
             bail!(
                 "batch norm: parameters hold {} values, need 4 × {c}",
@@ -137,23 +221,7 @@ impl CustomOp2 for BatchNorm {
             );
         }
         let coef = affine(p, c, self.eps);
-        let mut y = vec![0f32; n * c * hw];
-        let relu = self.relu;
-        y.par_chunks_mut(hw.max(1))
-            .zip(x.par_chunks(hw.max(1)))
-            .enumerate()
-            .for_each(|(plane, (yo, xi))| {
-                let (scale, shift, _) = coef[plane % c];
-                if relu {
-                    for (o, v) in yo.iter_mut().zip(xi) {
-                        *o = (v * scale + shift).max(0.0);
-                    }
-                } else {
-                    for (o, v) in yo.iter_mut().zip(xi) {
-                        *o = v * scale + shift;
-                    }
-                }
-            });
+        let y = apply(x, &coef, self.relu, hw);
         Ok((CpuStorage::F32(y), Shape::from(l1.dims())))
     }
 
@@ -211,51 +279,9 @@ impl CustomOp3 for BatchNormBackward {
         if p.len() != 4 * c || g.len() != x.len() {
             bail!("batch norm backward: shapes do not match");
         }
-        let coef = affine(p, c, self.eps);
-        let relu = self.relu;
-        let m = (n * hw).max(1) as f32;
-        // Per channel: Σg and Σg·x̂ over the batch (g masked by the ReLU when fused).
-        let sums: Vec<(f32, f32)> = (0..c)
-            .into_par_iter()
-            .map(|ch| {
-                let (scale, shift, inv) = coef[ch];
-                let mean = p[2 * c + ch];
-                let (mut sg, mut sgx) = (0f64, 0f64);
-                for i in 0..n {
-                    let r = (i * c + ch) * hw..(i * c + ch + 1) * hw;
-                    let (a, b) = masked_sums(&x[r.clone()], &g[r], relu, scale, shift, mean);
-                    sg += f64::from(a);
-                    sgx += f64::from(b);
-                }
-                (sg as f32, (sgx * f64::from(inv)) as f32)
-            })
-            .collect();
         let numel = n * c * hw;
         let mut out = vec![0f32; numel + 2 * c];
-        let (dx, dwb) = out.split_at_mut(numel);
-        dx.par_chunks_mut(hw.max(1))
-            .enumerate()
-            .for_each(|(plane, d)| {
-                let ch = plane % c;
-                let (scale, shift, inv) = coef[ch];
-                let (w, mean) = (p[ch], p[2 * c + ch]);
-                let (sg, sgx) = sums[ch];
-                let k = w * inv / m;
-                let r = plane * hw..(plane + 1) * hw;
-                for ((dv, &xv), &gv) in d.iter_mut().zip(&x[r.clone()]).zip(&g[r]) {
-                    let gv = if relu && xv * scale + shift <= 0.0 {
-                        0.0
-                    } else {
-                        gv
-                    };
-                    let xhat = (xv - mean) * inv;
-                    *dv = k * (m * gv - sg - xhat * sgx);
-                }
-            });
-        for ch in 0..c {
-            dwb[ch] = sums[ch].1;
-            dwb[c + ch] = sums[ch].0;
-        }
+        backward_into(x, p, g, self.eps, self.relu, (n, c, hw), &mut out);
         Ok((CpuStorage::F32(out), Shape::from(numel + 2 * c)))
     }
 }
