@@ -164,6 +164,9 @@ impl Block {
     }
 
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        if train && ops::kernels_apply(x) {
+            return self.forward_fused(x);
+        }
         let y = self
             .b1
             .forward(&ops::conv2d(x, &self.c1, self.stride, 1)?, train, true)?;
@@ -175,6 +178,46 @@ impl Block {
             None => x.clone(),
         };
         ops::add_relu(&y, &s)
+    }
+}
+
+impl Block {
+    /// Training forward as one op ([`crate::model::kernels::block`]).
+    fn forward_fused(&self, x: &Tensor) -> Result<Tensor> {
+        use crate::model::kernels::block::{BlockShape, residual_block_train};
+        let (cout, cin) = self.c1.dims4().map(|(o, i, _, _)| (o, i))?;
+        let shape = BlockShape {
+            cin,
+            cout,
+            stride: self.stride,
+            projection: self.shortcut.is_some(),
+        };
+        let mut parts = vec![
+            self.c1.flatten_all()?,
+            self.b1.weight.clone(),
+            self.b1.bias.clone(),
+            self.c2.flatten_all()?,
+            self.b2.weight.clone(),
+            self.b2.bias.clone(),
+        ];
+        let mut norms = vec![&self.b1, &self.b2];
+        if let Some((w, bn)) = &self.shortcut {
+            parts.extend([w.flatten_all()?, bn.weight.clone(), bn.bias.clone()]);
+            norms.push(bn);
+        }
+        let params = Tensor::cat(&parts, 0)?;
+        let (y, stats) = residual_block_train(x, &params, shape, BN_EPS)?;
+        let (n, _c, h, w) = y.dims4()?;
+        for (bn, (mean, var)) in norms.into_iter().zip(stats) {
+            let dev = y.device();
+            let c = mean.len();
+            bn.update_running(
+                &Tensor::from_vec(mean, c, dev)?,
+                &Tensor::from_vec(var, c, dev)?,
+                n * h * w,
+            )?;
+        }
+        Ok(y)
     }
 }
 

@@ -44,6 +44,11 @@ pub fn conv2d_bias_relu(
     conv2d_bias(x, w, b, stride, padding)?.relu()
 }
 
+/// Whether `x` goes through pretext's own CPU kernels (CPU, f32, not switched off).
+pub fn kernels_apply(x: &Tensor) -> bool {
+    kernels::applies(x.device(), x.dtype())
+}
+
 pub fn relu(x: &Tensor) -> Result<Tensor> {
     x.relu()
 }

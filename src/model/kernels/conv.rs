@@ -92,6 +92,32 @@ impl ConvGeom {
                     let dst = &mut col[row * hw..(row + 1) * hw];
                     dst[..oy0 * wo].fill(0.0);
                     dst[oy1 * wo..].fill(0.0);
+                    if s == 1 && wo == self.w && oy1 > oy0 {
+                        // "Same" convolution: the valid rows are one shifted block of the
+                        // plane; copy it at once, then clear the columns that wrapped around.
+                        let shift = kx as isize - self.pad as isize;
+                        let iy0 = oy0 + ky - self.pad;
+                        let (d0, d1) = (oy0 * wo, oy1 * wo);
+                        let s0 = iy0 * self.w;
+                        let len = d1 - d0;
+                        if shift >= 0 {
+                            let sh = shift as usize;
+                            let n = len - sh.min(len);
+                            dst[d0..d0 + n].copy_from_slice(&plane[s0 + sh..s0 + sh + n]);
+                            dst[d0 + n..d1].fill(0.0);
+                        } else {
+                            let sh = (-shift) as usize;
+                            let n = len - sh.min(len);
+                            dst[d0 + sh.min(len)..d1].copy_from_slice(&plane[s0..s0 + n]);
+                            dst[d0..d0 + sh.min(len)].fill(0.0);
+                        }
+                        for oy in oy0..oy1 {
+                            let r = &mut dst[oy * wo..(oy + 1) * wo];
+                            r[..ox0].fill(0.0);
+                            r[ox1..].fill(0.0);
+                        }
+                        continue;
+                    }
                     for oy in oy0..oy1 {
                         let iy = oy * s + ky - self.pad;
                         let src = &plane[iy * self.w..(iy + 1) * self.w];

@@ -12,6 +12,7 @@
 //! [`crate::model::ops`] routes to these on the CPU and to candle's own ops elsewhere (CUDA,
 //! Metal) or when [`set_stock_ops`] asks for them (the benchmark compares both).
 
+pub mod block;
 pub mod conv;
 pub mod fused;
 mod gemm;

@@ -1,0 +1,329 @@
+//! A whole residual basic block in training mode as one custom op:
+//! `relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))`, shortcut = `bnₛ(convₛ(x))` (1×1) or
+//! x. Its intermediate maps stay inside the op, and its backward pass runs every step back to
+//! back, so candle's graph sees one node per block instead of a dozen (each of which would
+//! allocate, zero and add a gradient buffer of the block's full size).
+
+use std::sync::{Arc, Mutex};
+
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Storage, Tensor, bail};
+use rayon::prelude::*;
+
+use super::conv::{self, ConvGeom};
+use super::{f32_slice, norm};
+
+/// Where each parameter sits in the block's flat parameter vector: conv1 weight, bn1 weight,
+/// bn1 bias, conv2 weight, bn2 weight, bn2 bias, then (with a projection shortcut) the 1×1
+/// conv weight, its bn weight and bias.
+#[derive(Clone, Copy, Debug)]
+pub struct BlockShape {
+    pub cin: usize,
+    pub cout: usize,
+    pub stride: usize,
+    pub projection: bool,
+}
+
+impl BlockShape {
+    /// Sizes of the parameters in flat order.
+    pub fn sizes(&self) -> Vec<usize> {
+        let (i, o) = (self.cin, self.cout);
+        let mut v = vec![o * i * 9, o, o, o * o * 9, o, o];
+        if self.projection {
+            v.extend([o * i, o, o]);
+        }
+        v
+    }
+    fn offsets(&self) -> Vec<usize> {
+        self.sizes()
+            .iter()
+            .scan(0, |acc, s| {
+                let start = *acc;
+                *acc += s;
+                Some(start)
+            })
+            .collect()
+    }
+    pub fn total(&self) -> usize {
+        self.sizes().iter().sum()
+    }
+}
+
+/// One convolution + batch norm inside the block, as kept for the backward pass.
+struct Stage {
+    geom: ConvGeom,
+    conv_out: Vec<f32>,
+    /// [weight; bias; batch mean; batch variance].
+    params: Vec<f32>,
+}
+
+struct Saved {
+    s1: Stage,
+    /// relu(bn1(conv1(x))), the input of conv2.
+    y1: Vec<f32>,
+    s2: Stage,
+    shortcut: Option<Stage>,
+}
+
+/// Batch statistics (mean, biased variance) of bn1, bn2 and the shortcut's bn, for the running
+/// statistics.
+pub type BlockStats = Vec<(Vec<f32>, Vec<f32>)>;
+
+pub struct ResidualBlock {
+    pub shape: BlockShape,
+    pub eps: f32,
+    saved: Arc<Mutex<Option<Saved>>>,
+}
+
+fn poisoned() -> candle_core::Error {
+    candle_core::Error::Msg("residual block state lock poisoned".into())
+}
+
+fn with_values<T>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<T>) -> Result<T> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    match &*storage {
+        Storage::Cpu(s) => f(f32_slice(s, layout, "residual block operand")?),
+        _ => bail!("the residual block op runs on the CPU only"),
+    }
+}
+
+/// conv → batch statistics → normalise (+ ReLU).
+fn conv_bn(
+    geom: ConvGeom,
+    x: &[f32],
+    w: &[f32],
+    wb: (&[f32], &[f32]),
+    eps: f32,
+    relu: bool,
+) -> Result<(Stage, Vec<f32>)> {
+    let conv_out = conv::forward(&geom, x, w)?;
+    let (c, hw) = (geom.o, geom.ho() * geom.wo());
+    let stats = norm::stats(&conv_out, geom.n, c, hw);
+    let mut params = Vec::with_capacity(4 * c);
+    params.extend_from_slice(wb.0);
+    params.extend_from_slice(wb.1);
+    params.extend(stats.iter().map(|s| s.0));
+    params.extend(stats.iter().map(|s| s.1));
+    let y = norm::apply(&conv_out, &norm::affine(&params, c, eps), relu, hw);
+    Ok((
+        Stage {
+            geom,
+            conv_out,
+            params,
+        },
+        y,
+    ))
+}
+
+/// (∂L/∂input if wanted, ∂L/∂conv weight, ∂L/∂bn weight, ∂L/∂bn bias).
+type StageGrads = (Option<Vec<f32>>, Vec<f32>, Vec<f32>, Vec<f32>);
+
+/// Backward through one conv + bn (+ ReLU) stage: returns (∂L/∂input if wanted, ∂L/∂conv
+/// weight, ∂L/∂bn weight, ∂L/∂bn bias).
+fn conv_bn_backward(
+    st: &Stage,
+    input: &[f32],
+    w: &[f32],
+    grad: &[f32],
+    eps: f32,
+    relu: bool,
+    want_input: bool,
+) -> Result<StageGrads> {
+    let g = st.geom;
+    let (c, hw) = (g.o, g.ho() * g.wo());
+    let numel = st.conv_out.len();
+    let mut out = vec![0f32; numel + 2 * c];
+    norm::backward_into(
+        &st.conv_out,
+        &st.params,
+        grad,
+        eps,
+        relu,
+        (g.n, c, hw),
+        &mut out,
+    );
+    let dbn = out.split_off(numel);
+    let d_conv = out;
+    let dx = if want_input {
+        Some(conv::backward_input(&g, &d_conv, w)?)
+    } else {
+        None
+    };
+    let dw = conv::backward_weight(&g, input, &d_conv)?;
+    Ok((dx, dw, dbn[..c].to_vec(), dbn[c..].to_vec()))
+}
+
+const CHUNK: usize = 1 << 14;
+
+impl CustomOp2 for ResidualBlock {
+    fn name(&self) -> &'static str {
+        "pretext-residual-block"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s1, l1, "block input")?;
+        let p = f32_slice(s2, l2, "block parameters")?;
+        let sh = self.shape;
+        if p.len() != sh.total() {
+            bail!(
+                "residual block: {} parameters, expected {}",
+                p.len(),
+                sh.total()
+            );
+        }
+        let &[n, cin, h, w] = l1.dims() else {
+            bail!("residual block: expected (N, C, H, W), got {:?}", l1.dims());
+        };
+        if cin != sh.cin || (!sh.projection && (sh.stride != 1 || sh.cin != sh.cout)) {
+            bail!("residual block: input {:?} does not fit {sh:?}", l1.dims());
+        }
+        let (o, off) = (sh.cout, sh.offsets());
+        let part = |i: usize| &p[off[i]..off[i] + sh.sizes()[i]];
+        let g1 = ConvGeom::new(&[n, cin, h, w], &[o, cin, 3, 3], sh.stride, 1)?;
+        let (st1, y1) = conv_bn(g1, x, part(0), (part(1), part(2)), self.eps, true)?;
+        let g2 = ConvGeom::new(&[n, o, g1.ho(), g1.wo()], &[o, o, 3, 3], 1, 1)?;
+        let (st2, y2) = conv_bn(g2, &y1, part(3), (part(4), part(5)), self.eps, false)?;
+        let (shortcut, ys) = if sh.projection {
+            let gs = ConvGeom::new(&[n, cin, h, w], &[o, cin, 1, 1], sh.stride, 0)?;
+            let (st, ys) = conv_bn(gs, x, part(6), (part(7), part(8)), self.eps, false)?;
+            (Some(st), Some(ys))
+        } else {
+            (None, None)
+        };
+        let skip: &[f32] = ys.as_deref().unwrap_or(x);
+        if skip.len() != y2.len() {
+            bail!("residual block: shortcut and main path differ in size");
+        }
+        let mut out = vec![0f32; y2.len()];
+        out.par_chunks_mut(CHUNK)
+            .zip(y2.par_chunks(CHUNK).zip(skip.par_chunks(CHUNK)))
+            .for_each(|(d, (a, b))| {
+                for ((d, a), b) in d.iter_mut().zip(a).zip(b) {
+                    *d = (a + b).max(0.0);
+                }
+            });
+        *self.saved.lock().map_err(|_| poisoned())? = Some(Saved {
+            s1: st1,
+            y1,
+            s2: st2,
+            shortcut,
+        });
+        Ok((CpuStorage::F32(out), Shape::from((n, o, g1.ho(), g1.wo()))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        p: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let guard = self.saved.lock().map_err(|_| poisoned())?;
+        let Some(sv) = guard.as_ref() else {
+            bail!("residual block: backward before forward");
+        };
+        let sh = self.shape;
+        let eps = self.eps;
+        // ∂L/∂(y2 + shortcut): the gradient where the block's output is positive.
+        let m = with_values(res, |out| {
+            with_values(grad, |g| {
+                let mut m = vec![0f32; g.len()];
+                m.par_chunks_mut(CHUNK)
+                    .zip(g.par_chunks(CHUNK).zip(out.par_chunks(CHUNK)))
+                    .for_each(|(d, (g, o))| {
+                        for ((d, g), o) in d.iter_mut().zip(g).zip(o) {
+                            *d = if *o > 0.0 { *g } else { 0.0 };
+                        }
+                    });
+                Ok(m)
+            })
+        })?;
+        let want_x = x.track_op();
+        let (dx, dp) = with_values(p, |pv| {
+            with_values(x, |xv| {
+                let off = sh.offsets();
+                let sizes = sh.sizes();
+                let part = |i: usize| &pv[off[i]..off[i] + sizes[i]];
+                let (dy1, dw2, dg2, db2) =
+                    conv_bn_backward(&sv.s2, &sv.y1, part(3), &m, eps, false, true)?;
+                let dy1 = dy1.unwrap_or_default();
+                let (dx1, dw1, dg1, db1) =
+                    conv_bn_backward(&sv.s1, xv, part(0), &dy1, eps, true, want_x)?;
+                let mut dp = Vec::with_capacity(sh.total());
+                for v in [&dw1, &dg1, &db1, &dw2, &dg2, &db2] {
+                    dp.extend_from_slice(v);
+                }
+                let dx_skip = match &sv.shortcut {
+                    Some(st) => {
+                        let (dxs, dws, dgs, dbs) =
+                            conv_bn_backward(st, xv, part(6), &m, eps, false, want_x)?;
+                        for v in [&dws, &dgs, &dbs] {
+                            dp.extend_from_slice(v);
+                        }
+                        dxs
+                    }
+                    None => want_x.then(|| m.clone()),
+                };
+                let dx = match (dx1, dx_skip) {
+                    (Some(mut a), Some(b)) => {
+                        a.par_chunks_mut(CHUNK)
+                            .zip(b.par_chunks(CHUNK))
+                            .for_each(|(a, b)| {
+                                for (a, b) in a.iter_mut().zip(b) {
+                                    *a += b;
+                                }
+                            });
+                        Some(a)
+                    }
+                    _ => None,
+                };
+                Ok((dx, dp))
+            })
+        })?;
+        let dx = match dx {
+            Some(v) => Some(Tensor::from_vec(v, x.shape(), x.device())?),
+            None => None,
+        };
+        Ok((dx, Some(Tensor::from_vec(dp, p.shape(), p.device())?)))
+    }
+}
+
+/// Runs a residual block in training mode: returns the output and the batch statistics of its
+/// batch norms (bn1, bn2, shortcut bn) for the running statistics. `params` is the block's
+/// flat parameter vector in [`BlockShape`] order.
+pub fn residual_block_train(
+    x: &Tensor,
+    params: &Tensor,
+    shape: BlockShape,
+    eps: f64,
+) -> Result<(Tensor, BlockStats)> {
+    let saved = Arc::new(Mutex::new(None));
+    let op = ResidualBlock {
+        shape,
+        eps: eps as f32,
+        saved: saved.clone(),
+    };
+    let y = x.contiguous()?.apply_op2(&params.contiguous()?, op)?;
+    let guard = saved.lock().map_err(|_| poisoned())?;
+    let Some(sv) = guard.as_ref() else {
+        bail!("residual block: forward left no statistics");
+    };
+    let stats = |st: &Stage| {
+        let c = st.geom.o;
+        (
+            st.params[2 * c..3 * c].to_vec(),
+            st.params[3 * c..4 * c].to_vec(),
+        )
+    };
+    let mut out = vec![stats(&sv.s1), stats(&sv.s2)];
+    if let Some(st) = &sv.shortcut {
+        out.push(stats(st));
+    }
+    Ok((y, out))
+}
