@@ -198,8 +198,10 @@ fn eval_inner(args: &EvalArgs) -> anyhow::Result<i32> {
     }
     let started = Instant::now();
     let Some(r) = crate::eval::embed::evaluate(&trained, &random, &data)? else {
-        let g =
-            crate::eval::embed::gauges(&crate::eval::embed::stage_features(&trained, &data)?[3]);
+        let g = crate::eval::embed::Gauges {
+            alignment: Some(crate::eval::embed::view_alignment(&trained, &data)?),
+            ..crate::eval::embed::gauges(&crate::eval::embed::stage_features(&trained, &data)?[3])
+        };
         if args.json {
             println!(
                 "{}",
@@ -210,8 +212,13 @@ fn eval_inner(args: &EvalArgs) -> anyhow::Result<i32> {
                 "{source} has no labels (no class subfolders): only the gauges of z can be given."
             );
             println!(
-                "std of L2-normalised z {:.4} (1/√d = {:.4}), RankMe {:.1} of {}, uniformity {:.3}",
-                g.std_of_l2_normalized, g.std_reference, g.rankme, g.dimensions, g.uniformity
+                "std of L2-normalised z {:.4} (1/√d = {:.4}), RankMe {:.1} of {}, uniformity {:.3}, alignment {:.3}",
+                g.std_of_l2_normalized,
+                g.std_reference,
+                g.rankme,
+                g.dimensions,
+                g.uniformity,
+                g.alignment.unwrap_or(f64::NAN)
             );
         }
         return Ok(0);
@@ -256,6 +263,11 @@ fn eval_inner(args: &EvalArgs) -> anyhow::Result<i32> {
         r.gauges_random.rankme,
         g.uniformity,
         r.gauges_random.uniformity
+    );
+    println!(
+        "Alignment of two augmented views (E‖z − z⁺‖², 0..4, lower = views agree): {:.3} (random init {:.3})",
+        g.alignment.unwrap_or(f64::NAN),
+        r.gauges_random.alignment.unwrap_or(f64::NAN)
     );
     Ok(0)
 }
@@ -386,6 +398,13 @@ pub struct TrainArgs {
     /// safetensors) instead of a random initialisation.
     #[arg(long, value_name = "FILE")]
     pub init_from: Option<PathBuf>,
+    /// Labelled data: measure kNN accuracy every N steps as well as after every epoch (0 = only
+    /// after epochs) [default: 100].
+    #[arg(long, value_name = "N")]
+    pub knn_every: Option<usize>,
+    /// Stop after this many minutes (the run is saved and can be resumed or evaluated).
+    #[arg(long, value_name = "M")]
+    pub minutes: Option<f64>,
     /// Print one JSON object per line instead of text.
     #[arg(long)]
     pub json: bool,
@@ -420,6 +439,7 @@ impl TrainArgs {
             preview_images: d.preview_images,
             settings: self.settings(),
             init_from: self.init_from.clone(),
+            knn_every: self.knn_every.unwrap_or(d.knn_every),
         }
     }
 
@@ -593,6 +613,11 @@ pub fn train(args: &TrainArgs) -> i32 {
     let mut progress = Progress::new();
     let mut epoch_start = Instant::now();
     let mut nan_stop = false;
+    let deadline = args
+        .minutes
+        .filter(|m| m.is_finite() && *m > 0.0)
+        .map(|m| Instant::now() + std::time::Duration::from_secs_f64(m * 60.0));
+    let mut time_stop = false;
     for event in trainer.events() {
         match event {
             Event::Loading { done, total } => {
@@ -647,6 +672,28 @@ pub fn train(args: &TrainArgs) -> i32 {
             }
             Event::Step(m) => {
                 progress.draw(&step_line(&m, epoch_start));
+                if !time_stop && deadline.is_some_and(|d| Instant::now() >= d) {
+                    time_stop = true;
+                    progress.clear();
+                    eprintln!(
+                        "Time limit reached after step {} (epoch {}): stopping and saving.",
+                        m.step, m.epoch
+                    );
+                    trainer.send(Command::Stop);
+                }
+            }
+            Event::Knn(k) if !args.json && !k.stages.is_empty() => {
+                progress.clear();
+                let stages: Vec<String> = k
+                    .stages
+                    .iter()
+                    .map(|(s, a)| format!("{s} {:.1}%", a * 100.0))
+                    .collect();
+                let pixels = k
+                    .raw_pixels
+                    .map(|p| format!(" (raw pixels {:.1}%)", p * 100.0))
+                    .unwrap_or_default();
+                eprintln!("kNN at step {}: {}{pixels}", k.step, stages.join(" · "));
             }
             Event::Epoch(e) => {
                 progress.clear();

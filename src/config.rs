@@ -15,6 +15,9 @@ pub const BUILTIN_DEFAULT_COUNT: usize = 2400;
 pub enum DataSource {
     /// The procedurally generated scenes (see [`crate::data::builtin`]), `count` images.
     Builtin { count: usize },
+    /// The generated glyphs (see [`crate::data::builtin::generate_glyphs`]), `count` images: a
+    /// harder labelled set where colour and position carry no class information.
+    Glyphs { count: usize },
     /// A folder of image files, scanned recursively.
     Folder(PathBuf),
 }
@@ -32,6 +35,8 @@ impl fmt::Display for DataSource {
         match self {
             Self::Builtin { count } if *count == BUILTIN_DEFAULT_COUNT => f.write_str("builtin"),
             Self::Builtin { count } => write!(f, "builtin:{count}"),
+            Self::Glyphs { count } if *count == BUILTIN_DEFAULT_COUNT => f.write_str("glyphs"),
+            Self::Glyphs { count } => write!(f, "glyphs:{count}"),
             Self::Folder(p) => write!(f, "{}", p.display()),
         }
     }
@@ -39,19 +44,35 @@ impl fmt::Display for DataSource {
 
 impl FromStr for DataSource {
     type Err = String;
-    /// `builtin`, `builtin:N` (N images, at least 8) or a folder path.
+    /// `builtin`, `builtin:N`, `glyphs`, `glyphs:N` (N images, at least 8) or a folder path.
     fn from_str(s: &str) -> Result<Self, String> {
-        if s == "builtin" {
-            return Ok(Self::default());
-        }
-        if let Some(n) = s.strip_prefix("builtin:") {
+        let count = |n: &str, name: &str| -> Result<usize, String> {
             let count: usize = n
                 .parse()
-                .map_err(|_| format!("`{s}`: expected builtin:N with N a whole number"))?;
+                .map_err(|_| format!("`{s}`: expected {name}:N with N a whole number"))?;
             if count < 8 {
-                return Err(format!("`{s}`: the built-in set needs at least 8 images"));
+                return Err(format!("`{s}`: the generated sets need at least 8 images"));
             }
-            return Ok(Self::Builtin { count });
+            Ok(count)
+        };
+        match s {
+            "builtin" => return Ok(Self::default()),
+            "glyphs" => {
+                return Ok(Self::Glyphs {
+                    count: BUILTIN_DEFAULT_COUNT,
+                });
+            }
+            _ => {}
+        }
+        if let Some(n) = s.strip_prefix("builtin:") {
+            return Ok(Self::Builtin {
+                count: count(n, "builtin")?,
+            });
+        }
+        if let Some(n) = s.strip_prefix("glyphs:") {
+            return Ok(Self::Glyphs {
+                count: count(n, "glyphs")?,
+            });
         }
         Ok(Self::Folder(PathBuf::from(s)))
     }
@@ -300,7 +321,18 @@ pub struct TrainConfig {
     /// safetensors) instead of a random initialisation; heads it lacks start random.
     #[serde(default)]
     pub init_from: Option<PathBuf>,
+    /// Measure kNN accuracy and the gauges every this many steps as well as after every epoch
+    /// (labelled data; 0 = only after epochs).
+    #[serde(default = "default_knn_every")]
+    pub knn_every: usize,
 }
+
+fn default_knn_every() -> usize {
+    DEFAULT_KNN_EVERY
+}
+
+/// Steps between live kNN measurements by default.
+pub const DEFAULT_KNN_EVERY: usize = 100;
 
 impl Default for TrainConfig {
     fn default() -> Self {
@@ -319,6 +351,7 @@ impl Default for TrainConfig {
             preview_images: 8,
             settings: TaskSettings::default(),
             init_from: None,
+            knn_every: DEFAULT_KNN_EVERY,
         }
     }
 }

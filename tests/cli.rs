@@ -79,8 +79,14 @@ fn train_prints_epoch_lines_and_writes_a_complete_run_directory() {
     };
     assert_eq!(count(&csv, "rotation"), 8, "{csv}");
     assert!(csv.lines().any(|l| l.starts_with("1,1,rotation,")));
-    // The kNN monitor: before training and after each epoch, four stages each (labelled data).
-    assert_eq!(count(&csv, "knn"), 12, "{csv}");
+    // The kNN monitor: before training and after each epoch, four stages each (labelled data),
+    // plus raw pixels before training.
+    assert_eq!(count(&csv, "knn"), 13, "{csv}");
+    assert!(
+        csv.lines()
+            .any(|l| l.starts_with("0,0,knn,,knn_accuracy_raw_pixels,")),
+        "{csv}"
+    );
     assert!(
         csv.lines()
             .any(|l| l.starts_with("0,0,knn,,knn_accuracy_l3,")),
@@ -88,9 +94,10 @@ fn train_prints_epoch_lines_and_writes_a_complete_run_directory() {
     );
     assert_eq!(
         count(&csv, "gauges"),
-        6,
-        "std and RankMe, three times: {csv}"
+        12,
+        "std, RankMe, uniformity and alignment, three times: {csv}"
     );
+    assert!(csv.lines().any(|l| l.contains(",gauges,,alignment,")), "{csv}");
     for f in [
         "checkpoints/epoch-0001.safetensors",
         "checkpoints/epoch-0002.safetensors",
@@ -119,7 +126,7 @@ fn train_prints_epoch_lines_and_writes_a_complete_run_directory() {
     );
     let csv = std::fs::read_to_string(dir.join("metrics.csv")).unwrap();
     assert_eq!(count(&csv, "rotation"), 12);
-    assert_eq!(count(&csv, "knn"), 16);
+    assert_eq!(count(&csv, "knn"), 17, "{csv}");
 }
 
 #[test]

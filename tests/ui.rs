@@ -316,6 +316,16 @@ fn the_explorer_embeds_every_image_and_shows_gauges_probe_and_neighbours() {
     let out = tempfile::tempdir().unwrap();
     let storage = storage_with(small_config(out.path()));
     let mut h = started_and_paused(&storage);
+    // The live gauges from the monitor's first measurement, alignment included.
+    wait_until(&mut h, "the first kNN measurement", |a| {
+        a.curves.series.contains_key("gauge/alignment")
+    });
+    h.run_steps(2);
+    assert!(
+        h.query_all_by_label_contains("Alignment and uniformity")
+            .count()
+            >= 1
+    );
     h.get_by_label("Explorer").click();
     h.run_steps(2);
     h.get_by_label("Embed all images").click();
@@ -326,6 +336,7 @@ fn the_explorer_embeds_every_image_and_shows_gauges_probe_and_neighbours() {
     assert!(e.probe.is_some(), "the built-in set is labelled");
     assert!(h.query_all_by_label_contains("RankMe").count() >= 1);
     assert!(h.query_all_by_label_contains("linear probe").count() >= 1);
+    assert!(h.query_all_by_label_contains("alignment").count() >= 1);
     // Selecting an image shows its neighbours.
     h.state_mut().explorer_selected = Some(3);
     h.run_steps(3);

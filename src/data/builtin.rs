@@ -480,6 +480,173 @@ pub fn generate(count: usize, size: usize) -> Dataset {
     )
 }
 
+/// Class names of the glyph set, indexed by label.
+pub const GLYPH_CLASSES: [&str; 8] = [
+    "arrow", "house", "tree", "tee", "ell", "person", "flag", "cup",
+];
+
+/// The glyph set's fixed seed.
+const GLYPH_SEED: u64 = 0x0006_1F95_5EED;
+
+fn random_color(rng: &mut Rng) -> Rgb {
+    [rng.f32(), rng.f32(), rng.f32()]
+}
+
+/// A colour far enough from `bg` to be seen.
+fn contrasting(rng: &mut Rng, bg: Rgb) -> Rgb {
+    let mut best = random_color(rng);
+    for _ in 0..16 {
+        let d: f32 = best.iter().zip(&bg).map(|(a, b)| (a - b).abs()).sum();
+        if d > 1.0 {
+            break;
+        }
+        best = random_color(rng);
+    }
+    best
+}
+
+/// The glyph of `class` in a box of side `s` centred at (cx, cy), upright.
+fn glyph(class: usize, cx: f32, cy: f32, s: f32) -> Vec<Shape> {
+    let (l, t, r, b) = (cx - s / 2.0, cy - s / 2.0, cx + s / 2.0, cy + s / 2.0);
+    let rect = |x0: f32, y0: f32, x1: f32, y1: f32| Shape::Rect { x0, y0, x1, y1 };
+    let bar = s * 0.16;
+    match GLYPH_CLASSES[class] {
+        // Triangle head on a stem.
+        "arrow" => vec![
+            Shape::Tri {
+                ax: cx,
+                ay: t,
+                by: t + s * 0.5,
+                hw: s * 0.45,
+            },
+            rect(cx - bar / 2.0, t + s * 0.45, cx + bar / 2.0, b),
+        ],
+        // Roof over a body.
+        "house" => vec![
+            Shape::Tri {
+                ax: cx,
+                ay: t,
+                by: t + s * 0.45,
+                hw: s * 0.5,
+            },
+            rect(l + s * 0.12, t + s * 0.45, r - s * 0.12, b),
+        ],
+        // Round crown on a trunk.
+        "tree" => vec![
+            Shape::Disc {
+                cx,
+                cy: t + s * 0.3,
+                r: s * 0.3,
+            },
+            rect(cx - bar / 2.0, t + s * 0.5, cx + bar / 2.0, b),
+        ],
+        "tee" => vec![
+            rect(l, t, r, t + bar),
+            rect(cx - bar / 2.0, t, cx + bar / 2.0, b),
+        ],
+        "ell" => vec![rect(l, t, l + bar, b), rect(l, b - bar, r, b)],
+        // Head, body, legs.
+        "person" => vec![
+            Shape::Disc {
+                cx,
+                cy: t + s * 0.13,
+                r: s * 0.13,
+            },
+            rect(cx - s * 0.14, t + s * 0.28, cx + s * 0.14, t + s * 0.65),
+            Shape::Tri {
+                ax: cx,
+                ay: t + s * 0.6,
+                by: b,
+                hw: s * 0.3,
+            },
+        ],
+        // Pole with a flag at the top right.
+        "flag" => vec![
+            rect(l + s * 0.2, t, l + s * 0.2 + bar, b),
+            rect(l + s * 0.2, t, r, t + s * 0.4),
+        ],
+        // U shape: open at the top.
+        _ => vec![
+            rect(l, t, l + bar, b),
+            rect(r - bar, t, r, b),
+            rect(l, b - bar, r, b),
+        ],
+    }
+}
+
+fn glyph_scene(class: usize, rng: &mut Rng) -> Scene {
+    let top = random_color(rng);
+    let bottom = random_color(rng);
+    let mut shapes = Vec::new();
+    // Clutter: small blobs and bars in random colours.
+    for _ in 0..rng.below(3) {
+        let (x, y, r) = (rng.f32(), rng.f32(), rng.range(0.03, 0.06));
+        let c = random_color(rng);
+        shapes.push(if rng.f32() < 0.5 {
+            (Shape::Disc { cx: x, cy: y, r }, c)
+        } else {
+            (
+                Shape::Rect {
+                    x0: x - r,
+                    y0: y - r * 0.4,
+                    x1: x + r,
+                    y1: y + r * 0.4,
+                },
+                c,
+            )
+        });
+    }
+    let s = rng.range(0.55, 0.8);
+    let cx = rng.range(s / 2.0 + 0.02, 1.0 - s / 2.0 - 0.02);
+    let cy = rng.range(s / 2.0 + 0.02, 1.0 - s / 2.0 - 0.02);
+    let color = contrasting(rng, mix(top, bottom, cy));
+    shapes.extend(glyph(class, cx, cy, s).into_iter().map(|g| (g, color)));
+    Scene {
+        sky_top: top,
+        sky_bottom: bottom,
+        ground_top: bottom,
+        ground_bottom: bottom,
+        horizon: 1.0,
+        wave_amp: 0.0,
+        wave_freq: 1.0,
+        wave_phase: 0.0,
+        shapes,
+        noise: 0.04,
+    }
+}
+
+/// Generates `count` glyph images at `size × size`: eight upright shapes (arrow, house, tree,
+/// T, L, person, flag, cup) in random colours, places and sizes over random gradients with
+/// clutter. Colour and position say nothing about the class, so raw pixels and random
+/// features classify them poorly and a representation has to learn shape — a harder test
+/// than the scenes. Deterministic, interleaved by class like the scenes.
+pub fn generate_glyphs(count: usize, size: usize) -> Dataset {
+    let images: Vec<Vec<u8>> = (0..count)
+        .into_par_iter()
+        .map(|i| {
+            let mut rng = Rng::derive(GLYPH_SEED, &[i as u64]);
+            let s = glyph_scene(i % GLYPH_CLASSES.len(), &mut rng);
+            render(&s, size, i as u64 ^ GLYPH_SEED)
+        })
+        .collect();
+    let pixels = images.concat();
+    let names = (0..count)
+        .map(|i| format!("{}/{i:05}", GLYPH_CLASSES[i % GLYPH_CLASSES.len()]))
+        .collect();
+    let labels = (0..count)
+        .map(|i| (i % GLYPH_CLASSES.len()) as u32)
+        .collect();
+    Dataset::from_parts(
+        DataSource::Glyphs { count },
+        size,
+        pixels,
+        names,
+        Some(labels),
+        GLYPH_CLASSES.iter().map(|s| (*s).to_string()).collect(),
+        Vec::new(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

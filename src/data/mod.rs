@@ -174,6 +174,12 @@ pub fn load(
             progress(*count, *count);
             Ok(d)
         }
+        DataSource::Glyphs { count } => {
+            progress(0, *count);
+            let d = builtin::generate_glyphs(*count, size);
+            progress(*count, *count);
+            Ok(d)
+        }
         DataSource::Folder(path) => folder::load_folder(path, size, progress, cancel),
     }
 }

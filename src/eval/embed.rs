@@ -3,7 +3,9 @@
 
 use candle_core::Tensor;
 
-use super::{accuracy, knn_predict, linear_probe, rankme, split, std_of_l2_normalized, uniformity};
+use super::{
+    accuracy, alignment, knn_predict, linear_probe, rankme, split, std_of_l2_normalized, uniformity,
+};
 use crate::data::{Dataset, color, ops as px};
 use crate::model::{Model, ModelError};
 
@@ -103,6 +105,9 @@ pub struct Gauges {
     pub rankme: f64,
     pub dimensions: usize,
     pub uniformity: f64,
+    /// Alignment E‖f(x) − f(x⁺)‖² of L2-normalised z over two augmented views of the same
+    /// images (Wang & Isola 2020; 0 = views coincide, 4 = opposite), when measured.
+    pub alignment: Option<f64>,
     /// Normalised singular values of z, descending (what RankMe summarises).
     pub spectrum: Vec<f64>,
 }
@@ -117,6 +122,7 @@ pub fn gauges(z: &[Vec<f32>]) -> Gauges {
         rankme: rankme(z),
         dimensions: d,
         uniformity: uniformity(&sample),
+        alignment: None,
         spectrum: super::spectrum(z),
     }
 }
@@ -179,8 +185,14 @@ pub fn evaluate(
         probe_random: probe_accuracy(&fr[last], labels, classes).0,
         probe_raw_pixels: probe_accuracy(&pixels, labels, classes).0,
         confusion: super::confusion(&pred, &truth, classes),
-        gauges_trained: gauges(&ft[last]),
-        gauges_random: gauges(&fr[last]),
+        gauges_trained: Gauges {
+            alignment: Some(view_alignment(trained, data)?),
+            ..gauges(&ft[last])
+        },
+        gauges_random: Gauges {
+            alignment: Some(view_alignment(random, data)?),
+            ..gauges(&fr[last])
+        },
     }))
 }
 
@@ -196,13 +208,58 @@ pub struct Monitor {
     pub gauges: Gauges,
 }
 
+/// Images whose two augmented views measure alignment.
+pub const ALIGNMENT_IMAGES: usize = 256;
+
+/// The seed of the alignment views: the same views at every measurement, so the curve moves
+/// only with the encoder.
+const ALIGNMENT_SEED: u64 = 0x000A_116E;
+
+/// Alignment of z over two SimCLR views (crop, flip, colour jitter, grey, blur) of each of up to
+/// [`ALIGNMENT_IMAGES`] images spread over the data.
+pub fn view_alignment(model: &Model, data: &Dataset) -> Result<f64, ModelError> {
+    use crate::config::Augment;
+    use crate::data::augment::{augment, unit_to_bytes};
+    let n = data.len().min(ALIGNMENT_IMAGES);
+    let s = data.size;
+    let aug = Augment::default();
+    let mut views: [Vec<u8>; 2] = [Vec::new(), Vec::new()];
+    for k in 0..n {
+        let i = k * data.len() / n.max(1);
+        let mut rng = crate::rng::Rng::derive(ALIGNMENT_SEED, &[i as u64]);
+        for v in &mut views {
+            v.extend(unit_to_bytes(&augment(data.image(i), s, &aug, &mut rng).0));
+        }
+    }
+    let mut z = Vec::with_capacity(2);
+    for pixels in views {
+        let set = Dataset::from_parts(
+            data.source.clone(),
+            s,
+            pixels,
+            (0..n).map(|i| i.to_string()).collect(),
+            None,
+            Vec::new(),
+            Vec::new(),
+        );
+        let idx: Vec<usize> = (0..n).collect();
+        z.push(
+            stage_features_of(model, &set, &idx)?
+                .pop()
+                .unwrap_or_default(),
+        );
+    }
+    Ok(alignment(&z[0], &z[1]))
+}
+
 /// On an even subset of the data: kNN accuracy of every stage (labelled data), of raw pixels
-/// when `with_pixels`, and the gauges of z.
+/// when `with_pixels`, and the gauges of z, alignment included.
 pub fn monitor(model: &Model, data: &Dataset, with_pixels: bool) -> Result<Monitor, ModelError> {
     let n = data.len().min(MONITOR_IMAGES);
     let indices: Vec<usize> = (0..n).map(|i| i * data.len() / n.max(1)).collect();
     let feats = stage_features_of(model, data, &indices)?;
-    let gauges = gauges(feats.last().map_or(&[][..], Vec::as_slice));
+    let mut gauges = gauges(feats.last().map_or(&[][..], Vec::as_slice));
+    gauges.alignment = Some(view_alignment(model, data)?);
     let Some(all_labels) = &data.labels else {
         return Ok(Monitor {
             stages: Vec::new(),
@@ -260,7 +317,10 @@ pub fn embedding(model: &Model, data: &Dataset, step: u64) -> Result<Embedding, 
     });
     Ok(Embedding {
         step,
-        gauges: gauges(&z),
+        gauges: Gauges {
+            alignment: Some(view_alignment(model, data)?),
+            ..gauges(&z)
+        },
         projection: proj
             .iter()
             .map(|p| {

@@ -181,11 +181,24 @@ impl RunDir {
             )
             .map_err(write_err(&path))?;
         }
+        if let Some(acc) = k.raw_pixels {
+            writeln!(
+                self.metrics,
+                "{},{},knn,,knn_accuracy_raw_pixels,{acc:.6},,,{wall_s:.3}",
+                k.step, k.epoch
+            )
+            .map_err(write_err(&path))?;
+        }
         let g = &k.gauges;
         for (name, v) in [
             ("std_of_l2_normalized", g.std_of_l2_normalized),
             ("rankme", g.rankme),
+            ("uniformity", g.uniformity),
+            ("alignment", g.alignment.unwrap_or(f64::NAN)),
         ] {
+            if !v.is_finite() {
+                continue;
+            }
             writeln!(
                 self.metrics,
                 "{},{},gauges,,{name},{v:.6},,,{wall_s:.3}",

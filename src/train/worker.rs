@@ -459,6 +459,16 @@ impl Session {
                         {
                             self.send_previews(link, None);
                         }
+                        // The representation's kNN and gauges every N steps (and at every
+                        // epoch's end).
+                        let every = self.config.knn_every as u64;
+                        if every > 0
+                            && self.pos.step.is_multiple_of(every)
+                            && self.pos.batch < self.batches_per_epoch
+                            && let Err(o) = self.knn_monitor(link, false)
+                        {
+                            return o;
+                        }
                         if std::mem::take(&mut self.pause_after_step) {
                             self.paused = true;
                             link.emit(Event::Paused {

@@ -121,6 +121,12 @@ fn draw(app: &mut PretextApp, ui: &mut egui::Ui, e: &crate::eval::embed::Embeddi
         ui.separator();
         ui.label(format!("uniformity {:.3}", g.uniformity))
             .on_hover_text("log mean exp(−2‖zᵢ − zⱼ‖²): lower is more uniform on the sphere");
+        if let Some(a) = g.alignment {
+            ui.separator();
+            ui.label(format!("alignment {a:.3}")).on_hover_text(
+                "E‖z − z⁺‖² over two augmented views of the same images: lower means the views agree",
+            );
+        }
         if let Some((acc, _)) = &e.probe {
             ui.separator();
             ui.label(RichText::new(format!("linear probe {:.1}%", acc * 100.0)).strong());

@@ -363,6 +363,12 @@ impl PretextApp {
                         let d = (4 * crate::model::ENCODER_WIDTH) as f64;
                         match r.metric_name.as_str() {
                             "rankme" => self.curves.push("gauge/rankme".into(), x, r.metric / d),
+                            "uniformity" => {
+                                self.curves.push("gauge/uniformity".into(), x, r.metric);
+                            }
+                            "alignment" => {
+                                self.curves.push("gauge/alignment".into(), x, r.metric);
+                            }
                             _ => self.curves.push("gauge/std".into(), x, r.metric * d.sqrt()),
                         }
                         continue;
@@ -550,6 +556,10 @@ impl PretextApp {
                     x,
                     g.std_of_l2_normalized / g.std_reference.max(1e-12),
                 );
+                self.curves.push("gauge/uniformity".into(), x, g.uniformity);
+                if let Some(a) = g.alignment {
+                    self.curves.push("gauge/alignment".into(), x, a);
+                }
                 if crate::eval::embed::collapsed(g) {
                     self.message(
                         true,

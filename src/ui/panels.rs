@@ -756,6 +756,32 @@ fn training_tab(app: &mut PretextApp, ui: &mut egui::Ui) {
                             110.0,
                         );
                     }
+                    if app.curves.series.contains_key("gauge/alignment") {
+                        let lines = vec![
+                            series_line(
+                                app,
+                                "gauge/alignment",
+                                "alignment E‖z − z⁺‖² of two views (lower = views agree)".into(),
+                                Style::Raw,
+                            )
+                            .map(|l| l.width(2.0).color(Color32::from_rgb(130, 220, 130))),
+                            series_line(
+                                app,
+                                "gauge/uniformity",
+                                "uniformity log E exp(−2‖zᵢ − zⱼ‖²) (lower = more spread)".into(),
+                                Style::Raw,
+                            )
+                            .map(|l| l.width(2.0).color(Color32::from_rgb(220, 130, 220))),
+                        ];
+                        plot(
+                            app,
+                            ui,
+                            "align",
+                            "Alignment and uniformity of z (Wang & Isola 2020)",
+                            lines.into_iter().flatten().collect(),
+                            110.0,
+                        );
+                    }
                     if app.curves.series.keys().any(|k| k.starts_with("knn/")) {
                         let mut knn_lines = Vec::new();
                         for stage in crate::eval::embed::STAGES {

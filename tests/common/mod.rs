@@ -147,6 +147,7 @@ pub fn mean_rgb(px: &[u8], size: usize, x0: usize, y0: usize, x1: usize, y1: usi
 pub struct Log {
     pub steps: Vec<StepMetrics>,
     pub epochs: Vec<EpochSummary>,
+    pub knn: Vec<pretext::train::KnnMetrics>,
     pub errors: Vec<String>,
     pub pauses: Vec<PauseReason>,
     pub previews: usize,
@@ -166,6 +167,7 @@ pub fn drive(trainer: &Trainer, mut on_event: impl FnMut(&Event, &Log)) -> Log {
         match e {
             Event::Step(m) => log.steps.push(m),
             Event::Epoch(s) => log.epochs.push(s),
+            Event::Knn(k) => log.knn.push(k),
             Event::Error(m) => log.errors.push(m),
             Event::Paused { reason, .. } => log.pauses.push(reason),
             Event::Preview(_) => log.previews += 1,
