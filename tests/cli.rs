@@ -61,8 +61,8 @@ fn train_prints_epoch_lines_and_writes_a_complete_run_directory() {
             .unwrap();
         let (loss, acc) = rest.split_once(" Proxy accuracy: ").unwrap();
         assert!(loss.parse::<f64>().unwrap() > 0.0);
-        let pct: u32 = acc.strip_suffix('%').unwrap().parse().unwrap();
-        assert!(pct <= 100);
+        let pct: f64 = acc.strip_suffix('%').unwrap().parse().unwrap();
+        assert!((0.0..=100.0).contains(&pct));
     }
     let dir = run_dir_from(&stdout);
     assert!(dir.starts_with(out.path()));
@@ -97,7 +97,10 @@ fn train_prints_epoch_lines_and_writes_a_complete_run_directory() {
         12,
         "std, RankMe, uniformity and alignment, three times: {csv}"
     );
-    assert!(csv.lines().any(|l| l.contains(",gauges,,alignment,")), "{csv}");
+    assert!(
+        csv.lines().any(|l| l.contains(",gauges,,alignment,")),
+        "{csv}"
+    );
     for f in [
         "checkpoints/epoch-0001.safetensors",
         "checkpoints/epoch-0002.safetensors",

@@ -322,6 +322,10 @@ fn the_explorer_embeds_every_image_and_shows_gauges_probe_and_neighbours() {
     });
     h.run_steps(2);
     assert!(
+        h.state().knn_start.is_some() && h.state().knn_pixels.is_some(),
+        "random-init and raw-pixel references for the kNN plot"
+    );
+    assert!(
         h.query_all_by_label_contains("Alignment and uniformity")
             .count()
             >= 1

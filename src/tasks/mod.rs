@@ -170,7 +170,13 @@ impl MetricInfo {
     /// `62%` or `23.4 dB`.
     pub fn format(&self, value: f64) -> String {
         if self.percent {
-            format!("{:.0}%", value * 100.0)
+            // One decimal below 10%, so small values (chance of a contrastive batch) show.
+            let p = value * 100.0;
+            if p > 0.0 && p < 10.0 {
+                format!("{p:.1}%")
+            } else {
+                format!("{p:.0}%")
+            }
         } else {
             format!("{value:.2}{}", self.unit)
         }

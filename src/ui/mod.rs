@@ -158,6 +158,8 @@ pub struct PretextApp {
     pub last_step: Option<StepMetrics>,
     /// Raw pixels' kNN accuracy (%), the floor for the kNN curves.
     pub knn_pixels: Option<f64>,
+    /// kNN accuracy of z before the first step (the random initialisation, for a new run).
+    pub knn_start: Option<f64>,
     pub last_epoch: Option<EpochSummary>,
     pub lr_input: f64,
     pub zoom: Option<TaskKind>,
@@ -231,6 +233,7 @@ impl PretextApp {
             messages: Vec::new(),
             last_step: None,
             knn_pixels: None,
+            knn_start: None,
             last_epoch: None,
             lr_input,
             zoom: None,
@@ -375,6 +378,13 @@ impl PretextApp {
                     }
                     if r.task == "knn" {
                         let short = r.metric_name.trim_start_matches("knn_accuracy_");
+                        if short == "raw_pixels" {
+                            self.knn_pixels = Some(r.metric * 100.0);
+                            continue;
+                        }
+                        if short == "l3" && r.step == 0 {
+                            self.knn_start = Some(r.metric * 100.0);
+                        }
                         if let Some(stage) = crate::eval::embed::STAGES
                             .iter()
                             .find(|s| s.starts_with(short))
@@ -417,6 +427,7 @@ impl PretextApp {
         self.inspection = None;
         self.last_step = None;
         self.knn_pixels = None;
+        self.knn_start = None;
         self.last_epoch = None;
         self.run_dir = None;
     }
@@ -543,7 +554,9 @@ impl PretextApp {
                     self.curves.push(format!("knn/{stage}"), x, acc * 100.0);
                 }
                 if let Some(p) = k.raw_pixels {
+                    // Measured once, before the first step: also z of the initial weights.
                     self.knn_pixels = Some(p * 100.0);
+                    self.knn_start = k.stages.last().map(|s| s.1 * 100.0);
                 }
                 let g = &k.gauges;
                 self.curves.push(

@@ -551,6 +551,7 @@ fn stage_color(stage: &str) -> Color32 {
 /// kNN accuracy per stage, with raw pixels as a dashed floor.
 fn plot_knn(app: &PretextApp, ui: &mut egui::Ui, lines: Vec<Line<'_>>) {
     let pixels = app.knn_pixels;
+    let start = app.knn_start;
     ui.vertical(|ui| {
         ui.label(
             RichText::new("kNN accuracy per encoder stage (%) — held-out labels, k = 20").strong(),
@@ -570,6 +571,13 @@ fn plot_knn(app: &PretextApp, ui: &mut egui::Ui, lines: Vec<Line<'_>>) {
                         egui_plot::HLine::new("raw pixels", p)
                             .color(Color32::from_gray(160))
                             .style(egui_plot::LineStyle::dashed_loose()),
+                    );
+                }
+                if let Some(z) = start {
+                    plot_ui.hline(
+                        egui_plot::HLine::new("z before training (random init)", z)
+                            .color(stage_color("l3 (z)"))
+                            .style(egui_plot::LineStyle::dotted_loose()),
                     );
                 }
             });
