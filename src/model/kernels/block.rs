@@ -268,21 +268,20 @@ impl CustomOp2 for ResidualBlock {
                         }
                         dxs
                     }
-                    None => want_x.then(|| m.clone()),
+                    None => None,
                 };
-                let dx = match (dx1, dx_skip) {
-                    (Some(mut a), Some(b)) => {
-                        a.par_chunks_mut(CHUNK)
-                            .zip(b.par_chunks(CHUNK))
-                            .for_each(|(a, b)| {
-                                for (a, b) in a.iter_mut().zip(b) {
-                                    *a += b;
-                                }
-                            });
-                        Some(a)
-                    }
-                    _ => None,
-                };
+                // ∂L/∂x = main path + shortcut (the identity shortcut passes m itself).
+                let skip: &[f32] = dx_skip.as_deref().unwrap_or(&m);
+                let dx = dx1.map(|mut a| {
+                    a.par_chunks_mut(CHUNK)
+                        .zip(skip.par_chunks(CHUNK))
+                        .for_each(|(a, b)| {
+                            for (a, b) in a.iter_mut().zip(b) {
+                                *a += b;
+                            }
+                        });
+                    a
+                });
                 Ok((dx, dp))
             })
         })?;
