@@ -24,6 +24,13 @@ fn tensor(dims: &[usize], seed: u64) -> Result<Tensor> {
     Tensor::from_vec(values(n, seed), dims, &Device::Cpu)
 }
 
+/// The gradient of `v` in `store`, an error when there is none.
+fn grad_of<'a>(store: &'a candle_core::backprop::GradStore, v: &Var) -> Result<&'a Tensor> {
+    store
+        .get(v)
+        .ok_or_else(|| candle_core::Error::Msg("no gradient".into()))
+}
+
 fn max_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
     (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()
 }
@@ -61,14 +68,7 @@ fn conv2d_forward_and_gradients_match_candle() -> Result<()> {
         let g_ours = (ours * &r)?.sum_all()?.backward()?;
         let g_stock = (stock * &r)?.sum_all()?.backward()?;
         for (name, v) in [("input", &x), ("weight", &wt)] {
-            let (a, b) = (
-                g_ours
-                    .get(v)
-                    .ok_or(candle_core::Error::Msg("no grad".into()))?,
-                g_stock
-                    .get(v)
-                    .ok_or(candle_core::Error::Msg("no grad".into()))?,
-            );
+            let (a, b) = (grad_of(&g_ours, v)?, grad_of(&g_stock, v)?);
             let d = max_diff(a, b)?;
             let scale = max_abs(b)?.max(1.0);
             assert!(
@@ -135,12 +135,8 @@ fn conv2d_gradients_match_finite_differences() -> Result<()> {
             .sum_all()?
             .to_scalar::<f32>()
     };
-    let gx = grads
-        .get(&x)
-        .ok_or(candle_core::Error::Msg("no grad".into()))?;
-    let gw = grads
-        .get(&wt)
-        .ok_or(candle_core::Error::Msg("no grad".into()))?;
+    let gx = grad_of(&grads, &x)?;
+    let gw = grad_of(&grads, &wt)?;
     check_finite_differences(&x, gx, &|t| loss(t, wt.as_tensor()), "conv input")?;
     check_finite_differences(&wt, gw, &|t| loss(x.as_tensor(), t), "conv weight")
 }
@@ -178,14 +174,7 @@ fn batch_norm_forward_and_gradients_match_candle() -> Result<()> {
         let g_ours = (ours * &r)?.sum_all()?.backward()?;
         let g_stock = (stock * &r)?.sum_all()?.backward()?;
         for (name, v) in [("input", &x), ("weight", &weight), ("bias", &bias)] {
-            let (a, b) = (
-                g_ours
-                    .get(v)
-                    .ok_or(candle_core::Error::Msg("no grad".into()))?,
-                g_stock
-                    .get(v)
-                    .ok_or(candle_core::Error::Msg("no grad".into()))?,
-            );
+            let (a, b) = (grad_of(&g_ours, v)?, grad_of(&g_stock, v)?);
             let d = max_diff(a, b)?;
             assert!(d < 1e-4, "relu {relu}: {name} gradient differs by {d}");
         }
@@ -212,27 +201,21 @@ fn batch_norm_gradients_match_finite_differences() -> Result<()> {
             .sum_all()?
             .to_scalar::<f32>()
     };
-    let get = |v: &Var| {
-        grads
-            .get(v)
-            .cloned()
-            .ok_or(candle_core::Error::Msg("no grad".into()))
-    };
     check_finite_differences(
         &x,
-        &get(&x)?,
+        grad_of(&grads, &x)?,
         &|t| loss(t, weight.as_tensor(), bias.as_tensor()),
         "bn input",
     )?;
     check_finite_differences(
         &weight,
-        &get(&weight)?,
+        grad_of(&grads, &weight)?,
         &|t| loss(x.as_tensor(), t, bias.as_tensor()),
         "bn weight",
     )?;
     check_finite_differences(
         &bias,
-        &get(&bias)?,
+        grad_of(&grads, &bias)?,
         &|t| loss(x.as_tensor(), weight.as_tensor(), t),
         "bn bias",
     )
@@ -273,10 +256,7 @@ fn add_relu_matches_candle() -> Result<()> {
     let g1 = (ours * &r)?.sum_all()?.backward()?;
     let g2 = (stock * &r)?.sum_all()?.backward()?;
     for v in [&a, &b] {
-        let (x, y) = (
-            g1.get(v).ok_or(candle_core::Error::Msg("no grad".into()))?,
-            g2.get(v).ok_or(candle_core::Error::Msg("no grad".into()))?,
-        );
+        let (x, y) = (grad_of(&g1, v)?, grad_of(&g2, v)?);
         assert!(max_diff(x, y)? < 1e-6);
     }
     Ok(())
@@ -339,10 +319,7 @@ fn bias_act_and_upsample_match_candle() -> Result<()> {
         let g1 = (ours * &r)?.sum_all()?.backward()?;
         let g2 = (stock * &r)?.sum_all()?.backward()?;
         for v in [&x, &b] {
-            let (p, q) = (
-                g1.get(v).ok_or(candle_core::Error::Msg("no grad".into()))?,
-                g2.get(v).ok_or(candle_core::Error::Msg("no grad".into()))?,
-            );
+            let (p, q) = (grad_of(&g1, v)?, grad_of(&g2, v)?);
             assert!(max_diff(p, q)? < 1e-5, "relu {relu}");
         }
     }
@@ -353,7 +330,7 @@ fn bias_act_and_upsample_match_candle() -> Result<()> {
     assert!(max_diff(&ours, &stock)? < 1e-7);
     let r = tensor(ours.dims(), 75)?;
     let g = (ours * &r)?.sum_all()?.backward()?;
-    let gx = g.get(&x).ok_or(candle_core::Error::Msg("no grad".into()))?;
+    let gx = grad_of(&g, &x)?;
     // Each input pixel's gradient is the sum of the 2×2 block it was copied to.
     let r4: Vec<Vec<Vec<Vec<f32>>>> = (0..2)
         .map(|n| r.get(n)?.to_vec3::<f32>())
@@ -410,10 +387,7 @@ fn fused_conv_batch_norm_matches_the_separate_ops() -> Result<()> {
         let g1 = (y1 * &r)?.sum_all()?.backward()?;
         let g2 = (y2 * &r)?.sum_all()?.backward()?;
         for (name, v) in [("x", &x), ("w", &w), ("weight", &weight), ("bias", &bias)] {
-            let (p, q) = (
-                g1.get(v).ok_or(candle_core::Error::Msg("no grad".into()))?,
-                g2.get(v).ok_or(candle_core::Error::Msg("no grad".into()))?,
-            );
+            let (p, q) = (grad_of(&g1, v)?, grad_of(&g2, v)?);
             let d = max_diff(p, q)?;
             let scale = max_abs(q)?.max(1.0);
             assert!(d / scale < 1e-4, "case {i}: {name} gradient differs by {d}");
@@ -466,12 +440,8 @@ fn residual_block_gradients_match_finite_differences() -> Result<()> {
                 .sum_all()?
                 .to_scalar::<f32>()
         };
-        let gx = grads
-            .get(&x)
-            .ok_or(candle_core::Error::Msg("no grad".into()))?;
-        let gp = grads
-            .get(&params)
-            .ok_or(candle_core::Error::Msg("no grad".into()))?;
+        let gx = grad_of(&grads, &x)?;
+        let gp = grad_of(&grads, &params)?;
         check_finite_differences(&x, gx, &|t| loss(t, params.as_tensor()), "block input")?;
         check_finite_differences(&params, gp, &|t| loss(x.as_tensor(), t), "block params")?;
     }

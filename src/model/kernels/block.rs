@@ -6,11 +6,11 @@
 
 use std::sync::{Arc, Mutex};
 
-use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Storage, Tensor, bail};
-use rayon::prelude::*;
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, bail};
 
-use super::conv::{self, ConvGeom};
-use super::{f32_slice, norm};
+use super::conv::ConvGeom;
+use super::fused::{Stage, conv_bn, conv_bn_backward};
+use super::{f32_slice, pointwise, poisoned, with_values};
 
 /// Where each parameter sits in the block's flat parameter vector: conv1 weight, bn1 weight,
 /// bn1 bias, conv2 weight, bn2 weight, bn2 bias, then (with a projection shortcut) the 1×1
@@ -48,14 +48,6 @@ impl BlockShape {
     }
 }
 
-/// One convolution + batch norm inside the block, as kept for the backward pass.
-struct Stage {
-    geom: ConvGeom,
-    conv_out: Vec<f32>,
-    /// [weight; bias; batch mean; batch variance].
-    params: Vec<f32>,
-}
-
 struct Saved {
     s1: Stage,
     /// relu(bn1(conv1(x))), the input of conv2.
@@ -74,86 +66,7 @@ pub struct ResidualBlock {
     saved: Arc<Mutex<Option<Saved>>>,
 }
 
-fn poisoned() -> candle_core::Error {
-    candle_core::Error::Msg("residual block state lock poisoned".into())
-}
-
-fn with_values<T>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<T>) -> Result<T> {
-    let t = t.contiguous()?;
-    let (storage, layout) = t.storage_and_layout();
-    match &*storage {
-        Storage::Cpu(s) => f(f32_slice(s, layout, "residual block operand")?),
-        _ => bail!("the residual block op runs on the CPU only"),
-    }
-}
-
-/// conv → batch statistics → normalise (+ ReLU).
-fn conv_bn(
-    geom: ConvGeom,
-    x: &[f32],
-    w: &[f32],
-    wb: (&[f32], &[f32]),
-    eps: f32,
-    relu: bool,
-) -> Result<(Stage, Vec<f32>)> {
-    let conv_out = conv::forward(&geom, x, w)?;
-    let (c, hw) = (geom.o, geom.ho() * geom.wo());
-    let stats = norm::stats(&conv_out, geom.n, c, hw);
-    let mut params = Vec::with_capacity(4 * c);
-    params.extend_from_slice(wb.0);
-    params.extend_from_slice(wb.1);
-    params.extend(stats.iter().map(|s| s.0));
-    params.extend(stats.iter().map(|s| s.1));
-    let y = norm::apply(&conv_out, &norm::affine(&params, c, eps), relu, hw);
-    Ok((
-        Stage {
-            geom,
-            conv_out,
-            params,
-        },
-        y,
-    ))
-}
-
-/// (∂L/∂input if wanted, ∂L/∂conv weight, ∂L/∂bn weight, ∂L/∂bn bias).
-type StageGrads = (Option<Vec<f32>>, Vec<f32>, Vec<f32>, Vec<f32>);
-
-/// Backward through one conv + bn (+ ReLU) stage: returns (∂L/∂input if wanted, ∂L/∂conv
-/// weight, ∂L/∂bn weight, ∂L/∂bn bias).
-fn conv_bn_backward(
-    st: &Stage,
-    input: &[f32],
-    w: &[f32],
-    grad: &[f32],
-    eps: f32,
-    relu: bool,
-    want_input: bool,
-) -> Result<StageGrads> {
-    let g = st.geom;
-    let (c, hw) = (g.o, g.ho() * g.wo());
-    let numel = st.conv_out.len();
-    let mut out = vec![0f32; numel + 2 * c];
-    norm::backward_into(
-        &st.conv_out,
-        &st.params,
-        grad,
-        eps,
-        relu,
-        (g.n, c, hw),
-        &mut out,
-    );
-    let dbn = out.split_off(numel);
-    let d_conv = out;
-    let dx = if want_input {
-        Some(conv::backward_input(&g, &d_conv, w)?)
-    } else {
-        None
-    };
-    let dw = conv::backward_weight(&g, input, &d_conv)?;
-    Ok((dx, dw, dbn[..c].to_vec(), dbn[c..].to_vec()))
-}
-
-const CHUNK: usize = 1 << 14;
+const NAME: &str = "residual block";
 
 impl CustomOp2 for ResidualBlock {
     fn name(&self) -> &'static str {
@@ -200,15 +113,8 @@ impl CustomOp2 for ResidualBlock {
         if skip.len() != y2.len() {
             bail!("residual block: shortcut and main path differ in size");
         }
-        let mut out = vec![0f32; y2.len()];
-        out.par_chunks_mut(CHUNK)
-            .zip(y2.par_chunks(CHUNK).zip(skip.par_chunks(CHUNK)))
-            .for_each(|(d, (a, b))| {
-                for ((d, a), b) in d.iter_mut().zip(a).zip(b) {
-                    *d = (a + b).max(0.0);
-                }
-            });
-        *self.saved.lock().map_err(|_| poisoned())? = Some(Saved {
+        let out = pointwise::add_relu_values(&y2, skip);
+        *self.saved.lock().map_err(|_| poisoned(NAME))? = Some(Saved {
             s1: st1,
             y1,
             s2: st2,
@@ -224,7 +130,7 @@ impl CustomOp2 for ResidualBlock {
         res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let guard = self.saved.lock().map_err(|_| poisoned())?;
+        let guard = self.saved.lock().map_err(|_| poisoned(NAME))?;
         let Some(sv) = guard.as_ref() else {
             bail!("residual block: backward before forward");
         };
@@ -232,17 +138,7 @@ impl CustomOp2 for ResidualBlock {
         let eps = self.eps;
         // ∂L/∂(y2 + shortcut): the gradient where the block's output is positive.
         let m = with_values(res, |out| {
-            with_values(grad, |g| {
-                let mut m = vec![0f32; g.len()];
-                m.par_chunks_mut(CHUNK)
-                    .zip(g.par_chunks(CHUNK).zip(out.par_chunks(CHUNK)))
-                    .for_each(|(d, (g, o))| {
-                        for ((d, g), o) in d.iter_mut().zip(g).zip(o) {
-                            *d = if *o > 0.0 { *g } else { 0.0 };
-                        }
-                    });
-                Ok(m)
-            })
+            with_values(grad, |g| Ok(pointwise::relu_mask_values(g, out)))
         })?;
         let want_x = x.track_op();
         let (dx, dp) = with_values(p, |pv| {
@@ -273,13 +169,7 @@ impl CustomOp2 for ResidualBlock {
                 // ∂L/∂x = main path + shortcut (the identity shortcut passes m itself).
                 let skip: &[f32] = dx_skip.as_deref().unwrap_or(&m);
                 let dx = dx1.map(|mut a| {
-                    a.par_chunks_mut(CHUNK)
-                        .zip(skip.par_chunks(CHUNK))
-                        .for_each(|(a, b)| {
-                            for (a, b) in a.iter_mut().zip(b) {
-                                *a += b;
-                            }
-                        });
+                    pointwise::add_assign_values(&mut a, skip);
                     a
                 });
                 Ok((dx, dp))
@@ -309,16 +199,13 @@ pub fn residual_block_train(
         saved: saved.clone(),
     };
     let y = x.contiguous()?.apply_op2(&params.contiguous()?, op)?;
-    let guard = saved.lock().map_err(|_| poisoned())?;
+    let guard = saved.lock().map_err(|_| poisoned(NAME))?;
     let Some(sv) = guard.as_ref() else {
         bail!("residual block: forward left no statistics");
     };
     let stats = |st: &Stage| {
-        let c = st.geom.o;
-        (
-            st.params[2 * c..3 * c].to_vec(),
-            st.params[3 * c..4 * c].to_vec(),
-        )
+        let (mean, var) = st.stats();
+        (mean.to_vec(), var.to_vec())
     };
     let mut out = vec![stats(&sv.s1), stats(&sv.s2)];
     if let Some(st) = &sv.shortcut {

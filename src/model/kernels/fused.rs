@@ -6,18 +6,94 @@
 
 use std::sync::{Arc, Mutex};
 
-use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor, bail};
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, bail};
 
 use super::conv::{self, ConvGeom};
-use super::{f32_slice, norm};
+use super::{f32_slice, norm, poisoned, with_values};
 
-/// What the forward pass keeps for the backward pass and for the running statistics.
-struct Saved {
+/// One convolution + batch norm as kept for the backward pass and the running statistics.
+pub(super) struct Stage {
+    pub(super) geom: ConvGeom,
     /// Convolution output (N, C, H', W').
-    conv_out: Vec<f32>,
+    pub(super) conv_out: Vec<f32>,
     /// [weight; bias; batch mean; batch biased variance], 4·C values.
-    params: Vec<f32>,
+    pub(super) params: Vec<f32>,
+}
+
+impl Stage {
+    /// The batch (mean, biased variance) per channel.
+    pub(super) fn stats(&self) -> (&[f32], &[f32]) {
+        let c = self.geom.o;
+        (&self.params[2 * c..3 * c], &self.params[3 * c..4 * c])
+    }
+}
+
+/// conv → batch statistics → normalise (+ ReLU): the stage and its output.
+pub(super) fn conv_bn(
     geom: ConvGeom,
+    x: &[f32],
+    w: &[f32],
+    (weight, bias): (&[f32], &[f32]),
+    eps: f32,
+    relu: bool,
+) -> Result<(Stage, Vec<f32>)> {
+    let (c, hw) = (geom.o, geom.ho() * geom.wo());
+    if weight.len() != c || bias.len() != c {
+        bail!("conv+batch-norm: affine parameters do not match {c} channels");
+    }
+    let conv_out = conv::forward(&geom, x, w)?;
+    let stats = norm::stats(&conv_out, geom.n, c, hw);
+    let mut params = Vec::with_capacity(4 * c);
+    params.extend_from_slice(weight);
+    params.extend_from_slice(bias);
+    params.extend(stats.iter().map(|s| s.0));
+    params.extend(stats.iter().map(|s| s.1));
+    let y = norm::apply(&conv_out, &norm::affine(&params, c, eps), relu, hw);
+    Ok((
+        Stage {
+            geom,
+            conv_out,
+            params,
+        },
+        y,
+    ))
+}
+
+/// (∂L/∂input if wanted, ∂L/∂conv weight, ∂L/∂bn weight, ∂L/∂bn bias).
+pub(super) type StageGrads = (Option<Vec<f32>>, Vec<f32>, Vec<f32>, Vec<f32>);
+
+/// Backward through one conv + bn (+ ReLU) stage, given the stage's input and weight.
+pub(super) fn conv_bn_backward(
+    st: &Stage,
+    input: &[f32],
+    w: &[f32],
+    grad: &[f32],
+    eps: f32,
+    relu: bool,
+    want_input: bool,
+) -> Result<StageGrads> {
+    let g = st.geom;
+    let (c, hw) = (g.o, g.ho() * g.wo());
+    let numel = st.conv_out.len();
+    let mut out = vec![0f32; numel + 2 * c];
+    norm::backward_into(
+        &st.conv_out,
+        &st.params,
+        grad,
+        eps,
+        relu,
+        (g.n, c, hw),
+        &mut out,
+    );
+    let dbn = out.split_off(numel);
+    let d_conv = out;
+    let dx = if want_input {
+        Some(conv::backward_input(&g, &d_conv, w)?)
+    } else {
+        None
+    };
+    let dw = conv::backward_weight(&g, input, &d_conv)?;
+    Ok((dx, dw, dbn[..c].to_vec(), dbn[c..].to_vec()))
 }
 
 /// Operands: input x (N, Cin, H, W), convolution weight (C, Cin, K, K), batch-norm weight and
@@ -27,22 +103,10 @@ pub struct ConvBatchNorm {
     pub pad: usize,
     pub eps: f32,
     pub relu: bool,
-    saved: Arc<Mutex<Option<Saved>>>,
+    saved: Arc<Mutex<Option<Stage>>>,
 }
 
-fn poisoned() -> candle_core::Error {
-    candle_core::Error::Msg("conv+batch-norm state lock poisoned".into())
-}
-
-/// Runs `f` on the f32 values of a contiguous CPU tensor, borrowed from candle's storage.
-fn with_values<T>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<T>) -> Result<T> {
-    let t = t.contiguous()?;
-    let (storage, layout) = t.storage_and_layout();
-    match &*storage {
-        Storage::Cpu(s) => f(f32_slice(s, layout, "conv+batch-norm operand")?),
-        _ => bail!("conv+batch-norm runs on the CPU only"),
-    }
-}
+const NAME: &str = "conv+batch-norm";
 
 impl CustomOp3 for ConvBatchNorm {
     fn name(&self) -> &'static str {
@@ -62,25 +126,12 @@ impl CustomOp3 for ConvBatchNorm {
         let w = f32_slice(s2, l2, "conv weight")?;
         let wb = f32_slice(s3, l3, "batch norm weight and bias")?;
         let geom = ConvGeom::new(l1.dims(), l2.dims(), self.stride, self.pad)?;
-        let (c, hw) = (geom.o, geom.ho() * geom.wo());
+        let c = geom.o;
         if wb.len() != 2 * c {
-            bail!(
-                "conv+batch-norm: {} affine values for {c} channels",
-                wb.len()
-            );
+            bail!("{NAME}: {} affine values for {c} channels", wb.len());
         }
-        let conv_out = conv::forward(&geom, x, w)?;
-        let stats = norm::stats(&conv_out, geom.n, c, hw);
-        let mut params = wb.to_vec();
-        params.extend(stats.iter().map(|s| s.0));
-        params.extend(stats.iter().map(|s| s.1));
-        let coef = norm::affine(&params, c, self.eps);
-        let y = norm::apply(&conv_out, &coef, self.relu, hw);
-        *self.saved.lock().map_err(|_| poisoned())? = Some(Saved {
-            conv_out,
-            params,
-            geom,
-        });
+        let (stage, y) = conv_bn(geom, x, w, wb.split_at(c), self.eps, self.relu)?;
+        *self.saved.lock().map_err(|_| poisoned(NAME))? = Some(stage);
         Ok((
             CpuStorage::F32(y),
             Shape::from((geom.n, c, geom.ho(), geom.wo())),
@@ -95,35 +146,23 @@ impl CustomOp3 for ConvBatchNorm {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let guard = self.saved.lock().map_err(|_| poisoned())?;
-        let Some(saved) = guard.as_ref() else {
-            bail!("conv+batch-norm: backward before forward");
+        let guard = self.saved.lock().map_err(|_| poisoned(NAME))?;
+        let Some(stage) = guard.as_ref() else {
+            bail!("{NAME}: backward before forward");
         };
-        let geom = saved.geom;
-        let (c, hw) = (geom.o, geom.ho() * geom.wo());
-        let numel = saved.conv_out.len();
-        let mut out = vec![0f32; numel + 2 * c];
-        with_values(grad, |g| {
-            norm::backward_into(
-                &saved.conv_out,
-                &saved.params,
-                g,
-                self.eps,
-                self.relu,
-                (geom.n, c, hw),
-                &mut out,
-            );
-            Ok(())
+        let c = stage.geom.o;
+        let (dx, dw, dgamma, dbeta) = with_values(grad, |g| {
+            with_values(w, |ws| {
+                with_values(x, |xs| {
+                    conv_bn_backward(stage, xs, ws, g, self.eps, self.relu, x.track_op())
+                })
+            })
         })?;
-        let dwb = Tensor::from_vec(out.split_off(numel), (2, c), wb.device())?;
-        let d_conv = out;
-        let dx = if x.track_op() {
-            let dx = with_values(w, |ws| conv::backward_input(&geom, &d_conv, ws))?;
-            Some(Tensor::from_vec(dx, x.shape(), x.device())?)
-        } else {
-            None
+        let dwb = Tensor::from_vec([dgamma, dbeta].concat(), (2, c), wb.device())?;
+        let dx = match dx {
+            Some(v) => Some(Tensor::from_vec(v, x.shape(), x.device())?),
+            None => None,
         };
-        let dw = with_values(x, |xs| conv::backward_weight(&geom, xs, &d_conv))?;
         let dw = Tensor::from_vec(dw, w.shape(), w.device())?;
         Ok((dx, Some(dw), Some(dwb)))
     }
@@ -152,12 +191,15 @@ pub fn conv_batch_norm_train(
     };
     let wb = Tensor::stack(&[weight, bias], 0)?;
     let y = x.contiguous()?.apply_op3(&w.contiguous()?, &wb, op)?;
-    let guard = saved.lock().map_err(|_| poisoned())?;
-    let Some(s) = guard.as_ref() else {
-        bail!("conv+batch-norm: forward left no statistics");
+    let guard = saved.lock().map_err(|_| poisoned(NAME))?;
+    let Some(stage) = guard.as_ref() else {
+        bail!("{NAME}: forward left no statistics");
     };
-    let c = s.geom.o;
-    let mean = Tensor::from_slice(&s.params[2 * c..3 * c], c, x.device())?;
-    let var = Tensor::from_slice(&s.params[3 * c..4 * c], c, x.device())?;
-    Ok((y, mean, var))
+    let (mean, var) = stage.stats();
+    let c = mean.len();
+    Ok((
+        y,
+        Tensor::from_slice(mean, c, x.device())?,
+        Tensor::from_slice(var, c, x.device())?,
+    ))
 }

@@ -22,7 +22,7 @@ pub mod pointwise;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, DType, Device, Layout, Result, Tensor, bail};
+use candle_core::{CpuStorage, DType, Device, Layout, Result, Storage, Tensor, bail};
 
 static STOCK: AtomicBool = AtomicBool::new(false);
 
@@ -91,4 +91,20 @@ fn same_device_contiguous(a: &Tensor, b: &Tensor) -> Result<(Tensor, Tensor)> {
         bail!("tensors on different devices");
     }
     Ok((a.contiguous()?, b.contiguous()?))
+}
+
+/// Runs `f` on the f32 values of a CPU tensor (made contiguous), borrowed from candle's storage:
+/// for backward passes, which receive tensors rather than storages.
+fn with_values<T>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<T>) -> Result<T> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    match &*storage {
+        Storage::Cpu(s) => f(f32_slice(s, layout, "kernel operand")?),
+        _ => bail!("pretext's kernels run on the CPU only"),
+    }
+}
+
+/// The error for a poisoned lock around an op's saved state.
+fn poisoned(op: &str) -> candle_core::Error {
+    candle_core::Error::Msg(format!("{op}: saved state lock poisoned"))
 }

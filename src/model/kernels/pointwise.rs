@@ -5,6 +5,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tenso
 use rayon::prelude::*;
 
 use super::f32_slice;
+use super::norm::nchw;
 
 /// `relu(a + b)` in one pass (the end of a residual block); its backward passes the gradient
 /// where the output is positive to both operands.
@@ -31,14 +32,7 @@ impl CustomOp2 for AddRelu {
                 l2.dims()
             );
         }
-        let mut y = vec![0f32; a.len()];
-        y.par_chunks_mut(CHUNK)
-            .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
-            .for_each(|(y, (a, b))| {
-                for ((o, x), z) in y.iter_mut().zip(a).zip(b) {
-                    *o = (x + z).max(0.0);
-                }
-            });
+        let y = add_relu_values(a, b);
         Ok((CpuStorage::F32(y), Shape::from(l1.dims())))
     }
 
@@ -74,20 +68,50 @@ impl CustomOp2 for ReluMask {
         if g.len() != out.len() {
             bail!("relu mask: sizes {} and {} differ", g.len(), out.len());
         }
-        let mut d = vec![0f32; g.len()];
-        d.par_chunks_mut(CHUNK)
-            .zip(g.par_chunks(CHUNK).zip(out.par_chunks(CHUNK)))
-            .for_each(|(d, (g, o))| {
-                for ((d, g), o) in d.iter_mut().zip(g).zip(o) {
-                    *d = if *o > 0.0 { *g } else { 0.0 };
-                }
-            });
+        let d = relu_mask_values(g, out);
         Ok((CpuStorage::F32(d), Shape::from(l1.dims())))
     }
 }
 
 /// Elements per parallel work item in the element-wise kernels.
 const CHUNK: usize = 1 << 14;
+
+/// `relu(a + b)` element-wise (same lengths).
+pub(super) fn add_relu_values(a: &[f32], b: &[f32]) -> Vec<f32> {
+    let mut y = vec![0f32; a.len()];
+    y.par_chunks_mut(CHUNK)
+        .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
+        .for_each(|(y, (a, b))| {
+            for ((o, x), z) in y.iter_mut().zip(a).zip(b) {
+                *o = (x + z).max(0.0);
+            }
+        });
+    y
+}
+
+/// `g · [out > 0]` element-wise (same lengths).
+pub(super) fn relu_mask_values(g: &[f32], out: &[f32]) -> Vec<f32> {
+    let mut d = vec![0f32; g.len()];
+    d.par_chunks_mut(CHUNK)
+        .zip(g.par_chunks(CHUNK).zip(out.par_chunks(CHUNK)))
+        .for_each(|(d, (g, o))| {
+            for ((d, g), o) in d.iter_mut().zip(g).zip(o) {
+                *d = if *o > 0.0 { *g } else { 0.0 };
+            }
+        });
+    d
+}
+
+/// `a += b` element-wise (same lengths).
+pub(super) fn add_assign_values(a: &mut [f32], b: &[f32]) {
+    a.par_chunks_mut(CHUNK)
+        .zip(b.par_chunks(CHUNK))
+        .for_each(|(a, b)| {
+            for (a, b) in a.iter_mut().zip(b) {
+                *a += b;
+            }
+        });
+}
 
 /// `relu(a + b)` for same-shaped tensors.
 pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
@@ -113,7 +137,7 @@ impl CustomOp2 for BiasAct {
     ) -> Result<(CpuStorage, Shape)> {
         let x = f32_slice(s1, l1, "bias input")?;
         let b = f32_slice(s2, l2, "bias")?;
-        let (_, c, hw) = nchw(l1.dims())?;
+        let (_, c, hw) = nchw(l1.dims(), "bias")?;
         if b.len() != c {
             bail!("bias: {} values for {c} channels", b.len());
         }
@@ -160,7 +184,7 @@ impl CustomOp1 for ChannelSum {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = f32_slice(s, l, "channel sum input")?;
-        let (n, c, hw) = nchw(l.dims())?;
+        let (n, c, hw) = nchw(l.dims(), "channel sum")?;
         let sums: Vec<f32> = (0..c)
             .into_par_iter()
             .map(|ch| {
@@ -247,14 +271,6 @@ impl CustomOp1 for Downsum2x {
                 }
             });
         Ok((CpuStorage::F32(d), Shape::from((n, c, h, w))))
-    }
-}
-
-fn nchw(dims: &[usize]) -> Result<(usize, usize, usize)> {
-    match *dims {
-        [n, c, h, w] => Ok((n, c, h * w)),
-        [n, c] => Ok((n, c, 1)),
-        _ => bail!("expected an (N, C, H, W) or (N, C) tensor, got {dims:?}"),
     }
 }
 
