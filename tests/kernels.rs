@@ -42,7 +42,7 @@ fn max_abs(a: &Tensor) -> Result<f32> {
 /// (N, C, H, W, O, K, stride, padding)
 type Geometry = (usize, usize, usize, usize, usize, usize, usize, usize);
 
-const GEOMETRIES: [Geometry; 7] = [
+const GEOMETRIES: [Geometry; 10] = [
     (2, 3, 8, 8, 4, 3, 1, 1),
     (3, 4, 9, 7, 5, 3, 2, 1),
     (2, 4, 8, 8, 6, 1, 2, 0),
@@ -50,6 +50,11 @@ const GEOMETRIES: [Geometry; 7] = [
     (1, 2, 5, 5, 2, 3, 1, 0),
     (2, 3, 7, 7, 4, 5, 2, 2),
     (5, 8, 4, 4, 8, 3, 1, 1),
+    // "Same" convolutions of other shapes: two wrapped columns per side, a map narrower than
+    // the kernel's reach, a non-square map.
+    (2, 3, 6, 6, 4, 5, 1, 2),
+    (1, 2, 2, 2, 3, 3, 1, 1),
+    (2, 3, 5, 7, 4, 3, 1, 1),
 ];
 
 #[test]

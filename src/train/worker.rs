@@ -451,7 +451,7 @@ impl Session {
                     Ok(p) => p,
                     Err(o) => return o,
                 };
-                match self.step(link, prepared, wait) {
+                match model::kernels::on_compute_pool(|| self.step(link, prepared, wait)) {
                     Ok(true) => {
                         // Previews between epochs too, so a person watching sees change.
                         if self.last_preview.elapsed() > PREVIEW_EVERY

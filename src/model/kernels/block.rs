@@ -146,32 +146,40 @@ impl CustomOp2 for ResidualBlock {
                 let off = sh.offsets();
                 let sizes = sh.sizes();
                 let part = |i: usize| &pv[off[i]..off[i] + sizes[i]];
-                let (dy1, dw2, dg2, db2) =
-                    conv_bn_backward(&sv.s2, &sv.y1, part(3), &m, eps, false, true)?;
+                // Through bn2 and conv2 into ∂L/∂y1 (zeros to start from).
+                let (dy1, dw2, dg2, db2) = conv_bn_backward(
+                    &sv.s2,
+                    &sv.y1,
+                    part(3),
+                    &m,
+                    (eps, false),
+                    Some(vec![0f32; sv.y1.len()]),
+                )?;
                 let dy1 = dy1.unwrap_or_default();
-                let (dx1, dw1, dg1, db1) =
-                    conv_bn_backward(&sv.s1, xv, part(0), &dy1, eps, true, want_x)?;
+                // ∂L/∂x gathers the main path and the shortcut in one buffer: it starts as the
+                // identity shortcut's gradient (m itself) or as zeros for the projection,
+                // whose own backward adds into it below.
+                let dx0 = want_x.then(|| match &sv.shortcut {
+                    Some(_) => vec![0f32; xv.len()],
+                    None => m.clone(),
+                });
+                let (dx, dw1, dg1, db1) =
+                    conv_bn_backward(&sv.s1, xv, part(0), &dy1, (eps, true), dx0)?;
                 let mut dp = Vec::with_capacity(sh.total());
                 for v in [&dw1, &dg1, &db1, &dw2, &dg2, &db2] {
                     dp.extend_from_slice(v);
                 }
-                let dx_skip = match &sv.shortcut {
+                let dx = match &sv.shortcut {
                     Some(st) => {
-                        let (dxs, dws, dgs, dbs) =
-                            conv_bn_backward(st, xv, part(6), &m, eps, false, want_x)?;
+                        let (dx, dws, dgs, dbs) =
+                            conv_bn_backward(st, xv, part(6), &m, (eps, false), dx)?;
                         for v in [&dws, &dgs, &dbs] {
                             dp.extend_from_slice(v);
                         }
-                        dxs
+                        dx
                     }
-                    None => None,
+                    None => dx,
                 };
-                // ∂L/∂x = main path + shortcut (the identity shortcut passes m itself).
-                let skip: &[f32] = dx_skip.as_deref().unwrap_or(&m);
-                let dx = dx1.map(|mut a| {
-                    pointwise::add_assign_values(&mut a, skip);
-                    a
-                });
                 Ok((dx, dp))
             })
         })?;

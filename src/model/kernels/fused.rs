@@ -7,6 +7,7 @@
 use std::sync::{Arc, Mutex};
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, bail};
+use rayon::prelude::*;
 
 use super::conv::{self, ConvGeom};
 use super::{f32_slice, norm, poisoned, with_values};
@@ -41,8 +42,25 @@ pub(super) fn conv_bn(
     if weight.len() != c || bias.len() != c {
         bail!("conv+batch-norm: affine parameters do not match {c} channels");
     }
-    let conv_out = conv::forward(&geom, x, w)?;
-    let stats = norm::stats(&conv_out, geom.n, c, hw);
+    // The convolution image by image, each image's moments per channel taken while its
+    // output is still in cache.
+    let mut conv_out = vec![0f32; geom.n * geom.out_image()];
+    let mut moments = vec![(0f64, 0f64); geom.n * c];
+    conv_out
+        .par_chunks_mut(geom.out_image().max(1))
+        .zip(x.par_chunks(geom.in_image().max(1)))
+        .zip(moments.par_chunks_mut(c.max(1)))
+        .try_for_each_init(
+            || conv::col_buffer(&geom),
+            |col, ((yi, xi), mi)| {
+                geom.forward_image(w, xi, yi, col)?;
+                for (m, plane) in mi.iter_mut().zip(yi.chunks(hw.max(1))) {
+                    *m = norm::plane_moments(plane);
+                }
+                Ok::<(), candle_core::Error>(())
+            },
+        )?;
+    let stats = norm::combine_moments(&moments, c, hw);
     let mut params = Vec::with_capacity(4 * c);
     params.extend_from_slice(weight);
     params.extend_from_slice(bias);
@@ -59,41 +77,72 @@ pub(super) fn conv_bn(
     ))
 }
 
-/// (∂L/∂input if wanted, ∂L/∂conv weight, ∂L/∂bn weight, ∂L/∂bn bias).
+/// (∂L/∂input if asked for, ∂L/∂conv weight, ∂L/∂bn weight, ∂L/∂bn bias).
 pub(super) type StageGrads = (Option<Vec<f32>>, Vec<f32>, Vec<f32>, Vec<f32>);
 
-/// Backward through one conv + bn (+ ReLU) stage, given the stage's input and weight.
+/// Backward through one conv + bn (+ ReLU) stage, given the stage's input and weight. `dx`:
+/// `None` when the input needs no gradient, else a buffer of the input's size that ∂L/∂input
+/// is added into (zeros, or gradient already gathered from elsewhere) and returned.
+///
+/// After one pass for batch norm's per-channel sums, each image runs its whole backward back
+/// to back: batch norm's ∂L/∂conv for that image into a small buffer, then the convolution's
+/// ∂L/∂x and ∂L/∂w products from it while it is in cache.
 pub(super) fn conv_bn_backward(
     st: &Stage,
     input: &[f32],
     w: &[f32],
     grad: &[f32],
-    eps: f32,
-    relu: bool,
-    want_input: bool,
+    (eps, relu): (f32, bool),
+    dx: Option<Vec<f32>>,
 ) -> Result<StageGrads> {
     let g = st.geom;
-    let (c, hw) = (g.o, g.ho() * g.wo());
-    let numel = st.conv_out.len();
-    let mut out = vec![0f32; numel + 2 * c];
-    norm::backward_into(
-        &st.conv_out,
-        &st.params,
-        grad,
-        eps,
-        relu,
-        (g.n, c, hw),
-        &mut out,
-    );
-    let dbn = out.split_off(numel);
-    let d_conv = out;
-    let dx = if want_input {
-        Some(conv::backward_input(&g, &d_conv, w)?)
-    } else {
-        None
+    let (c, hw) = (g.o, g.hw_out());
+    if grad.len() != st.conv_out.len() || input.len() != g.n * g.in_image() {
+        bail!("conv+batch-norm backward: gradient or input does not match the forward pass");
+    }
+    let sums = norm::BackwardSums::new(&st.conv_out, &st.params, grad, eps, relu, (g.n, c, hw));
+    let per = g.per_run();
+    let mut dx = dx;
+    if let Some(d) = &dx
+        && d.len() != g.n * g.in_image()
+    {
+        bail!("conv+batch-norm backward: input gradient buffer has the wrong size");
+    }
+    let mut dx_runs: Vec<&mut [f32]> = match dx.as_mut() {
+        Some(d) => d.chunks_mut((per * g.in_image()).max(1)).collect(),
+        None => Vec::new(),
     };
-    let dw = conv::backward_weight(&g, input, &d_conv)?;
-    Ok((dx, dw, dbn[..c].to_vec(), dbn[c..].to_vec()))
+    let want_input = !dx_runs.is_empty();
+    dx_runs.resize_with(g.image_runs(), Default::default);
+    let partials: Vec<Vec<f32>> = dx_runs
+        .into_par_iter()
+        .enumerate()
+        .map(|(run, dx_run)| -> Result<Vec<f32>> {
+            let mut dw = vec![0f32; g.o * g.ckk()];
+            let mut col = conv::col_buffer(&g);
+            let mut d_conv = vec![0f32; g.out_image()];
+            for i in run * per..((run + 1) * per).min(g.n) {
+                let out = i * g.out_image()..(i + 1) * g.out_image();
+                sums.image(
+                    &st.params,
+                    hw,
+                    &st.conv_out[out.clone()],
+                    &grad[out],
+                    &mut d_conv,
+                );
+                if want_input {
+                    let j = (i - run * per) * g.in_image();
+                    let dxi = &mut dx_run[j..j + g.in_image()];
+                    g.backward_input_image(w, &d_conv, dxi, &mut col)?;
+                }
+                let xi = &input[i * g.in_image()..(i + 1) * g.in_image()];
+                g.backward_weight_image(xi, &d_conv, &mut dw, &mut col)?;
+            }
+            Ok(dw)
+        })
+        .collect::<Result<_>>()?;
+    let (dgamma, dbeta) = sums.param_grads();
+    Ok((dx, g.weight_grad(&partials), dgamma, dbeta))
 }
 
 /// Operands: input x (N, Cin, H, W), convolution weight (C, Cin, K, K), batch-norm weight and
@@ -154,7 +203,8 @@ impl CustomOp3 for ConvBatchNorm {
         let (dx, dw, dgamma, dbeta) = with_values(grad, |g| {
             with_values(w, |ws| {
                 with_values(x, |xs| {
-                    conv_bn_backward(stage, xs, ws, g, self.eps, self.relu, x.track_op())
+                    let dx = x.track_op().then(|| vec![0f32; xs.len()]);
+                    conv_bn_backward(stage, xs, ws, g, (self.eps, self.relu), dx)
                 })
             })
         })?;

@@ -64,6 +64,31 @@ fn masked_sums(x: &[f32], g: &[f32], relu: bool, scale: f32, shift: f32, mean: f
     (a.iter().sum::<f32>() + ta, b.iter().sum::<f32>() + tb)
 }
 
+/// (mean, Σ(v − mean)²) of one plane, in f64 for [`combine_moments`].
+pub(super) fn plane_moments(xs: &[f32]) -> (f64, f64) {
+    let mean = lanes(xs, |v| v) / xs.len().max(1) as f32;
+    let m2 = lanes(xs, |v| (v - mean) * (v - mean));
+    (f64::from(mean), f64::from(m2))
+}
+
+/// Per-channel (mean, biased variance) of a batch from each image's [`plane_moments`]
+/// (`moments[i·C + ch]`, `hw` values each), by Chan et al.'s pairwise formula:
+/// M2 = Σᵢ M2ᵢ + hw·Σᵢ (meanᵢ − mean)².
+pub(super) fn combine_moments(moments: &[(f64, f64)], c: usize, hw: usize) -> Vec<(f32, f32)> {
+    let n = moments.len() / c.max(1);
+    let count = (n * hw).max(1) as f64;
+    (0..c)
+        .map(|ch| {
+            let per = moments.iter().skip(ch).step_by(c.max(1));
+            let mean = per.clone().map(|m| m.0).sum::<f64>() / n.max(1) as f64;
+            let m2: f64 = per
+                .map(|&(mi, m2i)| m2i + hw as f64 * (mi - mean) * (mi - mean))
+                .sum();
+            (mean as f32, (m2 / count) as f32)
+        })
+        .collect()
+}
+
 /// Per-channel (mean, biased variance) of an (N, C, H·W) batch.
 pub(super) fn stats(x: &[f32], n: usize, c: usize, hw: usize) -> Vec<(f32, f32)> {
     let count = (n * hw).max(1) as f64;
@@ -104,6 +129,93 @@ pub(super) fn apply(x: &[f32], coef: &[(f32, f32, f32)], relu: bool, hw: usize) 
     y
 }
 
+/// What the training-mode backward pass needs per channel, after a first pass over the batch:
+/// the affine coefficients and the sums Σg and Σg·x̂ (g masked by the fused ReLU).
+pub(super) struct BackwardSums {
+    coef: Vec<(f32, f32, f32)>,
+    sums: Vec<(f32, f32)>,
+    relu: bool,
+    /// Values per channel in the batch, N·H·W.
+    count: f32,
+}
+
+impl BackwardSums {
+    /// The first pass over (x, g) of an (N, C, H·W) batch, for parameters `p` = [weight; bias;
+    /// mean; var].
+    pub(super) fn new(
+        x: &[f32],
+        p: &[f32],
+        g: &[f32],
+        eps: f32,
+        relu: bool,
+        (n, c, hw): (usize, usize, usize),
+    ) -> Self {
+        let coef = affine(p, c, eps);
+        let sums = (0..c)
+            .into_par_iter()
+            .map(|ch| {
+                let (scale, shift, inv) = coef[ch];
+                let mean = p[2 * c + ch];
+                let (mut sg, mut sgx) = (0f64, 0f64);
+                for i in 0..n {
+                    let r = (i * c + ch) * hw..(i * c + ch + 1) * hw;
+                    let (a, b) = masked_sums(&x[r.clone()], &g[r], relu, scale, shift, mean);
+                    sg += f64::from(a);
+                    sgx += f64::from(b);
+                }
+                (sg as f32, (sgx * f64::from(inv)) as f32)
+            })
+            .collect();
+        Self {
+            coef,
+            sums,
+            relu,
+            count: (n * hw).max(1) as f32,
+        }
+    }
+
+    /// ∂L/∂weight and ∂L/∂bias, C values each.
+    pub(super) fn param_grads(&self) -> (Vec<f32>, Vec<f32>) {
+        (
+            self.sums.iter().map(|s| s.1).collect(),
+            self.sums.iter().map(|s| s.0).collect(),
+        )
+    }
+
+    /// ∂L/∂x for one channel's plane of one image; `p` as for [`BackwardSums::new`].
+    pub(super) fn plane(&self, p: &[f32], ch: usize, x: &[f32], g: &[f32], dx: &mut [f32]) {
+        let c = self.coef.len();
+        let (scale, shift, inv) = self.coef[ch];
+        let (w, mean) = (p[ch], p[2 * c + ch]);
+        let (sg, sgx) = self.sums[ch];
+        let m = self.count;
+        let k = w * inv / m;
+        let relu = self.relu;
+        for ((dv, &xv), &gv) in dx.iter_mut().zip(x).zip(g) {
+            let gv = if relu && xv * scale + shift <= 0.0 {
+                0.0
+            } else {
+                gv
+            };
+            let xhat = (xv - mean) * inv;
+            *dv = k * (m * gv - sg - xhat * sgx);
+        }
+    }
+
+    /// ∂L/∂x for one image (C planes of `hw` values).
+    pub(super) fn image(&self, p: &[f32], hw: usize, x: &[f32], g: &[f32], dx: &mut [f32]) {
+        let hw = hw.max(1);
+        for (ch, ((d, xp), gp)) in dx
+            .chunks_mut(hw)
+            .zip(x.chunks(hw))
+            .zip(g.chunks(hw))
+            .enumerate()
+        {
+            self.plane(p, ch, xp, gp, d);
+        }
+    }
+}
+
 /// The training-mode backward pass into `out` = [dx (N·C·H·W); dweight (C); dbias (C)], for
 /// parameters `p` = [weight; bias; mean; var].
 #[allow(clippy::too_many_arguments)]
@@ -116,49 +228,18 @@ pub(super) fn backward_into(
     (n, c, hw): (usize, usize, usize),
     out: &mut [f32],
 ) {
-    let coef = affine(p, c, eps);
-    let m = (n * hw).max(1) as f32;
-    // Per channel: Σg and Σg·x̂ over the batch (g masked by the ReLU when fused).
-    let sums: Vec<(f32, f32)> = (0..c)
-        .into_par_iter()
-        .map(|ch| {
-            let (scale, shift, inv) = coef[ch];
-            let mean = p[2 * c + ch];
-            let (mut sg, mut sgx) = (0f64, 0f64);
-            for i in 0..n {
-                let r = (i * c + ch) * hw..(i * c + ch + 1) * hw;
-                let (a, b) = masked_sums(&x[r.clone()], &g[r], relu, scale, shift, mean);
-                sg += f64::from(a);
-                sgx += f64::from(b);
-            }
-            (sg as f32, (sgx * f64::from(inv)) as f32)
-        })
-        .collect();
+    let sums = BackwardSums::new(x, p, g, eps, relu, (n, c, hw));
     let numel = n * c * hw;
     let (dx, dwb) = out.split_at_mut(numel);
     dx.par_chunks_mut(hw.max(1))
         .enumerate()
         .for_each(|(plane, d)| {
-            let ch = plane % c;
-            let (scale, shift, inv) = coef[ch];
-            let (w, mean) = (p[ch], p[2 * c + ch]);
-            let (sg, sgx) = sums[ch];
-            let k = w * inv / m;
             let r = plane * hw..(plane + 1) * hw;
-            for ((dv, &xv), &gv) in d.iter_mut().zip(&x[r.clone()]).zip(&g[r]) {
-                let gv = if relu && xv * scale + shift <= 0.0 {
-                    0.0
-                } else {
-                    gv
-                };
-                let xhat = (xv - mean) * inv;
-                *dv = k * (m * gv - sg - xhat * sgx);
-            }
+            sums.plane(p, plane % c.max(1), &x[r.clone()], &g[r], d);
         });
-    for ch in 0..c {
-        dwb[ch] = sums[ch].1;
-        dwb[c + ch] = sums[ch].0;
-    }
+    let (dw, db) = sums.param_grads();
+    dwb[..c].copy_from_slice(&dw);
+    dwb[c..].copy_from_slice(&db);
 }
 
 /// Per-channel mean and biased variance over (N, H, W), as a (2, C) tensor; two passes in f64

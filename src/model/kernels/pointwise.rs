@@ -102,17 +102,6 @@ pub(super) fn relu_mask_values(g: &[f32], out: &[f32]) -> Vec<f32> {
     d
 }
 
-/// `a += b` element-wise (same lengths).
-pub(super) fn add_assign_values(a: &mut [f32], b: &[f32]) {
-    a.par_chunks_mut(CHUNK)
-        .zip(b.par_chunks(CHUNK))
-        .for_each(|(a, b)| {
-            for (a, b) in a.iter_mut().zip(b) {
-                *a += b;
-            }
-        });
-}
-
 /// `relu(a + b)` for same-shaped tensors.
 pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     a.contiguous()?.apply_op2(&b.contiguous()?, AddRelu)

@@ -1,0 +1,123 @@
+//! Times each convolution of the reference encoder (batch 128, 32 px) through pretext's
+//! kernels: forward, ∂x and ∂w separately.
+use std::time::Instant;
+
+use candle_core::{Device, Tensor, Var};
+use pretext::model::kernels;
+
+fn main() -> anyhow::Result<()> {
+    kernels::init();
+    let dev = Device::Cpu;
+    let n = 128;
+    let reps = 21;
+    let pool = rayon::ThreadPoolBuilder::new().build()?;
+    pool.install(|| run(&dev, n, reps))
+}
+
+fn run(dev: &Device, n: usize, reps: usize) -> anyhow::Result<()> {
+    let dev = dev.clone();
+    // (cin, cout, h, k, stride, pad)
+    let shapes = [
+        ("stem", 3, 32, 32, 3, 1, 1),
+        ("l1.c", 32, 32, 32, 3, 1, 1),
+        ("l2.c1", 32, 64, 32, 3, 2, 1),
+        ("l2.c2", 64, 64, 16, 3, 1, 1),
+        ("l2.sc", 32, 64, 32, 1, 2, 0),
+        ("l3.c1", 64, 128, 16, 3, 2, 1),
+        ("l3.c2", 128, 128, 8, 3, 1, 1),
+        ("l3.sc", 64, 128, 16, 1, 2, 0),
+    ];
+    for (name, cin, cout, h, k, s, p) in shapes {
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (n, cin, h, h), &dev)?)?;
+        let w = Var::from_tensor(&Tensor::randn(0f32, 0.1, (cout, cin, k, k), &dev)?)?;
+        let mut t = [Vec::new(), Vec::new(), Vec::new()];
+        let ho = (h + 2 * p - k) / s + 1;
+        let dy = Tensor::randn(0f32, 1.0, (n, cout, ho, ho), &dev)?;
+        for _ in 0..reps + 1 {
+            let t0 = Instant::now();
+            let _y = pretext::model::ops::conv2d(x.as_tensor(), w.as_tensor(), s, p)?;
+            let t1 = Instant::now();
+            let _dx = dy.apply_op2_no_bwd(
+                w.as_tensor(),
+                &kernels::conv::Conv2dBackwardInput {
+                    stride: s,
+                    pad: p,
+                    input_dims: vec![n, cin, h, h],
+                },
+            )?;
+            let t2 = Instant::now();
+            let _dw = x.as_tensor().apply_op2_no_bwd(
+                &dy,
+                &kernels::conv::Conv2dBackwardWeight {
+                    stride: s,
+                    pad: p,
+                    k,
+                },
+            )?;
+            let t3 = Instant::now();
+            t[0].push((t1 - t0).as_secs_f64());
+            t[1].push((t2 - t1).as_secs_f64());
+            t[2].push((t3 - t2).as_secs_f64());
+        }
+        let gf = 2.0 * (n * cout * ho * ho * cin * k * k) as f64 / 1e9;
+        let med: Vec<f64> = t
+            .iter_mut()
+            .map(|v| {
+                v.remove(0);
+                v.sort_by(f64::total_cmp);
+                v[reps / 2]
+            })
+            .collect();
+        println!(
+            "{name:6} fwd {:6.2} ms ({:4.0} GF/s)  dx {:6.2} ms ({:4.0})  dw {:6.2} ms ({:4.0})",
+            med[0] * 1e3,
+            gf / med[0],
+            med[1] * 1e3,
+            gf / med[1],
+            med[2] * 1e3,
+            gf / med[2],
+        );
+    }
+    // Whole residual blocks (forward, then backward of sum(out · r)).
+    for (name, cin, cout, h, stride) in [
+        ("l1", 32, 32, 32, 1),
+        ("l2", 32, 64, 32, 2),
+        ("l3", 64, 128, 16, 2),
+    ] {
+        let shape = kernels::block::BlockShape {
+            cin,
+            cout,
+            stride,
+            projection: stride != 1 || cin != cout,
+        };
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (n, cin, h, h), &dev)?)?;
+        let p = Var::from_tensor(&Tensor::randn(0f32, 0.1, shape.total(), &dev)?)?;
+        let mut t = [Vec::new(), Vec::new()];
+        for _ in 0..reps + 1 {
+            let t0 = Instant::now();
+            let (y, _) =
+                kernels::block::residual_block_train(x.as_tensor(), p.as_tensor(), shape, 1e-5)?;
+            let t1 = Instant::now();
+            let r = y.ones_like()?;
+            let t1b = Instant::now();
+            let _g = (y * r)?.sum_all()?.backward()?;
+            let t2 = Instant::now();
+            t[0].push((t1 - t0).as_secs_f64());
+            t[1].push((t2 - t1b).as_secs_f64());
+        }
+        let med: Vec<f64> = t
+            .iter_mut()
+            .map(|v| {
+                v.remove(0);
+                v.sort_by(f64::total_cmp);
+                v[reps / 2]
+            })
+            .collect();
+        println!(
+            "block {name} fwd {:6.2} ms  bwd {:6.2} ms",
+            med[0] * 1e3,
+            med[1] * 1e3
+        );
+    }
+    Ok(())
+}
