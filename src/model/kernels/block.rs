@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, bail};
 
 use super::conv::ConvGeom;
-use super::fused::{Stage, conv_bn, conv_bn_backward};
-use super::{f32_slice, pointwise, poisoned, with_values};
+use super::fused::{Stage, conv_bn_backward, conv_stats, conv_stats_after};
+use super::{f32_slice, norm, pointwise, poisoned, with_values};
 
 /// Where each parameter sits in the block's flat parameter vector: conv1 weight, bn1 weight,
 /// bn1 bias, conv2 weight, bn2 weight, bn2 bias, then (with a projection shortcut) the 1×1
@@ -99,21 +99,22 @@ impl CustomOp2 for ResidualBlock {
         let (o, off) = (sh.cout, sh.offsets());
         let part = |i: usize| &p[off[i]..off[i] + sh.sizes()[i]];
         let g1 = ConvGeom::new(&[n, cin, h, w], &[o, cin, 3, 3], sh.stride, 1)?;
-        let (st1, y1) = conv_bn(g1, x, part(0), (part(1), part(2)), self.eps, true)?;
+        let st1 = conv_stats(g1, x, part(0), (part(1), part(2)))?;
         let g2 = ConvGeom::new(&[n, o, g1.ho(), g1.wo()], &[o, o, 3, 3], 1, 1)?;
-        let (st2, y2) = conv_bn(g2, &y1, part(3), (part(4), part(5)), self.eps, false)?;
-        let (shortcut, ys) = if sh.projection {
+        // y1 = relu(bn1(conv1)), made image by image inside conv2's loop.
+        let (st2, y1) = conv_stats_after(&st1, (self.eps, true), g2, part(3), (part(4), part(5)))?;
+        let shortcut = if sh.projection {
             let gs = ConvGeom::new(&[n, cin, h, w], &[o, cin, 1, 1], sh.stride, 0)?;
-            let (st, ys) = conv_bn(gs, x, part(6), (part(7), part(8)), self.eps, false)?;
-            (Some(st), Some(ys))
+            Some(conv_stats(gs, x, part(6), (part(7), part(8)))?)
         } else {
-            (None, None)
+            None
         };
-        let skip: &[f32] = ys.as_deref().unwrap_or(x);
-        if skip.len() != y2.len() {
-            bail!("residual block: shortcut and main path differ in size");
-        }
-        let out = pointwise::add_relu_values(&y2, skip);
+        // relu(bn2(conv2) + shortcut) in one pass: neither normalised map is stored.
+        let skip = match &shortcut {
+            Some(st) => norm::Skip::Normalised(&st.conv_out, st.coef(self.eps)),
+            None => norm::Skip::Identity(x),
+        };
+        let out = norm::apply_add_relu(&st2.conv_out, &st2.coef(self.eps), skip, g2.hw_out())?;
         *self.saved.lock().map_err(|_| poisoned(NAME))? = Some(Saved {
             s1: st1,
             y1,
@@ -157,20 +158,20 @@ impl CustomOp2 for ResidualBlock {
                 )?;
                 let dy1 = dy1.unwrap_or_default();
                 // ∂L/∂x gathers the main path and the shortcut in one buffer: it starts as the
-                // identity shortcut's gradient (m itself) or as zeros for the projection,
-                // whose own backward adds into it below.
-                let dx0 = want_x.then(|| match &sv.shortcut {
-                    Some(_) => vec![0f32; xv.len()],
-                    None => m.clone(),
-                });
+                // identity shortcut's gradient (m itself, no longer needed otherwise) or as
+                // zeros for the projection, whose own backward adds into it below.
+                let (dx0, m) = match &sv.shortcut {
+                    Some(_) => (want_x.then(|| vec![0f32; xv.len()]), Some(m)),
+                    None => (want_x.then_some(m), None),
+                };
                 let (dx, dw1, dg1, db1) =
                     conv_bn_backward(&sv.s1, xv, part(0), &dy1, (eps, true), dx0)?;
                 let mut dp = Vec::with_capacity(sh.total());
                 for v in [&dw1, &dg1, &db1, &dw2, &dg2, &db2] {
                     dp.extend_from_slice(v);
                 }
-                let dx = match &sv.shortcut {
-                    Some(st) => {
+                let dx = match (&sv.shortcut, m) {
+                    (Some(st), Some(m)) => {
                         let (dx, dws, dgs, dbs) =
                             conv_bn_backward(st, xv, part(6), &m, (eps, false), dx)?;
                         for v in [&dws, &dgs, &dbs] {
@@ -178,7 +179,7 @@ impl CustomOp2 for ResidualBlock {
                         }
                         dx
                     }
-                    None => dx,
+                    _ => dx,
                 };
                 Ok((dx, dp))
             })

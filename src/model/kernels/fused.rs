@@ -22,6 +22,12 @@ pub(super) struct Stage {
 }
 
 impl Stage {
+    /// Per channel: the scale and shift that normalise the convolution's output, and the
+    /// inverse standard deviation.
+    pub(super) fn coef(&self, eps: f32) -> Vec<(f32, f32, f32)> {
+        norm::affine(&self.params, self.geom.o, eps)
+    }
+
     /// The batch (mean, biased variance) per channel.
     pub(super) fn stats(&self) -> (&[f32], &[f32]) {
         let c = self.geom.o;
@@ -34,25 +40,94 @@ pub(super) fn conv_bn(
     geom: ConvGeom,
     x: &[f32],
     w: &[f32],
-    (weight, bias): (&[f32], &[f32]),
+    affine: (&[f32], &[f32]),
     eps: f32,
     relu: bool,
 ) -> Result<(Stage, Vec<f32>)> {
-    let (c, hw) = (geom.o, geom.ho() * geom.wo());
+    let stage = conv_stats(geom, x, w, affine)?;
+    let y = norm::apply(&stage.conv_out, &stage.coef(eps), relu, geom.hw_out());
+    Ok((stage, y))
+}
+
+/// conv → batch statistics: the stage, whose normalised output the caller makes.
+pub(super) fn conv_stats(
+    geom: ConvGeom,
+    x: &[f32],
+    w: &[f32],
+    affine: (&[f32], &[f32]),
+) -> Result<Stage> {
+    conv_stats_impl(geom, x, None, w, affine)
+}
+
+/// The next stage after `prev`, whose normalised output (then ReLU) is this stage's input:
+/// each image is normalised just before its convolution, while it is in cache. Returns the
+/// stage and its input (kept for the backward pass).
+pub(super) fn conv_stats_after(
+    prev: &Stage,
+    (eps, relu): (f32, bool),
+    geom: ConvGeom,
+    w: &[f32],
+    affine: (&[f32], &[f32]),
+) -> Result<(Stage, Vec<f32>)> {
+    let coef = prev.coef(eps);
+    let mut input = vec![0f32; prev.conv_out.len()];
+    let stage = conv_stats_impl(
+        geom,
+        &prev.conv_out,
+        Some((&coef, relu, &mut input)),
+        w,
+        affine,
+    )?;
+    Ok((stage, input))
+}
+
+/// Per-channel normalisation (then ReLU) applied to `x` image by image into a buffer first.
+type Normalise<'a> = (&'a [(f32, f32, f32)], bool, &'a mut [f32]);
+
+fn conv_stats_impl(
+    geom: ConvGeom,
+    x: &[f32],
+    normalise: Option<Normalise<'_>>,
+    w: &[f32],
+    (weight, bias): (&[f32], &[f32]),
+) -> Result<Stage> {
+    let (c, hw) = (geom.o, geom.hw_out());
     if weight.len() != c || bias.len() != c {
         bail!("conv+batch-norm: affine parameters do not match {c} channels");
     }
+    let in_image = geom.in_image();
+    if x.len() != geom.n * in_image {
+        bail!("conv+batch-norm: input does not match the convolution");
+    }
+    let (coef, relu, mut into): (&[(f32, f32, f32)], bool, Vec<&mut [f32]>) = match normalise {
+        Some((k, relu, buf)) => {
+            if buf.len() != x.len() || k.len() != geom.c {
+                bail!("conv+batch-norm: normalisation does not match the input");
+            }
+            (k, relu, buf.chunks_mut(in_image.max(1)).collect())
+        }
+        None => (&[], false, Vec::new()),
+    };
+    into.resize_with(geom.n, Default::default);
     // The convolution image by image, each image's moments per channel taken while its
     // output is still in cache.
     let mut conv_out = vec![0f32; geom.n * geom.out_image()];
     let mut moments = vec![(0f64, 0f64); geom.n * c];
     conv_out
         .par_chunks_mut(geom.out_image().max(1))
-        .zip(x.par_chunks(geom.in_image().max(1)))
         .zip(moments.par_chunks_mut(c.max(1)))
+        .zip(into.into_par_iter())
+        .enumerate()
         .try_for_each_init(
             || conv::col_buffer(&geom),
-            |col, ((yi, xi), mi)| {
+            |col, (i, ((yi, mi), di))| {
+                let src = &x[i * in_image..(i + 1) * in_image];
+                let xi: &[f32] = if coef.is_empty() {
+                    src
+                } else {
+                    norm::apply_image(src, coef, relu, geom.h * geom.w, di);
+                    di
+                };
                 geom.forward_image(w, xi, yi, col)?;
                 for (m, plane) in mi.iter_mut().zip(yi.chunks(hw.max(1))) {
                     *m = norm::plane_moments(plane);
@@ -66,15 +141,11 @@ pub(super) fn conv_bn(
     params.extend_from_slice(bias);
     params.extend(stats.iter().map(|s| s.0));
     params.extend(stats.iter().map(|s| s.1));
-    let y = norm::apply(&conv_out, &norm::affine(&params, c, eps), relu, hw);
-    Ok((
-        Stage {
-            geom,
-            conv_out,
-            params,
-        },
-        y,
-    ))
+    Ok(Stage {
+        geom,
+        conv_out,
+        params,
+    })
 }
 
 /// (∂L/∂input if asked for, ∂L/∂conv weight, ∂L/∂bn weight, ∂L/∂bn bias).

@@ -107,6 +107,19 @@ pub(super) fn stats(x: &[f32], n: usize, c: usize, hw: usize) -> Vec<(f32, f32)>
         .collect()
 }
 
+/// `x · scale + shift` (then ReLU) over one plane.
+fn apply_plane(x: &[f32], out: &mut [f32], scale: f32, shift: f32, relu: bool) {
+    if relu {
+        for (o, v) in out.iter_mut().zip(x) {
+            *o = (v * scale + shift).max(0.0);
+        }
+    } else {
+        for (o, v) in out.iter_mut().zip(x) {
+            *o = v * scale + shift;
+        }
+    }
+}
+
 /// `x · scale + shift` per channel (then ReLU).
 pub(super) fn apply(x: &[f32], coef: &[(f32, f32, f32)], relu: bool, hw: usize) -> Vec<f32> {
     let c = coef.len().max(1);
@@ -116,17 +129,71 @@ pub(super) fn apply(x: &[f32], coef: &[(f32, f32, f32)], relu: bool, hw: usize) 
         .enumerate()
         .for_each(|(plane, (yo, xi))| {
             let (scale, shift, _) = coef[plane % c];
-            if relu {
-                for (o, v) in yo.iter_mut().zip(xi) {
-                    *o = (v * scale + shift).max(0.0);
+            apply_plane(xi, yo, scale, shift, relu);
+        });
+    y
+}
+
+/// [`apply`] to one image (C planes of `hw` values) into `out`.
+pub(super) fn apply_image(
+    x: &[f32],
+    coef: &[(f32, f32, f32)],
+    relu: bool,
+    hw: usize,
+    out: &mut [f32],
+) {
+    for ((o, xp), &(scale, shift, _)) in out.chunks_mut(hw.max(1)).zip(x.chunks(hw.max(1))).zip(coef)
+    {
+        apply_plane(xp, o, scale, shift, relu);
+    }
+}
+
+/// The second operand of [`apply_add_relu`].
+pub(super) enum Skip<'a> {
+    /// Added as it is.
+    Identity(&'a [f32]),
+    /// Normalised per channel with (scale, shift, _) first.
+    Normalised(&'a [f32], Vec<(f32, f32, f32)>),
+}
+
+/// `relu(x · scale + shift + skip)` per channel, `skip` as [`Skip`] says: a residual block's
+/// last batch norm, its shortcut and the ReLU in one pass.
+pub(super) fn apply_add_relu(
+    x: &[f32],
+    coef: &[(f32, f32, f32)],
+    skip: Skip<'_>,
+    hw: usize,
+) -> Result<Vec<f32>> {
+    let c = coef.len().max(1);
+    let hw = hw.max(1);
+    let (b, bcoef) = match &skip {
+        Skip::Identity(b) => (*b, None),
+        Skip::Normalised(b, k) => (*b, Some(k.as_slice())),
+    };
+    if b.len() != x.len() || bcoef.is_some_and(|k| k.len() != coef.len()) {
+        bail!("residual add: the shortcut does not match the main path");
+    }
+    let mut y = vec![0f32; x.len()];
+    y.par_chunks_mut(hw)
+        .zip(x.par_chunks(hw).zip(b.par_chunks(hw)))
+        .enumerate()
+        .for_each(|(plane, (yo, (xp, bp)))| {
+            let (scale, shift, _) = coef[plane % c];
+            match bcoef {
+                Some(k) => {
+                    let (bs, bt, _) = k[plane % c];
+                    for ((o, v), u) in yo.iter_mut().zip(xp).zip(bp) {
+                        *o = (v * scale + shift + u * bs + bt).max(0.0);
+                    }
                 }
-            } else {
-                for (o, v) in yo.iter_mut().zip(xi) {
-                    *o = v * scale + shift;
+                None => {
+                    for ((o, v), u) in yo.iter_mut().zip(xp).zip(bp) {
+                        *o = (v * scale + shift + u).max(0.0);
+                    }
                 }
             }
         });
-    y
+    Ok(y)
 }
 
 /// What the training-mode backward pass needs per channel, after a first pass over the batch:
