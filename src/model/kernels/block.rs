@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, bail};
 
 use super::conv::ConvGeom;
-use super::fused::{Stage, conv_bn_backward, conv_stats, conv_stats_after};
+use super::fused::{Chain, Stage, conv_bn_backward, conv_stats, conv_stats_after};
 use super::{f32_slice, norm, pointwise, poisoned, with_values};
 
 /// Where each parameter sits in the block's flat parameter vector: conv1 weight, bn1 weight,
@@ -147,15 +147,15 @@ impl CustomOp2 for ResidualBlock {
                 let off = sh.offsets();
                 let sizes = sh.sizes();
                 let part = |i: usize| &pv[off[i]..off[i] + sizes[i]];
-                // Through bn2 and conv2 into ∂L/∂y1 (zeros to start from).
-                let (dy1, dw2, dg2, db2) = conv_bn_backward(
-                    &sv.s2,
-                    &sv.y1,
-                    part(3),
-                    &m,
-                    (eps, false),
-                    Some(vec![0f32; sv.y1.len()]),
-                )?;
+                // Through bn2 and conv2 into ∂L/∂y1 (zeros to start from), taking bn1's first
+                // backward pass on the way.
+                let chain = Chain {
+                    sums: None,
+                    prev: Some((&sv.s1, true)),
+                };
+                let dy1 = Some(vec![0f32; sv.y1.len()]);
+                let ((dy1, dw2, dg2, db2), s1_sums) =
+                    conv_bn_backward(&sv.s2, &sv.y1, part(3), &m, (eps, false), dy1, chain)?;
                 let dy1 = dy1.unwrap_or_default();
                 // ∂L/∂x gathers the main path and the shortcut in one buffer: it starts as the
                 // identity shortcut's gradient (m itself, no longer needed otherwise) or as
@@ -164,16 +164,21 @@ impl CustomOp2 for ResidualBlock {
                     Some(_) => (want_x.then(|| vec![0f32; xv.len()]), Some(m)),
                     None => (want_x.then_some(m), None),
                 };
-                let (dx, dw1, dg1, db1) =
-                    conv_bn_backward(&sv.s1, xv, part(0), &dy1, (eps, true), dx0)?;
+                let chain = Chain {
+                    sums: s1_sums,
+                    prev: None,
+                };
+                let ((dx, dw1, dg1, db1), _) =
+                    conv_bn_backward(&sv.s1, xv, part(0), &dy1, (eps, true), dx0, chain)?;
                 let mut dp = Vec::with_capacity(sh.total());
                 for v in [&dw1, &dg1, &db1, &dw2, &dg2, &db2] {
                     dp.extend_from_slice(v);
                 }
                 let dx = match (&sv.shortcut, m) {
                     (Some(st), Some(m)) => {
-                        let (dx, dws, dgs, dbs) =
-                            conv_bn_backward(st, xv, part(6), &m, (eps, false), dx)?;
+                        let chain = Chain::default();
+                        let ((dx, dws, dgs, dbs), _) =
+                            conv_bn_backward(st, xv, part(6), &m, (eps, false), dx, chain)?;
                         for v in [&dws, &dgs, &dbs] {
                             dp.extend_from_slice(v);
                         }

@@ -151,13 +151,25 @@ fn conv_stats_impl(
 /// (∂L/∂input if asked for, ∂L/∂conv weight, ∂L/∂bn weight, ∂L/∂bn bias).
 pub(super) type StageGrads = (Option<Vec<f32>>, Vec<f32>, Vec<f32>, Vec<f32>);
 
+/// Work shared between two stages' backward passes (see [`conv_bn_backward`]).
+#[derive(Default)]
+pub(super) struct Chain<'a> {
+    /// This stage's first batch-norm pass, already taken by the stage after it.
+    pub(super) sums: Option<norm::BackwardSums>,
+    /// The stage whose output, through its batch norm (then ReLU when `.1`), is this stage's
+    /// input: its first pass is taken here from ∂L/∂input, image by image as it is made.
+    pub(super) prev: Option<(&'a Stage, bool)>,
+}
+
 /// Backward through one conv + bn (+ ReLU) stage, given the stage's input and weight. `dx`:
 /// `None` when the input needs no gradient, else a buffer of the input's size that ∂L/∂input
 /// is added into (zeros, or gradient already gathered from elsewhere) and returned.
 ///
-/// After one pass for batch norm's per-channel sums, each image runs its whole backward back
-/// to back: batch norm's ∂L/∂conv for that image into a small buffer, then the convolution's
-/// ∂L/∂x and ∂L/∂w products from it while it is in cache.
+/// After one pass for batch norm's per-channel sums (or none, given `chain.sums`), each image
+/// runs its whole backward back to back: batch norm's ∂L/∂conv for that image into a small
+/// buffer, then the convolution's ∂L/∂x and ∂L/∂w products from it while it is in cache, and
+/// with `chain.prev` the previous stage's sums from the finished ∂L/∂x (which must then start
+/// as zeros). Returns the gradients and, with `chain.prev`, the previous stage's sums.
 pub(super) fn conv_bn_backward(
     st: &Stage,
     input: &[f32],
@@ -165,13 +177,17 @@ pub(super) fn conv_bn_backward(
     grad: &[f32],
     (eps, relu): (f32, bool),
     dx: Option<Vec<f32>>,
-) -> Result<StageGrads> {
+    chain: Chain<'_>,
+) -> Result<(StageGrads, Option<norm::BackwardSums>)> {
     let g = st.geom;
     let (c, hw) = (g.o, g.hw_out());
     if grad.len() != st.conv_out.len() || input.len() != g.n * g.in_image() {
         bail!("conv+batch-norm backward: gradient or input does not match the forward pass");
     }
-    let sums = norm::BackwardSums::new(&st.conv_out, &st.params, grad, eps, relu, (g.n, c, hw));
+    let sums = match chain.sums {
+        Some(s) => s,
+        None => norm::BackwardSums::new(&st.conv_out, &st.params, grad, eps, relu, (g.n, c, hw)),
+    };
     let per = g.per_run();
     let mut dx = dx;
     if let Some(d) = &dx
@@ -184,12 +200,23 @@ pub(super) fn conv_bn_backward(
         None => Vec::new(),
     };
     let want_input = !dx_runs.is_empty();
+    let prev = match chain.prev {
+        Some((ps, prelu)) if want_input => {
+            if ps.conv_out.len() != input.len() {
+                bail!("conv+batch-norm backward: the previous stage does not feed this one");
+            }
+            Some((ps, prelu, ps.coef(eps)))
+        }
+        _ => None,
+    };
+    let prev_c = prev.as_ref().map_or(0, |p| p.0.geom.o);
     dx_runs.resize_with(g.image_runs(), Default::default);
-    let partials: Vec<Vec<f32>> = dx_runs
+    let partials: Vec<(Vec<f32>, Vec<(f64, f64)>)> = dx_runs
         .into_par_iter()
         .enumerate()
-        .map(|(run, dx_run)| -> Result<Vec<f32>> {
+        .map(|(run, dx_run)| -> Result<(Vec<f32>, Vec<(f64, f64)>)> {
             let mut dw = vec![0f32; g.o * g.ckk()];
+            let mut acc = vec![(0f64, 0f64); prev_c];
             let mut col = conv::col_buffer(&g);
             let mut d_conv = vec![0f32; g.out_image()];
             for i in run * per..((run + 1) * per).min(g.n) {
@@ -201,19 +228,37 @@ pub(super) fn conv_bn_backward(
                     &grad[out],
                     &mut d_conv,
                 );
+                let inp = i * g.in_image()..(i + 1) * g.in_image();
                 if want_input {
                     let j = (i - run * per) * g.in_image();
                     let dxi = &mut dx_run[j..j + g.in_image()];
                     g.backward_input_image(w, &d_conv, dxi, &mut col)?;
+                    if let Some((ps, prelu, pcoef)) = &prev {
+                        let pin = (&ps.conv_out[inp.clone()], &*dxi);
+                        let phw = ps.geom.hw_out();
+                        norm::BackwardSums::add_image(
+                            pcoef, &ps.params, *prelu, phw, pin, &mut acc,
+                        );
+                    }
                 }
-                let xi = &input[i * g.in_image()..(i + 1) * g.in_image()];
-                g.backward_weight_image(xi, &d_conv, &mut dw, &mut col)?;
+                g.backward_weight_image(&input[inp], &d_conv, &mut dw, &mut col)?;
             }
-            Ok(dw)
+            Ok((dw, acc))
         })
         .collect::<Result<_>>()?;
+    let prev_sums = prev.map(|(ps, prelu, pcoef)| {
+        let mut totals = vec![(0f64, 0f64); prev_c];
+        for (_, acc) in &partials {
+            for (t, a) in totals.iter_mut().zip(acc) {
+                t.0 += a.0;
+                t.1 += a.1;
+            }
+        }
+        norm::BackwardSums::from_totals(pcoef, prelu, (ps.geom.n, ps.geom.hw_out()), &totals)
+    });
+    let dws: Vec<Vec<f32>> = partials.into_iter().map(|p| p.0).collect();
     let (dgamma, dbeta) = sums.param_grads();
-    Ok((dx, g.weight_grad(&partials), dgamma, dbeta))
+    Ok(((dx, g.weight_grad(&dws), dgamma, dbeta), prev_sums))
 }
 
 /// Operands: input x (N, Cin, H, W), convolution weight (C, Cin, K, K), batch-norm weight and
@@ -275,7 +320,8 @@ impl CustomOp3 for ConvBatchNorm {
             with_values(w, |ws| {
                 with_values(x, |xs| {
                     let dx = x.track_op().then(|| vec![0f32; xs.len()]);
-                    conv_bn_backward(stage, xs, ws, g, (self.eps, self.relu), dx)
+                    let chain = Chain::default();
+                    Ok(conv_bn_backward(stage, xs, ws, g, (self.eps, self.relu), dx, chain)?.0)
                 })
             })
         })?;

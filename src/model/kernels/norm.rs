@@ -142,7 +142,8 @@ pub(super) fn apply_image(
     hw: usize,
     out: &mut [f32],
 ) {
-    for ((o, xp), &(scale, shift, _)) in out.chunks_mut(hw.max(1)).zip(x.chunks(hw.max(1))).zip(coef)
+    for ((o, xp), &(scale, shift, _)) in
+        out.chunks_mut(hw.max(1)).zip(x.chunks(hw.max(1))).zip(coef)
     {
         apply_plane(xp, o, scale, shift, relu);
     }
@@ -232,6 +233,52 @@ impl BackwardSums {
                 }
                 (sg as f32, (sgx * f64::from(inv)) as f32)
             })
+            .collect();
+        Self {
+            coef,
+            sums,
+            relu,
+            count: (n * hw).max(1) as f32,
+        }
+    }
+
+    /// Adds one image's (Σg, Σg·(x − mean)) per channel to `acc` (C entries): the first pass
+    /// taken image by image by a caller that has the image's gradient at hand anyway.
+    pub(super) fn add_image(
+        coef: &[(f32, f32, f32)],
+        p: &[f32],
+        relu: bool,
+        hw: usize,
+        (x, g): (&[f32], &[f32]),
+        acc: &mut [(f64, f64)],
+    ) {
+        let c = coef.len();
+        let hw = hw.max(1);
+        for (ch, ((a, xp), gp)) in acc
+            .iter_mut()
+            .zip(x.chunks(hw))
+            .zip(g.chunks(hw))
+            .enumerate()
+        {
+            let (scale, shift, _) = coef[ch];
+            let (sg, sgx) = masked_sums(xp, gp, relu, scale, shift, p[2 * c + ch]);
+            a.0 += f64::from(sg);
+            a.1 += f64::from(sgx);
+        }
+    }
+
+    /// The first pass from totals gathered with [`BackwardSums::add_image`] over all `n`
+    /// images.
+    pub(super) fn from_totals(
+        coef: Vec<(f32, f32, f32)>,
+        relu: bool,
+        (n, hw): (usize, usize),
+        totals: &[(f64, f64)],
+    ) -> Self {
+        let sums = totals
+            .iter()
+            .zip(&coef)
+            .map(|(&(sg, sgx), &(_, _, inv))| (sg as f32, (sgx * f64::from(inv)) as f32))
             .collect();
         Self {
             coef,
