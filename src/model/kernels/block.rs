@@ -114,7 +114,7 @@ impl CustomOp2 for ResidualBlock {
             Some(st) => norm::Skip::Normalised(&st.conv_out, st.coef(self.eps)),
             None => norm::Skip::Identity(x),
         };
-        let out = norm::apply_add_relu(&st2.conv_out, &st2.coef(self.eps), skip, g2.hw_out())?;
+        let out = norm::apply_add_relu(&st2.conv_out, &st2.coef(self.eps), &skip, g2.hw_out())?;
         *self.saved.lock().map_err(|_| poisoned(NAME))? = Some(Saved {
             s1: st1,
             y1,

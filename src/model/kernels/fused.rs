@@ -81,8 +81,15 @@ pub(super) fn conv_stats_after(
     Ok((stage, input))
 }
 
+/// Per channel: scale, shift, inverse standard deviation (see [`norm::affine`]).
+type Coef = (f32, f32, f32);
+
 /// Per-channel normalisation (then ReLU) applied to `x` image by image into a buffer first.
-type Normalise<'a> = (&'a [(f32, f32, f32)], bool, &'a mut [f32]);
+type Normalise<'a> = (&'a [Coef], bool, &'a mut [f32]);
+
+/// One run of images' backward results: its ∂L/∂w partial sum and the previous stage's
+/// first-pass sums per channel.
+type RunSums = (Vec<f32>, Vec<(f64, f64)>);
 
 fn conv_stats_impl(
     geom: ConvGeom,
@@ -99,7 +106,7 @@ fn conv_stats_impl(
     if x.len() != geom.n * in_image {
         bail!("conv+batch-norm: input does not match the convolution");
     }
-    let (coef, relu, mut into): (&[(f32, f32, f32)], bool, Vec<&mut [f32]>) = match normalise {
+    let (coef, relu, mut into): (&[Coef], bool, Vec<&mut [f32]>) = match normalise {
         Some((k, relu, buf)) => {
             if buf.len() != x.len() || k.len() != geom.c {
                 bail!("conv+batch-norm: normalisation does not match the input");
@@ -211,10 +218,10 @@ pub(super) fn conv_bn_backward(
     };
     let prev_c = prev.as_ref().map_or(0, |p| p.0.geom.o);
     dx_runs.resize_with(g.image_runs(), Default::default);
-    let partials: Vec<(Vec<f32>, Vec<(f64, f64)>)> = dx_runs
+    let partials: Vec<RunSums> = dx_runs
         .into_par_iter()
         .enumerate()
-        .map(|(run, dx_run)| -> Result<(Vec<f32>, Vec<(f64, f64)>)> {
+        .map(|(run, dx_run)| -> Result<RunSums> {
             let mut dw = vec![0f32; g.o * g.ckk()];
             let mut acc = vec![(0f64, 0f64); prev_c];
             let mut col = conv::col_buffer(&g);

@@ -162,12 +162,12 @@ pub(super) enum Skip<'a> {
 pub(super) fn apply_add_relu(
     x: &[f32],
     coef: &[(f32, f32, f32)],
-    skip: Skip<'_>,
+    skip: &Skip<'_>,
     hw: usize,
 ) -> Result<Vec<f32>> {
     let c = coef.len().max(1);
     let hw = hw.max(1);
-    let (b, bcoef) = match &skip {
+    let (b, bcoef) = match skip {
         Skip::Identity(b) => (*b, None),
         Skip::Normalised(b, k) => (*b, Some(k.as_slice())),
     };
