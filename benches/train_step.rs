@@ -2,12 +2,12 @@
 //! (`torch_bench.py --task T --batch B --steps S`); the same measurement as `pretext bench`.
 //! Prints one JSON line.
 //!
-//!     cargo bench --bench train_step -- --task rotation --batch 128 --size 32 --steps 20
+//!     cargo bench --bench train_step -- --task rotation --batch 128 --size 32 --steps 20 [--device cuda]
 
 #![allow(clippy::print_stdout)]
 
 use pretext::bench::{BenchSpec, run};
-use pretext::config::TaskKind;
+use pretext::config::{DeviceKind, TaskKind};
 
 fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
     args.iter()
@@ -27,6 +27,11 @@ fn main() -> anyhow::Result<()> {
         batch: arg(&args, "--batch", 128),
         size: arg(&args, "--size", 32),
         steps: arg(&args, "--steps", 20),
+        device: <DeviceKind as clap::ValueEnum>::from_str(
+            &arg(&args, "--device", "cpu".to_string()),
+            true,
+        )
+        .map_err(anyhow::Error::msg)?,
     };
     println!("{}", serde_json::to_string(&run(&spec)?)?);
     Ok(())

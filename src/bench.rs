@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::config::{DataSource, TaskKind, TrainConfig};
+use crate::config::{DataSource, DeviceKind, TaskKind, TrainConfig};
 use crate::train::{Command, Event, Outcome, Trainer};
 
 /// Steps run before timing starts (allocator and caches settle).
@@ -20,7 +20,14 @@ pub struct BenchSpec {
     pub batch: usize,
     pub size: usize,
     pub steps: usize,
+    /// cuda and metal need a build with that cargo feature.
+    pub device: DeviceKind,
 }
+
+/// A benchmark the engine refused to start (e.g. a device this build lacks).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidInput(pub String);
 
 /// Medians over the timed steps, in seconds.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -37,7 +44,8 @@ pub struct BenchReport {
     pub batch: usize,
     pub size: usize,
     pub steps: usize,
-    /// "pretext kernels" or "candle stock ops".
+    pub device: String,
+    /// "pretext kernels" or "candle stock ops" (always candle's ops off the CPU).
     pub ops: String,
     pub median_step_s: f64,
     /// Images (or views) per second at the median step.
@@ -76,6 +84,7 @@ pub fn run(spec: &BenchSpec) -> anyhow::Result<BenchReport> {
         size: spec.size,
         out: out.clone(),
         preview_images: 1,
+        device: spec.device,
         ..TrainConfig::default()
     };
     config.validate().map_err(anyhow::Error::msg)?;
@@ -86,7 +95,8 @@ pub fn run(spec: &BenchSpec) -> anyhow::Result<BenchReport> {
         match trainer.events().recv_timeout(Duration::from_secs(3600)) {
             Ok(Event::Step(m)) => steps.push(m),
             Ok(Event::Finished { outcome, .. }) => match outcome {
-                Outcome::InvalidInput(e) | Outcome::Failed(e) => break Err(anyhow::anyhow!(e)),
+                Outcome::InvalidInput(e) => break Err(anyhow::Error::new(InvalidInput(e))),
+                Outcome::Failed(e) => break Err(anyhow::anyhow!(e)),
                 _ => break Ok(()),
             },
             Ok(_) => {}
@@ -110,7 +120,10 @@ pub fn run(spec: &BenchSpec) -> anyhow::Result<BenchReport> {
         batch: spec.batch,
         size: spec.size,
         steps: timed.len(),
-        ops: if crate::model::kernels::applies(&candle_core::Device::Cpu, candle_core::DType::F32) {
+        device: spec.device.to_string(),
+        ops: if spec.device == DeviceKind::Cpu
+            && crate::model::kernels::applies(&candle_core::Device::Cpu, candle_core::DType::F32)
+        {
             "pretext kernels".into()
         } else {
             "candle stock ops".into()
@@ -127,8 +140,8 @@ impl std::fmt::Display for BenchReport {
         let ms = |s: f64| s * 1e3;
         writeln!(
             f,
-            "{} · batch {} · {} px · {} timed steps · {}",
-            self.task, self.batch, self.size, self.steps, self.ops
+            "{} · batch {} · {} px · {} timed steps · {} · {}",
+            self.task, self.batch, self.size, self.steps, self.device, self.ops
         )?;
         writeln!(
             f,

@@ -62,6 +62,9 @@ pub struct BenchArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Compute device; cuda and metal need a build with that cargo feature.
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub device: DeviceKind,
 }
 
 /// Runs `pretext bench`; returns the process exit code.
@@ -74,11 +77,13 @@ pub fn bench(args: &BenchArgs) -> i32 {
         batch: args.batch,
         size: args.size,
         steps: args.steps,
+        device: args.device,
     };
     if !args.json {
         eprintln!(
-            "benchmarking {} at batch {}, {} px: {} warm-up + {} timed steps…",
+            "benchmarking {} on {} at batch {}, {} px: {} warm-up + {} timed steps…",
             args.task.name(),
+            args.device,
             args.batch,
             args.size,
             crate::bench::WARMUP,
@@ -102,7 +107,11 @@ pub fn bench(args: &BenchArgs) -> i32 {
         }
         Err(e) => {
             eprintln!("error: {e:#}");
-            EXIT_FAILED
+            if e.downcast_ref::<crate::bench::InvalidInput>().is_some() {
+                EXIT_INPUT
+            } else {
+                EXIT_FAILED
+            }
         }
     }
 }

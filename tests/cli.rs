@@ -353,3 +353,30 @@ fn eval_judges_a_run_against_random_init_and_raw_pixels() {
     let o = pretext(&["eval", "--run", out.path().to_str().unwrap()]);
     assert_one_line_error(&o, "not a run directory");
 }
+
+#[test]
+fn bench_reports_a_json_line_and_refuses_a_device_the_build_lacks() {
+    let o = pretext(&[
+        "bench", "--task", "patch", "--batch", "8", "--size", "16", "--steps", "2", "--json",
+    ]);
+    let stdout = text(&o.stdout);
+    assert!(o.status.success(), "{stdout}\n{}", text(&o.stderr));
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(report["task"], "patch");
+    assert_eq!(report["device"], "cpu");
+    assert_eq!(report["ops"], "pretext kernels");
+    assert_eq!(report["steps"], 2);
+    assert!(report["images_per_s"].as_f64().unwrap() > 0.0, "{report}");
+    let split = &report["split"];
+    assert!(split["forward_s"].as_f64().unwrap() > 0.0, "{report}");
+    assert!(split["backward_s"].as_f64().unwrap() > 0.0, "{report}");
+
+    if cfg!(not(feature = "cuda")) {
+        let o = pretext(&[
+            "bench", "--task", "patch", "--steps", "1", "--device", "cuda",
+        ]);
+        assert_eq!(o.status.code(), Some(2));
+        let stderr = text(&o.stderr);
+        assert!(stderr.contains("--features cuda"), "{stderr}");
+    }
+}
