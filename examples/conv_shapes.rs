@@ -62,14 +62,7 @@ fn run(dev: &Device, n: usize, reps: usize) -> anyhow::Result<()> {
             t[2].push((t3 - t2).as_secs_f64());
         }
         let gf = 2.0 * (n * cout * ho * ho * cin * k * k) as f64 / 1e9;
-        let med: Vec<f64> = t
-            .iter_mut()
-            .map(|v| {
-                v.remove(0);
-                v.sort_by(f64::total_cmp);
-                v[reps / 2]
-            })
-            .collect();
+        let med: Vec<f64> = t.iter_mut().map(median_after_first).collect();
         println!(
             "{name:6} fwd {:6.2} ms ({:4.0} GF/s)  dx {:6.2} ms ({:4.0})  dw {:6.2} ms ({:4.0})",
             med[0] * 1e3,
@@ -107,14 +100,7 @@ fn run(dev: &Device, n: usize, reps: usize) -> anyhow::Result<()> {
             t[0].push((t1 - t0).as_secs_f64());
             t[1].push((t2 - t1b).as_secs_f64());
         }
-        let med: Vec<f64> = t
-            .iter_mut()
-            .map(|v| {
-                v.remove(0);
-                v.sort_by(f64::total_cmp);
-                v[reps / 2]
-            })
-            .collect();
+        let med: Vec<f64> = t.iter_mut().map(median_after_first).collect();
         println!(
             "block {name} fwd {:6.2} ms  bwd {:6.2} ms",
             med[0] * 1e3,
@@ -122,4 +108,11 @@ fn run(dev: &Device, n: usize, reps: usize) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The median of the timings after the first (warm-up) one.
+fn median_after_first(v: &mut Vec<f64>) -> f64 {
+    v.remove(0);
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }

@@ -338,13 +338,18 @@ impl ConvGeom {
         col: &mut [f32],
     ) -> Result<()> {
         let wmat = MatRef::rows(w, self.o, self.ckk());
-        let cols = if self.is_pointwise() {
+        matmul(yi, false, wmat, self.columns(xi, col))
+    }
+
+    /// The im2col matrix (C·K·K × Ho·Wo) of one image: made in `col`, or the image itself for
+    /// a pointwise convolution.
+    fn columns<'a>(&self, xi: &'a [f32], col: &'a mut [f32]) -> MatRef<'a> {
+        if self.is_pointwise() {
             MatRef::rows(xi, self.ckk(), self.hw_out())
         } else {
             self.im2col(xi, col);
             MatRef::rows(col, self.ckk(), self.hw_out())
-        };
-        matmul(yi, false, wmat, cols)
+        }
     }
 
     /// One image: `dxi += col2im(wᵀ · dyi)` (`dxi` as zeroed or partly summed by the caller).
@@ -376,13 +381,7 @@ impl ConvGeom {
         col: &mut [f32],
     ) -> Result<()> {
         let dyi = MatRef::rows(dyi, self.o, self.hw_out());
-        let cols = if self.is_pointwise() {
-            MatRef::rows(xi, self.ckk(), self.hw_out())
-        } else {
-            self.im2col(xi, col);
-            MatRef::rows(col, self.ckk(), self.hw_out())
-        };
-        matmul(dw, true, cols, dyi.t())
+        matmul(dw, true, self.columns(xi, col), dyi.t())
     }
 
     /// ∂L/∂w (O × C·K·K) from partial sums laid out (C·K·K × O).
