@@ -398,15 +398,18 @@ impl ConvGeom {
         dw
     }
 
-    /// Contiguous runs of images, a few per thread (so a thread slowed by other work does not
-    /// hold the others up), for loops that keep per-run partial sums.
-    pub(super) fn image_runs(&self) -> usize {
-        let runs = 4 * rayon::current_num_threads().max(1);
-        self.n.div_ceil(self.n.div_ceil(runs).max(1)).max(1)
+    /// Images per run, for loops that keep per-run partial sums over contiguous runs of
+    /// images: a few runs per thread, so a thread slowed by other work does not hold the
+    /// others up.
+    pub(super) fn per_run(&self) -> usize {
+        self.n
+            .div_ceil(4 * rayon::current_num_threads().max(1))
+            .max(1)
     }
 
-    pub(super) fn per_run(&self) -> usize {
-        self.n.div_ceil(self.image_runs()).max(1)
+    /// How many runs of [`ConvGeom::per_run`] images cover the batch.
+    pub(super) fn image_runs(&self) -> usize {
+        self.n.div_ceil(self.per_run()).max(1)
     }
 }
 

@@ -106,14 +106,17 @@ fn conv_stats_impl(
     if x.len() != geom.n * in_image {
         bail!("conv+batch-norm: input does not match the convolution");
     }
-    let (coef, relu, mut into): (&[Coef], bool, Vec<&mut [f32]>) = match normalise {
+    let (norm_with, mut into) = match normalise {
         Some((k, relu, buf)) => {
             if buf.len() != x.len() || k.len() != geom.c {
                 bail!("conv+batch-norm: normalisation does not match the input");
             }
-            (k, relu, buf.chunks_mut(in_image.max(1)).collect())
+            (
+                Some((k, relu)),
+                buf.chunks_mut(in_image.max(1)).collect::<Vec<_>>(),
+            )
         }
-        None => (&[], false, Vec::new()),
+        None => (None, Vec::new()),
     };
     into.resize_with(geom.n, Default::default);
     // The convolution image by image, each image's moments per channel taken while its
@@ -129,11 +132,12 @@ fn conv_stats_impl(
             || conv::col_buffer(&geom),
             |col, (i, ((yi, mi), di))| {
                 let src = &x[i * in_image..(i + 1) * in_image];
-                let xi: &[f32] = if coef.is_empty() {
-                    src
-                } else {
-                    norm::apply_image(src, coef, relu, geom.h * geom.w, di);
-                    di
+                let xi: &[f32] = match norm_with {
+                    Some((coef, relu)) => {
+                        norm::apply_image(src, coef, relu, geom.h * geom.w, di);
+                        di
+                    }
+                    None => src,
                 };
                 geom.forward_image(w, xi, yi, col)?;
                 for (m, plane) in mi.iter_mut().zip(yi.chunks(hw.max(1))) {
@@ -183,7 +187,7 @@ pub(super) fn conv_bn_backward(
     w: &[f32],
     grad: &[f32],
     (eps, relu): (f32, bool),
-    dx: Option<Vec<f32>>,
+    mut dx: Option<Vec<f32>>,
     chain: Chain<'_>,
 ) -> Result<(StageGrads, Option<norm::BackwardSums>)> {
     let g = st.geom;
@@ -196,7 +200,6 @@ pub(super) fn conv_bn_backward(
         None => norm::BackwardSums::new(&st.conv_out, &st.params, grad, eps, relu, (g.n, c, hw)),
     };
     let per = g.per_run();
-    let mut dx = dx;
     if let Some(d) = &dx
         && d.len() != g.n * g.in_image()
     {
