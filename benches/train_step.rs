@@ -4,7 +4,7 @@
 //!
 //!     cargo bench --bench train_step -- --task rotation --batch 128 --size 32 --steps 20 [--device cuda]
 
-#![allow(clippy::print_stdout)]
+#![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use pretext::bench::{BenchSpec, run};
 use pretext::config::{DeviceKind, TaskKind};

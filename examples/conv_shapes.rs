@@ -3,6 +3,7 @@
 //! (forward, and backward of a sum), medians of 21 runs on the kernels' compute pool:
 //!
 //!     cargo run --release --example conv_shapes
+#![allow(clippy::print_stdout, clippy::print_stderr)]
 use std::time::Instant;
 
 use candle_core::{Device, Tensor, Var};

@@ -1,7 +1,12 @@
 //! Makes the PNGs in `screenshots/` from the real app mid-training (rendered offscreen with
 //! wgpu): `cargo run --release --example screenshots` (see screenshots/README.md).
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    clippy::print_stderr
+)]
 
 use std::path::Path;
 use std::time::{Duration, Instant};

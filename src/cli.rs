@@ -14,6 +14,39 @@ use crate::train::{Command, EpochSummary, Event, Outcome, StepMetrics, Trainer};
 pub const EXIT_INPUT: i32 = 2;
 /// Exit code for a run that failed while training.
 pub const EXIT_FAILED: i32 = 1;
+/// Exit code when standard output was closed by its reader (`pretext train … | head`): what a
+/// shell reports for a program ended by SIGPIPE. The program ends quietly, its run saved.
+pub const EXIT_PIPE_CLOSED: i32 = 141;
+
+/// Standard output can no longer be written (its reader has gone).
+#[derive(Debug)]
+pub struct PipeClosed;
+
+/// Writes one line of results to standard output.
+///
+/// # Errors
+/// [`PipeClosed`] when the write fails (a closed pipe): the caller ends quietly, never panics.
+pub fn say(line: impl std::fmt::Display) -> Result<(), PipeClosed> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}")
+        .and_then(|()| out.flush())
+        .map_err(|_| PipeClosed)
+}
+
+/// Writes one diagnostic line to standard error; a failed write is dropped (nobody is left to
+/// tell), so no output path can panic.
+pub fn note(line: impl std::fmt::Display) {
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
+
+/// `say(…)`, or return `$closed` from the enclosing function when standard output is closed.
+macro_rules! say_or {
+    ($closed:expr, $($arg:tt)*) => {
+        if say(format_args!($($arg)*)).is_err() {
+            return $closed;
+        }
+    };
+}
 
 #[derive(Debug, Parser)]
 #[command(
@@ -80,7 +113,7 @@ pub fn bench(args: &BenchArgs) -> i32 {
         device: args.device,
     };
     if !args.json {
-        eprintln!(
+        note(format_args!(
             "benchmarking {} on {} at batch {}, {} px: {} warm-up + {} timed steps…",
             args.task.name(),
             args.device,
@@ -88,25 +121,25 @@ pub fn bench(args: &BenchArgs) -> i32 {
             args.size,
             crate::bench::WARMUP,
             args.steps
-        );
+        ));
     }
     match crate::bench::run(&spec) {
         Ok(report) => {
             if args.json {
                 match serde_json::to_string(&report) {
-                    Ok(s) => println!("{s}"),
+                    Ok(s) => say_or!(EXIT_PIPE_CLOSED, "{s}"),
                     Err(e) => {
-                        eprintln!("error: {e}");
+                        note(format_args!("error: {e}"));
                         return EXIT_FAILED;
                     }
                 }
             } else {
-                println!("{report}");
+                say_or!(EXIT_PIPE_CLOSED, "{report}");
             }
             0
         }
         Err(e) => {
-            eprintln!("error: {e:#}");
+            note(format_args!("error: {e:#}"));
             if e.downcast_ref::<crate::bench::InvalidInput>().is_some() {
                 EXIT_INPUT
             } else {
@@ -159,7 +192,7 @@ pub fn eval(args: &EvalArgs) -> i32 {
     match eval_inner(args) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            note(format_args!("error: {e:#}"));
             EXIT_INPUT
         }
     }
@@ -203,66 +236,96 @@ fn eval_inner(args: &EvalArgs) -> anyhow::Result<i32> {
             .unwrap_or_default();
         let (csv, npy) = crate::eval::embed::export(dir, &data, &z)
             .with_context(|| format!("cannot write embeddings to {}", dir.display()))?;
-        eprintln!("Embeddings: {} and {}", csv.display(), npy.display());
+        note(format_args!(
+            "Embeddings: {} and {}",
+            csv.display(),
+            npy.display()
+        ));
     }
     let started = Instant::now();
-    let Some(r) = crate::eval::embed::evaluate(&trained, &random, &data)? else {
-        let g = crate::eval::embed::Gauges {
-            alignment: Some(crate::eval::embed::view_alignment(&trained, &data)?),
-            ..crate::eval::embed::gauges(&crate::eval::embed::stage_features(&trained, &data)?[3])
-        };
-        if args.json {
-            println!(
-                "{}",
-                serde_json::json!({ "weights": weights, "data": source.to_string(), "labelled": false, "gauges": g })
-            );
-        } else {
-            println!(
-                "{source} has no labels (no class subfolders): only the gauges of z can be given."
-            );
-            println!(
-                "std of L2-normalised z {:.4} (1/√d = {:.4}), RankMe {:.1} of {}, uniformity {:.3}, alignment {:.3}",
-                g.std_of_l2_normalized,
-                g.std_reference,
-                g.rankme,
-                g.dimensions,
-                g.uniformity,
-                g.alignment.unwrap_or(f64::NAN)
-            );
+    const CLOSED: anyhow::Result<i32> = Ok(EXIT_PIPE_CLOSED);
+    let r = match crate::eval::embed::evaluate(&trained, &random, &data)? {
+        Ok(r) => r,
+        Err(why) => {
+            let g = crate::eval::embed::Gauges {
+                alignment: Some(crate::eval::embed::view_alignment(&trained, &data)?),
+                ..crate::eval::embed::gauges(
+                    &crate::eval::embed::stage_features(&trained, &data)?[3],
+                )
+            };
+            if args.json {
+                say_or!(
+                    CLOSED,
+                    "{}",
+                    serde_json::json!({
+                        "weights": weights,
+                        "data": source.to_string(),
+                        "labelled": data.labels.is_some(),
+                        "not_measured": why.to_string(),
+                        "gauges": g,
+                    })
+                );
+            } else {
+                say_or!(
+                    CLOSED,
+                    "kNN and linear probe on {source}: not measured ({why}). Only the gauges of z can be given."
+                );
+                say_or!(
+                    CLOSED,
+                    "std of L2-normalised z {:.4} (1/√d = {:.4}), RankMe {:.1} of {}, uniformity {:.3}, alignment {:.3}",
+                    g.std_of_l2_normalized,
+                    g.std_reference,
+                    g.rankme,
+                    g.dimensions,
+                    g.uniformity,
+                    g.alignment.unwrap_or(f64::NAN)
+                );
+            }
+            return Ok(0);
         }
-        return Ok(0);
     };
     if args.json {
-        println!(
+        say_or!(
+            CLOSED,
             "{}",
             serde_json::json!({ "weights": weights, "data": source.to_string(), "labelled": true, "report": r, "seconds": started.elapsed().as_secs_f64() })
         );
         return Ok(0);
     }
-    println!(
+    say_or!(
+        CLOSED,
         "Evaluated {} on {source}: {} images, {} classes, {} held out",
         weights.display(),
         r.images,
         r.classes,
         r.held_out
     );
-    println!(
+    say_or!(
+        CLOSED,
         "kNN accuracy (k = {}, t = {})   trained   random init",
         crate::eval::embed::KNN_K,
         crate::eval::embed::KNN_T
     );
     for s in &r.knn {
-        println!("  {:<28} {}    {}", s.stage, pct(s.trained), pct(s.random));
+        say_or!(
+            CLOSED,
+            "  {:<28} {}    {}",
+            s.stage,
+            pct(s.trained),
+            pct(s.random)
+        );
     }
-    println!("  {:<28} {}", "raw pixels", pct(r.knn_raw_pixels));
-    println!(
+    say_or!(CLOSED, "  {:<28} {}", "raw pixels", pct(r.knn_raw_pixels));
+    say_or!(
+        CLOSED,
         "Linear probe on z               {}    {}    (raw pixels {})",
         pct(r.probe_trained),
         pct(r.probe_random),
         pct(r.probe_raw_pixels)
     );
     let g = &r.gauges_trained;
-    println!(
+    say_or!(
+        CLOSED,
         "Gauges of z: std of L2-normalised {:.4} (1/√d = {:.4}; random init {:.4}), RankMe {:.1} of {} (random {:.1}), uniformity {:.3} (random {:.3})",
         g.std_of_l2_normalized,
         g.std_reference,
@@ -273,7 +336,8 @@ fn eval_inner(args: &EvalArgs) -> anyhow::Result<i32> {
         g.uniformity,
         r.gauges_random.uniformity
     );
-    println!(
+    say_or!(
+        CLOSED,
         "Alignment of two augmented views (E‖z − z⁺‖², 0..4, lower = views agree): {:.3} (random init {:.3})",
         g.alignment.unwrap_or(f64::NAN),
         r.gauges_random.alignment.unwrap_or(f64::NAN)
@@ -492,16 +556,16 @@ impl Progress {
 
     fn draw(&mut self, line: &str) {
         if self.enabled {
-            eprint!("\r\x1b[2K{line}");
-            let _ = std::io::stderr().flush();
+            let mut err = std::io::stderr().lock();
+            let _ = write!(err, "\r\x1b[2K{line}").and_then(|()| err.flush());
             self.drawn = true;
         }
     }
 
     fn clear(&mut self) {
         if self.drawn {
-            eprint!("\r\x1b[2K");
-            let _ = std::io::stderr().flush();
+            let mut err = std::io::stderr().lock();
+            let _ = write!(err, "\r\x1b[2K").and_then(|()| err.flush());
             self.drawn = false;
         }
     }
@@ -605,7 +669,7 @@ pub fn train(args: &TrainArgs) -> i32 {
         None => {
             let config = args.config();
             if let Err(m) = config.validate() {
-                eprintln!("error: {m}");
+                note(format_args!("error: {m}"));
                 return EXIT_INPUT;
             }
             Command::Start(Box::new(config))
@@ -614,7 +678,7 @@ pub fn train(args: &TrainArgs) -> i32 {
     let trainer = match Trainer::spawn() {
         Ok(t) => t,
         Err(e) => {
-            eprintln!("error: cannot start the training thread: {e}");
+            note(format_args!("error: cannot start the training thread: {e}"));
             return EXIT_FAILED;
         }
     };
@@ -627,6 +691,8 @@ pub fn train(args: &TrainArgs) -> i32 {
         .filter(|m| m.is_finite() && *m > 0.0)
         .map(|m| Instant::now() + std::time::Duration::from_secs_f64(m * 60.0));
     let mut time_stop = false;
+    let mut pipe_closed = false;
+    let mut knn_explained = false;
     for event in trainer.events() {
         match event {
             Event::Loading { done, total } => {
@@ -642,24 +708,28 @@ pub fn train(args: &TrainArgs) -> i32 {
                 } else {
                     format!("{} classes", s.classes.len())
                 };
-                eprintln!(
+                note(format_args!(
                     "Data: {} images ({classes}) from {} at {} px, loaded in {:.2} s ({:.0} files/s)",
                     s.images,
                     s.source,
                     s.size,
                     s.load_secs,
                     (s.images + s.skipped.len()) as f64 / s.load_secs.max(1e-9)
-                );
-                if !s.skipped.is_empty() {
-                    eprintln!(
-                        "Skipped {} file(s) that could not be used:",
-                        s.skipped.len()
-                    );
-                    for (path, reason) in s.skipped.iter().take(5) {
-                        eprintln!("  {path}: {reason}");
+                ));
+                for (list, what) in [
+                    (&s.skipped, "Skipped {} file(s) that could not be used:"),
+                    (&s.partial, "Used {} file(s) only partly decoded:"),
+                    (&s.ignored, "Ignored {} entr(ies) on purpose:"),
+                ] {
+                    if list.is_empty() {
+                        continue;
                     }
-                    if s.skipped.len() > 5 {
-                        eprintln!("  … and {} more", s.skipped.len() - 5);
+                    note(what.replace("{}", &list.len().to_string()));
+                    for (path, reason) in list.iter().take(5) {
+                        note(format_args!("  {path}: {reason}"));
+                    }
+                    if list.len() > 5 {
+                        note(format_args!("  … and {} more", list.len() - 5));
                     }
                 }
             }
@@ -670,12 +740,15 @@ pub fn train(args: &TrainArgs) -> i32 {
                 ..
             } => {
                 if start_step > 0 {
-                    eprintln!("Continuing {} from step {start_step}", run_dir.display());
+                    note(format_args!(
+                        "Continuing {} from step {start_step}",
+                        run_dir.display()
+                    ));
                 } else {
-                    eprintln!(
+                    note(format_args!(
                         "Run directory: {} ({parameters} parameters)",
                         run_dir.display()
-                    );
+                    ));
                 }
                 epoch_start = Instant::now();
             }
@@ -684,14 +757,21 @@ pub fn train(args: &TrainArgs) -> i32 {
                 if !time_stop && deadline.is_some_and(|d| Instant::now() >= d) {
                     time_stop = true;
                     progress.clear();
-                    eprintln!(
+                    note(format_args!(
                         "Time limit reached after step {} (epoch {}): stopping and saving.",
                         m.step, m.epoch
-                    );
+                    ));
                     trainer.send(Command::Stop);
                 }
             }
-            Event::Knn(k) if !args.json && !k.stages.is_empty() => {
+            Event::Knn(k) if !args.json && k.stages.is_empty() => {
+                if let Some(why) = k.not_measured.filter(|_| !knn_explained) {
+                    knn_explained = true;
+                    progress.clear();
+                    note(format_args!("kNN accuracy: not measured ({why})"));
+                }
+            }
+            Event::Knn(k) if !args.json => {
                 progress.clear();
                 let stages: Vec<String> = k
                     .stages
@@ -702,24 +782,33 @@ pub fn train(args: &TrainArgs) -> i32 {
                     .raw_pixels
                     .map(|p| format!(" (raw pixels {:.1}%)", p * 100.0))
                     .unwrap_or_default();
-                eprintln!("kNN at step {}: {}{pixels}", k.step, stages.join(" · "));
+                note(format_args!(
+                    "kNN at step {}: {}{pixels}",
+                    k.step,
+                    stages.join(" · ")
+                ));
             }
             Event::Epoch(e) => {
                 progress.clear();
-                if args.json {
-                    println!("{}", epoch_json(&e));
+                let line = if args.json {
+                    epoch_json(&e).to_string()
                 } else {
-                    println!("{}", epoch_line(&e));
+                    epoch_line(&e)
+                };
+                if !pipe_closed && say(line).is_err() {
+                    // Nobody reads any more: end the run quietly, saving it to be resumed.
+                    pipe_closed = true;
+                    trainer.send(Command::Stop);
                 }
                 epoch_start = Instant::now();
             }
             Event::Warning(w) => {
                 progress.clear();
-                eprintln!("warning: {w}");
+                note(format_args!("warning: {w}"));
             }
             Event::Error(e) => {
                 progress.clear();
-                eprintln!("error: {e}");
+                note(format_args!("error: {e}"));
             }
             Event::Paused { reason, .. } => {
                 if reason == crate::train::PauseReason::NonFiniteLoss {
@@ -737,14 +826,17 @@ pub fn train(args: &TrainArgs) -> i32 {
                     Outcome::InvalidInput(_) => EXIT_INPUT,
                     Outcome::Failed(_) => EXIT_FAILED,
                 };
+                if pipe_closed {
+                    return EXIT_PIPE_CLOSED;
+                }
                 if let Some(dir) = run_dir {
-                    if args.json {
-                        println!(
-                            "{}",
-                            serde_json::json!({ "run_dir": dir, "exit_code": code })
-                        );
+                    let line = if args.json {
+                        serde_json::json!({ "run_dir": dir, "exit_code": code }).to_string()
                     } else {
-                        println!("Run directory: {}", dir.display());
+                        format!("Run directory: {}", dir.display())
+                    };
+                    if say(line).is_err() {
+                        return EXIT_PIPE_CLOSED;
                     }
                 }
                 return code;
@@ -759,6 +851,8 @@ pub fn train(args: &TrainArgs) -> i32 {
             | Event::LrChanged(_) => {}
         }
     }
-    eprintln!("error: the training thread ended unexpectedly");
+    note(format_args!(
+        "error: the training thread ended unexpectedly"
+    ));
     EXIT_FAILED
 }

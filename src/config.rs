@@ -53,6 +53,12 @@ impl FromStr for DataSource {
             if count < 8 {
                 return Err(format!("`{s}`: the generated sets need at least 8 images"));
             }
+            if count > crate::data::MAX_GENERATED_IMAGES {
+                return Err(format!(
+                    "`{s}`: the generated sets have at most {} images",
+                    crate::data::MAX_GENERATED_IMAGES
+                ));
+            }
             Ok(count)
         };
         match s {

@@ -12,7 +12,7 @@ fn main() {
         None => match pretext::ui::run(cli.path.clone()) {
             Ok(()) => 0,
             Err(e) => {
-                eprintln!("error: {e:#}");
+                pretext::cli::note(format_args!("error: {e:#}"));
                 EXIT_INPUT
             }
         },

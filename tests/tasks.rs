@@ -1,7 +1,12 @@
 //! The pretext tasks: augmentation invariants, and each task — alone and together — trained
 //! briefly on the built-in scenes beats its trivial baseline.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    clippy::print_stderr
+)]
 
 mod common;
 

@@ -1,7 +1,12 @@
 //! The training engine end to end on small built-in data: learning, reproducibility,
 //! checkpoints, resuming, pause/step/stop and the NaN guard.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    clippy::print_stderr
+)]
 
 mod common;
 

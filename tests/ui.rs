@@ -337,7 +337,7 @@ fn the_explorer_embeds_every_image_and_shows_gauges_probe_and_neighbours() {
     let e = h.state().embedding.clone().unwrap();
     assert_eq!(e.z.len(), 64);
     assert_eq!(e.projection.len(), 64);
-    assert!(e.probe.is_some(), "the built-in set is labelled");
+    assert!(e.probe.is_ok(), "the built-in set is labelled");
     assert!(h.query_all_by_label_contains("RankMe").count() >= 1);
     assert!(h.query_all_by_label_contains("linear probe").count() >= 1);
     assert!(h.query_all_by_label_contains("alignment").count() >= 1);
@@ -349,4 +349,295 @@ fn the_explorer_embeds_every_image_and_shows_gauges_probe_and_neighbours() {
     wait_until(&mut h, "stop", |a| {
         matches!(a.status, RunStatus::Finished(_))
     });
+}
+
+/// A PNG whose header claims `w × h` 8-bit RGBA pixels but carries almost no data (a
+/// decompression bomb, as far as the header tells).
+fn rgba_bomb_png(w: u32, h: u32) -> Vec<u8> {
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut crc = 0xFFFF_FFFFu32;
+        for &b in bytes {
+            crc ^= u32::from(b);
+            for _ in 0..8 {
+                crc = if crc & 1 == 1 {
+                    (crc >> 1) ^ 0xEDB8_8320
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        !crc
+    }
+    fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
+        out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        let mut c = kind.to_vec();
+        c.extend_from_slice(data);
+        out.extend_from_slice(&c);
+        out.extend_from_slice(&crc32(&c).to_be_bytes());
+    }
+    let mut ihdr = Vec::new();
+    ihdr.extend_from_slice(&w.to_be_bytes());
+    ihdr.extend_from_slice(&h.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 6, 0, 0, 0]);
+    // zlib: one stored deflate block of 64 zero bytes (adler32 of zeros: a = 1, b = 64).
+    let mut idat = vec![0x78, 0x01, 0x01, 64, 0, !64u8, 0xFF];
+    idat.extend_from_slice(&[0; 64]);
+    idat.extend_from_slice(&((64u32 << 16) | 1).to_be_bytes());
+    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+    chunk(&mut out, b"IHDR", &ihdr);
+    chunk(&mut out, b"IDAT", &idat);
+    chunk(&mut out, b"IEND", &[]);
+    out
+}
+
+/// A `w × h` picture with edges and noise (so a JPEG of it is mostly entropy-coded data).
+fn busy_picture(w: u32, h: u32, seed: u32) -> image::RgbImage {
+    let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+    image::RgbImage::from_fn(w, h, |x, y| {
+        s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+        let n = (s >> 24) as u8 / 4;
+        let v = if (x / 16 + y / 16) % 2 == 0 { 40 } else { 190 };
+        image::Rgb([
+            v + n,
+            (x * 255 / w) as u8 / 2 + n,
+            (y * 255 / h) as u8 / 2 + n,
+        ])
+    })
+}
+
+/// Every real-world fault of one folder at once: hidden and `__MACOSX` folders, links back up,
+/// a second link to a folder, a dangling link, non-UTF-8 class names, a decompression bomb, a
+/// very thin image, a truncated JPEG, an empty file and a text file named `.png`. The app
+/// opens it without a panic and shows what it used, skipped, ignored and partly decoded.
+#[cfg(unix)]
+#[test]
+fn a_folder_with_every_real_world_fault_opens_and_lists_its_skipped_and_ignored_entries() {
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::symlink;
+
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let save = |rel: &std::path::Path, seed: u32| {
+        let p = root.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        busy_picture(48, 40, seed).save(&p).unwrap();
+    };
+    let write = |rel: &str, bytes: &[u8]| {
+        let p = root.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, bytes).unwrap();
+    };
+    // Used: two ordinary images in each of cats and dogs, one in each non-UTF-8 class.
+    save("cats/a.png".as_ref(), 1);
+    save("cats/b.jpg".as_ref(), 2);
+    save("dogs/c.png".as_ref(), 3);
+    save("dogs/d.png".as_ref(), 4);
+    let cafe9 = OsStr::from_bytes(b"caf\xe9");
+    let cafe8 = OsStr::from_bytes(b"caf\xe8");
+    save(&std::path::Path::new(cafe9).join("e.png"), 5);
+    save(&std::path::Path::new(cafe8).join("f.png"), 6);
+    // 1. Hidden and archive-metadata entries.
+    save(".ipynb_checkpoints/000-checkpoint.png".as_ref(), 7);
+    write(
+        "__MACOSX/cats/._a.png",
+        b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        ",
+    );
+    write(
+        "cats/._a.png",
+        b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        ",
+    );
+    // 2. Links: back up (twice), a second way into cats, and one to nowhere.
+    symlink("..", root.join("cats/loop")).unwrap();
+    symlink(".", root.join("loop")).unwrap();
+    symlink("../cats", root.join("dogs/cats_again")).unwrap();
+    symlink("nowhere.png", root.join("dogs/gone.png")).unwrap();
+    // 4. A decompression bomb: 12000×12000 RGBA is 549 MiB decoded.
+    write("cats/bomb.png", &rgba_bomb_png(12_000, 12_000));
+    // 5. A very thin image.
+    image::RgbImage::from_fn(2, 16_384, |x, y| {
+        image::Rgb([(y % 251) as u8, x as u8 * 99, 7])
+    })
+    .save(root.join("dogs/thin.png"))
+    .unwrap();
+    // 6. A valid JPEG cut to 60 % of its bytes.
+    let mut jpeg = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 90)
+        .encode_image(&busy_picture(256, 256, 8))
+        .unwrap();
+    assert!(pretext::data::folder::jpeg_is_complete(&jpeg));
+    write("cats/truncated.jpg", &jpeg[..jpeg.len() * 6 / 10]);
+    // 7. An empty JPEG and a text file named .png.
+    write("cats/empty.jpg", b"");
+    write("dogs/notes.png", b"these are my notes, not a picture\n");
+
+    // The thin image on its own decodes quickly (only its 2×2 centre is resized).
+    let thin_start = Instant::now();
+    let thin = pretext::data::folder::decode_to_size(&root.join("dogs/thin.png"), 32).unwrap();
+    let thin_secs = thin_start.elapsed().as_secs_f64();
+    assert_eq!(thin.pixels.len(), 32 * 32 * 3);
+    assert!(thin_secs < 5.0, "the 2×16384 image took {thin_secs:.2} s");
+
+    let out = tempfile::tempdir().unwrap();
+    let storage = storage_with(small_config(out.path()));
+    let mut h = app(&storage, Some(root.to_path_buf()));
+    wait_until(&mut h, "the folder", |a| {
+        !matches!(a.data, DataState::Loading(_) | DataState::Empty)
+    });
+    let shown = |p: &str| pretext::data::display_path(&root.join(p));
+    let (summary, names, class_names, labels, paths) = match &h.state().data {
+        DataState::Ready(d) => (
+            d.summary.clone(),
+            d.data.names.clone(),
+            d.data.class_names.clone(),
+            d.data.labels.clone().expect("class folders label the set"),
+            d.data.paths.clone(),
+        ),
+        DataState::Failed(e) => panic!("the folder did not load: {e}"),
+        _ => unreachable!(),
+    };
+
+    // Each real file once, none through a link, none from hidden or metadata folders.
+    let expected_names: BTreeSet<String> = [
+        "caf\\xE8/f.png",
+        "caf\\xE9/e.png",
+        "cats/a.png",
+        "cats/b.jpg",
+        "cats/truncated.jpg",
+        "dogs/c.png",
+        "dogs/d.png",
+        "dogs/thin.png",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect();
+    assert_eq!(summary.images, 8, "{summary:#?}");
+    assert_eq!(
+        names.iter().cloned().collect::<BTreeSet<_>>(),
+        expected_names
+    );
+    assert_eq!(paths.len(), 8);
+    let real: BTreeSet<PathBuf> = paths
+        .iter()
+        .map(|p| std::fs::canonicalize(p).unwrap())
+        .collect();
+    assert_eq!(real.len(), 8, "each real file once: {paths:?}");
+    for p in &paths {
+        let s = p.to_string_lossy();
+        assert!(
+            !s.contains("loop") && !s.contains("cats_again"),
+            "{s} was reached through a link"
+        );
+    }
+
+    // Four classes: the two non-UTF-8 names stay distinct and display escaped.
+    let classes: BTreeMap<String, usize> = summary.classes.iter().cloned().collect();
+    let expected_classes: BTreeMap<String, usize> = [
+        ("caf\\xE8".to_string(), 1),
+        ("caf\\xE9".to_string(), 1),
+        ("cats".to_string(), 3),
+        ("dogs".to_string(), 3),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(classes, expected_classes);
+    assert_eq!(summary.classes.len(), 4);
+    for (name, label) in names.iter().zip(&labels) {
+        let folder = name.split('/').next().unwrap();
+        assert_eq!(class_names[*label as usize], folder, "label of {name}");
+    }
+
+    // Why each file was skipped.
+    let reasons =
+        |list: &[(String, String)]| -> BTreeMap<String, String> { list.iter().cloned().collect() };
+    let skipped = reasons(&summary.skipped);
+    assert_eq!(skipped.len(), 4, "{skipped:#?}");
+    let why = |map: &BTreeMap<String, String>, p: &str| -> String {
+        map.get(&shown(p))
+            .unwrap_or_else(|| panic!("{p} not listed in {map:#?}"))
+            .clone()
+    };
+    assert!(why(&skipped, "cats/bomb.png").contains("too large to decode safely"));
+    assert!(why(&skipped, "cats/empty.jpg").contains("empty file"));
+    assert!(why(&skipped, "dogs/gone.png").contains("dangling symbolic link"));
+    assert!(why(&skipped, "dogs/notes.png").contains("not a"));
+
+    let partial = reasons(&summary.partial);
+    assert_eq!(partial.len(), 1, "{partial:#?}");
+    assert!(why(&partial, "cats/truncated.jpg").contains("partly decoded"));
+
+    let ignored = reasons(&summary.ignored);
+    assert_eq!(ignored.len(), 6, "{ignored:#?}");
+    assert!(why(&ignored, ".ipynb_checkpoints").contains("hidden"));
+    assert!(why(&ignored, "__MACOSX").contains("__MACOSX"));
+    assert!(why(&ignored, "cats/._a.png").contains("hidden"));
+    assert!(why(&ignored, "cats/loop").contains("symbolic link back"));
+    assert!(why(&ignored, "loop").contains("symbolic link back"));
+    assert!(why(&ignored, "dogs/cats_again").contains("second link"));
+
+    // The window: counts, then each list expanded (bottom one first, so that a header never
+    // moves before it is clicked).
+    assert!(h.query_by_label_contains("8 images at").is_some());
+    let lists = [
+        (
+            "6 entr(ies) ignored",
+            vec![
+                ".ipynb_checkpoints: hidden",
+                "__MACOSX: macOS archive metadata",
+                "._a.png: hidden",
+                "loop: symbolic link back to an enclosing folder",
+                "cats_again: a second link to a folder",
+            ],
+        ),
+        (
+            "1 file(s) partly decoded",
+            vec!["truncated.jpg: partly decoded"],
+        ),
+        (
+            "4 file(s) skipped",
+            vec![
+                "bomb.png: too large to decode safely",
+                "empty.jpg: empty file",
+                "gone.png: dangling symbolic link",
+                "notes.png: not a",
+            ],
+        ),
+        ("4 classes", vec![]),
+    ];
+    for (header, texts) in &lists {
+        for text in texts {
+            assert_eq!(
+                h.query_all_by_label_contains(text).count(),
+                0,
+                "{text:?} shows before {header:?} is expanded"
+            );
+        }
+        h.get_by_label(header).click();
+        h.run_steps(10);
+        for text in texts {
+            assert!(
+                h.query_all_by_label_contains(text).count() >= 1,
+                "{text:?} not shown under {header:?}"
+            );
+        }
+    }
+    assert_eq!(
+        h.query_all_by_label_contains("loop: symbolic link back")
+            .count(),
+        2
+    );
+    for class in ["caf\\xE8", "caf\\xE9", "cats", "dogs"] {
+        assert!(
+            h.query_all_by_label(class).count() >= 1,
+            "class {class} not shown"
+        );
+    }
+    for hidden in [".ipynb_checkpoints", "__MACOSX"] {
+        assert_eq!(
+            h.query_all_by_label(hidden).count(),
+            0,
+            "{hidden} shown as a class"
+        );
+    }
 }

@@ -1,17 +1,21 @@
-//! Image folders as users have them: recursive scan, parallel decode with memory limits, EXIF
-//! orientation, every pixel format turned into 8-bit RGB at the working size, labels from
-//! first-level subfolders (ImageFolder layout), and a report of every file that was skipped.
+//! Image folders as users have them: recursive scan (walkdir: symbolic-link loops detected, each
+//! real file once, hidden entries left out), parallel decode with memory limits decided from the
+//! header, EXIF orientation, every pixel format turned into 8-bit RGB at the working size, labels
+//! from first-level subfolders (ImageFolder layout), and a report of every file that was skipped,
+//! ignored or only partly decoded.
 
-use std::collections::BTreeMap;
-use std::fs::File;
-use std::io::BufReader;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashSet};
+use std::ffi::OsString;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use image::{DynamicImage, ImageDecoder, ImageReader, Limits, RgbImage, imageops::FilterType};
+use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits, RgbImage};
+use image::{GenericImageView, imageops::FilterType};
 use rayon::prelude::*;
 
-use super::{DataError, Dataset, Skipped};
+use super::{DataError, Dataset, Skipped, disambiguate, display_os};
 use crate::config::DataSource;
 
 /// File extensions that are decoded (compared case-insensitively).
@@ -19,8 +23,11 @@ pub const IMAGE_EXTENSIONS: [&str; 8] = ["jpg", "jpeg", "png", "webp", "bmp", "g
 
 /// Largest width or height accepted; a larger image is skipped, not decoded.
 pub const MAX_SIDE: u32 = 16_384;
-/// Largest allocation one decoder may make (a decompression bomb stops here).
+/// Largest decoded image (bytes of its pixels in the file's own format, from the header); a
+/// decompression bomb is refused here before anything is allocated.
 pub const MAX_DECODE_BYTES: u64 = 512 * 1024 * 1024;
+/// Largest file read (a larger one is skipped unread).
+pub const MAX_FILE_BYTES: u64 = 256 * 1024 * 1024;
 /// Grey that transparent pixels are composited onto.
 pub const BACKGROUND: u8 = 128;
 /// How deep the scan follows subfolders.
@@ -32,8 +39,50 @@ fn is_image_path(p: &Path) -> bool {
         .is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)))
 }
 
-/// All image files below `root`, sorted, with unreadable subfolders reported as skipped.
-pub fn scan(root: &Path) -> Result<(Vec<PathBuf>, Vec<Skipped>), DataError> {
+/// Why an entry is left out on purpose, when it is: hidden names (`.git`, `.DS_Store`,
+/// `.ipynb_checkpoints`, AppleDouble `._x.jpg`) and macOS archive metadata (`__MACOSX`).
+pub fn hidden_reason(name: &std::ffi::OsStr) -> Option<&'static str> {
+    let bytes = name.as_encoded_bytes();
+    if bytes.first() == Some(&b'.') {
+        Some("hidden (name starts with '.')")
+    } else if bytes == b"__MACOSX" {
+        Some("macOS archive metadata (__MACOSX)")
+    } else {
+        None
+    }
+}
+
+/// What identifies a file or folder on disk, whatever path leads to it.
+#[cfg(unix)]
+fn identity(_path: &Path, meta: &std::fs::Metadata) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    Some((meta.dev(), meta.ino()))
+}
+
+#[cfg(not(unix))]
+fn identity(path: &Path, _meta: &std::fs::Metadata) -> Option<PathBuf> {
+    std::fs::canonicalize(path).ok()
+}
+
+/// What a scan found.
+#[derive(Debug, Default)]
+pub struct Scan {
+    /// Image files, each real file once, sorted by path.
+    pub files: Vec<PathBuf>,
+    /// Entries that could not be used (unreadable folders, dangling links).
+    pub skipped: Vec<Skipped>,
+    /// Entries left out on purpose (hidden, links back up, second links to the same target).
+    pub ignored: Vec<Skipped>,
+}
+
+/// All image files below `root`. Symbolic links are followed, but each real file and folder is
+/// taken once (a loop of links ends the walk there), hidden entries are ignored, and the walk
+/// stops at 32 levels.
+///
+/// # Errors
+/// [`DataError::NotFound`], [`DataError::NotAFolder`] or [`DataError::Io`] when `root` itself
+/// cannot be listed.
+pub fn scan(root: &Path) -> Result<Scan, DataError> {
     let meta = std::fs::metadata(root).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => DataError::NotFound(root.to_path_buf()),
         _ => DataError::Io {
@@ -44,76 +93,264 @@ pub fn scan(root: &Path) -> Result<(Vec<PathBuf>, Vec<Skipped>), DataError> {
     if !meta.is_dir() {
         return Err(DataError::NotAFolder(root.to_path_buf()));
     }
-    let mut files = Vec::new();
-    let mut skipped = Vec::new();
-    let mut stack = vec![(root.to_path_buf(), 0usize)];
-    while let Some((dir, depth)) = stack.pop() {
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if dir == root => {
-                return Err(DataError::Io {
-                    path: dir,
-                    source: e,
-                });
+    if let Err(e) = std::fs::read_dir(root) {
+        return Err(DataError::Io {
+            path: root.to_path_buf(),
+            source: e,
+        });
+    }
+    let left_out = RefCell::new(Vec::new());
+    let seen_dirs = RefCell::new(HashSet::new());
+    if let Some(id) = identity(root, &meta) {
+        seen_dirs.borrow_mut().insert(id);
+    }
+    let mut out = Scan::default();
+    let mut seen_files = HashSet::new();
+    let walk = walkdir::WalkDir::new(root)
+        .follow_links(true)
+        .max_depth(MAX_DEPTH)
+        .sort_by_file_name()
+        .into_iter()
+        .filter_entry(|e| {
+            if e.depth() == 0 {
+                return true;
             }
-            Err(e) => {
-                skipped.push(Skipped {
-                    path: dir,
-                    reason: format!("folder not readable: {e}"),
+            if let Some(reason) = hidden_reason(e.file_name()) {
+                left_out.borrow_mut().push(Skipped {
+                    path: e.path().to_path_buf(),
+                    reason: reason.to_string(),
                 });
-                continue;
+                return false;
             }
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            let Ok(meta) = std::fs::metadata(&path) else {
-                continue;
-            };
-            if meta.is_dir() {
-                if depth < MAX_DEPTH {
-                    stack.push((path, depth + 1));
+            if e.file_type().is_dir()
+                && let Ok(m) = e.metadata()
+                && let Some(id) = identity(e.path(), &m)
+                && !seen_dirs.borrow_mut().insert(id)
+            {
+                left_out.borrow_mut().push(Skipped {
+                    path: e.path().to_path_buf(),
+                    reason: "a second link to a folder already scanned".into(),
+                });
+                return false;
+            }
+            true
+        });
+    for entry in walk {
+        match entry {
+            Ok(e) => {
+                if !e.file_type().is_file() || !is_image_path(e.path()) {
+                    continue;
                 }
-            } else if meta.is_file() && is_image_path(&path) {
-                files.push(path);
+                let id = e.metadata().ok().and_then(|m| identity(e.path(), &m));
+                match id {
+                    Some(id) if !seen_files.insert(id) => out.ignored.push(Skipped {
+                        path: e.path().to_path_buf(),
+                        reason: "a second link to a file already included".into(),
+                    }),
+                    _ => out.files.push(e.into_path()),
+                }
+            }
+            Err(err) => {
+                let path = err.path().map(Path::to_path_buf).unwrap_or_default();
+                if let Some(ancestor) = err.loop_ancestor() {
+                    out.ignored.push(Skipped {
+                        reason: format!(
+                            "symbolic link back to an enclosing folder ({}): its files are already included",
+                            super::display_path(ancestor)
+                        ),
+                        path,
+                    });
+                } else if std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_symlink())
+                    && std::fs::metadata(&path).is_err()
+                {
+                    out.skipped.push(Skipped {
+                        path,
+                        reason: "dangling symbolic link (its target does not exist)".into(),
+                    });
+                } else {
+                    let why = err
+                        .io_error()
+                        .map_or_else(|| err.to_string(), ToString::to_string);
+                    out.skipped.push(Skipped {
+                        path,
+                        reason: format!("not readable: {why}"),
+                    });
+                }
             }
         }
     }
-    files.sort();
-    Ok((files, skipped))
+    out.ignored.extend(left_out.into_inner());
+    out.ignored.sort_by(|a, b| a.path.cmp(&b.path));
+    out.files.sort();
+    Ok(out)
+}
+
+/// One decoded file at the working size.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decoded {
+    /// `size × size × 3` bytes, row-major RGB.
+    pub pixels: Vec<u8>,
+    /// Why only part of the file could be used, when that is so.
+    pub partial: Option<String>,
 }
 
 /// Decodes one file into `size × size` RGB bytes, or says why it cannot.
-pub fn decode_to_size(path: &Path, size: u32) -> Result<Vec<u8>, String> {
-    let file = File::open(path).map_err(|e| format!("cannot open: {e}"))?;
-    if file.metadata().map(|m| m.len()).unwrap_or(0) == 0 {
+///
+/// The header decides first: a side over [`MAX_SIDE`] or more than [`MAX_DECODE_BYTES`] of
+/// pixels is refused before any pixel is allocated. The centre square is cropped in source
+/// coordinates and only then resized, so time and memory do not depend on the aspect ratio.
+///
+/// # Errors
+/// A sentence for people: unreadable, empty, too large, not an image, or not a valid one.
+pub fn decode_to_size(path: &Path, size: u32) -> Result<Decoded, String> {
+    let mut file = std::fs::File::open(path).map_err(|e| format!("cannot open: {e}"))?;
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    if len == 0 {
         return Err("empty file".into());
     }
-    let mut reader = ImageReader::new(BufReader::new(file))
+    if len > MAX_FILE_BYTES {
+        return Err(format!(
+            "file too large ({} MiB; files up to {} MiB are read)",
+            len >> 20,
+            MAX_FILE_BYTES >> 20
+        ));
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+    file.by_ref()
+        .take(MAX_FILE_BYTES)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read: {e}"))?;
+    decode_bytes(&bytes, size)
+}
+
+/// [`decode_to_size`] on the bytes of a file already in memory.
+///
+/// # Errors
+/// As [`decode_to_size`].
+pub fn decode_bytes(bytes: &[u8], size: u32) -> Result<Decoded, String> {
+    if bytes.is_empty() {
+        return Err("empty file".into());
+    }
+    let mut reader = ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| format!("cannot read: {e}"))?;
+    let format = reader.format();
     let mut limits = Limits::default();
     limits.max_image_width = Some(MAX_SIDE);
     limits.max_image_height = Some(MAX_SIDE);
     limits.max_alloc = Some(MAX_DECODE_BYTES);
     reader.limits(limits);
     let mut decoder = reader.into_decoder().map_err(describe_image_error)?;
+    let (w, h) = decoder.dimensions();
+    if w == 0 || h == 0 {
+        return Err(format!("not a valid image: {w}×{h} pixels"));
+    }
+    if w > MAX_SIDE || h > MAX_SIDE {
+        return Err(too_large(&format!("{w}×{h} px")));
+    }
+    let total = decoder.total_bytes();
+    if total > MAX_DECODE_BYTES {
+        return Err(too_large(&format!(
+            "{w}×{h} px, {} MiB decoded",
+            total.div_ceil(1 << 20)
+        )));
+    }
     let orientation = decoder
         .orientation()
         .unwrap_or(image::metadata::Orientation::NoTransforms);
-    let mut img = DynamicImage::from_decoder(decoder).map_err(describe_image_error)?;
-    img.apply_orientation(orientation);
-    let rgb = to_rgb8(img);
-    Ok(fill_square(&rgb, size).into_raw())
+    let img = DynamicImage::from_decoder(decoder).map_err(describe_image_error)?;
+    let partial = (format == Some(ImageFormat::Jpeg) && !jpeg_is_complete(bytes)).then(|| {
+        "partly decoded: the file ends before the image does (the missing part is grey)".into()
+    });
+    let square = centre_square(img);
+    let mut rgb = fill_square(&to_rgb8(square), size);
+    // The centre square of an oriented image is the oriented centre square.
+    let mut oriented = DynamicImage::ImageRgb8(std::mem::take(&mut rgb));
+    oriented.apply_orientation(orientation);
+    Ok(Decoded {
+        pixels: oriented.into_rgb8().into_raw(),
+        partial,
+    })
+}
+
+fn too_large(what: &str) -> String {
+    format!(
+        "too large to decode safely ({what}; limits: {MAX_SIDE} px a side, {} MiB)",
+        MAX_DECODE_BYTES >> 20
+    )
 }
 
 fn describe_image_error(e: image::ImageError) -> String {
     match e {
-        image::ImageError::Limits(l) => format!(
-            "too large to decode safely ({l}; limits: {MAX_SIDE} px a side, {} MiB)",
-            MAX_DECODE_BYTES / (1024 * 1024)
-        ),
+        image::ImageError::Limits(l) => too_large(&l.to_string()),
         image::ImageError::Unsupported(u) => format!("not a supported image: {u}"),
         other => format!("not a valid image: {other}"),
+    }
+}
+
+/// The centre square of an image, in its own pixel format (no copy when it is square).
+fn centre_square(img: DynamicImage) -> DynamicImage {
+    let (w, h) = img.dimensions();
+    if w == h {
+        return img;
+    }
+    let s = w.min(h);
+    img.crop_imm((w - s) / 2, (h - s) / 2, s, s)
+}
+
+/// Whether a JPEG's bytes reach its end-of-image marker: segments are walked from the start
+/// and entropy-coded data scanned for markers, so an EXIF thumbnail's own end marker or data
+/// appended after the image (motion photos) do not mislead. Not a JPEG: true.
+pub fn jpeg_is_complete(b: &[u8]) -> bool {
+    if !b.starts_with(&[0xFF, 0xD8]) {
+        return true;
+    }
+    let mut i = 2;
+    loop {
+        // The next marker: 0xFF (fill bytes allowed), then its code.
+        let Some(k) = b.get(i..).and_then(|r| r.iter().position(|&x| x == 0xFF)) else {
+            return false;
+        };
+        i += k;
+        while b.get(i) == Some(&0xFF) {
+            i += 1;
+        }
+        let Some(&code) = b.get(i) else {
+            return false;
+        };
+        i += 1;
+        match code {
+            0xD9 => return true,
+            0x00 | 0x01 | 0xD0..=0xD7 => {}
+            _ => {
+                let Some(len) = b
+                    .get(i..i + 2)
+                    .map(|l| usize::from(u16::from_be_bytes([l[0], l[1]])))
+                else {
+                    return false;
+                };
+                if len < 2 || i + len > b.len() {
+                    return false;
+                }
+                i += len;
+                if code == 0xDA {
+                    // Entropy-coded data: 0xFF 0x00 is a stuffed byte, 0xFF 0xD0..D7 a restart.
+                    loop {
+                        let Some(k) = b.get(i..).and_then(|r| r.iter().position(|&x| x == 0xFF))
+                        else {
+                            return false;
+                        };
+                        i += k;
+                        match b.get(i + 1) {
+                            None => return false,
+                            Some(0x00 | 0xD0..=0xD7) => i += 2,
+                            Some(0xFF) => i += 1,
+                            Some(_) => break,
+                        }
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -137,34 +374,49 @@ pub fn to_rgb8(img: DynamicImage) -> RgbImage {
     }
 }
 
-/// Resizes so the short side is `size`, then crops the centre square.
+/// Crops the centre square, then resizes it to `size × size`.
 pub fn fill_square(img: &RgbImage, size: u32) -> RgbImage {
     let (w, h) = img.dimensions();
     if w == size && h == size {
         return img.clone();
     }
-    let scale = f64::from(size) / f64::from(w.min(h));
-    let nw = ((f64::from(w) * scale).round() as u32).max(size);
-    let nh = ((f64::from(h) * scale).round() as u32).max(size);
-    let resized = image::imageops::resize(img, nw, nh, FilterType::Triangle);
-    let x = (nw - size) / 2;
-    let y = (nh - size) / 2;
-    image::imageops::crop_imm(&resized, x, y, size, size).to_image()
+    let s = w.min(h);
+    let square = image::imageops::crop_imm(img, (w - s) / 2, (h - s) / 2, s, s);
+    if s == size {
+        return square.to_image();
+    }
+    image::imageops::resize(&*square, size, size, FilterType::Triangle)
+}
+
+/// The first-level folder of an image (its class), when it sits in one.
+fn class_key(rel: &Path) -> Option<OsString> {
+    let mut c = rel.components();
+    let first = c.next()?;
+    c.next()?;
+    Some(first.as_os_str().to_os_string())
 }
 
 /// Loads a folder: scan, decode in parallel, labels from first-level subfolders.
+///
+/// # Errors
+/// As [`scan`]; [`DataError::NoImages`] when nothing could be decoded, [`DataError::Cancelled`]
+/// when `cancel` was set.
 pub fn load_folder(
     root: &Path,
     size: usize,
     progress: &(dyn Fn(usize, usize) + Sync),
     cancel: &AtomicBool,
 ) -> Result<Dataset, DataError> {
-    let (files, mut skipped) = scan(root)?;
+    let Scan {
+        files,
+        mut skipped,
+        ignored,
+    } = scan(root)?;
     let total = files.len();
     progress(0, total);
     let done = AtomicUsize::new(0);
     let side = u32::try_from(size).unwrap_or(u32::MAX);
-    let decoded: Vec<Option<Result<Vec<u8>, String>>> = files
+    let decoded: Vec<Option<Result<Decoded, String>>> = files
         .par_iter()
         .map(|path| {
             if cancel.load(Ordering::Relaxed) {
@@ -185,23 +437,27 @@ pub fn load_folder(
         .iter()
         .map(|p| p.strip_prefix(root).unwrap_or(p).to_path_buf())
         .collect();
-    let labelled = !rel.is_empty() && rel.iter().all(|r| r.components().count() >= 2);
+    let labelled = !rel.is_empty() && rel.iter().all(|r| class_key(r).is_some());
 
     let mut pixels = Vec::with_capacity(total * size * size * 3);
     let mut names = Vec::with_capacity(total);
-    let mut class_of: Vec<String> = Vec::with_capacity(total);
+    let mut paths = Vec::with_capacity(total);
+    let mut partial = Vec::new();
+    let mut class_of: Vec<OsString> = Vec::with_capacity(total);
     for ((path, r), rel) in files.iter().zip(decoded).zip(&rel) {
         match r {
-            Some(Ok(px)) => {
-                pixels.extend_from_slice(&px);
-                names.push(rel.to_string_lossy().into_owned());
+            Some(Ok(d)) => {
+                pixels.extend_from_slice(&d.pixels);
+                if let Some(reason) = d.partial {
+                    partial.push(Skipped {
+                        path: path.clone(),
+                        reason,
+                    });
+                }
+                names.push(display_os(rel.as_os_str()));
+                paths.push(path.clone());
                 if labelled {
-                    let class = rel
-                        .components()
-                        .next()
-                        .map(|c| c.as_os_str().to_string_lossy().into_owned())
-                        .unwrap_or_default();
-                    class_of.push(class);
+                    class_of.push(class_key(rel).unwrap_or_default());
                 }
             }
             Some(Err(reason)) => skipped.push(Skipped {
@@ -217,22 +473,24 @@ pub fn load_folder(
             skipped,
         });
     }
+    disambiguate(&mut names);
     let (labels, class_names) = if labelled {
-        let classes: BTreeMap<&str, u32> = class_of
+        // Classes keep their identity (the folder name's bytes); only their display is lossy.
+        let classes: BTreeMap<&OsString, u32> = class_of
             .iter()
-            .map(String::as_str)
             .collect::<std::collections::BTreeSet<_>>()
             .into_iter()
             .enumerate()
             .map(|(i, c)| (c, i as u32))
             .collect();
-        let labels = class_of.iter().map(|c| classes[c.as_str()]).collect();
-        let names = classes.keys().map(|s| (*s).to_string()).collect();
-        (Some(labels), names)
+        let labels = class_of.iter().map(|c| classes[c]).collect();
+        let mut shown: Vec<String> = classes.keys().map(|c| display_os(c)).collect();
+        disambiguate(&mut shown);
+        (Some(labels), shown)
     } else {
         (None, Vec::new())
     };
-    Ok(Dataset::from_parts(
+    let mut data = Dataset::from_parts(
         DataSource::Folder(root.to_path_buf()),
         size,
         pixels,
@@ -240,7 +498,11 @@ pub fn load_folder(
         labels,
         class_names,
         skipped,
-    ))
+    );
+    data.ignored = ignored;
+    data.partial = partial;
+    data.paths = paths;
+    Ok(data)
 }
 
 #[cfg(test)]
@@ -249,7 +511,7 @@ mod tests {
 
     #[test]
     fn fill_square_crops_the_centre() {
-        // 4x2 image: left half black, right half white -> centre 2x2 crop after scaling to 2.
+        // 40x20 image: left half black, right half white -> the centre 20x20 square, at 10.
         let mut img = RgbImage::new(40, 20);
         for (x, _, p) in img.enumerate_pixels_mut() {
             *p = if x < 20 {
@@ -269,5 +531,24 @@ mod tests {
         let img = image::RgbaImage::from_pixel(2, 2, image::Rgba([255, 0, 0, 0]));
         let rgb = to_rgb8(DynamicImage::ImageRgba8(img));
         assert_eq!(rgb.get_pixel(0, 0).0, [BACKGROUND; 3]);
+    }
+
+    #[test]
+    fn jpeg_end_is_found_past_thumbnails_and_stuffing() {
+        // SOI, an APP1 segment holding an end marker, SOS, data with stuffing and a restart.
+        let mut j = vec![0xFF, 0xD8, 0xFF, 0xE1, 0x00, 0x06, 0xFF, 0xD9, 0x00, 0x00];
+        j.extend([
+            0xFF, 0xDA, 0x00, 0x03, 0x01, 0x12, 0xFF, 0x00, 0x34, 0xFF, 0xD0, 0x56,
+        ]);
+        assert!(!jpeg_is_complete(&j), "no end marker yet");
+        j.extend([0xFF, 0xD9]);
+        assert!(jpeg_is_complete(&j));
+        j.extend(b"appended video");
+        assert!(
+            jpeg_is_complete(&j),
+            "data after the end is not a truncation"
+        );
+        assert!(!jpeg_is_complete(&j[..7]), "cut inside a segment");
+        assert!(jpeg_is_complete(b"\x89PNG"), "not a JPEG");
     }
 }

@@ -12,11 +12,73 @@ use std::path::PathBuf;
 
 use crate::config::DataSource;
 
-/// A file that could not be used, and why.
+/// A file that could not be used, and why (also: an entry that was ignored on purpose, or a
+/// file that was used although only part of it decoded).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Skipped {
     pub path: PathBuf,
     pub reason: String,
+}
+
+impl Skipped {
+    /// `(path as shown, reason)`: the path through [`display_path`], so two different paths
+    /// never show alike.
+    fn shown(&self) -> (String, String) {
+        (display_path(&self.path), self.reason.clone())
+    }
+}
+
+/// Most images a generated set (`builtin:N`, `glyphs:N`) may have: 1,000,000 images are 3 GB
+/// at 32 px and 197 GB at 256 px, so the byte bound below is what usually applies.
+pub const MAX_GENERATED_IMAGES: usize = 1_000_000;
+/// Most bytes of working-size pixels a generated set may take in memory (8 GiB).
+pub const MAX_GENERATED_BYTES: usize = 8 << 30;
+
+/// A path as text for people: valid UTF-8 as it is, every byte that is not valid UTF-8 as
+/// `\xNN` (Latin-1 names from old archives stay distinguishable: `caf\xE9` vs `caf\xE8`).
+pub fn display_os(name: &std::ffi::OsStr) -> String {
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let mut out = String::new();
+        for chunk in name.as_bytes().utf8_chunks() {
+            out.push_str(chunk.valid());
+            for b in chunk.invalid() {
+                out.push_str(&format!("\\x{b:02X}"));
+            }
+        }
+        out
+    }
+    #[cfg(not(unix))]
+    {
+        name.to_string_lossy().into_owned()
+    }
+}
+
+/// [`display_os`] of a whole path.
+pub fn display_path(path: &std::path::Path) -> String {
+    display_os(path.as_os_str())
+}
+
+/// Makes equal display strings distinct by appending ` (2)`, ` (3)`, … to the later ones, so
+/// two different names never display identically (the identity stays the real path).
+pub fn disambiguate(names: &mut [String]) {
+    let mut seen: std::collections::HashSet<String> = names.iter().cloned().collect();
+    let mut first = std::collections::HashSet::new();
+    for name in names.iter_mut() {
+        if first.insert(name.clone()) {
+            continue;
+        }
+        let mut k = 2;
+        loop {
+            let candidate = format!("{name} ({k})");
+            if seen.insert(candidate.clone()) {
+                *name = candidate;
+                break;
+            }
+            k += 1;
+        }
+    }
 }
 
 /// Why a data set could not be loaded at all.
@@ -38,6 +100,35 @@ pub enum DataError {
     },
     #[error("loading was cancelled")]
     Cancelled,
+    #[error(
+        "{count} generated images at {size} px would take {} MiB: at most {max} images and {} MiB",
+        bytes / (1 << 20),
+        MAX_GENERATED_BYTES >> 20
+    )]
+    TooManyGenerated {
+        count: usize,
+        size: usize,
+        bytes: u128,
+        max: usize,
+    },
+}
+
+/// Refuses a generated set too large to hold in memory, before anything is allocated.
+///
+/// # Errors
+/// [`DataError::TooManyGenerated`] when `count` exceeds [`MAX_GENERATED_IMAGES`] or the pixels
+/// would exceed [`MAX_GENERATED_BYTES`].
+pub fn check_generated(count: usize, size: usize) -> Result<(), DataError> {
+    let bytes = count as u128 * size as u128 * size as u128 * 3;
+    if count > MAX_GENERATED_IMAGES || bytes > MAX_GENERATED_BYTES as u128 {
+        return Err(DataError::TooManyGenerated {
+            count,
+            size,
+            bytes,
+            max: MAX_GENERATED_IMAGES,
+        });
+    }
+    Ok(())
 }
 
 fn describe_skipped(skipped: &[Skipped]) -> String {
@@ -68,6 +159,14 @@ pub struct Dataset {
     pub class_names: Vec<String>,
     /// Files that were found but could not be used.
     pub skipped: Vec<Skipped>,
+    /// Entries left out on purpose: hidden files and folders (`.name`, `__MACOSX`), links back
+    /// to an enclosing folder, second links to a file or folder already included.
+    pub ignored: Vec<Skipped>,
+    /// Files used although only part of them decoded (e.g. a truncated JPEG: the rest is grey).
+    pub partial: Vec<Skipped>,
+    /// The file behind each image, for folders (empty for generated sets): the identity of an
+    /// image, where [`Dataset::names`] is only its display.
+    pub paths: Vec<PathBuf>,
 }
 
 impl Dataset {
@@ -90,6 +189,9 @@ impl Dataset {
             labels,
             class_names,
             skipped,
+            ignored: Vec::new(),
+            partial: Vec::new(),
+            paths: Vec::new(),
         }
     }
 
@@ -135,11 +237,9 @@ impl Dataset {
             images: self.len(),
             size: self.size,
             classes: self.class_counts(),
-            skipped: self
-                .skipped
-                .iter()
-                .map(|s| (s.path.display().to_string(), s.reason.clone()))
-                .collect(),
+            skipped: self.skipped.iter().map(Skipped::shown).collect(),
+            ignored: self.ignored.iter().map(Skipped::shown).collect(),
+            partial: self.partial.iter().map(Skipped::shown).collect(),
             load_secs,
         }
     }
@@ -155,6 +255,10 @@ pub struct DatasetSummary {
     pub classes: Vec<(String, usize)>,
     /// (path, reason) for every skipped file.
     pub skipped: Vec<(String, String)>,
+    /// (path, reason) for every entry ignored on purpose (hidden, links already followed).
+    pub ignored: Vec<(String, String)>,
+    /// (path, reason) for every file used although only part of it decoded.
+    pub partial: Vec<(String, String)>,
     /// Seconds spent scanning, decoding and resizing (or generating).
     pub load_secs: f64,
 }
@@ -167,6 +271,9 @@ pub fn load(
     progress: &(dyn Fn(usize, usize) + Sync),
     cancel: &std::sync::atomic::AtomicBool,
 ) -> Result<Dataset, DataError> {
+    if let DataSource::Builtin { count } | DataSource::Glyphs { count } = source {
+        check_generated(*count, size)?;
+    }
     match source {
         DataSource::Builtin { count } => {
             progress(0, *count);

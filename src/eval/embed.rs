@@ -4,7 +4,8 @@
 use candle_core::Tensor;
 
 use super::{
-    accuracy, alignment, knn_predict, linear_probe, rankme, split, std_of_l2_normalized, uniformity,
+    NotMeasured, accuracy, alignment, knn_predict, linear_probe, measurable, rankme, split,
+    std_of_l2_normalized, uniformity,
 };
 use crate::data::{Dataset, color, ops as px};
 use crate::model::{Model, ModelError};
@@ -151,14 +152,30 @@ pub struct EvalReport {
     pub gauges_random: Gauges,
 }
 
-/// Compares a trained and a randomly initialised encoder on labelled data.
+/// Whether accuracies can be measured on `data` (labelled, two classes, something held out).
+///
+/// # Errors
+/// The reason they cannot.
+pub fn can_measure(data: &Dataset) -> Result<(), NotMeasured> {
+    let labels = data.labels.as_ref().ok_or(NotMeasured::NoLabels)?;
+    measurable(labels, HOLDOUT_EVERY)
+}
+
+/// Compares a trained and a randomly initialised encoder on labelled data; the inner error
+/// says why accuracies cannot be measured on this data.
+///
+/// # Errors
+/// A model error from computing features.
 pub fn evaluate(
     trained: &Model,
     random: &Model,
     data: &Dataset,
-) -> Result<Option<EvalReport>, ModelError> {
+) -> Result<Result<EvalReport, NotMeasured>, ModelError> {
+    if let Err(why) = can_measure(data) {
+        return Ok(Err(why));
+    }
     let Some(labels) = &data.labels else {
-        return Ok(None);
+        return Ok(Err(NotMeasured::NoLabels));
     };
     let classes = data.class_names.len();
     let ft = stage_features(trained, data)?;
@@ -175,7 +192,7 @@ pub fn evaluate(
         .collect();
     let last = STAGES.len() - 1;
     let (probe_trained, pred, truth) = probe_accuracy(&ft[last], labels, classes);
-    Ok(Some(EvalReport {
+    Ok(Ok(EvalReport {
         images: data.len(),
         classes,
         held_out: truth.len(),
@@ -201,8 +218,10 @@ pub const MONITOR_IMAGES: usize = 1000;
 
 /// What the live kNN monitor measured.
 pub struct Monitor {
-    /// kNN accuracy per stage, in [`STAGES`] order (empty when the data has no labels).
+    /// kNN accuracy per stage, in [`STAGES`] order (empty when not measured).
     pub stages: Vec<f64>,
+    /// Why there are no accuracies, when there are none.
+    pub not_measured: Option<NotMeasured>,
     pub raw_pixels: Option<f64>,
     /// Gauges of z on the same images.
     pub gauges: Gauges,
@@ -260,14 +279,22 @@ pub fn monitor(model: &Model, data: &Dataset, with_pixels: bool) -> Result<Monit
     let feats = stage_features_of(model, data, &indices)?;
     let mut gauges = gauges(feats.last().map_or(&[][..], Vec::as_slice));
     gauges.alignment = Some(view_alignment(model, data)?);
-    let Some(all_labels) = &data.labels else {
+    let labels: Vec<u32> = match &data.labels {
+        Some(all) => indices.iter().map(|&i| all[i]).collect(),
+        None => Vec::new(),
+    };
+    let why = match &data.labels {
+        None => Some(NotMeasured::NoLabels),
+        Some(_) => measurable(&labels, HOLDOUT_EVERY).err(),
+    };
+    if let Some(why) = why {
         return Ok(Monitor {
             stages: Vec::new(),
+            not_measured: Some(why),
             raw_pixels: None,
             gauges,
         });
-    };
-    let labels: Vec<u32> = indices.iter().map(|&i| all_labels[i]).collect();
+    }
     let classes = data.class_names.len();
     let stages = feats
         .iter()
@@ -287,6 +314,7 @@ pub fn monitor(model: &Model, data: &Dataset, with_pixels: bool) -> Result<Monit
     });
     Ok(Monitor {
         stages,
+        not_measured: None,
         raw_pixels,
         gauges,
     })
@@ -302,8 +330,9 @@ pub struct Embedding {
     pub projection: Vec<[f64; 2]>,
     pub explained: [f64; 2],
     pub gauges: Gauges,
-    /// Linear-probe accuracy and `confusion[truth][predicted]` on the held-out split, when labelled.
-    pub probe: Option<(f64, Vec<Vec<usize>>)>,
+    /// Linear-probe accuracy and `confusion[truth][predicted]` on the held-out split, or why
+    /// it was not measured.
+    pub probe: Result<(f64, Vec<Vec<usize>>), NotMeasured>,
 }
 
 /// Embeds every image with `model` and summarises the representation.
@@ -311,9 +340,10 @@ pub fn embedding(model: &Model, data: &Dataset, step: u64) -> Result<Embedding, 
     let feats = stage_features(model, data)?;
     let z = feats.into_iter().last().unwrap_or_default();
     let (proj, ratio) = super::pca(&z, 2);
-    let probe = data.labels.as_ref().map(|labels| {
+    let probe = can_measure(data).and_then(|()| {
+        let labels = data.labels.as_ref().ok_or(NotMeasured::NoLabels)?;
         let (acc, pred, truth) = probe_accuracy(&z, labels, data.class_names.len());
-        (acc, super::confusion(&pred, &truth, data.class_names.len()))
+        Ok((acc, super::confusion(&pred, &truth, data.class_names.len())))
     });
     Ok(Embedding {
         step,

@@ -190,6 +190,34 @@ pub fn pca(z: &[Vec<f32>], components: usize) -> (Vec<Vec<f64>>, Vec<f64>) {
     (projection, ratio)
 }
 
+/// Why an accuracy could not be measured (shown as "not measured (why)", never as a number).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, thiserror::Error)]
+pub enum NotMeasured {
+    #[error("no labels: put each class's images in its own subfolder")]
+    NoLabels,
+    #[error("only one class: accuracy needs at least two classes")]
+    OneClass,
+    #[error("nothing held out: a class needs at least {0} images for one to be held out")]
+    NothingHeldOut(usize),
+}
+
+/// Whether accuracy on the fixed split of `labels` (see [`split`]) means anything.
+///
+/// # Errors
+/// [`NotMeasured::OneClass`] with fewer than two classes present, and
+/// [`NotMeasured::NothingHeldOut`] when the split holds out nothing.
+pub fn measurable(labels: &[u32], holdout_every: usize) -> Result<(), NotMeasured> {
+    let classes: std::collections::HashSet<u32> = labels.iter().copied().collect();
+    if classes.len() < 2 {
+        return Err(NotMeasured::OneClass);
+    }
+    let (train, test) = split(labels, holdout_every);
+    if test.is_empty() || train.is_empty() {
+        return Err(NotMeasured::NothingHeldOut(holdout_every.max(2)));
+    }
+    Ok(())
+}
+
 /// A fixed split of labelled examples into a kNN bank / probe training part and a held-out
 /// part: every `holdout_every`-th example of each class (in data-set order) is held out.
 pub fn split(labels: &[u32], holdout_every: usize) -> (Vec<usize>, Vec<usize>) {

@@ -12,6 +12,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use crate::config::{TaskKind, TrainConfig};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::data::{Dataset, DatasetSummary};
 use crate::tasks::{MetricInfo, Preview};
@@ -116,8 +117,10 @@ pub struct StepMetrics {
 pub struct KnnMetrics {
     pub step: u64,
     pub epoch: usize,
-    /// (stage, accuracy) for stem, l1, l2, l3 (z); empty without labels.
+    /// (stage, accuracy) for stem, l1, l2, l3 (z); empty when not measured.
     pub stages: Vec<(String, f64)>,
+    /// Why there are no accuracies (no labels, one class, nothing held out).
+    pub not_measured: Option<crate::eval::NotMeasured>,
     pub raw_pixels: Option<f64>,
     pub gauges: crate::eval::embed::Gauges,
 }
@@ -215,6 +218,7 @@ pub type Notify = Arc<dyn Fn() + Send + Sync>;
 pub struct Trainer {
     commands: Sender<Command>,
     events: Receiver<Event>,
+    shutdown: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -229,12 +233,15 @@ impl Trainer {
     pub fn spawn_with_notify(notify: Notify) -> std::io::Result<Self> {
         let (cmd_tx, cmd_rx) = crossbeam_channel::bounded(COMMAND_CAPACITY);
         let (ev_tx, ev_rx) = crossbeam_channel::bounded(EVENT_CAPACITY);
+        let shutdown = Arc::new(AtomicBool::new(false));
+        let flag = shutdown.clone();
         let thread = std::thread::Builder::new()
             .name("pretext-trainer".into())
-            .spawn(move || worker::run(&cmd_rx, &ev_tx, &notify))?;
+            .spawn(move || worker::run(&cmd_rx, &ev_tx, &notify, &flag))?;
         Ok(Self {
             commands: cmd_tx,
             events: ev_rx,
+            shutdown,
             thread: Some(thread),
         })
     }
@@ -251,15 +258,29 @@ impl Trainer {
     pub fn events(&self) -> &Receiver<Event> {
         &self.events
     }
+
+    /// Whether the command queue is full (a front end that floods it; closing still works).
+    pub fn commands_full(&self) -> bool {
+        self.commands.is_full()
+    }
 }
 
 impl Drop for Trainer {
+    /// Never blocks on a full queue: while the shutdown cannot be queued, or the worker has not
+    /// ended, the events it is waiting to send are drained, so a full command queue and a full
+    /// event channel together cannot deadlock the closing window or the ending CLI.
     fn drop(&mut self) {
-        let _ = self.commands.send(Command::Shutdown);
-        // Unblock a worker waiting to send into a full event channel.
+        self.shutdown.store(true, Ordering::Relaxed);
+        let mut queued = false;
         while let Some(t) = &self.thread {
             if t.is_finished() {
                 break;
+            }
+            if !queued {
+                queued = match self.commands.try_send(Command::Shutdown) {
+                    Ok(()) | Err(TrySendError::Disconnected(_)) => true,
+                    Err(TrySendError::Full(_)) => false,
+                };
             }
             while self.events.try_recv().is_ok() {}
             std::thread::sleep(std::time::Duration::from_millis(2));

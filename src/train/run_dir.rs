@@ -138,6 +138,54 @@ impl RunDir {
         ))
     }
 
+    /// After a crash, metrics.csv may hold rows past the checkpoint a run continues from, and a
+    /// half-written last line: keeps the header and the complete rows up to `step`, so the
+    /// continued run's rows follow on without duplicates. Also removes temporary files that a
+    /// killed process left behind while writing a checkpoint.
+    ///
+    /// # Errors
+    /// [`RunDirError::Write`] when metrics.csv cannot be rewritten.
+    pub fn keep_metrics_through(&mut self, step: u64) -> Result<(), RunDirError> {
+        let path = self.path.join(METRICS_FILE);
+        self.flush()?;
+        let text = std::fs::read(&path).map_err(write_err(&path))?;
+        let mut kept = format!("{METRICS_HEADER}\n").into_bytes();
+        let fields = METRICS_HEADER.split(',').count();
+        for line in complete_lines(&text).split(|&b| b == b'\n').skip(1) {
+            let Ok(line) = std::str::from_utf8(line) else {
+                continue;
+            };
+            let ok = line.split(',').count() == fields
+                && line
+                    .split(',')
+                    .next()
+                    .and_then(|f| f.parse::<u64>().ok())
+                    .is_some_and(|s| s <= step);
+            if ok {
+                kept.extend_from_slice(line.as_bytes());
+                kept.push(b'\n');
+            }
+        }
+        if kept != text {
+            crate::model::checkpoint::write_atomic(&path, &kept).map_err(write_err(&path))?;
+            let f = OpenOptions::new()
+                .append(true)
+                .open(&path)
+                .map_err(write_err(&path))?;
+            self.metrics = BufWriter::new(f);
+        }
+        if let Ok(entries) = std::fs::read_dir(self.path.join(CHECKPOINT_DIR)) {
+            for e in entries.flatten() {
+                let name = e.file_name();
+                let name = name.to_string_lossy();
+                if name.starts_with('.') && name.contains(".tmp-") {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+        Ok(())
+    }
+
     pub fn write_config(path: &Path, config: &TrainConfig) -> Result<(), RunDirError> {
         let p = path.join(CONFIG_FILE);
         let text = serde_json::to_string_pretty(config).map_err(|e| RunDirError::Write {
@@ -222,6 +270,57 @@ impl RunDir {
         self.path
             .join(PREVIEW_DIR)
             .join(format!("epoch-{epoch:04}-{task}.png"))
+    }
+}
+
+/// One row of a run's metrics.csv.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MetricsRow {
+    pub step: u64,
+    pub task: String,
+    pub metric_name: String,
+    pub loss: f64,
+    pub metric: f64,
+    pub percent: bool,
+    pub lr: f64,
+    pub images_per_s: f64,
+}
+
+/// Reads a run directory's metrics.csv, which another process may still be writing: a
+/// half-written last line is left for later, malformed fields read as NaN, never a panic.
+///
+/// # Errors
+/// A sentence naming the file when it cannot be read.
+pub fn read_metrics(dir: &Path) -> Result<Vec<MetricsRow>, String> {
+    let path = dir.join(METRICS_FILE);
+    let bytes = std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let text = String::from_utf8_lossy(complete_lines(&bytes));
+    let mut rows = Vec::new();
+    for line in text.lines().skip(1) {
+        let f: Vec<&str> = line.split(',').collect();
+        if f.len() < 9 {
+            continue;
+        }
+        let num = |s: &str| s.parse::<f64>().unwrap_or(f64::NAN);
+        rows.push(MetricsRow {
+            step: f[0].parse().unwrap_or(0),
+            task: f[2].to_string(),
+            metric_name: f[4].to_string(),
+            loss: num(f[3]),
+            metric: num(f[5]),
+            percent: !f[4].contains("PSNR"),
+            lr: num(f[6]),
+            images_per_s: num(f[7]),
+        });
+    }
+    Ok(rows)
+}
+
+/// The bytes up to and including the last newline (only those lines are complete).
+fn complete_lines(text: &[u8]) -> &[u8] {
+    match text.iter().rposition(|&b| b == b'\n') {
+        Some(i) => &text[..=i],
+        None => &[],
     }
 }
 

@@ -30,7 +30,9 @@ struct Link<'a> {
     notify: &'a super::Notify,
     /// Commands that arrived while they could not be handled (e.g. during loading).
     pending: Mutex<Vec<Command>>,
-    shutdown: AtomicBool,
+    /// Set by the worker on `Shutdown` or a closed channel, and by the front end's `Trainer`
+    /// drop, so that the worker ends between two commands even behind a full queue.
+    shutdown: &'a AtomicBool,
 }
 
 impl Link<'_> {
@@ -68,13 +70,18 @@ impl Link<'_> {
 }
 
 /// Entry point of the `pretext-trainer` thread.
-pub(super) fn run(commands: &Receiver<Command>, events: &Sender<Event>, notify: &super::Notify) {
+pub(super) fn run(
+    commands: &Receiver<Command>,
+    events: &Sender<Event>,
+    notify: &super::Notify,
+    shutdown: &AtomicBool,
+) {
     let link = Link {
         commands,
         events,
         notify,
         pending: Mutex::new(Vec::new()),
-        shutdown: AtomicBool::new(false),
+        shutdown,
     };
     // The last run's model stays for inspection until the next run starts.
     let mut last: Option<Session> = None;
@@ -204,6 +211,9 @@ fn load_data(link: &Link<'_>, config: &TrainConfig) -> Result<Dataset, Outcome> 
     let last_report = Mutex::new(Instant::now() - Duration::from_secs(1));
     let reported = AtomicUsize::new(usize::MAX);
     let progress = |done: usize, total: usize| {
+        if link.shutdown.load(Ordering::Relaxed) {
+            cancel.store(true, Ordering::Relaxed);
+        }
         // Commands during loading: stop and shutdown cancel, the rest wait their turn.
         while let Ok(c) = link.commands.try_recv() {
             match c {
@@ -354,6 +364,9 @@ impl Session {
                         .and_then(|v| v.parse().ok())
                         .unwrap_or(config.lr),
                 };
+                let mut run = run;
+                run.keep_metrics_through(pos.step)
+                    .map_err(|e| Outcome::Failed(e.to_string()))?;
                 run
             }
             _ => RunDir::create(&config).map_err(|e| Outcome::Failed(e.to_string()))?,
@@ -949,6 +962,7 @@ impl Session {
             .map_err(|e| Outcome::Failed(format!("kNN monitor failed: {e}")))?;
         let crate::eval::embed::Monitor {
             stages,
+            not_measured,
             raw_pixels,
             gauges,
         } = result;
@@ -960,6 +974,7 @@ impl Session {
                 .map(|s| (*s).to_string())
                 .zip(stages)
                 .collect(),
+            not_measured,
             raw_pixels,
             gauges,
         };

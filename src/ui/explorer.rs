@@ -127,9 +127,15 @@ fn draw(app: &mut PretextApp, ui: &mut egui::Ui, e: &crate::eval::embed::Embeddi
                 "E‖z − z⁺‖² over two augmented views of the same images: lower means the views agree",
             );
         }
-        if let Some((acc, _)) = &e.probe {
-            ui.separator();
-            ui.label(RichText::new(format!("linear probe {:.1}%", acc * 100.0)).strong());
+        ui.separator();
+        match &e.probe {
+            Ok((acc, _)) => {
+                ui.label(RichText::new(format!("linear probe {:.1}%", acc * 100.0)).strong());
+            }
+            Err(why) => {
+                ui.label("linear probe: not measured")
+                    .on_hover_text(why.to_string());
+            }
         }
     });
     spectrum_ui(ui, &g.spectrum);
@@ -238,7 +244,11 @@ fn draw(app: &mut PretextApp, ui: &mut egui::Ui, e: &crate::eval::embed::Embeddi
             } else {
                 ui.label("Hover a point to see its image; click it to see its nearest neighbours.");
             }
-            if let Some((acc, confusion)) = &e.probe {
+            if let Err(why) = &e.probe {
+                ui.add_space(8.0);
+                ui.label(format!("Linear probe on z: not measured ({why})"));
+            }
+            if let Ok((acc, confusion)) = &e.probe {
                 ui.add_space(8.0);
                 ui.label(
                     RichText::new(format!(

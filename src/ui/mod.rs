@@ -10,6 +10,7 @@ mod math_panel;
 mod panels;
 
 use std::collections::BTreeMap;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -160,6 +161,8 @@ pub struct PretextApp {
     pub knn_pixels: Option<f64>,
     /// kNN accuracy of z before the first step (the random initialisation, for a new run).
     pub knn_start: Option<f64>,
+    /// Why the kNN monitor gives no accuracies on this data, when it gives none.
+    pub knn_not_measured: Option<String>,
     pub last_epoch: Option<EpochSummary>,
     pub lr_input: f64,
     pub zoom: Option<TaskKind>,
@@ -234,6 +237,7 @@ impl PretextApp {
             last_step: None,
             knn_pixels: None,
             knn_start: None,
+            knn_not_measured: None,
             last_epoch: None,
             lr_input,
             zoom: None,
@@ -358,7 +362,7 @@ impl PretextApp {
             return;
         }
         self.reset_view();
-        match panels::read_metrics(dir) {
+        match crate::train::run_dir::read_metrics(dir) {
             Ok(rows) => {
                 for r in rows {
                     let x = r.step as f64;
@@ -428,6 +432,7 @@ impl PretextApp {
         self.last_step = None;
         self.knn_pixels = None;
         self.knn_start = None;
+        self.knn_not_measured = None;
         self.last_epoch = None;
         self.run_dir = None;
     }
@@ -550,6 +555,7 @@ impl PretextApp {
             }
             Event::Knn(k) => {
                 let x = k.step as f64;
+                self.knn_not_measured = k.not_measured.map(|why| why.to_string());
                 for (stage, acc) in &k.stages {
                     self.curves.push(format!("knn/{stage}"), x, acc * 100.0);
                 }
@@ -674,7 +680,9 @@ impl eframe::App for PretextApp {
             && let Some((median, p95)) =
                 frame_stats::percentiles(self.frame_stats.all.iter().copied())
         {
-            eprintln!(
+            // A closed standard error is no reason to panic on the way out.
+            let _ = writeln!(
+                std::io::stderr(),
                 "frame time over {} frames: median {median:.2} ms, 95th percentile {p95:.2} ms",
                 self.frame_stats.all.len()
             );

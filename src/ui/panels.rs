@@ -14,6 +14,7 @@ use crate::train::{Command, Outcome, PauseReason};
 
 const ERROR: Color32 = Color32::from_rgb(235, 90, 90);
 const MUTED: Color32 = Color32::from_rgb(150, 150, 160);
+const WARN: Color32 = Color32::from_rgb(230, 180, 80);
 
 /// A folder dropped on the window opens.
 pub fn dropped_folder(app: &mut PretextApp, ui: &egui::Ui) {
@@ -245,13 +246,23 @@ pub fn data_panel(app: &mut PretextApp, ui: &mut egui::Ui) {
                     },
                 );
             }
-            if !s.skipped.is_empty() {
+            for (list, what, color) in [
+                (&s.skipped, "file(s) skipped", ERROR),
+                (&s.partial, "file(s) partly decoded", WARN),
+                (&s.ignored, "entr(ies) ignored", MUTED),
+            ] {
+                if list.is_empty() {
+                    continue;
+                }
                 egui::CollapsingHeader::new(
-                    RichText::new(format!("{} file(s) skipped", s.skipped.len())).color(ERROR),
+                    RichText::new(format!("{} {what}", list.len())).color(color),
                 )
                 .show(ui, |ui| {
-                    for (path, reason) in s.skipped.iter().take(100) {
+                    for (path, reason) in list.iter().take(100) {
                         ui.label(format!("{path}: {reason}"));
+                    }
+                    if list.len() > 100 {
+                        ui.label(format!("… and {} more", list.len() - 100));
                     }
                 });
             }
@@ -804,6 +815,11 @@ fn training_tab(app: &mut PretextApp, ui: &mut egui::Ui) {
                             );
                         }
                         plot_knn(app, ui, knn_lines);
+                    } else if let Some(why) = &app.knn_not_measured {
+                        ui.label(
+                            RichText::new(format!("kNN accuracy: not measured ({why})"))
+                                .color(MUTED),
+                        );
                     }
                     ui.columns(2, |cols| {
                         let lr_max = app
@@ -973,42 +989,4 @@ fn inspect_tab(app: &mut PretextApp, ui: &mut egui::Ui) {
             });
         }
     }
-}
-
-/// One row of a run's metrics.csv.
-pub struct MetricsRow {
-    pub step: u64,
-    pub task: String,
-    pub metric_name: String,
-    pub loss: f64,
-    pub metric: f64,
-    pub percent: bool,
-    pub lr: f64,
-    pub images_per_s: f64,
-}
-
-/// Reads a run directory's metrics.csv.
-pub fn read_metrics(dir: &Path) -> Result<Vec<MetricsRow>, String> {
-    let path = dir.join(crate::train::run_dir::METRICS_FILE);
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let mut rows = Vec::new();
-    for line in text.lines().skip(1) {
-        let f: Vec<&str> = line.split(',').collect();
-        if f.len() < 9 {
-            continue;
-        }
-        let num = |s: &str| s.parse::<f64>().unwrap_or(f64::NAN);
-        rows.push(MetricsRow {
-            step: f[0].parse().unwrap_or(0),
-            task: f[2].to_string(),
-            metric_name: f[4].to_string(),
-            loss: num(f[3]),
-            metric: num(f[5]),
-            percent: !f[4].contains("PSNR"),
-            lr: num(f[6]),
-            images_per_s: num(f[7]),
-        });
-    }
-    Ok(rows)
 }

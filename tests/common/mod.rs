@@ -90,6 +90,16 @@ pub fn lying_png(w: u32, h: u32) -> Vec<u8> {
     out
 }
 
+/// A PNG that is only a header for `w × h` pixels of the given bit depth and colour type (6 =
+/// RGBA): what a decompression bomb looks like before its pixels are decoded.
+pub fn header_only_png(w: u32, h: u32, depth: u8, color_type: u8) -> Vec<u8> {
+    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+    chunk(&mut out, b"IHDR", &ihdr(w, h, depth, color_type));
+    chunk(&mut out, b"IDAT", &zlib_stored(&[0; 64]));
+    chunk(&mut out, b"IEND", &[]);
+    out
+}
+
 /// Inserts an EXIF APP1 segment with the given orientation (1–8) after the JPEG's SOI marker.
 pub fn with_exif_orientation(jpeg: &[u8], orientation: u16) -> Vec<u8> {
     let mut tiff = Vec::new();
