@@ -26,9 +26,12 @@ fn load(dir: &Path) -> Result<Dataset, DataError> {
 /// that never ends must fail, not hang the suite.
 fn within<T: Send + 'static>(secs: u64, what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
     let (tx, rx) = crossbeam_channel::bounded(1);
-    std::thread::spawn(move || {
-        let _ = tx.send(f());
-    });
+    std::thread::Builder::new()
+        .name("field-case".into())
+        .spawn(move || {
+            let _ = tx.send(f());
+        })
+        .unwrap();
     rx.recv_timeout(Duration::from_secs(secs))
         .unwrap_or_else(|_| panic!("{what} did not finish within {secs} s"))
 }

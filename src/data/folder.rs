@@ -249,10 +249,17 @@ pub fn decode_bytes(bytes: &[u8], size: u32) -> Result<Decoded, String> {
         return Err(too_large(&format!("{w}×{h} px")));
     }
     let total = decoder.total_bytes();
-    if total > MAX_DECODE_BYTES {
+    let extra = working_bytes(w, h, decoder.color_type());
+    if total.saturating_add(extra) > MAX_DECODE_BYTES {
+        let mib = |b: u64| b.div_ceil(1 << 20);
+        let also = if extra > 0 {
+            format!(" + {} MiB to crop and convert", mib(extra))
+        } else {
+            String::new()
+        };
         return Err(too_large(&format!(
-            "{w}×{h} px, {} MiB decoded",
-            total.div_ceil(1 << 20)
+            "{w}×{h} px, {} MiB decoded{also}",
+            mib(total)
         )));
     }
     let orientation = decoder
@@ -271,6 +278,26 @@ pub fn decode_bytes(bytes: &[u8], size: u32) -> Result<Decoded, String> {
         pixels: oriented.into_rgb8().into_raw(),
         partial,
     })
+}
+
+/// Bytes a decode needs besides the decoded pixels: the centre square's copy (for an image that
+/// is not square) and its conversion to 8-bit RGB (none for 8-bit RGB and RGBA, which are
+/// converted in place). The decode limit counts them, so one image never needs more than
+/// [`MAX_DECODE_BYTES`] in all.
+fn working_bytes(w: u32, h: u32, color: image::ColorType) -> u64 {
+    use image::ColorType as C;
+    let s = u64::from(w.min(h));
+    let crop = if w == h {
+        0
+    } else {
+        s * s * u64::from(color.bytes_per_pixel())
+    };
+    let convert = match color {
+        C::Rgb8 | C::Rgba8 => 0,
+        c if c.has_alpha() => s * s * 4,
+        _ => s * s * 3,
+    };
+    crop + convert
 }
 
 fn too_large(what: &str) -> String {
@@ -355,23 +382,26 @@ pub fn jpeg_is_complete(b: &[u8]) -> bool {
 }
 
 /// Any pixel format (grey, 16-bit, palette, with or without alpha) to 8-bit RGB; transparent
-/// pixels are composited onto a neutral grey.
+/// pixels are composited onto a neutral grey. 8-bit RGB is returned as it is and 8-bit RGBA is
+/// composited in place (no second buffer).
 pub fn to_rgb8(img: DynamicImage) -> RgbImage {
-    if img.color().has_alpha() {
-        let rgba = img.to_rgba8();
-        let (w, h) = rgba.dimensions();
-        let mut out = RgbImage::new(w, h);
-        for (o, p) in out.pixels_mut().zip(rgba.pixels()) {
-            let a = u32::from(p[3]);
-            for c in 0..3 {
-                let v = (u32::from(p[c]) * a + u32::from(BACKGROUND) * (255 - a) + 127) / 255;
-                o[c] = v as u8;
-            }
-        }
-        out
-    } else {
-        img.into_rgb8()
+    if !img.color().has_alpha() {
+        return img.into_rgb8();
     }
+    let rgba = img.into_rgba8();
+    let (w, h) = rgba.dimensions();
+    let mut buf = rgba.into_raw();
+    let pixels = buf.len() / 4;
+    for i in 0..pixels {
+        // Pixel i is read whole before its RGB is written at 3i, which never reaches pixel i+1.
+        let a = u32::from(buf[4 * i + 3]);
+        for c in 0..3 {
+            let v = (u32::from(buf[4 * i + c]) * a + u32::from(BACKGROUND) * (255 - a) + 127) / 255;
+            buf[3 * i + c] = v as u8;
+        }
+    }
+    buf.truncate(3 * pixels);
+    RgbImage::from_raw(w, h, buf).unwrap_or_else(|| RgbImage::new(w, h))
 }
 
 /// Crops the centre square, then resizes it to `size × size`.

@@ -101,6 +101,12 @@ pub enum DataError {
     #[error("loading was cancelled")]
     Cancelled,
     #[error(
+        "working size {0} px is outside {min}..={max} px",
+        min = crate::config::MIN_SIZE,
+        max = crate::config::MAX_SIZE
+    )]
+    BadSize(usize),
+    #[error(
         "{count} generated images at {size} px would take {} MiB: at most {max} images and {} MiB",
         bytes / (1 << 20),
         MAX_GENERATED_BYTES >> 20
@@ -271,6 +277,10 @@ pub fn load(
     progress: &(dyn Fn(usize, usize) + Sync),
     cancel: &std::sync::atomic::AtomicBool,
 ) -> Result<Dataset, DataError> {
+    let sizes = crate::config::MIN_SIZE..=crate::config::MAX_SIZE;
+    if !sizes.contains(&size) {
+        return Err(DataError::BadSize(size));
+    }
     if let DataSource::Builtin { count } | DataSource::Glyphs { count } = source {
         check_generated(*count, size)?;
     }
