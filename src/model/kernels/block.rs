@@ -4,13 +4,16 @@
 //! back, so candle's graph sees one node per block instead of a dozen (each of which would
 //! allocate, zero and add a gradient buffer of the block's full size).
 
-use std::sync::{Arc, Mutex};
-
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, bail};
+use rayon::prelude::*;
 
 use super::conv::ConvGeom;
-use super::fused::{Chain, Stage, conv_bn_backward, conv_stats, conv_stats_after};
-use super::{f32_slice, norm, pointwise, poisoned, with_values};
+use super::fused::{
+    Chain, ChainedStage, PrevStage, Stage, conv_bn_backward, conv_stats, conv_stats_after,
+};
+use super::norm::{Affine, Coef, NormAct};
+use super::operands::{Nchw, SavedState, f32_slice, grad_like, tensor_like, with_values};
+use super::pointwise;
 
 /// Where each parameter sits in the block's flat parameter vector: conv1 weight, bn1 weight,
 /// bn1 bias, conv2 weight, bn2 weight, bn2 bias, then (with a projection shortcut) the 1×1
@@ -33,21 +36,60 @@ impl BlockShape {
         }
         v
     }
-    fn offsets(&self) -> Vec<usize> {
-        self.sizes()
-            .iter()
-            .scan(0, |acc, s| {
-                let start = *acc;
-                *acc += s;
-                Some(start)
-            })
-            .collect()
-    }
+
     pub fn total(&self) -> usize {
         self.sizes().iter().sum()
     }
 }
 
+/// One convolution + batch norm's parts of the block's flat parameter vector.
+#[derive(Clone, Copy)]
+struct ConvBnParams<'a> {
+    /// The convolution's weight (O, C, K, K), flat.
+    conv: &'a [f32],
+    /// The batch norm's weight and bias.
+    bn: Affine<'a>,
+}
+
+/// The block's flat parameter vector cut into its parts ([`BlockShape`] order).
+struct BlockParams<'a> {
+    c1: ConvBnParams<'a>,
+    c2: ConvBnParams<'a>,
+    /// The 1×1 projection shortcut, when the block has one.
+    shortcut: Option<ConvBnParams<'a>>,
+    /// Values in all, [`BlockShape::total`].
+    len: usize,
+}
+
+impl<'a> BlockParams<'a> {
+    fn split(p: &'a [f32], shape: BlockShape) -> Result<Self> {
+        if p.len() != shape.total() {
+            bail!("{NAME}: {} parameters, expected {}", p.len(), shape.total());
+        }
+        let mut parts = Vec::with_capacity(9);
+        let mut rest = p;
+        for len in shape.sizes() {
+            let (part, tail) = rest.split_at(len);
+            parts.push(part);
+            rest = tail;
+        }
+        let stage = |i: usize| ConvBnParams {
+            conv: parts[i],
+            bn: Affine {
+                weight: parts[i + 1],
+                bias: parts[i + 2],
+            },
+        };
+        Ok(Self {
+            c1: stage(0),
+            c2: stage(3),
+            shortcut: shape.projection.then(|| stage(6)),
+            len: p.len(),
+        })
+    }
+}
+
+/// What the forward pass keeps for the backward pass.
 struct Saved {
     s1: Stage,
     /// relu(bn1(conv1(x))), the input of conv2.
@@ -60,10 +102,115 @@ struct Saved {
 /// statistics.
 pub type BlockStats = Vec<(Vec<f32>, Vec<f32>)>;
 
+/// The second operand of [`add_relu_normalised`].
+enum Skip<'a> {
+    /// The block's input, added as it is.
+    Identity(&'a [f32]),
+    /// The projection's convolution output, normalised per channel with `coef` first.
+    Normalised { x: &'a [f32], coef: Vec<Coef> },
+}
+
+/// `relu(x · scale + shift + skip)` per channel over planes of `hw` values, `skip` as
+/// [`Skip`] says: the block's last batch norm, its shortcut and the ReLU in one pass.
+fn add_relu_normalised(x: &[f32], coef: &[Coef], skip: &Skip<'_>, hw: usize) -> Result<Vec<f32>> {
+    let c = coef.len().max(1);
+    let hw = hw.max(1);
+    let (b, bcoef) = match skip {
+        Skip::Identity(b) => (*b, None),
+        Skip::Normalised { x: b, coef: k } => (*b, Some(k.as_slice())),
+    };
+    if b.len() != x.len() || bcoef.is_some_and(|k| k.len() != coef.len()) {
+        bail!("residual add: the shortcut does not match the main path");
+    }
+    let mut y = vec![0f32; x.len()];
+    y.par_chunks_mut(hw)
+        .zip(x.par_chunks(hw).zip(b.par_chunks(hw)))
+        .enumerate()
+        .for_each(|(plane, (yo, (xp, bp)))| {
+            let Coef { scale, shift, .. } = coef[plane % c];
+            match bcoef {
+                Some(k) => {
+                    let Coef {
+                        scale: bs,
+                        shift: bt,
+                        ..
+                    } = k[plane % c];
+                    for ((o, v), u) in yo.iter_mut().zip(xp).zip(bp) {
+                        *o = (v * scale + shift + u * bs + bt).max(0.0);
+                    }
+                }
+                None => {
+                    for ((o, v), u) in yo.iter_mut().zip(xp).zip(bp) {
+                        *o = (v * scale + shift + u).max(0.0);
+                    }
+                }
+            }
+        });
+    Ok(y)
+}
+
+/// The block's gradients.
+struct BlockGrads {
+    /// ∂L/∂x (N, Cin, H, W), when it was asked for.
+    dx: Option<Vec<f32>>,
+    /// ∂L/∂params, in [`BlockShape`] order.
+    params: Vec<f32>,
+}
+
+/// The backward pass from `m` = ∂L/∂(bn2 output + shortcut), for the block's input `x`.
+fn backward(
+    sv: &Saved,
+    parts: &BlockParams<'_>,
+    x: &[f32],
+    m: Vec<f32>,
+    want_x: bool,
+    eps: f32,
+) -> Result<BlockGrads> {
+    let bn = |relu| NormAct { eps, relu };
+    // Through bn2 and conv2 into ∂L/∂y1 (zeros to start from), taking bn1's first backward
+    // pass on the way.
+    let chain = Chain {
+        sums: None,
+        prev: Some(PrevStage {
+            stage: &sv.s1,
+            relu: true,
+        }),
+    };
+    let dy1 = Some(vec![0f32; sv.y1.len()]);
+    let mut b2 = conv_bn_backward(&sv.s2, &sv.y1, parts.c2.conv, &m, bn(false), dy1, chain)?;
+    let dy1 = b2.dx.take().unwrap_or_default();
+    // ∂L/∂x gathers the main path and the shortcut in one buffer: it starts as the identity
+    // shortcut's gradient (m itself, no longer needed otherwise) or as zeros for the
+    // projection, whose own backward adds into it below.
+    let mut m = Some(m);
+    let dx0 = match &sv.shortcut {
+        Some(_) => want_x.then(|| vec![0f32; x.len()]),
+        None => m.take().filter(|_| want_x),
+    };
+    let chain = Chain {
+        sums: b2.prev_sums.take(),
+        prev: None,
+    };
+    let b1 = conv_bn_backward(&sv.s1, x, parts.c1.conv, &dy1, bn(true), dx0, chain)?;
+    let mut params = Vec::with_capacity(parts.len);
+    b1.append_param_grads(&mut params);
+    b2.append_param_grads(&mut params);
+    let dx = match (&sv.shortcut, &parts.shortcut, m) {
+        (Some(st), Some(sc), Some(m)) => {
+            let bs = conv_bn_backward(st, x, sc.conv, &m, bn(false), b1.dx, Chain::default())?;
+            bs.append_param_grads(&mut params);
+            bs.dx
+        }
+        _ => b1.dx,
+    };
+    Ok(BlockGrads { dx, params })
+}
+
+/// Operands: the block's input x (N, Cin, H, W) and its flat parameter vector.
 pub struct ResidualBlock {
     pub shape: BlockShape,
     pub eps: f32,
-    saved: Arc<Mutex<Option<Saved>>>,
+    saved: SavedState<Saved>,
 }
 
 const NAME: &str = "residual block";
@@ -83,44 +230,46 @@ impl CustomOp2 for ResidualBlock {
         let x = f32_slice(s1, l1, "block input")?;
         let p = f32_slice(s2, l2, "block parameters")?;
         let sh = self.shape;
-        if p.len() != sh.total() {
-            bail!(
-                "residual block: {} parameters, expected {}",
-                p.len(),
-                sh.total()
-            );
-        }
-        let &[n, cin, h, w] = l1.dims() else {
-            bail!("residual block: expected (N, C, H, W), got {:?}", l1.dims());
-        };
+        let parts = BlockParams::split(p, sh)?;
+        let Nchw { n, c: cin, h, w } = Nchw::of(l1.dims(), NAME)?;
         if cin != sh.cin || (!sh.projection && (sh.stride != 1 || sh.cin != sh.cout)) {
-            bail!("residual block: input {:?} does not fit {sh:?}", l1.dims());
+            bail!("{NAME}: input {:?} does not fit {sh:?}", l1.dims());
         }
-        let (o, off) = (sh.cout, sh.offsets());
-        let part = |i: usize| &p[off[i]..off[i] + sh.sizes()[i]];
+        let o = sh.cout;
         let g1 = ConvGeom::new(&[n, cin, h, w], &[o, cin, 3, 3], sh.stride, 1)?;
-        let st1 = conv_stats(g1, x, part(0), (part(1), part(2)))?;
+        let s1 = conv_stats(g1, x, parts.c1.conv, parts.c1.bn)?;
         let g2 = ConvGeom::new(&[n, o, g1.ho(), g1.wo()], &[o, o, 3, 3], 1, 1)?;
         // y1 = relu(bn1(conv1)), made image by image inside conv2's loop.
-        let (st2, y1) = conv_stats_after(&st1, (self.eps, true), g2, part(3), (part(4), part(5)))?;
-        let shortcut = if sh.projection {
-            let gs = ConvGeom::new(&[n, cin, h, w], &[o, cin, 1, 1], sh.stride, 0)?;
-            Some(conv_stats(gs, x, part(6), (part(7), part(8)))?)
-        } else {
-            None
+        let bn1 = NormAct {
+            eps: self.eps,
+            relu: true,
+        };
+        let ChainedStage {
+            stage: s2,
+            input: y1,
+        } = conv_stats_after(&s1, bn1, g2, parts.c2.conv, parts.c2.bn)?;
+        let shortcut = match parts.shortcut {
+            Some(sc) => {
+                let gs = ConvGeom::new(&[n, cin, h, w], &[o, cin, 1, 1], sh.stride, 0)?;
+                Some(conv_stats(gs, x, sc.conv, sc.bn)?)
+            }
+            None => None,
         };
         // relu(bn2(conv2) + shortcut) in one pass: neither normalised map is stored.
         let skip = match &shortcut {
-            Some(st) => norm::Skip::Normalised(&st.conv_out, st.coef(self.eps)),
-            None => norm::Skip::Identity(x),
+            Some(st) => Skip::Normalised {
+                x: &st.conv_out,
+                coef: st.coef(self.eps),
+            },
+            None => Skip::Identity(x),
         };
-        let out = norm::apply_add_relu(&st2.conv_out, &st2.coef(self.eps), &skip, g2.hw_out())?;
-        *self.saved.lock().map_err(|_| poisoned(NAME))? = Some(Saved {
-            s1: st1,
+        let out = add_relu_normalised(&s2.conv_out, &s2.coef(self.eps), &skip, g2.hw_out())?;
+        self.saved.put(Saved {
+            s1,
             y1,
-            s2: st2,
+            s2,
             shortcut,
-        });
+        })?;
         Ok((CpuStorage::F32(out), Shape::from((n, o, g1.ho(), g1.wo()))))
     }
 
@@ -131,69 +280,18 @@ impl CustomOp2 for ResidualBlock {
         res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let guard = self.saved.lock().map_err(|_| poisoned(NAME))?;
-        let Some(sv) = guard.as_ref() else {
-            bail!("residual block: backward before forward");
-        };
-        let sh = self.shape;
-        let eps = self.eps;
         // ∂L/∂(y2 + shortcut): the gradient where the block's output is positive.
         let m = with_values(res, |out| {
             with_values(grad, |g| Ok(pointwise::relu_mask_values(g, out)))
         })?;
         let want_x = x.track_op();
-        let (dx, dp) = with_values(p, |pv| {
-            with_values(x, |xv| {
-                let off = sh.offsets();
-                let sizes = sh.sizes();
-                let part = |i: usize| &pv[off[i]..off[i] + sizes[i]];
-                // Through bn2 and conv2 into ∂L/∂y1 (zeros to start from), taking bn1's first
-                // backward pass on the way.
-                let chain = Chain {
-                    sums: None,
-                    prev: Some((&sv.s1, true)),
-                };
-                let dy1 = Some(vec![0f32; sv.y1.len()]);
-                let ((dy1, dw2, dg2, db2), s1_sums) =
-                    conv_bn_backward(&sv.s2, &sv.y1, part(3), &m, (eps, false), dy1, chain)?;
-                let dy1 = dy1.unwrap_or_default();
-                // ∂L/∂x gathers the main path and the shortcut in one buffer: it starts as the
-                // identity shortcut's gradient (m itself, no longer needed otherwise) or as
-                // zeros for the projection, whose own backward adds into it below.
-                let (dx0, m) = match &sv.shortcut {
-                    Some(_) => (want_x.then(|| vec![0f32; xv.len()]), Some(m)),
-                    None => (want_x.then_some(m), None),
-                };
-                let chain = Chain {
-                    sums: s1_sums,
-                    prev: None,
-                };
-                let ((dx, dw1, dg1, db1), _) =
-                    conv_bn_backward(&sv.s1, xv, part(0), &dy1, (eps, true), dx0, chain)?;
-                let mut dp = Vec::with_capacity(sh.total());
-                for v in [&dw1, &dg1, &db1, &dw2, &dg2, &db2] {
-                    dp.extend_from_slice(v);
-                }
-                let dx = match (&sv.shortcut, m) {
-                    (Some(st), Some(m)) => {
-                        let chain = Chain::default();
-                        let ((dx, dws, dgs, dbs), _) =
-                            conv_bn_backward(st, xv, part(6), &m, (eps, false), dx, chain)?;
-                        for v in [&dws, &dgs, &dbs] {
-                            dp.extend_from_slice(v);
-                        }
-                        dx
-                    }
-                    _ => dx,
-                };
-                Ok((dx, dp))
+        let grads = self.saved.with("backward before forward", |sv| {
+            with_values(p, |pv| {
+                let parts = BlockParams::split(pv, self.shape)?;
+                with_values(x, |xv| backward(sv, &parts, xv, m, want_x, self.eps))
             })
         })?;
-        let dx = match dx {
-            Some(v) => Some(Tensor::from_vec(v, x.shape(), x.device())?),
-            None => None,
-        };
-        Ok((dx, Some(Tensor::from_vec(dp, p.shape(), p.device())?)))
+        Ok((grad_like(grads.dx, x)?, Some(tensor_like(grads.params, p)?)))
     }
 }
 
@@ -206,24 +304,20 @@ pub fn residual_block_train(
     shape: BlockShape,
     eps: f64,
 ) -> Result<(Tensor, BlockStats)> {
-    let saved = Arc::new(Mutex::new(None));
+    let saved = SavedState::new(NAME);
     let op = ResidualBlock {
         shape,
         eps: eps as f32,
         saved: saved.clone(),
     };
     let y = x.contiguous()?.apply_op2(&params.contiguous()?, op)?;
-    let guard = saved.lock().map_err(|_| poisoned(NAME))?;
-    let Some(sv) = guard.as_ref() else {
-        bail!("residual block: forward left no statistics");
-    };
-    let stats = |st: &Stage| {
-        let (mean, var) = st.stats();
-        (mean.to_vec(), var.to_vec())
-    };
-    let mut out = vec![stats(&sv.s1), stats(&sv.s2)];
-    if let Some(st) = &sv.shortcut {
-        out.push(stats(st));
-    }
-    Ok((y, out))
+    let stats = saved.with("forward left no statistics", |sv| {
+        let stages = [Some(&sv.s1), Some(&sv.s2), sv.shortcut.as_ref()];
+        Ok(stages
+            .into_iter()
+            .flatten()
+            .map(|st| (st.stats.mean.clone(), st.stats.var.clone()))
+            .collect())
+    })?;
+    Ok((y, stats))
 }

@@ -6,8 +6,13 @@
 //!   after it, forward and backward in two passes over the data;
 //! - [`fused::conv_batch_norm_train`]: convolution + batch norm (+ ReLU) as one op in
 //!   training, so the convolution's output never becomes a tensor of candle's graph;
+//! - [`block::residual_block_train`]: a whole residual basic block as one op in training;
 //! - [`pointwise`]: residual add + ReLU, bias + ReLU and ×2 upsampling with their backward
 //!   passes, each one pass over memory instead of candle's broadcast and reduction chains.
+//!
+//! Shared by them: `gemm` (the one call into the `gemm` crate), `operands` (borrowing a
+//! tensor's values, shapes as named dimensions, state kept from forward for backward) and
+//! `reduce` (vectorised sums). This file: the switch, the allocator settings, the compute pool.
 //!
 //! [`crate::model::ops`] routes to these on the CPU and to candle's own ops elsewhere (CUDA,
 //! Metal) or when [`set_stock_ops`] asks for them (the benchmark compares both).
@@ -17,13 +22,14 @@ pub mod conv;
 pub mod fused;
 mod gemm;
 pub mod norm;
+mod operands;
 pub mod pointwise;
+mod reduce;
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, DType, Device, Layout, Result, Storage, Tensor, bail};
+use candle_core::{DType, Device};
 
 static STOCK: AtomicBool = AtomicBool::new(false);
 
@@ -93,38 +99,4 @@ pub fn on_compute_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
         Some(p) => p.install(f),
         None => f(),
     }
-}
-
-/// The f32 values of a contiguous CPU tensor.
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-    let CpuStorage::F32(v) = s else {
-        bail!("{what}: expected f32, got {:?}", s.dtype());
-    };
-    match l.contiguous_offsets() {
-        Some((a, b)) if b <= v.len() => Ok(&v[a..b]),
-        _ => bail!("{what}: expected a contiguous tensor"),
-    }
-}
-
-fn same_device_contiguous(a: &Tensor, b: &Tensor) -> Result<(Tensor, Tensor)> {
-    if !a.device().same_device(b.device()) {
-        bail!("tensors on different devices");
-    }
-    Ok((a.contiguous()?, b.contiguous()?))
-}
-
-/// Runs `f` on the f32 values of a CPU tensor (made contiguous), borrowed from candle's storage:
-/// for backward passes, which receive tensors rather than storages.
-fn with_values<T>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<T>) -> Result<T> {
-    let t = t.contiguous()?;
-    let (storage, layout) = t.storage_and_layout();
-    match &*storage {
-        Storage::Cpu(s) => f(f32_slice(s, layout, "kernel operand")?),
-        _ => bail!("pretext's kernels run on the CPU only"),
-    }
-}
-
-/// The error for a poisoned lock around an op's saved state.
-fn poisoned(op: &str) -> candle_core::Error {
-    candle_core::Error::Msg(format!("{op}: saved state lock poisoned"))
 }

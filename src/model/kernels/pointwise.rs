@@ -4,8 +4,8 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
 
-use super::f32_slice;
-use super::norm::nchw;
+use super::operands::{Nchw, Planes, f32_slice};
+use super::reduce::channel_sum;
 
 /// `relu(a + b)` in one pass (the end of a residual block); its backward passes the gradient
 /// where the output is positive to both operands.
@@ -126,7 +126,7 @@ impl CustomOp2 for BiasAct {
     ) -> Result<(CpuStorage, Shape)> {
         let x = f32_slice(s1, l1, "bias input")?;
         let b = f32_slice(s2, l2, "bias")?;
-        let (_, c, hw) = nchw(l1.dims(), "bias")?;
+        let Planes { c, hw, .. } = Planes::of(l1.dims(), "bias")?;
         if b.len() != c {
             bail!("bias: {} values for {c} channels", b.len());
         }
@@ -173,21 +173,12 @@ impl CustomOp1 for ChannelSum {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = f32_slice(s, l, "channel sum input")?;
-        let (n, c, hw) = nchw(l.dims(), "channel sum")?;
-        let sums: Vec<f32> = (0..c)
+        let planes = Planes::of(l.dims(), "channel sum")?;
+        let sums: Vec<f32> = (0..planes.c)
             .into_par_iter()
-            .map(|ch| {
-                (0..n)
-                    .map(|i| {
-                        f64::from(super::norm::lanes(
-                            &x[(i * c + ch) * hw..(i * c + ch + 1) * hw],
-                            |v| v,
-                        ))
-                    })
-                    .sum::<f64>() as f32
-            })
+            .map(|ch| channel_sum(x, planes, ch, |v| v) as f32)
             .collect();
-        Ok((CpuStorage::F32(sums), Shape::from(c)))
+        Ok((CpuStorage::F32(sums), Shape::from(planes.c)))
     }
 }
 
@@ -202,9 +193,7 @@ impl CustomOp1 for Upsample2x {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = f32_slice(s, l, "upsample input")?;
-        let [n, c, h, w] = *l.dims() else {
-            bail!("upsample: expected (N, C, H, W), got {:?}", l.dims());
-        };
+        let Nchw { n, c, h, w } = Nchw::of(l.dims(), "upsample")?;
         let mut y = vec![0f32; x.len() * 4];
         y.par_chunks_mut((4 * h * w).max(1))
             .zip(x.par_chunks((h * w).max(1)))
@@ -236,9 +225,7 @@ impl CustomOp1 for Downsum2x {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let g = f32_slice(s, l, "upsample gradient")?;
-        let [n, c, h2, w2] = *l.dims() else {
-            bail!("downsum: expected (N, C, H, W), got {:?}", l.dims());
-        };
+        let Nchw { n, c, h: h2, w: w2 } = Nchw::of(l.dims(), "downsum")?;
         if h2 % 2 != 0 || w2 % 2 != 0 {
             bail!("downsum: odd size {h2}×{w2}");
         }
