@@ -1,89 +1,64 @@
-//! Small dense linear algebra for the gauges and PCA: a cyclic Jacobi eigen-solver for
-//! symmetric matrices (exact enough for d ≤ a few hundred).
+//! Small dense linear algebra for the gauges and PCA: nalgebra's symmetric eigen-solver
+//! (Householder tridiagonalisation, then implicit QR sweeps), behind the callers' row layout.
 
-#![allow(clippy::needless_range_loop)] // index loops mirror the textbook formulas
+use nalgebra::{DMatrix, Dyn, SymmetricEigen};
 
 /// Eigenvalues (descending) and eigenvectors (as columns: `vectors[row][k]`) of a symmetric
-/// matrix.
+/// matrix. Non-finite input (a diverged run) gives NaN throughout rather than a panic.
 pub fn symmetric_eigen(a: &[Vec<f64>]) -> (Vec<f64>, Vec<Vec<f64>>) {
     let n = a.len();
-    let mut m: Vec<Vec<f64>> = a.to_vec();
-    let mut v = vec![vec![0.0; n]; n];
-    for (i, row) in v.iter_mut().enumerate() {
-        row[i] = 1.0;
+    if n == 0 {
+        return (Vec::new(), Vec::new()); // nalgebra refuses an empty matrix
     }
-    for _sweep in 0..100 {
-        let off: f64 = (0..n)
-            .flat_map(|i| (0..n).filter(move |&j| j != i).map(move |j| (i, j)))
-            .map(|(i, j)| m[i][j] * m[i][j])
-            .sum();
-        let scale: f64 = (0..n).map(|i| m[i][i] * m[i][i]).sum::<f64>().max(1e-300);
-        if off <= 1e-22 * scale {
-            break;
-        }
-        for p in 0..n {
-            for q in p + 1..n {
-                if m[p][q].abs() < 1e-300 {
-                    continue;
-                }
-                let theta = (m[q][q] - m[p][p]) / (2.0 * m[p][q]);
-                let t = theta.signum() / (theta.abs() + (theta * theta + 1.0).sqrt());
-                let t = if theta == 0.0 { 1.0 } else { t };
-                let c = 1.0 / (t * t + 1.0).sqrt();
-                let s = t * c;
-                for k in 0..n {
-                    let mkp = m[k][p];
-                    let mkq = m[k][q];
-                    m[k][p] = c * mkp - s * mkq;
-                    m[k][q] = s * mkp + c * mkq;
-                }
-                for k in 0..n {
-                    let mpk = m[p][k];
-                    let mqk = m[q][k];
-                    m[p][k] = c * mpk - s * mqk;
-                    m[q][k] = s * mpk + c * mqk;
-                }
-                for row in &mut v {
-                    let vp = row[p];
-                    let vq = row[q];
-                    row[p] = c * vp - s * vq;
-                    row[q] = s * vp + c * vq;
-                }
-            }
-        }
-    }
-    let mut order: Vec<usize> = (0..n).collect();
-    order.sort_by(|&a, &b| m[b][b].total_cmp(&m[a][a]));
-    let values = order.iter().map(|&i| m[i][i]).collect();
+    let Some(eigen) = eigen(DMatrix::from_fn(n, n, |i, j| a[i][j])) else {
+        return (vec![f64::NAN; n], vec![vec![f64::NAN; n]; n]);
+    };
+    let order = descending(eigen.eigenvalues.as_slice());
+    let values = order.iter().map(|&k| eigen.eigenvalues[k]).collect();
     let vectors = (0..n)
-        .map(|r| order.iter().map(|&i| v[r][i]).collect())
+        .map(|r| order.iter().map(|&k| eigen.eigenvectors[(r, k)]).collect())
         .collect();
     (values, vectors)
 }
 
-/// Singular values (descending) of an n × d matrix given by rows.
+/// Singular values (descending) of an n × d matrix given by rows: the square roots of the
+/// eigenvalues of the smaller Gram matrix (XᵀX or XXᵀ), so a tall matrix costs one product
+/// and a d × d solve.
 pub fn singular_values(rows: &[Vec<f64>]) -> Vec<f64> {
-    let d = rows.first().map_or(0, Vec::len);
-    let mut g = vec![vec![0.0; d]; d];
-    for r in rows {
-        for i in 0..d {
-            for j in i..d {
-                g[i][j] += r[i] * r[j];
-            }
-        }
+    let (n, d) = (rows.len(), rows.first().map_or(0, Vec::len));
+    if n == 0 || d == 0 {
+        return Vec::new();
     }
-    for i in 0..d {
-        for j in 0..i {
-            g[i][j] = g[j][i];
-        }
-    }
-    let (values, _) = symmetric_eigen(&g);
-    let k = rows.len().min(d);
-    values
+    let x = DMatrix::from_fn(n, d, |i, j| rows[i][j]);
+    let gram = if n >= d {
+        x.transpose() * &x
+    } else {
+        &x * x.transpose()
+    };
+    let Some(eigen) = eigen(gram) else {
+        return vec![f64::NAN; n.min(d)];
+    };
+    descending(eigen.eigenvalues.as_slice())
         .into_iter()
-        .take(k)
-        .map(|v| v.max(0.0).sqrt())
+        .map(|k| eigen.eigenvalues[k].max(0.0).sqrt())
         .collect()
+}
+
+/// The eigen-decomposition, or `None` for non-finite input (on which the QR sweeps would never
+/// converge) or one that does not converge within LAPACK's budget of 30 sweeps per eigenvalue.
+fn eigen(m: DMatrix<f64>) -> Option<SymmetricEigen<f64, Dyn>> {
+    if !m.iter().all(|v| v.is_finite()) {
+        return None;
+    }
+    let max_sweeps = 30 * m.nrows();
+    SymmetricEigen::try_new(m, f64::EPSILON, max_sweeps)
+}
+
+/// Indices of `values` from the largest value to the smallest.
+fn descending(values: &[f64]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..values.len()).collect();
+    order.sort_by(|&a, &b| values[b].total_cmp(&values[a]));
+    order
 }
 
 #[cfg(test)]
@@ -97,5 +72,52 @@ mod tests {
         assert!((vals[0] - 3.0).abs() < 1e-12 && (vals[1] - 1.0).abs() < 1e-12);
         let v0 = [vecs[0][0], vecs[1][0]];
         assert!((v0[0].abs() - 0.5f64.sqrt()).abs() < 1e-9 && (v0[0] - v0[1]).abs() < 1e-9);
+    }
+
+    #[test]
+    fn eigenvectors_are_columns_in_the_order_of_the_values() {
+        // A permuted diagonal plus a coupling: A v_k = λ_k v_k for every column k.
+        let a = vec![
+            vec![1.0, 0.0, 0.0, 0.0],
+            vec![0.0, 5.0, 0.5, 0.0],
+            vec![0.0, 0.5, -2.0, 0.0],
+            vec![0.0, 0.0, 0.0, 3.0],
+        ];
+        let (vals, vecs) = symmetric_eigen(&a);
+        assert!(vals.windows(2).all(|w| w[0] >= w[1]), "{vals:?}");
+        for (k, lambda) in vals.iter().enumerate() {
+            for (r, row) in a.iter().enumerate() {
+                let av: f64 = row.iter().enumerate().map(|(j, x)| x * vecs[j][k]).sum();
+                assert!((av - lambda * vecs[r][k]).abs() < 1e-12);
+            }
+        }
+    }
+
+    #[test]
+    fn singular_values_of_tall_and_wide_matrices() {
+        // Rows of diag(3, 2) padded with a zero row: σ = 3, 2 either way round.
+        let tall = vec![vec![0.0, 2.0], vec![3.0, 0.0], vec![0.0, 0.0]];
+        let wide: Vec<Vec<f64>> = (0..2)
+            .map(|j| tall.iter().map(|r| r[j]).collect())
+            .collect();
+        for m in [&tall, &wide] {
+            let s = singular_values(m);
+            assert_eq!(s.len(), 2);
+            assert!(
+                (s[0] - 3.0).abs() < 1e-12 && (s[1] - 2.0).abs() < 1e-12,
+                "{s:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn empty_and_non_finite_input_give_empty_and_nan() {
+        assert_eq!(symmetric_eigen(&[]), (vec![], vec![]));
+        assert!(singular_values(&[]).is_empty());
+        assert!(singular_values(&[vec![], vec![]]).is_empty());
+        let s = singular_values(&[vec![1.0, f64::NAN], vec![0.0, 1.0]]);
+        assert!(s.len() == 2 && s.iter().all(|v| v.is_nan()));
+        let (vals, vecs) = symmetric_eigen(&[vec![f64::INFINITY]]);
+        assert!(vals[0].is_nan() && vecs[0][0].is_nan());
     }
 }
