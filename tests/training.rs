@@ -297,12 +297,18 @@ fn pause_step_resume_and_stop_take_effect_within_a_step() {
 fn a_non_finite_loss_pauses_with_advice_and_the_run_can_go_on() {
     let out = tempfile::tempdir().unwrap();
     let t = Trainer::spawn().unwrap();
-    t.send(Command::Start(Box::new(TrainConfig {
-        lr: 1e38,
-        ..config(out.path(), 64, 16, 2)
-    })));
+    // A rate this large is outside what a configuration may ask for; set while running, it
+    // blows the loss up at once.
+    t.send(Command::Start(Box::new(config(out.path(), 64, 16, 2))));
+    let mut raised = false;
     let mut recovered = false;
     let log = drive(&t, |e, _| {
+        if let Event::RunStarted { .. } = e
+            && !raised
+        {
+            raised = true;
+            t.send(Command::SetLr(1e38));
+        }
         if let Event::Paused {
             reason: PauseReason::NonFiniteLoss,
             ..

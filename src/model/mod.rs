@@ -33,6 +33,9 @@ pub enum ModelError {
     },
     #[error("checkpoint {path}: {message}")]
     Checkpoint { path: String, message: String },
+    /// Input that does not fit what an operation needs (not a tensor library failure).
+    #[error("{0}")]
+    Invalid(String),
 }
 
 pub type Result<T, E = ModelError> = std::result::Result<T, E>;
