@@ -69,19 +69,20 @@ fn main() {
     frames_until(&mut h, "data", |a| matches!(a.data, DataState::Ready(_)));
     h.state_mut().start();
     let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(TRAIN_SECS) || h.state().last_epoch.is_none() {
+    while start.elapsed() < Duration::from_secs(TRAIN_SECS) || h.state().run.last_epoch.is_none() {
         h.step();
         std::thread::sleep(Duration::from_millis(30));
     }
     save(&mut h, "training.png");
 
     h.state_mut().inspect(13);
-    frames_until(&mut h, "inspection", |a| a.inspection.is_some());
-    h.state_mut().tab = Tab::Inspect;
+    frames_until(&mut h, "inspection", |a| a.tabs.inspection.is_some());
+    h.state_mut().tabs.tab = Tab::Inspect;
     h.run_steps(4);
     save(&mut h, "inspect.png");
 
-    h.state_mut().tab = Tab::Augmentations;
+    h.state_mut().tabs.tab = Tab::Augmentations;
+    frames_until(&mut h, "augmented views", |a| a.tabs.augment.view.is_some());
     h.run_steps(4);
     save(&mut h, "augmentations.png");
 
@@ -90,10 +91,12 @@ fn main() {
         images: 8,
         eta: None,
     });
-    frames_until(&mut h, "frozen batch", |a| a.math.is_some());
+    frames_until(&mut h, "frozen batch", |a| a.tabs.math.report.is_some());
     let tasks: Vec<TaskKind> = h
         .state()
+        .tabs
         .math
+        .report
         .as_ref()
         .unwrap()
         .tasks
@@ -108,17 +111,17 @@ fn main() {
         ("math-reconstruction.png", find(TaskKind::Inpainting), 1),
         ("math-optimisation.png", find(TaskKind::Rotation), 2),
     ] {
-        h.state_mut().tab = Tab::Math;
-        h.state_mut().math_sel.task = task;
-        h.state_mut().math_sel.example = 3;
-        h.state_mut().math_step = step;
+        h.state_mut().tabs.tab = Tab::Math;
+        h.state_mut().tabs.math.sel.task = task;
+        h.state_mut().tabs.math.sel.example = 3;
+        h.state_mut().tabs.math.step = step;
         h.run_steps(4);
         save(&mut h, name);
     }
     h.state_mut().send(pretext::train::Command::Embed);
-    frames_until(&mut h, "embedding", |a| a.embedding.is_some());
-    h.state_mut().explorer_selected = Some(13);
-    h.state_mut().tab = Tab::Explorer;
+    frames_until(&mut h, "embedding", |a| a.tabs.explorer.embedding.is_some());
+    h.state_mut().tabs.explorer.selected = Some(13);
+    h.state_mut().tabs.tab = Tab::Explorer;
     h.run_steps(4);
     save(&mut h, "explorer.png");
     h.state_mut().reset();

@@ -53,6 +53,13 @@ fn augmentation_samples() {
     let out = tempfile::tempdir().unwrap();
     let mut h = harness(out.path());
     h.get_by_label("Augmentations").click();
+    // The views are drawn on a background thread.
+    let start = Instant::now();
+    while h.state().tabs.augment.view.is_none() {
+        assert!(start.elapsed() < Duration::from_secs(60), "no views drawn");
+        h.step();
+        std::thread::sleep(Duration::from_millis(10));
+    }
     h.run_steps(3);
     h.snapshot("augmentations");
 }

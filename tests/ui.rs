@@ -64,7 +64,7 @@ fn wait_until(h: &mut Harness<'_, PretextApp>, what: &str, cond: impl Fn(&Pretex
             let a = h.state();
             panic!(
                 "timed out waiting for {what}: status {:?}, {} steps, messages {:?}",
-                a.status, a.curves.steps_seen, a.messages
+                a.run.status, a.run.curves.steps_seen, a.run.messages
             );
         }
         h.step();
@@ -78,10 +78,10 @@ fn started_and_paused(storage: &MemoryStorage) -> Harness<'static, PretextApp> {
     let mut h = app(storage, None);
     wait_until(&mut h, "data", |a| matches!(a.data, DataState::Ready(_)));
     h.get_by_label("Start").click();
-    wait_until(&mut h, "a step", |a| a.curves.steps_seen >= 1);
+    wait_until(&mut h, "a step", |a| a.run.curves.steps_seen >= 1);
     h.get_by_label("Pause").click();
     wait_until(&mut h, "pause", |a| {
-        matches!(a.status, RunStatus::Paused(_))
+        matches!(a.run.status, RunStatus::Paused(_))
     });
     h
 }
@@ -96,47 +96,49 @@ fn start_pause_step_resume_stop_on_builtin_data() {
 
     h.get_by_label("Start").click();
     wait_until(&mut h, "steps and previews", |a| {
-        a.curves.steps_seen >= 2 && !a.previews.is_empty()
+        a.run.curves.steps_seen >= 2 && !a.tabs.previews.is_empty()
     });
     let points = h
         .state()
+        .run
         .curves
         .series
         .get("loss/rotation")
         .map(|s| s.len())
         .unwrap_or(0);
     assert!(points >= 2, "loss curve has {points} points");
-    assert!(h.state().previews.contains_key(&TaskKind::Rotation));
+    assert!(h.state().tabs.previews.contains_key(&TaskKind::Rotation));
 
     h.get_by_label("Pause").click();
     wait_until(&mut h, "pause", |a| {
-        matches!(a.status, RunStatus::Paused(_))
+        matches!(a.run.status, RunStatus::Paused(_))
     });
     // Let any event of a step that was under way arrive.
     for _ in 0..20 {
         h.step();
         std::thread::sleep(Duration::from_millis(10));
     }
-    let before = h.state().curves.steps_seen;
+    let before = h.state().run.curves.steps_seen;
     h.get_by_label("Step").click();
     wait_until(&mut h, "one step", |a| {
-        a.status == RunStatus::Paused(PauseReason::Stepped)
+        a.run.status == RunStatus::Paused(PauseReason::Stepped)
     });
     assert_eq!(
-        h.state().curves.steps_seen,
+        h.state().run.curves.steps_seen,
         before + 1,
         "Step trains exactly one batch"
     );
 
     h.get_by_label("Resume").click();
-    wait_until(&mut h, "resume", |a| a.status == RunStatus::Running);
+    wait_until(&mut h, "resume", |a| a.run.status == RunStatus::Running);
     h.get_by_label("Stop").click();
     wait_until(&mut h, "stop", |a| {
-        matches!(a.status, RunStatus::Finished(_))
+        matches!(a.run.status, RunStatus::Finished(_))
     });
-    assert_eq!(h.state().status, RunStatus::Finished(Outcome::Stopped));
+    assert_eq!(h.state().run.status, RunStatus::Finished(Outcome::Stopped));
     assert!(
         h.state()
+            .run
             .run_dir
             .as_ref()
             .unwrap()
@@ -153,7 +155,7 @@ fn opening_folders_by_typed_path_including_an_empty_one() {
     wait_until(&mut h, "data", |a| matches!(a.data, DataState::Ready(_)));
 
     let empty = tempfile::tempdir().unwrap();
-    h.state_mut().path_input = empty.path().display().to_string();
+    h.state_mut().inputs.path = empty.path().display().to_string();
     h.get_by_label("Open").click();
     wait_until(&mut h, "load error", |a| {
         matches!(a.data, DataState::Failed(_))
@@ -175,7 +177,7 @@ fn opening_folders_by_typed_path_including_an_empty_one() {
             .save(dir.join(format!("{i}.png")))
             .unwrap();
     }
-    h.state_mut().path_input = good.path().display().to_string();
+    h.state_mut().inputs.path = good.path().display().to_string();
     h.get_by_label("Open").click();
     wait_until(&mut h, "folder", |a| matches!(a.data, DataState::Ready(_)));
     assert!(h.query_by_label_contains("2 classes").is_some());
@@ -214,16 +216,16 @@ fn a_nan_loss_shows_advice_in_the_window_without_crashing() {
     let mut h = app(&storage, None);
     wait_until(&mut h, "data", |a| matches!(a.data, DataState::Ready(_)));
     h.get_by_label("Start").click();
-    wait_until(&mut h, "a step", |a| a.curves.steps_seen >= 1);
+    wait_until(&mut h, "a step", |a| a.run.curves.steps_seen >= 1);
     // What the "Set" button sends, with a learning rate no run survives.
     h.state_mut().send(pretext::train::Command::SetLr(1e38));
     wait_until(&mut h, "the NaN pause", |a| {
-        a.status == RunStatus::Paused(PauseReason::NonFiniteLoss)
+        a.run.status == RunStatus::Paused(PauseReason::NonFiniteLoss)
     });
     assert!(h.query_all_by_label_contains("lower learning rate").count() >= 1);
     h.get_by_label("Stop").click();
     wait_until(&mut h, "stop", |a| {
-        matches!(a.status, RunStatus::Finished(_))
+        matches!(a.run.status, RunStatus::Finished(_))
     });
 }
 
@@ -253,21 +255,21 @@ fn continuing_a_run_directory_written_by_the_command_line() {
     });
     let mut h = app(&storage, None);
     wait_until(&mut h, "data", |a| matches!(a.data, DataState::Ready(_)));
-    h.state_mut().run_input = run_dir.display().to_string();
+    h.state_mut().inputs.run = run_dir.display().to_string();
     h.get_by_label("Continue run").click();
     wait_until(&mut h, "the continued run", |a| {
-        matches!(a.status, RunStatus::Finished(_))
+        matches!(a.run.status, RunStatus::Finished(_))
     });
     let a = h.state();
     assert_eq!(
-        a.status,
+        a.run.status,
         RunStatus::Finished(Outcome::Completed),
         "{:?}",
-        a.messages
+        a.run.messages
     );
     // 4 steps read back from metrics.csv, 4 more trained.
-    assert_eq!(a.curves.series["loss/rotation"].len(), 8);
-    assert_eq!(a.last_step.as_ref().map(|s| s.step), Some(8));
+    assert_eq!(a.run.curves.series["loss/rotation"].len(), 8);
+    assert_eq!(a.run.last_step.as_ref().map(|s| s.step), Some(8));
 }
 
 #[test]
@@ -283,17 +285,17 @@ fn the_math_panel_walks_every_step_of_every_task() {
     h.get_by_label("Math").click();
     h.run_steps(2);
     h.get_by_label("Freeze batch").click();
-    wait_until(&mut h, "the frozen batch", |a| a.math.is_some());
+    wait_until(&mut h, "the frozen batch", |a| a.tabs.math.report.is_some());
     for task in 0..5 {
-        h.state_mut().math_sel.task = task;
-        h.state_mut().math_step = 0;
+        h.state_mut().tabs.math.sel.task = task;
+        h.state_mut().tabs.math.step = 0;
         h.run_steps(2);
         let mut seen = 1;
         loop {
-            let before = h.state().math_step;
+            let before = h.state().tabs.math.step;
             h.get_by_label("Next").click();
             h.run_steps(2);
-            if h.state().math_step == before {
+            if h.state().tabs.math.step == before {
                 break;
             }
             seen += 1;
@@ -303,11 +305,11 @@ fn the_math_panel_walks_every_step_of_every_task() {
         // Arrow keys walk back.
         h.key_press(eframe::egui::Key::ArrowLeft);
         h.run_steps(2);
-        assert_eq!(h.state().math_step, seen - 2);
+        assert_eq!(h.state().tabs.math.step, seen - 2);
     }
     h.get_by_label("Stop").click();
     wait_until(&mut h, "stop", |a| {
-        matches!(a.status, RunStatus::Finished(_))
+        matches!(a.run.status, RunStatus::Finished(_))
     });
 }
 
@@ -318,11 +320,11 @@ fn the_explorer_embeds_every_image_and_shows_gauges_probe_and_neighbours() {
     let mut h = started_and_paused(&storage);
     // The live gauges from the monitor's first measurement, alignment included.
     wait_until(&mut h, "the first kNN measurement", |a| {
-        a.curves.series.contains_key("gauge/alignment")
+        a.run.curves.series.contains_key("gauge/alignment")
     });
     h.run_steps(2);
     assert!(
-        h.state().knn_start.is_some() && h.state().knn_pixels.is_some(),
+        h.state().run.knn.start.is_some() && h.state().run.knn.pixels.is_some(),
         "random-init and raw-pixel references for the kNN plot"
     );
     assert!(
@@ -333,8 +335,8 @@ fn the_explorer_embeds_every_image_and_shows_gauges_probe_and_neighbours() {
     h.get_by_label("Explorer").click();
     h.run_steps(2);
     h.get_by_label("Embed all images").click();
-    wait_until(&mut h, "the embedding", |a| a.embedding.is_some());
-    let e = h.state().embedding.clone().unwrap();
+    wait_until(&mut h, "the embedding", |a| a.tabs.explorer.embedding.is_some());
+    let e = h.state().tabs.explorer.embedding.clone().unwrap();
     assert_eq!(e.z.len(), 64);
     assert_eq!(e.projection.len(), 64);
     assert!(e.probe.is_ok(), "the built-in set is labelled");
@@ -342,12 +344,12 @@ fn the_explorer_embeds_every_image_and_shows_gauges_probe_and_neighbours() {
     assert!(h.query_all_by_label_contains("linear probe").count() >= 1);
     assert!(h.query_all_by_label_contains("alignment").count() >= 1);
     // Selecting an image shows its neighbours.
-    h.state_mut().explorer_selected = Some(3);
+    h.state_mut().tabs.explorer.selected = Some(3);
     h.run_steps(3);
     assert!(h.query_all_by_label_contains("nearest neighbours").count() >= 1);
     h.get_by_label("Stop").click();
     wait_until(&mut h, "stop", |a| {
-        matches!(a.status, RunStatus::Finished(_))
+        matches!(a.run.status, RunStatus::Finished(_))
     });
 }
 

@@ -7,9 +7,8 @@ use std::sync::Arc;
 
 use super::heads::Decoder;
 use super::{
-    Batch, BatchMaker, Canvas, Explained, HostBatch, HostTensor, MetricInfo, PREVIEW_SEED,
-    PretextTask, Preview, PreviewDetail, TaskOutput, inputs_to_bytes, per_image, per_sample,
-    preview_factor, rows,
+    Batch, BatchMaker, Canvas, Explained, HostBatch, HostTensor, MetricInfo, PretextTask, Preview,
+    TaskOutput, inputs_to_bytes, per_image, per_sample, preview_batch, preview_factor, rows,
 };
 use crate::config::{TaskKind, TaskSettings};
 use crate::data::{Dataset, color};
@@ -121,20 +120,16 @@ impl Colorization {
     }
 }
 
+/// How this task's proxy metric reads.
+pub const METRIC: MetricInfo = MetricInfo::percent(
+    "colour agreement",
+    "Proxy colour agreement",
+    Some("constant a*b*"),
+);
+
 impl PretextTask for Colorization {
     fn kind(&self) -> TaskKind {
         TaskKind::Colorization
-    }
-
-    fn metric(&self) -> MetricInfo {
-        MetricInfo {
-            name: "colour agreement",
-            label: "Proxy colour agreement",
-            percent: true,
-            unit: "%",
-            chance: None,
-            baseline: Some("constant a*b*"),
-        }
     }
 
     fn maker(&self) -> Arc<dyn BatchMaker> {
@@ -189,10 +184,7 @@ impl PretextTask for Colorization {
         data: &Dataset,
         indices: &[usize],
     ) -> Result<Preview, ModelError> {
-        let batch = self
-            .maker
-            .make(data, indices, PREVIEW_SEED)
-            .upload(&model.device)?;
+        let batch = preview_batch(self.maker.as_ref(), model, data, indices)?;
         let pred = self
             .predict(model, &batch, false)?
             .flatten_all()?
@@ -240,9 +232,6 @@ impl PretextTask for Colorization {
                 self.threshold
             ),
             image: canvas,
-            detail: PreviewDetail::Colorization {
-                agreement: agreements,
-            },
         })
     }
 }

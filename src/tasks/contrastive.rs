@@ -9,8 +9,8 @@ use std::sync::Arc;
 use super::heads::Mlp;
 use super::{
     Batch, BatchExtra, BatchMaker, Canvas, Explained, HostBatch, HostTensor, MetricInfo,
-    PREVIEW_SEED, PretextTask, Preview, PreviewDetail, TaskOutput, inputs_to_bytes, per_sample,
-    preview_factor, rows,
+    PretextTask, Preview, TaskOutput, inputs_to_bytes, per_sample, preview_batch, preview_factor,
+    rows,
 };
 use crate::config::{Augment, TaskKind, TaskSettings};
 use crate::data::Dataset;
@@ -94,20 +94,16 @@ impl Contrastive {
     }
 }
 
+/// How this task's proxy metric reads.
+pub const METRIC: MetricInfo = MetricInfo::percent(
+    "positive top-1",
+    "Proxy positive top-1",
+    Some("chance 1/(2N-1)"),
+);
+
 impl PretextTask for Contrastive {
     fn kind(&self) -> TaskKind {
         TaskKind::Contrastive
-    }
-
-    fn metric(&self) -> MetricInfo {
-        MetricInfo {
-            name: "positive top-1",
-            label: "Proxy positive top-1",
-            percent: true,
-            unit: "%",
-            chance: None,
-            baseline: Some("chance 1/(2N-1)"),
-        }
     }
 
     fn maker(&self) -> Arc<dyn BatchMaker> {
@@ -180,10 +176,7 @@ impl PretextTask for Contrastive {
         data: &Dataset,
         indices: &[usize],
     ) -> Result<Preview, ModelError> {
-        let batch = self
-            .maker
-            .make(data, indices, PREVIEW_SEED)
-            .upload(&model.device)?;
+        let batch = preview_batch(self.maker.as_ref(), model, data, indices)?;
         let h = self.project(model, &batch, false)?;
         let sim = nn::cosine_similarity_matrix(&h)?.to_vec2::<f32>()?;
         let top1 = nn::positive_top1(&sim);
@@ -221,10 +214,6 @@ impl PretextTask for Contrastive {
                 top1 * 100.0
             ),
             image: canvas,
-            detail: PreviewDetail::Contrastive {
-                views: 2 * k,
-                similarity: flat,
-            },
         })
     }
 }

@@ -9,9 +9,8 @@ use std::sync::Arc;
 
 use super::heads::Decoder;
 use super::{
-    Batch, BatchMaker, Canvas, Explained, HostBatch, HostTensor, MetricInfo, PREVIEW_SEED,
-    PretextTask, Preview, PreviewDetail, TaskOutput, inputs_to_bytes, per_image, per_sample,
-    preview_factor, rows,
+    Batch, BatchMaker, Canvas, Explained, HostBatch, HostTensor, MetricInfo, PretextTask, Preview,
+    TaskOutput, inputs_to_bytes, per_image, per_sample, preview_batch, preview_factor, rows,
 };
 use crate::config::{MaskKind, TaskKind, TaskSettings};
 use crate::data::ops::{INPUT_MEAN, INPUT_STD};
@@ -161,20 +160,13 @@ pub fn masked_mse(
     diff.sqr()?.sum_all()?.div(&hidden)
 }
 
+/// How this task's proxy metric reads.
+pub const METRIC: MetricInfo =
+    MetricInfo::measure("hidden-region PSNR", "Proxy PSNR", " dB", Some("mean fill"));
+
 impl PretextTask for Inpainting {
     fn kind(&self) -> TaskKind {
         TaskKind::Inpainting
-    }
-
-    fn metric(&self) -> MetricInfo {
-        MetricInfo {
-            name: "hidden-region PSNR",
-            label: "Proxy PSNR",
-            percent: false,
-            unit: " dB",
-            chance: None,
-            baseline: Some("mean fill"),
-        }
     }
 
     fn maker(&self) -> Arc<dyn BatchMaker> {
@@ -183,11 +175,10 @@ impl PretextTask for Inpainting {
 
     fn forward(&self, model: &Model, batch: &Batch, train: bool) -> Result<TaskOutput, ModelError> {
         let pred = self.predict(model, batch, train)?;
-        let mask = batch.mask.as_ref().ok_or_else(|| {
-            ModelError::Candle(candle_core::Error::Msg(
-                "inpainting batch without mask".into(),
-            ))
-        })?;
+        let mask = batch
+            .mask
+            .as_ref()
+            .ok_or_else(|| ModelError::Invalid("inpainting batch without mask".into()))?;
         let loss = masked_mse(&pred, batch.target()?, mask)?;
         // The loss is in normalised units; PSNR wants [0, 1] pixels.
         let mse_unit = f64::from(loss.to_scalar::<f32>()?) * f64::from(INPUT_STD * INPUT_STD);
@@ -202,11 +193,10 @@ impl PretextTask for Inpainting {
     fn explain(&self, model: &Model, batch: &Batch) -> Result<Explained, ModelError> {
         let out = model.encoder.forward(&batch.inputs, true)?;
         let pred = self.decoder.forward(&out.fmap)?;
-        let mask = batch.mask.as_ref().ok_or_else(|| {
-            ModelError::Candle(candle_core::Error::Msg(
-                "inpainting batch without mask".into(),
-            ))
-        })?;
+        let mask = batch
+            .mask
+            .as_ref()
+            .ok_or_else(|| ModelError::Invalid("inpainting batch without mask".into()))?;
         Ok(Explained {
             math: crate::math::TaskMath::Reconstruction {
                 prediction: per_image(&pred)?,
@@ -229,10 +219,7 @@ impl PretextTask for Inpainting {
         data: &Dataset,
         indices: &[usize],
     ) -> Result<Preview, ModelError> {
-        let batch = self
-            .maker
-            .make(data, indices, PREVIEW_SEED)
-            .upload(&model.device)?;
+        let batch = preview_batch(self.maker.as_ref(), model, data, indices)?;
         let pred = self
             .predict(model, &batch, false)?
             .flatten_all()?
@@ -291,10 +278,6 @@ impl PretextTask for Inpainting {
                 "inpainting: masked | inpainted | original; hidden-region PSNR {model_psnr:.1} dB (mean fill {fill_psnr:.1} dB)"
             ),
             image: canvas,
-            detail: PreviewDetail::Inpainting {
-                psnr: model_psnr,
-                mean_fill_psnr: fill_psnr,
-            },
         })
     }
 }

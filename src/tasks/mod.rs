@@ -126,15 +126,15 @@ impl Batch {
     }
 
     pub fn labels(&self) -> Result<&Tensor, ModelError> {
-        self.labels.as_ref().ok_or_else(|| {
-            ModelError::Candle(candle_core::Error::Msg("batch without labels".into()))
-        })
+        self.labels
+            .as_ref()
+            .ok_or_else(|| ModelError::Invalid("batch without labels".into()))
     }
 
     pub fn target(&self) -> Result<&Tensor, ModelError> {
-        self.target.as_ref().ok_or_else(|| {
-            ModelError::Candle(candle_core::Error::Msg("batch without targets".into()))
-        })
+        self.target
+            .as_ref()
+            .ok_or_else(|| ModelError::Invalid("batch without targets".into()))
     }
 }
 
@@ -160,13 +160,42 @@ pub struct MetricInfo {
     /// Shown as a percentage (fractions) or as a number with `unit`.
     pub percent: bool,
     pub unit: &'static str,
-    /// What guessing gets (classification), for context.
-    pub chance: Option<f64>,
     /// What the baseline is, when the task reports one (e.g. "mean fill").
     pub baseline: Option<&'static str>,
 }
 
 impl MetricInfo {
+    /// A fraction shown in percent (accuracy, agreement).
+    pub const fn percent(
+        name: &'static str,
+        label: &'static str,
+        baseline: Option<&'static str>,
+    ) -> Self {
+        Self {
+            name,
+            label,
+            percent: true,
+            unit: "%",
+            baseline,
+        }
+    }
+
+    /// A number with a unit (e.g. PSNR in dB).
+    pub const fn measure(
+        name: &'static str,
+        label: &'static str,
+        unit: &'static str,
+        baseline: Option<&'static str>,
+    ) -> Self {
+        Self {
+            name,
+            label,
+            percent: false,
+            unit,
+            baseline,
+        }
+    }
+
     /// `62%` or `23.4 dB`.
     pub fn format(&self, value: f64) -> String {
         if self.percent {
@@ -183,32 +212,24 @@ impl MetricInfo {
     }
 }
 
+/// How a task's proxy metric reads, without building the task (e.g. for a run read back from
+/// its directory).
+pub fn metric_info(kind: TaskKind) -> MetricInfo {
+    match kind {
+        TaskKind::Colorization => colorization::METRIC,
+        TaskKind::Inpainting => inpainting::METRIC,
+        TaskKind::Rotation => rotation::METRIC,
+        TaskKind::Patch => patch::METRIC,
+        TaskKind::Contrastive => contrastive::METRIC,
+    }
+}
+
 /// A picture of what a task sees and predicts, for the inspection batch.
 #[derive(Clone, Debug)]
 pub struct Preview {
     pub task: TaskKind,
     pub caption: String,
     pub image: Canvas,
-    pub detail: PreviewDetail,
-}
-
-/// Per-task numbers behind a preview, for front ends that draw their own.
-#[derive(Clone, Debug)]
-pub enum PreviewDetail {
-    Rotation(Vec<rotation::RotationSample>),
-    Colorization {
-        agreement: Vec<f64>,
-    },
-    Inpainting {
-        psnr: f64,
-        mean_fill_psnr: f64,
-    },
-    Patch(Vec<patch::PatchSample>),
-    /// Cosine similarities of the 2k inspection views, row-major.
-    Contrastive {
-        views: usize,
-        similarity: Vec<f32>,
-    },
 }
 
 /// Builds batches from the data alone; shared with the thread that makes batches ahead.
@@ -221,7 +242,10 @@ pub trait BatchMaker: Send + Sync {
 /// One pretext task behind the common interface.
 pub trait PretextTask: Send {
     fn kind(&self) -> TaskKind;
-    fn metric(&self) -> MetricInfo;
+    /// How the task's proxy metric reads.
+    fn metric(&self) -> MetricInfo {
+        metric_info(self.kind())
+    }
     fn maker(&self) -> Arc<dyn BatchMaker>;
     fn forward(&self, model: &Model, batch: &Batch, train: bool) -> Result<TaskOutput, ModelError>;
     /// Predictions on a fixed set of images, in evaluation mode.
@@ -246,6 +270,21 @@ pub struct Explained {
     pub input_size: usize,
     /// What was done to each input (contrastive views).
     pub transforms: Vec<String>,
+}
+
+/// The inspection batch of a preview, made with the fixed preview seed and uploaded.
+///
+/// # Errors
+/// When the batch cannot be uploaded to the model's device.
+pub fn preview_batch(
+    maker: &dyn BatchMaker,
+    model: &Model,
+    data: &Dataset,
+    indices: &[usize],
+) -> Result<Batch, ModelError> {
+    Ok(maker
+        .make(data, indices, PREVIEW_SEED)
+        .upload(&model.device)?)
 }
 
 /// One normalised CHW image (`channels` planes of `plane` pixels) → RGB bytes (grey for one

@@ -10,8 +10,8 @@ use super::heads::Mlp;
 use super::rotation::{argmax, verdict_color};
 use super::{
     Batch, BatchExtra, BatchMaker, Canvas, Explained, HostBatch, HostTensor, MetricInfo,
-    PREVIEW_SEED, PretextTask, Preview, PreviewDetail, TaskOutput, inputs_to_bytes, per_sample,
-    preview_factor, rows,
+    PretextTask, Preview, TaskOutput, inputs_to_bytes, per_sample, preview_batch, preview_factor,
+    rows,
 };
 use crate::config::{TaskKind, TaskSettings};
 use crate::data::augment::{self, NEIGHBOUR_CELLS, PatchLayout};
@@ -97,20 +97,12 @@ impl Patch {
     }
 }
 
+/// How this task's proxy metric reads.
+pub const METRIC: MetricInfo = MetricInfo::percent("position accuracy", "Proxy accuracy", None);
+
 impl PretextTask for Patch {
     fn kind(&self) -> TaskKind {
         TaskKind::Patch
-    }
-
-    fn metric(&self) -> MetricInfo {
-        MetricInfo {
-            name: "position accuracy",
-            label: "Proxy accuracy",
-            percent: true,
-            unit: "%",
-            chance: Some(0.125),
-            baseline: None,
-        }
     }
 
     fn maker(&self) -> Arc<dyn BatchMaker> {
@@ -153,10 +145,7 @@ impl PretextTask for Patch {
         data: &Dataset,
         indices: &[usize],
     ) -> Result<Preview, ModelError> {
-        let batch = self
-            .maker
-            .make(data, indices, PREVIEW_SEED)
-            .upload(&model.device)?;
+        let batch = preview_batch(self.maker.as_ref(), model, data, indices)?;
         let probs = nn::softmax(&self.logits(model, &batch, false)?)?.to_vec2::<f32>()?;
         let layouts = match &batch.host.extra {
             BatchExtra::Patches(l) => l.clone(),
@@ -249,7 +238,6 @@ impl PretextTask for Patch {
                 samples.len()
             ),
             image: canvas,
-            detail: PreviewDetail::Patch(samples),
         })
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::{
     Batch, BatchMaker, Canvas, Explained, HostBatch, HostTensor, MetricInfo, PretextTask, Preview,
-    PreviewDetail, TaskOutput, inputs_to_bytes, preview_factor, rows,
+    TaskOutput, inputs_to_bytes, preview_factor, rows,
 };
 use crate::config::TaskKind;
 use crate::data::{Dataset, ops};
@@ -88,20 +88,12 @@ impl Rotation {
     }
 }
 
+/// How this task's proxy metric reads.
+pub const METRIC: MetricInfo = MetricInfo::percent("rotation accuracy", "Proxy accuracy", None);
+
 impl PretextTask for Rotation {
     fn kind(&self) -> TaskKind {
         TaskKind::Rotation
-    }
-
-    fn metric(&self) -> MetricInfo {
-        MetricInfo {
-            name: "rotation accuracy",
-            label: "Proxy accuracy",
-            percent: true,
-            unit: "%",
-            chance: Some(0.25),
-            baseline: None,
-        }
     }
 
     fn maker(&self) -> Arc<dyn BatchMaker> {
@@ -206,7 +198,6 @@ impl PretextTask for Rotation {
                 samples.len()
             ),
             image: canvas,
-            detail: PreviewDetail::Rotation(samples),
         })
     }
 }

@@ -203,7 +203,7 @@ pub enum Event {
     Resumed,
     LrChanged(f64),
     Warning(String),
-    /// Something went wrong; `message` says what and what to try.
+    /// Something went wrong: what, and what to try.
     Error(String),
     Finished {
         run_dir: Option<PathBuf>,

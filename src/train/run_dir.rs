@@ -11,6 +11,8 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
+
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -22,8 +24,10 @@ pub const METRICS_FILE: &str = "metrics.csv";
 pub const CHECKPOINT_DIR: &str = "checkpoints";
 pub const PREVIEW_DIR: &str = "previews";
 pub const RESUME_FILE: &str = "resume.safetensors";
+/// The columns of metrics.csv, in [`MetricsRow`]'s field order. Files written before the last
+/// two columns existed read as well (they are optional).
 pub const METRICS_HEADER: &str =
-    "step,epoch,task,loss,proxy_metric,proxy_value,lr,images_per_s,wall_s";
+    "step,epoch,task,loss,proxy_metric,proxy_value,lr,images_per_s,wall_s,baseline,step_loss";
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunDirError {
@@ -38,7 +42,14 @@ pub enum RunDirError {
 
 pub struct RunDir {
     pub path: PathBuf,
-    metrics: BufWriter<File>,
+    metrics: csv::Writer<BufWriter<File>>,
+}
+
+/// Appends rows to metrics.csv (the header is written by whoever creates the file).
+fn metrics_writer(f: File) -> csv::Writer<BufWriter<File>> {
+    csv::WriterBuilder::new()
+        .has_headers(false)
+        .from_writer(BufWriter::new(f))
 }
 
 fn write_err(path: &Path) -> impl FnOnce(std::io::Error) -> RunDirError + '_ {
@@ -95,7 +106,7 @@ impl RunDir {
         writeln!(f, "{METRICS_HEADER}").map_err(write_err(&metrics_path))?;
         Ok(Self {
             path,
-            metrics: BufWriter::new(f),
+            metrics: metrics_writer(f),
         })
     }
 
@@ -132,7 +143,7 @@ impl RunDir {
         Ok((
             Self {
                 path: path.to_path_buf(),
-                metrics: BufWriter::new(f),
+                metrics: metrics_writer(f),
             },
             config,
         ))
@@ -149,32 +160,40 @@ impl RunDir {
         let path = self.path.join(METRICS_FILE);
         self.flush()?;
         let text = std::fs::read(&path).map_err(write_err(&path))?;
-        let mut kept = format!("{METRICS_HEADER}\n").into_bytes();
-        let fields = METRICS_HEADER.split(',').count();
-        for line in complete_lines(&text).split(|&b| b == b'\n').skip(1) {
-            let Ok(line) = std::str::from_utf8(line) else {
-                continue;
-            };
-            let ok = line.split(',').count() == fields
-                && line
-                    .split(',')
-                    .next()
-                    .and_then(|f| f.parse::<u64>().ok())
-                    .is_some_and(|s| s <= step);
-            if ok {
-                kept.extend_from_slice(line.as_bytes());
-                kept.push(b'\n');
+        // Rows are parsed (files of an older format too, whose rows are rewritten in the current
+        // one), and kept up to `step`; malformed rows are dropped.
+        let mut out = csv::WriterBuilder::new()
+            .has_headers(false)
+            .from_writer(Vec::new());
+        let mut reader = csv::ReaderBuilder::new()
+            .flexible(true)
+            .from_reader(complete_lines(&text));
+        let as_io = |e: csv::Error| RunDirError::Write {
+            path: path.clone(),
+            source: std::io::Error::other(e),
+        };
+        out.write_record(METRICS_HEADER.split(',')).map_err(as_io)?;
+        for row in reader.deserialize::<MetricsRow>().filter_map(Result::ok) {
+            if row.step <= step {
+                out.serialize(&row).map_err(as_io)?;
             }
         }
+        let kept = out.into_inner().map_err(|e| RunDirError::Write {
+            path: path.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
         if kept != text {
             crate::model::checkpoint::write_atomic(&path, &kept).map_err(write_err(&path))?;
             let f = OpenOptions::new()
                 .append(true)
                 .open(&path)
                 .map_err(write_err(&path))?;
-            self.metrics = BufWriter::new(f);
+            self.metrics = metrics_writer(f);
         }
-        if let Ok(entries) = std::fs::read_dir(self.path.join(CHECKPOINT_DIR)) {
+        for dir in [self.path.clone(), self.path.join(CHECKPOINT_DIR)] {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                continue;
+            };
             for e in entries.flatten() {
                 let name = e.file_name();
                 let name = name.to_string_lossy();
@@ -195,47 +214,60 @@ impl RunDir {
         crate::model::checkpoint::write_atomic(&p, text.as_bytes()).map_err(write_err(&p))
     }
 
+    fn write_row(&mut self, row: &MetricsRow) -> Result<(), RunDirError> {
+        let path = self.path.join(METRICS_FILE);
+        self.metrics.serialize(row).map_err(|e| RunDirError::Write {
+            path,
+            source: std::io::Error::other(e),
+        })
+    }
+
     /// Appends one row per task.
     pub fn append_metrics(&mut self, m: &StepMetrics) -> Result<(), RunDirError> {
-        let path = self.path.join(METRICS_FILE);
         for t in &m.tasks {
-            writeln!(
-                self.metrics,
-                "{},{},{},{:.6},{},{:.6},{:e},{:.2},{:.3}",
-                m.step,
-                m.epoch,
-                t.task,
-                t.loss,
-                t.metric_info.name.replace(' ', "_"),
-                t.metric,
-                m.lr,
-                m.images_per_s,
-                m.wall_s
-            )
-            .map_err(write_err(&path))?;
+            self.write_row(&MetricsRow {
+                step: m.step,
+                epoch: m.epoch,
+                task: t.task.name().to_string(),
+                loss: Some(t.loss),
+                proxy_metric: t.metric_info.name.replace(' ', "_"),
+                proxy_value: t.metric,
+                lr: Some(m.lr),
+                images_per_s: Some(m.images_per_s),
+                wall_s: m.wall_s,
+                baseline: t.baseline,
+                step_loss: Some(m.loss),
+            })?;
         }
         Ok(())
     }
 
-    /// Appends the monitor's kNN accuracies (rows of task `knn`) and gauges (task `gauges`).
+    /// Appends the monitor's kNN accuracies (rows of task `knn`) and gauges (task `gauges`),
+    /// and writes them to disk at once.
     pub fn append_knn(&mut self, k: &super::KnnMetrics, wall_s: f64) -> Result<(), RunDirError> {
-        let path = self.path.join(METRICS_FILE);
+        let monitor_row = |task: &str, name: String, value: f64| MetricsRow {
+            step: k.step,
+            epoch: k.epoch,
+            task: task.to_string(),
+            loss: None,
+            proxy_metric: name,
+            proxy_value: value,
+            lr: None,
+            images_per_s: None,
+            wall_s,
+            baseline: None,
+            step_loss: None,
+        };
         for (stage, acc) in &k.stages {
             let name = stage.split_whitespace().next().unwrap_or(stage);
-            writeln!(
-                self.metrics,
-                "{},{},knn,,knn_accuracy_{name},{acc:.6},,,{wall_s:.3}",
-                k.step, k.epoch
-            )
-            .map_err(write_err(&path))?;
+            self.write_row(&monitor_row(KNN_TASK, format!("{KNN_PREFIX}{name}"), *acc))?;
         }
         if let Some(acc) = k.raw_pixels {
-            writeln!(
-                self.metrics,
-                "{},{},knn,,knn_accuracy_raw_pixels,{acc:.6},,,{wall_s:.3}",
-                k.step, k.epoch
-            )
-            .map_err(write_err(&path))?;
+            self.write_row(&monitor_row(
+                KNN_TASK,
+                format!("{KNN_PREFIX}raw_pixels"),
+                acc,
+            ))?;
         }
         let g = &k.gauges;
         for (name, v) in [
@@ -244,17 +276,13 @@ impl RunDir {
             ("uniformity", g.uniformity),
             ("alignment", g.alignment.unwrap_or(f64::NAN)),
         ] {
-            if !v.is_finite() {
-                continue;
+            if v.is_finite() {
+                self.write_row(&monitor_row(GAUGES_TASK, name.to_string(), v))?;
             }
-            writeln!(
-                self.metrics,
-                "{},{},gauges,,{name},{v:.6},,,{wall_s:.3}",
-                k.step, k.epoch
-            )
-            .map_err(write_err(&path))?;
         }
-        Ok(())
+        // Monitor rows are few and costly to redo: on disk at once, so a crash right after a
+        // checkpoint keeps them.
+        self.flush()
     }
 
     pub fn flush(&mut self) -> Result<(), RunDirError> {
@@ -273,47 +301,175 @@ impl RunDir {
     }
 }
 
-/// One row of a run's metrics.csv.
-#[derive(Clone, Debug, PartialEq)]
+/// The `task` of the kNN monitor's rows, and the prefix of their metric names.
+pub const KNN_TASK: &str = "knn";
+const KNN_PREFIX: &str = "knn_accuracy_";
+/// The `task` of the gauge rows.
+pub const GAUGES_TASK: &str = "gauges";
+
+/// One row of metrics.csv: a task's numbers at a training step, or one number of the monitor
+/// (task `knn` or `gauges`). Written and read through serde, so both sides agree by
+/// construction; floats are written in their shortest exact form.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MetricsRow {
     pub step: u64,
+    pub epoch: usize,
     pub task: String,
-    pub metric_name: String,
-    pub loss: f64,
-    pub metric: f64,
-    pub percent: bool,
-    pub lr: f64,
-    pub images_per_s: f64,
+    pub loss: Option<f64>,
+    /// The proxy metric's name with `_` for spaces (e.g. `rotation_accuracy`), or the monitor's
+    /// number (`knn_accuracy_l2`, `rankme`, …).
+    pub proxy_metric: String,
+    pub proxy_value: f64,
+    pub lr: Option<f64>,
+    pub images_per_s: Option<f64>,
+    pub wall_s: f64,
+    /// The task's trivial baseline on the same batch, when it has one.
+    #[serde(default)]
+    pub baseline: Option<f64>,
+    /// The step's weighted sum of task losses (the same on each task's row).
+    #[serde(default)]
+    pub step_loss: Option<f64>,
 }
 
 /// Reads a run directory's metrics.csv, which another process may still be writing: a
-/// half-written last line is left for later, malformed fields read as NaN, never a panic.
+/// half-written last line is left for later and a malformed row is passed over, never a panic.
 ///
 /// # Errors
 /// A sentence naming the file when it cannot be read.
 pub fn read_metrics(dir: &Path) -> Result<Vec<MetricsRow>, String> {
     let path = dir.join(METRICS_FILE);
     let bytes = std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let text = String::from_utf8_lossy(complete_lines(&bytes));
-    let mut rows = Vec::new();
-    for line in text.lines().skip(1) {
-        let f: Vec<&str> = line.split(',').collect();
-        if f.len() < 9 {
+    let mut reader = csv::ReaderBuilder::new()
+        .flexible(true)
+        .from_reader(complete_lines(&bytes));
+    Ok(reader
+        .deserialize::<MetricsRow>()
+        .filter_map(Result::ok)
+        .collect())
+}
+
+/// A run directory read back as the events its run sent: `RunStarted` (from config.json), then
+/// `Step` and `Knn` in the order metrics.csv has them. Applied to a [`crate::view::RunView`] they
+/// give the curves, kNN series and gauges the live run gave; what metrics.csv does not keep
+/// (time split, previews, the gauges' spectrum) is left empty.
+///
+/// # Errors
+/// [`RunDirError::NotARun`] when config.json or metrics.csv cannot be read.
+pub fn replay(dir: &Path) -> Result<Vec<super::Event>, RunDirError> {
+    use super::{Event, TaskMetrics};
+    let not_a_run = |message: String| RunDirError::NotARun {
+        path: dir.to_path_buf(),
+        message,
+    };
+    let text = std::fs::read_to_string(dir.join(CONFIG_FILE))
+        .map_err(|e| not_a_run(format!("cannot read {CONFIG_FILE}: {e}")))?;
+    let config: TrainConfig = serde_json::from_str(&text)
+        .map_err(|e| not_a_run(format!("{CONFIG_FILE} is not valid: {e}")))?;
+    let rows = read_metrics(dir).map_err(not_a_run)?;
+    let batches_per_epoch = rows
+        .iter()
+        .filter(|r| r.epoch == 1 && r.loss.is_some())
+        .map(|r| r.step)
+        .max()
+        .unwrap_or(0) as usize;
+    let mut events = vec![Event::RunStarted {
+        run_dir: dir.to_path_buf(),
+        config: Box::new(config.clone()),
+        start_step: 0,
+        batches_per_epoch,
+        parameters: 0,
+    }];
+    let mut i = 0;
+    while i < rows.len() {
+        let (step, epoch, monitor) = (rows[i].step, rows[i].epoch, is_monitor(&rows[i]));
+        let mut j = i;
+        while j < rows.len() && rows[j].step == step && is_monitor(&rows[j]) == monitor {
+            j += 1;
+        }
+        let group = &rows[i..j];
+        i = j;
+        if monitor {
+            events.push(Event::Knn(knn_from_rows(step, epoch, group)));
             continue;
         }
-        let num = |s: &str| s.parse::<f64>().unwrap_or(f64::NAN);
-        rows.push(MetricsRow {
-            step: f[0].parse().unwrap_or(0),
-            task: f[2].to_string(),
-            metric_name: f[4].to_string(),
-            loss: num(f[3]),
-            metric: num(f[5]),
-            percent: !f[4].contains("PSNR"),
-            lr: num(f[6]),
-            images_per_s: num(f[7]),
-        });
+        let tasks: Vec<TaskMetrics> = group
+            .iter()
+            .filter_map(|r| {
+                let task = crate::config::TaskKind::ALL
+                    .into_iter()
+                    .find(|k| k.name() == r.task)?;
+                Some(TaskMetrics {
+                    task,
+                    loss: r.loss.unwrap_or(f64::NAN),
+                    metric: r.proxy_value,
+                    baseline: r.baseline,
+                    metric_info: crate::tasks::metric_info(task),
+                })
+            })
+            .collect();
+        let Some(first) = group.first() else {
+            continue;
+        };
+        let loss = first
+            .step_loss
+            .or_else(|| (tasks.len() == 1).then(|| tasks[0].loss))
+            .unwrap_or(f64::NAN);
+        events.push(Event::Step(super::StepMetrics {
+            step,
+            epoch,
+            epochs: config.epochs,
+            batch: 0,
+            batches: batches_per_epoch,
+            tasks,
+            loss,
+            lr: first.lr.unwrap_or(f64::NAN),
+            images_per_s: first.images_per_s.unwrap_or(f64::NAN),
+            data_wait_s: 0.0,
+            images: 0,
+            step_s: 0.0,
+            timing: super::StepTiming::default(),
+            wall_s: first.wall_s,
+        }));
     }
-    Ok(rows)
+    Ok(events)
+}
+
+fn is_monitor(r: &MetricsRow) -> bool {
+    r.task == KNN_TASK || r.task == GAUGES_TASK
+}
+
+/// The monitor's rows of one measurement as the event that wrote them.
+fn knn_from_rows(step: u64, epoch: usize, rows: &[MetricsRow]) -> super::KnnMetrics {
+    let value = |task: &str, name: &str| {
+        rows.iter()
+            .find(|r| r.task == task && r.proxy_metric == name)
+            .map(|r| r.proxy_value)
+    };
+    let stages = crate::eval::embed::STAGES
+        .iter()
+        .filter_map(|stage| {
+            let short = stage.split_whitespace().next().unwrap_or(stage);
+            value(KNN_TASK, &format!("{KNN_PREFIX}{short}")).map(|v| ((*stage).to_string(), v))
+        })
+        .collect();
+    let d = 4 * crate::model::ENCODER_WIDTH;
+    let g = |name: &str| value(GAUGES_TASK, name).unwrap_or(f64::NAN);
+    super::KnnMetrics {
+        step,
+        epoch,
+        stages,
+        not_measured: None,
+        raw_pixels: value(KNN_TASK, &format!("{KNN_PREFIX}raw_pixels")),
+        gauges: crate::eval::embed::Gauges {
+            std_of_l2_normalized: g("std_of_l2_normalized"),
+            std_reference: 1.0 / (d as f64).sqrt(),
+            rankme: g("rankme"),
+            dimensions: d,
+            uniformity: g("uniformity"),
+            alignment: value(GAUGES_TASK, "alignment"),
+            spectrum: Vec::new(),
+        },
+    }
 }
 
 /// The bytes up to and including the last newline (only those lines are complete).

@@ -3,7 +3,7 @@
 //! the shape of its curve without growing.
 
 /// Points of one series, `(x, y)`, x increasing.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct History {
     points: Vec<[f64; 2]>,
     capacity: usize,
@@ -66,14 +66,6 @@ impl History {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-
-    pub fn last(&self) -> Option<[f64; 2]> {
-        self.pending.last().or(self.points.last()).copied()
-    }
-
-    pub fn clear(&mut self) {
-        *self = Self::new(self.capacity);
     }
 }
 

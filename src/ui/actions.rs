@@ -1,0 +1,349 @@
+//! What the panels ask for, and the one place that does it: commands to the engine, data loads,
+//! the folder dialog, and the slow or blocking work (reading a run directory back, writing
+//! embeddings, drawing augmentation views) on background threads.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use eframe::egui;
+
+use super::jobs::{Done, Job};
+use super::{DataState, LoadedData, Loader, PretextApp, PreviewView, RECENT_MAX, RunStatus, Tab};
+use crate::config::DataSource;
+use crate::train::Command;
+
+/// Something a panel asks for; [`PretextApp::perform`] carries it out after drawing.
+#[derive(Clone, Debug)]
+pub enum Action {
+    /// Load a data source at the configured working size (cancelling a load under way).
+    OpenData(DataSource),
+    /// Open the system folder dialog.
+    PickFolder,
+    CancelLoading,
+    /// Start a run with the current settings.
+    Start,
+    /// Read a run directory back (its curves) and continue training it.
+    ContinueRun {
+        dir: PathBuf,
+        epochs: Option<usize>,
+    },
+    /// Stop any run and clear what it showed.
+    Reset,
+    /// A command for the engine as it is (pause, resume, step, stop, learning rate, …).
+    Send(Command),
+    /// Every task's prediction for this data-set image.
+    Inspect(usize),
+    /// Write the embedding's z with names and labels into the run directory.
+    ExportEmbeddings,
+    /// Draw augmented views for the current settings; `key` identifies them.
+    AugmentViews {
+        key: u64,
+    },
+    /// Show a tab.
+    ShowTab(Tab),
+}
+
+impl PretextApp {
+    /// Carries out one action.
+    pub fn perform(&mut self, ctx: &egui::Context, action: Action) {
+        match action {
+            Action::OpenData(source) => self.open_data(source),
+            Action::PickFolder => self.pick_folder(),
+            Action::CancelLoading => {
+                if let DataState::Loading(l) = &self.data {
+                    l.cancel();
+                }
+            }
+            Action::Start => self.start(),
+            Action::ContinueRun { dir, epochs } => self.continue_run(&dir, epochs),
+            Action::Reset => self.reset(),
+            Action::Send(cmd) => self.send(cmd),
+            Action::Inspect(i) => self.inspect(i),
+            Action::ExportEmbeddings => self.export_embeddings(),
+            Action::AugmentViews { key } => self.augment_views(key),
+            Action::ShowTab(tab) => self.tabs.tab = tab,
+        }
+        let _ = ctx;
+    }
+
+    /// Sends a command to the engine; a full queue or an ended worker becomes a message.
+    pub fn send(&mut self, cmd: Command) {
+        if !self.engine.trainer.send(cmd) {
+            self.run.message(
+                true,
+                "the training thread is not answering (its queue is full or it ended)",
+            );
+        }
+    }
+
+    /// Starts loading a data source (cancelling any load under way).
+    pub fn open_data(&mut self, source: DataSource) {
+        if let DataState::Loading(l) = &self.data {
+            l.cancel();
+        }
+        if let DataSource::Folder(p) = &source {
+            self.inputs.path = p.display().to_string();
+        }
+        self.settings.config.data = source.clone();
+        match Loader::start(source, self.settings.config.size, self.engine.wake.clone()) {
+            Ok(l) => self.data = DataState::Loading(l),
+            Err(e) => self.data = DataState::Failed(format!("cannot start loading: {e}")),
+        }
+        self.tabs.inspection = None;
+        self.tabs.augment.view = None;
+        self.tabs.explorer = super::ExplorerTab::default();
+    }
+
+    /// Opens a folder of images.
+    pub fn open_folder(&mut self, path: &Path) {
+        self.open_data(DataSource::Folder(path.to_path_buf()));
+    }
+
+    fn remember_recent(&mut self, source: &DataSource) {
+        if let DataSource::Folder(p) = source {
+            let s = p.display().to_string();
+            self.settings.recent.retain(|r| r != &s);
+            self.settings.recent.insert(0, s);
+            self.settings.recent.truncate(RECENT_MAX);
+        }
+    }
+
+    /// Opens the system folder dialog on its own thread.
+    pub fn pick_folder(&mut self) {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let wake = self.engine.wake.clone();
+        let spawned = std::thread::Builder::new()
+            .name("pretext-dialog".into())
+            .spawn(move || {
+                let _ = tx.send(
+                    rfd::FileDialog::new()
+                        .set_title("Open a folder of images")
+                        .pick_folder(),
+                );
+                wake();
+            });
+        match spawned {
+            Ok(_) => self.engine.dialog = Some(rx),
+            Err(e) => self
+                .run
+                .message(true, format!("cannot open the folder dialog: {e}")),
+        }
+    }
+
+    pub(super) fn poll_dialog(&mut self, _ctx: &egui::Context) {
+        let Some(rx) = &self.engine.dialog else {
+            return;
+        };
+        let Ok(choice) = rx.try_recv() else {
+            return;
+        };
+        self.engine.dialog = None;
+        match choice {
+            Some(p) => self.open_folder(&p),
+            None => self.run.message(
+                false,
+                "no folder chosen (without a desktop portal or zenity the system dialog cannot open: \
+                 type a path and press Open, or drop a folder on the window)",
+            ),
+        }
+    }
+
+    pub(super) fn poll_loader(&mut self, ctx: &egui::Context) {
+        let DataState::Loading(l) = &self.data else {
+            return;
+        };
+        let Some(result) = l.poll() else {
+            return;
+        };
+        match result {
+            Ok((d, secs)) => {
+                let summary = d.summary(secs);
+                let source = d.source.clone();
+                for (n, what) in [
+                    (summary.skipped.len(), "file(s) skipped"),
+                    (summary.partial.len(), "file(s) only partly decoded"),
+                ] {
+                    if n > 0 {
+                        self.run
+                            .message(false, format!("{n} {what} (see the data panel)"));
+                    }
+                }
+                let thumb_indices = super::panels::thumbnail_indices(d.len());
+                let (tex, cols) = super::panels::thumbnail_atlas(ctx, &d, &thumb_indices);
+                self.data = DataState::Ready(LoadedData {
+                    data: Arc::new(d),
+                    summary,
+                    thumbnails: tex,
+                    thumb_cols: cols,
+                    thumb_indices,
+                });
+                self.remember_recent(&source);
+            }
+            Err(crate::data::DataError::Cancelled) => self.data = DataState::Empty,
+            Err(e) => {
+                self.run.message(true, e.to_string());
+                self.data = DataState::Failed(e.to_string());
+            }
+        }
+    }
+
+    /// Starts training with the current settings.
+    pub fn start(&mut self) {
+        if self.is_training() {
+            return;
+        }
+        let config = self.settings.config.clone();
+        if let Err(e) = config.validate() {
+            self.run.message(true, e.to_string());
+            return;
+        }
+        self.reset_view();
+        let cmd = match &self.data {
+            DataState::Ready(d) if d.data.source == config.data && d.data.size == config.size => {
+                Command::StartWithData(Box::new(config), d.data.clone())
+            }
+            _ => Command::Start(Box::new(config)),
+        };
+        self.send(cmd);
+        self.run.status = RunStatus::Starting;
+    }
+
+    /// Continues a run directory (e.g. one the command line wrote): it is read back on a
+    /// background thread into the run model, then the engine continues it.
+    pub fn continue_run(&mut self, dir: &Path, epochs: Option<usize>) {
+        if self.is_training() {
+            self.run.message(true, "stop the current run first");
+            return;
+        }
+        self.reset_view();
+        self.run.status = RunStatus::Starting;
+        let dir = dir.to_path_buf();
+        let d = dir.clone();
+        self.engine.jobs.spawn(Job::Replay, move || Done::Replay {
+            dir: d.clone(),
+            epochs,
+            events: crate::train::run_dir::replay(&d).map_err(|e| e.to_string()),
+        });
+    }
+
+    fn reset_view(&mut self) {
+        self.run.clear_run();
+        self.tabs.previews.clear();
+        self.tabs.inspection = None;
+    }
+
+    /// Stops any run and clears curves and previews.
+    pub fn reset(&mut self) {
+        if self.is_training() {
+            self.send(Command::Stop);
+        }
+        self.reset_view();
+        self.run.status = RunStatus::Idle;
+    }
+
+    /// Asks for every task's prediction on data-set image `index`.
+    pub fn inspect(&mut self, index: usize) {
+        if self.is_training() {
+            self.send(Command::Inspect(vec![index]));
+            self.tabs.tab = Tab::Inspect;
+        } else {
+            self.run.message(
+                false,
+                "start a run to see the tasks' predictions for an image",
+            );
+        }
+    }
+
+    fn export_embeddings(&mut self) {
+        let (Some(e), DataState::Ready(d)) = (&self.tabs.explorer.embedding, &self.data) else {
+            return;
+        };
+        let dir = self
+            .run
+            .run_dir
+            .clone()
+            .unwrap_or_default()
+            .join("embeddings");
+        let data = d.data.clone();
+        let z = e.z.clone();
+        self.engine.jobs.spawn(Job::Export, move || {
+            Done::Message(match crate::eval::embed::export(&dir, &data, &z) {
+                Ok((csv, npy)) => (
+                    false,
+                    format!(
+                        "embeddings written: {} and {}",
+                        csv.display(),
+                        npy.display()
+                    ),
+                ),
+                Err(err) => (
+                    true,
+                    format!("cannot write embeddings to {}: {err}", dir.display()),
+                ),
+            })
+        });
+    }
+
+    fn augment_views(&mut self, key: u64) {
+        let DataState::Ready(d) = &self.data else {
+            return;
+        };
+        if self.tabs.augment.pending == Some(key) {
+            return;
+        }
+        self.tabs.augment.pending = Some(key);
+        let data = d.data.clone();
+        let augment = self.settings.config.settings.augment.clone();
+        let seed = self.tabs.augment.seed;
+        self.engine.jobs.spawn(Job::Augment, move || Done::Augment {
+            key,
+            canvas: super::panels::augment::views(&data, &augment, seed),
+        });
+    }
+
+    /// A background job has finished.
+    pub(super) fn job_done(&mut self, ctx: &egui::Context, done: Done) {
+        match done {
+            Done::Replay {
+                dir,
+                epochs,
+                events,
+            } => match events {
+                Ok(events) => {
+                    for e in &events {
+                        self.run.apply(e);
+                    }
+                    if let Some(config) = &self.run.config {
+                        let epochs = epochs.unwrap_or(config.epochs);
+                        self.settings.config = crate::config::TrainConfig {
+                            epochs,
+                            ..config.clone()
+                        };
+                    }
+                    self.send(Command::Continue {
+                        run_dir: dir,
+                        epochs,
+                        lr: None,
+                    });
+                    self.run.status = RunStatus::Starting;
+                }
+                Err(e) => {
+                    self.run.message(true, e);
+                    self.run.status = RunStatus::Idle;
+                }
+            },
+            Done::Message((error, text)) => self.run.message(error, text),
+            Done::Augment { key, canvas } => {
+                if self.tabs.augment.pending == Some(key) {
+                    self.tabs.augment.pending = None;
+                }
+                let view = PreviewView {
+                    caption: "original | six views T(x)".into(),
+                    texture: super::texture(ctx, "augment", &canvas),
+                    size: [canvas.width, canvas.height],
+                };
+                self.tabs.augment.view = Some((key, view));
+            }
+        }
+    }
+}

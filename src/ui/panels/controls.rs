@@ -1,0 +1,218 @@
+//! The training controls: tasks and settings (ranges from the configuration's own validation
+//! limits), Start / Pause / Resume / Step / Stop / Reset, the learning rate of a running run, and
+//! saving a checkpoint.
+
+use eframe::egui;
+
+use crate::config::{self as limits, MaskKind, TaskKind, TrainConfig};
+use crate::train::Command;
+use crate::ui::{Action, DataState, RunStatus, RunView};
+
+pub fn show(
+    ui: &mut egui::Ui,
+    run: &RunView,
+    data: &DataState,
+    config: &mut TrainConfig,
+    lr_input: &mut f64,
+    actions: &mut Vec<Action>,
+) {
+    ui.heading("Training");
+    let busy = run.is_training();
+    let ready = matches!(data, DataState::Ready(_));
+    ui.add_enabled_ui(!busy, |ui| settings(ui, config, actions));
+    ui.separator();
+    ui.horizontal_wrapped(|ui| {
+        let paused = matches!(run.status, RunStatus::Paused(_));
+        let mut button = |enabled: bool, label: &str, hover: Option<&str>, action: Action| {
+            let mut r = ui.add_enabled(enabled, egui::Button::new(label));
+            if let Some(h) = hover {
+                r = r.on_hover_text(h);
+            }
+            if r.clicked() {
+                actions.push(action);
+            }
+        };
+        button(!busy && ready, "Start", None, Action::Start);
+        button(busy && !paused, "Pause", None, Action::Send(Command::Pause));
+        button(paused, "Resume", None, Action::Send(Command::Resume));
+        button(
+            paused,
+            "Step",
+            Some("Train one batch, then pause"),
+            Action::Send(Command::Step),
+        );
+        button(
+            busy,
+            "Stop",
+            Some("End the run; it can be continued later"),
+            Action::Send(Command::Stop),
+        );
+        button(
+            true,
+            "Reset",
+            Some("Stop and clear curves and previews"),
+            Action::Reset,
+        );
+    });
+    ui.add_enabled_ui(busy, |ui| {
+        ui.horizontal(|ui| {
+            let l = ui.label("Learning rate now");
+            ui.add(
+                egui::DragValue::new(lr_input)
+                    .speed(1e-5)
+                    .range(limits::LR_RANGE),
+            )
+            .labelled_by(l.id);
+            if ui.button("Set").clicked() {
+                actions.push(Action::Send(Command::SetLr(*lr_input)));
+            }
+        });
+        if ui.button("Save checkpoint").clicked() {
+            actions.push(Action::Send(Command::SaveCheckpoint));
+        }
+    });
+}
+
+fn settings(ui: &mut egui::Ui, c: &mut TrainConfig, actions: &mut Vec<Action>) {
+    tasks(ui, c);
+    let old_size = c.size;
+    egui::Grid::new("settings").num_columns(2).show(ui, |ui| {
+        let l = ui.label("Epochs");
+        ui.add(egui::DragValue::new(&mut c.epochs).range(limits::EPOCHS_RANGE))
+            .labelled_by(l.id);
+        ui.end_row();
+        let l = ui.label("Batch");
+        ui.add(egui::DragValue::new(&mut c.batch).range(limits::BATCH_RANGE))
+            .labelled_by(l.id);
+        ui.end_row();
+        let l = ui.label("Learning rate");
+        ui.add(
+            egui::DragValue::new(&mut c.lr)
+                .speed(1e-5)
+                .range(limits::LR_RANGE),
+        )
+        .labelled_by(l.id);
+        ui.end_row();
+        let l = ui.label("Image size");
+        egui::ComboBox::from_id_salt("size")
+            .selected_text(format!("{} px", c.size))
+            .show_ui(ui, |ui| {
+                for s in [16, 32, 48, 64, 96, 128, 192, 256] {
+                    ui.selectable_value(&mut c.size, s, format!("{s} px"));
+                }
+            })
+            .response
+            .labelled_by(l.id);
+        ui.end_row();
+        let l = ui.label("Seed");
+        ui.add(egui::DragValue::new(&mut c.seed)).labelled_by(l.id);
+        ui.end_row();
+        let l = ui.label("Device");
+        egui::ComboBox::from_id_salt("device")
+            .selected_text(c.device.to_string())
+            .show_ui(ui, |ui| {
+                for d in crate::model::compiled_devices() {
+                    ui.selectable_value(&mut c.device, d, d.to_string());
+                }
+            })
+            .response
+            .labelled_by(l.id);
+        ui.end_row();
+    });
+    init_from(ui, c);
+    task_settings(ui, c);
+    if c.size != old_size {
+        // The data is kept at the working size: load it again.
+        actions.push(Action::OpenData(c.data.clone()));
+    }
+}
+
+fn tasks(ui: &mut egui::Ui, c: &mut TrainConfig) {
+    ui.label("Tasks");
+    ui.horizontal_wrapped(|ui| {
+        for kind in TaskKind::ALL {
+            let mut on = c.tasks.contains(&kind);
+            if ui.checkbox(&mut on, kind.name()).changed() {
+                if on {
+                    c.tasks.push(kind);
+                    c.tasks.sort();
+                } else {
+                    c.tasks.retain(|t| *t != kind);
+                }
+                c.task_weights = vec![1.0; c.tasks.len()];
+            }
+        }
+    });
+}
+
+fn init_from(ui: &mut egui::Ui, c: &mut TrainConfig) {
+    ui.horizontal(|ui| {
+        let l = ui.label("Start from weights");
+        let mut text = c
+            .init_from
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        if ui
+            .add(
+                egui::TextEdit::singleline(&mut text)
+                    .hint_text("random, or a .safetensors path")
+                    .desired_width(170.0),
+            )
+            .labelled_by(l.id)
+            .on_hover_text("A pretext checkpoint or a PyTorch state_dict saved with safetensors")
+            .changed()
+        {
+            c.init_from = if text.trim().is_empty() {
+                None
+            } else {
+                Some(text.trim().into())
+            };
+        }
+    });
+}
+
+fn task_settings(ui: &mut egui::Ui, c: &mut TrainConfig) {
+    let t = &mut c.settings;
+    egui::CollapsingHeader::new("Task settings").show(ui, |ui| {
+        ui.add(
+            egui::Slider::new(&mut t.temperature, limits::TEMPERATURE_RANGE)
+                .logarithmic(true)
+                .text("temperature τ"),
+        );
+        ui.horizontal(|ui| {
+            ui.label("mask");
+            for (k, name) in [
+                (MaskKind::Center, "centre"),
+                (MaskKind::Random, "random"),
+                (MaskKind::Blocks, "blocks"),
+            ] {
+                ui.selectable_value(&mut t.mask, k, name);
+            }
+        });
+        ui.add(egui::Slider::new(&mut t.mask_size, limits::MASK_SIZE_RANGE).text("mask size"));
+        ui.add(
+            egui::Slider::new(&mut t.color_threshold, limits::COLOR_THRESHOLD_RANGE)
+                .logarithmic(true)
+                .text("colour threshold (a*b*)"),
+        );
+        ui.add(egui::Slider::new(&mut t.patch_gap, limits::PATCH_GAP_RANGE).text("patch gap"));
+    });
+    egui::CollapsingHeader::new("Augmentation strengths").show(ui, |ui| {
+        let a = &mut t.augment;
+        let p = limits::PROBABILITY_RANGE;
+        let s = limits::JITTER_STRENGTH_RANGE;
+        ui.add(
+            egui::Slider::new(&mut a.crop_min_scale, limits::CROP_MIN_SCALE_RANGE)
+                .text("crop min scale"),
+        );
+        ui.add(egui::Slider::new(&mut a.flip_p, p.clone()).text("flip p"));
+        ui.add(egui::Slider::new(&mut a.jitter_p, p.clone()).text("jitter p"));
+        ui.add(egui::Slider::new(&mut a.brightness, s.clone()).text("brightness"));
+        ui.add(egui::Slider::new(&mut a.contrast, s.clone()).text("contrast"));
+        ui.add(egui::Slider::new(&mut a.saturation, s).text("saturation"));
+        ui.add(egui::Slider::new(&mut a.hue, limits::HUE_RANGE).text("hue"));
+        ui.add(egui::Slider::new(&mut a.gray_p, p.clone()).text("grey p"));
+        ui.add(egui::Slider::new(&mut a.blur_p, p).text("blur p"));
+    });
+}

@@ -1,0 +1,139 @@
+//! The data panel: what was loaded (classes, skipped, partly decoded and ignored files with
+//! their reasons), loading progress, and the thumbnails (click one to inspect it).
+
+use eframe::egui::{self, RichText};
+
+use super::{ERROR, MUTED, WARN};
+use crate::data::{Dataset, DatasetSummary};
+use crate::tasks::Canvas;
+use crate::ui::{Action, DataState, LoadedData, THUMBNAILS_MAX};
+
+/// Which images the thumbnails show: all of a small set, an even spread of a large one (so
+/// every class of a sorted folder shows).
+pub fn thumbnail_indices(len: usize) -> Vec<usize> {
+    let n = len.min(THUMBNAILS_MAX);
+    (0..n).map(|i| i * len / n.max(1)).collect()
+}
+
+/// One picture of the thumbnails, `cols` a row.
+pub fn thumbnail_atlas(
+    ctx: &egui::Context,
+    d: &Dataset,
+    indices: &[usize],
+) -> (Option<egui::TextureHandle>, usize) {
+    let n = indices.len();
+    if n == 0 {
+        return (None, 1);
+    }
+    let cols = 10usize;
+    let rows = n.div_ceil(cols);
+    let s = d.size;
+    let mut canvas = Canvas::new(cols * s, rows * s, [20, 20, 24]);
+    for (i, &idx) in indices.iter().enumerate() {
+        canvas.blit(d.image(idx), s, s, 1, (i % cols) * s, (i / cols) * s);
+    }
+    let img = egui::ColorImage::from_rgb([canvas.width, canvas.height], &canvas.rgb);
+    (
+        Some(ctx.load_texture("thumbnails", img, egui::TextureOptions::NEAREST)),
+        cols,
+    )
+}
+
+pub fn show(ui: &mut egui::Ui, data: &DataState, actions: &mut Vec<Action>) {
+    ui.heading("Data");
+    match data {
+        DataState::Empty => {
+            ui.label("No data: open a folder, or choose Examples → Built-in scenes.");
+        }
+        DataState::Loading(l) => {
+            let (done, total) = l.progress();
+            ui.label(format!("Loading {} …", l.source));
+            let frac = if total > 0 {
+                done as f32 / total as f32
+            } else {
+                0.0
+            };
+            ui.add(egui::ProgressBar::new(frac).text(format!("{done}/{total}")));
+            if ui.button("Cancel loading").clicked() {
+                actions.push(Action::CancelLoading);
+            }
+        }
+        DataState::Failed(e) => {
+            ui.label(RichText::new(e).color(ERROR));
+        }
+        DataState::Ready(d) => {
+            summary(ui, &d.summary);
+            if let Some(i) = thumbnails(ui, d) {
+                actions.push(Action::Inspect(i));
+            }
+        }
+    }
+}
+
+fn summary(ui: &mut egui::Ui, s: &DatasetSummary) {
+    ui.label(RichText::new(&s.source).strong());
+    ui.label(format!("{} images at {} px", s.images, s.size))
+        .on_hover_text(format!("loaded in {:.2} s", s.load_secs));
+    if s.classes.is_empty() {
+        ui.label("unlabelled (no class subfolders)");
+    } else {
+        egui::CollapsingHeader::new(format!("{} classes", s.classes.len())).show(ui, |ui| {
+            egui::Grid::new("classes").striped(true).show(ui, |ui| {
+                for (name, count) in &s.classes {
+                    ui.label(name);
+                    ui.label(count.to_string());
+                    ui.end_row();
+                }
+            });
+        });
+    }
+    for (list, what, color) in [
+        (&s.skipped, "file(s) skipped", ERROR),
+        (&s.partial, "file(s) partly decoded", WARN),
+        (&s.ignored, "entr(ies) ignored", MUTED),
+    ] {
+        if list.is_empty() {
+            continue;
+        }
+        egui::CollapsingHeader::new(RichText::new(format!("{} {what}", list.len())).color(color))
+            .show(ui, |ui| {
+                for (path, reason) in list.iter().take(100) {
+                    ui.label(format!("{path}: {reason}"));
+                }
+                if list.len() > 100 {
+                    ui.label(format!("… and {} more", list.len() - 100));
+                }
+            });
+    }
+}
+
+/// The thumbnail atlas; returns the data-set image clicked, if any.
+fn thumbnails(ui: &mut egui::Ui, d: &LoadedData) -> Option<usize> {
+    let tex = d.thumbnails.as_ref()?;
+    let shown = d.summary.images.min(THUMBNAILS_MAX);
+    ui.label(
+        RichText::new(format!(
+            "{shown} of {} shown, spread over the set; click one to inspect it",
+            d.summary.images
+        ))
+        .color(MUTED),
+    );
+    let mut clicked = None;
+    egui::ScrollArea::vertical()
+        .max_height(220.0)
+        .show(ui, |ui| {
+            let width = ui.available_width().min(320.0);
+            let scale = width / tex.size()[0] as f32;
+            let size = egui::vec2(width, tex.size()[1] as f32 * scale);
+            let r = ui.add(egui::Image::new((tex.id(), size)).sense(egui::Sense::click()));
+            if r.clicked()
+                && let Some(pos) = r.interact_pointer_pos()
+            {
+                let cell = width / d.thumb_cols as f32;
+                let col = ((pos.x - r.rect.left()) / cell) as usize;
+                let row = ((pos.y - r.rect.top()) / cell) as usize;
+                clicked = d.thumb_indices.get(row * d.thumb_cols + col).copied();
+            }
+        });
+    clicked
+}

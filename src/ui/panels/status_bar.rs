@@ -1,0 +1,53 @@
+//! The status bar: where the run stands, its last step, its directory, and the messages.
+
+use eframe::egui::{self, Color32, RichText};
+
+use super::{ERROR, MUTED};
+use crate::train::{Outcome, PauseReason};
+use crate::ui::{RunStatus, RunView};
+
+fn status_text(status: &RunStatus) -> (&'static str, Color32) {
+    match status {
+        RunStatus::Idle => ("ready", MUTED),
+        RunStatus::Starting => ("starting…", MUTED),
+        RunStatus::Running => ("training", Color32::from_rgb(90, 200, 120)),
+        RunStatus::Paused(PauseReason::NonFiniteLoss) => ("paused: the loss was not finite", ERROR),
+        RunStatus::Paused(_) => ("paused", Color32::from_rgb(230, 190, 80)),
+        RunStatus::Finished(Outcome::Completed) => ("finished", MUTED),
+        RunStatus::Finished(Outcome::Stopped) => ("stopped", MUTED),
+        RunStatus::Finished(Outcome::InvalidInput(_) | Outcome::Failed(_)) => ("failed", ERROR),
+    }
+}
+
+pub fn show(ui: &mut egui::Ui, run: &RunView) {
+    egui::Panel::bottom("status").show(ui, |ui| {
+        ui.horizontal(|ui| {
+            let (text, color) = status_text(&run.status);
+            ui.label(RichText::new(text).color(color).strong());
+            if let Some(m) = &run.last_step {
+                ui.separator();
+                ui.label(format!(
+                    "epoch {}/{}  batch {}/{}  step {}  loss {:.4}  {:.0} img/s",
+                    m.epoch, m.epochs, m.batch, m.batches, m.step, m.loss, m.images_per_s
+                ));
+            }
+            if let Some(d) = &run.run_dir {
+                ui.separator();
+                ui.label(RichText::new(d.display().to_string()).color(MUTED));
+            }
+        });
+        if let Some(m) = run.messages.last() {
+            let color = |error: bool| if error { ERROR } else { MUTED };
+            ui.horizontal(|ui| {
+                ui.label(RichText::new(&m.text).color(color(m.error)));
+                if run.messages.len() > 1 {
+                    ui.collapsing(format!("{} messages", run.messages.len()), |ui| {
+                        for m in run.messages.iter().rev() {
+                            ui.label(RichText::new(&m.text).color(color(m.error)));
+                        }
+                    });
+                }
+            });
+        }
+    });
+}
