@@ -6,6 +6,7 @@ pub mod augment;
 pub mod builtin;
 pub mod color;
 pub mod folder;
+pub mod loader;
 pub mod ops;
 
 use std::path::PathBuf;

@@ -7,7 +7,6 @@
 mod actions;
 mod frame_stats;
 mod jobs;
-mod loader;
 mod panels;
 
 use std::collections::{BTreeMap, HashMap};
@@ -19,13 +18,13 @@ use std::time::{Duration, Instant};
 use eframe::egui;
 
 use crate::config::{TaskKind, TrainConfig};
+use crate::data::loader::Loader;
 use crate::data::{Dataset, DatasetSummary};
 use crate::tasks::{Canvas, Preview};
 use crate::train::{Event, Trainer};
 pub use crate::view::{Curves, Message, RunStatus, RunView};
 pub use actions::Action;
 use frame_stats::FrameStats;
-use loader::Loader;
 
 /// Storage key of the persisted settings.
 const STORAGE_KEY: &str = "pretext-settings";

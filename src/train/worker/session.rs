@@ -3,8 +3,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use candle_core::Tensor;
@@ -15,7 +15,8 @@ use super::super::{Command, Event, Outcome};
 use super::step::{EpochAcc, Snapshot};
 use super::{Link, failed, invalid};
 use crate::config::TrainConfig;
-use crate::data::{self, DataError, Dataset};
+use crate::data::loader::Loader;
+use crate::data::{DataError, Dataset};
 use crate::model::{self, Model, checkpoint, optim::AdamW};
 use crate::tasks::{self, PretextTask};
 
@@ -74,20 +75,32 @@ pub(super) struct Session {
 
 /// The configuration's data set, with [`Event::Loading`] progress; a stop or shutdown during
 /// loading cancels it, other commands wait in the link's queue.
+/// How often loading progress is reported and commands are read while files decode.
+const LOADING_REPORT: Duration = Duration::from_millis(50);
+
+/// Loads the run's data through the same [`Loader`] the window uses, answering commands while
+/// files decode.
 fn load_data(link: &Link<'_>, config: &TrainConfig) -> Result<Dataset, Outcome> {
-    let cancel = AtomicBool::new(false);
-    let last_report = Mutex::new(Instant::now() - Duration::from_secs(1));
-    let reported = AtomicUsize::new(usize::MAX);
-    let progress = |done: usize, total: usize| {
-        if link.shutdown.load(Ordering::Relaxed) {
-            cancel.store(true, Ordering::Relaxed);
+    let loader = Loader::start(config.data.clone(), config.size, Arc::new(|| {}))
+        .map_err(|e| Outcome::Failed(format!("cannot start loading: {e}")))?;
+    let mut reported = None;
+    loop {
+        if let Some(result) = loader.wait(LOADING_REPORT) {
+            return match result {
+                Ok((d, _)) => Ok(d),
+                Err(DataError::Cancelled) => Err(Outcome::Stopped),
+                Err(e) => Err(invalid(e)),
+            };
         }
         // Commands during loading: stop and shutdown cancel, the rest wait their turn.
+        if link.shutdown.load(Ordering::Relaxed) {
+            loader.cancel();
+        }
         while let Ok(c) = link.commands.try_recv() {
             match c {
-                Command::Stop => cancel.store(true, Ordering::Relaxed),
+                Command::Stop => loader.cancel(),
                 Command::Shutdown => {
-                    cancel.store(true, Ordering::Relaxed);
+                    loader.cancel();
                     link.shutdown.store(true, Ordering::Relaxed);
                 }
                 other => link
@@ -97,20 +110,11 @@ fn load_data(link: &Link<'_>, config: &TrainConfig) -> Result<Dataset, Outcome> 
                     .push(other),
             }
         }
-        let mut last = last_report
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if (done == total || last.elapsed() > Duration::from_millis(50))
-            && reported.swap(done, Ordering::Relaxed) != done
-        {
-            *last = Instant::now();
+        let (done, total) = loader.progress();
+        if reported != Some(done) && total > 0 {
+            reported = Some(done);
             link.emit(Event::Loading { done, total });
         }
-    };
-    match data::load(&config.data, config.size, &progress, &cancel) {
-        Ok(d) => Ok(d),
-        Err(DataError::Cancelled) => Err(Outcome::Stopped),
-        Err(e) => Err(invalid(e)),
     }
 }
 

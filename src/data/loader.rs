@@ -1,5 +1,6 @@
-//! Loads a data set on its own thread (`pretext-loader`) with progress and cancel, so the
-//! window stays responsive while thousands of files decode.
+//! Loads a data set on its own thread (`pretext-loader`) with progress and cancel: the one way
+//! both the window (which must not block) and the training worker (which answers commands while
+//! files decode) load data.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -8,6 +9,9 @@ use crossbeam_channel::{Receiver, bounded};
 
 use crate::config::DataSource;
 use crate::data::{self, DataError, Dataset};
+
+/// Called when files have decoded or loading has ended (a window asks for a repaint).
+pub type Wake = Arc<dyn Fn() + Send + Sync>;
 
 pub struct Loader {
     pub source: DataSource,
@@ -19,11 +23,11 @@ pub struct Loader {
 }
 
 impl Loader {
-    pub fn start(
-        source: DataSource,
-        size: usize,
-        wake: Arc<dyn Fn() + Send + Sync>,
-    ) -> std::io::Result<Self> {
+    /// Starts loading `source` at working size `size` on a new thread.
+    ///
+    /// # Errors
+    /// When the thread cannot be started.
+    pub fn start(source: DataSource, size: usize, wake: Wake) -> std::io::Result<Self> {
         let done = Arc::new(AtomicUsize::new(0));
         let total = Arc::new(AtomicUsize::new(0));
         let cancel = Arc::new(AtomicBool::new(false));
@@ -65,8 +69,21 @@ impl Loader {
         self.cancel.store(true, Ordering::Relaxed);
     }
 
-    /// The result once loading has finished.
+    /// The result once loading has finished: the data and the seconds it took.
     pub fn poll(&self) -> Option<Result<(Dataset, f64), DataError>> {
         self.result.try_recv().ok()
+    }
+
+    /// Waits up to `timeout` for the result.
+    pub fn wait(&self, timeout: std::time::Duration) -> Option<Result<(Dataset, f64), DataError>> {
+        match self.result.recv_timeout(timeout) {
+            Ok(r) => Some(r),
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => None,
+            // The thread ended without a result (it panicked): say so rather than wait forever.
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => Some(Err(DataError::Io {
+                path: std::path::PathBuf::from(self.source.to_string()),
+                source: std::io::Error::other("the loading thread ended without a result"),
+            })),
+        }
     }
 }
