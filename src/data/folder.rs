@@ -150,39 +150,39 @@ pub fn scan(root: &Path) -> Result<Scan, DataError> {
                     _ => out.files.push(e.into_path()),
                 }
             }
-            Err(err) => {
-                let path = err.path().map(Path::to_path_buf).unwrap_or_default();
-                if let Some(ancestor) = err.loop_ancestor() {
-                    out.ignored.push(Skipped {
-                        reason: format!(
-                            "symbolic link back to an enclosing folder ({}): its files are already included",
-                            super::display_path(ancestor)
-                        ),
-                        path,
-                    });
-                } else if std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_symlink())
-                    && std::fs::metadata(&path).is_err()
-                {
-                    out.skipped.push(Skipped {
-                        path,
-                        reason: "dangling symbolic link (its target does not exist)".into(),
-                    });
-                } else {
-                    let why = err
-                        .io_error()
-                        .map_or_else(|| err.to_string(), ToString::to_string);
-                    out.skipped.push(Skipped {
-                        path,
-                        reason: format!("not readable: {why}"),
-                    });
-                }
-            }
+            Err(err) => match walk_error(&err) {
+                (true, s) => out.ignored.push(s),
+                (false, s) => out.skipped.push(s),
+            },
         }
     }
     out.ignored.extend(left_out.into_inner());
     out.ignored.sort_by(|a, b| a.path.cmp(&b.path));
     out.files.sort();
     Ok(out)
+}
+
+/// What a walk error means for the person: (ignored on purpose?, the entry and why).
+fn walk_error(err: &walkdir::Error) -> (bool, Skipped) {
+    let path = err.path().map(Path::to_path_buf).unwrap_or_default();
+    if let Some(ancestor) = err.loop_ancestor() {
+        let reason = format!(
+            "symbolic link back to an enclosing folder ({}): its files are already included",
+            super::display_path(ancestor)
+        );
+        return (true, Skipped { path, reason });
+    }
+    let dangling = std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_symlink())
+        && std::fs::metadata(&path).is_err();
+    let reason = if dangling {
+        "dangling symbolic link (its target does not exist)".to_string()
+    } else {
+        let why = err
+            .io_error()
+            .map_or_else(|| err.to_string(), ToString::to_string);
+        format!("not readable: {why}")
+    };
+    (false, Skipped { path, reason })
 }
 
 /// One decoded file at the working size.
@@ -426,6 +426,48 @@ fn class_key(rel: &Path) -> Option<OsString> {
     Some(first.as_os_str().to_os_string())
 }
 
+/// Decodes `files` in parallel at the working size; `None` for files not decoded because
+/// loading was cancelled.
+fn decode_all(
+    files: &[PathBuf],
+    size: usize,
+    progress: &(dyn Fn(usize, usize) + Sync),
+    cancel: &AtomicBool,
+) -> Vec<Option<Result<Decoded, String>>> {
+    let total = files.len();
+    progress(0, total);
+    let done = AtomicUsize::new(0);
+    let side = u32::try_from(size).unwrap_or(u32::MAX);
+    files
+        .par_iter()
+        .map(|path| {
+            if cancel.load(Ordering::Relaxed) {
+                return None;
+            }
+            let r = decode_to_size(path, side);
+            let n = done.fetch_add(1, Ordering::Relaxed) + 1;
+            progress(n, total);
+            Some(r)
+        })
+        .collect()
+}
+
+/// Labels and displayed class names from each image's class key: classes keep their identity
+/// (the folder name's bytes); only their display is lossy, and never ambiguous.
+fn classes(class_of: &[OsString]) -> (Vec<u32>, Vec<String>) {
+    let classes: BTreeMap<&OsString, u32> = class_of
+        .iter()
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| (c, i as u32))
+        .collect();
+    let labels = class_of.iter().map(|c| classes[c]).collect();
+    let mut shown: Vec<String> = classes.keys().map(|c| display_os(c)).collect();
+    disambiguate(&mut shown);
+    (labels, shown)
+}
+
 /// Loads a folder: scan, decode in parallel, labels from first-level subfolders.
 ///
 /// # Errors
@@ -443,21 +485,7 @@ pub fn load_folder(
         ignored,
     } = scan(root)?;
     let total = files.len();
-    progress(0, total);
-    let done = AtomicUsize::new(0);
-    let side = u32::try_from(size).unwrap_or(u32::MAX);
-    let decoded: Vec<Option<Result<Decoded, String>>> = files
-        .par_iter()
-        .map(|path| {
-            if cancel.load(Ordering::Relaxed) {
-                return None;
-            }
-            let r = decode_to_size(path, side);
-            let n = done.fetch_add(1, Ordering::Relaxed) + 1;
-            progress(n, total);
-            Some(r)
-        })
-        .collect();
+    let decoded = decode_all(&files, size, progress, cancel);
     if cancel.load(Ordering::Relaxed) {
         return Err(DataError::Cancelled);
     }
@@ -505,18 +533,8 @@ pub fn load_folder(
     }
     disambiguate(&mut names);
     let (labels, class_names) = if labelled {
-        // Classes keep their identity (the folder name's bytes); only their display is lossy.
-        let classes: BTreeMap<&OsString, u32> = class_of
-            .iter()
-            .collect::<std::collections::BTreeSet<_>>()
-            .into_iter()
-            .enumerate()
-            .map(|(i, c)| (c, i as u32))
-            .collect();
-        let labels = class_of.iter().map(|c| classes[c]).collect();
-        let mut shown: Vec<String> = classes.keys().map(|c| display_os(c)).collect();
-        disambiguate(&mut shown);
-        (Some(labels), shown)
+        let (labels, names) = classes(&class_of);
+        (Some(labels), names)
     } else {
         (None, Vec::new())
     };
