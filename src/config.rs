@@ -2,6 +2,7 @@
 //! directory.
 
 use std::fmt;
+use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::str::FromStr;
 
@@ -246,53 +247,38 @@ impl Default for TaskSettings {
 }
 
 impl TaskSettings {
-    fn validate(&self) -> Result<(), String> {
+    /// Checks every task and augmentation setting against its limit.
+    ///
+    /// # Errors
+    /// The first setting outside its range.
+    pub fn validate(&self) -> Result<(), ConfigError> {
         let a = &self.augment;
-        let unit = |name: &str, v: f64| {
-            if (0.0..=1.0).contains(&v) {
-                Ok(())
-            } else {
-                Err(format!("{name} must be between 0 and 1 (got {v})"))
-            }
-        };
-        if !(self.temperature.is_finite() && self.temperature > 0.0) {
-            return Err(format!(
-                "--temperature must be positive (got {})",
-                self.temperature
-            ));
-        }
-        if !(0.05..=0.9).contains(&self.mask_size) {
-            return Err(format!(
-                "--mask-size must be between 0.05 and 0.9 (got {})",
-                self.mask_size
-            ));
-        }
-        if !(self.color_threshold.is_finite() && self.color_threshold > 0.0) {
-            return Err("--color-threshold must be positive".into());
-        }
-        if !(0.0..=0.6).contains(&self.patch_gap) {
-            return Err(format!(
-                "--patch-gap must be between 0 and 0.6 (got {})",
-                self.patch_gap
-            ));
-        }
-        if !(0.01..=1.0).contains(&a.crop_min_scale) {
-            return Err(format!(
-                "--crop-min-scale must be between 0.01 and 1 (got {})",
-                a.crop_min_scale
-            ));
-        }
-        unit("--flip-p", a.flip_p)?;
-        unit("--jitter-p", a.jitter_p)?;
-        unit("--gray-p", a.gray_p)?;
-        unit("--blur-p", a.blur_p)?;
-        unit("--brightness", a.brightness)?;
-        unit("--contrast", a.contrast)?;
-        unit("--saturation", a.saturation)?;
-        if !(0.0..=0.5).contains(&a.hue) {
-            return Err(format!("--hue must be between 0 and 0.5 (got {})", a.hue));
-        }
-        Ok(())
+        let checks = [
+            (Setting::Temperature, self.temperature, TEMPERATURE_LIMIT),
+            (Setting::MaskSize, self.mask_size, MASK_SIZE_LIMIT),
+            (
+                Setting::ColorThreshold,
+                self.color_threshold,
+                COLOR_THRESHOLD_LIMIT,
+            ),
+            (Setting::PatchGap, self.patch_gap, PATCH_GAP_LIMIT),
+            (
+                Setting::CropMinScale,
+                a.crop_min_scale,
+                CROP_MIN_SCALE_LIMIT,
+            ),
+            (Setting::FlipP, a.flip_p, PROBABILITY_LIMIT),
+            (Setting::JitterP, a.jitter_p, PROBABILITY_LIMIT),
+            (Setting::GrayP, a.gray_p, PROBABILITY_LIMIT),
+            (Setting::BlurP, a.blur_p, PROBABILITY_LIMIT),
+            (Setting::Brightness, a.brightness, JITTER_STRENGTH_LIMIT),
+            (Setting::Contrast, a.contrast, JITTER_STRENGTH_LIMIT),
+            (Setting::Saturation, a.saturation, JITTER_STRENGTH_LIMIT),
+            (Setting::Hue, a.hue, HUE_LIMIT),
+        ];
+        checks
+            .into_iter()
+            .try_for_each(|(setting, value, limit)| check(setting, value, limit))
     }
 }
 
@@ -362,47 +348,269 @@ impl Default for TrainConfig {
     }
 }
 
-/// Smallest and largest working image sizes.
+// The limits of every numeric setting: `validate` checks against them, and the CLI's help and the
+// app's controls read them, so none of them can disagree.
+
+/// Smallest and largest working image sizes, in pixels.
 pub const MIN_SIZE: usize = 16;
 pub const MAX_SIZE: usize = 256;
+/// The working size is a multiple of this (the encoder halves the image twice).
+pub const SIZE_MULTIPLE: usize = 4;
+/// Fewest epochs of a run.
+pub const MIN_EPOCHS: usize = 1;
+/// Fewest images per batch: batch norm needs two.
+pub const MIN_BATCH: usize = 2;
+/// Learning rate of AdamW.
+pub const LR_LIMIT: Limit = Limit::positive();
+/// Weight decay of AdamW.
+pub const WEIGHT_DECAY_LIMIT: Limit = Limit::at_least(0.0);
+/// Loss weight of one task.
+pub const TASK_WEIGHT_LIMIT: Limit = Limit::at_least(0.0);
+/// NT-Xent temperature τ (below 0.01 the logits overflow, above 10 nothing is learnt).
+pub const TEMPERATURE_LIMIT: Limit = Limit::between(0.01, 10.0);
+/// Inpainting's hidden square, as a share of the image side.
+pub const MASK_SIZE_LIMIT: Limit = Limit::between(0.05, 0.9);
+/// Colorization's a*b* distance within which a pixel counts as right.
+pub const COLOR_THRESHOLD_LIMIT: Limit = Limit::between(0.1, 100.0);
+/// Patch prediction's gap between patches, as a share of a grid cell.
+pub const PATCH_GAP_LIMIT: Limit = Limit::between(0.0, 0.6);
+/// Smallest area share a random resized crop keeps.
+pub const CROP_MIN_SCALE_LIMIT: Limit = Limit::between(0.01, 1.0);
+/// Every augmentation probability (flip, jitter, grey, blur).
+pub const PROBABILITY_LIMIT: Limit = Limit::between(0.0, 1.0);
+/// Colour jitter's brightness, contrast and saturation strengths.
+pub const JITTER_STRENGTH_LIMIT: Limit = Limit::between(0.0, 1.0);
+/// Colour jitter's hue shift, in turns.
+pub const HUE_LIMIT: Limit = Limit::between(0.0, 0.5);
+
+// The same limits as ranges, for controls that clamp (sliders, drag values): an excluded minimum
+// is the range's start, and a setting without an upper limit has an infinite end.
+pub const EPOCHS_RANGE: RangeInclusive<usize> = MIN_EPOCHS..=usize::MAX;
+pub const BATCH_RANGE: RangeInclusive<usize> = MIN_BATCH..=usize::MAX;
+pub const LR_RANGE: RangeInclusive<f64> = LR_LIMIT.min..=LR_LIMIT.max;
+pub const WEIGHT_DECAY_RANGE: RangeInclusive<f64> = WEIGHT_DECAY_LIMIT.min..=WEIGHT_DECAY_LIMIT.max;
+pub const TASK_WEIGHT_RANGE: RangeInclusive<f64> = TASK_WEIGHT_LIMIT.min..=TASK_WEIGHT_LIMIT.max;
+pub const TEMPERATURE_RANGE: RangeInclusive<f64> = TEMPERATURE_LIMIT.min..=TEMPERATURE_LIMIT.max;
+pub const MASK_SIZE_RANGE: RangeInclusive<f64> = MASK_SIZE_LIMIT.min..=MASK_SIZE_LIMIT.max;
+pub const COLOR_THRESHOLD_RANGE: RangeInclusive<f64> =
+    COLOR_THRESHOLD_LIMIT.min..=COLOR_THRESHOLD_LIMIT.max;
+pub const PATCH_GAP_RANGE: RangeInclusive<f64> = PATCH_GAP_LIMIT.min..=PATCH_GAP_LIMIT.max;
+pub const CROP_MIN_SCALE_RANGE: RangeInclusive<f64> =
+    CROP_MIN_SCALE_LIMIT.min..=CROP_MIN_SCALE_LIMIT.max;
+pub const PROBABILITY_RANGE: RangeInclusive<f64> = PROBABILITY_LIMIT.min..=PROBABILITY_LIMIT.max;
+pub const JITTER_STRENGTH_RANGE: RangeInclusive<f64> =
+    JITTER_STRENGTH_LIMIT.min..=JITTER_STRENGTH_LIMIT.max;
+pub const HUE_RANGE: RangeInclusive<f64> = HUE_LIMIT.min..=HUE_LIMIT.max;
+
+/// The finite numbers a setting may take: from `min` (included, or only above it) up to `max`
+/// (included; infinite for no upper limit).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Limit {
+    pub min: f64,
+    /// `false`: only numbers above `min` (e.g. "positive").
+    pub min_included: bool,
+    pub max: f64,
+}
+
+impl Limit {
+    /// From `min` to `max`, both included.
+    pub const fn between(min: f64, max: f64) -> Self {
+        Self {
+            min,
+            min_included: true,
+            max,
+        }
+    }
+
+    /// `min` or more.
+    pub const fn at_least(min: f64) -> Self {
+        Self::between(min, f64::INFINITY)
+    }
+
+    /// More than 0.
+    pub const fn positive() -> Self {
+        Self {
+            min_included: false,
+            ..Self::at_least(0.0)
+        }
+    }
+
+    /// Whether `value` is finite and within the limit.
+    pub fn contains(&self, value: f64) -> bool {
+        let above = if self.min_included {
+            value >= self.min
+        } else {
+            value > self.min
+        };
+        value.is_finite() && above && value <= self.max
+    }
+
+    /// `min..=max`, for a control that clamps (an excluded `min` is still its start, and the
+    /// end is infinite where there is no upper limit).
+    pub fn range(&self) -> RangeInclusive<f64> {
+        self.min..=self.max
+    }
+}
+
+/// `between 0.05 and 0.9`, `at least 2`, `positive`, `above 0.5`.
+impl fmt::Display for Limit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.min_included, self.max.is_finite()) {
+            (true, true) => write!(f, "between {} and {}", self.min, self.max),
+            (true, false) => write!(f, "at least {}", self.min),
+            (false, false) if self.min == 0.0 => f.write_str("positive"),
+            (false, false) => write!(f, "above {}", self.min),
+            (false, true) => write!(f, "above {} and at most {}", self.min, self.max),
+        }
+    }
+}
+
+/// A numeric setting that has a [`Limit`] (or, for counts, a minimum).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Setting {
+    TaskWeight,
+    Epochs,
+    Batch,
+    Lr,
+    WeightDecay,
+    Temperature,
+    MaskSize,
+    ColorThreshold,
+    PatchGap,
+    CropMinScale,
+    FlipP,
+    JitterP,
+    Brightness,
+    Contrast,
+    Saturation,
+    Hue,
+    GrayP,
+    BlurP,
+}
+
+impl Setting {
+    pub const ALL: [Setting; 18] = [
+        Setting::TaskWeight,
+        Setting::Epochs,
+        Setting::Batch,
+        Setting::Lr,
+        Setting::WeightDecay,
+        Setting::Temperature,
+        Setting::MaskSize,
+        Setting::ColorThreshold,
+        Setting::PatchGap,
+        Setting::CropMinScale,
+        Setting::FlipP,
+        Setting::JitterP,
+        Setting::Brightness,
+        Setting::Contrast,
+        Setting::Saturation,
+        Setting::Hue,
+        Setting::GrayP,
+        Setting::BlurP,
+    ];
+
+    /// The setting's name in plain words, e.g. `learning rate`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::TaskWeight => "task weight",
+            Self::Epochs => "epochs",
+            Self::Batch => "batch",
+            Self::Lr => "learning rate",
+            Self::WeightDecay => "weight decay",
+            Self::Temperature => "temperature τ",
+            Self::MaskSize => "mask size",
+            Self::ColorThreshold => "colour threshold",
+            Self::PatchGap => "patch gap",
+            Self::CropMinScale => "crop min scale",
+            Self::FlipP => "flip p",
+            Self::JitterP => "jitter p",
+            Self::Brightness => "brightness",
+            Self::Contrast => "contrast",
+            Self::Saturation => "saturation",
+            Self::Hue => "hue",
+            Self::GrayP => "grey p",
+            Self::BlurP => "blur p",
+        }
+    }
+}
+
+impl fmt::Display for Setting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.label())
+    }
+}
+
+/// Why a [`TrainConfig`] cannot be used. It names the setting and its limit, never a front end's
+/// control: each front end phrases it itself (the CLI with its option names); `Display` gives a
+/// neutral sentence.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("choose at least one task")]
+    NoTasks,
+    #[error("{weights} task weights for {tasks} tasks")]
+    TaskWeightCount { weights: usize, tasks: usize },
+    #[error("{0} is chosen twice")]
+    DuplicateTask(TaskKind),
+    #[error(
+        "image size must be a multiple of {SIZE_MULTIPLE} between {MIN_SIZE} and {MAX_SIZE} px (got {value})"
+    )]
+    Size { value: usize },
+    /// A number outside its limit (NaN and infinities included).
+    #[error("{setting} must be {limit} (got {value})")]
+    OutOfRange {
+        setting: Setting,
+        value: f64,
+        limit: Limit,
+    },
+}
+
+fn check(setting: Setting, value: f64, limit: Limit) -> Result<(), ConfigError> {
+    if limit.contains(value) {
+        Ok(())
+    } else {
+        Err(ConfigError::OutOfRange {
+            setting,
+            value,
+            limit,
+        })
+    }
+}
+
+fn check_count(setting: Setting, value: usize, min: usize) -> Result<(), ConfigError> {
+    let float = |n: usize| n as f64;
+    check(setting, float(value), Limit::at_least(float(min)))
+}
 
 impl TrainConfig {
-    /// Checks that the numbers make sense together; the message names the option to change.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Checks that the numbers make sense together.
+    ///
+    /// # Errors
+    /// The first problem found, as a [`ConfigError`] that names the setting and its limit (each
+    /// front end phrases it in its own terms: the CLI names the option to change).
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if self.tasks.is_empty() {
-            return Err("choose at least one task (--task)".into());
+            return Err(ConfigError::NoTasks);
         }
         if self.task_weights.len() != self.tasks.len() {
-            return Err(format!(
-                "--task-weights has {} numbers for {} tasks",
-                self.task_weights.len(),
-                self.tasks.len()
-            ));
+            return Err(ConfigError::TaskWeightCount {
+                weights: self.task_weights.len(),
+                tasks: self.tasks.len(),
+            });
         }
-        if self.task_weights.iter().any(|w| !w.is_finite() || *w < 0.0) {
-            return Err("--task-weights must be finite and not negative".into());
+        for w in &self.task_weights {
+            check(Setting::TaskWeight, *w, TASK_WEIGHT_LIMIT)?;
         }
-        if self.epochs == 0 {
-            return Err("--epochs must be at least 1".into());
+        check_count(Setting::Epochs, self.epochs, MIN_EPOCHS)?;
+        check_count(Setting::Batch, self.batch, MIN_BATCH)?;
+        if !(MIN_SIZE..=MAX_SIZE).contains(&self.size) || !self.size.is_multiple_of(SIZE_MULTIPLE) {
+            return Err(ConfigError::Size { value: self.size });
         }
-        if self.batch < 2 {
-            return Err("--batch must be at least 2 (batch norm needs two images)".into());
-        }
-        if !(MIN_SIZE..=MAX_SIZE).contains(&self.size) || !self.size.is_multiple_of(4) {
-            return Err(format!(
-                "--size must be a multiple of 4 between {MIN_SIZE} and {MAX_SIZE} (got {})",
-                self.size
-            ));
-        }
-        if !self.lr.is_finite() || self.lr <= 0.0 {
-            return Err(format!("--lr must be a positive number (got {})", self.lr));
-        }
-        if !self.weight_decay.is_finite() || self.weight_decay < 0.0 {
-            return Err("--weight-decay must be a non-negative number".into());
-        }
+        check(Setting::Lr, self.lr, LR_LIMIT)?;
+        check(Setting::WeightDecay, self.weight_decay, WEIGHT_DECAY_LIMIT)?;
         let mut seen = std::collections::BTreeSet::new();
         if let Some(t) = self.tasks.iter().find(|t| !seen.insert(**t)) {
-            return Err(format!("--task names {t} twice"));
+            return Err(ConfigError::DuplicateTask(*t));
         }
         self.settings.validate()
     }
@@ -441,6 +649,70 @@ mod tests {
             size: 30,
             ..TrainConfig::default()
         };
-        assert!(bad.validate().unwrap_err().contains("--size"));
+        assert_eq!(bad.validate(), Err(ConfigError::Size { value: 30 }));
+    }
+
+    #[test]
+    fn limits_refuse_numbers_outside_their_range_and_never_name_a_cli_flag() {
+        let lr = |lr| {
+            TrainConfig {
+                lr,
+                ..TrainConfig::default()
+            }
+            .validate()
+        };
+        for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+            assert!(lr(bad).is_err(), "{bad}");
+        }
+        // No upper limit: a huge learning rate is how a non-finite loss is provoked.
+        assert!(lr(1e-12).is_ok() && lr(1e38).is_ok());
+        let e = lr(-1.0).unwrap_err();
+        assert_eq!(
+            e,
+            ConfigError::OutOfRange {
+                setting: Setting::Lr,
+                value: -1.0,
+                limit: LR_LIMIT
+            }
+        );
+        assert_eq!(e.to_string(), "learning rate must be positive (got -1)");
+        let mut c = TrainConfig::default();
+        c.settings.augment.hue = 0.6;
+        let hue = c.validate().unwrap_err();
+        assert_eq!(hue.to_string(), "hue must be between 0 and 0.5 (got 0.6)");
+        let batch = TrainConfig {
+            batch: 1,
+            ..TrainConfig::default()
+        }
+        .validate()
+        .unwrap_err();
+        assert_eq!(batch.to_string(), "batch must be at least 2 (got 1)");
+        let errors = [
+            e,
+            hue,
+            batch,
+            ConfigError::NoTasks,
+            ConfigError::Size { value: 30 },
+            ConfigError::DuplicateTask(TaskKind::Patch),
+            ConfigError::TaskWeightCount {
+                weights: 1,
+                tasks: 2,
+            },
+        ];
+        for e in errors {
+            assert!(!e.to_string().contains("--"), "{e}");
+        }
+    }
+
+    #[test]
+    fn limits_read_as_words_and_hold_every_default() {
+        assert_eq!(LR_LIMIT.to_string(), "positive");
+        assert_eq!(WEIGHT_DECAY_LIMIT.to_string(), "at least 0");
+        assert_eq!(MASK_SIZE_LIMIT.to_string(), "between 0.05 and 0.9");
+        assert!(!LR_LIMIT.contains(0.0) && PATCH_GAP_LIMIT.contains(0.0));
+        assert_eq!(HUE_LIMIT.range(), HUE_RANGE);
+        assert_eq!(TEMPERATURE_RANGE, 0.01..=10.0);
+        assert_eq!(LR_RANGE, 0.0..=f64::INFINITY);
+        TrainConfig::default().validate().unwrap();
     }
 }

@@ -12,9 +12,11 @@ pub mod data;
 pub mod eval;
 pub mod math;
 pub mod model;
+pub mod report;
 pub mod rng;
 pub mod tasks;
 pub mod train;
 pub mod ui;
+pub mod view;
 
 pub use config::{DataSource, DeviceKind, TaskKind, TrainConfig};

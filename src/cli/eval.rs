@@ -1,0 +1,247 @@
+//! `pretext eval`: a run's encoder judged on labelled images (kNN per stage, a linear probe, the
+//! collapse gauges), trained against random init and raw pixels.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::Args;
+
+use super::output::{PipeClosed, note, say};
+use super::{EXIT_INPUT, EXIT_PIPE_CLOSED};
+use crate::config::{DataSource, TrainConfig};
+use crate::data::Dataset;
+use crate::eval::NotMeasured;
+use crate::eval::embed::{self, EvalReport, Gauges};
+use crate::model::Model;
+use crate::tasks::PretextTask;
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// The run directory whose latest weights are judged.
+    #[arg(long, value_name = "RUN_DIR")]
+    pub run: PathBuf,
+    /// Labelled images (one subfolder per class), `builtin[:N]` or `glyphs[:N]` [default: the
+    /// run's data].
+    #[arg(long, value_name = "PATH|builtin|glyphs")]
+    pub data: Option<DataSource>,
+    /// Also write z of every image with its file name and label to DIR/embeddings.csv and
+    /// DIR/embeddings.npy.
+    #[arg(long, value_name = "DIR")]
+    pub export: Option<PathBuf>,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs `pretext eval`; returns the process exit code.
+pub fn eval(args: &EvalArgs) -> i32 {
+    match eval_inner(args) {
+        Ok(Ok(())) => 0,
+        Ok(Err(PipeClosed)) => EXIT_PIPE_CLOSED,
+        Err(e) => {
+            note(format_args!("error: {e:#}"));
+            EXIT_INPUT
+        }
+    }
+}
+
+/// A run's encoder with its trained weights and at its random init, and the images to judge it
+/// on.
+struct Judged {
+    weights: PathBuf,
+    source: DataSource,
+    data: Dataset,
+    trained: Model,
+    random: Model,
+    /// The task heads, kept alive with their models.
+    _heads: [Vec<Box<dyn PretextTask>>; 2],
+}
+
+fn eval_inner(args: &EvalArgs) -> anyhow::Result<Result<(), PipeClosed>> {
+    let j = load(args)?;
+    if let Some(dir) = &args.export {
+        let z = embed::stage_features(&j.trained, &j.data)?
+            .pop()
+            .unwrap_or_default();
+        let (csv, npy) = embed::export(dir, &j.data, &z)
+            .with_context(|| format!("cannot write embeddings to {}", dir.display()))?;
+        note(format_args!(
+            "Embeddings: {} and {}",
+            csv.display(),
+            npy.display()
+        ));
+    }
+    let started = Instant::now();
+    Ok(match embed::evaluate(&j.trained, &j.random, &j.data)? {
+        Ok(r) if args.json => say(serde_json::json!({
+            "weights": j.weights,
+            "data": j.source.to_string(),
+            "labelled": true,
+            "report": r,
+            "seconds": started.elapsed().as_secs_f64(),
+        })),
+        Ok(r) => print_report(&j, &r),
+        Err(why) => print_unmeasured(args, &j, why)?,
+    })
+}
+
+/// Reads the run's configuration and newest weights, loads the data and builds both models.
+fn load(args: &EvalArgs) -> anyhow::Result<Judged> {
+    let config_path = args.run.join(crate::train::run_dir::CONFIG_FILE);
+    let text = std::fs::read_to_string(&config_path).with_context(|| {
+        format!(
+            "{} is not a run directory (no readable config.json)",
+            args.run.display()
+        )
+    })?;
+    let config: TrainConfig = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not valid", config_path.display()))?;
+    // A run directory is user input like any other: its configuration is checked before use.
+    config
+        .validate()
+        .map_err(|e| anyhow::anyhow!("{}: {e}", config_path.display()))?;
+    let weights = run_weights(&args.run)
+        .with_context(|| format!("{} has no checkpoint", args.run.display()))?;
+    let source = args.data.clone().unwrap_or_else(|| config.data.clone());
+    let data = crate::data::load(
+        &source,
+        config.size,
+        &|_, _| {},
+        &std::sync::atomic::AtomicBool::new(false),
+    )?;
+    let device = crate::model::open_device(config.device)?;
+    let build = || -> anyhow::Result<(Model, Vec<Box<dyn PretextTask>>)> {
+        let m = Model::new(device.clone(), crate::tasks::input_channels(&config.tasks))?;
+        let t = crate::tasks::build(&config.tasks, &config.settings, &m)?;
+        m.init_weights(config.seed)?;
+        Ok((m, t))
+    };
+    let (trained, trained_heads) = build()?;
+    let (tensors, _) = crate::model::checkpoint::read(&weights, &device)?;
+    trained.load_state_dict(&tensors, &weights.display().to_string())?;
+    let (random, random_heads) = build()?;
+    Ok(Judged {
+        weights,
+        source,
+        data,
+        trained,
+        random,
+        _heads: [trained_heads, random_heads],
+    })
+}
+
+/// The newest weights of a run: its resume checkpoint, else its last epoch checkpoint.
+fn run_weights(dir: &Path) -> Option<PathBuf> {
+    let ck = dir.join(crate::train::run_dir::CHECKPOINT_DIR);
+    let resume = ck.join(crate::train::run_dir::RESUME_FILE);
+    if resume.is_file() {
+        return Some(resume);
+    }
+    let mut epochs: Vec<PathBuf> = std::fs::read_dir(&ck)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+        .collect();
+    epochs.sort();
+    epochs.pop()
+}
+
+/// No kNN or probe (unlabelled data, one class…): says why and gives the gauges of z alone.
+fn print_unmeasured(
+    args: &EvalArgs,
+    j: &Judged,
+    why: NotMeasured,
+) -> anyhow::Result<Result<(), PipeClosed>> {
+    let g = Gauges {
+        alignment: Some(embed::view_alignment(&j.trained, &j.data)?),
+        ..embed::gauges(&embed::stage_features(&j.trained, &j.data)?[3])
+    };
+    if args.json {
+        return Ok(say(serde_json::json!({
+            "weights": j.weights,
+            "data": j.source.to_string(),
+            "labelled": j.data.labels.is_some(),
+            "not_measured": why.to_string(),
+            "gauges": g,
+        })));
+    }
+    let printed = say(format_args!(
+        "kNN and linear probe on {}: not measured ({why}). Only the gauges of z can be given.",
+        j.source
+    ))
+    .and_then(|()| {
+        say(format_args!(
+            "std of L2-normalised z {:.4} (1/√d = {:.4}), RankMe {:.1} of {}, uniformity {:.3}, alignment {:.3}",
+            g.std_of_l2_normalized,
+            g.std_reference,
+            g.rankme,
+            g.dimensions,
+            g.uniformity,
+            g.alignment.unwrap_or(f64::NAN)
+        ))
+    });
+    Ok(printed)
+}
+
+fn pct(v: f64) -> String {
+    format!("{:5.1}%", v * 100.0)
+}
+
+/// The text report: kNN per stage, the linear probe, the gauges and the alignment.
+fn print_report(j: &Judged, r: &EvalReport) -> Result<(), PipeClosed> {
+    say(format_args!(
+        "Evaluated {} on {}: {} images, {} classes, {} held out",
+        j.weights.display(),
+        j.source,
+        r.images,
+        r.classes,
+        r.held_out
+    ))?;
+    say(format_args!(
+        "kNN accuracy (k = {}, t = {})   trained   random init",
+        embed::KNN_K,
+        embed::KNN_T
+    ))?;
+    for s in &r.knn {
+        say(format_args!(
+            "  {:<28} {}    {}",
+            s.stage,
+            pct(s.trained),
+            pct(s.random)
+        ))?;
+    }
+    say(format_args!(
+        "  {:<28} {}",
+        "raw pixels",
+        pct(r.knn_raw_pixels)
+    ))?;
+    say(format_args!(
+        "Linear probe on z               {}    {}    (raw pixels {})",
+        pct(r.probe_trained),
+        pct(r.probe_random),
+        pct(r.probe_raw_pixels)
+    ))?;
+    print_gauges(r)
+}
+
+fn print_gauges(r: &EvalReport) -> Result<(), PipeClosed> {
+    let (g, random) = (&r.gauges_trained, &r.gauges_random);
+    say(format_args!(
+        "Gauges of z: std of L2-normalised {:.4} (1/√d = {:.4}; random init {:.4}), RankMe {:.1} of {} (random {:.1}), uniformity {:.3} (random {:.3})",
+        g.std_of_l2_normalized,
+        g.std_reference,
+        random.std_of_l2_normalized,
+        g.rankme,
+        g.dimensions,
+        random.rankme,
+        g.uniformity,
+        random.uniformity
+    ))?;
+    say(format_args!(
+        "Alignment of two augmented views (E‖z − z⁺‖², 0..4, lower = views agree): {:.3} (random init {:.3})",
+        g.alignment.unwrap_or(f64::NAN),
+        random.alignment.unwrap_or(f64::NAN)
+    ))
+}

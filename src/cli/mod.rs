@@ -1,0 +1,66 @@
+//! The headless command line: `pretext train …` drives the same training engine as the app,
+//! prints a progress bar and one line per epoch (or JSON lines), and leaves a run directory;
+//! `pretext eval` judges a run's encoder; `pretext bench` measures training throughput.
+//!
+//! One file per subcommand; [`output`] holds the only ways to write ([`say`], [`note`]).
+
+mod bench;
+mod eval;
+mod output;
+mod progress;
+mod train;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+pub use bench::BenchArgs;
+pub use eval::EvalArgs;
+pub use output::{PipeClosed, note, say};
+pub use train::{AugmentArgs, RunArgs, TaskArgs, TrainArgs, config_error_message};
+
+/// Exit code for input the program cannot use (bad folder, bad option, missing device).
+pub const EXIT_INPUT: i32 = 2;
+/// Exit code for a run that failed while training.
+pub const EXIT_FAILED: i32 = 1;
+/// Exit code when standard output was closed by its reader (`pretext train … | head`): what a
+/// shell reports for a program ended by SIGPIPE. The program ends quietly, its run saved.
+pub const EXIT_PIPE_CLOSED: i32 = 141;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "pretext",
+    version,
+    about = "A lab for self-supervised learning: train an encoder on unlabelled images with pretext tasks.",
+    long_about = "A lab for self-supervised learning: train an encoder on unlabelled images with pretext \
+                  tasks.\n\nWith no subcommand, pretext is meant to open the desktop app (optionally on \
+                  PATH). `pretext train` trains from the command line and writes a run directory.",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Commands>,
+    /// A folder of images to open in the desktop app.
+    pub path: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Commands {
+    /// Train an encoder on a folder of images (or the built-in scenes) without a window.
+    Train(Box<TrainArgs>),
+    /// Judge a run's encoder on labelled images: kNN per stage and a linear probe (trained vs
+    /// random init vs raw pixels) and collapse gauges.
+    Eval(EvalArgs),
+    /// Measure training throughput: images per second of one task's training step, split into
+    /// forward, backward, optimiser and data wait, with peak memory.
+    Bench(BenchArgs),
+}
+
+/// Runs a subcommand; returns the process exit code.
+pub fn run(command: &Commands) -> i32 {
+    match command {
+        Commands::Train(args) => train::train(args),
+        Commands::Eval(args) => eval::eval(args),
+        Commands::Bench(args) => bench::bench(args),
+    }
+}
