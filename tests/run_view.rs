@@ -3,7 +3,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -12,8 +11,7 @@ use pretext::eval::NotMeasured;
 use pretext::eval::embed::Gauges;
 use pretext::tasks::metric_info;
 use pretext::train::{
-    Command, Event, KnnMetrics, Outcome, PauseReason, StepMetrics, StepTiming, TaskMetrics,
-    Trainer,
+    Command, Event, KnnMetrics, Outcome, PauseReason, StepMetrics, StepTiming, TaskMetrics, Trainer,
 };
 use pretext::view::{RunStatus, RunView};
 
@@ -86,7 +84,10 @@ fn steps_become_curves_per_task_with_baselines_and_the_total() {
     assert_eq!(c.batches_per_epoch, 4);
     assert_eq!(c.series["loss/rotation"].points(), [[1.0, 1.2], [2.0, 1.0]]);
     // Fractions are shown in percent, PSNR as it is.
-    assert_eq!(c.series["metric/rotation"].points(), [[1.0, 50.0], [2.0, 75.0]]);
+    assert_eq!(
+        c.series["metric/rotation"].points(),
+        [[1.0, 50.0], [2.0, 75.0]]
+    );
     assert_eq!(c.series["metric/inpainting"].points(), [[2.0, 18.0]]);
     assert_eq!(c.series["baseline/inpainting"].points(), [[2.0, 12.0]]);
     // The total appears once there are several tasks.
@@ -122,7 +123,13 @@ fn the_monitor_gives_stage_curves_reference_lines_gauges_and_reasons() {
         gauges: gauges(1.0),
     }));
     assert!(v.messages.last().unwrap().error);
-    assert!(v.messages.last().unwrap().text.contains("collapsing at step 10"));
+    assert!(
+        v.messages
+            .last()
+            .unwrap()
+            .text
+            .contains("collapsing at step 10")
+    );
     assert!(v.knn.not_measured.as_ref().unwrap().contains("one class"));
     assert_eq!(v.knn.pixels, Some(0.55 * 100.0), "kept from step 0");
 }
@@ -149,7 +156,10 @@ fn status_follows_pause_resume_and_the_end_and_messages_do_not_repeat() {
     });
     assert_eq!(v.status, RunStatus::Finished(Outcome::Completed));
     let texts: Vec<&str> = v.messages.iter().map(|m| m.text.as_str()).collect();
-    assert_eq!(texts, ["run directory: runs/x", "w", "e", "training finished"]);
+    assert_eq!(
+        texts,
+        ["run directory: runs/x", "w", "e", "training finished"]
+    );
     assert!(v.messages[2].error);
     // Clearing the run keeps the messages.
     v.clear_run();
@@ -200,6 +210,9 @@ fn a_run_read_back_from_its_directory_gives_the_live_model() {
     assert_eq!(replayed.config, live.config);
     assert_eq!(replayed.run_dir, live.run_dir);
     let (a, b) = (live.last_step.unwrap(), replayed.last_step.unwrap());
-    assert_eq!((a.step, a.epoch, a.loss, a.lr), (b.step, b.epoch, b.loss, b.lr));
+    assert_eq!(
+        (a.step, a.epoch, a.loss, a.lr),
+        (b.step, b.epoch, b.loss, b.lr)
+    );
     assert_eq!(a.tasks, b.tasks);
 }

@@ -335,7 +335,9 @@ fn the_explorer_embeds_every_image_and_shows_gauges_probe_and_neighbours() {
     h.get_by_label("Explorer").click();
     h.run_steps(2);
     h.get_by_label("Embed all images").click();
-    wait_until(&mut h, "the embedding", |a| a.tabs.explorer.embedding.is_some());
+    wait_until(&mut h, "the embedding", |a| {
+        a.tabs.explorer.embedding.is_some()
+    });
     let e = h.state().tabs.explorer.embedding.clone().unwrap();
     assert_eq!(e.z.len(), 64);
     assert_eq!(e.projection.len(), 64);
