@@ -195,7 +195,7 @@ impl Session {
             |task, b| Ok(task.forward(&self.model, b, true)?.loss),
             ModelError::Candle,
         )?
-        .ok_or_else(|| ModelError::Candle(candle_core::Error::Msg("no task".into())))
+        .ok_or_else(|| ModelError::Invalid("a run without a task".into()))
     }
 
     /// One plain gradient step on the weighted loss, on the weights as they are (of size `eta`,
