@@ -161,7 +161,7 @@ fn batch_norm_forward_and_gradients_match_candle() -> Result<()> {
         let x = Var::from_tensor(&((tensor(&[4, 3, 5, 6], seed)? * 3.0)? + 2.0)?)?;
         let weight = Var::from_tensor(&(tensor(&[3], seed + 1)? + 1.0)?)?;
         let bias = Var::from_tensor(&tensor(&[3], seed + 2)?)?;
-        let (ours, mean, var) = norm::batch_norm_train(
+        let norm::BatchNormOutput { y: ours, mean, var } = norm::batch_norm_train(
             x.as_tensor(),
             weight.as_tensor(),
             bias.as_tensor(),
@@ -192,7 +192,7 @@ fn batch_norm_gradients_match_finite_differences() -> Result<()> {
     let x = Var::from_tensor(&(tensor(&[3, 2, 4, 4], 31)? * 2.0)?)?;
     let weight = Var::from_tensor(&(tensor(&[2], 32)? + 1.5)?)?;
     let bias = Var::from_tensor(&tensor(&[2], 33)?)?;
-    let (y, _, _) = norm::batch_norm_train(
+    let norm::BatchNormOutput { y, .. } = norm::batch_norm_train(
         x.as_tensor(),
         weight.as_tensor(),
         bias.as_tensor(),
@@ -202,7 +202,7 @@ fn batch_norm_gradients_match_finite_differences() -> Result<()> {
     let r = tensor(y.dims(), 34)?;
     let grads = (y * &r)?.sum_all()?.backward()?;
     let loss = |xv: &Tensor, wv: &Tensor, bv: &Tensor| -> Result<f32> {
-        (norm::batch_norm_train(xv, wv, bv, 1e-5, true)?.0 * &r)?
+        (norm::batch_norm_train(xv, wv, bv, 1e-5, true)?.y * &r)?
             .sum_all()?
             .to_scalar::<f32>()
     };
@@ -372,7 +372,11 @@ fn fused_conv_batch_norm_matches_the_separate_ops() -> Result<()> {
         let weight = Var::from_tensor(&(tensor(&[5], seed + 2)? + 1.0)?)?;
         let bias = Var::from_tensor(&tensor(&[5], seed + 3)?)?;
         let pad = k / 2;
-        let (y1, m1, v1) = fused::conv_batch_norm_train(
+        let norm::BatchNormOutput {
+            y: y1,
+            mean: m1,
+            var: v1,
+        } = fused::conv_batch_norm_train(
             x.as_tensor(),
             w.as_tensor(),
             weight.as_tensor(),

@@ -59,7 +59,7 @@ impl BatchNorm {
         if !train {
             return self.forward(&ops::conv2d(x, w, stride, padding)?, false, relu);
         }
-        let (y, mean, var) = ops::conv_batch_norm_train(
+        let ops::BatchNormOutput { y, mean, var } = ops::conv_batch_norm_train(
             x,
             w,
             &self.weight,
@@ -78,7 +78,8 @@ impl BatchNorm {
     /// `relu` is set, applies ReLU in the same pass.
     pub fn forward(&self, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
         if train {
-            let (y, mean, var) = ops::batch_norm_train(x, &self.weight, &self.bias, BN_EPS, relu)?;
+            let ops::BatchNormOutput { y, mean, var } =
+                ops::batch_norm_train(x, &self.weight, &self.bias, BN_EPS, relu)?;
             let (n, _c, h, w) = x.dims4()?;
             self.update_running(&mean, &var, n * h * w)?;
             Ok(y)
@@ -208,7 +209,9 @@ impl Block {
         let params = Tensor::cat(&parts, 0)?;
         let (y, stats) = residual_block_train(x, &params, shape, BN_EPS)?;
         let (n, _c, h, w) = y.dims4()?;
-        for (bn, (mean, var)) in norms.into_iter().zip(stats) {
+        for (bn, crate::model::kernels::norm::ChannelStats { mean, var }) in
+            norms.into_iter().zip(stats)
+        {
             let dev = y.device();
             let c = mean.len();
             bn.update_running(

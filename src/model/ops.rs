@@ -4,6 +4,7 @@
 use candle_core::{D, Result, Tensor};
 
 use super::kernels;
+pub use super::kernels::norm::BatchNormOutput;
 
 /// 2-D convolution without bias; `x` is (N, C, H, W), `w` is (O, C, K, K).
 /// On the CPU this is [`kernels::conv::conv2d`]; elsewhere candle's own convolution.
@@ -110,14 +111,18 @@ pub fn batch_norm_train(
     bias: &Tensor,
     eps: f64,
     relu: bool,
-) -> Result<(Tensor, Tensor, Tensor)> {
+) -> Result<BatchNormOutput> {
     if kernels::applies(x.device(), x.dtype()) {
         return kernels::norm::batch_norm_train(x, weight, bias, eps, relu);
     }
     let (mean, var, _) = batch_stats(x)?;
     let y = normalize(x, &mean, &var, weight, bias, eps)?;
     let y = if relu { y.relu()? } else { y };
-    Ok((y, mean.flatten_all()?, var.flatten_all()?))
+    Ok(BatchNormOutput {
+        y,
+        mean: mean.flatten_all()?,
+        var: var.flatten_all()?,
+    })
 }
 
 /// `bn(conv2d(x, w))` in training mode (then ReLU): the output and the batch's per-channel
@@ -132,7 +137,7 @@ pub fn conv_batch_norm_train(
     padding: usize,
     eps: f64,
     relu: bool,
-) -> Result<(Tensor, Tensor, Tensor)> {
+) -> Result<BatchNormOutput> {
     if kernels::applies(x.device(), x.dtype()) {
         return kernels::fused::conv_batch_norm_train(
             x, w, weight, bias, stride, padding, eps, relu,

@@ -11,7 +11,7 @@ use super::conv::ConvGeom;
 use super::fused::{
     Chain, ChainedStage, PrevStage, Stage, conv_bn_backward, conv_stats, conv_stats_after,
 };
-use super::norm::{Affine, Coef, NormAct};
+use super::norm::{Affine, ChannelStats, Coef, NormAct};
 use super::operands::{Nchw, SavedState, f32_slice, grad_like, tensor_like, with_values};
 use super::pointwise;
 
@@ -100,7 +100,7 @@ struct Saved {
 
 /// Batch statistics (mean, biased variance) of bn1, bn2 and the shortcut's bn, for the running
 /// statistics.
-pub type BlockStats = Vec<(Vec<f32>, Vec<f32>)>;
+pub type BlockStats = Vec<ChannelStats>;
 
 /// The second operand of [`add_relu_normalised`].
 enum Skip<'a> {
@@ -316,7 +316,7 @@ pub fn residual_block_train(
         Ok(stages
             .into_iter()
             .flatten()
-            .map(|st| (st.stats.mean.clone(), st.stats.var.clone()))
+            .map(|st| st.stats.clone())
             .collect())
     })?;
     Ok((y, stats))

@@ -10,8 +10,8 @@ use rayon::prelude::*;
 
 use super::conv::{self, ConvGeom};
 use super::norm::{
-    self, Affine, AffineGrads, BackwardSums, ChannelStats, Coef, FirstPass, GradSums, Moments,
-    NormAct, NormParams,
+    self, Affine, AffineGrads, BackwardSums, BatchNormOutput, ChannelStats, Coef, FirstPass,
+    GradSums, Moments, NormAct, NormParams,
 };
 use super::operands::{SavedState, f32_slice, grad_like, tensor_like, with_values};
 
@@ -387,7 +387,7 @@ pub fn conv_batch_norm_train(
     pad: usize,
     eps: f64,
     relu: bool,
-) -> Result<(Tensor, Tensor, Tensor)> {
+) -> Result<BatchNormOutput> {
     let saved = SavedState::new(NAME);
     let op = ConvBatchNorm {
         stride,
@@ -401,10 +401,10 @@ pub fn conv_batch_norm_train(
     saved.with("forward left no statistics", |stage| {
         let ChannelStats { mean, var } = &stage.stats;
         let dev = x.device();
-        Ok((
+        Ok(BatchNormOutput {
             y,
-            Tensor::from_slice(mean, mean.len(), dev)?,
-            Tensor::from_slice(var, var.len(), dev)?,
-        ))
+            mean: Tensor::from_slice(mean, mean.len(), dev)?,
+            var: Tensor::from_slice(var, var.len(), dev)?,
+        })
     })
 }

@@ -22,6 +22,14 @@ pub(super) use backward::{BackwardSums, FirstPass, GradSums};
 pub(super) use stats::Moments;
 pub use stats::{BatchStats, ChannelStats};
 
+/// What a training-mode batch norm gives: the output (N, C, H, W) and the batch's per-channel
+/// mean and biased variance, each (C,), for the running statistics.
+pub struct BatchNormOutput {
+    pub y: Tensor,
+    pub mean: Tensor,
+    pub var: Tensor,
+}
+
 /// One channel's batch norm as an affine map: the normalised value is `x · scale + shift`;
 /// `inv_std` = 1/√(var + ε) for the backward pass.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -203,13 +211,16 @@ impl CustomOp2 for BatchNorm {
 
 /// Training-mode batch norm (+ ReLU): returns the output and the batch (mean, biased variance),
 /// each of shape (C,), for the running statistics.
+///
+/// # Errors
+/// A tensor error from candle.
 pub fn batch_norm_train(
     x: &Tensor,
     weight: &Tensor,
     bias: &Tensor,
     eps: f64,
     relu: bool,
-) -> Result<(Tensor, Tensor, Tensor)> {
+) -> Result<BatchNormOutput> {
     let x = x.contiguous()?;
     let stats = x.apply_op1_no_bwd(&BatchStats)?;
     let p = Tensor::cat(&[&weight.unsqueeze(0)?, &bias.unsqueeze(0)?, &stats], 0)?;
@@ -220,7 +231,11 @@ pub fn batch_norm_train(
             relu,
         },
     )?;
-    Ok((y, stats.get(0)?, stats.get(1)?))
+    Ok(BatchNormOutput {
+        y,
+        mean: stats.get(0)?,
+        var: stats.get(1)?,
+    })
 }
 
 /// Batch norm (+ ReLU) with given statistics (evaluation mode); differentiable with respect to
