@@ -27,6 +27,7 @@
 
 mod common;
 
+use common::crc32;
 use std::collections::BTreeMap;
 use std::io::{Cursor, Write};
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -311,21 +312,6 @@ fn mutate(
 // ---------------------------------------------------------------------------------------------
 // Image seeds and their header fields
 
-fn crc32(bytes: &[u8]) -> u32 {
-    let mut crc = 0xFFFF_FFFFu32;
-    for &b in bytes {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 == 1 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
-}
-
 /// A header field that an edit may set: `width` bytes at `at`.
 #[derive(Clone, Debug)]
 struct Field {
@@ -392,11 +378,7 @@ fn exif_tiff(orientation: u16) -> Vec<u8> {
 fn png_with_chunk(png: &[u8], kind: &[u8; 4], data: &[u8]) -> Vec<u8> {
     let ihdr_end = 8 + 12 + 13;
     let mut out = png[..ihdr_end].to_vec();
-    out.extend_from_slice(&(data.len() as u32).to_be_bytes());
-    let mut c = kind.to_vec();
-    c.extend_from_slice(data);
-    out.extend_from_slice(&c);
-    out.extend_from_slice(&crc32(&c).to_be_bytes());
+    common::chunk(&mut out, kind, data);
     out.extend_from_slice(&png[ihdr_end..]);
     out
 }
@@ -1716,14 +1698,6 @@ fn zlib_zeros(n: u64) -> Vec<u8> {
     out
 }
 
-fn png_chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
-    out.extend_from_slice(&(data.len() as u32).to_be_bytes());
-    let mut c = kind.to_vec();
-    c.extend_from_slice(data);
-    out.extend_from_slice(&c);
-    out.extend_from_slice(&crc32(&c).to_be_bytes());
-}
-
 /// A valid PNG of `w × h` zero pixels (`bits` per channel, `channels` channels).
 fn zero_png(w: u32, h: u32, bits: u8, color_type: u8) -> Vec<u8> {
     let channels: u64 = match color_type {
@@ -1738,9 +1712,9 @@ fn zero_png(w: u32, h: u32, bits: u8, color_type: u8) -> Vec<u8> {
     let mut ihdr = w.to_be_bytes().to_vec();
     ihdr.extend_from_slice(&h.to_be_bytes());
     ihdr.extend_from_slice(&[bits, color_type, 0, 0, 0]);
-    png_chunk(&mut out, b"IHDR", &ihdr);
-    png_chunk(&mut out, b"IDAT", &zlib_zeros(row * u64::from(h)));
-    png_chunk(&mut out, b"IEND", &[]);
+    common::chunk(&mut out, b"IHDR", &ihdr);
+    common::chunk(&mut out, b"IDAT", &zlib_zeros(row * u64::from(h)));
+    common::chunk(&mut out, b"IEND", &[]);
     out
 }
 

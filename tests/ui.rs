@@ -3,6 +3,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -355,45 +357,6 @@ fn the_explorer_embeds_every_image_and_shows_gauges_probe_and_neighbours() {
     });
 }
 
-/// A PNG whose header claims `w × h` 8-bit RGBA pixels but carries almost no data (a
-/// decompression bomb, as far as the header tells).
-fn rgba_bomb_png(w: u32, h: u32) -> Vec<u8> {
-    fn crc32(bytes: &[u8]) -> u32 {
-        let mut crc = 0xFFFF_FFFFu32;
-        for &b in bytes {
-            crc ^= u32::from(b);
-            for _ in 0..8 {
-                crc = if crc & 1 == 1 {
-                    (crc >> 1) ^ 0xEDB8_8320
-                } else {
-                    crc >> 1
-                };
-            }
-        }
-        !crc
-    }
-    fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
-        out.extend_from_slice(&(data.len() as u32).to_be_bytes());
-        let mut c = kind.to_vec();
-        c.extend_from_slice(data);
-        out.extend_from_slice(&c);
-        out.extend_from_slice(&crc32(&c).to_be_bytes());
-    }
-    let mut ihdr = Vec::new();
-    ihdr.extend_from_slice(&w.to_be_bytes());
-    ihdr.extend_from_slice(&h.to_be_bytes());
-    ihdr.extend_from_slice(&[8, 6, 0, 0, 0]);
-    // zlib: one stored deflate block of 64 zero bytes (adler32 of zeros: a = 1, b = 64).
-    let mut idat = vec![0x78, 0x01, 0x01, 64, 0, !64u8, 0xFF];
-    idat.extend_from_slice(&[0; 64]);
-    idat.extend_from_slice(&((64u32 << 16) | 1).to_be_bytes());
-    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
-    chunk(&mut out, b"IHDR", &ihdr);
-    chunk(&mut out, b"IDAT", &idat);
-    chunk(&mut out, b"IEND", &[]);
-    out
-}
-
 /// A `w × h` picture with edges and noise (so a JPEG of it is mostly entropy-coded data).
 fn busy_picture(w: u32, h: u32, seed: u32) -> image::RgbImage {
     let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
@@ -458,7 +421,10 @@ fn a_folder_with_every_real_world_fault_opens_and_lists_its_skipped_and_ignored_
     symlink("../cats", root.join("dogs/cats_again")).unwrap();
     symlink("nowhere.png", root.join("dogs/gone.png")).unwrap();
     // 4. A decompression bomb: 12000×12000 RGBA is 549 MiB decoded.
-    write("cats/bomb.png", &rgba_bomb_png(12_000, 12_000));
+    write(
+        "cats/bomb.png",
+        &common::header_only_png(12_000, 12_000, 8, 6),
+    );
     // 5. A very thin image.
     image::RgbImage::from_fn(2, 16_384, |x, y| {
         image::Rgb([(y % 251) as u8, x as u8 * 99, 7])

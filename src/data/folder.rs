@@ -270,9 +270,8 @@ pub fn decode_bytes(bytes: &[u8], size: u32) -> Result<Decoded, String> {
         "partly decoded: the file ends before the image does (the missing part is grey)".into()
     });
     let square = centre_square(img);
-    let mut rgb = fill_square(&to_rgb8(square), size);
     // The centre square of an oriented image is the oriented centre square.
-    let mut oriented = DynamicImage::ImageRgb8(std::mem::take(&mut rgb));
+    let mut oriented = DynamicImage::ImageRgb8(fill_square(&to_rgb8(square), size));
     oriented.apply_orientation(orientation);
     Ok(Decoded {
         pixels: oriented.into_rgb8().into_raw(),

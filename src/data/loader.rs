@@ -13,6 +13,7 @@ use crate::data::{self, DataError, Dataset};
 /// Called when files have decoded or loading has ended (a window asks for a repaint).
 pub type Wake = Arc<dyn Fn() + Send + Sync>;
 
+/// A data set being loaded on `pretext-loader`: its progress, a way to cancel, its result.
 pub struct Loader {
     pub source: DataSource,
     pub size: usize,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use eframe::egui;
 
-use super::jobs::{Done, Job};
+use super::jobs::Done;
 use super::{DataState, LoadedData, Loader, PretextApp, PreviewView, RECENT_MAX, RunStatus, Tab};
 use crate::config::DataSource;
 use crate::train::Command;
@@ -39,13 +39,11 @@ pub enum Action {
     AugmentViews {
         key: u64,
     },
-    /// Show a tab.
-    ShowTab(Tab),
 }
 
 impl PretextApp {
     /// Carries out one action.
-    pub fn perform(&mut self, ctx: &egui::Context, action: Action) {
+    pub fn perform(&mut self, action: Action) {
         match action {
             Action::OpenData(source) => self.open_data(source),
             Action::PickFolder => self.pick_folder(),
@@ -61,9 +59,7 @@ impl PretextApp {
             Action::Inspect(i) => self.inspect(i),
             Action::ExportEmbeddings => self.export_embeddings(),
             Action::AugmentViews { key } => self.augment_views(key),
-            Action::ShowTab(tab) => self.tabs.tab = tab,
         }
-        let _ = ctx;
     }
 
     /// Sends a command to the engine; a full queue or an ended worker becomes a message.
@@ -219,7 +215,7 @@ impl PretextApp {
         self.run.status = RunStatus::Starting;
         let dir = dir.to_path_buf();
         let d = dir.clone();
-        self.engine.jobs.spawn(Job::Replay, move || Done::Replay {
+        self.engine.jobs.spawn(move || Done::Replay {
             dir: d.clone(),
             epochs,
             events: crate::train::run_dir::replay(&d).map_err(|e| e.to_string()),
@@ -266,7 +262,7 @@ impl PretextApp {
             .join("embeddings");
         let data = d.data.clone();
         let z = e.z.clone();
-        self.engine.jobs.spawn(Job::Export, move || {
+        self.engine.jobs.spawn(move || {
             Done::Message(match crate::eval::embed::export(&dir, &data, &z) {
                 Ok((csv, npy)) => (
                     false,
@@ -295,7 +291,7 @@ impl PretextApp {
         let data = d.data.clone();
         let augment = self.settings.config.settings.augment.clone();
         let seed = self.tabs.augment.seed;
-        self.engine.jobs.spawn(Job::Augment, move || Done::Augment {
+        self.engine.jobs.spawn(move || Done::Augment {
             key,
             canvas: super::panels::augment::views(&data, &augment, seed),
         });

@@ -11,14 +11,6 @@ use crossbeam_channel::{Receiver, Sender, unbounded};
 use crate::tasks::Canvas;
 use crate::train::Event;
 
-/// Which kind of work a thread does (to know when none is left).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Job {
-    Replay,
-    Export,
-    Augment,
-}
-
 /// What a job produced.
 pub enum Done {
     /// A run directory read back as its events, to continue it.
@@ -33,10 +25,12 @@ pub enum Done {
     Augment { key: u64, canvas: Canvas },
 }
 
+/// The background jobs of the window and the channel their results come back on.
 pub struct Jobs {
-    tx: Sender<(Job, Done)>,
-    rx: Receiver<(Job, Done)>,
-    running: Vec<Job>,
+    tx: Sender<Done>,
+    rx: Receiver<Done>,
+    /// Jobs started whose result has not been taken yet.
+    running: usize,
     wake: Arc<dyn Fn() + Send + Sync>,
 }
 
@@ -46,46 +40,39 @@ impl Jobs {
         Self {
             tx,
             rx,
-            running: Vec::new(),
+            running: 0,
             wake,
         }
     }
 
     /// Runs `work` on a new thread; its result arrives through [`Jobs::finished`].
-    pub fn spawn(&mut self, job: Job, work: impl FnOnce() -> Done + Send + 'static) {
+    pub fn spawn(&mut self, work: impl FnOnce() -> Done + Send + 'static) {
         let tx = self.tx.clone();
         let wake = self.wake.clone();
         let spawned = std::thread::Builder::new()
             .name("pretext-job".into())
             .spawn(move || {
-                let _ = tx.send((job, work()));
+                let _ = tx.send(work());
                 wake();
             });
-        match spawned {
-            Ok(_) => self.running.push(job),
-            Err(e) => {
-                let _ = self.tx.send((
-                    job,
-                    Done::Message((true, format!("cannot start a background job: {e}"))),
-                ));
-            }
+        self.running += 1;
+        if let Err(e) = spawned {
+            let _ = self.tx.send(Done::Message((
+                true,
+                format!("cannot start a background job: {e}"),
+            )));
         }
     }
 
     /// Whether a job is still running.
     pub fn busy(&self) -> bool {
-        !self.running.is_empty()
+        self.running > 0
     }
 
     /// The results of the jobs that have finished since the last call.
     pub fn finished(&mut self) -> Vec<Done> {
-        let mut out = Vec::new();
-        while let Ok((job, done)) = self.rx.try_recv() {
-            if let Some(i) = self.running.iter().position(|j| *j == job) {
-                self.running.remove(i);
-            }
-            out.push(done);
-        }
+        let out: Vec<Done> = self.rx.try_iter().collect();
+        self.running = self.running.saturating_sub(out.len());
         out
     }
 }

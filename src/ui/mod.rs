@@ -78,6 +78,7 @@ pub struct LoadedData {
     thumb_indices: Vec<usize>,
 }
 
+/// Where the window's data stands: none, loading, loaded (with thumbnails) or failed.
 pub enum DataState {
     Empty,
     Loading(Loader),
@@ -160,6 +161,8 @@ struct Engine {
     jobs: jobs::Jobs,
 }
 
+/// The desktop app: the run model, the data, the settings and per-tab state it draws, and the
+/// handles of the threads it talks to.
 pub struct PretextApp {
     pub settings: Persisted,
     /// The run as the engine reported it (status, curves, kNN, previews, messages).
@@ -236,7 +239,7 @@ impl PretextApp {
             },
             frame_stats: FrameStats::default(),
         };
-        app.perform(ctx, Action::OpenData(source));
+        app.perform(Action::OpenData(source));
         Ok(app)
     }
 
@@ -313,7 +316,7 @@ impl eframe::App for PretextApp {
         let t0 = Instant::now();
         let actions = panels::draw(self, ui);
         for a in actions {
-            self.perform(ui.ctx(), a);
+            self.perform(a);
         }
         if matches!(self.data, DataState::Loading(_)) || self.engine.jobs.busy() {
             ui.ctx().request_repaint_after(REPAINT_INTERVAL);

@@ -117,10 +117,8 @@ pub struct RunView {
     pub knn: KnnView,
     pub last_step: Option<StepMetrics>,
     pub last_epoch: Option<EpochSummary>,
-    /// The newest preview of each task, with the number of previews applied when it came (a
-    /// front end redraws a picture when that number changes).
-    pub previews: BTreeMap<TaskKind, (u64, Preview)>,
-    previews_seen: u64,
+    /// The newest preview of each task.
+    pub previews: BTreeMap<TaskKind, Preview>,
     pub messages: Vec<Message>,
 }
 
@@ -137,7 +135,6 @@ impl Default for RunView {
             last_step: None,
             last_epoch: None,
             previews: BTreeMap::new(),
-            previews_seen: 0,
             messages: Vec::new(),
         }
     }
@@ -206,9 +203,7 @@ impl RunView {
             }
             Event::Epoch(e) => self.last_epoch = Some(e.clone()),
             Event::Preview(p) => {
-                self.previews_seen += 1;
-                self.previews
-                    .insert(p.task, (self.previews_seen, (**p).clone()));
+                self.previews.insert(p.task, (**p).clone());
             }
             Event::Knn(k) => self.apply_knn(k),
             Event::CheckpointSaved { path, .. } => {

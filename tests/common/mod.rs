@@ -9,7 +9,8 @@ use pretext::train::{Command, EpochSummary, Event, Outcome, PauseReason, StepMet
 
 const TIMEOUT: Duration = Duration::from_secs(600);
 
-fn crc32(bytes: &[u8]) -> u32 {
+/// PNG's CRC-32 of `bytes`.
+pub fn crc32(bytes: &[u8]) -> u32 {
     let mut crc = 0xFFFF_FFFFu32;
     for &b in bytes {
         crc ^= u32::from(b);
@@ -33,7 +34,8 @@ fn adler32(bytes: &[u8]) -> u32 {
     (b << 16) | a
 }
 
-fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
+/// Appends one PNG chunk (length, kind, data, CRC).
+pub fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
     out.extend_from_slice(&(data.len() as u32).to_be_bytes());
     let mut c = kind.to_vec();
     c.extend_from_slice(data);

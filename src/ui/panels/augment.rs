@@ -13,6 +13,7 @@ use crate::ui::{Action, AugmentTab, DataState};
 const ROWS: usize = 6;
 const VIEWS: usize = 6;
 
+/// Draws the Augmentations tab; asks for new views when the settings or the seed change.
 pub fn show(
     ui: &mut egui::Ui,
     data: &DataState,

@@ -8,6 +8,7 @@ use crate::config::{self as limits, MaskKind, TaskKind, TrainConfig};
 use crate::train::Command;
 use crate::ui::{Action, DataState, RunStatus, RunView};
 
+/// Draws the training controls; edits `config` and `lr_input`, asks for commands.
 pub fn show(
     ui: &mut egui::Ui,
     run: &RunView,

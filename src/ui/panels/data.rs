@@ -39,6 +39,7 @@ pub fn thumbnail_atlas(
     )
 }
 
+/// Draws the data panel; asks to cancel loading or to inspect a clicked thumbnail.
 pub fn show(ui: &mut egui::Ui, data: &DataState, actions: &mut Vec<Action>) {
     ui.heading("Data");
     match data {

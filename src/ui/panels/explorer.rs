@@ -48,6 +48,7 @@ fn image_texture(
     )
 }
 
+/// Draws the Explorer tab; asks for an embedding or an export.
 pub fn show(
     ui: &mut egui::Ui,
     run: &RunView,

@@ -5,6 +5,7 @@ use eframe::egui::{self, RichText};
 use super::preview_ui;
 use crate::ui::{DataState, PreviewView};
 
+/// Draws every task's prediction for the inspected image.
 pub fn show(ui: &mut egui::Ui, inspection: Option<&(usize, Vec<PreviewView>)>, data: &DataState) {
     let Some((i, views)) = inspection else {
         ui.label("Click a thumbnail in the data panel during or after a run to see every task's prediction for it.");

@@ -36,6 +36,7 @@ enum Pick {
     Cell(usize, usize),
 }
 
+/// Draws the Math tab; asks the engine to freeze a batch.
 pub fn show(ui: &mut egui::Ui, run: &RunView, m: &mut MathTab, actions: &mut Vec<Action>) {
     ui.horizontal(|ui| {
         let can = run.is_training() || matches!(run.status, RunStatus::Finished(_));

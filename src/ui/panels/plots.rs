@@ -151,62 +151,61 @@ impl Plots<'_> {
         self.plot(ui, "metric", "Proxy metric (% or dB)", lines, 190.0, None);
     }
 
-    fn gauge(&self, name: &str, label: &str, color: Color32) -> Option<Line<'static>> {
-        self.line(name, label.into(), Style::Raw)
-            .map(|l| l.width(2.0).color(color))
+    /// Two gauges of z in one plot, drawn once `series` has been measured: each `(series,
+    /// label, colour)`.
+    fn gauges(&self, ui: &mut egui::Ui, id: &str, title: &str, lines: [(&str, &str, Color32); 2]) {
+        if !self.run.curves.series.contains_key(lines[0].0) {
+            return;
+        }
+        let lines = lines
+            .into_iter()
+            .filter_map(|(name, label, color)| {
+                self.line(name, label.into(), Style::Raw)
+                    .map(|l| l.width(2.0).color(color))
+            })
+            .collect();
+        self.plot(ui, id, title, lines, 110.0, None);
     }
 
     /// RankMe / d and std × √d of z, on a common 0..1 scale.
     pub fn collapse_gauges(&self, ui: &mut egui::Ui) {
-        if !self.run.curves.series.contains_key("gauge/rankme") {
-            return;
-        }
-        let lines = [
-            self.gauge(
-                "gauge/rankme",
-                "RankMe / d (share of dimensions in use)",
-                Color32::from_rgb(120, 200, 255),
-            ),
-            self.gauge(
-                "gauge/std",
-                "std of L2-normalised z × √d (1 = evenly spread)",
-                Color32::from_rgb(240, 170, 90),
-            ),
-        ];
-        self.plot(
+        self.gauges(
             ui,
             "gauges",
             "Collapse gauges of z (1 = fully spread, 0 = collapsed)",
-            lines.into_iter().flatten().collect(),
-            110.0,
-            None,
+            [
+                (
+                    "gauge/rankme",
+                    "RankMe / d (share of dimensions in use)",
+                    Color32::from_rgb(120, 200, 255),
+                ),
+                (
+                    "gauge/std",
+                    "std of L2-normalised z × √d (1 = evenly spread)",
+                    Color32::from_rgb(240, 170, 90),
+                ),
+            ],
         );
     }
 
     /// Alignment of two views and uniformity of z (Wang & Isola 2020).
     pub fn alignment(&self, ui: &mut egui::Ui) {
-        if !self.run.curves.series.contains_key("gauge/alignment") {
-            return;
-        }
-        let lines = [
-            self.gauge(
-                "gauge/alignment",
-                "alignment E‖z − z⁺‖² of two views (lower = views agree)",
-                Color32::from_rgb(130, 220, 130),
-            ),
-            self.gauge(
-                "gauge/uniformity",
-                "uniformity log E exp(−2‖zᵢ − zⱼ‖²) (lower = more spread)",
-                Color32::from_rgb(220, 130, 220),
-            ),
-        ];
-        self.plot(
+        self.gauges(
             ui,
             "align",
             "Alignment and uniformity of z (Wang & Isola 2020)",
-            lines.into_iter().flatten().collect(),
-            110.0,
-            None,
+            [
+                (
+                    "gauge/alignment",
+                    "alignment E‖z − z⁺‖² of two views (lower = views agree)",
+                    Color32::from_rgb(130, 220, 130),
+                ),
+                (
+                    "gauge/uniformity",
+                    "uniformity log E exp(−2‖zᵢ − zⱼ‖²) (lower = more spread)",
+                    Color32::from_rgb(220, 130, 220),
+                ),
+            ],
         );
     }
 

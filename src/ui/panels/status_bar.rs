@@ -19,6 +19,7 @@ fn status_text(status: &RunStatus) -> (&'static str, Color32) {
     }
 }
 
+/// Draws the status bar from the run model.
 pub fn show(ui: &mut egui::Ui, run: &RunView) {
     egui::Panel::bottom("status").show(ui, |ui| {
         ui.horizontal(|ui| {

@@ -9,6 +9,7 @@ use super::MUTED;
 use crate::config::DataSource;
 use crate::ui::{Action, Inputs, Persisted};
 
+/// Draws the top bar; asks to open data, pick a folder or continue a run.
 pub fn show(
     ui: &mut egui::Ui,
     settings: &mut Persisted,

@@ -10,6 +10,7 @@ use super::{MUTED, preview_ui};
 use crate::config::TaskKind;
 use crate::ui::{Persisted, PreviewView, RunView};
 
+/// Draws the Training tab: curve options, the plots, and the previews (a click zooms).
 pub fn show(
     ui: &mut egui::Ui,
     run: &RunView,

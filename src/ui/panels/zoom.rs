@@ -7,6 +7,7 @@ use eframe::egui;
 use crate::config::TaskKind;
 use crate::ui::PreviewView;
 
+/// Draws the zoomed preview's window while one is chosen.
 pub fn show(
     ui: &mut egui::Ui,
     previews: &BTreeMap<TaskKind, PreviewView>,
