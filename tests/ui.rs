@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use egui_kittest::Harness;
-use egui_kittest::kittest::Queryable;
+use egui_kittest::kittest::{NodeT, Queryable};
 use pretext::config::{DataSource, TaskKind, TrainConfig};
 use pretext::train::{Outcome, PauseReason};
 use pretext::ui::{DataState, Persisted, PretextApp, RunStatus};
@@ -610,4 +610,45 @@ fn a_folder_with_every_real_world_fault_opens_and_lists_its_skipped_and_ignored_
             "{hidden} shown as a class"
         );
     }
+}
+
+#[test]
+fn the_device_list_greys_out_what_this_machine_cannot_give_and_says_why() {
+    use pretext::config::DeviceKind;
+    use pretext::model::device;
+
+    let out = tempfile::tempdir().unwrap();
+    // Settings saved where CUDA was used.
+    let storage = storage_with(TrainConfig {
+        device: DeviceKind::Cuda,
+        ..small_config(out.path())
+    });
+    let mut h = app(&storage, None);
+    wait_until(&mut h, "data", |a| matches!(a.data, DataState::Ready(_)));
+    let Some(reason) = device::unavailable(DeviceKind::Cuda) else {
+        return; // a machine with a GPU: nothing is greyed out
+    };
+    assert!(
+        h.query_by_label_contains(&format!("cuda cannot be used here: {reason}"))
+            .is_some()
+    );
+
+    h.get_by_label("Device").click();
+    h.run_steps(2);
+    assert!(!h.get_by_label("cpu").accesskit_node().is_disabled());
+    let cuda = h.get_by_label("cuda (unavailable)");
+    assert!(cuda.accesskit_node().is_disabled());
+    cuda.click();
+    h.run_steps(2);
+    assert_eq!(h.state().settings.config.device, DeviceKind::Cuda);
+
+    // Back to the CPU: the warning goes.
+    if h.query_by_label("cpu").is_none() {
+        h.get_by_label("Device").click();
+        h.run_steps(2);
+    }
+    h.get_by_label("cpu").click();
+    h.run_steps(2);
+    assert_eq!(h.state().settings.config.device, DeviceKind::Cpu);
+    assert!(h.query_by_label_contains("cannot be used here").is_none());
 }

@@ -110,7 +110,7 @@ fn load(args: &EvalArgs) -> anyhow::Result<Judged> {
         &|_, _| {},
         &std::sync::atomic::AtomicBool::new(false),
     )?;
-    let device = crate::model::open_device(config.device)?;
+    let device = crate::model::device::open(config.device)?;
     let build = || -> anyhow::Result<(Model, Vec<Box<dyn PretextTask>>)> {
         let m = Model::new(device.clone(), crate::tasks::input_channels(&config.tasks))?;
         let t = crate::tasks::build(&config.tasks, &config.settings, &m)?;

@@ -2,6 +2,7 @@
 //! [`VarMap`] whose names are the checkpoint's tensor names.
 
 pub mod checkpoint;
+pub mod device;
 pub mod encoder;
 pub mod kernels;
 pub mod ops;
@@ -22,10 +23,9 @@ pub use encoder::{Encoder, EncoderOutput};
 pub enum ModelError {
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
-    #[error(
-        "this build of pretext has no {0} support; rebuild with `cargo build --release --features {0}`"
-    )]
-    DeviceNotCompiled(&'static str),
+    /// The build or the machine cannot give this device; `reason` is one sentence.
+    #[error("cannot use {device}: {reason}")]
+    DeviceNotUsable { device: DeviceKind, reason: String },
     #[error("cannot open the {device} device: {source}")]
     DeviceUnavailable {
         device: DeviceKind,
@@ -39,45 +39,6 @@ pub enum ModelError {
 }
 
 pub type Result<T, E = ModelError> = std::result::Result<T, E>;
-
-/// Opens the requested device, or says clearly why not.
-pub fn open_device(kind: DeviceKind) -> Result<Device> {
-    match kind {
-        DeviceKind::Cpu => Ok(Device::Cpu),
-        DeviceKind::Cuda => {
-            if cfg!(feature = "cuda") {
-                Device::new_cuda(0).map_err(|source| ModelError::DeviceUnavailable {
-                    device: kind,
-                    source,
-                })
-            } else {
-                Err(ModelError::DeviceNotCompiled("cuda"))
-            }
-        }
-        DeviceKind::Metal => {
-            if cfg!(feature = "metal") {
-                Device::new_metal(0).map_err(|source| ModelError::DeviceUnavailable {
-                    device: kind,
-                    source,
-                })
-            } else {
-                Err(ModelError::DeviceNotCompiled("metal"))
-            }
-        }
-    }
-}
-
-/// Devices this build can use.
-pub fn compiled_devices() -> Vec<DeviceKind> {
-    let mut v = vec![DeviceKind::Cpu];
-    if cfg!(feature = "cuda") {
-        v.push(DeviceKind::Cuda);
-    }
-    if cfg!(feature = "metal") {
-        v.push(DeviceKind::Metal);
-    }
-    v
-}
 
 /// Width of the reference encoder's first stage.
 pub const ENCODER_WIDTH: usize = 32;

@@ -268,7 +268,7 @@ impl Session {
     /// [`Session::train`].
     pub(super) fn start(link: &Link<'_>, setup: Setup) -> Result<Self, Outcome> {
         let (config, preloaded, resumed) = resolve(setup)?;
-        let device = model::open_device(config.device).map_err(invalid)?;
+        let device = model::device::open(config.device).map_err(invalid)?;
         let data = data_set(link, &config, preloaded)?;
         let (model, tasks) = build_model(link, &config, device)?;
         let mut opt = AdamW::new(model.trainable_vars(), config.lr, config.weight_decay);

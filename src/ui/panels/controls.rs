@@ -112,14 +112,34 @@ fn settings(ui: &mut egui::Ui, c: &mut TrainConfig, actions: &mut Vec<Action>) {
         egui::ComboBox::from_id_salt("device")
             .selected_text(c.device.to_string())
             .show_ui(ui, |ui| {
-                for d in crate::model::compiled_devices() {
-                    ui.selectable_value(&mut c.device, d, d.to_string());
+                for d in crate::model::device::ALL {
+                    match crate::model::device::unavailable(d) {
+                        None => {
+                            ui.selectable_value(&mut c.device, d, d.to_string());
+                        }
+                        Some(reason) => {
+                            // Listed, so that a person sees the GPU options exist and why
+                            // this machine or build cannot give them.
+                            ui.add_enabled(
+                                false,
+                                egui::Button::selectable(false, format!("{d} (unavailable)")),
+                            )
+                            .on_disabled_hover_text(reason);
+                        }
+                    }
                 }
             })
             .response
             .labelled_by(l.id);
         ui.end_row();
     });
+    if let Some(reason) = crate::model::device::unavailable(c.device) {
+        // Settings saved on another machine (or by another build) can name a missing device.
+        ui.colored_label(
+            ui.visuals().warn_fg_color,
+            format!("{} cannot be used here: {reason}", c.device),
+        );
+    }
     init_from(ui, c);
     task_settings(ui, c);
     if c.size != old_size {

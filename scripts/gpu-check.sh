@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# The CUDA checks, in one run, on a machine with an NVIDIA GPU and PyTorch but no Rust.
+#
+# Here (with the toolkit from scripts/cuda-toolkit.sh):
+#   scripts/gpu-check.sh --prepare PATH/TO/torch_bench.py     # fills .gpu/ (git-ignored)
+# There, from the repository root, with .gpu/ copied along:
+#   scripts/gpu-check.sh [OUT]                                 # OUT defaults to ./gpu-report
+#
+# It runs, each with a time limit, writing everything to OUT/log and OUT/bench.csv:
+#   1. the CUDA-vs-CPU step test (tests/cuda.rs): same loss and gradients for every task;
+#   2. `pretext train --device cuda` for each task alone and all five together (a short run);
+#   3. `pretext bench --device cuda` next to `torch_bench.py --device cuda` (cuDNN, benchmark
+#      mode) for rotation, contrastive, colorization and inpainting at 32 and 96 px, batch 128
+#      and 512, alternating the two, and the ratio per case.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "${1:-}" = "--prepare" ]; then
+    set -e
+    torch_bench="${2:?usage: gpu-check.sh --prepare PATH/TO/torch_bench.py}"
+    if [ -z "${CUDA_ROOT:-}" ]; then
+        echo "gpu-check.sh: source the env.sh that scripts/cuda-toolkit.sh wrote first" >&2
+        exit 2
+    fi
+    cargo build --release --features cuda
+    test_bin="$(cargo test --release --features cuda --test cuda --no-run --message-format=json 2>/dev/null |
+        sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -1)"
+    # What travels is at most 64 MiB: without debug info and xz-compressed, each binary is
+    # about 13 MB (the CUDA kernels make it 80 MB unpacked).
+    mkdir -p .gpu
+    rm -f .gpu/*
+    strip -o .gpu/pretext target/release/pretext
+    strip -o .gpu/cuda-test "$test_bin"
+    xz -T0 -6 .gpu/pretext .gpu/cuda-test
+    cp "$torch_bench" .gpu/torch_bench.py
+    grep -qx '/.gpu/' .git/info/exclude 2>/dev/null || echo '/.gpu/' >>.git/info/exclude
+    ls -l .gpu >&2
+    echo "ready: carry .gpu and run scripts/gpu-check.sh there" >&2
+    exit 0
+fi
+
+out="${1:-gpu-report}"
+mkdir -p "$out"
+log="$out/log"
+: >"$log"
+say() { echo "$*" | tee -a "$log"; }
+
+# The CUDA libraries a run opens: the driver's folder, a toolkit, and PyTorch's wheels.
+python="${PYTHON:-python3}"
+libs="/usr/local/nvidia/lib64:/usr/local/nvidia/lib:/usr/local/cuda/lib64"
+site="$("$python" -c 'import site; print(site.getsitepackages()[0])' 2>/dev/null)"
+if [ -n "$site" ] && [ -d "$site/nvidia" ]; then
+    for d in $(find "$site/nvidia" -name 'lib*.so*' -printf '%h\n' 2>/dev/null | sort -u); do
+        libs="$libs:$d"
+    done
+fi
+export LD_LIBRARY_PATH="$libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+
+work="$(mktemp -d)"
+for b in pretext cuda-test; do
+    # xz, or Python's lzma where xz is not installed.
+    if ! { xz -dc ".gpu/$b.xz" 2>/dev/null ||
+        "$python" -c 'import lzma, sys; sys.stdout.buffer.write(lzma.open(sys.argv[1]).read())' \
+            ".gpu/$b.xz"; } >"$work/$b"; then
+        echo "gpu-check.sh: .gpu/$b.xz is missing; run --prepare where the project builds" >&2
+        exit 2
+    fi
+    chmod +x "$work/$b"
+done
+bin="$work/pretext"
+say "# $(date -u +%FT%TZ) $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null || echo 'no nvidia-smi')"
+say "# CPU: $(sed -n 's/^model name[^:]*: //p' /proc/cpuinfo | head -1)"
+"$python" -c 'import torch; print("# torch", torch.__version__, "cuda", torch.version.cuda, "cudnn", torch.backends.cudnn.version())' 2>&1 | tee -a "$log"
+
+say "## 1. CUDA step = CPU step"
+timeout 240 "$work/cuda-test" --nocapture --test-threads 1 2>&1 | tee -a "$log"
+
+say "## 2. training on CUDA"
+for task in rotation contrastive colorization inpainting patch rotation,contrastive,colorization,inpainting,patch; do
+    say "### $task"
+    timeout 120 "$bin" train --data builtin:1024 --task "$task" --device cuda --epochs 2 \
+        --out "$out/runs" 2>&1 | tail -4 | tee -a "$log"
+done
+
+say "## 3. pretext vs PyTorch on CUDA (images/s; views/s for contrastive)"
+csv="$out/bench.csv"
+echo "task,size,batch,pretext_images_per_s,torch_images_per_s,ratio" >"$csv"
+value() { sed -n 's/.*"images_per_s": *\([0-9.eE+-]*\).*/\1/p' | tail -1; }
+for task in rotation contrastive colorization inpainting; do
+    for size in 32 96; do
+        for batch in 128 512; do
+            ours="$(timeout 90 "$bin" bench --device cuda --task "$task" --size "$size" --batch "$batch" \
+                --steps 20 --json 2>>"$log" | value)"
+            theirs="$(timeout 90 "$python" .gpu/torch_bench.py --device cuda --task "$task" --size "$size" \
+                --batch "$batch" --steps 20 2>>"$log" | value)"
+            ratio="$(awk -v a="${ours:-0}" -v b="${theirs:-0}" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }')"
+            say "$task ${size}px batch $batch: pretext ${ours:-failed} torch ${theirs:-failed} ratio $ratio"
+            echo "$task,$size,$batch,${ours:-},${theirs:-},$ratio" >>"$csv"
+        done
+    done
+done
+say "# done $(date -u +%FT%TZ)"
