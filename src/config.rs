@@ -317,7 +317,19 @@ pub struct TrainConfig {
     /// (labelled data; 0 = only after epochs).
     #[serde(default = "default_knn_every")]
     pub knn_every: usize,
+    /// The most of the run's wall-clock time, in percent, that the kNN monitor, previews and
+    /// checkpoints may take together (100: after every epoch and every `knn_every` steps,
+    /// whatever it costs). See `train::overhead`.
+    #[serde(default = "default_monitor_budget")]
+    pub monitor_budget: f64,
 }
+
+fn default_monitor_budget() -> f64 {
+    DEFAULT_MONITOR_BUDGET
+}
+
+/// Percent of a run's wall-clock time that watching it may cost by default.
+pub const DEFAULT_MONITOR_BUDGET: f64 = 5.0;
 
 fn default_knn_every() -> usize {
     DEFAULT_KNN_EVERY
@@ -344,6 +356,7 @@ impl Default for TrainConfig {
             settings: TaskSettings::default(),
             init_from: None,
             knn_every: DEFAULT_KNN_EVERY,
+            monitor_budget: DEFAULT_MONITOR_BUDGET,
         }
     }
 }
@@ -382,6 +395,8 @@ pub const PROBABILITY_LIMIT: Limit = Limit::between(0.0, 1.0);
 pub const JITTER_STRENGTH_LIMIT: Limit = Limit::between(0.0, 1.0);
 /// Colour jitter's hue shift, in turns.
 pub const HUE_LIMIT: Limit = Limit::between(0.0, 0.5);
+/// Share of the wall-clock time, in percent, for the monitor, previews and checkpoints.
+pub const MONITOR_BUDGET_LIMIT: Limit = Limit::between(0.5, 100.0);
 
 // The same limits as ranges, for controls that clamp (sliders, drag values): an excluded minimum
 // is the range's start, and a setting without an upper limit has an infinite end.
@@ -401,6 +416,8 @@ pub const PROBABILITY_RANGE: RangeInclusive<f64> = PROBABILITY_LIMIT.min..=PROBA
 pub const JITTER_STRENGTH_RANGE: RangeInclusive<f64> =
     JITTER_STRENGTH_LIMIT.min..=JITTER_STRENGTH_LIMIT.max;
 pub const HUE_RANGE: RangeInclusive<f64> = HUE_LIMIT.min..=HUE_LIMIT.max;
+pub const MONITOR_BUDGET_RANGE: RangeInclusive<f64> =
+    MONITOR_BUDGET_LIMIT.min..=MONITOR_BUDGET_LIMIT.max;
 
 /// The finite numbers a setting may take: from `min` (included, or only above it) up to `max`
 /// (included; infinite for no upper limit).
@@ -486,10 +503,11 @@ pub enum Setting {
     Hue,
     GrayP,
     BlurP,
+    MonitorBudget,
 }
 
 impl Setting {
-    pub const ALL: [Setting; 18] = [
+    pub const ALL: [Setting; 19] = [
         Setting::TaskWeight,
         Setting::Epochs,
         Setting::Batch,
@@ -508,6 +526,7 @@ impl Setting {
         Setting::Hue,
         Setting::GrayP,
         Setting::BlurP,
+        Setting::MonitorBudget,
     ];
 
     /// The setting's name in plain words, e.g. `learning rate`.
@@ -531,6 +550,7 @@ impl Setting {
             Self::Hue => "hue",
             Self::GrayP => "grey p",
             Self::BlurP => "blur p",
+            Self::MonitorBudget => "monitoring budget (%)",
         }
     }
 }
@@ -608,6 +628,11 @@ impl TrainConfig {
         }
         check(Setting::Lr, self.lr, LR_LIMIT)?;
         check(Setting::WeightDecay, self.weight_decay, WEIGHT_DECAY_LIMIT)?;
+        check(
+            Setting::MonitorBudget,
+            self.monitor_budget,
+            MONITOR_BUDGET_LIMIT,
+        )?;
         let mut seen = std::collections::BTreeSet::new();
         if let Some(t) = self.tasks.iter().find(|t| !seen.insert(**t)) {
             return Err(ConfigError::DuplicateTask(*t));

@@ -51,7 +51,8 @@ fn run_dir_from(stdout: &str) -> std::path::PathBuf {
 #[test]
 fn train_prints_epoch_lines_and_writes_a_complete_run_directory() {
     let out = tempfile::tempdir().unwrap();
-    let o = small_run(out.path(), &[]);
+    // A denser schedule than the default budget allows: every epoch measured and saved.
+    let o = small_run(out.path(), &["--monitor-budget", "100"]);
     let stdout = text(&o.stdout);
     assert!(o.status.success(), "{stdout}\n{}", text(&o.stderr));
     let epochs: Vec<&str> = stdout.lines().filter(|l| l.starts_with("Epoch ")).collect();
@@ -155,6 +156,82 @@ fn json_mode_prints_one_object_per_line() {
     }
     let dir = lines[2]["run_dir"].as_str().unwrap();
     assert!(Path::new(dir).join("config.json").is_file());
+    let spent = &lines[2]["not_training"];
+    assert!(spent["monitor"]["count"].as_u64().unwrap() >= 2, "{spent}");
+    assert!(spent["wall_s"].as_f64().unwrap() > 0.0, "{spent}");
+}
+
+/// By default, what is up to the budget — the kNN monitor, previews and checkpoints between the
+/// first and last measurements — takes at most 5% of the run's time, and the run says how much
+/// each took. On 64 images an epoch is a fraction of a second, so most epochs are neither
+/// measured nor saved; the last one always is.
+#[test]
+fn watching_a_run_costs_at_most_its_budget_and_the_run_says_what_it_cost() {
+    let out = tempfile::tempdir().unwrap();
+    let o = pretext(&[
+        "train",
+        "--data",
+        "builtin:64",
+        "--epochs",
+        "12",
+        "--batch",
+        "16",
+        "--seed",
+        "4",
+        "--out",
+        out.path().to_str().unwrap(),
+    ]);
+    let (stdout, stderr) = (text(&o.stdout), text(&o.stderr));
+    assert!(o.status.success(), "{stderr}");
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("Not training: "))
+        .unwrap_or_else(|| panic!("no overhead line in {stderr}"));
+    for part in ["kNN monitor", "previews", "checkpoints", "%)"] {
+        assert!(line.contains(part), "{line}");
+    }
+    let dir = run_dir_from(&stdout);
+    let epochs = std::fs::read_dir(dir.join("checkpoints"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("epoch-")
+        })
+        .count();
+    assert!(dir.join("checkpoints/epoch-0012.safetensors").is_file());
+    assert!(epochs < 12, "{epochs} epoch checkpoints: none was skipped");
+
+    // The same run in JSON: the budgeted part within 5% of the wall-clock time.
+    let o = pretext(&[
+        "train",
+        "--data",
+        "builtin:64",
+        "--epochs",
+        "12",
+        "--batch",
+        "16",
+        "--seed",
+        "4",
+        "--json",
+        "--out",
+        out.path().to_str().unwrap(),
+    ]);
+    let last = text(&o.stdout).lines().last().unwrap().to_string();
+    let v: serde_json::Value = serde_json::from_str(&last).unwrap();
+    let spent = &v["not_training"];
+    let total: f64 = ["monitor", "previews", "checkpoints"]
+        .iter()
+        .map(|k| spent[k]["secs"].as_f64().unwrap())
+        .sum();
+    let budgeted = total - spent["forced_s"].as_f64().unwrap();
+    let wall = spent["wall_s"].as_f64().unwrap();
+    assert!(
+        budgeted <= 0.05 * wall + 1e-6,
+        "{budgeted} s of {wall} s: {spent}"
+    );
 }
 
 fn assert_one_line_error(o: &Output, needle: &str) {

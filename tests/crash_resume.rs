@@ -481,6 +481,9 @@ fn sigkill_at_many_moments_then_resume_continues_from_the_last_checkpoint() {
                 "32",
                 "--knn-every",
                 "0",
+                // A checkpoint after every epoch, as the kills expect.
+                "--monitor-budget",
+                "100",
                 "--seed",
                 "5",
                 "--out",

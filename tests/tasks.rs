@@ -113,8 +113,9 @@ fn train(tasks: &[TaskKind], count: usize, epochs: usize) -> EpochSummary {
         ..TrainConfig::default()
     })));
     assert_eq!(log.outcome, Some(Outcome::Completed), "{:?}", log.errors);
-    // A preview per task before training and after every epoch.
-    assert!(log.previews >= tasks.len() * (epochs + 1));
+    // A preview per task before training and after the last epoch (in between as the
+    // monitoring budget allows).
+    assert!(log.previews >= tasks.len() * 2, "{} previews", log.previews);
     let last = log.epochs.last().unwrap().clone();
     for t in &last.tasks {
         eprintln!(

@@ -66,8 +66,9 @@ fn rotation_training_learns_on_builtin_scenes() {
         acc > 0.5,
         "rotation accuracy {acc} not clearly above 25% chance"
     );
-    // Previews: one before training, one per epoch (more when an epoch is long).
-    assert!(log.previews >= 4, "{}", log.previews);
+    // Previews: one before training and one after the last epoch at least (in between as the
+    // monitoring budget allows).
+    assert!(log.previews >= 2, "{}", log.previews);
 }
 
 #[test]

@@ -8,6 +8,7 @@ pub mod color;
 pub mod folder;
 pub mod loader;
 pub mod ops;
+pub mod preprocess;
 
 use std::path::PathBuf;
 

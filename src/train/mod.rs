@@ -2,6 +2,7 @@
 //! [`Event`]s over bounded channels. The desktop app and the command line drive the same engine;
 //! the engine owns the run directory, so both leave the same record on disk.
 
+pub mod overhead;
 pub mod prefetch;
 pub mod run_dir;
 mod worker;
@@ -16,6 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::data::{Dataset, DatasetSummary};
 use crate::tasks::{MetricInfo, Preview};
+pub use overhead::Overhead;
 pub use run_dir::RunDir;
 
 /// Capacity of the command channel.
@@ -51,6 +53,9 @@ pub enum Command {
     SetLr(f64),
     /// Save a checkpoint now.
     SaveCheckpoint,
+    /// Measure the representation now (kNN per stage and the gauges, answered with
+    /// [`Event::Knn`]) whatever the monitoring budget says.
+    MeasureNow,
     /// Freeze a batch of this many images and derive the Math panel's steps from it, with one
     /// plain gradient step of size `eta` on a copy of the weights (answered with [`Event::Math`]).
     /// Without `eta`, the step is sized so that its first-order prediction η‖∇L‖² is 5% of L.
@@ -196,6 +201,9 @@ pub enum Event {
         path: PathBuf,
         step: u64,
     },
+    /// The time spent so far not training (after each epoch, and once more before
+    /// [`Event::Finished`]).
+    Overhead(Overhead),
     Paused {
         step: u64,
         reason: PauseReason,

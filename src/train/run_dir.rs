@@ -18,6 +18,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::StepMetrics;
 use crate::config::TrainConfig;
+use crate::data::preprocess::Preprocessing;
 
 pub const CONFIG_FILE: &str = "config.json";
 pub const METRICS_FILE: &str = "metrics.csv";
@@ -207,7 +208,19 @@ impl RunDir {
 
     pub fn write_config(path: &Path, config: &TrainConfig) -> Result<(), RunDirError> {
         let p = path.join(CONFIG_FILE);
-        let text = serde_json::to_string_pretty(config).map_err(|e| RunDirError::Write {
+        // The configuration, and how its images become the network's input (read by people
+        // and by PyTorch code; ignored when the configuration is read back).
+        let mut value = serde_json::to_value(config).map_err(|e| RunDirError::Write {
+            path: p.clone(),
+            source: std::io::Error::other(e),
+        })?;
+        if let (Some(map), Ok(pre)) = (
+            value.as_object_mut(),
+            serde_json::to_value(Preprocessing::of(config)),
+        ) {
+            map.insert("preprocessing".to_owned(), pre);
+        }
+        let text = serde_json::to_string_pretty(&value).map_err(|e| RunDirError::Write {
             path: p.clone(),
             source: std::io::Error::other(e),
         })?;

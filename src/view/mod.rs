@@ -13,7 +13,7 @@ use crate::config::{TaskKind, TrainConfig};
 use crate::data::DatasetSummary;
 use crate::eval::embed::Gauges;
 use crate::tasks::Preview;
-use crate::train::{EpochSummary, Event, KnnMetrics, Outcome, PauseReason, StepMetrics};
+use crate::train::{EpochSummary, Event, KnnMetrics, Outcome, Overhead, PauseReason, StepMetrics};
 use history::History;
 
 /// Points a curve keeps at most (see [`History`]).
@@ -120,6 +120,8 @@ pub struct RunView {
     /// The newest preview of each task.
     pub previews: BTreeMap<TaskKind, Preview>,
     pub messages: Vec<Message>,
+    /// The time the run has spent not training, as last reported.
+    pub overhead: Option<Overhead>,
 }
 
 impl Default for RunView {
@@ -136,6 +138,7 @@ impl Default for RunView {
             last_epoch: None,
             previews: BTreeMap::new(),
             messages: Vec::new(),
+            overhead: None,
         }
     }
 }
@@ -226,6 +229,7 @@ impl RunView {
                 }
                 self.status = RunStatus::Finished(outcome.clone());
             }
+            Event::Overhead(o) => self.overhead = Some(*o),
             Event::Embedding(_) | Event::Math(_) | Event::Inspection { .. } => {}
         }
     }

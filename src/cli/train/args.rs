@@ -55,6 +55,11 @@ pub struct TrainArgs {
     /// after epochs).
     #[arg(long, value_name = "N", default_value_t = run_defaults().knn_every)]
     pub knn_every: usize,
+    /// The most of the run's wall-clock time, in percent, that measuring (kNN and gauges),
+    /// previews and checkpoints may take; they wait when it is spent. 100 = after every epoch
+    /// (and every --knn-every steps) whatever it costs.
+    #[arg(long, value_name = "PCT", default_value_t = run_defaults().monitor_budget)]
+    pub monitor_budget: f64,
     /// Stop after this many minutes (the run is saved and can be resumed or evaluated).
     #[arg(long, value_name = "M")]
     pub minutes: Option<f64>,
@@ -192,6 +197,7 @@ impl TrainArgs {
             settings: self.settings(),
             init_from: r.init_from.clone(),
             knn_every: self.knn_every,
+            monitor_budget: self.monitor_budget,
         }
     }
 
@@ -251,6 +257,7 @@ pub fn flag(s: Setting) -> &'static str {
         Setting::Epochs => "--epochs",
         Setting::Batch => "--batch",
         Setting::Lr => "--lr",
+        Setting::MonitorBudget => "--monitor-budget",
         Setting::WeightDecay => "--weight-decay",
         Setting::Temperature => "--temperature",
         Setting::MaskSize => "--mask-size",

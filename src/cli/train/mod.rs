@@ -14,7 +14,7 @@ use super::progress::Bars;
 use super::{EXIT_FAILED, EXIT_INPUT, EXIT_PIPE_CLOSED};
 use crate::report;
 use crate::train::{
-    Command, EpochSummary, Event, KnnMetrics, Outcome, PauseReason, StepMetrics, Trainer,
+    Command, EpochSummary, Event, KnnMetrics, Outcome, Overhead, PauseReason, StepMetrics, Trainer,
 };
 
 /// Runs `pretext train`; returns the process exit code.
@@ -60,6 +60,8 @@ struct Session<'a> {
     pipe_closed: bool,
     /// Why kNN accuracy is not measured has been said (it is said once).
     knn_explained: bool,
+    /// The time spent not training, as last reported.
+    overhead: Option<Overhead>,
 }
 
 impl<'a> Session<'a> {
@@ -77,6 +79,7 @@ impl<'a> Session<'a> {
             nan_stop: false,
             pipe_closed: false,
             knn_explained: false,
+            overhead: None,
         }
     }
 
@@ -97,6 +100,7 @@ impl<'a> Session<'a> {
             Event::Step(m) => self.step(&m),
             Event::Knn(k) => self.knn(&k),
             Event::Epoch(e) => self.epoch(&e),
+            Event::Overhead(o) => self.overhead = Some(o),
             Event::Warning(w) => self.bars.note(format_args!("warning: {w}")),
             Event::Error(e) => self.bars.note(format_args!("error: {e}")),
             Event::Paused { reason, .. } => self.paused(&reason),
@@ -195,8 +199,12 @@ impl<'a> Session<'a> {
         let Some(dir) = run_dir else {
             return code;
         };
+        if let (Some(o), false) = (&self.overhead, self.args.json) {
+            note(report::overhead_line(o));
+        }
         let line = if self.args.json {
-            serde_json::json!({ "run_dir": dir, "exit_code": code }).to_string()
+            serde_json::json!({ "run_dir": dir, "exit_code": code, "not_training": self.overhead })
+                .to_string()
         } else {
             format!("Run directory: {}", dir.display())
         };

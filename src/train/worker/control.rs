@@ -6,10 +6,12 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 
+use super::super::overhead::Activity;
 use super::super::run_dir::RESUME_FILE;
 use super::super::{Command, Event, Outcome, PauseReason};
 use super::session::Session;
 use super::{Link, failed};
+use crate::data::preprocess::Preprocessing;
 use crate::model::checkpoint;
 
 /// Checkpoint format written in the metadata.
@@ -85,8 +87,13 @@ impl Session {
             Command::SetLr(lr) => self.set_lr(link, lr),
             Command::SaveCheckpoint => {
                 let name = format!("step-{:06}.safetensors", self.pos.step);
-                self.save_model(link, &name)?;
-                self.save_resume()?;
+                self.timed(Activity::Checkpoints, true, |s| {
+                    s.save_model(link, &name)?;
+                    s.save_resume()
+                })?;
+            }
+            Command::MeasureNow => {
+                self.timed(Activity::Monitor, true, |s| s.knn_monitor(link, false))?;
             }
             Command::Inspect(_) | Command::Freeze { .. } | Command::Embed => self.probe(link, cmd),
             Command::Start(_) | Command::StartWithData(..) | Command::Continue { .. } => {
@@ -121,7 +128,7 @@ impl Session {
 
     /// Ends a stopped run: a checkpoint to continue from, and the metrics on disk.
     pub(super) fn finish_stopped(&mut self) -> Result<Outcome, Outcome> {
-        self.save_resume()?;
+        self.timed(Activity::Checkpoints, true, |s| s.save_resume())?;
         self.flush()?;
         Ok(Outcome::Stopped)
     }
@@ -140,6 +147,10 @@ impl Session {
             ("tasks".to_string(), self.config.tasks_label()),
             ("lr".to_string(), self.opt.lr.to_string()),
             ("optimizer_t".to_string(), self.opt.t.to_string()),
+            (
+                "preprocessing".to_string(),
+                Preprocessing::of(&self.config).to_json(),
+            ),
         ])
     }
 

@@ -119,6 +119,7 @@ pub(super) fn run(
             | Command::Step
             | Command::Stop
             | Command::SaveCheckpoint
+            | Command::MeasureNow
             | Command::SetLr(_) => continue,
         };
         // The last run's model goes before the next run builds its own.

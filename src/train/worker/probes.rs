@@ -53,6 +53,7 @@ impl Session {
             raw_pixels,
             gauges,
         };
+        self.last_monitor_step = Some(self.pos.step);
         self.run
             .append_knn(&k, self.started.elapsed().as_secs_f64())
             .map_err(failed)?;

@@ -11,7 +11,7 @@ use candle_core::Tensor;
 
 use super::super::prefetch::{Position, Prefetcher, Prepared};
 use super::super::run_dir::{CHECKPOINT_DIR, RESUME_FILE, RunDir};
-use super::super::{Command, Event, Outcome};
+use super::super::{Command, Event, Outcome, Overhead};
 use super::step::{EpochAcc, Snapshot};
 use super::{Link, failed, invalid};
 use crate::config::TrainConfig;
@@ -71,6 +71,10 @@ pub(super) struct Session {
     /// A step's batches that have not been trained yet (kept when a step is retried).
     pub(super) current: Option<Prepared>,
     pub(super) last_preview: Instant,
+    /// Time spent on the monitor, previews and checkpoints, against the budget.
+    pub(super) overhead: Overhead,
+    /// The step of the last kNN measurement.
+    pub(super) last_monitor_step: Option<u64>,
 }
 
 /// The configuration's data set, with [`Event::Loading`] progress; a stop or shutdown during
@@ -303,6 +307,8 @@ impl Session {
             prefetch: None,
             current: None,
             last_preview: Instant::now(),
+            overhead: Overhead::default(),
+            last_monitor_step: None,
         };
         link.emit(Event::RunStarted {
             run_dir: session.run.path.clone(),

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use candle_core::Tensor;
 
+use super::super::overhead::Activity;
 use super::super::prefetch::{Prefetcher, Prepared, Schedule};
 use super::super::{
     EpochSummary, Event, Outcome, PauseReason, StepMetrics, StepTiming, TaskMetrics,
@@ -18,8 +19,8 @@ use super::{Link, failed};
 use crate::model;
 use crate::tasks::PretextTask;
 
-/// How often previews are sent while an epoch runs.
-const PREVIEW_EVERY: Duration = Duration::from_secs(15);
+/// How often previews are sent while an epoch runs (when the monitoring budget allows).
+const PREVIEW_EVERY: Duration = Duration::from_secs(3);
 
 /// Weights and optimiser state from before the last update, to undo a step that blew up.
 pub(super) struct Snapshot {
@@ -90,13 +91,56 @@ impl Session {
 
     /// The whole run: epochs of steps, commands between steps.
     pub(super) fn train(&mut self, link: &Link<'_>) -> Outcome {
-        self.train_epochs(link).unwrap_or_else(|o| o)
+        let outcome = self.train_epochs(link).unwrap_or_else(|o| o);
+        self.report_overhead(link);
+        outcome
+    }
+
+    /// The run's wall-clock seconds since training started (loading excluded).
+    fn wall_s(&self) -> f64 {
+        self.started.elapsed().as_secs_f64()
+    }
+
+    /// Whether the monitoring budget lets `what` run now.
+    fn affordable(&self, what: Activity) -> bool {
+        self.overhead
+            .allows(what, self.config.monitor_budget / 100.0, self.wall_s())
+    }
+
+    /// Runs `work`, counting its time as `what` (`forced`: not up to the budget).
+    pub(super) fn timed<T>(
+        &mut self,
+        what: Activity,
+        forced: bool,
+        work: impl FnOnce(&mut Self) -> T,
+    ) -> T {
+        let t0 = Instant::now();
+        let out = work(self);
+        self.overhead.add(what, t0.elapsed().as_secs_f64(), forced);
+        out
+    }
+
+    fn report_overhead(&mut self, link: &Link<'_>) {
+        self.overhead.wall_s = self.wall_s();
+        link.emit(Event::Overhead(self.overhead));
+    }
+
+    /// Whether the kNN monitor is due after this step: `knn_every` steps since the last
+    /// measurement (or the end of an epoch), and the budget allows.
+    fn monitor_due(&self, epoch_end: bool) -> bool {
+        if self.last_monitor_step == Some(self.pos.step) {
+            return false; // already known
+        }
+        let every = self.config.knn_every as u64;
+        let since = self.pos.step - self.last_monitor_step.unwrap_or(0);
+        (epoch_end || (every > 0 && since >= every)) && self.affordable(Activity::Monitor)
     }
 
     fn train_epochs(&mut self, link: &Link<'_>) -> Result<Outcome, Outcome> {
         if self.pos.step == 0 {
-            self.send_previews(link, None);
-            self.knn_monitor(link, true)?;
+            // The random-init reference: always measured.
+            self.timed(Activity::Previews, true, |s| s.send_previews(link, None));
+            self.timed(Activity::Monitor, true, |s| s.knn_monitor(link, true))?;
         }
         while self.pos.epoch < self.config.epochs {
             while self.pos.batch < self.batches_per_epoch {
@@ -122,17 +166,17 @@ impl Session {
     /// After a step: previews and the kNN monitor when they are due, and the pause that ends a
     /// single step.
     fn after_step(&mut self, link: &Link<'_>) -> Result<(), Outcome> {
+        let mid_epoch = self.pos.batch < self.batches_per_epoch;
         // Previews between epochs too, so a person watching sees change.
-        if self.last_preview.elapsed() > PREVIEW_EVERY && self.pos.batch < self.batches_per_epoch {
-            self.send_previews(link, None);
-        }
-        // The representation's kNN and gauges every N steps (and at every epoch's end).
-        let every = self.config.knn_every as u64;
-        if every > 0
-            && self.pos.step.is_multiple_of(every)
-            && self.pos.batch < self.batches_per_epoch
+        if mid_epoch
+            && self.last_preview.elapsed() > PREVIEW_EVERY
+            && self.affordable(Activity::Previews)
         {
-            self.knn_monitor(link, false)?;
+            self.timed(Activity::Previews, false, |s| s.send_previews(link, None));
+        }
+        // The representation's kNN and gauges every N steps, as the budget allows.
+        if mid_epoch && self.monitor_due(false) {
+            self.timed(Activity::Monitor, false, |s| s.knn_monitor(link, false))?;
         }
         if std::mem::take(&mut self.pause_after_step) {
             self.pause(link, PauseReason::Stepped);
@@ -317,10 +361,22 @@ impl Session {
         self.pos.epoch += 1;
         self.pos.batch = 0;
         self.flush()?;
-        self.save_model(link, &format!("epoch-{epoch:04}.safetensors"))?;
-        self.save_resume()?;
-        self.send_previews(link, Some(epoch));
-        self.knn_monitor(link, false)?;
+        // The last epoch's checkpoint, previews and measurement are the run's result: always.
+        let last = self.pos.epoch >= self.config.epochs;
+        if last || self.affordable(Activity::Checkpoints) {
+            self.timed(Activity::Checkpoints, last, |s| {
+                s.save_model(link, &format!("epoch-{epoch:04}.safetensors"))?;
+                s.save_resume()
+            })?;
+        }
+        if last || self.affordable(Activity::Previews) {
+            self.timed(Activity::Previews, last, |s| {
+                s.send_previews(link, Some(epoch));
+            });
+        }
+        if (last && self.last_monitor_step != Some(self.pos.step)) || self.monitor_due(true) {
+            self.timed(Activity::Monitor, last, |s| s.knn_monitor(link, false))?;
+        }
         link.emit(Event::Epoch(EpochSummary {
             epoch,
             epochs: self.config.epochs,
@@ -330,6 +386,7 @@ impl Session {
             images_per_s: acc.images as f64 / acc.train_secs.max(1e-9),
             wall_s: self.started.elapsed().as_secs_f64(),
         }));
+        self.report_overhead(link);
         Ok(())
     }
 

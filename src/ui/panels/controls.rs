@@ -68,9 +68,18 @@ pub fn show(
                 actions.push(Action::Send(Command::SetLr(*lr_input)));
             }
         });
-        if ui.button("Save checkpoint").clicked() {
-            actions.push(Action::Send(Command::SaveCheckpoint));
-        }
+        ui.horizontal(|ui| {
+            if ui.button("Save checkpoint").clicked() {
+                actions.push(Action::Send(Command::SaveCheckpoint));
+            }
+            if ui
+                .button("Measure now")
+                .on_hover_text("kNN accuracy per stage and the gauges now, whatever the budget")
+                .clicked()
+            {
+                actions.push(Action::Send(Command::MeasureNow));
+            }
+        });
     });
 }
 
@@ -107,6 +116,19 @@ fn settings(ui: &mut egui::Ui, c: &mut TrainConfig, actions: &mut Vec<Action>) {
         ui.end_row();
         let l = ui.label("Seed");
         ui.add(egui::DragValue::new(&mut c.seed)).labelled_by(l.id);
+        ui.end_row();
+        let l = ui.label("Monitoring budget");
+        ui.add(
+            egui::DragValue::new(&mut c.monitor_budget)
+                .range(limits::MONITOR_BUDGET_RANGE)
+                .speed(0.5)
+                .suffix(" %"),
+        )
+        .labelled_by(l.id)
+        .on_hover_text(
+            "The most of the run's time that kNN measurements, previews and checkpoints may \
+             take; they wait when it is spent (100 %: after every epoch)",
+        );
         ui.end_row();
         let l = ui.label("Device");
         egui::ComboBox::from_id_salt("device")

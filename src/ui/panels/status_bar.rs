@@ -32,6 +32,14 @@ pub fn show(ui: &mut egui::Ui, run: &RunView) {
                     m.epoch, m.epochs, m.batch, m.batches, m.step, m.loss, m.images_per_s
                 ));
             }
+            if let Some(o) = &run.overhead {
+                ui.separator();
+                ui.label(
+                    RichText::new(format!("not training {:.1}%", o.fraction() * 100.0))
+                        .color(MUTED),
+                )
+                .on_hover_text(crate::report::overhead_line(o));
+            }
             if let Some(d) = &run.run_dir {
                 ui.separator();
                 ui.label(RichText::new(d.display().to_string()).color(MUTED));

@@ -63,7 +63,7 @@ pub fn show(
             if previews.is_empty() {
                 ui.label(
                     RichText::new(
-                        "Press Start: previews appear before the first step and after each epoch.",
+                        "Press Start: previews appear before the first step and every few seconds after.",
                     )
                     .color(MUTED),
                 );
