@@ -118,6 +118,28 @@ impl fmt::Display for DeviceKind {
     }
 }
 
+/// How the learning rate moves over a run; `lr` is its peak.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LrSchedule {
+    /// The same rate throughout (runs written before schedules existed read as this).
+    #[default]
+    Constant,
+    /// Linear warm-up over `warmup_steps` (Goyal et al. 2017), then cosine annealing to zero at
+    /// the end of the run (Loshchilov & Hutter 2017), the end being the last epoch or the time
+    /// limit, whichever comes first.
+    Cosine,
+}
+
+impl fmt::Display for LrSchedule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Constant => "constant",
+            Self::Cosine => "cosine",
+        })
+    }
+}
+
 /// A pretext task: a label the data gives for free.
 #[derive(
     Clone,
@@ -236,7 +258,7 @@ pub struct TaskSettings {
 impl Default for TaskSettings {
     fn default() -> Self {
         Self {
-            temperature: 0.5,
+            temperature: 0.2,
             mask: MaskKind::Center,
             mask_size: 0.5,
             color_threshold: 10.0,
@@ -322,11 +344,24 @@ pub struct TrainConfig {
     /// whatever it costs). See `train::overhead`.
     #[serde(default = "default_monitor_budget")]
     pub monitor_budget: f64,
+    /// How the learning rate moves over the run.
+    #[serde(default)]
+    pub lr_schedule: LrSchedule,
+    /// Steps of linear warm-up at the start of a cosine schedule.
+    #[serde(default)]
+    pub warmup_steps: usize,
+    /// End the run after this many minutes of training (the last checkpoint, previews and
+    /// measurement are made as at the last epoch), whatever epoch it has reached.
+    #[serde(default)]
+    pub minutes: Option<f64>,
 }
 
 fn default_monitor_budget() -> f64 {
     DEFAULT_MONITOR_BUDGET
 }
+
+/// Warm-up steps of a new run's cosine schedule.
+pub const DEFAULT_WARMUP_STEPS: usize = 20;
 
 /// Percent of a run's wall-clock time that watching it may cost by default.
 pub const DEFAULT_MONITOR_BUDGET: f64 = 5.0;
@@ -342,7 +377,9 @@ impl Default for TrainConfig {
     fn default() -> Self {
         Self {
             data: DataSource::default(),
-            tasks: vec![TaskKind::Rotation],
+            // The recipe that learned most per CPU-minute on real folders (README, "The default
+            // recipe"): SimCLR at τ = 0.2 with a cosine schedule.
+            tasks: vec![TaskKind::Contrastive],
             task_weights: vec![1.0],
             epochs: 5,
             batch: 128,
@@ -357,6 +394,9 @@ impl Default for TrainConfig {
             init_from: None,
             knn_every: DEFAULT_KNN_EVERY,
             monitor_budget: DEFAULT_MONITOR_BUDGET,
+            lr_schedule: LrSchedule::Cosine,
+            warmup_steps: DEFAULT_WARMUP_STEPS,
+            minutes: None,
         }
     }
 }
@@ -395,6 +435,8 @@ pub const PROBABILITY_LIMIT: Limit = Limit::between(0.0, 1.0);
 pub const JITTER_STRENGTH_LIMIT: Limit = Limit::between(0.0, 1.0);
 /// Colour jitter's hue shift, in turns.
 pub const HUE_LIMIT: Limit = Limit::between(0.0, 0.5);
+/// A run's time limit, in minutes.
+pub const MINUTES_LIMIT: Limit = Limit::positive();
 /// Share of the wall-clock time, in percent, for the monitor, previews and checkpoints.
 pub const MONITOR_BUDGET_LIMIT: Limit = Limit::between(0.5, 100.0);
 
@@ -504,10 +546,11 @@ pub enum Setting {
     GrayP,
     BlurP,
     MonitorBudget,
+    Minutes,
 }
 
 impl Setting {
-    pub const ALL: [Setting; 19] = [
+    pub const ALL: [Setting; 20] = [
         Setting::TaskWeight,
         Setting::Epochs,
         Setting::Batch,
@@ -527,6 +570,7 @@ impl Setting {
         Setting::GrayP,
         Setting::BlurP,
         Setting::MonitorBudget,
+        Setting::Minutes,
     ];
 
     /// The setting's name in plain words, e.g. `learning rate`.
@@ -551,6 +595,7 @@ impl Setting {
             Self::GrayP => "grey p",
             Self::BlurP => "blur p",
             Self::MonitorBudget => "monitoring budget (%)",
+            Self::Minutes => "time limit (minutes)",
         }
     }
 }
@@ -633,6 +678,9 @@ impl TrainConfig {
             self.monitor_budget,
             MONITOR_BUDGET_LIMIT,
         )?;
+        if let Some(m) = self.minutes {
+            check(Setting::Minutes, m, MINUTES_LIMIT)?;
+        }
         let mut seen = std::collections::BTreeSet::new();
         if let Some(t) = self.tasks.iter().find(|t| !seen.insert(**t)) {
             return Err(ConfigError::DuplicateTask(*t));

@@ -172,6 +172,8 @@ fn watching_a_run_costs_at_most_its_budget_and_the_run_says_what_it_cost() {
         "train",
         "--data",
         "builtin:64",
+        "--task",
+        "rotation",
         "--epochs",
         "12",
         "--batch",
@@ -209,6 +211,8 @@ fn watching_a_run_costs_at_most_its_budget_and_the_run_says_what_it_cost() {
         "train",
         "--data",
         "builtin:64",
+        "--task",
+        "rotation",
         "--epochs",
         "12",
         "--batch",
@@ -461,4 +465,85 @@ fn bench_reports_a_json_line_and_refuses_a_device_the_build_lacks() {
         let stderr = text(&o.stderr);
         assert!(stderr.contains(reason), "{stderr}");
     }
+}
+
+/// `--minutes` ends the run as its last epoch would (a checkpoint, the resume point, the last
+/// measurement), with the cosine schedule's learning rate annealed towards zero by then; a
+/// continued run trains that many more minutes.
+#[test]
+fn a_time_limit_ends_the_run_like_its_last_epoch_and_the_schedule_with_it() {
+    let out = tempfile::tempdir().unwrap();
+    let o = pretext(&[
+        "train",
+        "--data",
+        "builtin:64",
+        "--task",
+        "rotation",
+        "--batch",
+        "16",
+        "--epochs",
+        "100000",
+        "--minutes",
+        "0.1",
+        "--warmup-steps",
+        "5",
+        "--out",
+        out.path().to_str().unwrap(),
+    ]);
+    let (stdout, stderr) = (text(&o.stdout), text(&o.stderr));
+    assert!(o.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("Time limit reached after step "),
+        "{stderr}"
+    );
+    let dir = run_dir_from(&stdout);
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["minutes"], 0.1);
+    assert_eq!(config["lr_schedule"], "cosine");
+    let names: Vec<String> = std::fs::read_dir(dir.join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(names.iter().any(|n| n.starts_with("step-")), "{names:?}");
+    assert!(names.iter().any(|n| n == "resume.safetensors"), "{names:?}");
+
+    // The learning rate rises over the warm-up, then falls to near zero at the limit.
+    let csv = std::fs::read_to_string(dir.join("metrics.csv")).unwrap();
+    let lrs: Vec<f64> = csv
+        .lines()
+        .skip(1)
+        .filter(|l| l.split(',').nth(2) == Some("rotation"))
+        .map(|l| l.split(',').nth(6).unwrap().parse().unwrap())
+        .collect();
+    assert!(lrs.len() > 10, "{} steps", lrs.len());
+    assert!(lrs[0] < lrs[4], "warm-up: {:?}", &lrs[..5]);
+    let peak = lrs.iter().copied().fold(0.0, f64::max);
+    assert!(peak <= 1e-3 + 1e-12);
+    assert!(*lrs.last().unwrap() < 0.2 * peak, "annealed: {lrs:?}");
+    let steps = lrs.len();
+
+    // Half a minute more of the same run.
+    let o = pretext(&[
+        "train",
+        "--resume",
+        dir.to_str().unwrap(),
+        "--minutes",
+        "0.05",
+    ]);
+    let stderr = text(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("Time limit reached after step "),
+        "{stderr}"
+    );
+    let csv = std::fs::read_to_string(dir.join("metrics.csv")).unwrap();
+    let more = csv
+        .lines()
+        .filter(|l| l.split(',').nth(2) == Some("rotation"))
+        .count();
+    assert!(
+        more > steps,
+        "{more} steps after continuing, {steps} before"
+    );
 }

@@ -10,7 +10,7 @@
 
 mod common;
 
-use pretext::config::{Augment, DataSource, TaskKind, TrainConfig};
+use pretext::config::{Augment, DataSource, LrSchedule, TaskKind, TrainConfig};
 use pretext::data::augment;
 use pretext::rng::Rng;
 use pretext::train::{Command, EpochSummary, Outcome, TaskMetrics};
@@ -108,6 +108,7 @@ fn train(tasks: &[TaskKind], count: usize, epochs: usize) -> EpochSummary {
         task_weights: vec![1.0; tasks.len()],
         batch: 32,
         epochs,
+        lr_schedule: LrSchedule::Constant,
         out: out.path().to_path_buf(),
         preview_images: 4,
         ..TrainConfig::default()

@@ -16,14 +16,18 @@ use std::path::Path;
 use common::{Log, drive, run};
 
 use candle_core::{Device, Tensor};
-use pretext::config::{DataSource, TaskKind, TrainConfig};
+use pretext::config::{DataSource, LrSchedule, TaskKind, TrainConfig};
 use pretext::model::{Model, checkpoint};
 use pretext::tasks;
 use pretext::train::{Command, Event, Outcome, PauseReason, StepMetrics, Trainer};
 
+/// Rotation at a constant learning rate: what these tests were written for (the default recipe
+/// is contrastive with a cosine schedule; a resumed run with more epochs has another schedule).
 fn config(out: &Path, count: usize, batch: usize, epochs: usize) -> TrainConfig {
     TrainConfig {
         data: DataSource::Builtin { count },
+        tasks: vec![TaskKind::Rotation],
+        lr_schedule: LrSchedule::Constant,
         batch,
         epochs,
         out: out.to_path_buf(),
@@ -209,6 +213,7 @@ fn continuing_a_run_picks_up_where_it_stopped_and_matches_an_uninterrupted_run()
         run_dir: dir.clone(),
         epochs: Some(2),
         lr: None,
+        minutes: None,
     });
     assert_eq!(
         second.outcome,
@@ -345,6 +350,7 @@ fn bad_input_ends_the_run_with_a_clear_message() {
         run_dir: out.path().to_path_buf(),
         epochs: None,
         lr: None,
+        minutes: None,
     });
     assert!(
         matches!(&log.outcome, Some(Outcome::InvalidInput(m)) if m.contains("not a run directory"))
@@ -359,6 +365,8 @@ fn trained_encoder_beats_random_init_under_knn() {
     let out = tempfile::tempdir().unwrap();
     let log = run(Command::Start(Box::new(TrainConfig {
         data: DataSource::Glyphs { count: 1200 },
+        tasks: vec![TaskKind::Rotation],
+        lr_schedule: LrSchedule::Constant,
         batch: 64,
         epochs: 8,
         lr: 2e-3,

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use egui_kittest::Harness;
 use egui_kittest::kittest::{NodeT, Queryable};
-use pretext::config::{DataSource, TaskKind, TrainConfig};
+use pretext::config::{DataSource, LrSchedule, TaskKind, TrainConfig};
 use pretext::train::{Outcome, PauseReason};
 use pretext::ui::{DataState, Persisted, PretextApp, RunStatus};
 
@@ -44,6 +44,8 @@ fn storage_with(config: TrainConfig) -> MemoryStorage {
 fn small_config(out: &std::path::Path) -> TrainConfig {
     TrainConfig {
         data: DataSource::Builtin { count: 64 },
+        tasks: vec![TaskKind::Rotation],
+        lr_schedule: LrSchedule::Constant,
         batch: 16,
         epochs: 50,
         out: out.to_path_buf(),

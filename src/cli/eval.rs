@@ -9,8 +9,9 @@ use clap::Args;
 
 use super::output::{PipeClosed, note, say};
 use super::{EXIT_INPUT, EXIT_PIPE_CLOSED};
-use crate::config::{DataSource, TrainConfig};
+use crate::config::{DataSource, TaskKind, TrainConfig};
 use crate::data::Dataset;
+use crate::data::preprocess::Preprocessing;
 use crate::eval::NotMeasured;
 use crate::eval::embed::{self, EvalReport, Gauges};
 use crate::model::Model;
@@ -19,8 +20,15 @@ use crate::tasks::PretextTask;
 #[derive(Debug, Args)]
 pub struct EvalArgs {
     /// The run directory whose latest weights are judged.
-    #[arg(long, value_name = "RUN_DIR")]
-    pub run: PathBuf,
+    #[arg(long, value_name = "RUN_DIR", required_unless_present = "weights")]
+    pub run: Option<PathBuf>,
+    /// Judge a weights file instead: a pretext checkpoint, or a PyTorch `state_dict` of the
+    /// reference encoder saved with safetensors (needs --data).
+    #[arg(long, value_name = "FILE", conflicts_with = "run", requires = "data")]
+    pub weights: Option<PathBuf>,
+    /// Working size for --weights [default: the file's `preprocessing` metadata, else 32].
+    #[arg(long, value_name = "PX", requires = "weights")]
+    pub size: Option<usize>,
     /// Labelled images (one subfolder per class), `builtin[:N]` or `glyphs[:N]` [default: the
     /// run's data].
     #[arg(long, value_name = "PATH|builtin|glyphs")]
@@ -88,21 +96,11 @@ fn eval_inner(args: &EvalArgs) -> anyhow::Result<Result<(), PipeClosed>> {
 
 /// Reads the run's configuration and newest weights, loads the data and builds both models.
 fn load(args: &EvalArgs) -> anyhow::Result<Judged> {
-    let config_path = args.run.join(crate::train::run_dir::CONFIG_FILE);
-    let text = std::fs::read_to_string(&config_path).with_context(|| {
-        format!(
-            "{} is not a run directory (no readable config.json)",
-            args.run.display()
-        )
-    })?;
-    let config: TrainConfig = serde_json::from_str(&text)
-        .with_context(|| format!("{} is not valid", config_path.display()))?;
-    // A run directory is user input like any other: its configuration is checked before use.
-    config
-        .validate()
-        .map_err(|e| anyhow::anyhow!("{}: {e}", config_path.display()))?;
-    let weights = run_weights(&args.run)
-        .with_context(|| format!("{} has no checkpoint", args.run.display()))?;
+    let (config, weights) = match (&args.run, &args.weights) {
+        (Some(run), _) => run_config(run)?,
+        (None, Some(file)) => file_config(file, args)?,
+        (None, None) => anyhow::bail!("give --run RUN_DIR or --weights FILE"),
+    };
     let source = args.data.clone().unwrap_or_else(|| config.data.clone());
     let data = crate::data::load(
         &source,
@@ -129,6 +127,58 @@ fn load(args: &EvalArgs) -> anyhow::Result<Judged> {
         random,
         _heads: [trained_heads, random_heads],
     })
+}
+
+/// A run directory's configuration (checked: it is user input like any other) and newest
+/// weights.
+fn run_config(run: &Path) -> anyhow::Result<(TrainConfig, PathBuf)> {
+    let config_path = run.join(crate::train::run_dir::CONFIG_FILE);
+    let text = std::fs::read_to_string(&config_path).with_context(|| {
+        format!(
+            "{} is not a run directory (no readable config.json)",
+            run.display()
+        )
+    })?;
+    let config: TrainConfig = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not valid", config_path.display()))?;
+    config
+        .validate()
+        .map_err(|e| anyhow::anyhow!("{}: {e}", config_path.display()))?;
+    let weights =
+        run_weights(run).with_context(|| format!("{} has no checkpoint", run.display()))?;
+    Ok((config, weights))
+}
+
+/// The configuration to judge a bare weights file with: the working size from --size, the
+/// file's `preprocessing` metadata or 32 px; one input channel when its stem takes one.
+fn file_config(file: &Path, args: &EvalArgs) -> anyhow::Result<(TrainConfig, PathBuf)> {
+    let (tensors, meta) = crate::model::checkpoint::read(file, &candle_core::Device::Cpu)?;
+    let from_meta = meta
+        .get("preprocessing")
+        .and_then(|p| serde_json::from_str::<Preprocessing>(p).ok())
+        .map(|p| p.size);
+    let size = args.size.or(from_meta).unwrap_or(32);
+    let channels = tensors
+        .get("stem.0.weight")
+        .and_then(|t| t.dims().get(1).copied())
+        .with_context(|| format!("{} has no stem.0.weight: not an encoder", file.display()))?;
+    let tasks = if channels == 1 {
+        vec![TaskKind::Colorization]
+    } else {
+        vec![TaskKind::Rotation]
+    };
+    let config = TrainConfig {
+        data: args
+            .data
+            .clone()
+            .context("--weights needs --data: the labelled images to judge it on")?,
+        size,
+        task_weights: vec![1.0],
+        tasks,
+        ..TrainConfig::default()
+    };
+    config.validate()?;
+    Ok((config, file.to_path_buf()))
 }
 
 /// The newest weights of a run: its resume checkpoint, else its last epoch checkpoint.

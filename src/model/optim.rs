@@ -6,6 +6,8 @@ use std::collections::HashMap;
 use candle_core::backprop::GradStore;
 use candle_core::{Result, Tensor, Var};
 
+use crate::config::LrSchedule;
+
 pub struct AdamW {
     params: Vec<(String, Var)>,
     m: Vec<Option<Tensor>>,
@@ -96,10 +98,52 @@ impl AdamW {
     }
 }
 
+/// The factor on the peak learning rate for update number `step` (1-based), with `progress` ∈
+/// [0, 1] of the run done: 1 for [`LrSchedule::Constant`]; for [`LrSchedule::Cosine`], a linear
+/// warm-up `step / warmup` over the first `warmup` updates (Goyal et al. 2017) times the cosine
+/// annealing ½(1 + cos πp) (Loshchilov & Hutter 2017), as in `timm`'s cosine scheduler without
+/// restarts.
+pub fn lr_factor(schedule: LrSchedule, step: u64, warmup: usize, progress: f64) -> f64 {
+    match schedule {
+        LrSchedule::Constant => 1.0,
+        LrSchedule::Cosine => {
+            let warm = if warmup == 0 {
+                1.0
+            } else {
+                (step as f64 / warmup as f64).min(1.0)
+            };
+            let p = if progress.is_finite() {
+                progress.clamp(0.0, 1.0)
+            } else {
+                1.0
+            };
+            warm * 0.5 * (1.0 + (std::f64::consts::PI * p).cos())
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use candle_core::Device;
+
+    #[test]
+    fn the_cosine_schedule_warms_up_then_anneals_to_zero() {
+        let f = |step, p| lr_factor(LrSchedule::Cosine, step, 10, p);
+        assert!((f(1, 0.0) - 0.1).abs() < 1e-12);
+        assert!((f(5, 0.0) - 0.5).abs() < 1e-12);
+        assert!((f(10, 0.0) - 1.0).abs() < 1e-12);
+        assert!((f(500, 0.5) - 0.5).abs() < 1e-12);
+        assert!(f(1000, 1.0).abs() < 1e-12);
+        assert!(f(1000, 7.0).abs() < 1e-12, "past the end it stays at zero");
+        let mut last = f64::INFINITY;
+        for i in 0..=100 {
+            let v = f(100, f64::from(i) / 100.0);
+            assert!(v <= last);
+            last = v;
+        }
+        assert_eq!(lr_factor(LrSchedule::Constant, 1, 10, 0.9), 1.0);
+    }
 
     /// Two AdamW steps on f(θ) = Σ θ², against the update rule of torch.optim.AdamW(lr=0.1,
     /// weight_decay=0.01) evaluated in f64, from θ = [1, -2]: after step 1 θ = [0.899, -1.898],

@@ -40,6 +40,8 @@ pub enum Command {
         run_dir: PathBuf,
         epochs: Option<usize>,
         lr: Option<f64>,
+        /// Train this many more minutes (then end as at the last epoch).
+        minutes: Option<f64>,
     },
     /// Pause after the current step.
     Pause,
@@ -200,6 +202,12 @@ pub enum Event {
     CheckpointSaved {
         path: PathBuf,
         step: u64,
+    },
+    /// The run's time limit passed after this step, in this (1-based) epoch: it ends now, as
+    /// at its last epoch.
+    TimeLimitReached {
+        step: u64,
+        epoch: usize,
     },
     /// The time spent so far not training (after each epoch, and once more before
     /// [`Event::Finished`]).

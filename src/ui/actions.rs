@@ -320,6 +320,7 @@ impl PretextApp {
                         run_dir: dir,
                         epochs,
                         lr: None,
+                        minutes: None,
                     });
                     self.run.status = RunStatus::Starting;
                 }

@@ -230,6 +230,10 @@ impl RunView {
                 self.status = RunStatus::Finished(outcome.clone());
             }
             Event::Overhead(o) => self.overhead = Some(*o),
+            Event::TimeLimitReached { step, epoch } => self.message(
+                false,
+                format!("time limit reached after step {step} (epoch {epoch})"),
+            ),
             Event::Embedding(_) | Event::Math(_) | Event::Inspection { .. } => {}
         }
     }

@@ -9,8 +9,8 @@ use std::path::PathBuf;
 use clap::Args;
 
 use crate::config::{
-    Augment, ConfigError, DataSource, DeviceKind, HUE_LIMIT, MAX_SIZE, MIN_SIZE, MaskKind,
-    SIZE_MULTIPLE, Setting, TaskKind, TaskSettings, TrainConfig,
+    Augment, ConfigError, DataSource, DeviceKind, HUE_LIMIT, LrSchedule, MAX_SIZE, MIN_SIZE,
+    MaskKind, SIZE_MULTIPLE, Setting, TaskKind, TaskSettings, TrainConfig,
 };
 use crate::train::Command;
 
@@ -60,7 +60,15 @@ pub struct TrainArgs {
     /// (and every --knn-every steps) whatever it costs.
     #[arg(long, value_name = "PCT", default_value_t = run_defaults().monitor_budget)]
     pub monitor_budget: f64,
-    /// Stop after this many minutes (the run is saved and can be resumed or evaluated).
+    /// How the learning rate moves: cosine = linear warm-up, then cosine annealing to zero at
+    /// the last epoch or the time limit (--lr is the peak); constant = --lr throughout.
+    #[arg(long, value_name = "KIND", default_value_t = run_defaults().lr_schedule)]
+    pub lr_schedule: LrSchedule,
+    /// Steps of linear warm-up at the start of the cosine schedule.
+    #[arg(long, value_name = "N", default_value_t = run_defaults().warmup_steps)]
+    pub warmup_steps: usize,
+    /// End the run after this many minutes of training, as at its last epoch (the learning-rate
+    /// schedule ends there too). With --resume: this many more minutes.
     #[arg(long, value_name = "M")]
     pub minutes: Option<f64>,
     /// Print one JSON object per line instead of text.
@@ -198,6 +206,9 @@ impl TrainArgs {
             init_from: r.init_from.clone(),
             knn_every: self.knn_every,
             monitor_budget: self.monitor_budget,
+            lr_schedule: self.lr_schedule,
+            warmup_steps: self.warmup_steps,
+            minutes: self.minutes,
         }
     }
 
@@ -242,10 +253,18 @@ impl TrainArgs {
             ..d
         }
         .validate()?;
+        if let Some(m) = self.minutes {
+            TrainConfig {
+                minutes: Some(m),
+                ..TrainConfig::default()
+            }
+            .validate()?;
+        }
         Ok(Command::Continue {
             run_dir: dir.clone(),
             epochs: self.epochs,
             lr: self.lr,
+            minutes: self.minutes,
         })
     }
 }
@@ -258,6 +277,7 @@ pub fn flag(s: Setting) -> &'static str {
         Setting::Batch => "--batch",
         Setting::Lr => "--lr",
         Setting::MonitorBudget => "--monitor-budget",
+        Setting::Minutes => "--minutes",
         Setting::WeightDecay => "--weight-decay",
         Setting::Temperature => "--temperature",
         Setting::MaskSize => "--mask-size",

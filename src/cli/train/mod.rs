@@ -5,7 +5,6 @@
 mod args;
 
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 pub use args::{AugmentArgs, RunArgs, TaskArgs, TrainArgs, config_error_message};
 
@@ -50,10 +49,6 @@ struct Session<'a> {
     args: &'a TrainArgs,
     trainer: &'a Trainer,
     bars: Bars,
-    /// When `--minutes` runs out.
-    deadline: Option<Instant>,
-    /// Stopped because `--minutes` ran out.
-    time_stop: bool,
     /// Stopped because the loss was not finite: the run failed.
     nan_stop: bool,
     /// Standard output was closed: the run was stopped, and the program ends quietly.
@@ -66,16 +61,10 @@ struct Session<'a> {
 
 impl<'a> Session<'a> {
     fn new(args: &'a TrainArgs, trainer: &'a Trainer) -> Self {
-        let deadline = args
-            .minutes
-            .filter(|m| m.is_finite() && *m > 0.0)
-            .map(|m| Instant::now() + Duration::from_secs_f64(m * 60.0));
         Self {
             args,
             trainer,
             bars: Bars::new(),
-            deadline,
-            time_stop: false,
             nan_stop: false,
             pipe_closed: false,
             knn_explained: false,
@@ -101,6 +90,12 @@ impl<'a> Session<'a> {
             Event::Knn(k) => self.knn(&k),
             Event::Epoch(e) => self.epoch(&e),
             Event::Overhead(o) => self.overhead = Some(o),
+            Event::TimeLimitReached { step, epoch } => {
+                self.bars.clear();
+                note(format_args!(
+                    "Time limit reached after step {step} (epoch {epoch}): ending the run."
+                ));
+            }
             Event::Warning(w) => self.bars.note(format_args!("warning: {w}")),
             Event::Error(e) => self.bars.note(format_args!("error: {e}")),
             Event::Paused { reason, .. } => self.paused(&reason),
@@ -134,15 +129,6 @@ impl<'a> Session<'a> {
 
     fn step(&mut self, m: &StepMetrics) {
         self.bars.step(m);
-        if !self.time_stop && self.deadline.is_some_and(|d| Instant::now() >= d) {
-            self.time_stop = true;
-            self.bars.clear();
-            note(format_args!(
-                "Time limit reached after step {} (epoch {}): stopping and saving.",
-                m.step, m.epoch
-            ));
-            self.trainer.send(Command::Stop);
-        }
     }
 
     /// kNN accuracies as text (not in JSON mode); why they are missing, once.

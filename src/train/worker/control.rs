@@ -117,7 +117,8 @@ impl Session {
     /// A new learning rate from the next step on; anything but a positive number is refused.
     fn set_lr(&mut self, link: &Link<'_>, lr: f64) {
         if lr.is_finite() && lr > 0.0 {
-            self.opt.lr = lr;
+            // The new peak: the schedule scales it from the next step on.
+            self.base_lr = lr;
             link.emit(Event::LrChanged(lr));
         } else {
             link.emit(Event::Warning(format!(
@@ -145,7 +146,10 @@ impl Session {
             ("epoch".to_string(), self.pos.epoch.to_string()),
             ("batch".to_string(), self.pos.batch.to_string()),
             ("tasks".to_string(), self.config.tasks_label()),
-            ("lr".to_string(), self.opt.lr.to_string()),
+            // The peak rate; the schedule's factor is found again from the position.
+            ("lr".to_string(), self.base_lr.to_string()),
+            ("lr_now".to_string(), self.opt.lr.to_string()),
+            ("train_s".to_string(), self.train_s().to_string()),
             ("optimizer_t".to_string(), self.opt.t.to_string()),
             (
                 "preprocessing".to_string(),

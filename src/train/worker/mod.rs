@@ -103,10 +103,12 @@ pub(super) fn run(
                 run_dir,
                 epochs,
                 lr,
+                minutes,
             } => Setup::Continue {
                 run_dir,
                 epochs,
                 lr,
+                minutes,
             },
             Command::Inspect(_) | Command::Freeze { .. } | Command::Embed => {
                 if let Some(s) = &mut last {

@@ -37,6 +37,7 @@ pub(super) enum Setup {
         run_dir: PathBuf,
         epochs: Option<usize>,
         lr: Option<f64>,
+        minutes: Option<f64>,
     },
 }
 
@@ -46,6 +47,8 @@ struct Resume {
     run: RunDir,
     run_dir: PathBuf,
     lr: Option<f64>,
+    /// Minutes to train on top of what the run has trained.
+    minutes: Option<f64>,
 }
 
 /// A run: its configuration, data, model, tasks and optimiser, where it is, and the state that
@@ -75,6 +78,12 @@ pub(super) struct Session {
     pub(super) overhead: Overhead,
     /// The step of the last kNN measurement.
     pub(super) last_monitor_step: Option<u64>,
+    /// The peak learning rate (the schedule scales it; [`Command::SetLr`] changes it).
+    pub(super) base_lr: f64,
+    /// Seconds trained before this session (a continued run), for the time limit and schedule.
+    pub(super) prior_train_s: f64,
+    /// The run ends when it has trained this many seconds (all sessions together).
+    pub(super) time_limit_s: Option<f64>,
 }
 
 /// The configuration's data set, with [`Event::Loading`] progress; a stop or shutdown during
@@ -150,6 +159,7 @@ fn resolve(setup: Setup) -> Result<Resolved, Outcome> {
             run_dir,
             epochs,
             lr,
+            minutes,
         } => {
             let (run, mut config) = RunDir::open(&run_dir).map_err(invalid)?;
             if let Some(e) = epochs {
@@ -160,7 +170,16 @@ fn resolve(setup: Setup) -> Result<Resolved, Outcome> {
             }
             config.validate().map_err(invalid)?;
             RunDir::write_config(&run.path, &config).map_err(failed)?;
-            Ok((config, None, Some(Resume { run, run_dir, lr })))
+            Ok((
+                config,
+                None,
+                Some(Resume {
+                    run,
+                    run_dir,
+                    lr,
+                    minutes,
+                }),
+            ))
         }
     }
 }
@@ -234,11 +253,12 @@ fn resume(
     opt: &mut AdamW,
     config: &TrainConfig,
     resume: Resume,
-) -> Result<(RunDir, Position), Outcome> {
+) -> Result<(RunDir, Position, f64), Outcome> {
     let Resume {
         mut run,
         run_dir,
         lr: lr_override,
+        minutes: _,
     } = resume;
     let path = run_dir.join(CHECKPOINT_DIR).join(RESUME_FILE);
     let (tensors, meta, missing_heads) = load_weights(model, &path)?;
@@ -256,6 +276,7 @@ fn resume(
         epoch: resume_metadata(&meta, "epoch", &path)? as usize,
         batch: resume_metadata(&meta, "batch", &path)? as usize,
     };
+    // "lr" is the peak rate (the rate itself before schedules existed).
     opt.lr = match lr_override {
         Some(lr) => lr,
         None => meta
@@ -263,8 +284,13 @@ fn resume(
             .and_then(|v| v.parse().ok())
             .unwrap_or(config.lr),
     };
+    let trained_s = meta
+        .get("train_s")
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .unwrap_or(0.0);
     run.keep_metrics_through(pos.step).map_err(failed)?;
-    Ok((run, pos))
+    Ok((run, pos, trained_s))
 }
 
 impl Session {
@@ -276,12 +302,20 @@ impl Session {
         let data = data_set(link, &config, preloaded)?;
         let (model, tasks) = build_model(link, &config, device)?;
         let mut opt = AdamW::new(model.trainable_vars(), config.lr, config.weight_decay);
-        let (run, pos) = match resumed {
+        let more_minutes = resumed.as_ref().and_then(|r| r.minutes);
+        let (run, pos, prior_train_s) = match resumed {
             Some(r) => resume(&model, &mut opt, &config, r)?,
             None => (
                 RunDir::create(&config).map_err(failed)?,
                 Position::default(),
+                0.0,
             ),
+        };
+        let base_lr = opt.lr;
+        // The run's end in training seconds: its own limit, or this many more minutes.
+        let time_limit_s = match more_minutes {
+            Some(m) => Some(prior_train_s + m * 60.0),
+            None => config.minutes.map(|m| m * 60.0),
         };
         let batch = config.batch.min(data.len());
         let batches_per_epoch = (data.len() / batch).max(1);
@@ -309,6 +343,9 @@ impl Session {
             last_preview: Instant::now(),
             overhead: Overhead::default(),
             last_monitor_step: None,
+            base_lr,
+            prior_train_s,
+            time_limit_s,
         };
         link.emit(Event::RunStarted {
             run_dir: session.run.path.clone(),

@@ -101,6 +101,28 @@ impl Session {
         self.started.elapsed().as_secs_f64()
     }
 
+    /// Seconds trained in all sessions of the run.
+    pub(super) fn train_s(&self) -> f64 {
+        self.prior_train_s + self.wall_s()
+    }
+
+    /// How much of the run is done, 0–1: by steps towards the last epoch, or by time towards
+    /// the time limit, whichever is further.
+    fn progress(&self) -> f64 {
+        let total = (self.config.epochs * self.batches_per_epoch).max(1) as f64;
+        let by_steps = self.pos.step as f64 / total;
+        let by_time = self
+            .time_limit_s
+            .map_or(0.0, |limit| self.train_s() / limit.max(1e-9));
+        by_steps.max(by_time)
+    }
+
+    /// Whether the run's time limit has passed.
+    fn time_is_up(&self) -> bool {
+        self.time_limit_s
+            .is_some_and(|limit| self.train_s() >= limit)
+    }
+
     /// Whether the monitoring budget lets `what` run now.
     fn affordable(&self, what: Activity) -> bool {
         self.overhead
@@ -144,6 +166,11 @@ impl Session {
         }
         while self.pos.epoch < self.config.epochs {
             while self.pos.batch < self.batches_per_epoch {
+                if self.time_is_up() {
+                    self.end_at_time_limit(link)?;
+                    self.flush()?;
+                    return Ok(Outcome::Completed);
+                }
                 if let Flow::Stop = self.handle_commands(link)? {
                     return self.finish_stopped();
                 }
@@ -330,10 +357,39 @@ impl Session {
         Ok(())
     }
 
+    /// The end of a run that reached its time limit mid-epoch: what the last epoch's end does —
+    /// a checkpoint (named by step), the resume checkpoint, previews and the last measurement.
+    fn end_at_time_limit(&mut self, link: &Link<'_>) -> Result<(), Outcome> {
+        link.emit(Event::TimeLimitReached {
+            step: self.pos.step,
+            epoch: self.pos.epoch + 1,
+        });
+        let name = format!("step-{:06}.safetensors", self.pos.step);
+        self.timed(Activity::Checkpoints, true, |s| {
+            s.save_model(link, &name)?;
+            s.save_resume()
+        })?;
+        let epoch = self.pos.epoch + 1;
+        self.timed(Activity::Previews, true, |s| {
+            s.send_previews(link, Some(epoch));
+        });
+        if self.last_monitor_step != Some(self.pos.step) {
+            self.timed(Activity::Monitor, true, |s| s.knn_monitor(link, false))?;
+        }
+        Ok(())
+    }
+
     /// The backward pass and the optimiser's update, after a snapshot of the weights: the
     /// seconds each took.
     fn update(&mut self, total: &Tensor) -> Result<(f64, f64), Outcome> {
         self.take_snapshot()?;
+        self.opt.lr = self.base_lr
+            * model::optim::lr_factor(
+                self.config.lr_schedule,
+                self.pos.step + 1,
+                self.config.warmup_steps,
+                self.progress(),
+            );
         let t1 = Instant::now();
         let grads = total.backward().map_err(step_failed)?;
         let backward_s = t1.elapsed().as_secs_f64();

@@ -4,7 +4,7 @@
 
 use eframe::egui;
 
-use crate::config::{self as limits, MaskKind, TaskKind, TrainConfig};
+use crate::config::{self as limits, LrSchedule, MaskKind, TaskKind, TrainConfig};
 use crate::train::Command;
 use crate::ui::{Action, DataState, RunStatus, RunView};
 
@@ -116,6 +116,33 @@ fn settings(ui: &mut egui::Ui, c: &mut TrainConfig, actions: &mut Vec<Action>) {
         ui.end_row();
         let l = ui.label("Seed");
         ui.add(egui::DragValue::new(&mut c.seed)).labelled_by(l.id);
+        ui.end_row();
+        let l = ui.label("LR schedule");
+        egui::ComboBox::from_id_salt("lr_schedule")
+            .selected_text(c.lr_schedule.to_string())
+            .show_ui(ui, |ui| {
+                for s in [LrSchedule::Cosine, LrSchedule::Constant] {
+                    ui.selectable_value(&mut c.lr_schedule, s, s.to_string());
+                }
+            })
+            .response
+            .labelled_by(l.id)
+            .on_hover_text(
+                "cosine: warm-up, then down to zero at the last epoch or the time limit; the \
+                 learning rate is its peak",
+            );
+        ui.end_row();
+        let mut limited = c.minutes.is_some();
+        ui.checkbox(&mut limited, "Time limit");
+        let mut minutes = c.minutes.unwrap_or(3.0);
+        ui.add_enabled(
+            limited,
+            egui::DragValue::new(&mut minutes)
+                .range(0.1..=10_000.0)
+                .speed(0.1)
+                .suffix(" min"),
+        );
+        c.minutes = limited.then_some(minutes);
         ui.end_row();
         let l = ui.label("Monitoring budget");
         ui.add(
