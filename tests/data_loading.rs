@@ -240,3 +240,44 @@ fn loading_can_be_cancelled() {
     let r = folder::load_folder(dir.path(), SIZE, &|_, _| {}, &AtomicBool::new(true));
     assert!(matches!(r, Err(DataError::Cancelled)));
 }
+
+/// A camera-sized JPEG is decoded at a reduced DCT scale (never at full resolution), and the
+/// result matches the full decode cropped and resized the same way: within a few levels of 255
+/// on average (the scaled IDCT averages 2×2…8×8 blocks where the triangle filter weighs them).
+#[test]
+fn a_large_jpeg_decoded_at_a_smaller_dct_scale_matches_the_full_decode() {
+    let (w, h) = (1600u32, 1200u32);
+    let photo = RgbImage::from_fn(w, h, |x, y| {
+        let fx = x as f32 / w as f32;
+        let fy = y as f32 / h as f32;
+        let ripple = ((x / 40 + y / 40) % 2) as f32 * 40.0;
+        Rgb([
+            (200.0 * fx + ripple) as u8,
+            (180.0 * fy + 30.0) as u8,
+            (120.0 + 100.0 * (fx * 9.0).sin() * (fy * 7.0).cos()) as u8,
+        ])
+    });
+    let mut jpeg = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 90)
+        .encode_image(&photo)
+        .unwrap();
+    for size in [32u32, 96] {
+        // 1/8 of 1200 = 150 ≥ 96: the smallest DCT scale serves both sizes.
+        let small = folder::decode_jpeg_scaled(&jpeg, w, h, size).unwrap();
+        assert_eq!((small.width(), small.height()), (200, 150));
+        let scaled = folder::decode_bytes(&jpeg, size).unwrap();
+        let full = image::load_from_memory(&jpeg).unwrap().into_rgb8();
+        let s = w.min(h);
+        let square = image::imageops::crop_imm(&full, (w - s) / 2, (h - s) / 2, s, s).to_image();
+        let reference = folder::fill_square(&square, size);
+        assert_eq!(scaled.pixels.len(), reference.as_raw().len());
+        let mean_diff = scaled
+            .pixels
+            .iter()
+            .zip(reference.as_raw())
+            .map(|(&a, &b)| f64::from(a.abs_diff(b)))
+            .sum::<f64>()
+            / scaled.pixels.len() as f64;
+        assert!(mean_diff < 3.0, "{size} px: mean difference {mean_diff}");
+    }
+}

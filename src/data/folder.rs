@@ -265,8 +265,18 @@ pub fn decode_bytes(bytes: &[u8], size: u32) -> Result<Decoded, String> {
     let orientation = decoder
         .orientation()
         .unwrap_or(image::metadata::Orientation::NoTransforms);
-    let img = DynamicImage::from_decoder(decoder).map_err(describe_image_error)?;
-    let partial = (format == Some(ImageFormat::Jpeg) && !jpeg_is_complete(bytes)).then(|| {
+    let jpeg = format == Some(ImageFormat::Jpeg);
+    let complete = !jpeg || jpeg_is_complete(bytes);
+    // A JPEG at least twice the working size: decoded at 1/2, 1/4 or 1/8 scale by the IDCT
+    // itself, never at full resolution (the rest of the path is the same).
+    let scaled = (jpeg && complete && w.min(h) >= 2 * size)
+        .then(|| decode_jpeg_scaled(bytes, w, h, size))
+        .flatten();
+    let img = match scaled {
+        Some(img) => img,
+        None => DynamicImage::from_decoder(decoder).map_err(describe_image_error)?,
+    };
+    let partial = (!complete).then(|| {
         "partly decoded: the file ends before the image does (the missing part is grey)".into()
     });
     let square = centre_square(img);
@@ -277,6 +287,31 @@ pub fn decode_bytes(bytes: &[u8], size: u32) -> Result<Decoded, String> {
         pixels: oriented.into_rgb8().into_raw(),
         partial,
     })
+}
+
+/// A JPEG of `w × h` pixels decoded at the smallest DCT scale (1/8, 1/4, 1/2) whose short side is still at least
+/// `size`, as 8-bit RGB or grey; `None` when that is not possible here (CMYK, an unusual coding
+/// process, an error): the caller then decodes at full size.
+pub fn decode_jpeg_scaled(bytes: &[u8], w: u32, h: u32, size: u32) -> Option<DynamicImage> {
+    let short = u64::from(w.min(h));
+    let want = |side: u32| u16::try_from((u64::from(side) * u64::from(size)).div_ceil(short)).ok();
+    let mut d = jpeg_decoder::Decoder::new(std::io::Cursor::new(bytes));
+    let (sw, sh) = d.scale(want(w)?, want(h)?).ok()?;
+    if u32::from(sw.min(sh)) < size {
+        return None;
+    }
+    let pixels = d.decode().ok()?;
+    let info = d.info()?;
+    let (iw, ih) = (u32::from(info.width), u32::from(info.height));
+    match info.pixel_format {
+        jpeg_decoder::PixelFormat::RGB24 => {
+            RgbImage::from_raw(iw, ih, pixels).map(DynamicImage::ImageRgb8)
+        }
+        jpeg_decoder::PixelFormat::L8 => {
+            image::GrayImage::from_raw(iw, ih, pixels).map(DynamicImage::ImageLuma8)
+        }
+        jpeg_decoder::PixelFormat::L16 | jpeg_decoder::PixelFormat::CMYK32 => None,
+    }
 }
 
 /// Bytes a decode needs besides the decoded pixels: the centre square's copy (for an image that
