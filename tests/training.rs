@@ -391,3 +391,35 @@ fn trained_encoder_beats_random_init_under_knn() {
     assert!(z(last) > z(first) + 0.08, "{} vs {}", z(last), z(first));
     assert!(z(last) > raw + 0.03, "{} vs raw {}", z(last), raw);
 }
+
+/// A time limit counts training time, not time paused: a run paused for longer than its limit
+/// goes on training after it is resumed, then ends at its limit as at its last epoch.
+#[test]
+fn time_paused_does_not_count_against_the_time_limit() {
+    let out = tempfile::tempdir().unwrap();
+    let t = Trainer::spawn().unwrap();
+    t.send(Command::Start(Box::new(TrainConfig {
+        minutes: Some(0.05),
+        ..config(out.path(), 64, 16, 100_000)
+    })));
+    let mut paused_at = None;
+    let log = drive(&t, |e, _| match e {
+        Event::Step(m) if m.step == 2 && paused_at.is_none() => {
+            t.send(Command::Pause);
+        }
+        Event::Paused { step, .. } if paused_at.is_none() => {
+            paused_at = Some(*step);
+            // Longer than the whole 3 s limit.
+            std::thread::sleep(std::time::Duration::from_secs(4));
+            t.send(Command::Resume);
+        }
+        _ => {}
+    });
+    assert_eq!(log.outcome, Some(Outcome::Completed), "{:?}", log.errors);
+    let paused_at = paused_at.unwrap();
+    let after = log.steps.iter().filter(|m| m.step > paused_at).count();
+    assert!(
+        after >= 3,
+        "only {after} steps after resuming at step {paused_at}"
+    );
+}

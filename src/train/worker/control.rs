@@ -31,7 +31,12 @@ impl Session {
                 return Ok(Flow::Stop);
             }
             let cmd = if self.paused {
-                link.wait_command()
+                // Time paused is not training time: neither the time limit nor the monitoring
+                // budget counts it.
+                let waiting = std::time::Instant::now();
+                let cmd = link.wait_command();
+                self.paused_s += waiting.elapsed().as_secs_f64();
+                cmd
             } else {
                 link.try_command()
             };

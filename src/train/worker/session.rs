@@ -84,6 +84,8 @@ pub(super) struct Session {
     pub(super) prior_train_s: f64,
     /// The run ends when it has trained this many seconds (all sessions together).
     pub(super) time_limit_s: Option<f64>,
+    /// Seconds this session has spent paused.
+    pub(super) paused_s: f64,
 }
 
 /// The configuration's data set, with [`Event::Loading`] progress; a stop or shutdown during
@@ -346,6 +348,7 @@ impl Session {
             base_lr,
             prior_train_s,
             time_limit_s,
+            paused_s: 0.0,
         };
         link.emit(Event::RunStarted {
             run_dir: session.run.path.clone(),

@@ -96,9 +96,9 @@ impl Session {
         outcome
     }
 
-    /// The run's wall-clock seconds since training started (loading excluded).
+    /// The run's wall-clock seconds since training started (loading and pauses excluded).
     fn wall_s(&self) -> f64 {
-        self.started.elapsed().as_secs_f64()
+        (self.started.elapsed().as_secs_f64() - self.paused_s).max(0.0)
     }
 
     /// Seconds trained in all sessions of the run.
