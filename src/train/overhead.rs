@@ -63,7 +63,8 @@ pub struct Overhead {
     /// The part of the total that was not up to the budget: the start and end measurements and
     /// what a person asked for.
     pub forced_s: f64,
-    /// Wall-clock seconds of the run so far (training and overhead; loading excluded).
+    /// Wall-clock seconds of the run so far (training and overhead; loading and pauses
+    /// excluded).
     pub wall_s: f64,
 }
 
