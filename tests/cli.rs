@@ -168,21 +168,26 @@ fn json_mode_prints_one_object_per_line() {
 #[test]
 fn watching_a_run_costs_at_most_its_budget_and_the_run_says_what_it_cost() {
     let out = tempfile::tempdir().unwrap();
-    let o = pretext(&[
-        "train",
-        "--data",
-        "builtin:64",
-        "--task",
-        "rotation",
-        "--epochs",
-        "12",
-        "--batch",
-        "16",
-        "--seed",
-        "4",
-        "--out",
-        out.path().to_str().unwrap(),
-    ]);
+    let train = |extra: &[&str]| {
+        let mut args = vec![
+            "train",
+            "--data",
+            "builtin:64",
+            "--task",
+            "rotation",
+            "--epochs",
+            "12",
+            "--batch",
+            "16",
+            "--seed",
+            "4",
+            "--out",
+            out.path().to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        pretext(&args)
+    };
+    let o = train(&[]);
     let (stdout, stderr) = (text(&o.stdout), text(&o.stderr));
     assert!(o.status.success(), "{stderr}");
     let line = stderr
@@ -207,22 +212,7 @@ fn watching_a_run_costs_at_most_its_budget_and_the_run_says_what_it_cost() {
     assert!(epochs < 12, "{epochs} epoch checkpoints: none was skipped");
 
     // The same run in JSON: the budgeted part within 5% of the wall-clock time.
-    let o = pretext(&[
-        "train",
-        "--data",
-        "builtin:64",
-        "--task",
-        "rotation",
-        "--epochs",
-        "12",
-        "--batch",
-        "16",
-        "--seed",
-        "4",
-        "--json",
-        "--out",
-        out.path().to_str().unwrap(),
-    ]);
+    let o = train(&["--json"]);
     let last = text(&o.stdout).lines().last().unwrap().to_string();
     let v: serde_json::Value = serde_json::from_str(&last).unwrap();
     let spent = &v["not_training"];

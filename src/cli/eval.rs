@@ -1,6 +1,7 @@
 //! `pretext eval`: a run's encoder judged on labelled images (kNN per stage, a linear probe, the
 //! collapse gauges), trained against random init and raw pixels.
 
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -96,9 +97,17 @@ fn eval_inner(args: &EvalArgs) -> anyhow::Result<Result<(), PipeClosed>> {
 
 /// Reads the run's configuration and newest weights, loads the data and builds both models.
 fn load(args: &EvalArgs) -> anyhow::Result<Judged> {
-    let (config, weights) = match (&args.run, &args.weights) {
-        (Some(run), _) => run_config(run)?,
-        (None, Some(file)) => file_config(file, args)?,
+    // A bare weights file is read once, here: its tensors say how to judge it.
+    let (config, weights, read) = match (&args.run, &args.weights) {
+        (Some(run), _) => {
+            let (config, weights) = run_config(run)?;
+            (config, weights, None)
+        }
+        (None, Some(file)) => {
+            let (tensors, meta) = crate::model::checkpoint::read(file, &candle_core::Device::Cpu)?;
+            let config = file_config(file, &tensors, &meta, args)?;
+            (config, file.clone(), Some(tensors))
+        }
         (None, None) => anyhow::bail!("give --run RUN_DIR or --weights FILE"),
     };
     let source = args.data.clone().unwrap_or_else(|| config.data.clone());
@@ -116,7 +125,10 @@ fn load(args: &EvalArgs) -> anyhow::Result<Judged> {
         Ok((m, t))
     };
     let (trained, trained_heads) = build()?;
-    let (tensors, _) = crate::model::checkpoint::read(&weights, &device)?;
+    let tensors = match read {
+        Some(tensors) => tensors,
+        None => crate::model::checkpoint::read(&weights, &device)?.0,
+    };
     trained.load_state_dict(&tensors, &weights.display().to_string())?;
     let (random, random_heads) = build()?;
     Ok(Judged {
@@ -151,8 +163,12 @@ fn run_config(run: &Path) -> anyhow::Result<(TrainConfig, PathBuf)> {
 
 /// The configuration to judge a bare weights file with: the working size from --size, the
 /// file's `preprocessing` metadata or 32 px; one input channel when its stem takes one.
-fn file_config(file: &Path, args: &EvalArgs) -> anyhow::Result<(TrainConfig, PathBuf)> {
-    let (tensors, meta) = crate::model::checkpoint::read(file, &candle_core::Device::Cpu)?;
+fn file_config(
+    file: &Path,
+    tensors: &HashMap<String, candle_core::Tensor>,
+    meta: &BTreeMap<String, String>,
+    args: &EvalArgs,
+) -> anyhow::Result<TrainConfig> {
     let from_meta = meta
         .get("preprocessing")
         .and_then(|p| serde_json::from_str::<Preprocessing>(p).ok())
@@ -178,7 +194,7 @@ fn file_config(file: &Path, args: &EvalArgs) -> anyhow::Result<(TrainConfig, Pat
         ..TrainConfig::default()
     };
     config.validate()?;
-    Ok((config, file.to_path_buf()))
+    Ok(config)
 }
 
 /// The newest weights of a run: its resume checkpoint, else its last epoch checkpoint.

@@ -365,16 +365,31 @@ impl Session {
             epoch: self.pos.epoch + 1,
         });
         let name = format!("step-{:06}.safetensors", self.pos.step);
-        self.timed(Activity::Checkpoints, true, |s| {
-            s.save_model(link, &name)?;
-            s.save_resume()
-        })?;
-        let epoch = self.pos.epoch + 1;
-        self.timed(Activity::Previews, true, |s| {
-            s.send_previews(link, Some(epoch));
-        });
-        if self.last_monitor_step != Some(self.pos.step) {
-            self.timed(Activity::Monitor, true, |s| s.knn_monitor(link, false))?;
+        self.save_and_watch(link, &name, self.pos.epoch + 1, true)
+    }
+
+    /// Checkpoint `name` with the resume point, the previews of `epoch` and a measurement: each
+    /// as the monitoring budget allows, or all of them at the run's end (`last`).
+    fn save_and_watch(
+        &mut self,
+        link: &Link<'_>,
+        name: &str,
+        epoch: usize,
+        last: bool,
+    ) -> Result<(), Outcome> {
+        if last || self.affordable(Activity::Checkpoints) {
+            self.timed(Activity::Checkpoints, last, |s| {
+                s.save_model(link, name)?;
+                s.save_resume()
+            })?;
+        }
+        if last || self.affordable(Activity::Previews) {
+            self.timed(Activity::Previews, last, |s| {
+                s.send_previews(link, Some(epoch));
+            });
+        }
+        if (last && self.last_monitor_step != Some(self.pos.step)) || self.monitor_due(true) {
+            self.timed(Activity::Monitor, last, |s| s.knn_monitor(link, false))?;
         }
         Ok(())
     }
@@ -419,20 +434,7 @@ impl Session {
         self.flush()?;
         // The last epoch's checkpoint, previews and measurement are the run's result: always.
         let last = self.pos.epoch >= self.config.epochs;
-        if last || self.affordable(Activity::Checkpoints) {
-            self.timed(Activity::Checkpoints, last, |s| {
-                s.save_model(link, &format!("epoch-{epoch:04}.safetensors"))?;
-                s.save_resume()
-            })?;
-        }
-        if last || self.affordable(Activity::Previews) {
-            self.timed(Activity::Previews, last, |s| {
-                s.send_previews(link, Some(epoch));
-            });
-        }
-        if (last && self.last_monitor_step != Some(self.pos.step)) || self.monitor_due(true) {
-            self.timed(Activity::Monitor, last, |s| s.knn_monitor(link, false))?;
-        }
+        self.save_and_watch(link, &format!("epoch-{epoch:04}.safetensors"), epoch, last)?;
         link.emit(Event::Epoch(EpochSummary {
             epoch,
             epochs: self.config.epochs,
