@@ -166,15 +166,34 @@ pub enum TaskKind {
     Patch,
     /// Tell two views of the same image apart from all others (SimCLR, Chen et al. 2020).
     Contrastive,
+    /// Match a view's key from a momentum encoder against a queue of earlier keys (MoCo v2,
+    /// He et al. 2020; Chen et al. 2020).
+    Moco,
+    /// Predict a momentum teacher's projection of the other view (BYOL, Grill et al. 2020).
+    Byol,
+    /// Predict the other view's projection behind a stop-gradient (SimSiam, Chen & He 2021).
+    Simsiam,
+    /// Make the cross-correlation of the two views' embeddings the identity (Barlow Twins,
+    /// Zbontar et al. 2021).
+    #[serde(rename = "barlow-twins")]
+    BarlowTwins,
+    /// Variance, invariance and covariance terms on the two views' embeddings (VICReg,
+    /// Bardes et al. 2022).
+    Vicreg,
 }
 
 impl TaskKind {
-    pub const ALL: [TaskKind; 5] = [
+    pub const ALL: [TaskKind; 10] = [
         TaskKind::Colorization,
         TaskKind::Inpainting,
         TaskKind::Rotation,
         TaskKind::Patch,
         TaskKind::Contrastive,
+        TaskKind::Moco,
+        TaskKind::Byol,
+        TaskKind::Simsiam,
+        TaskKind::BarlowTwins,
+        TaskKind::Vicreg,
     ];
 
     pub fn name(self) -> &'static str {
@@ -184,7 +203,26 @@ impl TaskKind {
             Self::Rotation => "rotation",
             Self::Patch => "patch",
             Self::Contrastive => "contrastive",
+            Self::Moco => "moco",
+            Self::Byol => "byol",
+            Self::Simsiam => "simsiam",
+            Self::BarlowTwins => "barlow-twins",
+            Self::Vicreg => "vicreg",
         }
+    }
+
+    /// Whether the task learns from two augmented views of each image (T(x), SimCLR's
+    /// pipeline) and judges its proxy by how well the views find each other.
+    pub fn two_views(self) -> bool {
+        matches!(
+            self,
+            Self::Contrastive
+                | Self::Moco
+                | Self::Byol
+                | Self::Simsiam
+                | Self::BarlowTwins
+                | Self::Vicreg
+        )
     }
 }
 
@@ -253,6 +291,51 @@ pub struct TaskSettings {
     /// Patch prediction: gap between patches as a share of a grid cell (jitter fills it).
     pub patch_gap: f64,
     pub augment: Augment,
+    /// BYOL and MoCo: the teacher's momentum m at the start; it rises to 1 on BYOL's cosine
+    /// schedule.
+    #[serde(default = "default_momentum")]
+    pub momentum: f64,
+    /// MoCo: how many keys of earlier batches the queue of negatives holds.
+    #[serde(default = "default_queue_size")]
+    pub queue_size: usize,
+    /// Barlow Twins: the weight λ of the off-diagonal (redundancy-reduction) term.
+    #[serde(default = "default_barlow_lambda")]
+    pub barlow_lambda: f64,
+    /// VICReg: the weights λ (invariance), μ (variance) and ν (covariance).
+    #[serde(default = "default_vicreg_weights")]
+    pub vicreg_weights: [f64; 3],
+    /// SimSiam and BYOL: the stop-gradient on the target branch. Off, SimSiam collapses (Chen &
+    /// He 2021, §4.1): there to be watched, never a good setting.
+    #[serde(default = "default_true")]
+    pub stop_gradient: bool,
+}
+
+/// Teacher momentum at the start of a run: BYOL's 0.996 is tuned for hundreds of epochs; for
+/// a few hundred steps on a CPU the teacher must follow faster.
+pub const DEFAULT_MOMENTUM: f64 = 0.99;
+/// MoCo's queue: 8 batches of 128 images' two views.
+pub const DEFAULT_QUEUE_SIZE: usize = 2048;
+/// lightly's default λ for Barlow Twins.
+pub const DEFAULT_BARLOW_LAMBDA: f64 = 0.005;
+
+fn default_momentum() -> f64 {
+    DEFAULT_MOMENTUM
+}
+
+fn default_queue_size() -> usize {
+    DEFAULT_QUEUE_SIZE
+}
+
+fn default_barlow_lambda() -> f64 {
+    DEFAULT_BARLOW_LAMBDA
+}
+
+fn default_vicreg_weights() -> [f64; 3] {
+    [25.0, 25.0, 1.0]
+}
+
+fn default_true() -> bool {
+    true
 }
 
 impl Default for TaskSettings {
@@ -264,6 +347,11 @@ impl Default for TaskSettings {
             color_threshold: 10.0,
             patch_gap: 0.25,
             augment: Augment::default(),
+            momentum: DEFAULT_MOMENTUM,
+            queue_size: DEFAULT_QUEUE_SIZE,
+            barlow_lambda: DEFAULT_BARLOW_LAMBDA,
+            vicreg_weights: default_vicreg_weights(),
+            stop_gradient: true,
         }
     }
 }
@@ -297,6 +385,28 @@ impl TaskSettings {
             (Setting::Contrast, a.contrast, JITTER_STRENGTH_LIMIT),
             (Setting::Saturation, a.saturation, JITTER_STRENGTH_LIMIT),
             (Setting::Hue, a.hue, HUE_LIMIT),
+            (Setting::Momentum, self.momentum, MOMENTUM_LIMIT),
+            (Setting::QueueSize, self.queue_size as f64, QUEUE_SIZE_LIMIT),
+            (
+                Setting::BarlowLambda,
+                self.barlow_lambda,
+                BARLOW_LAMBDA_LIMIT,
+            ),
+            (
+                Setting::VicregWeight,
+                self.vicreg_weights[0],
+                VICREG_WEIGHT_LIMIT,
+            ),
+            (
+                Setting::VicregWeight,
+                self.vicreg_weights[1],
+                VICREG_WEIGHT_LIMIT,
+            ),
+            (
+                Setting::VicregWeight,
+                self.vicreg_weights[2],
+                VICREG_WEIGHT_LIMIT,
+            ),
         ];
         checks
             .into_iter()
@@ -435,6 +545,14 @@ pub const PROBABILITY_LIMIT: Limit = Limit::between(0.0, 1.0);
 pub const JITTER_STRENGTH_LIMIT: Limit = Limit::between(0.0, 1.0);
 /// Colour jitter's hue shift, in turns.
 pub const HUE_LIMIT: Limit = Limit::between(0.0, 0.5);
+/// A momentum teacher's m at the start (1 would never move the teacher).
+pub const MOMENTUM_LIMIT: Limit = Limit::between(0.0, 0.99999);
+/// MoCo's queue of negatives, in keys.
+pub const QUEUE_SIZE_LIMIT: Limit = Limit::between(16.0, 65536.0);
+/// Barlow Twins' λ.
+pub const BARLOW_LAMBDA_LIMIT: Limit = Limit::between(0.0, 1.0);
+/// Each of VICReg's three weights.
+pub const VICREG_WEIGHT_LIMIT: Limit = Limit::between(0.0, 100.0);
 /// A run's time limit, in minutes.
 pub const MINUTES_LIMIT: Limit = Limit::positive();
 /// Share of the wall-clock time, in percent, for the monitor, previews and checkpoints.
@@ -458,6 +576,11 @@ pub const PROBABILITY_RANGE: RangeInclusive<f64> = PROBABILITY_LIMIT.min..=PROBA
 pub const JITTER_STRENGTH_RANGE: RangeInclusive<f64> =
     JITTER_STRENGTH_LIMIT.min..=JITTER_STRENGTH_LIMIT.max;
 pub const HUE_RANGE: RangeInclusive<f64> = HUE_LIMIT.min..=HUE_LIMIT.max;
+pub const MOMENTUM_RANGE: RangeInclusive<f64> = MOMENTUM_LIMIT.min..=MOMENTUM_LIMIT.max;
+pub const BARLOW_LAMBDA_RANGE: RangeInclusive<f64> =
+    BARLOW_LAMBDA_LIMIT.min..=BARLOW_LAMBDA_LIMIT.max;
+pub const VICREG_WEIGHT_RANGE: RangeInclusive<f64> =
+    VICREG_WEIGHT_LIMIT.min..=VICREG_WEIGHT_LIMIT.max;
 pub const MONITOR_BUDGET_RANGE: RangeInclusive<f64> =
     MONITOR_BUDGET_LIMIT.min..=MONITOR_BUDGET_LIMIT.max;
 
@@ -547,10 +670,14 @@ pub enum Setting {
     BlurP,
     MonitorBudget,
     Minutes,
+    Momentum,
+    QueueSize,
+    BarlowLambda,
+    VicregWeight,
 }
 
 impl Setting {
-    pub const ALL: [Setting; 20] = [
+    pub const ALL: [Setting; 24] = [
         Setting::TaskWeight,
         Setting::Epochs,
         Setting::Batch,
@@ -571,6 +698,10 @@ impl Setting {
         Setting::BlurP,
         Setting::MonitorBudget,
         Setting::Minutes,
+        Setting::Momentum,
+        Setting::QueueSize,
+        Setting::BarlowLambda,
+        Setting::VicregWeight,
     ];
 
     /// The setting's name in plain words, e.g. `learning rate`.
@@ -596,6 +727,10 @@ impl Setting {
             Self::BlurP => "blur p",
             Self::MonitorBudget => "monitoring budget (%)",
             Self::Minutes => "time limit (minutes)",
+            Self::Momentum => "teacher momentum m",
+            Self::QueueSize => "queue size",
+            Self::BarlowLambda => "Barlow Twins λ",
+            Self::VicregWeight => "VICReg weight",
         }
     }
 }

@@ -106,6 +106,7 @@ fn the_monitor_gives_stage_curves_reference_lines_gauges_and_reasons() {
         not_measured: None,
         raw_pixels: Some(0.55),
         gauges: gauges(128.0),
+        head_gauges: Vec::new(),
     }));
     assert_eq!(v.knn.pixels, Some(0.55 * 100.0));
     assert_eq!(v.knn.start, Some(40.0));
@@ -121,6 +122,7 @@ fn the_monitor_gives_stage_curves_reference_lines_gauges_and_reasons() {
         not_measured: Some(NotMeasured::OneClass),
         raw_pixels: None,
         gauges: gauges(1.0),
+        head_gauges: Vec::new(),
     }));
     assert!(v.messages.last().unwrap().error);
     assert!(

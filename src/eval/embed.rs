@@ -7,6 +7,7 @@ use super::{
     NotMeasured, accuracy, alignment, knn_predict, linear_probe, measurable, rankme, split,
     std_of_l2_normalized, uniformity,
 };
+use crate::config::TaskKind;
 use crate::data::{Dataset, color, ops as px};
 use crate::model::{Model, ModelError};
 
@@ -225,6 +226,9 @@ pub struct Monitor {
     pub raw_pixels: Option<f64>,
     /// Gauges of z on the same images.
     pub gauges: Gauges,
+    /// Gauges of the tasks' own outputs on the same images, for the tasks whose head can
+    /// collapse on its own ([`crate::tasks::PretextTask::head_output`]).
+    pub head_gauges: Vec<(TaskKind, Gauges)>,
 }
 
 /// Images whose two augmented views measure alignment.
@@ -273,11 +277,27 @@ pub fn view_alignment(model: &Model, data: &Dataset) -> Result<f64, ModelError> 
 
 /// On an even subset of the data: kNN accuracy of every stage (labelled data), of raw pixels
 /// when `with_pixels`, and the gauges of z, alignment included.
-pub fn monitor(model: &Model, data: &Dataset, with_pixels: bool) -> Result<Monitor, ModelError> {
+pub fn monitor(
+    model: &Model,
+    data: &Dataset,
+    with_pixels: bool,
+    tasks: &[Box<dyn crate::tasks::PretextTask>],
+) -> Result<Monitor, ModelError> {
     let n = data.len().min(MONITOR_IMAGES);
     let indices: Vec<usize> = (0..n).map(|i| i * data.len() / n.max(1)).collect();
     let feats = stage_features_of(model, data, &indices)?;
-    let mut gauges = gauges(feats.last().map_or(&[][..], Vec::as_slice));
+    let z = feats.last().map_or(&[][..], Vec::as_slice);
+    let mut gauges = gauges(z);
+    let mut head_gauges = Vec::new();
+    if let Some(d) = z.first().map(Vec::len) {
+        let flat: Vec<f32> = z.iter().flatten().copied().collect();
+        let zt = Tensor::from_vec(flat, (z.len(), d), &model.device)?;
+        for task in tasks {
+            if let Some(out) = task.head_output(&zt)? {
+                head_gauges.push((task.kind(), self::gauges(&out.to_vec2::<f32>()?)));
+            }
+        }
+    }
     gauges.alignment = Some(view_alignment(model, data)?);
     let labels: Vec<u32> = match &data.labels {
         Some(all) => indices.iter().map(|&i| all[i]).collect(),
@@ -293,6 +313,7 @@ pub fn monitor(model: &Model, data: &Dataset, with_pixels: bool) -> Result<Monit
             not_measured: Some(why),
             raw_pixels: None,
             gauges,
+            head_gauges,
         });
     }
     let classes = data.class_names.len();
@@ -317,6 +338,7 @@ pub fn monitor(model: &Model, data: &Dataset, with_pixels: bool) -> Result<Monit
         not_measured: None,
         raw_pixels,
         gauges,
+        head_gauges,
     })
 }
 

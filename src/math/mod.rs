@@ -3,7 +3,11 @@
 //! it was computed) and pictures; the app's Math panel only draws them. The numbers come from
 //! the same functions the trainer uses ([`crate::model::ops`] and each task's head).
 
+mod siamese;
+
 use candle_core::{DType, Device, Tensor};
+
+pub use siamese::{SiameseMath, SiameseNumbers, siamese_numbers};
 
 use crate::config::TaskKind;
 use crate::model::ops;
@@ -33,6 +37,8 @@ pub enum TaskMath {
         channels: usize,
         size: usize,
     },
+    /// MoCo, BYOL, SimSiam, Barlow Twins or VICReg on the 2N views.
+    Siamese(Box<SiameseMath>),
 }
 
 /// The frozen batch as one task saw it.
@@ -124,6 +130,16 @@ pub enum StepKind {
     Contrastive,
     Likelihood,
     Reconstruction,
+    /// SimSiam, BYOL: prediction against a stop-gradient target.
+    Prediction,
+    /// MoCo: InfoNCE against the queue.
+    Queue,
+    /// BYOL, MoCo: the teacher's momentum update.
+    Momentum,
+    /// Barlow Twins.
+    CrossCorrelation,
+    /// VICReg.
+    VarianceCovariance,
     Optimisation,
 }
 
@@ -320,6 +336,11 @@ pub fn steps(report: &MathReport, sel: &Selection) -> Vec<Step> {
             };
             out.push(reconstruction_step(t, &maps, loss, *size, i, &at));
         }
+        TaskMath::Siamese(_) => {}
+    }
+    if let TaskMath::Siamese(m) = &t.math {
+        out.push(transformation_step(t, i % (n / 2).max(1)));
+        out.extend(siamese::steps(t, m, i));
     }
     if let Some(o) = &report.optimisation {
         out.push(optimisation_step(o));

@@ -5,6 +5,7 @@ pub mod checkpoint;
 pub mod device;
 pub mod encoder;
 pub mod kernels;
+pub mod losses;
 pub mod ops;
 pub mod optim;
 
@@ -49,7 +50,8 @@ pub struct Model {
     pub varmap: VarMap,
     pub encoder: Encoder,
     pub device: Device,
-    counters: encoder::Counters,
+    /// `num_batches_tracked` of every batch norm (the encoder's and the heads').
+    counters: std::sync::Mutex<encoder::Counters>,
 }
 
 /// A linear layer whose parameters live in the model's map.
@@ -83,8 +85,20 @@ impl Model {
             varmap,
             encoder,
             device,
-            counters,
+            counters: std::sync::Mutex::new(counters),
         })
+    }
+
+    /// Registers the `num_batches_tracked` counters of batch norms a head created, so that
+    /// checkpoints carry them as PyTorch's `state_dict` does.
+    pub fn add_counters(&self, counters: encoder::Counters) {
+        self.counters_mut().extend(counters);
+    }
+
+    fn counters_mut(&self) -> std::sync::MutexGuard<'_, encoder::Counters> {
+        self.counters
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Where a task creates its head: names start with `heads.<task>.`.
@@ -106,11 +120,12 @@ impl Model {
         }
     }
 
-    /// Parameters the optimiser updates (everything but batch-norm running statistics).
+    /// Parameters the optimiser updates: everything but batch-norm running statistics and
+    /// the state a method keeps outside the gradient (momentum teachers, MoCo's queue).
     pub fn trainable_vars(&self) -> Vec<(String, candle_core::Var)> {
         self.named_vars()
             .into_iter()
-            .filter(|(k, _)| !is_buffer(k))
+            .filter(|(k, _)| !is_buffer(k) && !is_method_state(k))
             .collect()
     }
 
@@ -147,7 +162,7 @@ impl Model {
             let t = Tensor::from_vec(values, dims.as_slice(), &self.device)?;
             var.set(&t)?;
         }
-        for (_, c) in &self.counters {
+        for (_, c) in self.counters_mut().iter() {
             c.store(0, Ordering::Relaxed);
         }
         Ok(())
@@ -161,7 +176,7 @@ impl Model {
             .into_iter()
             .map(|(k, v)| (k, v.as_tensor().clone()))
             .collect();
-        for (name, c) in &self.counters {
+        for (name, c) in self.counters_mut().iter() {
             let n = i64::try_from(c.load(Ordering::Relaxed)).unwrap_or(i64::MAX);
             out.insert(name.clone(), Tensor::new(n, &Device::Cpu)?);
         }
@@ -210,13 +225,14 @@ impl Model {
             }
             var.set(&t.to_dtype(DType::F32)?.to_device(&self.device)?)?;
         }
-        for (name, c) in &self.counters {
+        let counters = self.counters_mut().clone();
+        for (name, c) in &counters {
             if let Some(t) = tensors.get(name) {
                 let n = t.to_dtype(DType::I64)?.to_scalar::<i64>()?;
                 c.store(u64::try_from(n).unwrap_or(0), Ordering::Relaxed);
             }
         }
-        let counter_names: Vec<&String> = self.counters.iter().map(|(n, _)| n).collect();
+        let counter_names: Vec<&String> = counters.iter().map(|(n, _)| n).collect();
         Ok(LoadReport {
             unknown: tensors
                 .keys()
@@ -254,6 +270,13 @@ pub fn is_buffer(name: &str) -> bool {
     name.ends_with(".running_mean")
         || name.ends_with(".running_var")
         || name.ends_with(".num_batches_tracked")
+}
+
+/// Tensors a method updates without the gradient: a momentum teacher's copy of the weights
+/// (`….teacher.…`, updated by θₜ ← m·θₜ + (1 − m)·θₛ) and MoCo's queue of keys (`….queue.…`).
+/// They are saved and restored with the rest, but the optimiser never sees them.
+pub fn is_method_state(name: &str) -> bool {
+    name.contains(".teacher.") || name.contains(".queue.")
 }
 
 /// FNV-1a of a name, to derive a per-tensor random stream.

@@ -122,6 +122,42 @@ pub fn lr_factor(schedule: LrSchedule, step: u64, warmup: usize, progress: f64) 
     }
 }
 
+/// A momentum teacher's m for update `step` (0-based) of `total`: the cosine schedule of BYOL
+/// (Grill et al. 2020, §3.2) from `start` up to `end`,
+/// m(t) = end − (end − start)·(cos(π t / (T − 1)) + 1) / 2, as
+/// `lightly.utils.scheduler.cosine_schedule` (`end` when T ≤ 1).
+pub fn cosine_momentum(step: u64, total: u64, start: f64, end: f64) -> f64 {
+    if total <= 1 {
+        return end;
+    }
+    let p = (step as f64 / (total - 1) as f64).clamp(0.0, 1.0);
+    cosine_momentum_at(p, start, end)
+}
+
+/// [`cosine_momentum`] at `progress` ∈ [0, 1] of the run (runs with a time limit know their
+/// progress, not their number of steps).
+pub fn cosine_momentum_at(progress: f64, start: f64, end: f64) -> f64 {
+    let p = if progress.is_finite() {
+        progress.clamp(0.0, 1.0)
+    } else {
+        1.0
+    };
+    end - (end - start) * ((std::f64::consts::PI * p).cos() + 1.0) / 2.0
+}
+
+/// The momentum update θₜ ← m·θₜ + (1 − m)·θₛ of each (teacher, student) pair (BYOL eq. 1;
+/// MoCo eq. 2). No gradient flows through it.
+///
+/// # Errors
+/// When a pair's shapes differ.
+pub fn momentum_update(pairs: &[(Var, Var)], m: f64) -> candle_core::Result<()> {
+    for (teacher, student) in pairs {
+        let t = ((teacher.as_tensor() * m)? + (student.as_tensor().detach() * (1.0 - m))?)?;
+        teacher.set(&t)?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -94,6 +94,39 @@ impl Contrastive {
     }
 }
 
+/// What T did to each image's two views, one sentence per image (the Math panel's text).
+pub fn describe_views(extra: &BatchExtra) -> Vec<String> {
+    let describe = |r: &AugmentRecord| {
+        let mut parts = vec![format!(
+            "crop {:.0}×{:.0} at ({:.0}, {:.0})",
+            r.crop[2], r.crop[3], r.crop[0], r.crop[1]
+        )];
+        if r.flipped {
+            parts.push("flipped".into());
+        }
+        if let Some(j) = r.jitter {
+            parts.push(format!(
+                "brightness ×{:.2}, contrast ×{:.2}, saturation ×{:.2}, hue {:+.2}",
+                j[0], j[1], j[2], j[3]
+            ));
+        }
+        if r.gray {
+            parts.push("grey".into());
+        }
+        if let Some(s) = r.blur_sigma {
+            parts.push(format!("blur σ {s:.1}"));
+        }
+        parts.join(", ")
+    };
+    match extra {
+        BatchExtra::Views(v) => v
+            .iter()
+            .map(|(a, b)| format!("View 1: {}. View 2: {}.", describe(a), describe(b)))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
 /// How this task's proxy metric reads.
 pub const METRIC: MetricInfo = MetricInfo::percent(
     "positive top-1",
@@ -126,35 +159,7 @@ impl PretextTask for Contrastive {
     fn explain(&self, model: &Model, batch: &Batch) -> Result<Explained, ModelError> {
         let z = model.encoder.forward(&batch.inputs, true)?.z;
         let h = self.projector.forward(&z)?;
-        let describe = |r: &AugmentRecord| {
-            let mut parts = vec![format!(
-                "crop {:.0}×{:.0} at ({:.0}, {:.0})",
-                r.crop[2], r.crop[3], r.crop[0], r.crop[1]
-            )];
-            if r.flipped {
-                parts.push("flipped".into());
-            }
-            if let Some(j) = r.jitter {
-                parts.push(format!(
-                    "brightness ×{:.2}, contrast ×{:.2}, saturation ×{:.2}, hue {:+.2}",
-                    j[0], j[1], j[2], j[3]
-                ));
-            }
-            if r.gray {
-                parts.push("grey".into());
-            }
-            if let Some(s) = r.blur_sigma {
-                parts.push(format!("blur σ {s:.1}"));
-            }
-            parts.join(", ")
-        };
-        let transforms = match &batch.host.extra {
-            BatchExtra::Views(v) => v
-                .iter()
-                .map(|(a, b)| format!("View 1: {}. View 2: {}.", describe(a), describe(b)))
-                .collect(),
-            _ => Vec::new(),
-        };
+        let transforms = describe_views(&batch.host.extra);
         Ok(Explained {
             math: crate::math::TaskMath::Contrastive {
                 projections: rows(&h)?,

@@ -3,7 +3,8 @@
 use candle_core::{Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 
-use crate::model::{Linear, ops};
+use crate::model::encoder::{BatchNorm, Counters};
+use crate::model::{Linear, Model, ops};
 
 /// Linear → ReLU → Linear, named like `nn.Sequential` (`0.weight`, `2.weight`).
 pub struct Mlp {
@@ -21,6 +22,60 @@ impl Mlp {
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.second.forward(&ops::relu(&self.first.forward(x)?)?)
+    }
+}
+
+/// Linear → BatchNorm1d → ReLU → Linear (→ BatchNorm1d), named like `nn.Sequential`
+/// (`0.weight`, `1.running_mean`, `3.weight`, `4.weight`): the projectors and predictors of
+/// SimSiam, BYOL, Barlow Twins and VICReg. (N, inputs) → (N, outputs).
+pub struct BnMlp {
+    first: Linear,
+    norm: BatchNorm,
+    second: Linear,
+    /// SimSiam's projector ends with a batch norm too.
+    out_norm: Option<BatchNorm>,
+}
+
+impl BnMlp {
+    /// Creates the layers under `vb` and registers their batch-norm counters with `model`.
+    pub fn new(
+        model: &Model,
+        vb: &VarBuilder<'_>,
+        (inputs, hidden, outputs): (usize, usize, usize),
+        out_norm: bool,
+    ) -> Result<Self> {
+        let mut counters: Counters = Vec::new();
+        let head = Self {
+            first: Linear::new(&vb.pp("0"), inputs, hidden)?,
+            norm: BatchNorm::new(hidden, &vb.pp("1"), &mut counters)?,
+            second: Linear::new(&vb.pp("3"), hidden, outputs)?,
+            out_norm: if out_norm {
+                Some(BatchNorm::new(outputs, &vb.pp("4"), &mut counters)?)
+            } else {
+                None
+            },
+        };
+        model.add_counters(counters);
+        Ok(head)
+    }
+
+    /// `train`: batch statistics (and the running ones updated), else running statistics.
+    pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let h = self.first.forward(x)?;
+        let (n, c) = h.dims2()?;
+        let h = self
+            .norm
+            .forward(&h.reshape((n, c, 1, 1))?, train, true)?
+            .reshape((n, c))?;
+        let y = self.second.forward(&h)?;
+        match &self.out_norm {
+            Some(bn) => {
+                let (n, c) = y.dims2()?;
+                bn.forward(&y.reshape((n, c, 1, 1))?, train, false)?
+                    .reshape((n, c))
+            }
+            None => Ok(y),
+        }
     }
 }
 

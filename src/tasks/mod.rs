@@ -13,6 +13,7 @@ pub mod heads;
 pub mod inpainting;
 pub mod patch;
 pub mod rotation;
+pub mod siamese;
 
 use std::sync::Arc;
 
@@ -221,6 +222,11 @@ pub fn metric_info(kind: TaskKind) -> MetricInfo {
         TaskKind::Rotation => rotation::METRIC,
         TaskKind::Patch => patch::METRIC,
         TaskKind::Contrastive => contrastive::METRIC,
+        TaskKind::Moco
+        | TaskKind::Byol
+        | TaskKind::Simsiam
+        | TaskKind::BarlowTwins
+        | TaskKind::Vicreg => siamese::METRIC,
     }
 }
 
@@ -258,6 +264,32 @@ pub trait PretextTask: Send {
     /// The raw numbers behind the loss on `batch` (training mode, as the step computes them),
     /// for the Math panel.
     fn explain(&self, model: &Model, batch: &Batch) -> Result<Explained, ModelError>;
+    /// The task's own output for encoder features `z` (N, D) in evaluation mode, when it is the
+    /// part that can collapse without the encoder showing it (the projections of the two-view
+    /// methods: SimSiam's collapse is measured there, Chen & He 2021, Fig. 2).
+    ///
+    /// # Errors
+    /// When the head fails.
+    fn head_output(&self, _z: &Tensor) -> Result<Option<Tensor>, ModelError> {
+        Ok(None)
+    }
+    /// Once the weights are initialised or loaded from `--init-from` (not when a run resumes:
+    /// the checkpoint holds this state): a momentum teacher starts as a copy of the student,
+    /// MoCo's queue empty.
+    ///
+    /// # Errors
+    /// When the state cannot be written.
+    fn start(&self, _model: &Model) -> Result<(), ModelError> {
+        Ok(())
+    }
+    /// After every optimiser update, with `progress` ∈ [0, 1] of the run done: a momentum
+    /// teacher follows the student, MoCo's queue takes the batch's keys.
+    ///
+    /// # Errors
+    /// When the state cannot be updated.
+    fn after_update(&self, _model: &Model, _progress: f64) -> Result<(), ModelError> {
+        Ok(())
+    }
 }
 
 /// What [`PretextTask::explain`] gives.
@@ -361,6 +393,11 @@ pub fn build(
                 TaskKind::Inpainting => Box::new(inpainting::Inpainting::new(model, settings)?),
                 TaskKind::Patch => Box::new(patch::Patch::new(model, settings)?),
                 TaskKind::Contrastive => Box::new(contrastive::Contrastive::new(model, settings)?),
+                TaskKind::Moco
+                | TaskKind::Byol
+                | TaskKind::Simsiam
+                | TaskKind::BarlowTwins
+                | TaskKind::Vicreg => Box::new(siamese::Siamese::new(*k, model, settings)?),
             })
         })
         .collect()

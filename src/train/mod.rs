@@ -130,6 +130,9 @@ pub struct KnnMetrics {
     pub not_measured: Option<crate::eval::NotMeasured>,
     pub raw_pixels: Option<f64>,
     pub gauges: crate::eval::embed::Gauges,
+    /// Gauges of the tasks' own outputs (the two-view methods' projections), where a collapse
+    /// can happen without z showing it.
+    pub head_gauges: Vec<(crate::config::TaskKind, crate::eval::embed::Gauges)>,
 }
 
 /// The end of an epoch.

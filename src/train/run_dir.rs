@@ -293,6 +293,17 @@ impl RunDir {
                 self.write_row(&monitor_row(GAUGES_TASK, name.to_string(), v))?;
             }
         }
+        for (task, g) in &k.head_gauges {
+            for (name, v) in [
+                (HEAD_STD, g.std_of_l2_normalized),
+                (HEAD_RANKME, g.rankme),
+                (HEAD_DIMENSIONS, g.dimensions as f64),
+            ] {
+                if v.is_finite() {
+                    self.write_row(&monitor_row(GAUGES_TASK, format!("{task}:{name}"), v))?;
+                }
+            }
+        }
         // Monitor rows are few and costly to redo: on disk at once, so a crash right after a
         // checkpoint keeps them.
         self.flush()
@@ -319,6 +330,10 @@ pub const KNN_TASK: &str = "knn";
 const KNN_PREFIX: &str = "knn_accuracy_";
 /// The `task` of the gauge rows.
 pub const GAUGES_TASK: &str = "gauges";
+/// The gauges of a task's own output, written as `<task>:<name>` rows of [`GAUGES_TASK`].
+const HEAD_STD: &str = "output_std_of_l2_normalized";
+const HEAD_RANKME: &str = "output_rankme";
+const HEAD_DIMENSIONS: &str = "output_dimensions";
 
 /// One row of metrics.csv: a task's numbers at a training step, or one number of the monitor
 /// (task `knn` or `gauges`). Written and read through serde, so both sides agree by
@@ -482,6 +497,26 @@ fn knn_from_rows(step: u64, epoch: usize, rows: &[MetricsRow]) -> super::KnnMetr
             alignment: value(GAUGES_TASK, "alignment"),
             spectrum: Vec::new(),
         },
+        head_gauges: crate::config::TaskKind::ALL
+            .into_iter()
+            .filter_map(|task| {
+                let head = |name: &str| value(GAUGES_TASK, &format!("{task}:{name}"));
+                let std = head(HEAD_STD)?;
+                let dims = head(HEAD_DIMENSIONS).unwrap_or(1.0).max(1.0);
+                Some((
+                    task,
+                    crate::eval::embed::Gauges {
+                        std_of_l2_normalized: std,
+                        std_reference: 1.0 / dims.sqrt(),
+                        rankme: head(HEAD_RANKME).unwrap_or(f64::NAN),
+                        dimensions: dims as usize,
+                        uniformity: f64::NAN,
+                        alignment: None,
+                        spectrum: Vec::new(),
+                    },
+                ))
+            })
+            .collect(),
     }
 }
 

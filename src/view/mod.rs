@@ -250,6 +250,27 @@ impl RunView {
             self.knn.start = k.stages.last().map(|s| s.1 * 100.0);
         }
         self.curves.add_gauges(x, &k.gauges);
+        for (task, g) in &k.head_gauges {
+            self.curves.push(
+                format!("gauge/{task} output std"),
+                x,
+                g.std_of_l2_normalized / g.std_reference.max(1e-12),
+            );
+            if crate::eval::embed::collapsed(g) {
+                self.message(
+                    true,
+                    format!(
+                        "{task}'s output is collapsing at step {} (std of its L2-normalised output \
+                         {:.4}, {:.0}% of an even spread; RankMe {:.1}): every image is mapped to \
+                         nearly the same point — is the stop-gradient on?",
+                        k.step,
+                        g.std_of_l2_normalized,
+                        100.0 * g.std_of_l2_normalized / g.std_reference.max(1e-12),
+                        g.rankme
+                    ),
+                );
+            }
+        }
         let g = &k.gauges;
         if crate::eval::embed::collapsed(g) {
             self.message(

@@ -127,7 +127,7 @@ pub struct RunArgs {
 #[group(id = "task_settings", multiple = true, conflicts_with = "resume")]
 #[command(next_help_heading = "Task settings")]
 pub struct TaskArgs {
-    /// Contrastive: NT-Xent temperature τ.
+    /// Contrastive and MoCo: the InfoNCE temperature τ.
     #[arg(long, value_name = "T", default_value_t = task_defaults().temperature)]
     pub temperature: f64,
     /// Inpainting: which region is hidden.
@@ -142,6 +142,22 @@ pub struct TaskArgs {
     /// Patch prediction: gap between patches as a share of a grid cell.
     #[arg(long, value_name = "F", default_value_t = task_defaults().patch_gap)]
     pub patch_gap: f64,
+    /// BYOL and MoCo: the teacher's momentum m at the start (it rises to 1 on a cosine).
+    #[arg(long, value_name = "M", default_value_t = task_defaults().momentum)]
+    pub momentum: f64,
+    /// MoCo: keys of earlier batches kept as negatives.
+    #[arg(long, value_name = "K", default_value_t = task_defaults().queue_size)]
+    pub queue_size: usize,
+    /// Barlow Twins: weight λ of the off-diagonal term.
+    #[arg(long, value_name = "L", default_value_t = task_defaults().barlow_lambda)]
+    pub barlow_lambda: f64,
+    /// VICReg: the weights of invariance, variance and covariance.
+    #[arg(long, value_name = "L,M,N", value_delimiter = ',', num_args = 3,
+          default_values_t = task_defaults().vicreg_weights)]
+    pub vicreg_weights: Vec<f64>,
+    /// SimSiam and BYOL: remove the stop-gradient, to watch the collapse it prevents.
+    #[arg(long)]
+    pub no_stop_gradient: bool,
 }
 
 /// The augmentations that make contrastive learning's two views.
@@ -220,6 +236,14 @@ impl TrainArgs {
             mask_size: t.mask_size,
             color_threshold: t.color_threshold,
             patch_gap: t.patch_gap,
+            momentum: t.momentum,
+            queue_size: t.queue_size,
+            barlow_lambda: t.barlow_lambda,
+            vicreg_weights: match t.vicreg_weights.as_slice() {
+                &[l, m, n] => [l, m, n],
+                _ => task_defaults().vicreg_weights,
+            },
+            stop_gradient: !t.no_stop_gradient,
             augment: Augment {
                 crop_min_scale: a.crop_min_scale,
                 flip_p: a.flip_p,
@@ -278,6 +302,10 @@ pub fn flag(s: Setting) -> &'static str {
         Setting::Lr => "--lr",
         Setting::MonitorBudget => "--monitor-budget",
         Setting::Minutes => "--minutes",
+        Setting::Momentum => "--momentum",
+        Setting::QueueSize => "--queue-size",
+        Setting::BarlowLambda => "--barlow-lambda",
+        Setting::VicregWeight => "--vicreg-weights",
         Setting::WeightDecay => "--weight-decay",
         Setting::Temperature => "--temperature",
         Setting::MaskSize => "--mask-size",

@@ -33,13 +33,14 @@ impl Session {
         link: &Link<'_>,
         with_pixels: bool,
     ) -> Result<(), Outcome> {
-        let result = embed::monitor(&self.model, &self.data, with_pixels)
+        let result = embed::monitor(&self.model, &self.data, with_pixels, &self.tasks)
             .map_err(|e| Outcome::Failed(format!("kNN monitor failed: {e}")))?;
         let embed::Monitor {
             stages,
             not_measured,
             raw_pixels,
             gauges,
+            head_gauges,
         } = result;
         let k = KnnMetrics {
             step: self.pos.step,
@@ -52,6 +53,7 @@ impl Session {
             not_measured,
             raw_pixels,
             gauges,
+            head_gauges,
         };
         self.last_monitor_step = Some(self.pos.step);
         self.run

@@ -245,6 +245,11 @@ fn build_model(
             )));
         }
     }
+    // Momentum teachers start as copies of the student, queues empty (a resumed run then
+    // loads both from its checkpoint).
+    for task in &tasks {
+        task.start(&model).map_err(failed)?;
+    }
     Ok((model, tasks))
 }
 

@@ -410,6 +410,10 @@ impl Session {
         let backward_s = t1.elapsed().as_secs_f64();
         let t2 = Instant::now();
         self.opt.step(&grads).map_err(step_failed)?;
+        let progress = self.progress();
+        for task in &self.tasks {
+            task.after_update(&self.model, progress).map_err(failed)?;
+        }
         Ok((backward_s, t2.elapsed().as_secs_f64()))
     }
 

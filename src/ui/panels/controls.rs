@@ -267,6 +267,37 @@ fn task_settings(ui: &mut egui::Ui, c: &mut TrainConfig) {
                 .text("colour threshold (a*b*)"),
         );
         ui.add(egui::Slider::new(&mut t.patch_gap, limits::PATCH_GAP_RANGE).text("patch gap"));
+        ui.add(
+            egui::Slider::new(&mut t.momentum, limits::MOMENTUM_RANGE)
+                .text("teacher momentum m (BYOL, MoCo)"),
+        );
+        let mut queue = t.queue_size as f64;
+        let queue_range = limits::QUEUE_SIZE_LIMIT.range();
+        if ui
+            .add(
+                egui::Slider::new(&mut queue, queue_range)
+                    .logarithmic(true)
+                    .integer()
+                    .text("queue size (MoCo)"),
+            )
+            .changed()
+        {
+            t.queue_size = queue.round() as usize;
+        }
+        ui.add(
+            egui::Slider::new(&mut t.barlow_lambda, limits::BARLOW_LAMBDA_RANGE)
+                .logarithmic(true)
+                .text("λ (Barlow Twins)"),
+        );
+        for (w, name) in t.vicreg_weights.iter_mut().zip([
+            "invariance λ (VICReg)",
+            "variance μ (VICReg)",
+            "covariance ν (VICReg)",
+        ]) {
+            ui.add(egui::Slider::new(w, limits::VICREG_WEIGHT_RANGE).text(name));
+        }
+        ui.checkbox(&mut t.stop_gradient, "stop-gradient (SimSiam, BYOL)")
+            .on_hover_text("Off, SimSiam collapses: every image maps to the same point");
     });
     egui::CollapsingHeader::new("Augmentation strengths").show(ui, |ui| {
         let a = &mut t.augment;
