@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 data="${1:?usage: recipe.sh DATA MINUTES 'NAME|OPTIONS'...}"
 minutes="${2:?minutes}"
 shift 2
-bin=target/release/pretext
+bin=${PRETEXT_BIN:-target/release/pretext}
 [ -x "$bin" ] || cargo build --release
 out="$(mktemp -d)"
 echo "| recipe | steps | kNN stem | l1 | l2 | z | probe on z | random z | raw pixels |"

@@ -370,3 +370,80 @@ fn simsiam_without_the_stop_gradient_collapses_and_the_gauges_say_so() {
     assert!(announced(&without), "no collapse announced without sg");
     assert!(!announced(&with), "a collapse announced with sg");
 }
+
+#[test]
+fn the_math_panel_steps_through_each_method_with_the_trainers_numbers() {
+    use pretext::math::{self, Selection, StepKind};
+    let out = tempfile::tempdir().unwrap();
+    let trainer = Trainer::spawn().unwrap();
+    let kinds = [
+        TaskKind::Moco,
+        TaskKind::Byol,
+        TaskKind::Simsiam,
+        TaskKind::BarlowTwins,
+        TaskKind::Vicreg,
+    ];
+    let mut c = config(out.path(), TaskKind::Moco, 64, 1);
+    c.tasks = kinds.to_vec();
+    c.task_weights = vec![1.0; kinds.len()];
+    assert!(trainer.send(Command::Start(Box::new(c))));
+    let log = common::drive(&trainer, |_, _| {});
+    assert_eq!(log.outcome, Some(Outcome::Completed), "{:?}", log.errors);
+    assert!(trainer.send(Command::Freeze {
+        images: 8,
+        eta: None
+    }));
+    let report = loop {
+        match trainer
+            .events()
+            .recv_timeout(std::time::Duration::from_secs(120))
+            .unwrap()
+        {
+            Event::Math(r) => break *r,
+            Event::Warning(w) => panic!("{w}"),
+            _ => {}
+        }
+    };
+    for (i, kind) in kinds.iter().enumerate() {
+        let steps = math::steps(
+            &report,
+            &Selection {
+                task: i,
+                ..Selection::default()
+            },
+        );
+        let got: Vec<StepKind> = steps.iter().map(|s| s.kind).collect();
+        let own = match kind {
+            TaskKind::Moco => vec![StepKind::Queue, StepKind::Momentum],
+            TaskKind::Byol => vec![StepKind::Prediction, StepKind::Momentum],
+            TaskKind::Simsiam => vec![StepKind::Prediction],
+            TaskKind::BarlowTwins => vec![StepKind::CrossCorrelation],
+            _ => vec![StepKind::VarianceCovariance],
+        };
+        let mut want = vec![StepKind::Representation, StepKind::Transformation];
+        want.extend(own);
+        want.push(StepKind::Optimisation);
+        assert_eq!(got, want, "{kind}");
+        // The method's step: the loss recomputed from the numbers shown equals the trainer's.
+        let step = &steps[2];
+        let value = |prefix: &str| {
+            step.values
+                .iter()
+                .find(|v| v.label.starts_with(prefix))
+                .unwrap_or_else(|| panic!("{kind}: no {prefix} in {:?}", step.values))
+                .value
+        };
+        let by_function = value("L by the trainer's function");
+        let trainer_loss = value("trainer's loss");
+        assert!(
+            (by_function - trainer_loss).abs() < 1e-4 * trainer_loss.abs().max(1.0),
+            "{kind}: {by_function} vs {trainer_loss}"
+        );
+        // The formula spelled out by hand gives the same number.
+        let by_hand = value("L");
+        assert!(
+            (by_hand - trainer_loss).abs() < 1e-3 * trainer_loss.abs().max(1.0),
+            "{kind}: by hand {by_hand} vs {trainer_loss}"
+        );
+    }
+}

@@ -415,9 +415,9 @@ fn transformation_step(t: &TaskReport, i: usize) -> Step {
         title: "Transformation x⁺ = T(x)".into(),
         formula: "T = grey? ∘ jitter? ∘ flip? ∘ resized crop".into(),
         text: format!(
-            "Each image becomes two random views. The network is asked to find that they belong together \
-             among all {} views of the batch, so it must keep what survives T (shapes, layout) and may \
-             drop what T changes (exact colours, position). {}",
+            "Each image becomes two random views; the batch holds {} of them. The network is asked to \
+             tell that the two views of an image belong together, so it must keep what survives T \
+             (shapes, layout) and may drop what T changes (exact colours, position). {}",
             2 * n,
             t.transforms.get(i).cloned().unwrap_or_default()
         ),

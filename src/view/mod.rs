@@ -256,6 +256,11 @@ impl RunView {
                 x,
                 g.std_of_l2_normalized / g.std_reference.max(1e-12),
             );
+            self.curves.push(
+                format!("gauge/{task} output rankme"),
+                x,
+                g.rankme / g.dimensions.max(1) as f64,
+            );
             if crate::eval::embed::collapsed(g) {
                 self.message(
                     true,

@@ -167,24 +167,56 @@ impl Plots<'_> {
         self.plot(ui, id, title, lines, 110.0, None);
     }
 
-    /// RankMe / d and std × √d of z, on a common 0..1 scale.
+    /// RankMe / d and std × √d of z, on a common 0..1 scale; and the same of each two-view
+    /// method's projector output (dashed), where a collapse can hide from z.
     pub fn collapse_gauges(&self, ui: &mut egui::Ui) {
-        self.gauges(
+        if !self.run.curves.series.contains_key("gauge/rankme") {
+            return;
+        }
+        let mut lines: Vec<Line<'_>> = [
+            (
+                "gauge/rankme",
+                "RankMe / d of z (share of dimensions in use)".to_string(),
+                Color32::from_rgb(120, 200, 255),
+            ),
+            (
+                "gauge/std",
+                "std of L2-normalised z × √d (1 = evenly spread)".to_string(),
+                Color32::from_rgb(240, 170, 90),
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(name, label, color)| {
+            self.line(name, label, Style::Raw)
+                .map(|l| l.width(2.0).color(color))
+        })
+        .collect();
+        for name in self.run.curves.series.keys() {
+            let Some(rest) = name.strip_prefix("gauge/") else {
+                continue;
+            };
+            let (task, label, color) = if let Some(task) = rest.strip_suffix(" output rankme") {
+                (task, "RankMe / d", Color32::from_rgb(120, 200, 255))
+            } else if let Some(task) = rest.strip_suffix(" output std") {
+                (task, "std × √d", Color32::from_rgb(240, 170, 90))
+            } else {
+                continue;
+            };
+            if let Some(l) = self.line(name, format!("{label} of {task}'s output"), Style::Raw) {
+                lines.push(
+                    l.width(1.5)
+                        .color(color)
+                        .style(egui_plot::LineStyle::dashed_dense()),
+                );
+            }
+        }
+        self.plot(
             ui,
             "gauges",
-            "Collapse gauges of z (1 = fully spread, 0 = collapsed)",
-            [
-                (
-                    "gauge/rankme",
-                    "RankMe / d (share of dimensions in use)",
-                    Color32::from_rgb(120, 200, 255),
-                ),
-                (
-                    "gauge/std",
-                    "std of L2-normalised z × √d (1 = evenly spread)",
-                    Color32::from_rgb(240, 170, 90),
-                ),
-            ],
+            "Collapse gauges (1 = fully spread, 0 = collapsed)",
+            lines,
+            110.0,
+            None,
         );
     }
 
