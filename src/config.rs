@@ -164,16 +164,20 @@ pub enum TaskKind {
     Rotation,
     /// Predict where a patch sits relative to its centre neighbour (Doersch et al. 2015).
     Patch,
+    /// Put 3×3 shuffled tiles back in order: predict which of a fixed set of permutations
+    /// shuffled them (Noroozi & Favaro 2016).
+    Jigsaw,
     /// Tell two views of the same image apart from all others (SimCLR, Chen et al. 2020).
     Contrastive,
 }
 
 impl TaskKind {
-    pub const ALL: [TaskKind; 5] = [
+    pub const ALL: [TaskKind; 6] = [
         TaskKind::Colorization,
         TaskKind::Inpainting,
         TaskKind::Rotation,
         TaskKind::Patch,
+        TaskKind::Jigsaw,
         TaskKind::Contrastive,
     ];
 
@@ -183,6 +187,7 @@ impl TaskKind {
             Self::Inpainting => "inpainting",
             Self::Rotation => "rotation",
             Self::Patch => "patch",
+            Self::Jigsaw => "jigsaw",
             Self::Contrastive => "contrastive",
         }
     }
@@ -250,8 +255,11 @@ pub struct TaskSettings {
     pub mask_size: f64,
     /// Colorization counts a pixel right when its predicted a*b* is within this distance.
     pub color_threshold: f64,
-    /// Patch prediction: gap between patches as a share of a grid cell (jitter fills it).
+    /// Patch prediction and jigsaw: gap between patches as a share of a grid cell (jitter
+    /// fills it).
     pub patch_gap: f64,
+    /// Jigsaw: how many permutations of the 9 tiles the network tells apart (the classes).
+    pub jigsaw_permutations: usize,
     pub augment: Augment,
 }
 
@@ -263,6 +271,7 @@ impl Default for TaskSettings {
             mask_size: 0.5,
             color_threshold: 10.0,
             patch_gap: 0.25,
+            jigsaw_permutations: DEFAULT_JIGSAW_PERMUTATIONS,
             augment: Augment::default(),
         }
     }
@@ -284,6 +293,11 @@ impl TaskSettings {
                 COLOR_THRESHOLD_LIMIT,
             ),
             (Setting::PatchGap, self.patch_gap, PATCH_GAP_LIMIT),
+            (
+                Setting::JigsawPermutations,
+                self.jigsaw_permutations as f64,
+                JIGSAW_PERMUTATIONS_LIMIT,
+            ),
             (
                 Setting::CropMinScale,
                 a.crop_min_scale,
@@ -427,6 +441,11 @@ pub const MASK_SIZE_LIMIT: Limit = Limit::between(0.05, 0.9);
 pub const COLOR_THRESHOLD_LIMIT: Limit = Limit::between(0.1, 100.0);
 /// Patch prediction's gap between patches, as a share of a grid cell.
 pub const PATCH_GAP_LIMIT: Limit = Limit::between(0.0, 0.6);
+/// Jigsaw's permutation set: a few dozen learn in CPU-minutes; Noroozi & Favaro's largest
+/// set had 1,000 (the greedy selection over the 9! orders takes about a second for that).
+pub const JIGSAW_PERMUTATIONS_LIMIT: Limit = Limit::between(2.0, 1000.0);
+/// Jigsaw's permutation set size by default (chance 1/30).
+pub const DEFAULT_JIGSAW_PERMUTATIONS: usize = 30;
 /// Smallest area share a random resized crop keeps.
 pub const CROP_MIN_SCALE_LIMIT: Limit = Limit::between(0.01, 1.0);
 /// Every augmentation probability (flip, jitter, grey, blur).
@@ -452,6 +471,8 @@ pub const MASK_SIZE_RANGE: RangeInclusive<f64> = MASK_SIZE_LIMIT.min..=MASK_SIZE
 pub const COLOR_THRESHOLD_RANGE: RangeInclusive<f64> =
     COLOR_THRESHOLD_LIMIT.min..=COLOR_THRESHOLD_LIMIT.max;
 pub const PATCH_GAP_RANGE: RangeInclusive<f64> = PATCH_GAP_LIMIT.min..=PATCH_GAP_LIMIT.max;
+pub const JIGSAW_PERMUTATIONS_RANGE: RangeInclusive<usize> =
+    (JIGSAW_PERMUTATIONS_LIMIT.min as usize)..=(JIGSAW_PERMUTATIONS_LIMIT.max as usize);
 pub const CROP_MIN_SCALE_RANGE: RangeInclusive<f64> =
     CROP_MIN_SCALE_LIMIT.min..=CROP_MIN_SCALE_LIMIT.max;
 pub const PROBABILITY_RANGE: RangeInclusive<f64> = PROBABILITY_LIMIT.min..=PROBABILITY_LIMIT.max;
@@ -536,6 +557,7 @@ pub enum Setting {
     MaskSize,
     ColorThreshold,
     PatchGap,
+    JigsawPermutations,
     CropMinScale,
     FlipP,
     JitterP,
@@ -550,7 +572,7 @@ pub enum Setting {
 }
 
 impl Setting {
-    pub const ALL: [Setting; 20] = [
+    pub const ALL: [Setting; 21] = [
         Setting::TaskWeight,
         Setting::Epochs,
         Setting::Batch,
@@ -560,6 +582,7 @@ impl Setting {
         Setting::MaskSize,
         Setting::ColorThreshold,
         Setting::PatchGap,
+        Setting::JigsawPermutations,
         Setting::CropMinScale,
         Setting::FlipP,
         Setting::JitterP,
@@ -585,6 +608,7 @@ impl Setting {
             Self::MaskSize => "mask size",
             Self::ColorThreshold => "colour threshold",
             Self::PatchGap => "patch gap",
+            Self::JigsawPermutations => "jigsaw permutations",
             Self::CropMinScale => "crop min scale",
             Self::FlipP => "flip p",
             Self::JitterP => "jitter p",

@@ -167,6 +167,91 @@ fn patch_position_beats_chance() {
 }
 
 #[test]
+fn jigsaw_permutation_sets_are_fixed_and_far_apart() {
+    use pretext::tasks::jigsaw::{TILES, hamming, min_hamming, permutation_set};
+    let s30 = permutation_set(30);
+    let s100 = permutation_set(100);
+    assert_eq!((s30.len(), s100.len()), (30, 100));
+    // Greedy farthest-point selection from the identity: every pair of the 30 differs in at
+    // least 7 of the 9 positions, every pair of the 100 in at least 6.
+    assert_eq!(min_hamming(&s30), 7);
+    assert_eq!(min_hamming(&s100), 6);
+    // The first 8 are pairwise deranged (distance 9).
+    assert_eq!(min_hamming(&s30[..8]), 9);
+    // Deterministic, and a larger set extends a smaller one.
+    assert_eq!(permutation_set(30), s30);
+    assert_eq!(&s100[..30], s30.as_slice());
+    assert_eq!(s30[0], [0, 1, 2, 3, 4, 5, 6, 7, 8]);
+    for p in &s100 {
+        let mut sorted = *p;
+        sorted.sort_unstable();
+        assert_eq!(
+            sorted,
+            [0, 1, 2, 3, 4, 5, 6, 7, 8],
+            "{p:?} is not a permutation"
+        );
+    }
+    // The second choice is as far from the identity as an order can be.
+    assert_eq!(hamming(&s30[0], &s30[1]), TILES as u32);
+}
+
+#[test]
+fn jigsaw_tiles_round_trip_through_their_permutation() {
+    use pretext::config::TaskSettings;
+    use pretext::tasks::BatchMaker;
+    use pretext::tasks::jigsaw::{JigsawMaker, TILES, permutation_set, shuffle, unshuffle};
+    let set = std::sync::Arc::new(permutation_set(30));
+    let names: Vec<u32> = (0..TILES as u32).collect();
+    for p in set.iter() {
+        let shuffled = shuffle(&names, p);
+        assert_eq!(unshuffle(&shuffled, p), names);
+        // Position k of the puzzle holds original tile p[k].
+        assert!(shuffled.iter().zip(p).all(|(&t, &q)| t == u32::from(q)));
+    }
+    assert_ne!(shuffle(&names, &set[1]), names);
+    // The batch maker's puzzles, put back by their label's permutation, are the image's tiles
+    // in reading order.
+    let data = pretext::data::builtin::generate(6, 32);
+    let maker = JigsawMaker {
+        gap: TaskSettings::default().patch_gap,
+        permutations: set.clone(),
+    };
+    let indices = [0usize, 3, 5];
+    let batch = maker.make(&data, &indices, 17);
+    let p = batch.inputs.shape[2];
+    assert_eq!(batch.inputs.shape, [TILES * indices.len(), 3, p, p]);
+    let pretext::tasks::BatchExtra::Patches(layouts) = &batch.extra else {
+        panic!("no layouts");
+    };
+    let tile_len = 3 * p * p;
+    for (n, &idx) in indices.iter().enumerate() {
+        let puzzle: Vec<Vec<f32>> = batch.inputs.data[n * TILES * tile_len..][..TILES * tile_len]
+            .chunks(tile_len)
+            .map(<[f32]>::to_vec)
+            .collect();
+        let restored = unshuffle(&puzzle, &set[batch.labels[n] as usize]);
+        for (k, &(x, y)) in layouts[n].origins.iter().enumerate() {
+            let mut want = Vec::new();
+            pretext::data::ops::push_chw(
+                &augment::extract(data.image(idx), 32, x, y, p),
+                p,
+                &mut want,
+            );
+            assert_eq!(restored[k], want, "image {idx}, tile {k}");
+        }
+    }
+}
+
+#[test]
+fn jigsaw_beats_chance() {
+    let e = train(&[TaskKind::Jigsaw], 256, 3);
+    let t = metric(&e, TaskKind::Jigsaw);
+    let chance = t.baseline.unwrap();
+    assert!((chance - 1.0 / 30.0).abs() < 1e-9);
+    assert!(t.metric > 0.2, "{} vs chance {chance}", t.metric);
+}
+
+#[test]
 fn contrastive_ranks_positives_far_above_chance() {
     let e = train(&[TaskKind::Contrastive], 256, 2);
     let t = metric(&e, TaskKind::Contrastive);

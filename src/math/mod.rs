@@ -330,23 +330,41 @@ pub fn steps(report: &MathReport, sel: &Selection) -> Vec<Step> {
 fn representation_step(t: &TaskReport, i: usize) -> Step {
     let z = &t.z[i];
     let norm = z.iter().map(|v| f64::from(*v).powi(2)).sum::<f64>().sqrt();
+    let (formula, text, dims) = if t.task == TaskKind::Jigsaw {
+        (
+            "z = [f(x₁), …, f(x₉)]: each tile's mean over positions of the encoder's last feature \
+             map, concatenated in the shuffled order"
+                .to_string(),
+            format!(
+                "The encoder turns each of the 9 shuffled {p}×{p} tiles into {d} numbers on its own; \
+                 the head sees the {n} numbers of all nine side by side and must tell from them how \
+                 the tiles were shuffled. The downstream tasks use one image's f(x).",
+                p = t.input_size / 3,
+                d = z.len() / 9,
+                n = z.len()
+            ),
+            "9 tiles × the channels of the last stage (4 × width)",
+        )
+    } else {
+        (
+            "z = f(x) = mean over positions of the encoder's last feature map".to_string(),
+            format!(
+                "The encoder turns the {s}×{s} input into {d} numbers: the average of each of its \
+                 last {d} feature maps. Everything the tasks learn has to pass through these \
+                 numbers; the downstream tasks use them too.",
+                s = t.input_size,
+                d = z.len()
+            ),
+            "channels of the last stage (4 × width)",
+        )
+    };
     Step {
         kind: StepKind::Representation,
         title: "Representation f(x) → z".into(),
-        formula: "z = f(x) = mean over positions of the encoder's last feature map".into(),
-        text: format!(
-            "The encoder turns the {s}×{s} input into {d} numbers: the average of each of its last {d} \
-             feature maps. Everything the tasks learn has to pass through these numbers; the downstream \
-             tasks use them too.",
-            s = t.input_size,
-            d = z.len()
-        ),
+        formula,
+        text,
         values: vec![
-            value(
-                "dimensions of z",
-                z.len() as f64,
-                "channels of the last stage (4 × width)",
-            ),
+            value("dimensions of z", z.len() as f64, dims),
             value("‖z‖", norm, "√(Σ zₖ²)"),
             value(
                 "largest zₖ",

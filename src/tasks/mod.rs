@@ -11,6 +11,7 @@ pub mod colorization;
 pub mod contrastive;
 pub mod heads;
 pub mod inpainting;
+pub mod jigsaw;
 pub mod patch;
 pub mod rotation;
 
@@ -56,7 +57,7 @@ impl HostTensor {
 pub enum BatchExtra {
     #[default]
     None,
-    /// Patch prediction: each sample's layout.
+    /// Patch prediction and jigsaw: each sample's layout.
     Patches(Vec<PatchLayout>),
     /// Contrastive: what T did to each image's two views.
     Views(Vec<(AugmentRecord, AugmentRecord)>),
@@ -220,6 +221,7 @@ pub fn metric_info(kind: TaskKind) -> MetricInfo {
         TaskKind::Inpainting => inpainting::METRIC,
         TaskKind::Rotation => rotation::METRIC,
         TaskKind::Patch => patch::METRIC,
+        TaskKind::Jigsaw => jigsaw::METRIC,
         TaskKind::Contrastive => contrastive::METRIC,
     }
 }
@@ -360,6 +362,7 @@ pub fn build(
                 }
                 TaskKind::Inpainting => Box::new(inpainting::Inpainting::new(model, settings)?),
                 TaskKind::Patch => Box::new(patch::Patch::new(model, settings)?),
+                TaskKind::Jigsaw => Box::new(jigsaw::Jigsaw::new(model, settings)?),
                 TaskKind::Contrastive => Box::new(contrastive::Contrastive::new(model, settings)?),
             })
         })

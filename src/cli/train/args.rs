@@ -139,9 +139,12 @@ pub struct TaskArgs {
     /// Colorization: a pixel counts as right within this a*b* distance.
     #[arg(long, value_name = "D", default_value_t = task_defaults().color_threshold)]
     pub color_threshold: f64,
-    /// Patch prediction: gap between patches as a share of a grid cell.
+    /// Patch prediction and jigsaw: gap between patches as a share of a grid cell.
     #[arg(long, value_name = "F", default_value_t = task_defaults().patch_gap)]
     pub patch_gap: f64,
+    /// Jigsaw: size of the permutation set (the classes; chosen for maximal Hamming distance).
+    #[arg(long, value_name = "N", default_value_t = task_defaults().jigsaw_permutations)]
+    pub jigsaw_permutations: usize,
 }
 
 /// The augmentations that make contrastive learning's two views.
@@ -220,6 +223,7 @@ impl TrainArgs {
             mask_size: t.mask_size,
             color_threshold: t.color_threshold,
             patch_gap: t.patch_gap,
+            jigsaw_permutations: t.jigsaw_permutations,
             augment: Augment {
                 crop_min_scale: a.crop_min_scale,
                 flip_p: a.flip_p,
@@ -283,6 +287,7 @@ pub fn flag(s: Setting) -> &'static str {
         Setting::MaskSize => "--mask-size",
         Setting::ColorThreshold => "--color-threshold",
         Setting::PatchGap => "--patch-gap",
+        Setting::JigsawPermutations => "--jigsaw-permutations",
         Setting::CropMinScale => "--crop-min-scale",
         Setting::FlipP => "--flip-p",
         Setting::JitterP => "--jitter-p",

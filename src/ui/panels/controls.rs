@@ -267,6 +267,14 @@ fn task_settings(ui: &mut egui::Ui, c: &mut TrainConfig) {
                 .text("colour threshold (a*b*)"),
         );
         ui.add(egui::Slider::new(&mut t.patch_gap, limits::PATCH_GAP_RANGE).text("patch gap"));
+        ui.add(
+            egui::Slider::new(
+                &mut t.jigsaw_permutations,
+                limits::JIGSAW_PERMUTATIONS_RANGE,
+            )
+            .logarithmic(true)
+            .text("jigsaw permutations"),
+        );
     });
     egui::CollapsingHeader::new("Augmentation strengths").show(ui, |ui| {
         let a = &mut t.augment;
