@@ -156,8 +156,15 @@ impl fmt::Display for LrSchedule {
 )]
 #[serde(rename_all = "lowercase")]
 pub enum TaskKind {
-    /// Predict the colour (CIE a*b*) from the lightness L* (Zhang et al. 2016).
+    /// Predict the colour (CIE a*b*) from the lightness L* by regression (the task of Zhang et
+    /// al. 2016, with the mean squared error their paper argues against).
     Colorization,
+    /// Predict the colour as a distribution over quantised a*b* bins with class-rebalanced
+    /// cross-entropy, decoded by the annealed mean (Zhang et al. 2016, "Colorful Image
+    /// Colorization").
+    #[serde(rename = "colorization-bins")]
+    #[value(name = "colorization-bins")]
+    ColorizationBins,
     /// Reconstruct a hidden region from its context (Pathak et al. 2016).
     Inpainting,
     /// Predict which of 0/90/180/270° an image was rotated by (Gidaris et al. 2018).
@@ -172,8 +179,9 @@ pub enum TaskKind {
 }
 
 impl TaskKind {
-    pub const ALL: [TaskKind; 6] = [
+    pub const ALL: [TaskKind; 7] = [
         TaskKind::Colorization,
+        TaskKind::ColorizationBins,
         TaskKind::Inpainting,
         TaskKind::Rotation,
         TaskKind::Patch,
@@ -184,6 +192,7 @@ impl TaskKind {
     pub fn name(self) -> &'static str {
         match self {
             Self::Colorization => "colorization",
+            Self::ColorizationBins => "colorization-bins",
             Self::Inpainting => "inpainting",
             Self::Rotation => "rotation",
             Self::Patch => "patch",
