@@ -193,14 +193,38 @@ fn dense_soft_cross_entropy_is_the_weighted_log_likelihood_of_each_pixel() {
         }
     }
     want /= (n * plane) as f64;
-    let x = Tensor::from_vec(logits, (n, q, h, w), &Device::Cpu).unwrap();
+    let x = candle_core::Var::from_vec(logits, (n, q, h, w), &Device::Cpu).unwrap();
     let y = Tensor::from_vec(indices, (n, k, h, w), &Device::Cpu).unwrap();
     let wt = Tensor::from_vec(weights, (n, k, h, w), &Device::Cpu).unwrap();
-    let loss = ops::dense_soft_cross_entropy(&x, &y, &wt)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    assert!((f64::from(loss) - want).abs() < 1e-5, "{loss} vs {want}");
+    // The own CPU kernel and candle's stock chain (what CUDA runs): same loss, same gradient.
+    let mut grads = Vec::new();
+    for stock in [false, true] {
+        pretext::model::kernels::set_stock_ops(stock);
+        let loss = ops::dense_soft_cross_entropy(x.as_tensor(), &y, &wt).unwrap();
+        let value = loss.to_scalar::<f32>().unwrap();
+        assert!(
+            (f64::from(value) - want).abs() < 1e-5,
+            "stock {stock}: {value} vs {want}"
+        );
+        let g = loss.backward().unwrap();
+        grads.push(
+            g.get(x.as_tensor())
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap(),
+        );
+    }
+    pretext::model::kernels::set_stock_ops(false);
+    let worst = grads[0]
+        .iter()
+        .zip(&grads[1])
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(worst < 1e-6, "gradients differ by {worst}");
+    assert!(grads[0].iter().any(|g| g.abs() > 1e-3));
+    let x = x.as_tensor();
     // One target class of weight 1 per pixel is the ordinary cross-entropy, pixel by pixel.
     let flat = x
         .permute((0, 2, 3, 1))
@@ -213,7 +237,7 @@ fn dense_soft_cross_entropy_is_the_weighted_log_likelihood_of_each_pixel() {
         .collect();
     let one = Tensor::ones((n, 1, h, w), DType::F32, &Device::Cpu).unwrap();
     let dense = ops::dense_soft_cross_entropy(
-        &x,
+        x,
         &Tensor::from_vec(dense_labels, (n, 1, h, w), &Device::Cpu).unwrap(),
         &one,
     )

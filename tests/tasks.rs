@@ -263,49 +263,44 @@ fn colorization_bins_soft_encoding_and_rebalancing() {
 
 #[test]
 fn annealed_mean_runs_from_the_mode_to_the_mean() {
-    use candle_core::{Device, Tensor};
     use pretext::tasks::colorization_bins::{Bins, annealed_mean};
     let bins = Bins::in_gamut();
     let q = bins.len();
     let mut rng = Rng::new(8);
-    let mut p: Vec<f32> = (0..q).map(|_| rng.range(0.0, 1.0)).collect();
-    let mode = 100;
-    p[mode] = 30.0;
-    let total: f32 = p.iter().sum();
-    let p: Vec<f32> = p.iter().map(|v| v / total).collect();
-    let logits = Tensor::from_vec(
-        p.iter().map(|v| v.ln()).collect::<Vec<f32>>(),
-        (1, q, 1, 1),
-        &Device::Cpu,
-    )
-    .unwrap();
-    let centres = bins.centres_tensor(&Device::Cpu).unwrap();
-    let at = |t: f64| {
-        annealed_mean(&logits, &centres, t)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap()
-    };
-    let mean: Vec<f32> = (0..2)
-        .map(|c| p.iter().zip(bins.centres()).map(|(p, x)| p * x[c]).sum())
+    // Two pixels (H·W = 2), each its own distribution with a clear mode.
+    let plane = 2;
+    let modes = [100usize, 7];
+    let dists: Vec<Vec<f32>> = modes
+        .iter()
+        .map(|&mode| {
+            let mut p: Vec<f32> = (0..q).map(|_| rng.range(0.0, 1.0)).collect();
+            p[mode] = 30.0;
+            let total: f32 = p.iter().sum();
+            p.iter().map(|v| v / total).collect()
+        })
         .collect();
-    let t1 = at(1.0);
-    assert!(
-        (t1[0] - mean[0]).abs() < 1e-3 && (t1[1] - mean[1]).abs() < 1e-3,
-        "{t1:?} vs {mean:?}"
-    );
-    let cold = at(0.01);
-    let want = bins.centres()[mode];
-    assert!(
-        (cold[0] - want[0]).abs() < 1e-3 && (cold[1] - want[1]).abs() < 1e-3,
-        "{cold:?} vs {want:?}"
-    );
-    // T = 0.38 lies between: closer to the mode than the mean is.
-    let paper = at(0.38);
-    let dist = |v: &[f32]| (v[0] - want[0]).hypot(v[1] - want[1]);
-    assert!(dist(&paper) < dist(&t1));
+    // Logits log p, laid out (1, Q, 1, 2).
+    let logits: Vec<f32> = (0..q)
+        .flat_map(|c| dists.iter().map(move |d| d[c].ln()))
+        .collect();
+    let at = |t: f32| annealed_mean(&logits, bins.centres(), plane, t);
+    let close = |x: f32, y: f32| (x - y).abs() < 1e-3;
+    let (t1, cold, paper) = (at(1.0), at(0.01), at(0.38));
+    for (px, (d, &mode)) in dists.iter().zip(&modes).enumerate() {
+        let mean = |c: usize| {
+            d.iter()
+                .zip(bins.centres())
+                .map(|(p, x)| p * x[c])
+                .sum::<f32>()
+        };
+        let (a, b) = (t1[px], t1[plane + px]);
+        assert!(close(a, mean(0)) && close(b, mean(1)), "T = 1: {a} {b}");
+        let [ma, mb] = bins.centres()[mode];
+        assert!(close(cold[px], ma) && close(cold[plane + px], mb), "T → 0");
+        // T = 0.38 lies between: nearer the mode than the mean is.
+        let to_mode = |v: &[f32]| (v[px] - ma).hypot(v[plane + px] - mb);
+        assert!(to_mode(&paper) < to_mode(&t1));
+    }
 }
 
 #[test]

@@ -26,7 +26,7 @@
 
 use std::sync::{Arc, OnceLock};
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use rayon::prelude::*;
 
 use super::colorization::{AB_SCALE, agreement, constant_baseline, normalize_l};
@@ -52,7 +52,7 @@ pub const PRIOR_SIGMA: f64 = 5.0;
 /// Weight λ of the uniform distribution mixed into the prior for the rebalancing weights.
 pub const PRIOR_LAMBDA: f64 = 0.5;
 /// Temperature of the annealed mean.
-pub const ANNEAL_T: f64 = 0.38;
+pub const ANNEAL_T: f32 = 0.38;
 /// Most images the empirical prior is counted from.
 pub const PRIOR_IMAGES: usize = 512;
 
@@ -210,12 +210,6 @@ impl Bins {
         }
         grid
     }
-
-    /// The bin centres as a (2, Q) tensor: row 0 a*, row 1 b*.
-    pub fn centres_tensor(&self, device: &Device) -> candle_core::Result<Tensor> {
-        let (a, b): (Vec<f32>, Vec<f32>) = self.centres.iter().map(|c| (c[0], c[1])).unzip();
-        Tensor::from_vec([a, b].concat(), (2, self.len()), device)
-    }
 }
 
 /// The colour prior of the training data and the class-rebalancing weights it gives.
@@ -312,20 +306,38 @@ pub fn rebalancing_weights(smoothed: &[f64], lambda: f64) -> Vec<f64> {
         .collect()
 }
 
-/// The annealed mean of dense logits (N, Q, H, W) → a*b* (N, 2, H, W):
-/// `Σ_q softmax(logits / T)_q · centre_q`, i.e. the mean of `Ẑ^(1/T)` renormalised. T = 1 is the
-/// distribution's mean, T → 0 its mode; the paper's T = 0.38 sits between (§2.3). `centres` is
-/// (2, Q) ([`Bins::centres_tensor`]). No gradient flows through it.
-pub fn annealed_mean(logits: &Tensor, centres: &Tensor, t: f64) -> candle_core::Result<Tensor> {
-    let (n, q, h, w) = logits.dims4()?;
-    // Bins last, one row per pixel: softmax along contiguous rows, then one product.
-    let rows = (logits.detach().permute((0, 2, 3, 1))? / t)?.reshape((n * h * w, q))?;
-    let p = candle_nn::ops::softmax_last_dim(&rows)?;
-    let c = centres.to_dtype(logits.dtype())?.t()?.contiguous()?;
-    p.matmul(&c)?
-        .reshape((n, h, w, 2))?
-        .permute((0, 3, 1, 2))?
-        .contiguous()
+/// The annealed mean of dense logits, flat (N, Q, H, W) with `plane` = H·W → a*b*, flat
+/// (N, 2, H, W): per pixel `Σ_q softmax(logits / T)_q · centre_q`, i.e. the mean of `Ẑ^(1/T)`
+/// renormalised. T = 1 is the distribution's mean, T → 0 its mode; the paper's T = 0.38 sits
+/// between (§2.3).
+pub fn annealed_mean(logits: &[f32], centres: &[[f32; 2]], plane: usize, t: f32) -> Vec<f32> {
+    let q = centres.len();
+    let mut out = vec![0f32; logits.len() / q.max(1) * 2];
+    out.par_chunks_mut((2 * plane).max(1))
+        .zip(logits.par_chunks((q * plane).max(1)))
+        .for_each(|(o, x)| {
+            let mut max = vec![f32::NEG_INFINITY; plane];
+            for c in x.chunks_exact(plane) {
+                for (m, v) in max.iter_mut().zip(c) {
+                    *m = m.max(*v);
+                }
+            }
+            let (mut sum, mut a, mut b) = (vec![0f32; plane], vec![0f32; plane], vec![0f32; plane]);
+            for (c, [ca, cb]) in x.chunks_exact(plane).zip(centres) {
+                for p in 0..plane {
+                    let e = ((c[p] - max[p]) / t).exp();
+                    sum[p] += e;
+                    a[p] += e * ca;
+                    b[p] += e * cb;
+                }
+            }
+            let (oa, ob) = o.split_at_mut(plane);
+            for p in 0..plane {
+                oa[p] = a[p] / sum[p];
+                ob[p] = b[p] / sum[p];
+            }
+        });
+    out
 }
 
 /// Softmax over the bins of one pixel's logits, taken from a flat (N, Q, H, W) array.
@@ -348,7 +360,6 @@ fn pixel_distribution(
 pub struct ColorizationBins {
     decoder: Decoder,
     maker: Arc<BinsMaker>,
-    centres: Tensor,
     threshold: f64,
 }
 
@@ -434,7 +445,6 @@ impl ColorizationBins {
         let vb = model.head_builder("colorization_bins");
         Ok(Self {
             decoder: Decoder::new(&vb, model.encoder.z_dim(), bins.len())?,
-            centres: bins.centres_tensor(&model.device)?,
             maker: Arc::new(BinsMaker {
                 channels,
                 bins,
@@ -509,16 +519,15 @@ impl PretextTask for ColorizationBins {
         let weights = batch.weights()?;
         let indices = batch.labels()?.reshape(weights.shape())?;
         let loss = nn::dense_soft_cross_entropy(&logits, &indices, weights)?;
-        let pred_ab = annealed_mean(&logits, &self.centres, ANNEAL_T)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
+        let s = batch.host.inputs.shape[2];
+        let flat = logits.detach().flatten_all()?.to_vec1::<f32>()?;
+        let pred_ab = annealed_mean(&flat, self.bins().centres(), s * s, ANNEAL_T);
         let true_ab: Vec<f32> = batch
             .host
             .target
             .as_ref()
             .map(|t| t.data.iter().map(|x| x * AB_SCALE).collect())
             .unwrap_or_default();
-        let s = batch.host.inputs.shape[2];
         Ok(TaskOutput {
             loss,
             metric: agreement(&pred_ab, &true_ab, s * s, self.threshold),
@@ -554,7 +563,7 @@ impl PretextTask for ColorizationBins {
 
     /// One row per image: lightness L* (the centre pixel framed) | colour decoded by the annealed
     /// mean | truth | the predicted distribution Ẑ at the centre pixel over the a*b* grid (a*
-    /// left to right, b* top to bottom; dark outside the gamut; the true colour's bin framed).
+    /// left to right, b* top to bottom; dark outside the gamut; the true colour's bin framed green).
     fn preview(
         &self,
         model: &Model,
@@ -563,12 +572,10 @@ impl PretextTask for ColorizationBins {
     ) -> Result<Preview, ModelError> {
         let batch = preview_batch(self.maker.as_ref(), model, data, indices)?;
         let (logits, _) = self.logits(model, &batch, false)?;
-        let pred = annealed_mean(&logits, &self.centres, ANNEAL_T)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
         let flat = logits.flatten_all()?.to_vec1::<f32>()?;
         let s = data.size;
         let plane = s * s;
+        let pred = annealed_mean(&flat, self.bins().centres(), plane, ANNEAL_T);
         let q = self.bins().len();
         let f = preview_factor(s);
         let cell = s * f;
@@ -622,13 +629,13 @@ impl PretextTask for ColorizationBins {
                 canvas.fill_rect(x0 + c * hm, y + r * hm, hm, hm, [40, 40, 44]);
             }
             let (tr, tc) = self.bins().cells()[self.bins().nearest(a[centre], b[centre]) as usize];
-            canvas.frame(x0 + tc * hm, y + tr * hm, hm, hm, 1, [80, 150, 255]);
+            canvas.frame(x0 + tc * hm, y + tr * hm, hm, hm, 1, [60, 220, 60]);
         }
         let mean = agreements.iter().sum::<f64>() / agreements.len().max(1) as f64;
         Ok(Preview {
             task: TaskKind::ColorizationBins,
             caption: format!(
-                "colorization (bins): lightness L* | annealed mean (T = {ANNEAL_T}) | truth | P(a*b* bin) at the framed centre pixel over the {q} in-gamut bins, true bin blue; {:.0}% of pixels within {} a*b* units",
+                "colorization (bins): lightness L* | annealed mean (T = {ANNEAL_T}) | truth | P(a*b* bin) at the framed centre pixel over the {q} in-gamut bins, true bin green; {:.0}% of pixels within {} a*b* units",
                 mean * 100.0,
                 self.threshold
             ),
