@@ -290,7 +290,7 @@ fn the_math_panel_walks_every_step_of_every_task() {
     h.run_steps(2);
     h.get_by_label("Freeze batch").click();
     wait_until(&mut h, "the frozen batch", |a| a.tabs.math.report.is_some());
-    for task in 0..5 {
+    for task in 0..TaskKind::ALL.len() {
         h.state_mut().tabs.math.sel.task = task;
         h.state_mut().tabs.math.step = 0;
         h.run_steps(2);
