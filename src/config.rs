@@ -786,6 +786,14 @@ mod tests {
         c.settings.augment.hue = 0.6;
         let hue = c.validate().unwrap_err();
         assert_eq!(hue.to_string(), "hue must be between 0 and 0.5 (got 0.6)");
+        let mut c = TrainConfig::default();
+        c.settings.jigsaw_permutations = 1;
+        assert_eq!(
+            c.validate().unwrap_err().to_string(),
+            "jigsaw permutations must be between 2 and 1000 (got 1)"
+        );
+        c.settings.jigsaw_permutations = 1000;
+        assert!(c.validate().is_ok());
         let batch = TrainConfig {
             batch: 1,
             ..TrainConfig::default()

@@ -181,7 +181,13 @@ impl Jigsaw {
     pub fn new(model: &Model, settings: &TaskSettings) -> Result<Self, ModelError> {
         let vb = model.head_builder("jigsaw");
         let z = model.encoder.z_dim();
-        let permutations = Arc::new(permutation_set(settings.jigsaw_permutations));
+        // Validated settings are within the limit; others are held to it rather than asking
+        // for a greedy pass over all 9! orders per permutation.
+        let limit = crate::config::JIGSAW_PERMUTATIONS_RANGE;
+        let count = settings
+            .jigsaw_permutations
+            .clamp(*limit.start(), *limit.end());
+        let permutations = Arc::new(permutation_set(count));
         Ok(Self {
             head: Mlp::new(&vb, TILES * z, 2 * z, permutations.len())?,
             maker: Arc::new(JigsawMaker {
