@@ -21,7 +21,7 @@ fn step(
 ) -> (f32, Vec<(String, Vec<f32>)>) {
     let model = Model::new(on.clone(), tasks::input_channels(kinds)).unwrap();
     let settings = TaskSettings::default();
-    let built = tasks::build(kinds, &settings, &model).unwrap();
+    let built = tasks::build(kinds, &settings, &model, data).unwrap();
     // Heads are made by the tasks: initialise after building so every parameter is seeded.
     model.init_weights(11).unwrap();
     let indices: Vec<usize> = (0..8).collect();

@@ -2239,8 +2239,14 @@ struct CheckpointSeeds {
 /// optimiser moments, position metadata) and an encoder-only state dict as `--init-from` takes.
 fn checkpoint_seeds(dir: &Path) -> CheckpointSeeds {
     let model = Model::new(Device::Cpu, 3).unwrap();
-    let _tasks =
-        pretext::tasks::build(&[TaskKind::Rotation], &TaskSettings::default(), &model).unwrap();
+    let data = pretext::data::builtin::generate(2, 32);
+    let _tasks = pretext::tasks::build(
+        &[TaskKind::Rotation],
+        &TaskSettings::default(),
+        &model,
+        &data,
+    )
+    .unwrap();
     model.init_weights(7).unwrap();
     let mut full = model.state_dict().unwrap();
     for (name, var) in model.trainable_vars() {
@@ -2312,11 +2318,13 @@ fn fuzz_checkpoints(
 ) {
     h.begin("checkpoint read + load_state_dict");
     // The model a resumed rotation run builds, and one with other heads (--init-from).
+    let data = pretext::data::builtin::generate(2, 32);
     let resume_model = Model::new(Device::Cpu, 3).unwrap();
     let _t1 = pretext::tasks::build(
         &[TaskKind::Rotation],
         &TaskSettings::default(),
         &resume_model,
+        &data,
     )
     .unwrap();
     let other_model = Model::new(Device::Cpu, 3).unwrap();
@@ -2324,6 +2332,7 @@ fn fuzz_checkpoints(
         &[TaskKind::Contrastive, TaskKind::Patch],
         &TaskSettings::default(),
         &other_model,
+        &data,
     )
     .unwrap();
     // Sanity: the seeds load.

@@ -171,3 +171,85 @@ fn srgb_to_lab_matches_scikit_image_and_round_trips() {
         }
     }
 }
+
+#[test]
+fn dense_soft_cross_entropy_is_the_weighted_log_likelihood_of_each_pixel() {
+    // (N, Q, H, W) = (2, 6, 3, 2), K = 3 target classes per pixel, checked pixel by pixel in f64.
+    let (n, q, h, w, k) = (2usize, 6usize, 3usize, 2usize, 3usize);
+    let plane = h * w;
+    let mut rng = pretext::rng::Rng::new(4);
+    let logits: Vec<f32> = (0..n * q * plane).map(|_| rng.range(-3.0, 3.0)).collect();
+    let indices: Vec<u32> = (0..n * k * plane).map(|_| rng.below(q) as u32).collect();
+    let weights: Vec<f32> = (0..n * k * plane).map(|_| rng.range(0.0, 2.0)).collect();
+    let mut want = 0f64;
+    for i in 0..n {
+        for p in 0..plane {
+            let at = |c: usize| f64::from(logits[(i * q + c) * plane + p]);
+            let lse = (0..q).map(|c| at(c).exp()).sum::<f64>().ln();
+            for j in 0..k {
+                let o = (i * k + j) * plane + p;
+                want -= f64::from(weights[o]) * (at(indices[o] as usize) - lse);
+            }
+        }
+    }
+    want /= (n * plane) as f64;
+    let x = candle_core::Var::from_vec(logits, (n, q, h, w), &Device::Cpu).unwrap();
+    let y = Tensor::from_vec(indices, (n, k, h, w), &Device::Cpu).unwrap();
+    let wt = Tensor::from_vec(weights, (n, k, h, w), &Device::Cpu).unwrap();
+    // The own CPU kernel and candle's stock chain (what CUDA runs): same loss, same gradient.
+    let mut grads = Vec::new();
+    for stock in [false, true] {
+        pretext::model::kernels::set_stock_ops(stock);
+        let loss = ops::dense_soft_cross_entropy(x.as_tensor(), &y, &wt).unwrap();
+        let value = loss.to_scalar::<f32>().unwrap();
+        assert!(
+            (f64::from(value) - want).abs() < 1e-5,
+            "stock {stock}: {value} vs {want}"
+        );
+        let g = loss.backward().unwrap();
+        grads.push(
+            g.get(x.as_tensor())
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap(),
+        );
+    }
+    pretext::model::kernels::set_stock_ops(false);
+    let worst = grads[0]
+        .iter()
+        .zip(&grads[1])
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(worst < 1e-6, "gradients differ by {worst}");
+    assert!(grads[0].iter().any(|g| g.abs() > 1e-3));
+    let x = x.as_tensor();
+    // One target class of weight 1 per pixel is the ordinary cross-entropy, pixel by pixel.
+    let flat = x
+        .permute((0, 2, 3, 1))
+        .unwrap()
+        .reshape((n * plane, q))
+        .unwrap();
+    let labels: Vec<u32> = (0..n * plane).map(|i| (i % q) as u32).collect();
+    let dense_labels: Vec<u32> = (0..n)
+        .flat_map(|i| (0..plane).map(move |p| ((i * plane + p) % q) as u32))
+        .collect();
+    let one = Tensor::ones((n, 1, h, w), DType::F32, &Device::Cpu).unwrap();
+    let dense = ops::dense_soft_cross_entropy(
+        x,
+        &Tensor::from_vec(dense_labels, (n, 1, h, w), &Device::Cpu).unwrap(),
+        &one,
+    )
+    .unwrap()
+    .to_scalar::<f32>()
+    .unwrap();
+    let plain = ops::cross_entropy(
+        &flat,
+        &Tensor::new(labels.as_slice(), &Device::Cpu).unwrap(),
+    )
+    .unwrap()
+    .to_scalar::<f32>()
+    .unwrap();
+    assert!((dense - plain).abs() < 1e-5, "{dense} vs {plain}");
+}

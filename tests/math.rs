@@ -93,6 +93,23 @@ fn every_task_derivation_equals_the_trainers_loss_and_the_step_lowers_it() {
                 channels,
                 size,
             } => math::reconstruction_numbers(prediction, target, weight, *channels, *size).1,
+            TaskMath::ColorClasses {
+                logits,
+                indices,
+                weights,
+                bins,
+                size,
+            } => {
+                let c =
+                    math::color_class_numbers(logits, indices, weights, bins.len(), *size).unwrap();
+                assert!(
+                    (c.by_hand - c.loss).abs() < 1e-4 * c.loss.abs().max(1.0),
+                    "pixel by pixel {} vs dense_soft_cross_entropy {}",
+                    c.by_hand,
+                    c.loss
+                );
+                c.loss
+            }
             TaskMath::Siamese(m) => math::siamese_numbers(m).unwrap().loss,
         };
         assert!(
@@ -119,6 +136,57 @@ fn every_task_derivation_equals_the_trainers_loss_and_the_step_lowers_it() {
                 .all(|s| !s.formula.is_empty() && !s.text.is_empty())
         );
     }
+    // Colorization-bins: its step says the trainer's loss, and a clicked pixel is spelled out.
+    let bi = report
+        .tasks
+        .iter()
+        .position(|t| t.task == TaskKind::ColorizationBins)
+        .unwrap();
+    let at = |pixel| {
+        math::steps(
+            &report,
+            &Selection {
+                task: bi,
+                pixel,
+                ..Selection::default()
+            },
+        )
+    };
+    let steps = at(None);
+    let kinds: Vec<StepKind> = steps.iter().map(|s| s.kind).collect();
+    assert_eq!(
+        kinds,
+        [
+            StepKind::Representation,
+            StepKind::ColorClasses,
+            StepKind::Optimisation
+        ]
+    );
+    let find = |s: &math::Step, label: &str| {
+        s.values
+            .iter()
+            .find(|v| v.label.starts_with(label))
+            .unwrap()
+            .value
+    };
+    assert!(
+        (find(&steps[1], "L by the trainer") - report.tasks[bi].trainer_loss).abs() < 1e-4,
+        "{} vs {}",
+        find(&steps[1], "L by the trainer"),
+        report.tasks[bi].trainer_loss
+    );
+    let corner = at(Some((0, 0)));
+    assert!(corner[1].values[0].label.starts_with("pixel (0, 0)"));
+    assert!(steps[1].values[0].label.starts_with("pixel (16, 16)"));
+    // The pixel's loss is the sum of its target bins' terms.
+    let terms: f64 = corner[1]
+        .values
+        .iter()
+        .filter(|v| v.label.starts_with("bin "))
+        .map(|v| v.value)
+        .sum();
+    assert!((terms - find(&corner[1], "pixel (0, 0): loss")).abs() < 1e-9);
+
     // The contrastive steps: a different τ changes the loss, and the trainer's τ reproduces it.
     let ci = report
         .tasks

@@ -186,7 +186,8 @@ fn a_momentum_teacher_starts_as_the_student_follows_it_and_is_never_trained() {
     for kind in [TaskKind::Byol, TaskKind::Moco] {
         let model = Model::new(Device::Cpu, 3).unwrap();
         let settings = TaskSettings::default();
-        let built = tasks::build(&[kind], &settings, &model).unwrap();
+        let data = pretext::data::builtin::generate(4, 32);
+        let built = tasks::build(&[kind], &settings, &model, &data).unwrap();
         model.init_weights(1).unwrap();
         let task = &built[0];
         let teacher = format!("heads.{}.teacher.encoder.l1.c1.weight", kind.name());

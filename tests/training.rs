@@ -93,7 +93,8 @@ fn same_seed_same_run_on_cpu() {
 
 fn build(device: &Device) -> (Model, Vec<Box<dyn tasks::PretextTask>>) {
     let model = Model::new(device.clone(), 3).unwrap();
-    let tasks = tasks::build(&[TaskKind::Rotation], &Default::default(), &model).unwrap();
+    let data = pretext::data::builtin::generate(2, 32);
+    let tasks = tasks::build(&[TaskKind::Rotation], &Default::default(), &model, &data).unwrap();
     (model, tasks)
 }
 

@@ -120,7 +120,7 @@ fn load(args: &EvalArgs) -> anyhow::Result<Judged> {
     let device = crate::model::device::open(config.device)?;
     let build = || -> anyhow::Result<(Model, Vec<Box<dyn PretextTask>>)> {
         let m = Model::new(device.clone(), crate::tasks::input_channels(&config.tasks))?;
-        let t = crate::tasks::build(&config.tasks, &config.settings, &m)?;
+        let t = crate::tasks::build(&config.tasks, &config.settings, &m, &data)?;
         m.init_weights(config.seed)?;
         Ok((m, t))
     };

@@ -35,15 +35,23 @@ fn mul(m: &[[f64; 3]; 3], v: [f64; 3]) -> [f64; 3] {
     ]
 }
 
+/// One sRGB component in [0, 1] → linear light (the sRGB transfer function undone).
+pub fn srgb_to_linear(c: f64) -> f64 {
+    if c > 0.04045 {
+        ((c + 0.055) / 1.055).powf(2.4)
+    } else {
+        c / 12.92
+    }
+}
+
 /// sRGB in [0, 1] → L* in [0, 100], a*, b* roughly in [−110, 110].
 pub fn rgb_to_lab(rgb: [f64; 3]) -> [f64; 3] {
-    let lin = rgb.map(|c| {
-        if c > 0.04045 {
-            ((c + 0.055) / 1.055).powf(2.4)
-        } else {
-            c / 12.92
-        }
-    });
+    linear_rgb_to_lab(rgb.map(srgb_to_linear))
+}
+
+/// Linear-light RGB ([`srgb_to_linear`] of each component) → L*a*b*: the second half of
+/// [`rgb_to_lab`], for sweeps over many colours that linearise through a table.
+pub fn linear_rgb_to_lab(lin: [f64; 3]) -> [f64; 3] {
     let xyz = mul(&XYZ_FROM_RGB, lin);
     let f = |t: f64| {
         if t > 0.008856 {

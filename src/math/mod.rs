@@ -39,6 +39,18 @@ pub enum TaskMath {
     },
     /// MoCo, BYOL, SimSiam, Barlow Twins or VICReg on the 2N views.
     Siamese(Box<SiameseMath>),
+    /// Class-rebalanced cross-entropy over a*b* bins at every pixel (colorization-bins).
+    ColorClasses {
+        /// Per image: logits, Q × size × size (bins × pixels).
+        logits: Vec<Vec<f32>>,
+        /// Per image: each pixel's K target bins, K × size × size.
+        indices: Vec<Vec<u32>>,
+        /// Per image: their soft encoding times the pixel's rebalancing weight, K × size × size.
+        weights: Vec<Vec<f32>>,
+        /// (a*, b*) of each bin's centre.
+        bins: Vec<[f32; 2]>,
+        size: usize,
+    },
 }
 
 /// The frozen batch as one task saw it.
@@ -140,6 +152,7 @@ pub enum StepKind {
     CrossCorrelation,
     /// VICReg.
     VarianceCovariance,
+    ColorClasses,
     Optimisation,
 }
 
@@ -279,6 +292,68 @@ pub fn reconstruction_numbers(
     (maps, total / count.max(1.0))
 }
 
+/// What the colour-classes step derives from a frozen batch.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ColorClassNumbers {
+    /// Per image: each pixel's loss −Σ_k w_k log Ẑ(q_k), size × size.
+    pub maps: Vec<Vec<f32>>,
+    /// The mean of the maps over all pixels of the batch, summed here in f64.
+    pub by_hand: f64,
+    /// The loss by the trainer's function (`ops::dense_soft_cross_entropy`) on the same numbers.
+    pub loss: f64,
+}
+
+/// Per-pixel class-rebalanced cross-entropy, its mean, and the trainer's loss on the same logits,
+/// target bins and weights (`q` bins, `size × size` pixels per image).
+pub fn color_class_numbers(
+    logits: &[Vec<f32>],
+    indices: &[Vec<u32>],
+    weights: &[Vec<f32>],
+    q: usize,
+    size: usize,
+) -> candle_core::Result<ColorClassNumbers> {
+    let plane = size * size;
+    let n = logits.len();
+    let k = indices.first().map_or(0, Vec::len) / plane.max(1);
+    let mut total = 0f64;
+    let maps: Vec<Vec<f32>> = logits
+        .iter()
+        .zip(indices)
+        .zip(weights)
+        .map(|((l, idx), w)| {
+            (0..plane)
+                .map(|p| {
+                    let at = |c: usize| f64::from(l[c * plane + p]);
+                    let max = (0..q).map(at).fold(f64::MIN, f64::max);
+                    let lse = max + (0..q).map(|c| (at(c) - max).exp()).sum::<f64>().ln();
+                    let loss: f64 = (0..k)
+                        .map(|j| {
+                            let c = idx[j * plane + p] as usize;
+                            -f64::from(w[j * plane + p]) * (at(c) - lse)
+                        })
+                        .sum();
+                    total += loss;
+                    loss as f32
+                })
+                .collect()
+        })
+        .collect();
+    let flat = |v: &[Vec<f32>]| v.iter().flatten().copied().collect::<Vec<f32>>();
+    let x = Tensor::from_vec(flat(logits), (n, q, size, size), &Device::Cpu)?;
+    let y = Tensor::from_vec(
+        indices.iter().flatten().copied().collect::<Vec<u32>>(),
+        (n, k, size, size),
+        &Device::Cpu,
+    )?;
+    let w = Tensor::from_vec(flat(weights), (n, k, size, size), &Device::Cpu)?;
+    let loss = f64::from(ops::dense_soft_cross_entropy(&x, &y, &w)?.to_scalar::<f32>()?);
+    Ok(ColorClassNumbers {
+        maps,
+        by_hand: total / (n * plane).max(1) as f64,
+        loss,
+    })
+}
+
 fn fmt(v: f64) -> String {
     if v.abs() >= 1e4 || (v != 0.0 && v.abs() < 1e-3) {
         format!("{v:.3e}")
@@ -336,6 +411,27 @@ pub fn steps(report: &MathReport, sel: &Selection) -> Vec<Step> {
             };
             out.push(reconstruction_step(t, &maps, loss, *size, i, &at));
         }
+        TaskMath::ColorClasses {
+            logits,
+            indices,
+            weights,
+            bins,
+            size,
+        } => {
+            if let Ok(c) = color_class_numbers(logits, indices, weights, bins.len(), *size) {
+                let pixel = sel.pixel.unwrap_or((*size / 2, *size / 2));
+                let i = i.min(logits.len().saturating_sub(1));
+                let at = ClassPixel {
+                    logits: &logits[i],
+                    indices: &indices[i],
+                    weights: &weights[i],
+                    bins,
+                    size: *size,
+                    pixel: (pixel.0.min(size - 1), pixel.1.min(size - 1)),
+                };
+                out.push(color_classes_step(t, &c, i, &at));
+            }
+        }
         TaskMath::Siamese(_) => {}
     }
     if let TaskMath::Siamese(m) = &t.math {
@@ -351,23 +447,41 @@ pub fn steps(report: &MathReport, sel: &Selection) -> Vec<Step> {
 fn representation_step(t: &TaskReport, i: usize) -> Step {
     let z = &t.z[i];
     let norm = z.iter().map(|v| f64::from(*v).powi(2)).sum::<f64>().sqrt();
+    let (formula, text, dims) = if t.task == TaskKind::Jigsaw {
+        (
+            "z = [f(x₁), …, f(x₉)]: each tile's mean over positions of the encoder's last feature \
+             map, concatenated in the shuffled order"
+                .to_string(),
+            format!(
+                "The encoder turns each of the 9 shuffled {p}×{p} tiles into {d} numbers on its own; \
+                 the head sees the {n} numbers of all nine side by side and must tell from them how \
+                 the tiles were shuffled. The downstream tasks use one image's f(x).",
+                p = t.input_size / 3,
+                d = z.len() / 9,
+                n = z.len()
+            ),
+            "9 tiles × the channels of the last stage (4 × width)",
+        )
+    } else {
+        (
+            "z = f(x) = mean over positions of the encoder's last feature map".to_string(),
+            format!(
+                "The encoder turns the {s}×{s} input into {d} numbers: the average of each of its \
+                 last {d} feature maps. Everything the tasks learn has to pass through these \
+                 numbers; the downstream tasks use them too.",
+                s = t.input_size,
+                d = z.len()
+            ),
+            "channels of the last stage (4 × width)",
+        )
+    };
     Step {
         kind: StepKind::Representation,
         title: "Representation f(x) → z".into(),
-        formula: "z = f(x) = mean over positions of the encoder's last feature map".into(),
-        text: format!(
-            "The encoder turns the {s}×{s} input into {d} numbers: the average of each of its last {d} \
-             feature maps. Everything the tasks learn has to pass through these numbers; the downstream \
-             tasks use them too.",
-            s = t.input_size,
-            d = z.len()
-        ),
+        formula,
+        text,
         values: vec![
-            value(
-                "dimensions of z",
-                z.len() as f64,
-                "channels of the last stage (4 × width)",
-            ),
+            value("dimensions of z", z.len() as f64, dims),
             value("‖z‖", norm, "√(Σ zₖ²)"),
             value(
                 "largest zₖ",
@@ -744,6 +858,140 @@ fn reconstruction_step(
                 range: (0.0, hi),
                 mark: Some(at.pixel),
             },
+        ],
+    }
+}
+
+/// One image's numbers at the selected pixel, for the colour-classes step.
+struct ClassPixel<'a> {
+    logits: &'a [f32],
+    indices: &'a [u32],
+    weights: &'a [f32],
+    bins: &'a [[f32; 2]],
+    size: usize,
+    pixel: (usize, usize),
+}
+
+fn color_classes_step(
+    t: &TaskReport,
+    c: &ColorClassNumbers,
+    i: usize,
+    at: &ClassPixel<'_>,
+) -> Step {
+    use crate::tasks::colorization_bins::{ANNEAL_T, GRID_SIDE, PRIOR_LAMBDA, grid_cell};
+    let plane = at.size * at.size;
+    let q = at.bins.len();
+    let (r, col) = at.pixel;
+    let p = r * at.size + col;
+    let k = at.indices.len() / plane.max(1);
+    let logit = |b: usize| f64::from(at.logits[b * plane + p]);
+    let max = (0..q).map(logit).fold(f64::MIN, f64::max);
+    let sum_exp: f64 = (0..q).map(|b| (logit(b) - max).exp()).sum();
+    let prob = |b: usize| (logit(b) - max).exp() / sum_exp;
+    // The pixel's rebalancing weight v: the soft encoding sums to 1, so it is the weights' sum.
+    let v: f64 = (0..k).map(|j| f64::from(at.weights[j * plane + p])).sum();
+    let mut values = vec![value(
+        format!("pixel ({r}, {col}): v = w(q*)"),
+        v,
+        "rebalancing weight of the pixel's nearest bin q* (Σ_k of the weights below, as Σ_k Z_k = 1)",
+    )];
+    let mut pixel_loss = 0f64;
+    for j in 0..k {
+        let b = at.indices[j * plane + p] as usize;
+        let z = f64::from(at.weights[j * plane + p]) / v.max(f64::MIN_POSITIVE);
+        let term = -v * z * prob(b).ln();
+        pixel_loss += term;
+        let [ca, cb] = at.bins.get(b).copied().unwrap_or_default();
+        values.push(value(
+            format!("bin {b} (a* {ca}, b* {cb}): −v·Z·log Ẑ"),
+            term,
+            format!(
+                "−{} · {} · ln {}   (Z soft encoding, Ẑ = softmax of the logits)",
+                fmt(v),
+                fmt(z),
+                fmt(prob(b))
+            ),
+        ));
+    }
+    let map = &c.maps[i.min(c.maps.len().saturating_sub(1))];
+    let hi = map.iter().fold(0f32, |m, x| m.max(*x)).max(1e-6);
+    values.extend([
+        value(
+            format!("pixel ({r}, {col}): loss"),
+            pixel_loss,
+            format!("Σ over its {k} target bins"),
+        ),
+        value(
+            "L = mean over the batch's pixels",
+            c.by_hand,
+            "Σ pixel losses / (N·H·W)",
+        ),
+        value(
+            "L by the trainer (ops::dense_soft_cross_entropy)",
+            c.loss,
+            "the function the training step calls",
+        ),
+        value(
+            "trainer's loss on this batch",
+            t.trainer_loss,
+            "the task's forward() on this batch",
+        ),
+    ]);
+    let predicted: Vec<f32> = (0..q).map(|b| prob(b) as f32).collect();
+    let mut target = vec![0f32; q];
+    for j in 0..k {
+        if let Some(t) = target.get_mut(at.indices[j * plane + p] as usize) {
+            *t += (f64::from(at.weights[j * plane + p]) / v.max(f64::MIN_POSITIVE)) as f32;
+        }
+    }
+    let grid_pic = |label: String, per_bin: &[f32]| {
+        let hi = per_bin.iter().fold(0f32, |m, x| m.max(*x)).max(1e-6);
+        Picture::Heatmap {
+            label,
+            rows: GRID_SIDE,
+            cols: GRID_SIDE,
+            values: {
+                // Bins laid out on the a*b* grid, 0 where the gamut does not reach.
+                let mut grid = vec![0f32; GRID_SIDE * GRID_SIDE];
+                for (&[a, b], &v) in at.bins.iter().zip(per_bin) {
+                    if let Some((row, col)) = grid_cell(a, b) {
+                        grid[row * GRID_SIDE + col] = v;
+                    }
+                }
+                grid
+            },
+            range: (0.0, hi),
+            mark: None,
+        }
+    };
+    Step {
+        kind: StepKind::ColorClasses,
+        title: format!("Class-rebalanced cross-entropy ({})", t.task),
+        formula: "L = −(1/NHW) Σ_{h,w} v(Z_hw) Σ_q Z_hw,q log Ẑ_hw,q,   Ẑ = softmax(logits),                     v = w_q*,   w ∝ ((1−λ)p̃ + λ/Q)⁻¹,   E_p̃[w] = 1"
+            .into(),
+        text: format!(
+            "Each pixel's colour becomes a distribution over {q} a*b* bins: the soft encoding Z puts              weight on the {k} bins nearest the true colour (Gaussian, σ = 5). The network predicts              its own distribution Ẑ; the loss is the cross-entropy between them, times a weight v that              is large for colours the training data rarely shows (p̃: the data's colour prior,              smoothed, mixed with uniform λ = {PRIOR_LAMBDA}), so the rare, saturated colours are not              drowned by the grey and brown ones. The colour shown in previews is the annealed mean              of Ẑ at T = {ANNEAL_T}. Click a pixel of the loss map."
+        ),
+        values,
+        pictures: vec![
+            Picture::Image {
+                label: format!("input L* (example {i})"),
+                size: t.input_size,
+                rgb: t.inputs.get(i).cloned().unwrap_or_default(),
+            },
+            Picture::Heatmap {
+                label: "loss per pixel (click a pixel)".into(),
+                rows: at.size,
+                cols: at.size,
+                values: map.clone(),
+                range: (0.0, hi),
+                mark: Some(at.pixel),
+            },
+            grid_pic(
+                format!("Ẑ at ({r}, {col}) over a*b* (a* → right, b* → down)"),
+                &predicted,
+            ),
+            grid_pic(format!("target Z at ({r}, {col}) (soft encoding)"), &target),
         ],
     }
 }

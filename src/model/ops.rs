@@ -184,6 +184,28 @@ pub fn cross_entropy(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
     picked.neg()?.mean_all()
 }
 
+/// Soft-target cross-entropy of dense logits, each pixel's few target classes weighted:
+/// `L = −(1/(N·H·W)) Σ_{n,h,w} Σ_k weights[n,k,h,w] · log softmax(logits[n,·,h,w])[indices[n,k,h,w]]`.
+/// logits (N, Q, H, W); indices (N, K, H, W) u32 class numbers; weights (N, K, H, W) in the
+/// logits' dtype. With the soft encoding of the true colour over its K nearest a*b* bins times
+/// the class-rebalancing weight, this is Zhang et al. 2016's loss (eq. 2 with the weighting of
+/// eq. 3); the classes not listed have target 0 and add nothing.
+pub fn dense_soft_cross_entropy(
+    logits: &Tensor,
+    indices: &Tensor,
+    weights: &Tensor,
+) -> Result<Tensor> {
+    if kernels::applies(logits.device(), logits.dtype()) {
+        return kernels::dense_ce::dense_soft_cross_entropy(logits, indices, weights);
+    }
+    let (n, _, h, w) = logits.dims4()?;
+    // Classes last: every reduction and the gather then run along contiguous rows.
+    let last = |t: &Tensor| t.permute((0, 2, 3, 1))?.contiguous();
+    let logp = candle_nn::ops::log_softmax(&last(logits)?, D::Minus1)?;
+    let picked = logp.gather(&last(indices)?, 3)?;
+    (picked * last(weights)?)?.sum_all()?.neg()? / (n * h * w).max(1) as f64
+}
+
 /// Nearest-neighbour upsampling ×2, (N, C, H, W) → (N, C, 2H, 2W), built from reshape and
 /// broadcast so its gradient accumulates correctly (candle's `upsample_nearest2d` backward
 /// overwrites when its input is used twice).

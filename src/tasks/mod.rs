@@ -8,9 +8,11 @@
 
 pub mod canvas;
 pub mod colorization;
+pub mod colorization_bins;
 pub mod contrastive;
 pub mod heads;
 pub mod inpainting;
+pub mod jigsaw;
 pub mod patch;
 pub mod rotation;
 pub mod siamese;
@@ -57,7 +59,7 @@ impl HostTensor {
 pub enum BatchExtra {
     #[default]
     None,
-    /// Patch prediction: each sample's layout.
+    /// Patch prediction and jigsaw: each sample's layout.
     Patches(Vec<PatchLayout>),
     /// Contrastive: what T did to each image's two views.
     Views(Vec<(AugmentRecord, AugmentRecord)>),
@@ -73,8 +75,12 @@ pub struct HostBatch {
     pub target: Option<HostTensor>,
     /// Inpainting: 1 where hidden, (B, 1, H, W).
     pub mask: Option<HostTensor>,
-    /// Class labels for classification tasks.
+    /// Class labels for classification tasks, one per sample; for colorization-bins the K
+    /// target bins of every pixel, (N, K, H, W) flattened.
     pub labels: Vec<u32>,
+    /// Weights of soft targets, (N, K, H, W): colorization-bins' soft encoding of each pixel's
+    /// K nearest bins times the pixel's class-rebalancing weight.
+    pub weights: Option<HostTensor>,
     /// Which data-set image each sample came from.
     pub sources: Vec<usize>,
     /// A trivial method's score on this batch, in the proxy metric's unit.
@@ -102,6 +108,11 @@ impl HostBatch {
             inputs: self.inputs.upload(device)?,
             target: self.target.as_ref().map(|t| t.upload(device)).transpose()?,
             mask: self.mask.as_ref().map(|t| t.upload(device)).transpose()?,
+            weights: self
+                .weights
+                .as_ref()
+                .map(|t| t.upload(device))
+                .transpose()?,
             labels,
             host: self,
         })
@@ -113,6 +124,7 @@ pub struct Batch {
     pub inputs: Tensor,
     pub target: Option<Tensor>,
     pub mask: Option<Tensor>,
+    pub weights: Option<Tensor>,
     pub labels: Option<Tensor>,
     pub host: HostBatch,
 }
@@ -130,6 +142,12 @@ impl Batch {
         self.labels
             .as_ref()
             .ok_or_else(|| ModelError::Invalid("batch without labels".into()))
+    }
+
+    pub fn weights(&self) -> Result<&Tensor, ModelError> {
+        self.weights
+            .as_ref()
+            .ok_or_else(|| ModelError::Invalid("batch without target weights".into()))
     }
 
     pub fn target(&self) -> Result<&Tensor, ModelError> {
@@ -218,9 +236,11 @@ impl MetricInfo {
 pub fn metric_info(kind: TaskKind) -> MetricInfo {
     match kind {
         TaskKind::Colorization => colorization::METRIC,
+        TaskKind::ColorizationBins => colorization_bins::METRIC,
         TaskKind::Inpainting => inpainting::METRIC,
         TaskKind::Rotation => rotation::METRIC,
         TaskKind::Patch => patch::METRIC,
+        TaskKind::Jigsaw => jigsaw::METRIC,
         TaskKind::Contrastive => contrastive::METRIC,
         TaskKind::Moco
         | TaskKind::Byol
@@ -375,11 +395,13 @@ pub fn per_image(t: &Tensor) -> Result<Vec<Vec<f32>>, ModelError> {
     Ok(flat.chunks(each.max(1)).map(<[f32]>::to_vec).collect())
 }
 
-/// Creates the tasks (and their heads in the model's parameter map).
+/// Creates the tasks (and their heads in the model's parameter map). `data` is the training
+/// data: colorization-bins counts its colour prior there.
 pub fn build(
     kinds: &[TaskKind],
     settings: &TaskSettings,
     model: &Model,
+    data: &Dataset,
 ) -> Result<Vec<Box<dyn PretextTask>>, ModelError> {
     let channels = model.encoder.in_channels;
     kinds
@@ -390,8 +412,12 @@ pub fn build(
                 TaskKind::Colorization => {
                     Box::new(colorization::Colorization::new(model, channels, settings)?)
                 }
+                TaskKind::ColorizationBins => Box::new(colorization_bins::ColorizationBins::new(
+                    model, channels, settings, data,
+                )?),
                 TaskKind::Inpainting => Box::new(inpainting::Inpainting::new(model, settings)?),
                 TaskKind::Patch => Box::new(patch::Patch::new(model, settings)?),
+                TaskKind::Jigsaw => Box::new(jigsaw::Jigsaw::new(model, settings)?),
                 TaskKind::Contrastive => Box::new(contrastive::Contrastive::new(model, settings)?),
                 TaskKind::Moco
                 | TaskKind::Byol
@@ -403,10 +429,12 @@ pub fn build(
         .collect()
 }
 
-/// Input channels of the shared encoder: colorization alone sees only lightness (1 channel, as
-/// the reference); with other tasks the encoder takes RGB and colorization repeats L three times.
+/// Input channels of the shared encoder: colorization (either variant, or both) alone sees only
+/// lightness (1 channel, as the reference); with other tasks the encoder takes RGB and
+/// colorization repeats L three times.
 pub fn input_channels(kinds: &[TaskKind]) -> usize {
-    if kinds == [TaskKind::Colorization] {
+    let lightness = |k: &TaskKind| matches!(k, TaskKind::Colorization | TaskKind::ColorizationBins);
+    if !kinds.is_empty() && kinds.iter().all(lightness) {
         1
     } else {
         3

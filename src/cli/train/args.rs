@@ -139,7 +139,7 @@ pub struct TaskArgs {
     /// Colorization: a pixel counts as right within this a*b* distance.
     #[arg(long, value_name = "D", default_value_t = task_defaults().color_threshold)]
     pub color_threshold: f64,
-    /// Patch prediction: gap between patches as a share of a grid cell.
+    /// Patch prediction and jigsaw: gap between patches as a share of a grid cell.
     #[arg(long, value_name = "F", default_value_t = task_defaults().patch_gap)]
     pub patch_gap: f64,
     /// BYOL and MoCo: the teacher's momentum m at the start (it rises to 1 on a cosine).
@@ -155,9 +155,12 @@ pub struct TaskArgs {
     #[arg(long, value_name = "L,M,N", value_delimiter = ',', num_args = 3,
           default_values_t = task_defaults().vicreg_weights)]
     pub vicreg_weights: Vec<f64>,
-    /// SimSiam and BYOL: remove the stop-gradient, to watch the collapse it prevents.
+    /// SimSiam: remove the stop-gradient, to watch the collapse it prevents.
     #[arg(long)]
     pub no_stop_gradient: bool,
+    /// Jigsaw: size of the permutation set (the classes; chosen for maximal Hamming distance).
+    #[arg(long, value_name = "N", default_value_t = task_defaults().jigsaw_permutations)]
+    pub jigsaw_permutations: usize,
 }
 
 /// The augmentations that make contrastive learning's two views.
@@ -244,6 +247,7 @@ impl TrainArgs {
                 _ => task_defaults().vicreg_weights,
             },
             stop_gradient: !t.no_stop_gradient,
+            jigsaw_permutations: t.jigsaw_permutations,
             augment: Augment {
                 crop_min_scale: a.crop_min_scale,
                 flip_p: a.flip_p,
@@ -311,6 +315,7 @@ pub fn flag(s: Setting) -> &'static str {
         Setting::MaskSize => "--mask-size",
         Setting::ColorThreshold => "--color-threshold",
         Setting::PatchGap => "--patch-gap",
+        Setting::JigsawPermutations => "--jigsaw-permutations",
         Setting::CropMinScale => "--crop-min-scale",
         Setting::FlipP => "--flip-p",
         Setting::JitterP => "--jitter-p",

@@ -8,7 +8,9 @@
 //!   training, so the convolution's output never becomes a tensor of candle's graph;
 //! - [`block::residual_block_train`]: a whole residual basic block as one op in training;
 //! - [`pointwise`]: residual add + ReLU, bias + ReLU and ×2 upsampling with their backward
-//!   passes, each one pass over memory instead of candle's broadcast and reduction chains.
+//!   passes, each one pass over memory instead of candle's broadcast and reduction chains;
+//! - [`dense_ce`]: colorization-bins' soft-target cross-entropy over dense logits and its
+//!   gradient, one pass per image each.
 //!
 //! Shared by them: `gemm` (the one call into the `gemm` crate), `operands` (borrowing a
 //! tensor's values, shapes as named dimensions, state kept from forward for backward) and
@@ -19,6 +21,7 @@
 
 pub mod block;
 pub mod conv;
+pub mod dense_ce;
 pub mod fused;
 mod gemm;
 pub mod norm;

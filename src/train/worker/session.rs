@@ -231,9 +231,10 @@ fn build_model(
     link: &Link<'_>,
     config: &TrainConfig,
     device: candle_core::Device,
+    data: &Dataset,
 ) -> Result<(Model, Vec<Box<dyn PretextTask>>), Outcome> {
     let model = Model::new(device, tasks::input_channels(&config.tasks)).map_err(failed)?;
-    let tasks = tasks::build(&config.tasks, &config.settings, &model).map_err(failed)?;
+    let tasks = tasks::build(&config.tasks, &config.settings, &model, data).map_err(failed)?;
     model.init_weights(config.seed).map_err(failed)?;
     if let Some(path) = &config.init_from {
         let (_, _, missing_heads) = load_weights(&model, path)?;
@@ -307,7 +308,7 @@ impl Session {
         let (config, preloaded, resumed) = resolve(setup)?;
         let device = model::device::open(config.device).map_err(invalid)?;
         let data = data_set(link, &config, preloaded)?;
-        let (model, tasks) = build_model(link, &config, device)?;
+        let (model, tasks) = build_model(link, &config, device, &data)?;
         let mut opt = AdamW::new(model.trainable_vars(), config.lr, config.weight_decay);
         let more_minutes = resumed.as_ref().and_then(|r| r.minutes);
         let (run, pos, prior_train_s) = match resumed {

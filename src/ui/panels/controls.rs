@@ -296,8 +296,16 @@ fn task_settings(ui: &mut egui::Ui, c: &mut TrainConfig) {
         ]) {
             ui.add(egui::Slider::new(w, limits::VICREG_WEIGHT_RANGE).text(name));
         }
-        ui.checkbox(&mut t.stop_gradient, "stop-gradient (SimSiam, BYOL)")
+        ui.checkbox(&mut t.stop_gradient, "stop-gradient (SimSiam)")
             .on_hover_text("Off, SimSiam collapses: every image maps to the same point");
+        ui.add(
+            egui::Slider::new(
+                &mut t.jigsaw_permutations,
+                limits::JIGSAW_PERMUTATIONS_RANGE,
+            )
+            .logarithmic(true)
+            .text("jigsaw permutations"),
+        );
     });
     egui::CollapsingHeader::new("Augmentation strengths").show(ui, |ui| {
         let a = &mut t.augment;

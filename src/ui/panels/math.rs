@@ -132,7 +132,12 @@ fn steps_ui(ui: &mut egui::Ui, m: &mut MathTab, report: &MathReport) {
         if let Some(pick) = step_ui(m, ui, step) {
             match pick {
                 Pick::Example(i) => m.sel.example = i,
-                Pick::Cell(a, b) if step.kind == math::StepKind::Reconstruction => {
+                Pick::Cell(a, b)
+                    if matches!(
+                        step.kind,
+                        math::StepKind::Reconstruction | math::StepKind::ColorClasses
+                    ) =>
+                {
                     m.sel.pixel = Some((a, b));
                 }
                 Pick::Cell(a, b) => {
