@@ -487,6 +487,17 @@ pub struct TrainConfig {
     /// measurement are made as at the last epoch), whatever epoch it has reached.
     #[serde(default)]
     pub minutes: Option<f64>,
+    /// How many of the newest checkpoints a run keeps (besides the best by kNN top-1 of z and
+    /// the resume checkpoint); older ones are removed. 0 keeps every checkpoint.
+    #[serde(default = "default_keep_checkpoints")]
+    pub keep_checkpoints: usize,
+}
+
+/// Checkpoints a run keeps by default: the last three (and the best, and the resume file).
+pub const DEFAULT_KEEP_CHECKPOINTS: usize = 3;
+
+fn default_keep_checkpoints() -> usize {
+    DEFAULT_KEEP_CHECKPOINTS
 }
 
 fn default_monitor_budget() -> f64 {
@@ -530,6 +541,7 @@ impl Default for TrainConfig {
             lr_schedule: LrSchedule::Cosine,
             warmup_steps: DEFAULT_WARMUP_STEPS,
             minutes: None,
+            keep_checkpoints: DEFAULT_KEEP_CHECKPOINTS,
         }
     }
 }

@@ -206,6 +206,8 @@ pub enum Event {
         path: PathBuf,
         step: u64,
     },
+    /// The checkpoints kept after older ones were removed, and the disk they take.
+    Checkpoints(run_dir::Checkpoints),
     /// The run's time limit passed after this step, in this (1-based) epoch: it ends now, as
     /// at its last epoch.
     TimeLimitReached {

@@ -318,11 +318,101 @@ impl RunDir {
         self.path.join(CHECKPOINT_DIR).join(name)
     }
 
+    /// Removes all but the newest `keep` checkpoints (by the step in their metadata) and
+    /// `protect`; the resume checkpoint, temporary files and anything that is not a readable
+    /// checkpoint are never touched. `keep` 0 keeps every checkpoint.
+    ///
+    /// # Errors
+    /// When the folder cannot be listed or a checkpoint cannot be removed.
+    pub fn prune_checkpoints(
+        &self,
+        keep: usize,
+        protect: Option<&str>,
+    ) -> Result<Checkpoints, RunDirError> {
+        let dir = self.path.join(CHECKPOINT_DIR);
+        let entries = std::fs::read_dir(&dir).map_err(write_err(&dir))?;
+        let mut found: Vec<(u64, String, PathBuf)> = Vec::new();
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Some(name) = path.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+                continue;
+            };
+            if name == RESUME_FILE
+                || name.starts_with('.')
+                || path.extension().is_none_or(|e| e != "safetensors")
+            {
+                continue;
+            }
+            if let Some(step) = checkpoint_step(&path) {
+                found.push((step, name, path));
+            }
+        }
+        found.sort();
+        let cut = if keep == 0 {
+            0
+        } else {
+            found.len().saturating_sub(keep)
+        };
+        let mut removed = 0;
+        let mut kept = Vec::new();
+        for (i, (_, name, path)) in found.into_iter().enumerate() {
+            if i < cut && Some(name.as_str()) != protect {
+                std::fs::remove_file(&path).map_err(write_err(&path))?;
+                removed += 1;
+            } else {
+                kept.push(name);
+            }
+        }
+        let disk_bytes = std::fs::read_dir(&dir)
+            .map_err(write_err(&dir))?
+            .flatten()
+            .filter_map(|e| e.metadata().ok())
+            .filter(std::fs::Metadata::is_file)
+            .map(|m| m.len())
+            .sum();
+        Ok(Checkpoints {
+            kept,
+            removed,
+            disk_bytes,
+            best: None,
+        })
+    }
+
     pub fn preview_path(&self, epoch: usize, task: &str) -> PathBuf {
         self.path
             .join(PREVIEW_DIR)
             .join(format!("epoch-{epoch:04}-{task}.png"))
     }
+}
+
+/// What the checkpoints folder holds after [`RunDir::prune_checkpoints`].
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Checkpoints {
+    /// The checkpoints kept, oldest first (the resume checkpoint is not counted).
+    pub kept: Vec<String>,
+    /// How many were removed this time.
+    pub removed: usize,
+    /// Bytes of every file in the folder, the resume checkpoint included.
+    pub disk_bytes: u64,
+    /// The checkpoint whose weights gave the best kNN top-1 on z, and that accuracy.
+    pub best: Option<(String, f64)>,
+}
+
+/// The training step in a checkpoint's metadata, read from the safetensors header alone (the
+/// first 8 bytes give the header's length; the tensors are not read).
+pub fn checkpoint_step(path: &Path) -> Option<u64> {
+    use std::io::Read;
+    let mut f = File::open(path).ok()?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len).ok()?;
+    let n = usize::try_from(u64::from_le_bytes(len)).ok()?;
+    if n > 100 << 20 {
+        return None;
+    }
+    let mut header = vec![0u8; n];
+    f.read_exact(&mut header).ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&header).ok()?;
+    v.get("__metadata__")?.get("step")?.as_str()?.parse().ok()
 }
 
 /// The `task` of the kNN monitor's rows, and the prefix of their metric names.

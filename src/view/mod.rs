@@ -122,6 +122,8 @@ pub struct RunView {
     pub messages: Vec<Message>,
     /// The time the run has spent not training, as last reported.
     pub overhead: Option<Overhead>,
+    /// The checkpoints the run keeps and the disk they take, as last reported.
+    pub checkpoints: Option<crate::train::run_dir::Checkpoints>,
 }
 
 impl Default for RunView {
@@ -139,6 +141,7 @@ impl Default for RunView {
             previews: BTreeMap::new(),
             messages: Vec::new(),
             overhead: None,
+            checkpoints: None,
         }
     }
 }
@@ -218,6 +221,7 @@ impl RunView {
                     self.message(false, format!("checkpoint saved: {}", path.display()));
                 }
             }
+            Event::Checkpoints(c) => self.checkpoints = Some(c.clone()),
             Event::Paused { reason, .. } => self.status = RunStatus::Paused(reason.clone()),
             Event::Resumed => self.status = RunStatus::Running,
             Event::LrChanged(lr) => self.message(false, format!("learning rate is now {lr:e}")),

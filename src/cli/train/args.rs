@@ -71,6 +71,10 @@ pub struct TrainArgs {
     /// schedule ends there too). With --resume: this many more minutes.
     #[arg(long, value_name = "M")]
     pub minutes: Option<f64>,
+    /// Keep the newest N checkpoints (and the best by kNN top-1 of z, and the resume
+    /// checkpoint); older ones are removed. 0 keeps all.
+    #[arg(long, value_name = "N", default_value_t = crate::config::DEFAULT_KEEP_CHECKPOINTS)]
+    pub keep_checkpoints: usize,
     /// Print one JSON object per line instead of text.
     #[arg(long)]
     pub json: bool,
@@ -228,6 +232,7 @@ impl TrainArgs {
             lr_schedule: self.lr_schedule,
             warmup_steps: self.warmup_steps,
             minutes: self.minutes,
+            keep_checkpoints: self.keep_checkpoints,
         }
     }
 

@@ -57,6 +57,8 @@ struct Session<'a> {
     knn_explained: bool,
     /// The time spent not training, as last reported.
     overhead: Option<Overhead>,
+    /// The checkpoints kept, as last reported.
+    checkpoints: Option<crate::train::run_dir::Checkpoints>,
 }
 
 impl<'a> Session<'a> {
@@ -69,6 +71,7 @@ impl<'a> Session<'a> {
             pipe_closed: false,
             knn_explained: false,
             overhead: None,
+            checkpoints: None,
         }
     }
 
@@ -90,6 +93,7 @@ impl<'a> Session<'a> {
             Event::Knn(k) => self.knn(&k),
             Event::Epoch(e) => self.epoch(&e),
             Event::Overhead(o) => self.overhead = Some(o),
+            Event::Checkpoints(c) => self.checkpoints = Some(c),
             Event::TimeLimitReached { step, epoch } => {
                 self.bars.clear();
                 note(format_args!(
@@ -188,9 +192,17 @@ impl<'a> Session<'a> {
         if let (Some(o), false) = (&self.overhead, self.args.json) {
             note(report::overhead_line(o));
         }
+        if let (Some(c), false) = (&self.checkpoints, self.args.json) {
+            note(report::checkpoints_line(c));
+        }
         let line = if self.args.json {
-            serde_json::json!({ "run_dir": dir, "exit_code": code, "not_training": self.overhead })
-                .to_string()
+            serde_json::json!({
+                "run_dir": dir,
+                "exit_code": code,
+                "not_training": self.overhead,
+                "checkpoints": self.checkpoints,
+            })
+            .to_string()
         } else {
             format!("Run directory: {}", dir.display())
         };

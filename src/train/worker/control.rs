@@ -145,7 +145,7 @@ impl Session {
     }
 
     fn metadata(&self) -> BTreeMap<String, String> {
-        BTreeMap::from([
+        let mut meta = BTreeMap::from([
             ("format".to_string(), FORMAT.to_string()),
             ("step".to_string(), self.pos.step.to_string()),
             ("epoch".to_string(), self.pos.epoch.to_string()),
@@ -160,7 +160,12 @@ impl Session {
                 "preprocessing".to_string(),
                 Preprocessing::of(&self.config).to_json(),
             ),
-        ])
+        ]);
+        if let Some((name, acc)) = &self.best_checkpoint {
+            meta.insert("best_checkpoint".to_string(), name.clone());
+            meta.insert("best_knn".to_string(), acc.to_string());
+        }
+        meta
     }
 
     /// Writes checkpoint `name`: the model's weights, with the optimiser state when
@@ -176,12 +181,26 @@ impl Session {
     }
 
     /// Model weights only (PyTorch state_dict names), for users.
-    pub(super) fn save_model(&self, link: &Link<'_>, name: &str) -> Result<(), Outcome> {
+    pub(super) fn save_model(&mut self, link: &Link<'_>, name: &str) -> Result<(), Outcome> {
         let path = self.write_checkpoint(name, false)?;
+        self.last_checkpoint = Some((self.pos.step, name.to_string()));
         link.emit(Event::CheckpointSaved {
             path,
             step: self.pos.step,
         });
+        Ok(())
+    }
+
+    /// Removes checkpoints beyond the newest `keep_checkpoints` (never the best by kNN of z) and
+    /// says what is left.
+    pub(super) fn prune_checkpoints(&mut self, link: &Link<'_>) -> Result<(), Outcome> {
+        let best = self.best_checkpoint.as_ref().map(|(n, _)| n.as_str());
+        let mut kept = self
+            .run
+            .prune_checkpoints(self.config.keep_checkpoints, best)
+            .map_err(failed)?;
+        kept.best.clone_from(&self.best_checkpoint);
+        link.emit(Event::Checkpoints(kept));
         Ok(())
     }
 

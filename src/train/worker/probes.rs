@@ -56,6 +56,16 @@ impl Session {
             head_gauges,
         };
         self.last_monitor_step = Some(self.pos.step);
+        // The measurement of a checkpoint's own weights decides which checkpoint is the best.
+        if let (Some((step, name)), Some((_, z))) = (&self.last_checkpoint, k.stages.last())
+            && *step == self.pos.step
+            && self
+                .best_checkpoint
+                .as_ref()
+                .is_none_or(|(_, best)| z > best)
+        {
+            self.best_checkpoint = Some((name.clone(), *z));
+        }
         self.run
             .append_knn(&k, self.started.elapsed().as_secs_f64())
             .map_err(failed)?;

@@ -86,6 +86,10 @@ pub(super) struct Session {
     pub(super) time_limit_s: Option<f64>,
     /// Seconds this session has spent paused.
     pub(super) paused_s: f64,
+    /// The newest checkpoint (step, file name), to pair it with the measurement that follows.
+    pub(super) last_checkpoint: Option<(u64, String)>,
+    /// The checkpoint with the best kNN top-1 of z so far, kept whatever `keep_checkpoints` says.
+    pub(super) best_checkpoint: Option<(String, f64)>,
 }
 
 /// The configuration's data set, with [`Event::Loading`] progress; a stop or shutdown during
@@ -254,6 +258,16 @@ fn build_model(
     Ok((model, tasks))
 }
 
+/// Where a continued run picks up.
+struct Continued {
+    run: RunDir,
+    pos: Position,
+    /// Seconds trained in earlier sessions.
+    trained_s: f64,
+    /// The best checkpoint by kNN of z so far, and its accuracy.
+    best: Option<(String, f64)>,
+}
+
 /// Weights, optimiser state, position and learning rate from a run's resume checkpoint; the
 /// run's metrics after that position are dropped.
 fn resume(
@@ -261,7 +275,7 @@ fn resume(
     opt: &mut AdamW,
     config: &TrainConfig,
     resume: Resume,
-) -> Result<(RunDir, Position, f64), Outcome> {
+) -> Result<Continued, Outcome> {
     let Resume {
         mut run,
         run_dir,
@@ -298,7 +312,16 @@ fn resume(
         .filter(|s| s.is_finite() && *s >= 0.0)
         .unwrap_or(0.0);
     run.keep_metrics_through(pos.step).map_err(failed)?;
-    Ok((run, pos, trained_s))
+    let best = meta.get("best_checkpoint").and_then(|name| {
+        let acc = meta.get("best_knn")?.parse::<f64>().ok()?;
+        Some((name.clone(), acc))
+    });
+    Ok(Continued {
+        run,
+        pos,
+        trained_s,
+        best,
+    })
 }
 
 impl Session {
@@ -311,13 +334,19 @@ impl Session {
         let (model, tasks) = build_model(link, &config, device, &data)?;
         let mut opt = AdamW::new(model.trainable_vars(), config.lr, config.weight_decay);
         let more_minutes = resumed.as_ref().and_then(|r| r.minutes);
-        let (run, pos, prior_train_s) = match resumed {
+        let Continued {
+            run,
+            pos,
+            trained_s: prior_train_s,
+            best: best_checkpoint,
+        } = match resumed {
             Some(r) => resume(&model, &mut opt, &config, r)?,
-            None => (
-                RunDir::create(&config).map_err(failed)?,
-                Position::default(),
-                0.0,
-            ),
+            None => Continued {
+                run: RunDir::create(&config).map_err(failed)?,
+                pos: Position::default(),
+                trained_s: 0.0,
+                best: None,
+            },
         };
         let base_lr = opt.lr;
         // The run's end in training seconds: its own limit, or this many more minutes.
@@ -355,6 +384,8 @@ impl Session {
             prior_train_s,
             time_limit_s,
             paused_s: 0.0,
+            last_checkpoint: None,
+            best_checkpoint,
         };
         link.emit(Event::RunStarted {
             run_dir: session.run.path.clone(),

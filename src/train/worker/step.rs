@@ -391,6 +391,13 @@ impl Session {
         if (last && self.last_monitor_step != Some(self.pos.step)) || self.monitor_due(true) {
             self.timed(Activity::Monitor, last, |s| s.knn_monitor(link, false))?;
         }
+        if self
+            .last_checkpoint
+            .as_ref()
+            .is_some_and(|(s, _)| *s == self.pos.step)
+        {
+            self.timed(Activity::Checkpoints, last, |s| s.prune_checkpoints(link))?;
+        }
         Ok(())
     }
 

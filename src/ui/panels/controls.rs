@@ -157,6 +157,14 @@ fn settings(ui: &mut egui::Ui, c: &mut TrainConfig, actions: &mut Vec<Action>) {
              take; they wait when it is spent (100 %: after every epoch)",
         );
         ui.end_row();
+        let l = ui.label("Keep checkpoints");
+        ui.add(egui::DragValue::new(&mut c.keep_checkpoints).range(0..=100_000))
+            .labelled_by(l.id)
+            .on_hover_text(
+                "The newest N checkpoints, besides the best by kNN top-1 of z and the resume \
+                 checkpoint; older ones are removed (0 keeps all)",
+            );
+        ui.end_row();
         let l = ui.label("Device");
         egui::ComboBox::from_id_salt("device")
             .selected_text(c.device.to_string())

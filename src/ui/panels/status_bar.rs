@@ -40,6 +40,18 @@ pub fn show(ui: &mut egui::Ui, run: &RunView) {
                 )
                 .on_hover_text(crate::report::overhead_line(o));
             }
+            if let Some(c) = &run.checkpoints {
+                ui.separator();
+                ui.label(
+                    RichText::new(format!(
+                        "{} checkpoints, {}",
+                        c.kept.len(),
+                        crate::report::bytes(c.disk_bytes)
+                    ))
+                    .color(MUTED),
+                )
+                .on_hover_text(crate::report::checkpoints_line(c));
+            }
             if let Some(d) = &run.run_dir {
                 ui.separator();
                 ui.label(RichText::new(d.display().to_string()).color(MUTED));
