@@ -353,6 +353,19 @@ fn the_explorer_embeds_every_image_and_shows_gauges_probe_and_neighbours() {
     h.state_mut().tabs.explorer.selected = Some(3);
     h.run_steps(3);
     assert!(h.query_all_by_label_contains("nearest neighbours").count() >= 1);
+    // t-SNE instead of PCA: computed in the background, then drawn.
+    h.get_by_label("t-SNE").click();
+    wait_until(
+        &mut h,
+        "the t-SNE map",
+        |a| matches!(&a.tabs.explorer.tsne, Some(pretext::ui::TsneMap::Ready { points, .. }) if points.len() == 64),
+    );
+    h.run_steps(2);
+    assert!(
+        h.query_all_by_label_contains("t-SNE of 64 images, trustworthiness")
+            .count()
+            >= 1
+    );
     h.get_by_label("Stop").click();
     wait_until(&mut h, "stop", |a| {
         matches!(a.run.status, RunStatus::Finished(_))

@@ -5,6 +5,7 @@
 
 pub mod embed;
 pub mod linalg;
+pub mod tsne;
 
 /// Rows scaled to unit length (zero rows stay zero).
 pub fn l2_normalize(rows: &[Vec<f32>]) -> Vec<Vec<f64>> {

@@ -39,6 +39,8 @@ pub enum Action {
     AugmentViews {
         key: u64,
     },
+    /// Compute the t-SNE map of the explorer's embedding in the background.
+    Tsne,
 }
 
 impl PretextApp {
@@ -59,6 +61,7 @@ impl PretextApp {
             Action::Inspect(i) => self.inspect(i),
             Action::ExportEmbeddings => self.export_embeddings(),
             Action::AugmentViews { key } => self.augment_views(key),
+            Action::Tsne => self.tsne(),
         }
     }
 
@@ -280,6 +283,46 @@ impl PretextApp {
         });
     }
 
+    /// t-SNE of the embedding's z on a job thread; the iterations done show as progress.
+    fn tsne(&mut self) {
+        let Some(e) = &self.tabs.explorer.embedding else {
+            return;
+        };
+        let step = e.step;
+        if self
+            .tabs
+            .explorer
+            .tsne
+            .as_ref()
+            .is_some_and(|t| t.step() == step)
+        {
+            return;
+        }
+        let epochs_done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        self.tabs.explorer.tsne = Some(super::TsneMap::Running {
+            step,
+            epochs_done: epochs_done.clone(),
+        });
+        let z = e.z.clone();
+        self.engine.jobs.spawn(move || {
+            let map = crate::eval::tsne::tsne(&z, |epoch, _| {
+                epochs_done.store(epoch + 1, std::sync::atomic::Ordering::Relaxed);
+            });
+            Done::Tsne {
+                step,
+                result: map
+                    .map(|points| {
+                        // Quadratic in the images: measured up to a few thousand.
+                        let trust = (z.len() <= 3000)
+                            .then(|| crate::eval::tsne::trustworthiness(&z, &points, 5))
+                            .flatten();
+                        (points, trust)
+                    })
+                    .map_err(|e| e.to_string()),
+            }
+        });
+    }
+
     fn augment_views(&mut self, key: u64) {
         let DataState::Ready(d) = &self.data else {
             return;
@@ -330,6 +373,25 @@ impl PretextApp {
                 }
             },
             Done::Message((error, text)) => self.run.message(error, text),
+            Done::Tsne { step, result } => {
+                // A t-SNE of an older embedding is dropped.
+                if self
+                    .tabs
+                    .explorer
+                    .tsne
+                    .as_ref()
+                    .is_some_and(|t| t.step() == step)
+                {
+                    self.tabs.explorer.tsne = Some(match result {
+                        Ok((points, trust)) => super::TsneMap::Ready {
+                            step,
+                            points,
+                            trust,
+                        },
+                        Err(why) => super::TsneMap::Failed { step, why },
+                    });
+                }
+            }
             Done::Augment { key, canvas } => {
                 if self.tabs.augment.pending == Some(key) {
                     self.tabs.augment.pending = None;

@@ -23,6 +23,12 @@ pub enum Done {
     Message((bool, String)),
     /// Augmented views for the settings with this key.
     Augment { key: u64, canvas: Canvas },
+    /// The t-SNE map of the embedding made at `step`.
+    Tsne {
+        step: u64,
+        /// The map and its trustworthiness T(5), or why there is none.
+        result: Result<(Vec<[f64; 2]>, Option<f64>), String>,
+    },
 }
 
 /// The background jobs of the window and the channel their results come back on.

@@ -129,10 +129,52 @@ pub struct MathTab {
     textures: HashMap<u64, egui::TextureHandle>,
 }
 
+/// Which 2-D map of z the explorer draws.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MapKind {
+    #[default]
+    Pca,
+    Tsne,
+}
+
+/// The explorer's t-SNE of the embedding of one step: computing (with the iterations done so
+/// far), done, or failed.
+#[derive(Clone, Debug)]
+pub enum TsneMap {
+    Running {
+        step: u64,
+        epochs_done: Arc<std::sync::atomic::AtomicUsize>,
+    },
+    Ready {
+        step: u64,
+        points: Vec<[f64; 2]>,
+        /// Trustworthiness T(5) of the map (not measured above a few thousand images).
+        trust: Option<f64>,
+    },
+    Failed {
+        step: u64,
+        why: String,
+    },
+}
+
+impl TsneMap {
+    /// The embedding step it belongs to.
+    pub fn step(&self) -> u64 {
+        match self {
+            Self::Running { step, .. } | Self::Ready { step, .. } | Self::Failed { step, .. } => {
+                *step
+            }
+        }
+    }
+}
+
 /// The Explorer tab: the embedding of the data set and the selection in it.
 #[derive(Default)]
 pub struct ExplorerTab {
     pub embedding: Option<crate::eval::embed::Embedding>,
+    pub map: MapKind,
+    /// The t-SNE of the embedding, once asked for.
+    pub tsne: Option<TsneMap>,
     pub selected: Option<usize>,
     /// Nearest neighbours of the selected image, computed once per selection.
     neighbours: Option<(usize, Vec<(usize, f64)>)>,

@@ -1,12 +1,13 @@
-//! The Explorer tab: every image in a 2-D PCA map of z (coloured by class), hover to see
-//! it, click to see its nearest neighbours; the collapse gauges and the linear probe beside it.
+//! The Explorer tab: every image in a 2-D map of z — PCA, or t-SNE computed in the background —
+//! coloured by class; hover to see it, click to see its nearest neighbours; the collapse gauges
+//! and the linear probe beside it.
 
 use eframe::egui::{self, Color32, RichText};
 use egui_plot::{Legend, Plot, PlotPoints, Points};
 
 use crate::eval::embed::{Embedding, collapsed, neighbours};
 use crate::train::Command;
-use crate::ui::{Action, DataState, ExplorerTab, RunStatus, RunView};
+use crate::ui::{Action, DataState, ExplorerTab, MapKind, RunStatus, RunView, TsneMap};
 
 const PALETTE: [Color32; 10] = [
     Color32::from_rgb(230, 120, 60),
@@ -80,6 +81,10 @@ pub fn show(
             ),
         };
     });
+    let Some(step) = x.embedding.as_ref().map(|e| e.step) else {
+        return;
+    };
+    map_choice(ui, x, step, actions);
     // Taken out while drawing (no per-frame copy of every z), put back at the end.
     let Some(e) = x.embedding.take() else {
         return;
@@ -88,7 +93,78 @@ pub fn show(
     x.embedding = Some(e);
 }
 
+/// PCA or t-SNE; t-SNE is asked for once per embedding and shows its progress.
+fn map_choice(ui: &mut egui::Ui, x: &mut ExplorerTab, step: u64, actions: &mut Vec<Action>) {
+    ui.horizontal(|ui| {
+        ui.label("Map");
+        ui.selectable_value(&mut x.map, MapKind::Pca, "PCA")
+            .on_hover_text("The two directions of largest variance of z: linear, instant");
+        ui.selectable_value(&mut x.map, MapKind::Tsne, "t-SNE")
+            .on_hover_text(
+                "t-SNE (Barnes-Hut, perplexity 30): keeps each image's neighbours together; \
+             distances between far clusters mean little",
+            );
+        if x.map != MapKind::Tsne {
+            return;
+        }
+        match &x.tsne {
+            Some(TsneMap::Running {
+                step: s,
+                epochs_done,
+            }) if *s == step => {
+                let done = epochs_done.load(std::sync::atomic::Ordering::Relaxed);
+                let total = crate::eval::tsne::EPOCHS;
+                ui.add(
+                    egui::ProgressBar::new(done as f32 / total as f32)
+                        .desired_width(200.0)
+                        .text(format!("t-SNE {done}/{total}")),
+                );
+                ui.ctx()
+                    .request_repaint_after(std::time::Duration::from_millis(100));
+            }
+            Some(TsneMap::Failed { step: s, why }) if *s == step => {
+                ui.label(RichText::new(format!("t-SNE: {why}")).color(Color32::LIGHT_RED));
+            }
+            Some(TsneMap::Ready {
+                step: s,
+                points,
+                trust,
+            }) if *s == step => {
+                let mut text = format!("t-SNE of {} images", points.len());
+                if let Some(t) = trust {
+                    text.push_str(&format!(", trustworthiness T(5) {t:.3}"));
+                }
+                ui.label(text).on_hover_text(
+                    "Trustworthiness (Venna & Kaski 2001): 1 when each image's 5 nearest \
+                     neighbours in the map are among its nearest in z",
+                );
+            }
+            _ => actions.push(Action::Tsne),
+        }
+    });
+}
+
 fn draw(ui: &mut egui::Ui, data: &DataState, x: &mut ExplorerTab, e: &Embedding) {
+    let tsne = match (&x.map, &x.tsne) {
+        (MapKind::Tsne, Some(TsneMap::Ready { step, points, .. }))
+            if *step == e.step && points.len() == e.z.len() =>
+        {
+            Some(points.clone())
+        }
+        _ => None,
+    };
+    let (projection, x_label, y_label) = match &tsne {
+        Some(points) => (
+            points.as_slice(),
+            "t-SNE 1".to_string(),
+            "t-SNE 2".to_string(),
+        ),
+        None => (
+            e.projection.as_slice(),
+            format!("PC 1 ({:.0}%)", e.explained[0] * 100.0),
+            format!("PC 2 ({:.0}%)", e.explained[1] * 100.0),
+        ),
+    };
     let (labels, classes) = match data {
         DataState::Ready(d) if d.data.len() == e.z.len() => {
             (d.data.labels.clone(), d.data.class_names.clone())
@@ -147,14 +223,13 @@ fn draw(ui: &mut egui::Ui, data: &DataState, x: &mut ExplorerTab, e: &Embedding)
             let plot = Plot::new("explorer")
                 .height(460.0)
                 .legend(Legend::default())
-                .x_axis_label(format!("PC 1 ({:.0}%)", e.explained[0] * 100.0))
-                .y_axis_label(format!("PC 2 ({:.0}%)", e.explained[1] * 100.0))
+                .x_axis_label(x_label)
+                .y_axis_label(y_label)
                 .data_aspect(1.0);
             let resp = plot.show(ui, |plot_ui| {
                 let groups = classes.len().max(1);
                 for c in 0..groups {
-                    let pts: Vec<[f64; 2]> = e
-                        .projection
+                    let pts: Vec<[f64; 2]> = projection
                         .iter()
                         .enumerate()
                         .filter(|(i, _)| labels.as_ref().is_none_or(|l| l[*i] as usize == c))
@@ -168,7 +243,7 @@ fn draw(ui: &mut egui::Ui, data: &DataState, x: &mut ExplorerTab, e: &Embedding)
                     );
                 }
                 if let Some(sel) = x.selected
-                    && let Some(p) = e.projection.get(sel)
+                    && let Some(p) = projection.get(sel)
                 {
                     plot_ui.points(
                         Points::new("selected", PlotPoints::from(vec![*p]))
@@ -179,7 +254,7 @@ fn draw(ui: &mut egui::Ui, data: &DataState, x: &mut ExplorerTab, e: &Embedding)
                 plot_ui.pointer_coordinate().and_then(|c| {
                     let b = plot_ui.plot_bounds();
                     let (w, h) = (b.width().max(1e-12), b.height().max(1e-12));
-                    e.projection
+                    projection
                         .iter()
                         .enumerate()
                         .map(|(i, p)| (i, ((p[0] - c.x) / w).powi(2) + ((p[1] - c.y) / h).powi(2)))
