@@ -488,3 +488,60 @@ fn colorization_with_other_tasks_sees_lightness_in_three_channels() {
     let e = train(&[TaskKind::Colorization, TaskKind::Rotation], 64, 1);
     assert_eq!(e.tasks.len(), 2);
 }
+
+#[test]
+fn a_clicked_pixel_shows_its_colour_distribution_in_the_colorization_bins_preview() {
+    use pretext::tasks::PixelGrid;
+    // The click mapping: three pictures of 16 px drawn 4× from x = 6, 76, 146; rows at y = 6, 76.
+    let grid = PixelGrid {
+        columns: vec![6, 76, 146],
+        rows: vec![6, 76],
+        side: 16,
+        factor: 4,
+    };
+    assert_eq!(grid.pixel_at(6.0, 6.0), Some((0, 0)));
+    assert_eq!(
+        grid.pixel_at(76.0 + 4.0 * 5.0 + 1.0, 76.0 + 4.0 * 3.0),
+        Some((3, 5))
+    );
+    assert_eq!(grid.pixel_at(70.0, 10.0), None, "between pictures");
+    assert_eq!(grid.pixel_at(10.0, 200.0), None, "below the rows");
+
+    let out = tempfile::tempdir().unwrap();
+    let trainer = pretext::train::Trainer::spawn().unwrap();
+    assert!(trainer.send(Command::Start(Box::new(TrainConfig {
+        data: DataSource::Builtin { count: 32 },
+        tasks: vec![TaskKind::ColorizationBins],
+        batch: 16,
+        epochs: 1,
+        out: out.path().to_path_buf(),
+        preview_images: 2,
+        ..TrainConfig::default()
+    }))));
+    let log = common::drive(&trainer, |_, _| {});
+    assert_eq!(log.outcome, Some(Outcome::Completed), "{:?}", log.errors);
+    assert!(trainer.send(Command::SelectPixel {
+        task: TaskKind::ColorizationBins,
+        pixel: (3, 5),
+    }));
+    let preview = loop {
+        match trainer
+            .events()
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .unwrap()
+        {
+            pretext::train::Event::Preview(p) => break p,
+            pretext::train::Event::Warning(w) => panic!("{w}"),
+            _ => {}
+        }
+    };
+    assert_eq!(preview.task, TaskKind::ColorizationBins);
+    assert!(
+        preview.caption.contains("(row 3, column 5"),
+        "{}",
+        preview.caption
+    );
+    let grid = preview.pixels.clone().unwrap();
+    assert_eq!(grid.rows.len(), 2, "one row per inspection image");
+    assert_eq!(grid.side, 32);
+}

@@ -232,6 +232,7 @@ impl PretextTask for Colorization {
                 self.threshold
             ),
             image: canvas,
+            pixels: None,
         })
     }
 }

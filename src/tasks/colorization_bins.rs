@@ -361,6 +361,9 @@ pub struct ColorizationBins {
     decoder: Decoder,
     maker: Arc<BinsMaker>,
     threshold: f64,
+    /// The pixel (row, column) whose colour distribution the preview shows: the centre until
+    /// a person clicks one.
+    selected: std::sync::Mutex<Option<(usize, usize)>>,
 }
 
 /// Makes batches: inputs L* (N, C, H, W) as the regression variant; target the true a*b*/100
@@ -451,6 +454,7 @@ impl ColorizationBins {
                 prior,
             }),
             threshold: settings.color_threshold,
+            selected: std::sync::Mutex::new(None),
         })
     }
 
@@ -475,7 +479,7 @@ impl ColorizationBins {
     }
 
     /// The predicted distribution over the bins (Ẑ, T = 1) at `pixel` (row, column) of data-set
-    /// image `image`, in evaluation mode: what the preview's heat map shows for the centre pixel.
+    /// image `image`, in evaluation mode: what the preview's heat map shows for the selected pixel.
     ///
     /// # Errors
     /// When the pixel lies outside the image, or the model fails.
@@ -512,6 +516,13 @@ impl PretextTask for ColorizationBins {
 
     fn maker(&self) -> Arc<dyn BatchMaker> {
         self.maker.clone()
+    }
+
+    fn select_pixel(&self, pixel: (usize, usize)) {
+        *self
+            .selected
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(pixel);
     }
 
     fn forward(&self, model: &Model, batch: &Batch, train: bool) -> Result<TaskOutput, ModelError> {
@@ -561,8 +572,9 @@ impl PretextTask for ColorizationBins {
         })
     }
 
-    /// One row per image: lightness L* (the centre pixel framed) | colour decoded by the annealed
-    /// mean | truth | the predicted distribution Ẑ at the centre pixel over the a*b* grid (a*
+    /// One row per image: lightness L* (the selected pixel framed: the centre until a person
+    /// clicks one in the enlarged preview) | colour decoded by the annealed mean | truth | the
+    /// predicted distribution Ẑ at that pixel over the a*b* grid (a*
     /// left to right, b* top to bottom; dark outside the gamut; the true colour's bin framed green).
     fn preview(
         &self,
@@ -586,8 +598,15 @@ impl PretextTask for ColorizationBins {
             indices.len() * (cell.max(GRID_SIDE * hm) + pad) + pad,
             [24, 24, 28],
         );
-        let centre = (s / 2) * s + s / 2;
+        let (pr, pc) = self
+            .selected
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .unwrap_or((s / 2, s / 2));
+        let (pr, pc) = (pr.min(s - 1), pc.min(s - 1));
+        let centre = pr * s + pc;
         let zeros = vec![0f32; plane];
+        let mut rows = Vec::new();
         let mut agreements = Vec::new();
         for (row, &idx) in indices.iter().enumerate() {
             let (l, a, b) = color::image_to_lab_planes(data.image(idx));
@@ -595,6 +614,7 @@ impl PretextTask for ColorizationBins {
             let true_ab: Vec<f32> = a.iter().chain(&b).copied().collect();
             agreements.push(agreement(p, &true_ab, plane, self.threshold));
             let y = pad + row * (cell.max(GRID_SIDE * hm) + pad);
+            rows.push(y);
             for (col, img) in [
                 color::lab_planes_to_image(&l, &zeros, &zeros),
                 color::lab_planes_to_image(&l, &p[..plane], &p[plane..]),
@@ -605,14 +625,16 @@ impl PretextTask for ColorizationBins {
             {
                 canvas.blit(img, s, s, f, pad + col * (cell + pad), y);
             }
-            canvas.frame(
-                pad + (s / 2) * f - 1,
-                y + (s / 2) * f - 1,
-                f + 2,
-                f + 2,
-                1,
-                [255, 60, 60],
-            );
+            for col in 0..3 {
+                canvas.frame(
+                    (pad + col * (cell + pad) + pc * f).saturating_sub(1),
+                    (y + pr * f).saturating_sub(1),
+                    f + 2,
+                    f + 2,
+                    1,
+                    [255, 60, 60],
+                );
+            }
             let dist = pixel_distribution(&flat, q, plane, row, centre);
             let hi = dist.iter().fold(0f32, |m, v| m.max(*v)).max(1e-6);
             let x0 = pad + 3 * (cell + pad);
@@ -635,11 +657,17 @@ impl PretextTask for ColorizationBins {
         Ok(Preview {
             task: TaskKind::ColorizationBins,
             caption: format!(
-                "colorization (bins): lightness L* | annealed mean (T = {ANNEAL_T}) | truth | P(a*b* bin) at the framed centre pixel over the {q} in-gamut bins, true bin green; {:.0}% of pixels within {} a*b* units",
+                "colorization (bins): lightness L* | annealed mean (T = {ANNEAL_T}) | truth | P(a*b* bin) at the framed pixel (row {pr}, column {pc}; click another) over the {q} in-gamut bins, true bin green; {:.0}% of pixels within {} a*b* units",
                 mean * 100.0,
                 self.threshold
             ),
             image: canvas,
+            pixels: Some(super::PixelGrid {
+                columns: (0..3).map(|col| pad + col * (cell + pad)).collect(),
+                rows,
+                side: s,
+                factor: f,
+            }),
         })
     }
 }

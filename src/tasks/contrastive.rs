@@ -219,6 +219,7 @@ impl PretextTask for Contrastive {
                 top1 * 100.0
             ),
             image: canvas,
+            pixels: None,
         })
     }
 }

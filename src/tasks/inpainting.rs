@@ -278,6 +278,7 @@ impl PretextTask for Inpainting {
                 "inpainting: masked | inpainted | original; hidden-region PSNR {model_psnr:.1} dB (mean fill {fill_psnr:.1} dB)"
             ),
             image: canvas,
+            pixels: None,
         })
     }
 }

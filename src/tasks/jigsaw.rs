@@ -375,6 +375,7 @@ impl PretextTask for Jigsaw {
                 set.len()
             ),
             image: canvas,
+            pixels: None,
         })
     }
 }

@@ -256,6 +256,34 @@ pub struct Preview {
     pub task: TaskKind,
     pub caption: String,
     pub image: Canvas,
+    /// Where the preview draws images whose pixels can be clicked (see
+    /// [`PretextTask::select_pixel`]); None when clicks mean nothing to the task.
+    pub pixels: Option<PixelGrid>,
+}
+
+/// The images of a preview laid out in rows (one per inspection image) and columns, each
+/// `side` pixels drawn `factor` times larger, with their top-left corners at every
+/// (`columns[c]`, `rows[r]`) of the canvas.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PixelGrid {
+    pub columns: Vec<usize>,
+    pub rows: Vec<usize>,
+    pub side: usize,
+    pub factor: usize,
+}
+
+impl PixelGrid {
+    /// The image pixel (row, column) under canvas point (x, y), if any.
+    pub fn pixel_at(&self, x: f32, y: f32) -> Option<(usize, usize)> {
+        let span = (self.side * self.factor) as f32;
+        let inside = |origin: usize, v: f32| {
+            let d = v - origin as f32;
+            (d >= 0.0 && d < span).then(|| (d / self.factor.max(1) as f32) as usize)
+        };
+        let col = self.columns.iter().find_map(|&c| inside(c, x))?;
+        let row = self.rows.iter().find_map(|&r| inside(r, y))?;
+        Some((row.min(self.side - 1), col.min(self.side - 1)))
+    }
 }
 
 /// Builds batches from the data alone; shared with the thread that makes batches ahead.
@@ -293,6 +321,10 @@ pub trait PretextTask: Send {
     fn head_output(&self, _z: &Tensor) -> Result<Option<Tensor>, ModelError> {
         Ok(None)
     }
+    /// A pixel (row, column) of the working size that a person clicked in the task's preview
+    /// (colorization-bins then shows the predicted colour distribution there). Ignored by
+    /// tasks whose previews have no such detail.
+    fn select_pixel(&self, _pixel: (usize, usize)) {}
     /// Once the weights are initialised or loaded from `--init-from` (not when a run resumes:
     /// the checkpoint holds this state): a momentum teacher starts as a copy of the student,
     /// MoCo's queue empty.

@@ -238,6 +238,7 @@ impl PretextTask for Patch {
                 samples.len()
             ),
             image: canvas,
+            pixels: None,
         })
     }
 }

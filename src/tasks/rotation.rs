@@ -198,6 +198,7 @@ impl PretextTask for Rotation {
                 samples.len()
             ),
             image: canvas,
+            pixels: None,
         })
     }
 }

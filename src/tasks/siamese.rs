@@ -641,6 +641,7 @@ impl PretextTask for Siamese {
             task: self.kind,
             caption,
             image: canvas,
+            pixels: None,
         })
     }
 }

@@ -67,6 +67,12 @@ pub enum Command {
     /// Every task's predictions for these data-set images (answered with
     /// [`Event::Inspection`] between two steps, or at once while paused).
     Inspect(Vec<usize>),
+    /// A pixel (row, column) clicked in `task`'s preview: the task's previews are drawn again
+    /// for it at once.
+    SelectPixel {
+        task: TaskKind,
+        pixel: (usize, usize),
+    },
     /// Stop any run and end the worker thread.
     Shutdown,
 }

@@ -397,6 +397,7 @@ impl PretextApp {
                     self.tabs.augment.pending = None;
                 }
                 let view = PreviewView {
+                    pixels: None,
                     caption: "original | six views T(x)".into(),
                     texture: super::texture(ctx, "augment", &canvas),
                     size: [canvas.width, canvas.height],

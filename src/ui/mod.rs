@@ -91,6 +91,8 @@ pub struct PreviewView {
     pub caption: String,
     pub texture: egui::TextureHandle,
     pub size: [usize; 2],
+    /// Where its images' pixels can be clicked, for tasks that show something per pixel.
+    pub pixels: Option<crate::tasks::PixelGrid>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -226,6 +228,7 @@ fn preview_view(ctx: &egui::Context, p: &Preview) -> PreviewView {
         caption: p.caption.clone(),
         texture: texture(ctx, &format!("preview-{}", p.task), &p.image),
         size: [p.image.width, p.image.height],
+        pixels: p.pixels.clone(),
     }
 }
 

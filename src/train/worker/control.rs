@@ -100,7 +100,10 @@ impl Session {
             Command::MeasureNow => {
                 self.timed(Activity::Monitor, true, |s| s.knn_monitor(link, false))?;
             }
-            Command::Inspect(_) | Command::Freeze { .. } | Command::Embed => self.probe(link, cmd),
+            Command::Inspect(_)
+            | Command::Freeze { .. }
+            | Command::Embed
+            | Command::SelectPixel { .. } => self.probe(link, cmd),
             Command::Start(_) | Command::StartWithData(..) | Command::Continue { .. } => {
                 link.emit(Event::Warning(
                     "a run is already in progress: stop it first".into(),

@@ -110,7 +110,10 @@ pub(super) fn run(
                 lr,
                 minutes,
             },
-            Command::Inspect(_) | Command::Freeze { .. } | Command::Embed => {
+            Command::Inspect(_)
+            | Command::Freeze { .. }
+            | Command::Embed
+            | Command::SelectPixel { .. } => {
                 if let Some(s) = &mut last {
                     s.probe(&link, cmd);
                 }

@@ -23,6 +23,7 @@ impl Session {
             Command::Inspect(indices) => self.inspect(link, indices),
             Command::Freeze { images, eta } => self.freeze(link, images, eta),
             Command::Embed => self.embed(link),
+            Command::SelectPixel { task, pixel } => self.select_pixel(link, task, pixel),
             _ => {}
         }
     }
@@ -71,6 +72,24 @@ impl Session {
             .map_err(failed)?;
         link.emit(Event::Knn(k));
         Ok(())
+    }
+
+    /// A pixel clicked in a task's preview: that task's preview again, for it.
+    fn select_pixel(
+        &mut self,
+        link: &Link<'_>,
+        kind: crate::config::TaskKind,
+        pixel: (usize, usize),
+    ) {
+        let s = self.data.size;
+        let pixel = (pixel.0.min(s - 1), pixel.1.min(s - 1));
+        for task in self.tasks.iter().filter(|t| t.kind() == kind) {
+            task.select_pixel(pixel);
+            match task.preview(&self.model, &self.data, &self.inspection) {
+                Ok(p) => link.emit(Event::Preview(Box::new(p))),
+                Err(e) => link.emit(Event::Warning(format!("{kind} preview failed: {e}"))),
+            };
+        }
     }
 
     /// The whole data set in embedding space.

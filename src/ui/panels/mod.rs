@@ -56,7 +56,7 @@ pub fn draw(app: &mut PretextApp, ui: &mut egui::Ui) -> Vec<Action> {
             });
         });
     egui::CentralPanel::default_margins().show(ui, |ui| central(ui, app, &mut actions));
-    zoom::show(ui, &app.tabs.previews, &mut app.tabs.zoom);
+    zoom::show(ui, &app.tabs.previews, &mut app.tabs.zoom, &mut actions);
     actions
 }
 

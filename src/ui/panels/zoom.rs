@@ -5,13 +5,16 @@ use std::collections::BTreeMap;
 use eframe::egui;
 
 use crate::config::TaskKind;
-use crate::ui::PreviewView;
+use crate::train::Command;
+use crate::ui::{Action, PreviewView};
 
-/// Draws the zoomed preview's window while one is chosen.
+/// Draws the zoomed preview's window while one is chosen; a click on a pixel of a preview that
+/// shows something per pixel (colorization-bins' colour distribution) asks for it.
 pub fn show(
     ui: &mut egui::Ui,
     previews: &BTreeMap<TaskKind, PreviewView>,
     zoom: &mut Option<TaskKind>,
+    actions: &mut Vec<Action>,
 ) {
     let Some(k) = *zoom else {
         return;
@@ -25,7 +28,22 @@ pub fn show(
                 ui.label(&p.caption);
                 egui::ScrollArea::both().show(ui, |ui| {
                     let size = egui::vec2(p.size[0] as f32 * 2.0, p.size[1] as f32 * 2.0);
-                    ui.add(egui::Image::new((p.texture.id(), size)));
+                    let image = egui::Image::new((p.texture.id(), size));
+                    let Some(grid) = &p.pixels else {
+                        ui.add(image);
+                        return;
+                    };
+                    let resp = ui
+                        .add(image.sense(egui::Sense::click()))
+                        .on_hover_text("Click a pixel to see its predicted colour distribution");
+                    if resp.clicked()
+                        && let Some(pos) = resp.interact_pointer_pos()
+                    {
+                        let at = (pos - resp.rect.min) / 2.0;
+                        if let Some(pixel) = grid.pixel_at(at.x, at.y) {
+                            actions.push(Action::Send(Command::SelectPixel { task: k, pixel }));
+                        }
+                    }
                 });
             });
     }
