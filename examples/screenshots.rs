@@ -13,9 +13,10 @@ use std::time::{Duration, Instant};
 
 use egui_kittest::Harness;
 use pretext::config::{DataSource, TaskKind, TrainConfig};
-use pretext::ui::{DataState, Persisted, PretextApp, Tab};
+use pretext::ui::{DataState, MapKind, Persisted, PretextApp, Tab, TsneMap};
 
 const TRAIN_SECS: u64 = 90;
+const TWO_VIEW_SECS: u64 = 60;
 
 fn frames_until(h: &mut Harness<'_, PretextApp>, what: &str, cond: impl Fn(&PretextApp) -> bool) {
     let start = Instant::now();
@@ -127,6 +128,63 @@ fn main() {
     h.state_mut().tabs.tab = Tab::Explorer;
     h.run_steps(4);
     save(&mut h, "explorer.png");
+    h.state_mut().tabs.explorer.map = MapKind::Tsne;
+    h.run_steps(2);
+    frames_until(&mut h, "t-SNE", |a| {
+        matches!(a.tabs.explorer.tsne, Some(TsneMap::Ready { .. }))
+    });
+    save(&mut h, "explorer-tsne.png");
+    h.state_mut().reset();
+    h.run_steps(4);
+    two_view_methods(&mut h, out.path());
+}
+
+/// MoCo and Barlow Twins on one encoder: their previews (the queue, the cross-correlation
+/// matrix) beside the curves, and Barlow Twins' step in the Math panel.
+fn two_view_methods(h: &mut Harness<'_, PretextApp>, out: &Path) {
+    let tasks = vec![TaskKind::Moco, TaskKind::BarlowTwins];
+    h.state_mut().settings.config = TrainConfig {
+        data: DataSource::Builtin { count: 512 },
+        task_weights: vec![1.0; tasks.len()],
+        tasks,
+        batch: 64,
+        epochs: 20,
+        preview_images: 4,
+        out: out.to_path_buf(),
+        monitor_budget: 25.0,
+        ..TrainConfig::default()
+    };
+    h.state_mut().tabs.tab = Tab::Training;
+    h.state_mut().start();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(TWO_VIEW_SECS) || h.state().run.last_epoch.is_none()
+    {
+        h.step();
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    save(h, "training-two-view.png");
+    h.state_mut().tabs.math.report = None;
+    h.state_mut().send(pretext::train::Command::Freeze {
+        images: 8,
+        eta: None,
+    });
+    frames_until(h, "frozen batch", |a| a.tabs.math.report.is_some());
+    let barlow = h
+        .state()
+        .tabs
+        .math
+        .report
+        .as_ref()
+        .unwrap()
+        .tasks
+        .iter()
+        .position(|t| t.task == TaskKind::BarlowTwins)
+        .unwrap_or(0);
+    h.state_mut().tabs.tab = Tab::Math;
+    h.state_mut().tabs.math.sel.task = barlow;
+    h.state_mut().tabs.math.step = 2;
+    h.run_steps(4);
+    save(h, "math-cross-correlation.png");
     h.state_mut().reset();
     h.run_steps(4);
 }
