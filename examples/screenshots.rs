@@ -134,6 +134,11 @@ fn main() {
         matches!(a.tabs.explorer.tsne, Some(TsneMap::Ready { .. }))
     });
     save(&mut h, "explorer-tsne.png");
+    // The first run ends before the view is cleared, so none of its events reach the next.
+    h.state_mut().send(pretext::train::Command::Stop);
+    frames_until(&mut h, "the first run's end", |a| {
+        matches!(a.run.status, pretext::ui::RunStatus::Finished(_))
+    });
     h.state_mut().reset();
     h.run_steps(4);
     two_view_methods(&mut h, out.path());

@@ -481,9 +481,11 @@ fn sigkill_at_many_moments_then_resume_continues_from_the_last_checkpoint() {
                 "32",
                 "--knn-every",
                 "0",
-                // A checkpoint after every epoch, as the kills expect.
+                // A checkpoint after every epoch, all of them kept, as the kills expect.
                 "--monitor-budget",
                 "100",
+                "--keep-checkpoints",
+                "0",
                 "--seed",
                 "5",
                 "--out",

@@ -218,3 +218,38 @@ fn a_run_read_back_from_its_directory_gives_the_live_model() {
     );
     assert_eq!(a.tasks, b.tasks);
 }
+
+#[test]
+fn a_collapsing_head_output_is_announced_once_training_has_begun() {
+    let mut v = RunView::default();
+    let knn = |step: u64| {
+        Event::Knn(KnnMetrics {
+            step,
+            epoch: 0,
+            stages: Vec::new(),
+            not_measured: Some(NotMeasured::NoLabels),
+            raw_pixels: None,
+            gauges: gauges(128.0),
+            head_gauges: vec![(TaskKind::Simsiam, gauges(1.2))],
+        })
+    };
+    // A random head is often bunched up before the first step: no alarm.
+    v.apply(&knn(0));
+    assert!(
+        v.messages.iter().all(|m| !m.text.contains("output")),
+        "{:?}",
+        v.messages
+    );
+    assert_eq!(
+        v.curves.series["gauge/simsiam output rankme"].points(),
+        [[0.0, 1.2 / 256.0]]
+    );
+    v.apply(&knn(40));
+    assert!(
+        v.messages
+            .iter()
+            .any(|m| m.error && m.text.contains("simsiam's output is collapsing at step 40")),
+        "{:?}",
+        v.messages
+    );
+}

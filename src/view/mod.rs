@@ -265,7 +265,9 @@ impl RunView {
                 x,
                 g.rankme / g.dimensions.max(1) as f64,
             );
-            if crate::eval::embed::collapsed(g) {
+            // A random head's outputs are often bunched together before any step: only a
+            // collapse during training is announced.
+            if k.step > 0 && crate::eval::embed::collapsed(g) {
                 self.message(
                     true,
                     format!(
