@@ -38,6 +38,9 @@ pub struct BnMlp {
 
 impl BnMlp {
     /// Creates the layers under `vb` and registers their batch-norm counters with `model`.
+    ///
+    /// # Errors
+    /// When the parameters cannot be created.
     pub fn new(
         model: &Model,
         vb: &VarBuilder<'_>,
@@ -59,7 +62,11 @@ impl BnMlp {
         Ok(head)
     }
 
-    /// `train`: batch statistics (and the running ones updated), else running statistics.
+    /// (N, inputs) → (N, outputs). `train`: batch statistics (and the running ones updated),
+    /// else running statistics.
+    ///
+    /// # Errors
+    /// When `x` is not (N, inputs).
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let h = self.first.forward(x)?;
         let (n, c) = h.dims2()?;

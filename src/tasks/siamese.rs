@@ -236,7 +236,10 @@ fn halves(t: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
     Ok((t.narrow(0, 0, n)?, t.narrow(0, n, n)?))
 }
 
-/// The other view of every row: (second half, first half).
+/// The other view of every row: (second half, first half) of a (2N, D) tensor.
+///
+/// # Errors
+/// When `t` has no first dimension.
 pub fn swap_views(t: &Tensor) -> candle_core::Result<Tensor> {
     let (a, b) = halves(t)?;
     Tensor::cat(&[&b, &a], 0)
