@@ -14,6 +14,7 @@ pub mod math;
 pub mod model;
 pub mod report;
 pub mod rng;
+pub mod runs;
 pub mod tasks;
 pub mod train;
 pub mod ui;

@@ -667,3 +667,129 @@ fn the_device_list_greys_out_what_this_machine_cannot_give_and_says_why() {
     assert_eq!(h.state().settings.config.device, DeviceKind::Cpu);
     assert!(h.query_by_label_contains("cannot be used here").is_none());
 }
+
+/// A finished two-epoch run under `out`, as `pretext train` leaves it.
+fn finished_run(out: &std::path::Path, task: TaskKind, seed: u64) -> PathBuf {
+    let trainer = pretext::train::Trainer::spawn().unwrap();
+    trainer.send(pretext::train::Command::Start(Box::new(TrainConfig {
+        epochs: 2,
+        tasks: vec![task],
+        seed,
+        ..small_config(out)
+    })));
+    loop {
+        if let pretext::train::Event::Finished { run_dir, .. } = trainer
+            .events()
+            .recv_timeout(Duration::from_secs(120))
+            .unwrap()
+        {
+            break run_dir.unwrap();
+        }
+    }
+}
+
+#[test]
+fn the_runs_view_lists_runs_and_overlays_the_ticked_ones() {
+    use pretext::view::overlay::Quantity;
+    let out = tempfile::tempdir().unwrap();
+    let a = finished_run(out.path(), TaskKind::Rotation, 1);
+    let b = finished_run(out.path(), TaskKind::Contrastive, 2);
+    let storage = storage_with(small_config(out.path()));
+    let mut h = app(&storage, None);
+    h.get_by_label("Runs").click();
+    wait_until(&mut h, "the listing", |a| a.tabs.runs.list.len() == 2);
+    let name = |d: &PathBuf| d.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(h.query_by_label_contains("2 runs, 0 ticked").is_some());
+    assert!(h.state().tabs.runs.overlay(Quantity::Loss, 0.0).is_empty());
+    let tick = |h: &mut Harness<'_, PretextApp>, d: &PathBuf| {
+        // The table's tick box comes first; the plots' legends have one per run too.
+        h.get_all_by_role_and_label(eframe::egui::accesskit::Role::CheckBox, &name(d))
+            .next()
+            .unwrap()
+            .click();
+        h.run();
+    };
+    tick(&mut h, &a);
+    tick(&mut h, &b);
+    wait_until(&mut h, "two curves", |app| {
+        let lines = app.tabs.runs.overlay(Quantity::Loss, 0.0);
+        lines.len() == 2 && lines.iter().all(|l| l.points.len() == 8)
+    });
+    let runs = &h.state().tabs.runs;
+    let names: Vec<String> = runs
+        .overlay(Quantity::Loss, 0.0)
+        .into_iter()
+        .map(|l| l.name)
+        .collect();
+    assert_eq!(names, [name(&a), name(&b)], "in the order ticked");
+    assert_eq!(runs.overlay(Quantity::Knn(3), 0.0).len(), 2, "kNN of z too");
+    if let Ok(img) = h.render() {
+        img.save("/tmp/runs.png").unwrap();
+    }
+    // Against wall-clock time the x values are minutes of training.
+    h.get_by_label("wall-clock time (min)").click();
+    h.run();
+    let lines = h.state().tabs.runs.overlay(Quantity::Loss, 0.0);
+    let last_x = lines[0].points.last().unwrap()[0];
+    let summary = h.state().tabs.runs.list.iter().find(|s| s.dir == a).unwrap().clone();
+    assert!(
+        last_x > 0.0 && last_x <= summary.wall_s / 60.0 + 1e-9,
+        "{last_x} min vs {} s",
+        summary.wall_s
+    );
+    // Unticking removes its line.
+    tick(&mut h, &a);
+    assert_eq!(h.state().tabs.runs.overlay(Quantity::Loss, 0.0).len(), 1);
+    h.get_by_label("Steps").click();
+    h.run();
+    assert_eq!(h.state().tabs.runs.sort, pretext::ui::RunColumn::Steps);
+}
+
+#[test]
+fn a_run_the_command_line_is_writing_is_followed_live() {
+    let out = tempfile::tempdir().unwrap();
+    let mut cli = std::process::Command::new(env!("CARGO_BIN_EXE_pretext"))
+        .args([
+            "train", "--data", "builtin:64", "--size", "16", "--task", "rotation", "--epochs",
+            "400", "--batch", "16", "--out",
+        ])
+        .arg(out.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let dir = loop {
+        if let Some(d) = pretext::runs::find_runs(out.path()).into_iter().next() {
+            break d;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "no run directory");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let storage = storage_with(small_config(out.path()));
+    let mut h = app(&storage, None);
+    h.state_mut().inputs.run = dir.display().to_string();
+    h.get_by_label("Follow run").click();
+    wait_until(&mut h, "the first rows", |a| a.run.curves.steps_seen > 0);
+    assert!(matches!(h.state().run.status, RunStatus::Following { .. }));
+    assert_eq!(h.state().following.as_ref(), Some(&dir));
+    let first = h.state().run.curves.steps_seen;
+    wait_until(&mut h, "new points", |a| a.run.curves.steps_seen >= first + 12);
+    wait_until(&mut h, "its previews and checkpoints", |a| {
+        !a.tabs.previews.is_empty()
+            && a.run.checkpoints.as_ref().is_some_and(|c| !c.kept.is_empty())
+    });
+    assert!(h.query_by_label_contains("following (last written").is_some());
+    // Start is offered (following is not training); the status bar stops following.
+    assert!(!h.get_by_label("Start").accesskit_node().is_disabled());
+    h.get_by_label("Stop following").click();
+    h.run();
+    assert!(h.state().following.is_none());
+    let steps = h.state().run.curves.steps_seen;
+    assert!(steps > first, "its curves stay");
+    std::thread::sleep(Duration::from_millis(1500));
+    h.run();
+    assert_eq!(h.state().run.curves.steps_seen, steps, "and no longer move");
+    let _ = cli.kill();
+    let _ = cli.wait();
+}

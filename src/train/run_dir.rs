@@ -44,7 +44,13 @@ pub enum RunDirError {
 pub struct RunDir {
     pub path: PathBuf,
     metrics: csv::Writer<BufWriter<File>>,
+    /// When metrics.csv was last written to disk.
+    flushed: std::time::Instant,
 }
+
+/// Rows reach the disk at least this often, so a person following the run from another
+/// process (the app's runs view) sees it move.
+const FLUSH_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Appends rows to metrics.csv (the header is written by whoever creates the file).
 fn metrics_writer(f: File) -> csv::Writer<BufWriter<File>> {
@@ -108,6 +114,7 @@ impl RunDir {
         Ok(Self {
             path,
             metrics: metrics_writer(f),
+            flushed: std::time::Instant::now(),
         })
     }
 
@@ -145,6 +152,7 @@ impl RunDir {
             Self {
                 path: path.to_path_buf(),
                 metrics: metrics_writer(f),
+                flushed: std::time::Instant::now(),
             },
             config,
         ))
@@ -252,6 +260,9 @@ impl RunDir {
                 step_loss: Some(m.loss),
             })?;
         }
+        if self.flushed.elapsed() >= FLUSH_EVERY {
+            self.flush()?;
+        }
         Ok(())
     }
 
@@ -311,6 +322,7 @@ impl RunDir {
 
     pub fn flush(&mut self) -> Result<(), RunDirError> {
         let path = self.path.join(METRICS_FILE);
+        self.flushed = std::time::Instant::now();
         self.metrics.flush().map_err(write_err(&path))
     }
 
@@ -398,6 +410,41 @@ pub struct Checkpoints {
     pub best: Option<(String, f64)>,
 }
 
+/// What a run directory's checkpoints folder holds now, without removing anything (for a run
+/// another process writes).
+pub fn list_checkpoints(dir: &Path) -> Checkpoints {
+    let folder = dir.join(CHECKPOINT_DIR);
+    let mut found: Vec<(u64, String)> = Vec::new();
+    let mut disk_bytes = 0;
+    for entry in std::fs::read_dir(&folder).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if let Ok(m) = entry.metadata()
+            && m.is_file()
+        {
+            disk_bytes += m.len();
+        }
+        let Some(name) = path.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+            continue;
+        };
+        if name == RESUME_FILE
+            || name.starts_with('.')
+            || path.extension().is_none_or(|e| e != "safetensors")
+        {
+            continue;
+        }
+        if let Some(step) = checkpoint_step(&path) {
+            found.push((step, name));
+        }
+    }
+    found.sort();
+    Checkpoints {
+        kept: found.into_iter().map(|(_, n)| n).collect(),
+        removed: 0,
+        disk_bytes,
+        best: None,
+    }
+}
+
 /// The training step in a checkpoint's metadata, read from the safetensors header alone (the
 /// first 8 bytes give the header's length; the tensors are not read).
 pub fn checkpoint_step(path: &Path) -> Option<u64> {
@@ -474,41 +521,107 @@ pub fn read_metrics(dir: &Path) -> Result<Vec<MetricsRow>, String> {
 /// # Errors
 /// [`RunDirError::NotARun`] when config.json or metrics.csv cannot be read.
 pub fn replay(dir: &Path) -> Result<Vec<super::Event>, RunDirError> {
-    use super::{Event, TaskMetrics};
+    let config = read_config(dir)?;
+    let rows = read_metrics(dir).map_err(|message| RunDirError::NotARun {
+        path: dir.to_path_buf(),
+        message,
+    })?;
+    let batches_per_epoch = batches_per_epoch(&rows);
+    let mut events = vec![started_event(dir, &config, batches_per_epoch)];
+    let mut grouper = RowEvents::new(config.epochs, batches_per_epoch);
+    events.extend(grouper.push(rows));
+    events.extend(grouper.finish());
+    Ok(events)
+}
+
+/// A run directory's config.json.
+///
+/// # Errors
+/// [`RunDirError::NotARun`] when it cannot be read or is not valid.
+pub fn read_config(dir: &Path) -> Result<TrainConfig, RunDirError> {
     let not_a_run = |message: String| RunDirError::NotARun {
         path: dir.to_path_buf(),
         message,
     };
     let text = std::fs::read_to_string(dir.join(CONFIG_FILE))
         .map_err(|e| not_a_run(format!("cannot read {CONFIG_FILE}: {e}")))?;
-    let config: TrainConfig = serde_json::from_str(&text)
-        .map_err(|e| not_a_run(format!("{CONFIG_FILE} is not valid: {e}")))?;
-    let rows = read_metrics(dir).map_err(not_a_run)?;
-    let batches_per_epoch = rows
-        .iter()
-        .filter(|r| r.epoch == 1 && r.loss.is_some())
-        .map(|r| r.step)
-        .max()
-        .unwrap_or(0) as usize;
-    let mut events = vec![Event::RunStarted {
+    serde_json::from_str(&text).map_err(|e| not_a_run(format!("{CONFIG_FILE} is not valid: {e}")))
+}
+
+/// The `RunStarted` event a run read back from disk begins with.
+pub fn started_event(dir: &Path, config: &TrainConfig, batches_per_epoch: usize) -> super::Event {
+    super::Event::RunStarted {
         run_dir: dir.to_path_buf(),
         config: Box::new(config.clone()),
         start_step: 0,
         batches_per_epoch,
         parameters: 0,
-    }];
-    let mut i = 0;
-    while i < rows.len() {
-        let (step, epoch, monitor) = (rows[i].step, rows[i].epoch, is_monitor(&rows[i]));
-        let mut j = i;
-        while j < rows.len() && rows[j].step == step && is_monitor(&rows[j]) == monitor {
-            j += 1;
+    }
+}
+
+/// Steps per epoch as the rows show it: the last step of the first epoch (0 when no row has
+/// one).
+pub fn batches_per_epoch(rows: &[MetricsRow]) -> usize {
+    rows.iter()
+        .filter(|r| r.epoch == 1 && r.loss.is_some())
+        .map(|r| r.step)
+        .max()
+        .unwrap_or(0) as usize
+}
+
+/// metrics.csv's rows turned into the `Step` and `Knn` events that wrote them, rows arriving in
+/// pieces (a file another process is still writing): the rows of one step, or of one
+/// measurement, make one event, so the last group is held back until a row of another group
+/// arrives or [`RowEvents::finish`] says nothing more is coming for now.
+#[derive(Clone, Debug)]
+pub struct RowEvents {
+    epochs: usize,
+    /// Steps per epoch, as far as known (0: not yet).
+    pub batches_per_epoch: usize,
+    held: Vec<MetricsRow>,
+}
+
+impl RowEvents {
+    pub fn new(epochs: usize, batches_per_epoch: usize) -> Self {
+        Self {
+            epochs,
+            batches_per_epoch,
+            held: Vec::new(),
         }
-        let group = &rows[i..j];
-        i = j;
-        if monitor {
-            events.push(Event::Knn(knn_from_rows(step, epoch, group)));
-            continue;
+    }
+
+    /// Takes new rows; returns the events of every group that is now complete.
+    pub fn push(&mut self, rows: Vec<MetricsRow>) -> Vec<super::Event> {
+        let mut events = Vec::new();
+        for row in rows {
+            let same = self
+                .held
+                .first()
+                .is_some_and(|h| h.step == row.step && is_monitor(h) == is_monitor(&row));
+            if !same && !self.held.is_empty() {
+                let group = std::mem::take(&mut self.held);
+                events.extend(self.group_event(&group));
+            }
+            if row.epoch >= 2 && self.batches_per_epoch == 0 {
+                // The first row of epoch 2 follows the last step of epoch 1.
+                self.batches_per_epoch = row.step.saturating_sub(1) as usize;
+            }
+            self.held.push(row);
+        }
+        events
+    }
+
+    /// The event of the group held back, if any (nothing more of it is expected).
+    pub fn finish(&mut self) -> Vec<super::Event> {
+        let group = std::mem::take(&mut self.held);
+        self.group_event(&group).into_iter().collect()
+    }
+
+    fn group_event(&self, group: &[MetricsRow]) -> Option<super::Event> {
+        use super::{Event, TaskMetrics};
+        let first = group.first()?;
+        if is_monitor(first) {
+            return Some(Event::Knn(knn_from_rows(first.step, first.epoch, group)));
         }
         let tasks: Vec<TaskMetrics> = group
             .iter()
@@ -525,19 +638,16 @@ pub fn replay(dir: &Path) -> Result<Vec<super::Event>, RunDirError> {
                 })
             })
             .collect();
-        let Some(first) = group.first() else {
-            continue;
-        };
         let loss = first
             .step_loss
             .or_else(|| (tasks.len() == 1).then(|| tasks[0].loss))
             .unwrap_or(f64::NAN);
-        events.push(Event::Step(super::StepMetrics {
-            step,
-            epoch,
-            epochs: config.epochs,
+        Some(Event::Step(super::StepMetrics {
+            step: first.step,
+            epoch: first.epoch,
+            epochs: self.epochs,
             batch: 0,
-            batches: batches_per_epoch,
+            batches: self.batches_per_epoch,
             tasks,
             loss,
             lr: first.lr.unwrap_or(f64::NAN),
@@ -547,9 +657,8 @@ pub fn replay(dir: &Path) -> Result<Vec<super::Event>, RunDirError> {
             step_s: 0.0,
             timing: super::StepTiming::default(),
             wall_s: first.wall_s,
-        }));
+        }))
     }
-    Ok(events)
 }
 
 fn is_monitor(r: &MetricsRow) -> bool {

@@ -10,6 +10,7 @@ use eframe::egui;
 use super::jobs::Done;
 use super::{DataState, LoadedData, Loader, PretextApp, PreviewView, RECENT_MAX, RunStatus, Tab};
 use crate::config::DataSource;
+use crate::runs::watch::{WatchCommand, WatchUpdate};
 use crate::train::Command;
 
 /// Something a panel asks for; [`PretextApp::perform`] carries it out after drawing.
@@ -41,6 +42,14 @@ pub enum Action {
     },
     /// Compute the t-SNE map of the explorer's embedding in the background.
     Tsne,
+    /// Tick or untick a run in the runs view (its curves overlaid, followed as it grows).
+    ToggleRun(PathBuf),
+    /// Show a run directory in the Training tab and follow it as another process writes it.
+    FollowRun(PathBuf),
+    /// Stop following the run shown in the Training tab.
+    StopFollowing,
+    /// List the runs under this folder.
+    SetRunsRoot(PathBuf),
 }
 
 impl PretextApp {
@@ -62,6 +71,123 @@ impl PretextApp {
             Action::ExportEmbeddings => self.export_embeddings(),
             Action::AugmentViews { key } => self.augment_views(key),
             Action::Tsne => self.tsne(),
+            Action::ToggleRun(dir) => self.toggle_run(dir),
+            Action::FollowRun(dir) => self.follow_run(dir),
+            Action::StopFollowing => self.stop_following(),
+            Action::SetRunsRoot(root) => {
+                self.inputs.runs_root = root.display().to_string();
+                self.tabs.runs.list.clear();
+                self.watch(WatchCommand::Root(root));
+            }
+        }
+    }
+
+    fn watch(&mut self, command: WatchCommand) {
+        if !self.engine.watcher.send(command) {
+            self.run
+                .message(true, "the thread that reads run directories is not answering");
+        }
+    }
+
+    /// Ticks or unticks a run in the runs view.
+    fn toggle_run(&mut self, dir: PathBuf) {
+        let runs = &mut self.tabs.runs;
+        if runs.is_ticked(&dir) {
+            runs.ticked.retain(|(d, _)| *d != dir);
+            if self.following.as_ref() != Some(&dir) {
+                self.watch(WatchCommand::Unfollow(dir));
+            }
+        } else {
+            runs.ticked.push((dir.clone(), super::RunView::default()));
+            // Followed from its first row again: every view of it starts over.
+            self.watch(WatchCommand::Follow(dir));
+        }
+    }
+
+    /// Shows a run directory in the Training tab, following it as it grows.
+    pub fn follow_run(&mut self, dir: PathBuf) {
+        if self.is_training() {
+            self.run.message(true, "stop the current run first");
+            return;
+        }
+        if !crate::runs::is_run(&dir) {
+            self.run.message(
+                true,
+                format!(
+                    "{} is not a run directory (it needs config.json and metrics.csv)",
+                    dir.display()
+                ),
+            );
+            return;
+        }
+        self.reset_view();
+        self.inputs.run = dir.display().to_string();
+        self.following = Some(dir.clone());
+        self.run.status = RunStatus::Following { modified: None };
+        self.tabs.tab = Tab::Training;
+        self.watch(WatchCommand::Add(dir.clone()));
+        self.watch(WatchCommand::Follow(dir));
+    }
+
+    /// Stops following the run in the Training tab (its curves stay).
+    pub fn stop_following(&mut self) {
+        let Some(dir) = self.following.take() else {
+            return;
+        };
+        if !self.tabs.runs.is_ticked(&dir) {
+            self.watch(WatchCommand::Unfollow(dir));
+        }
+        if matches!(self.run.status, RunStatus::Following { .. }) {
+            self.run.status = RunStatus::Idle;
+        }
+    }
+
+    /// What the thread reading run directories found.
+    pub(super) fn watched(&mut self, ctx: &egui::Context, update: WatchUpdate) {
+        match update {
+            WatchUpdate::Listed(list) => self.tabs.runs.list = list,
+            WatchUpdate::Events {
+                dir,
+                reset,
+                events,
+                modified,
+            } => {
+                if let Some(v) = self.tabs.runs.ticked_mut(&dir) {
+                    if reset {
+                        *v = super::RunView::default();
+                    }
+                    for e in &events {
+                        v.apply(e);
+                    }
+                }
+                if self.following.as_ref() == Some(&dir) {
+                    if reset {
+                        self.reset_view();
+                    }
+                    for e in &events {
+                        self.run.apply(e);
+                    }
+                    self.run.status = RunStatus::Following { modified };
+                }
+            }
+            WatchUpdate::Preview { dir, preview } => {
+                if self.following.as_ref() == Some(&dir) {
+                    self.tabs
+                        .previews
+                        .insert(preview.task, super::preview_view(ctx, &preview));
+                    self.run.apply(&crate::train::Event::Preview(preview));
+                }
+            }
+            WatchUpdate::Checkpoints { dir, checkpoints } => {
+                if self.following.as_ref() == Some(&dir) {
+                    self.run.checkpoints = Some(checkpoints);
+                }
+            }
+            WatchUpdate::Problem { dir, message } => {
+                if self.following.as_ref() == Some(&dir) || self.tabs.runs.is_ticked(&dir) {
+                    self.run.message(true, message);
+                }
+            }
         }
     }
 
@@ -191,6 +317,7 @@ impl PretextApp {
         if self.is_training() {
             return;
         }
+        self.stop_following();
         let config = self.settings.config.clone();
         if let Err(e) = config.validate() {
             self.run.message(true, e.to_string());
@@ -214,6 +341,7 @@ impl PretextApp {
             self.run.message(true, "stop the current run first");
             return;
         }
+        self.stop_following();
         self.reset_view();
         self.run.status = RunStatus::Starting;
         let dir = dir.to_path_buf();
@@ -236,6 +364,7 @@ impl PretextApp {
         if self.is_training() {
             self.send(Command::Stop);
         }
+        self.stop_following();
         self.reset_view();
         self.run.status = RunStatus::Idle;
     }

@@ -102,6 +102,7 @@ pub enum Tab {
     Inspect,
     Math,
     Explorer,
+    Runs,
 }
 
 /// What is typed into the window's text fields.
@@ -109,6 +110,8 @@ pub enum Tab {
 pub struct Inputs {
     pub path: String,
     pub run: String,
+    /// The runs folder the runs view lists.
+    pub runs_root: String,
     /// The learning rate to set on the running run.
     pub lr: f64,
 }
@@ -183,6 +186,84 @@ pub struct ExplorerTab {
     textures: HashMap<usize, egui::TextureHandle>,
 }
 
+/// A column of the runs view's table, to sort by.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RunColumn {
+    #[default]
+    Name,
+    Tasks,
+    Data,
+    Size,
+    Steps,
+    Time,
+    Loss,
+    Proxy,
+    Knn,
+    Probe,
+}
+
+/// The Runs tab: every run directory under the runs folder, the ones ticked to overlay (each
+/// followed as it is written), and how they are drawn.
+pub struct RunsTab {
+    pub list: Vec<crate::runs::RunSummary>,
+    pub sort: RunColumn,
+    pub descending: bool,
+    /// The ticked runs, in the order they were ticked (their colours), each as its own run
+    /// model fed from its directory.
+    pub ticked: Vec<(std::path::PathBuf, RunView)>,
+    pub x_axis: crate::view::XAxis,
+    /// The encoder stage whose kNN top-1 is overlaid (index into STAGES; z by default).
+    pub stage: usize,
+    pub gauge: crate::view::overlay::Gauge,
+}
+
+impl Default for RunsTab {
+    fn default() -> Self {
+        Self {
+            list: Vec::new(),
+            sort: RunColumn::Name,
+            descending: true,
+            ticked: Vec::new(),
+            x_axis: crate::view::XAxis::Step,
+            stage: crate::eval::embed::STAGES.len() - 1,
+            gauge: crate::view::overlay::Gauge::RankMe,
+        }
+    }
+}
+
+impl RunsTab {
+    /// The ticked run of `dir`.
+    pub fn ticked_mut(&mut self, dir: &std::path::Path) -> Option<&mut RunView> {
+        self.ticked
+            .iter_mut()
+            .find(|(d, _)| d == dir)
+            .map(|(_, v)| v)
+    }
+
+    pub fn is_ticked(&self, dir: &std::path::Path) -> bool {
+        self.ticked.iter().any(|(d, _)| d == dir)
+    }
+
+    /// The ticked runs' lines for one quantity, named by their directories.
+    pub fn overlay(
+        &self,
+        quantity: crate::view::overlay::Quantity,
+        smoothing: f64,
+    ) -> Vec<crate::view::overlay::OverlayLine> {
+        crate::view::overlay::overlay(
+            self.ticked.iter().map(|(d, v)| (run_name(d), v)),
+            quantity,
+            self.x_axis,
+            smoothing,
+        )
+    }
+}
+
+/// A run directory's name, as the runs view shows it.
+pub fn run_name(dir: &std::path::Path) -> &str {
+    dir.file_name().and_then(|n| n.to_str()).unwrap_or("run")
+}
+
 /// What the window shows beside the run: the tab, its states and the textures.
 pub struct Tabs {
     pub tab: Tab,
@@ -195,6 +276,7 @@ pub struct Tabs {
     pub augment: AugmentTab,
     pub math: MathTab,
     pub explorer: ExplorerTab,
+    pub runs: RunsTab,
 }
 
 /// The threads and channels the app talks to.
@@ -203,6 +285,8 @@ struct Engine {
     wake: Arc<dyn Fn() + Send + Sync>,
     dialog: Option<crossbeam_channel::Receiver<Option<PathBuf>>>,
     jobs: jobs::Jobs,
+    /// Reads run directories: the runs folder's listing and the runs followed.
+    watcher: crate::runs::watch::Watcher,
 }
 
 /// The desktop app: the run model, the data, the settings and per-tab state it draws, and the
@@ -214,6 +298,8 @@ pub struct PretextApp {
     pub data: DataState,
     pub inputs: Inputs,
     pub tabs: Tabs,
+    /// The run directory shown in the Training tab while another process writes it.
+    pub following: Option<PathBuf>,
     engine: Engine,
     frame_stats: FrameStats,
 }
@@ -250,10 +336,15 @@ impl PretextApp {
         let wake: Arc<dyn Fn() + Send + Sync> =
             Arc::new(move || ctx2.request_repaint_after(REPAINT_INTERVAL));
         let trainer = Trainer::spawn_with_notify(wake.clone())?;
+        let watcher = crate::runs::watch::Watcher::spawn(wake.clone())?;
         let inputs = Inputs {
             lr: settings.config.lr,
+            runs_root: settings.config.out.display().to_string(),
             ..Inputs::default()
         };
+        watcher.send(crate::runs::watch::WatchCommand::Root(
+            settings.config.out.clone(),
+        ));
         let source = match open {
             Some(p) => crate::config::DataSource::Folder(p),
             None => settings.config.data.clone(),
@@ -275,9 +366,12 @@ impl PretextApp {
                 },
                 math: MathTab::default(),
                 explorer: ExplorerTab::default(),
+                runs: RunsTab::default(),
             },
+            following: None,
             engine: Engine {
                 trainer,
+                watcher,
                 jobs: jobs::Jobs::new(wake.clone()),
                 wake,
                 dialog: None,
@@ -340,6 +434,12 @@ impl PretextApp {
             self.job_done(ctx, done);
         }
         let start = Instant::now();
+        while start.elapsed() < EVENT_BUDGET {
+            let Ok(update) = self.engine.watcher.updates().try_recv() else {
+                break;
+            };
+            self.watched(ctx, update);
+        }
         while start.elapsed() < EVENT_BUDGET {
             let Ok(event) = self.engine.trainer.events().try_recv() else {
                 break;

@@ -5,6 +5,7 @@
 //! continued run and an old run give the same state.
 
 pub mod history;
+pub mod overlay;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -29,6 +30,11 @@ pub enum RunStatus {
     Running,
     Paused(PauseReason),
     Finished(Outcome),
+    /// Showing a run that another process writes (or wrote), read from its directory as it
+    /// grows; `modified` is when its metrics.csv was last written.
+    Following {
+        modified: Option<std::time::SystemTime>,
+    },
 }
 
 /// A message for the person watching.
@@ -46,6 +52,36 @@ pub struct Curves {
     pub series: BTreeMap<String, History>,
     pub batches_per_epoch: usize,
     pub steps_seen: u64,
+    /// Training time of the continuations before the current one, and the last time seen, s:
+    /// the [`WALL_SERIES`] curve adds them up.
+    wall_base: f64,
+    wall_last: f64,
+}
+
+/// The series of training wall-clock time (s, continuations added up) against the step, by
+/// which other series are drawn against time.
+pub const WALL_SERIES: &str = "time/wall_s";
+
+/// What the curves are drawn against.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum XAxis {
+    #[default]
+    Step,
+    Epoch,
+    /// Training wall-clock time, in minutes.
+    WallClock,
+}
+
+impl XAxis {
+    pub const ALL: [XAxis; 3] = [XAxis::Step, XAxis::Epoch, XAxis::WallClock];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            XAxis::Step => "step",
+            XAxis::Epoch => "epoch",
+            XAxis::WallClock => "wall-clock time (min)",
+        }
+    }
 }
 
 impl Curves {
@@ -70,9 +106,42 @@ impl Curves {
         if m.tasks.len() > 1 {
             self.push("loss/total".into(), x, m.loss);
         }
+        if m.wall_s + 1e-9 < self.wall_last {
+            // A continuation counts its time from zero again.
+            self.wall_base += self.wall_last;
+        }
+        self.wall_last = m.wall_s;
+        self.push(WALL_SERIES.into(), x, self.wall_base + m.wall_s);
         self.push("lr".into(), x, m.lr);
         self.push("images_per_s".into(), x, m.images_per_s);
         self.steps_seen += 1;
+    }
+
+    /// A series' points with x as `axis` says: steps, epochs (steps / steps per epoch), or
+    /// training minutes (interpolated along [`WALL_SERIES`]; a point before the first step is at
+    /// 0). Empty when the series does not exist.
+    pub fn points_against(&self, name: &str, axis: XAxis) -> Vec<[f64; 2]> {
+        let Some(h) = self.series.get(name) else {
+            return Vec::new();
+        };
+        let pts = h.points();
+        match axis {
+            XAxis::Step => pts,
+            XAxis::Epoch => {
+                let per = self.batches_per_epoch.max(1) as f64;
+                pts.into_iter().map(|[x, y]| [x / per, y]).collect()
+            }
+            XAxis::WallClock => {
+                let wall = self
+                    .series
+                    .get(WALL_SERIES)
+                    .map(History::points)
+                    .unwrap_or_default();
+                pts.into_iter()
+                    .map(|[x, y]| [interpolate(&wall, x) / 60.0, y])
+                    .collect()
+            }
+        }
     }
 
     fn add_gauges(&mut self, x: f64, g: &Gauges) {
@@ -90,6 +159,19 @@ impl Curves {
         if let Some(a) = g.alignment {
             self.push("gauge/alignment".into(), x, a);
         }
+    }
+}
+
+/// y at `x` on a polyline sorted by x (linear between points; held flat past the last; 0
+/// before the first point's x is reached from 0).
+fn interpolate(pts: &[[f64; 2]], x: f64) -> f64 {
+    let i = pts.partition_point(|p| p[0] < x);
+    match (i.checked_sub(1).and_then(|j| pts.get(j)), pts.get(i)) {
+        (_, Some(b)) if b[0] == x => b[1],
+        (Some(a), Some(b)) => a[1] + (b[1] - a[1]) * (x - a[0]) / (b[0] - a[0]),
+        (Some(a), None) => a[1],
+        (None, Some(b)) if b[0] > 0.0 => b[1] * (x / b[0]).max(0.0),
+        _ => 0.0,
     }
 }
 

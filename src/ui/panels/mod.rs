@@ -9,6 +9,7 @@ mod explorer;
 mod inspect;
 mod math;
 mod plots;
+mod runs;
 mod status_bar;
 mod top_bar;
 mod training;
@@ -38,7 +39,7 @@ pub fn draw(app: &mut PretextApp, ui: &mut egui::Ui) -> Vec<Action> {
         frame_time,
         &mut actions,
     );
-    status_bar::show(ui, &app.run);
+    status_bar::show(ui, &app.run, &mut actions);
     egui::Panel::left("controls")
         .default_size(330.0)
         .show(ui, |ui| {
@@ -89,6 +90,7 @@ fn central(ui: &mut egui::Ui, app: &mut PretextApp, actions: &mut Vec<Action>) {
         ui.selectable_value(tab, Tab::Inspect, "Inspect image");
         ui.selectable_value(tab, Tab::Math, "Math");
         ui.selectable_value(tab, Tab::Explorer, "Explorer");
+        ui.selectable_value(tab, Tab::Runs, "Runs");
     });
     ui.separator();
     error_banner(ui, app);
@@ -110,6 +112,14 @@ fn central(ui: &mut egui::Ui, app: &mut PretextApp, actions: &mut Vec<Action>) {
         Tab::Inspect => inspect::show(ui, app.tabs.inspection.as_ref(), &app.data),
         Tab::Math => math::show(ui, &app.run, &mut app.tabs.math, actions),
         Tab::Explorer => explorer::show(ui, &app.run, &app.data, &mut app.tabs.explorer, actions),
+        Tab::Runs => runs::show(
+            ui,
+            &mut app.tabs.runs,
+            &mut app.inputs.runs_root,
+            app.following.as_deref(),
+            app.settings.smoothing,
+            actions,
+        ),
     }
 }
 

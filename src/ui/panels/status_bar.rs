@@ -4,10 +4,23 @@ use eframe::egui::{self, Color32, RichText};
 
 use super::{ERROR, MUTED};
 use crate::train::{Outcome, PauseReason};
-use crate::ui::{RunStatus, RunView};
+use crate::ui::{Action, RunStatus, RunView};
 
-fn status_text(status: &RunStatus) -> (&'static str, Color32) {
-    match status {
+fn status_text(status: &RunStatus) -> (String, Color32) {
+    let (text, color) = match status {
+        RunStatus::Following { modified } => {
+            let age = modified
+                .and_then(|t| t.elapsed().ok())
+                .map_or(f64::INFINITY, |d| d.as_secs_f64());
+            return if age < 60.0 {
+                (
+                    format!("following (last written {age:.0} s ago)"),
+                    Color32::from_rgb(90, 170, 230),
+                )
+            } else {
+                ("following (not written for a minute or more)".into(), MUTED)
+            };
+        }
         RunStatus::Idle => ("ready", MUTED),
         RunStatus::Starting => ("starting…", MUTED),
         RunStatus::Running => ("training", Color32::from_rgb(90, 200, 120)),
@@ -16,20 +29,35 @@ fn status_text(status: &RunStatus) -> (&'static str, Color32) {
         RunStatus::Finished(Outcome::Completed) => ("finished", MUTED),
         RunStatus::Finished(Outcome::Stopped) => ("stopped", MUTED),
         RunStatus::Finished(Outcome::InvalidInput(_) | Outcome::Failed(_)) => ("failed", ERROR),
-    }
+    };
+    (text.to_string(), color)
 }
 
-/// Draws the status bar from the run model.
-pub fn show(ui: &mut egui::Ui, run: &RunView) {
+/// Draws the status bar from the run model; a run followed from its directory can be let go.
+pub fn show(ui: &mut egui::Ui, run: &RunView, actions: &mut Vec<Action>) {
     egui::Panel::bottom("status").show(ui, |ui| {
         ui.horizontal(|ui| {
             let (text, color) = status_text(&run.status);
             ui.label(RichText::new(text).color(color).strong());
+            if matches!(run.status, RunStatus::Following { .. })
+                && ui
+                    .small_button("Stop following")
+                    .on_hover_text("Keep the curves as they are and stop reading the run directory")
+                    .clicked()
+            {
+                actions.push(Action::StopFollowing);
+            }
             if let Some(m) = &run.last_step {
                 ui.separator();
+                // A run read from its directory does not know the batch within the epoch.
+                let batch = if m.batch > 0 {
+                    format!("  batch {}/{}", m.batch, m.batches)
+                } else {
+                    String::new()
+                };
                 ui.label(format!(
-                    "epoch {}/{}  batch {}/{}  step {}  loss {:.4}  {:.0} img/s",
-                    m.epoch, m.epochs, m.batch, m.batches, m.step, m.loss, m.images_per_s
+                    "epoch {}/{}{batch}  step {}  loss {:.4}  {:.0} img/s",
+                    m.epoch, m.epochs, m.step, m.loss, m.images_per_s
                 ));
             }
             if let Some(o) = &run.overhead {

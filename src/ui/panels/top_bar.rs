@@ -1,5 +1,5 @@
-//! The top bar: open a folder (dialog, typed path, examples, recent), continue a run directory,
-//! and the frame-time readout.
+//! The top bar: open a folder (dialog, typed path, examples, recent), continue or follow a run
+//! directory, and the frame-time readout.
 
 use std::path::{Path, PathBuf};
 
@@ -77,6 +77,16 @@ pub fn show(
                     dir: PathBuf::from(inputs.run.trim()),
                     epochs: Some(settings.config.epochs),
                 });
+            }
+            if ui
+                .button("Follow run")
+                .on_hover_text(
+                    "Show a run directory that another process writes (pretext train in a \
+                     terminal, a synced folder from a server) and follow it live",
+                )
+                .clicked()
+            {
+                actions.push(Action::FollowRun(PathBuf::from(inputs.run.trim())));
             }
             ui.separator();
             ui.checkbox(&mut settings.show_frame_time, "Frame time");
