@@ -110,11 +110,16 @@ fn runs_are_found_under_the_folder_and_inside_contests_only() {
         std::fs::write(p.join("metrics.csv"), format!("{METRICS_HEADER}\n")).unwrap();
     };
     make(&root.path().join("20261130-120000-rotation"));
-    make(&root.path().join("compare-20261130-rotation+contrastive/runs/a"));
+    make(
+        &root
+            .path()
+            .join("compare-20261130-rotation+contrastive/runs/a"),
+    );
     // A folder that is not a contest is not searched below its first level.
     make(&root.path().join("elsewhere/deeper/run"));
     std::fs::write(
-        root.path().join("compare-20261130-rotation+contrastive/contest.json"),
+        root.path()
+            .join("compare-20261130-rotation+contrastive/contest.json"),
         "{}",
     )
     .unwrap();
@@ -147,7 +152,13 @@ fn the_tail_reads_complete_lines_as_they_are_written_and_starts_over_on_a_rewrit
     assert!(tail.poll().unwrap().rows.is_empty());
     // The header and a row and a half.
     let second = row_line(2, 1, 1.2, 0.2);
-    write!(f, "{METRICS_HEADER}\n{}{}", row_line(1, 1, 1.3, 0.1), &second[..9]).unwrap();
+    write!(
+        f,
+        "{METRICS_HEADER}\n{}{}",
+        row_line(1, 1, 1.3, 0.1),
+        &second[..9]
+    )
+    .unwrap();
     f.flush().unwrap();
     let t = tail.poll().unwrap();
     assert!(!t.reset);
@@ -160,11 +171,19 @@ fn the_tail_reads_complete_lines_as_they_are_written_and_starts_over_on_a_rewrit
     assert!((t.rows[0].loss.unwrap() - 1.2).abs() < 1e-12);
     // A continued run trims its rows: the file is written anew, shorter.
     drop(f);
-    std::fs::write(&path, format!("{METRICS_HEADER}\n{}", row_line(1, 1, 1.3, 0.1))).unwrap();
+    std::fs::write(
+        &path,
+        format!("{METRICS_HEADER}\n{}", row_line(1, 1, 1.3, 0.1)),
+    )
+    .unwrap();
     let t = tail.poll().unwrap();
     assert!(t.reset);
     assert_eq!(t.rows.len(), 1);
-    assert!(MetricsTail::new(&dir.path().join("missing")).poll().is_err());
+    assert!(
+        MetricsTail::new(&dir.path().join("missing"))
+            .poll()
+            .is_err()
+    );
 }
 
 #[test]
@@ -175,7 +194,11 @@ fn rows_in_pieces_give_the_events_of_a_replay() {
     let rows = run_dir::read_metrics(&dir).unwrap();
     let config = run_dir::read_config(&dir).unwrap();
     let mut grouper = RowEvents::new(config.epochs, run_dir::batches_per_epoch(&rows));
-    let mut events = vec![run_dir::started_event(&dir, &config, grouper.batches_per_epoch)];
+    let mut events = vec![run_dir::started_event(
+        &dir,
+        &config,
+        grouper.batches_per_epoch,
+    )];
     for chunk in rows.chunks(5) {
         events.extend(grouper.push(chunk.to_vec()));
     }
@@ -206,7 +229,7 @@ fn a_summary_has_the_runs_numbers_and_takes_an_evaluation() {
     let s = fold.summary().clone();
     assert_eq!(s.tasks, "rotation");
     assert_eq!(s.size, 16);
-    let last = rows.iter().filter(|r| r.loss.is_some()).last().unwrap();
+    let last = rows.iter().rfind(|r| r.loss.is_some()).unwrap();
     assert_eq!(s.steps, last.step);
     assert_eq!(s.epoch, 3);
     // The run's time includes its last measurement, after the last step.
@@ -227,7 +250,10 @@ fn a_summary_has_the_runs_numbers_and_takes_an_evaluation() {
         .iter()
         .filter(|r| r.step == last_step)
         .fold(0.0f64, |m, r| m.max(r.proxy_value));
-    assert!((knn - last_knn).abs() < 1e-12, "best stage {stage} {knn} vs {last_knn}");
+    assert!(
+        (knn - last_knn).abs() < 1e-12,
+        "best stage {stage} {knn} vs {last_knn}"
+    );
     assert!(s.probe.is_none());
     // An evaluation (pretext eval, pretext compare) wins over the monitor.
     let eval = serde_json::json!({
@@ -260,7 +286,11 @@ fn curves_go_against_epochs_and_wall_clock_time_across_a_continuation() {
     let rows: Vec<run_dir::MetricsRow> = (1..=8u64)
         .map(|step| {
             // Steps 1–4 in the first session (30 s each); 5–8 continued, time from 0 again.
-            let wall = if step <= 4 { 30.0 * step as f64 } else { 30.0 * (step - 4) as f64 };
+            let wall = if step <= 4 {
+                30.0 * step as f64
+            } else {
+                30.0 * (step - 4) as f64
+            };
             let line = row_line(step, (step as usize - 1) / 4 + 1, 1.0 / step as f64, wall);
             csv::StringRecord::from(line.trim_end().split(',').collect::<Vec<_>>())
                 .deserialize(Some(&header))
@@ -276,9 +306,17 @@ fn curves_go_against_epochs_and_wall_clock_time_across_a_continuation() {
     assert_eq!(by_epoch[3][0], 1.0);
     assert_eq!(by_epoch[7][0], 2.0);
     let by_time = v.curves.points_against("loss/rotation", XAxis::WallClock);
-    assert!((by_time[7][0] - 4.0).abs() < 1e-12, "8 steps of 30 s = 4 min");
+    assert!(
+        (by_time[7][0] - 4.0).abs() < 1e-12,
+        "8 steps of 30 s = 4 min"
+    );
     assert!((by_time[0][0] - 0.5).abs() < 1e-12);
-    let lines = overlay([("x", &v), ("empty", &RunView::default())], Quantity::Loss, XAxis::Step, 0.0);
+    let lines = overlay(
+        [("x", &v), ("empty", &RunView::default())],
+        Quantity::Loss,
+        XAxis::Step,
+        0.0,
+    );
     assert_eq!(lines.len(), 1, "a run without the series has no line");
     assert_eq!(lines[0].name, "x");
     assert_eq!(lines[0].points.len(), 8);
@@ -330,7 +368,10 @@ fn a_run_another_process_writes_is_followed_live_and_listed() {
         .iter()
         .map(|p| p[0])
         .collect();
-    assert!(steps.windows(2).all(|w| w[1] > w[0]), "no step twice: {steps:?}");
+    assert!(
+        steps.windows(2).all(|w| w[1] > w[0]),
+        "no step twice: {steps:?}"
+    );
     drop(writer);
     // The listing has it too, with its steps.
     let start = Instant::now();
@@ -348,7 +389,10 @@ fn a_run_another_process_writes_is_followed_live_and_listed() {
     assert!(w.send(WatchCommand::Follow(out.path().join("nothing"))));
     let start = Instant::now();
     loop {
-        assert!(start.elapsed() < Duration::from_secs(10), "no problem reported");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no problem reported"
+        );
         if let Ok(WatchUpdate::Problem { dir, message }) =
             w.updates().recv_timeout(Duration::from_millis(200))
         {

@@ -723,15 +723,20 @@ fn the_runs_view_lists_runs_and_overlays_the_ticked_ones() {
         .collect();
     assert_eq!(names, [name(&a), name(&b)], "in the order ticked");
     assert_eq!(runs.overlay(Quantity::Knn(3), 0.0).len(), 2, "kNN of z too");
-    if let Ok(img) = h.render() {
-        img.save("/tmp/runs.png").unwrap();
-    }
     // Against wall-clock time the x values are minutes of training.
     h.get_by_label("wall-clock time (min)").click();
     h.run();
     let lines = h.state().tabs.runs.overlay(Quantity::Loss, 0.0);
     let last_x = lines[0].points.last().unwrap()[0];
-    let summary = h.state().tabs.runs.list.iter().find(|s| s.dir == a).unwrap().clone();
+    let summary = h
+        .state()
+        .tabs
+        .runs
+        .list
+        .iter()
+        .find(|s| s.dir == a)
+        .unwrap()
+        .clone();
     assert!(
         last_x > 0.0 && last_x <= summary.wall_s / 60.0 + 1e-9,
         "{last_x} min vs {} s",
@@ -750,8 +755,18 @@ fn a_run_the_command_line_is_writing_is_followed_live() {
     let out = tempfile::tempdir().unwrap();
     let mut cli = std::process::Command::new(env!("CARGO_BIN_EXE_pretext"))
         .args([
-            "train", "--data", "builtin:64", "--size", "16", "--task", "rotation", "--epochs",
-            "400", "--batch", "16", "--out",
+            "train",
+            "--data",
+            "builtin:64",
+            "--size",
+            "16",
+            "--task",
+            "rotation",
+            "--epochs",
+            "400",
+            "--batch",
+            "16",
+            "--out",
         ])
         .arg(out.path())
         .stdout(std::process::Stdio::null())
@@ -763,7 +778,10 @@ fn a_run_the_command_line_is_writing_is_followed_live() {
         if let Some(d) = pretext::runs::find_runs(out.path()).into_iter().next() {
             break d;
         }
-        assert!(start.elapsed() < Duration::from_secs(60), "no run directory");
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no run directory"
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     let storage = storage_with(small_config(out.path()));
@@ -774,12 +792,20 @@ fn a_run_the_command_line_is_writing_is_followed_live() {
     assert!(matches!(h.state().run.status, RunStatus::Following { .. }));
     assert_eq!(h.state().following.as_ref(), Some(&dir));
     let first = h.state().run.curves.steps_seen;
-    wait_until(&mut h, "new points", |a| a.run.curves.steps_seen >= first + 12);
+    wait_until(&mut h, "new points", |a| {
+        a.run.curves.steps_seen >= first + 12
+    });
     wait_until(&mut h, "its previews and checkpoints", |a| {
         !a.tabs.previews.is_empty()
-            && a.run.checkpoints.as_ref().is_some_and(|c| !c.kept.is_empty())
+            && a.run
+                .checkpoints
+                .as_ref()
+                .is_some_and(|c| !c.kept.is_empty())
     });
-    assert!(h.query_by_label_contains("following (last written").is_some());
+    assert!(
+        h.query_by_label_contains("following (last written")
+            .is_some()
+    );
     // Start is offered (following is not training); the status bar stops following.
     assert!(!h.get_by_label("Start").accesskit_node().is_disabled());
     h.get_by_label("Stop following").click();

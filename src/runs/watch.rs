@@ -119,7 +119,12 @@ struct State {
 }
 
 impl State {
-    fn run(mut self, commands: &Receiver<WatchCommand>, updates: &Sender<WatchUpdate>, notify: &Notify) {
+    fn run(
+        mut self,
+        commands: &Receiver<WatchCommand>,
+        updates: &Sender<WatchUpdate>,
+        notify: &Notify,
+    ) {
         let mut last_scan: Option<Instant> = None;
         loop {
             let mut out = Vec::new();

@@ -84,8 +84,10 @@ impl PretextApp {
 
     fn watch(&mut self, command: WatchCommand) {
         if !self.engine.watcher.send(command) {
-            self.run
-                .message(true, "the thread that reads run directories is not answering");
+            self.run.message(
+                true,
+                "the thread that reads run directories is not answering",
+            );
         }
     }
 

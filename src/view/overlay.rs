@@ -18,7 +18,12 @@ pub enum Gauge {
 }
 
 impl Gauge {
-    pub const ALL: [Gauge; 4] = [Gauge::RankMe, Gauge::Std, Gauge::Uniformity, Gauge::Alignment];
+    pub const ALL: [Gauge; 4] = [
+        Gauge::RankMe,
+        Gauge::Std,
+        Gauge::Uniformity,
+        Gauge::Alignment,
+    ];
 
     pub fn label(self) -> &'static str {
         match self {

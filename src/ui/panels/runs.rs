@@ -155,7 +155,12 @@ fn overlay_plot(ui: &mut egui::Ui, tab: &RunsTab, q: Quantity, smoothing: f64, s
 }
 
 /// The table of runs; a click on a column's header sorts by it (again: the other way).
-fn table(ui: &mut egui::Ui, tab: &mut RunsTab, following: Option<&Path>, actions: &mut Vec<Action>) {
+fn table(
+    ui: &mut egui::Ui,
+    tab: &mut RunsTab,
+    following: Option<&Path>,
+    actions: &mut Vec<Action>,
+) {
     let mut order: Vec<&RunSummary> = tab.list.iter().collect();
     order.sort_by(|a, b| {
         let o = compare(a, b, tab.sort);
@@ -185,7 +190,10 @@ fn table(ui: &mut egui::Ui, tab: &mut RunsTab, following: Option<&Path>, actions
                     _ => "",
                 };
                 if ui
-                    .add(egui::Button::new(RichText::new(format!("{label}{arrow}")).strong()).frame(false))
+                    .add(
+                        egui::Button::new(RichText::new(format!("{label}{arrow}")).strong())
+                            .frame(false),
+                    )
                     .on_hover_text("Sort by this column")
                     .clicked()
                 {
@@ -204,12 +212,19 @@ fn table(ui: &mut egui::Ui, tab: &mut RunsTab, following: Option<&Path>, actions
             tab.descending = !tab.descending;
         } else {
             tab.sort = column;
-            tab.descending = !matches!(column, RunColumn::Tasks | RunColumn::Data | RunColumn::Loss);
+            tab.descending =
+                !matches!(column, RunColumn::Tasks | RunColumn::Data | RunColumn::Loss);
         }
     }
 }
 
-fn row(ui: &mut egui::Ui, r: &RunSummary, tab: &RunsTab, following: Option<&Path>, actions: &mut Vec<Action>) {
+fn row(
+    ui: &mut egui::Ui,
+    r: &RunSummary,
+    tab: &RunsTab,
+    following: Option<&Path>,
+    actions: &mut Vec<Action>,
+) {
     let ticked_at = tab.ticked.iter().position(|(d, _)| *d == r.dir);
     let mut ticked = ticked_at.is_some();
     let name = RichText::new(&r.name).color(ticked_at.map_or(ui.visuals().text_color(), run_color));
@@ -217,7 +232,11 @@ fn row(ui: &mut egui::Ui, r: &RunSummary, tab: &RunsTab, following: Option<&Path
     if let Some(c) = &r.contest {
         hover.push_str(&format!("\nmade by the contest {c}"));
     }
-    if ui.checkbox(&mut ticked, name).on_hover_text(hover).changed() {
+    if ui
+        .checkbox(&mut ticked, name)
+        .on_hover_text(hover)
+        .changed()
+    {
         actions.push(Action::ToggleRun(r.dir.clone()));
     }
     ui.label(&r.tasks);
@@ -231,11 +250,9 @@ fn row(ui: &mut egui::Ui, r: &RunSummary, tab: &RunsTab, following: Option<&Path
         Some((name, v, false)) => format!("{v:.2} {name}"),
         None => "—".into(),
     });
-    ui.label(
-        r.best_knn
-            .as_ref()
-            .map_or("—".into(), |(stage, v)| format!("{:.1}% ({stage})", v * 100.0)),
-    );
+    ui.label(r.best_knn.as_ref().map_or("—".into(), |(stage, v)| {
+        format!("{:.1}% ({stage})", v * 100.0)
+    }));
     ui.label(r.probe.map_or("—".into(), |p| format!("{:.1}%", p * 100.0)));
     ui.horizontal(|ui| {
         let live = r
@@ -243,8 +260,12 @@ fn row(ui: &mut egui::Ui, r: &RunSummary, tab: &RunsTab, following: Option<&Path
             .and_then(|t| t.elapsed().ok())
             .is_some_and(|d| d.as_secs() < 30);
         if live {
-            ui.label(RichText::new("● writing").small().color(Color32::from_rgb(90, 200, 120)))
-                .on_hover_text("metrics.csv was written in the last 30 s");
+            ui.label(
+                RichText::new("● writing")
+                    .small()
+                    .color(Color32::from_rgb(90, 200, 120)),
+            )
+            .on_hover_text("metrics.csv was written in the last 30 s");
         }
         let shown = following == Some(r.dir.as_path());
         if ui
