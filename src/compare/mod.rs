@@ -814,3 +814,65 @@ mod nan_as_null {
         Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_image_budget_rounds_to_whole_epochs_and_at_least_one() {
+        assert_eq!(Budget::Images(3000).epochs(300), 10);
+        assert_eq!(Budget::Images(3149).epochs(300), 10);
+        assert_eq!(Budget::Images(3150).epochs(300), 11);
+        assert_eq!(Budget::Images(10).epochs(300), 1);
+        assert_eq!(Budget::Minutes(2.0).epochs(300), MINUTES_EPOCHS);
+        assert_eq!(Budget::Minutes(2.0).minutes(), Some(2.0));
+        assert_eq!(Budget::Images(5).minutes(), None);
+    }
+
+    #[test]
+    fn a_spec_needs_distinct_tasks_and_a_usable_budget() {
+        let spec = |tasks: Vec<TaskKind>, budget| ContestSpec {
+            base: TrainConfig::default(),
+            tasks,
+            budget,
+        };
+        let ok = spec(vec![TaskKind::Rotation], Budget::Images(10));
+        assert!(ok.validate().is_ok());
+        assert_eq!(ok.tasks_label(), "rotation");
+        for bad in [
+            spec(vec![], Budget::Images(10)),
+            spec(vec![TaskKind::Rotation, TaskKind::Rotation], Budget::Images(10)),
+            spec(vec![TaskKind::Rotation], Budget::Images(0)),
+            spec(vec![TaskKind::Rotation], Budget::Minutes(0.0)),
+            spec(vec![TaskKind::Rotation], Budget::Minutes(f64::NAN)),
+        ] {
+            let e = bad.validate().unwrap_err();
+            assert!(e.is_input(), "{e}");
+        }
+    }
+
+    #[test]
+    fn an_unknown_final_loss_round_trips_as_null() {
+        #[derive(Serialize, Deserialize)]
+        struct L {
+            #[serde(with = "nan_as_null")]
+            v: f64,
+        }
+        let text = serde_json::to_string(&L { v: f64::NAN }).unwrap();
+        assert_eq!(text, r#"{"v":null}"#);
+        assert!(serde_json::from_str::<L>(&text).unwrap().v.is_nan());
+        assert_eq!(serde_json::from_str::<L>(r#"{"v":1.5}"#).unwrap().v, 1.5);
+    }
+
+    #[test]
+    fn open_refuses_what_is_not_a_contest() {
+        let tmp = std::env::temp_dir().join(format!("pretext-not-a-contest-{}", std::process::id()));
+        std::fs::create_dir_all(&tmp).unwrap();
+        assert!(matches!(open(&tmp), Err(CompareError::NotAContest { .. })));
+        std::fs::write(tmp.join(CONTEST_FILE), "{\"format\": 1}").unwrap();
+        let e = open(&tmp).unwrap_err();
+        assert!(e.to_string().contains("not valid"), "{e}");
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+}
