@@ -70,10 +70,26 @@ fn compare_ranks_two_tasks_and_writes_a_complete_folder() {
     let o = small_contest(out.path(), "glyphs:48", &[]);
     let (stdout, stderr) = (text(&o.stdout), text(&o.stderr));
     assert_eq!(o.status.code(), Some(0), "{stdout}\n{stderr}");
-    assert!(stderr.contains("Budget: 96 images seen per task → 2 epoch(s)"), "{stderr}");
-    assert!(stdout.lines().any(|l| l.starts_with("rotation: 2 epoch(s), 6 steps")), "{stdout}");
-    assert!(stdout.lines().any(|l| l.starts_with("contrastive: 2 epoch(s), 6 steps")), "{stdout}");
-    assert!(stdout.contains("Ranked by kNN top-1 (best stage)"), "{stdout}");
+    assert!(
+        stderr.contains("Budget: 96 images seen per task → 2 epoch(s)"),
+        "{stderr}"
+    );
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("rotation: 2 epoch(s), 6 steps")),
+        "{stdout}"
+    );
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("contrastive: 2 epoch(s), 6 steps")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("Ranked by kNN top-1 (best stage)"),
+        "{stdout}"
+    );
     let dir = contest_dir(&stdout);
     assert!(dir.starts_with(out.path()));
     assert!(
@@ -148,7 +164,12 @@ fn compare_ranks_two_tasks_and_writes_a_complete_folder() {
     assert_eq!(json["ranking"]["labelled"], true);
     let png = std::fs::read(dir.join(compare::CHART_FILE)).unwrap();
     let img = image::load_from_memory_with_format(&png, image::ImageFormat::Png).unwrap();
-    assert!(img.width() >= 400 && img.height() >= 300, "{}×{}", img.width(), img.height());
+    assert!(
+        img.width() >= 400 && img.height() >= 300,
+        "{}×{}",
+        img.width(),
+        img.height()
+    );
     let rgb = img.to_rgb8();
     let coloured = rgb.pixels().filter(|p| p.0 != [255, 255, 255]).count();
     assert!(coloured > 1000, "the chart has something drawn on it");
@@ -161,8 +182,7 @@ fn compare_ranks_two_tasks_and_writes_a_complete_folder() {
             assert!(run.join(f).is_file(), "{} has no {f}", run.display());
         }
         let eval: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(run.join("eval.json")).unwrap())
-                .unwrap();
+            serde_json::from_str(&std::fs::read_to_string(run.join("eval.json")).unwrap()).unwrap();
         assert_eq!(eval["data"], "glyphs:48");
         assert_eq!(eval["labelled"], true);
         assert_eq!(eval["report"]["knn"].as_array().unwrap().len(), 4);
@@ -268,7 +288,10 @@ fn a_stopped_contest_resumes_without_training_done_tasks_again() {
     );
     // The partial ranking is there already, with the task still to come said.
     let md = std::fs::read_to_string(dir.join(compare::RANKING_FILE)).unwrap();
-    assert!(md.contains("| rotation |") && md.contains("Not judged yet"), "{md}");
+    assert!(
+        md.contains("| rotation |") && md.contains("Not judged yet"),
+        "{md}"
+    );
     let metrics = first.run_dir.join("metrics.csv");
     let before = std::fs::read(&metrics).unwrap();
     let eval_before = std::fs::read(first.run_dir.join("eval.json")).unwrap();
@@ -287,7 +310,11 @@ fn a_stopped_contest_resumes_without_training_done_tasks_again() {
     assert_eq!(outcome, ContestOutcome::Completed);
     assert_eq!(started, [1], "only the interrupted task trains");
     assert_eq!(done, [TaskKind::Contrastive]);
-    assert_eq!(std::fs::read(&metrics).unwrap(), before, "done task untouched");
+    assert_eq!(
+        std::fs::read(&metrics).unwrap(),
+        before,
+        "done task untouched"
+    );
     assert_eq!(
         std::fs::read(first.run_dir.join("eval.json")).unwrap(),
         eval_before
@@ -308,8 +335,18 @@ fn a_killed_contest_is_resumed_from_the_command_line() {
     let out = tempfile::tempdir().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_pretext"))
         .args([
-            "compare", "--data", "glyphs:48", "--size", "16", "--tasks",
-            "rotation,contrastive", "--images", "960", "--batch", "16", "--out",
+            "compare",
+            "--data",
+            "glyphs:48",
+            "--size",
+            "16",
+            "--tasks",
+            "rotation,contrastive",
+            "--images",
+            "960",
+            "--batch",
+            "16",
+            "--out",
         ])
         .arg(out.path())
         .stdout(std::process::Stdio::null())
@@ -319,17 +356,19 @@ fn a_killed_contest_is_resumed_from_the_command_line() {
     // Kill it once the first task is training.
     let deadline = Instant::now() + Duration::from_secs(300);
     let dir = loop {
-        assert!(Instant::now() < deadline, "the contest never started training");
+        assert!(
+            Instant::now() < deadline,
+            "the contest never started training"
+        );
         let found = std::fs::read_dir(out.path())
             .unwrap()
             .map(|e| e.unwrap().path())
             .find(|p| p.join(compare::CONTEST_FILE).is_file());
-        if let Some(dir) = found {
-            if let Ok((_, state)) = compare::open(&dir) {
-                if matches!(state.tasks[0].state, TaskState::Running { .. }) {
-                    break dir;
-                }
-            }
+        if let Some(dir) = found
+            && let Ok((_, state)) = compare::open(&dir)
+            && matches!(state.tasks[0].state, TaskState::Running { .. })
+        {
+            break dir;
         }
         std::thread::sleep(Duration::from_millis(20));
     };
@@ -367,7 +406,10 @@ fn an_unlabelled_folder_is_ranked_by_rankme_and_says_it_is_a_proxy() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
         .collect();
-    let kinds: Vec<&str> = events.iter().map(|e| e["event"].as_str().unwrap()).collect();
+    let kinds: Vec<&str> = events
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
     assert_eq!(
         kinds,
         [
@@ -392,12 +434,14 @@ fn an_unlabelled_folder_is_ranked_by_rankme_and_says_it_is_a_proxy() {
     let dir = PathBuf::from(events[7]["dir"].as_str().unwrap());
     let md = std::fs::read_to_string(dir.join(compare::RANKING_FILE)).unwrap();
     assert!(md.contains("Ranked by RankMe (label-free proxy)"), "{md}");
-    assert!(md.contains("a label-free proxy") && md.contains("not an accuracy"), "{md}");
+    assert!(
+        md.contains("a label-free proxy") && md.contains("not an accuracy"),
+        "{md}"
+    );
     assert!(md.contains("*random init*"), "{md}");
     for run in run_dirs(&dir) {
         let eval: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(run.join("eval.json")).unwrap())
-                .unwrap();
+            serde_json::from_str(&std::fs::read_to_string(run.join("eval.json")).unwrap()).unwrap();
         assert_eq!(eval["labelled"], false);
         assert!(eval.get("report").is_none());
         assert!(eval["not_measured"].as_str().unwrap().contains("label"));

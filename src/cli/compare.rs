@@ -16,7 +16,9 @@ use super::{EXIT_FAILED, EXIT_INPUT, EXIT_PIPE_CLOSED};
 use crate::compare::{
     self, Budget, CompareError, ContestEvent, ContestOutcome, ContestSpec, Ranking, TaskResult,
 };
-use crate::config::{DataSource, DeviceKind, MAX_SIZE, MIN_SIZE, SIZE_MULTIPLE, TaskKind, TrainConfig};
+use crate::config::{
+    DataSource, DeviceKind, MAX_SIZE, MIN_SIZE, SIZE_MULTIPLE, TaskKind, TrainConfig,
+};
 use crate::train::Event;
 
 fn defaults() -> TrainConfig {
@@ -28,11 +30,20 @@ pub struct CompareArgs {
     /// Images every task learns from: a folder (first-level subfolders become class labels;
     /// without them the contest is ranked by RankMe, a label-free proxy), `builtin[:N]` or
     /// `glyphs[:N]`.
-    #[arg(long, value_name = "PATH|builtin|glyphs", required_unless_present = "resume")]
+    #[arg(
+        long,
+        value_name = "PATH|builtin|glyphs",
+        required_unless_present = "resume"
+    )]
     pub data: Option<DataSource>,
     /// The pretext tasks to compare, comma-separated.
-    #[arg(long, value_enum, value_delimiter = ',', value_name = "TASK",
-          required_unless_present = "resume")]
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        value_name = "TASK",
+        required_unless_present = "resume"
+    )]
     pub tasks: Vec<TaskKind>,
     /// Budget: this many minutes of training per task (the same wall-clock time for each).
     #[arg(long, value_name = "M")]
@@ -73,7 +84,9 @@ impl CompareArgs {
     /// A sentence naming the option to change.
     pub fn spec(&self) -> Result<ContestSpec, String> {
         let budget = match (self.minutes, self.images) {
-            (Some(_), Some(_)) => return Err("give one budget: --minutes or --images, not both".into()),
+            (Some(_), Some(_)) => {
+                return Err("give one budget: --minutes or --images, not both".into());
+            }
             (None, None) => {
                 return Err("give a budget: --minutes M or --images N per task".into());
             }
@@ -123,7 +136,11 @@ pub fn compare(args: &CompareArgs) -> i32 {
         }
         Err(Failure::Contest(e)) => {
             note(format_args!("error: {e}"));
-            if e.is_input() { EXIT_INPUT } else { EXIT_FAILED }
+            if e.is_input() {
+                EXIT_INPUT
+            } else {
+                EXIT_FAILED
+            }
         }
     }
 }
@@ -148,8 +165,7 @@ fn start(args: &CompareArgs, ui: &mut Ui<'_>) -> Result<ContestOutcome, Failure>
         return Ok(compare::run(dir, None, stop, &mut |e| ui.handle(e))?);
     }
     let spec = args.spec().map_err(Failure::Input)?;
-    crate::model::device::open(spec.base.device)
-        .map_err(|e| Failure::Input(e.to_string()))?;
+    crate::model::device::open(spec.base.device).map_err(|e| Failure::Input(e.to_string()))?;
     ui.budget = Some(spec.budget);
     let loading = std::time::Instant::now();
     let Some(data) = compare::load_data(&spec, stop, &mut |e| ui.handle(e))? else {
@@ -211,7 +227,9 @@ impl<'a> Ui<'a> {
                 if let Some(s) = self.load_secs {
                     summary.load_secs = s;
                 }
-                crate::report::data_lines(&summary).into_iter().for_each(note);
+                crate::report::data_lines(&summary)
+                    .into_iter()
+                    .for_each(note);
                 note(budget);
             }
             ContestEvent::TaskStarted {
@@ -225,7 +243,9 @@ impl<'a> Ui<'a> {
             ContestEvent::Evaluating { task } => {
                 self.bars.clear();
                 if !self.json {
-                    note(format_args!("Judging {task}: kNN per stage, linear probe, gauges"));
+                    note(format_args!(
+                        "Judging {task}: kNN per stage, linear probe, gauges"
+                    ));
                 }
             }
             ContestEvent::TaskDone(r) => self.task_done(&r),
@@ -248,7 +268,10 @@ impl<'a> Ui<'a> {
                 "run_dir": run_dir, "start_step": from,
             }));
         } else if from > 0 {
-            note(format_args!("{prefix}: continuing {} from step {from}", run_dir.display()));
+            note(format_args!(
+                "{prefix}: continuing {} from step {from}",
+                run_dir.display()
+            ));
         } else {
             note(format_args!("{prefix}: training in {}", run_dir.display()));
         }

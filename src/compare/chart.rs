@@ -58,84 +58,122 @@ pub(super) fn draw(ranking: &Ranking) -> Result<Vec<u8>, String> {
 
 type DrawResult = Result<(), Box<dyn std::error::Error>>;
 
+/// One bar per task, in a colour, values in chart units.
+struct Series {
+    label: &'static str,
+    color: RGBColor,
+    values: Vec<f64>,
+}
+
+/// What the chart shows: the y axis' unit, the bar series and the reference lines.
+struct Content {
+    unit: &'static str,
+    series: Vec<Series>,
+    levels: Vec<Level>,
+}
+
+/// kNN top-1 (best stage) and linear probe in %, each reference's two levels.
+fn labelled(ranking: &Ranking) -> Content {
+    let knn = ranking
+        .rows
+        .iter()
+        .map(|r| r.best_knn.as_ref().map_or(0.0, |b| b.top1 * 100.0))
+        .collect();
+    let probe = ranking
+        .rows
+        .iter()
+        .map(|r| r.probe.unwrap_or(0.0) * 100.0)
+        .collect();
+    let mut levels = Vec::new();
+    let refs = ranking.random_init.iter().chain(&ranking.raw_pixels);
+    for (i, f) in refs.enumerate() {
+        let color = if f.input_channels == 0 {
+            PIXELS_LINE
+        } else if i == 0 {
+            RANDOM_LINE
+        } else {
+            RGBColor(150, 60, 150)
+        };
+        if let Some(b) = &f.best_knn {
+            levels.push(Level {
+                label: format!("{}: kNN top-1", f.label),
+                value: b.top1 * 100.0,
+                color,
+                width: 3,
+            });
+        }
+        if let Some(p) = f.probe {
+            levels.push(Level {
+                label: format!("{}: linear probe", f.label),
+                value: p * 100.0,
+                color,
+                width: 1,
+            });
+        }
+    }
+    Content {
+        unit: "top-1 accuracy, %",
+        series: vec![
+            Series {
+                label: "kNN top-1 (best stage)",
+                color: KNN_BAR,
+                values: knn,
+            },
+            Series {
+                label: "linear probe",
+                color: PROBE_BAR,
+                values: probe,
+            },
+        ],
+        levels,
+    }
+}
+
+/// RankMe, with each random init's level.
+fn unlabelled(ranking: &Ranking) -> Content {
+    let rankme = ranking.rows.iter().map(|r| r.gauges.rankme).collect();
+    let levels = ranking
+        .random_init
+        .iter()
+        .filter_map(|f| {
+            Some(Level {
+                label: format!("{}: RankMe", f.label),
+                value: f.gauges.as_ref()?.rankme,
+                color: RANDOM_LINE,
+                width: 3,
+            })
+        })
+        .collect();
+    Content {
+        unit: "RankMe (label-free proxy)",
+        series: vec![Series {
+            label: "RankMe",
+            color: KNN_BAR,
+            values: rankme,
+        }],
+        levels,
+    }
+}
+
 fn draw_into(buf: &mut [u8], size: (u32, u32), ranking: &Ranking) -> DrawResult {
     let root = BitMapBackend::with_buffer(buf, size).into_drawing_area();
     root.fill(&WHITE)?;
     let n = ranking.rows.len();
-    // (label, colour, value per row) of each bar series; values in chart units.
-    let (unit, series, levels): (&str, Vec<(&str, RGBColor, Vec<f64>)>, Vec<Level>) =
-        if ranking.labelled {
-            let knn = ranking
-                .rows
-                .iter()
-                .map(|r| r.best_knn.as_ref().map_or(0.0, |b| b.top1 * 100.0))
-                .collect();
-            let probe = ranking
-                .rows
-                .iter()
-                .map(|r| r.probe.unwrap_or(0.0) * 100.0)
-                .collect();
-            let mut levels = Vec::new();
-            let refs = ranking.random_init.iter().chain(&ranking.raw_pixels);
-            for (i, f) in refs.enumerate() {
-                let color = if f.input_channels == 0 {
-                    PIXELS_LINE
-                } else if i == 0 {
-                    RANDOM_LINE
-                } else {
-                    RGBColor(150, 60, 150)
-                };
-                if let Some(b) = &f.best_knn {
-                    levels.push(Level {
-                        label: format!("{}: kNN top-1", f.label),
-                        value: b.top1 * 100.0,
-                        color,
-                        width: 3,
-                    });
-                }
-                if let Some(p) = f.probe {
-                    levels.push(Level {
-                        label: format!("{}: linear probe", f.label),
-                        value: p * 100.0,
-                        color,
-                        width: 1,
-                    });
-                }
-            }
-            (
-                "top-1 accuracy, %",
-                vec![
-                    ("kNN top-1 (best stage)", KNN_BAR, knn),
-                    ("linear probe", PROBE_BAR, probe),
-                ],
-                levels,
-            )
-        } else {
-            let rankme = ranking.rows.iter().map(|r| r.gauges.rankme).collect();
-            let levels = ranking
-                .random_init
-                .iter()
-                .filter_map(|f| {
-                    Some(Level {
-                        label: format!("{}: RankMe", f.label),
-                        value: f.gauges.as_ref()?.rankme,
-                        color: RANDOM_LINE,
-                        width: 3,
-                    })
-                })
-                .collect();
-            (
-                "RankMe (label-free proxy)",
-                vec![("RankMe", KNN_BAR, rankme)],
-                levels,
-            )
-        };
+    let Content {
+        unit,
+        series,
+        levels,
+    } = if ranking.labelled {
+        labelled(ranking)
+    } else {
+        unlabelled(ranking)
+    };
     let top = if ranking.labelled {
         100.0
     } else {
         let most = series
             .iter()
-            .flat_map(|s| s.2.iter())
+            .flat_map(|s| s.values.iter())
             .chain(levels.iter().map(|l| &l.value))
             .fold(1.0f64, |m, v| m.max(*v));
         most * 1.2
@@ -156,7 +194,15 @@ fn draw_into(buf: &mut [u8], size: (u32, u32), ranking: &Ranking) -> DrawResult 
         .label_style(("sans-serif", 14))
         .draw()?;
     let k = series.len() as f64;
-    for (s, (label, color, values)) in series.iter().enumerate() {
+    for (
+        s,
+        Series {
+            label,
+            color,
+            values,
+        },
+    ) in series.iter().enumerate()
+    {
         let color = *color;
         let bar = |i: usize, v: f64| {
             let x0 = i as f64 + 0.12 + 0.76 * s as f64 / k;
@@ -186,11 +232,12 @@ fn draw_into(buf: &mut [u8], size: (u32, u32), ranking: &Ranking) -> DrawResult 
         .label_font(("sans-serif", 13))
         .draw()?;
     // Task names under their bars, in the drawing area's own pixels.
-    let name_style = TextStyle::from(("sans-serif", 16).into_font())
-        .pos(plotters::style::text_anchor::Pos::new(
+    let name_style = TextStyle::from(("sans-serif", 16).into_font()).pos(
+        plotters::style::text_anchor::Pos::new(
             plotters::style::text_anchor::HPos::Center,
             plotters::style::text_anchor::VPos::Top,
-        ));
+        ),
+    );
     for (i, r) in ranking.rows.iter().enumerate() {
         let (x, y) = chart.backend_coord(&(i as f64 + 0.5, 0.0));
         let name = format!("{}. {}", i + 1, r.task);

@@ -9,7 +9,14 @@ use crate::data::Dataset;
 /// `2026-11-28 20:54:00 UTC`.
 pub fn date(t: SystemTime) -> String {
     let s = crate::train::run_dir::timestamp(t);
-    match (s.get(0..4), s.get(4..6), s.get(6..8), s.get(9..11), s.get(11..13), s.get(13..15)) {
+    match (
+        s.get(0..4),
+        s.get(4..6),
+        s.get(6..8),
+        s.get(9..11),
+        s.get(11..13),
+        s.get(13..15),
+    ) {
         (Some(y), Some(mo), Some(d), Some(h), Some(mi), Some(se)) => {
             format!("{y}-{mo}-{d} {h}:{mi}:{se} UTC")
         }
@@ -129,7 +136,9 @@ pub fn ranking_table(ranking: &Ranking) -> Vec<String> {
                 f.best_knn.as_ref().map_or("—", |b| b.stage.as_str()),
                 opt(f.probe, pct),
                 opt(f.gauges.as_ref().map(|g| g.rankme), |v| format!("{v:.1}")),
-                opt(f.gauges.as_ref().map(|g| g.uniformity), |v| format!("{v:.2}")),
+                opt(f.gauges.as_ref().map(|g| g.uniformity), |v| format!(
+                    "{v:.2}"
+                )),
                 opt(f.gauges.as_ref().and_then(|g| g.alignment), |v| format!(
                     "{v:.2}"
                 )),
@@ -209,7 +218,10 @@ pub fn markdown(
     let mut out = vec![
         format!("# Contest: {}", spec.tasks_label().replace('+', ", ")),
         String::new(),
-        format!("- Data: {} ({images} images at {} px)", spec.base.data, spec.base.size),
+        format!(
+            "- Data: {} ({images} images at {} px)",
+            spec.base.data, spec.base.size
+        ),
         format!(
             "- Budget: {}",
             match spec.budget {

@@ -113,7 +113,9 @@ impl ContestSpec {
     /// [`CompareError::Spec`] or [`CompareError::Config`] naming what cannot be used.
     pub fn validate(&self) -> Result<(), CompareError> {
         if self.tasks.is_empty() {
-            return Err(CompareError::Spec("give at least one task to compare".into()));
+            return Err(CompareError::Spec(
+                "give at least one task to compare".into(),
+            ));
         }
         let mut seen = std::collections::BTreeSet::new();
         if let Some(t) = self.tasks.iter().find(|t| !seen.insert(**t)) {
@@ -146,10 +148,16 @@ impl ContestSpec {
 pub enum TaskState {
     Pending,
     /// Training started in `run_dir` and has not finished (it is continued on resume).
-    Running { run_dir: PathBuf },
+    Running {
+        run_dir: PathBuf,
+    },
     /// Trained to its budget, not yet judged.
-    Trained { run_dir: PathBuf },
-    Done { result: Box<TaskResult> },
+    Trained {
+        run_dir: PathBuf,
+    },
+    Done {
+        result: Box<TaskResult>,
+    },
 }
 
 /// One task and its state, in the spec's order.
@@ -274,7 +282,10 @@ pub enum ContestOutcome {
 #[derive(Clone, Debug)]
 pub enum ContestEvent {
     /// Images decoded so far.
-    Loading { done: usize, total: usize },
+    Loading {
+        done: usize,
+        total: usize,
+    },
     /// The data are loaded: images, whether accuracies can be measured, each task's epochs,
     /// and the budget in words (with the rounding to whole epochs said).
     DataReady {
@@ -294,9 +305,14 @@ pub enum ContestEvent {
         start_step: u64,
     },
     /// Every engine event of the task's run, forwarded.
-    Train { task: TaskKind, event: Event },
+    Train {
+        task: TaskKind,
+        event: Event,
+    },
     /// The task is trained and being judged.
-    Evaluating { task: TaskKind },
+    Evaluating {
+        task: TaskKind,
+    },
     TaskDone(Box<TaskResult>),
     /// After every judged task (a partial ranking) and at the end.
     Ranking(Box<Ranking>),
@@ -432,7 +448,11 @@ pub fn open(dir: &Path) -> Result<(ContestSpec, ContestState), CompareError> {
     }
     let (spec, mut state) = (file.spec, file.state);
     let fits = state.tasks.len() == spec.tasks.len()
-        && state.tasks.iter().zip(&spec.tasks).all(|(e, t)| e.task == *t);
+        && state
+            .tasks
+            .iter()
+            .zip(&spec.tasks)
+            .all(|(e, t)| e.task == *t);
     if !fits {
         return Err(not(format!(
             "{CONTEST_FILE}: the task states do not match the tasks"
@@ -447,7 +467,9 @@ pub fn open(dir: &Path) -> Result<(ContestSpec, ContestState), CompareError> {
 fn save(dir: &Path, spec: &ContestSpec, state: &ContestState) -> Result<(), CompareError> {
     let mut state = state.clone();
     relocate(&mut state, |p| {
-        p.strip_prefix(dir).map(Path::to_path_buf).unwrap_or_else(|_| p.to_path_buf())
+        p.strip_prefix(dir)
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|_| p.to_path_buf())
     });
     let file = ContestFile {
         format: FORMAT,
@@ -779,9 +801,9 @@ pub fn load_data(
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        loader.join().map_err(|_| {
-            CompareError::Thread(std::io::Error::other("the loading thread panicked"))
-        })
+        loader
+            .join()
+            .map_err(|_| CompareError::Thread(std::io::Error::other("the loading thread panicked")))
     })?;
     if stop.load(Ordering::Relaxed) {
         return Ok(None);
@@ -842,7 +864,10 @@ mod tests {
         assert_eq!(ok.tasks_label(), "rotation");
         for bad in [
             spec(vec![], Budget::Images(10)),
-            spec(vec![TaskKind::Rotation, TaskKind::Rotation], Budget::Images(10)),
+            spec(
+                vec![TaskKind::Rotation, TaskKind::Rotation],
+                Budget::Images(10),
+            ),
             spec(vec![TaskKind::Rotation], Budget::Images(0)),
             spec(vec![TaskKind::Rotation], Budget::Minutes(0.0)),
             spec(vec![TaskKind::Rotation], Budget::Minutes(f64::NAN)),
@@ -867,7 +892,8 @@ mod tests {
 
     #[test]
     fn open_refuses_what_is_not_a_contest() {
-        let tmp = std::env::temp_dir().join(format!("pretext-not-a-contest-{}", std::process::id()));
+        let tmp =
+            std::env::temp_dir().join(format!("pretext-not-a-contest-{}", std::process::id()));
         std::fs::create_dir_all(&tmp).unwrap();
         assert!(matches!(open(&tmp), Err(CompareError::NotAContest { .. })));
         std::fs::write(tmp.join(CONTEST_FILE), "{\"format\": 1}").unwrap();

@@ -4,7 +4,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use super::{
-    CompareError, ContestState, Reference, References, Ranking, StageScore, TaskResult, TaskState,
+    CompareError, ContestState, Ranking, Reference, References, StageScore, TaskResult, TaskState,
 };
 use crate::config::TaskKind;
 use crate::data::Dataset;

@@ -60,11 +60,10 @@ pub fn run_config(run: &Path) -> Result<(TrainConfig, PathBuf), JudgeError> {
         path: run.to_path_buf(),
         source,
     })?;
-    let config: TrainConfig =
-        serde_json::from_str(&text).map_err(|e| JudgeError::BadConfig {
-            path: config_path.clone(),
-            message: e.to_string(),
-        })?;
+    let config: TrainConfig = serde_json::from_str(&text).map_err(|e| JudgeError::BadConfig {
+        path: config_path.clone(),
+        message: e.to_string(),
+    })?;
     config.validate().map_err(|e| JudgeError::Invalid {
         path: config_path.clone(),
         message: e.to_string(),
