@@ -396,6 +396,14 @@ fn eval_judges_a_run_against_random_init_and_raw_pixels() {
         .map(|c| c.as_u64().unwrap() as usize)
         .sum();
     assert_eq!(confusion, r["held_out"].as_u64().unwrap() as usize);
+    // The same judgement is left in the run directory as eval.json.
+    let file: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("eval.json")).unwrap()).unwrap();
+    assert_eq!(file["data"], "builtin:64");
+    assert_eq!(file["labelled"], true);
+    assert_eq!(file["report"], v["report"]);
+    assert_eq!(file["gauges"], r["gauges_trained"]);
+    assert!(file["seconds"].as_f64().unwrap() >= 0.0);
     // Text mode with an export of the embeddings, and unusable input.
     let export = out.path().join("export");
     let o = pretext(&[

@@ -1,5 +1,6 @@
 //! `pretext eval`: a run's encoder judged on labelled images (kNN per stage, a linear probe, the
-//! collapse gauges), trained against random init and raw pixels.
+//! collapse gauges), trained against random init and raw pixels. With `--run`, the result is
+//! also written into the run directory as `eval.json` ([`crate::eval::judge::EvalFile`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -15,12 +16,12 @@ use crate::data::Dataset;
 use crate::data::preprocess::Preprocessing;
 use crate::eval::NotMeasured;
 use crate::eval::embed::{self, EvalReport, Gauges};
-use crate::model::Model;
-use crate::tasks::PretextTask;
+use crate::eval::judge::{self, EvalFile, Models};
 
 #[derive(Debug, Args)]
 pub struct EvalArgs {
-    /// The run directory whose latest weights are judged.
+    /// The run directory whose latest weights are judged; the result is also written there as
+    /// eval.json.
     #[arg(long, value_name = "RUN_DIR", required_unless_present = "weights")]
     pub run: Option<PathBuf>,
     /// Judge a weights file instead: a pretext checkpoint, or a PyTorch `state_dict` of the
@@ -61,16 +62,13 @@ struct Judged {
     weights: PathBuf,
     source: DataSource,
     data: Dataset,
-    trained: Model,
-    random: Model,
-    /// The task heads, kept alive with their models.
-    _heads: [Vec<Box<dyn PretextTask>>; 2],
+    models: Models,
 }
 
 fn eval_inner(args: &EvalArgs) -> anyhow::Result<Result<(), PipeClosed>> {
     let j = load(args)?;
     if let Some(dir) = &args.export {
-        let z = embed::stage_features(&j.trained, &j.data)?
+        let z = embed::stage_features(&j.models.trained, &j.data)?
             .pop()
             .unwrap_or_default();
         let (csv, npy) = embed::export(dir, &j.data, &z)
@@ -82,17 +80,28 @@ fn eval_inner(args: &EvalArgs) -> anyhow::Result<Result<(), PipeClosed>> {
         ));
     }
     let started = Instant::now();
-    Ok(match embed::evaluate(&j.trained, &j.random, &j.data)? {
-        Ok(r) if args.json => say(serde_json::json!({
-            "weights": j.weights,
-            "data": j.source.to_string(),
-            "labelled": true,
-            "report": r,
-            "seconds": started.elapsed().as_secs_f64(),
-        })),
-        Ok(r) => print_report(&j, &r),
-        Err(why) => print_unmeasured(args, &j, why)?,
-    })
+    Ok(
+        match embed::evaluate(&j.models.trained, &j.models.random, &j.data)? {
+            Ok(r) => {
+                let seconds = started.elapsed().as_secs_f64();
+                if let Some(run) = &args.run {
+                    EvalFile::new(&j.data, Ok(&r), &r.gauges_trained, seconds).write(run)?;
+                }
+                if args.json {
+                    say(serde_json::json!({
+                        "weights": j.weights,
+                        "data": j.source.to_string(),
+                        "labelled": true,
+                        "report": r,
+                        "seconds": seconds,
+                    }))
+                } else {
+                    print_report(&j, &r)
+                }
+            }
+            Err(why) => print_unmeasured(args, &j, why, started)?,
+        },
+    )
 }
 
 /// Reads the run's configuration and newest weights, loads the data and builds both models.
@@ -100,7 +109,7 @@ fn load(args: &EvalArgs) -> anyhow::Result<Judged> {
     // A bare weights file is read once, here: its tensors say how to judge it.
     let (config, weights, read) = match (&args.run, &args.weights) {
         (Some(run), _) => {
-            let (config, weights) = run_config(run)?;
+            let (config, weights) = judge::run_config(run)?;
             (config, weights, None)
         }
         (None, Some(file)) => {
@@ -117,48 +126,13 @@ fn load(args: &EvalArgs) -> anyhow::Result<Judged> {
         &|_, _| {},
         &std::sync::atomic::AtomicBool::new(false),
     )?;
-    let device = crate::model::device::open(config.device)?;
-    let build = || -> anyhow::Result<(Model, Vec<Box<dyn PretextTask>>)> {
-        let m = Model::new(device.clone(), crate::tasks::input_channels(&config.tasks))?;
-        let t = crate::tasks::build(&config.tasks, &config.settings, &m, &data)?;
-        m.init_weights(config.seed)?;
-        Ok((m, t))
-    };
-    let (trained, trained_heads) = build()?;
-    let tensors = match read {
-        Some(tensors) => tensors,
-        None => crate::model::checkpoint::read(&weights, &device)?.0,
-    };
-    trained.load_state_dict(&tensors, &weights.display().to_string())?;
-    let (random, random_heads) = build()?;
+    let models = judge::models(&config, &weights, read, &data)?;
     Ok(Judged {
         weights,
         source,
         data,
-        trained,
-        random,
-        _heads: [trained_heads, random_heads],
+        models,
     })
-}
-
-/// A run directory's configuration (checked: it is user input like any other) and newest
-/// weights.
-fn run_config(run: &Path) -> anyhow::Result<(TrainConfig, PathBuf)> {
-    let config_path = run.join(crate::train::run_dir::CONFIG_FILE);
-    let text = std::fs::read_to_string(&config_path).with_context(|| {
-        format!(
-            "{} is not a run directory (no readable config.json)",
-            run.display()
-        )
-    })?;
-    let config: TrainConfig = serde_json::from_str(&text)
-        .with_context(|| format!("{} is not valid", config_path.display()))?;
-    config
-        .validate()
-        .map_err(|e| anyhow::anyhow!("{}: {e}", config_path.display()))?;
-    let weights =
-        run_weights(run).with_context(|| format!("{} has no checkpoint", run.display()))?;
-    Ok((config, weights))
 }
 
 /// The configuration to judge a bare weights file with: the working size from --size, the
@@ -197,33 +171,18 @@ fn file_config(
     Ok(config)
 }
 
-/// The newest weights of a run: its resume checkpoint, else its last epoch checkpoint.
-fn run_weights(dir: &Path) -> Option<PathBuf> {
-    let ck = dir.join(crate::train::run_dir::CHECKPOINT_DIR);
-    let resume = ck.join(crate::train::run_dir::RESUME_FILE);
-    if resume.is_file() {
-        return Some(resume);
-    }
-    let mut epochs: Vec<PathBuf> = std::fs::read_dir(&ck)
-        .ok()?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
-        .collect();
-    epochs.sort();
-    epochs.pop()
-}
-
 /// No kNN or probe (unlabelled data, one class…): says why and gives the gauges of z alone.
 fn print_unmeasured(
     args: &EvalArgs,
     j: &Judged,
     why: NotMeasured,
+    started: Instant,
 ) -> anyhow::Result<Result<(), PipeClosed>> {
-    let g = Gauges {
-        alignment: Some(embed::view_alignment(&j.trained, &j.data)?),
-        ..embed::gauges(&embed::stage_features(&j.trained, &j.data)?[3])
-    };
+    let g: Gauges = embed::z_gauges(&j.models.trained, &j.data)?;
+    if let Some(run) = &args.run {
+        let seconds = started.elapsed().as_secs_f64();
+        EvalFile::new(&j.data, Err(why), &g, seconds).write(run)?;
+    }
     if args.json {
         return Ok(say(serde_json::json!({
             "weights": j.weights,

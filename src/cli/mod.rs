@@ -1,10 +1,12 @@
 //! The headless command line: `pretext train …` drives the same training engine as the app,
 //! prints a progress bar and one line per epoch (or JSON lines), and leaves a run directory;
-//! `pretext eval` judges a run's encoder; `pretext bench` measures training throughput.
+//! `pretext eval` judges a run's encoder; `pretext compare` runs a fair contest between tasks;
+//! `pretext bench` measures training throughput.
 //!
 //! One file per subcommand; [`output`] holds the only ways to write ([`say`], [`note`]).
 
 mod bench;
+mod compare;
 mod eval;
 mod output;
 mod progress;
@@ -15,6 +17,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 pub use bench::BenchArgs;
+pub use compare::CompareArgs;
 pub use eval::EvalArgs;
 pub use output::{PipeClosed, note, say};
 pub use train::{AugmentArgs, RunArgs, TaskArgs, TrainArgs, config_error_message};
@@ -51,6 +54,10 @@ pub enum Commands {
     /// Judge a run's encoder on labelled images: kNN per stage and a linear probe (trained vs
     /// random init vs raw pixels) and collapse gauges.
     Eval(EvalArgs),
+    /// A fair contest between pretext tasks: the same data, held-out split and budget (minutes
+    /// or images seen) for each, then each judged like `eval` against random init and raw
+    /// pixels; writes a compare-…/ folder with the ranking, the numbers and a chart.
+    Compare(Box<CompareArgs>),
     /// Measure training throughput: images per second of one task's training step, split into
     /// forward, backward, optimiser and data wait, with peak memory.
     Bench(BenchArgs),
@@ -61,6 +68,7 @@ pub fn run(command: &Commands) -> i32 {
     match command {
         Commands::Train(args) => train::train(args),
         Commands::Eval(args) => eval::eval(args),
+        Commands::Compare(args) => compare::compare(args),
         Commands::Bench(args) => bench::bench(args),
     }
 }

@@ -1,5 +1,6 @@
-//! The progress bars of `pretext train` on standard error (indicatif): one while images load,
-//! one per epoch with the loss, the proxy metrics, images per second and the time left. They are
+//! The progress bars of `pretext train` and `pretext compare` on standard error (indicatif): one
+//! while images load, one per epoch (or per contest task) with the loss, the proxy metrics,
+//! images per second and the time left. They are
 //! drawn only when standard error is a terminal; anywhere else (a pipe, a file, the tests)
 //! nothing of them is written.
 
@@ -69,6 +70,25 @@ impl Bars {
         if let Some((_, bar)) = &self.epoch {
             bar.set_message(crate::report::step_numbers(m));
             bar.set_position(m.batch as u64);
+        }
+    }
+
+    /// A bar keyed by `key` (a contest's task): a new key gets a new bar with `prefix`; the bar
+    /// shows `pos` of `len` and `msg`.
+    pub fn task(&mut self, key: usize, prefix: &str, pos: u64, len: u64, msg: String) {
+        if self.epoch.as_ref().is_none_or(|(k, _)| *k != key) {
+            self.clear();
+            let bar = self.bar(STEPS, 0);
+            bar.set_prefix(prefix.to_string());
+            bar.set_length(len);
+            bar.set_position(pos);
+            bar.reset_eta();
+            self.epoch = Some((key, bar));
+        }
+        if let Some((_, bar)) = &self.epoch {
+            bar.set_length(len.max(pos));
+            bar.set_message(msg);
+            bar.set_position(pos);
         }
     }
 

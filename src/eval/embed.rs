@@ -99,7 +99,7 @@ pub fn probe_accuracy(
 }
 
 /// Quality gauges of a representation.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Gauges {
     pub std_of_l2_normalized: f64,
     /// 1/√d: what a representation spread evenly over the sphere gives.
@@ -162,6 +162,119 @@ pub fn can_measure(data: &Dataset) -> Result<(), NotMeasured> {
     measurable(labels, HOLDOUT_EVERY)
 }
 
+/// One encoder judged on labelled data: kNN top-1 of every stage, the linear probe on z (with
+/// its confusion) and the gauges of z, alignment included.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct EncoderScores {
+    /// kNN top-1 per stage, in [`STAGES`] order.
+    pub knn: Vec<f64>,
+    pub probe: f64,
+    /// `confusion[truth][predicted]` of the probe.
+    pub confusion: Vec<Vec<usize>>,
+    pub held_out: usize,
+    pub gauges: Gauges,
+}
+
+/// kNN top-1 and linear probe of raw pixels (the floor any representation should beat).
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PixelScores {
+    pub knn: f64,
+    pub probe: f64,
+}
+
+/// Judges one encoder on labelled data; the inner error says why accuracies cannot be measured
+/// on this data.
+///
+/// # Errors
+/// A model error from computing features.
+pub fn score_encoder(
+    model: &Model,
+    data: &Dataset,
+) -> Result<Result<EncoderScores, NotMeasured>, ModelError> {
+    if let Err(why) = can_measure(data) {
+        return Ok(Err(why));
+    }
+    let Some(labels) = &data.labels else {
+        return Ok(Err(NotMeasured::NoLabels));
+    };
+    let classes = data.class_names.len();
+    let f = stage_features(model, data)?;
+    let knn = f
+        .iter()
+        .map(|stage| knn_accuracy(stage, labels, classes))
+        .collect();
+    let last = STAGES.len() - 1;
+    let (probe, pred, truth) = probe_accuracy(&f[last], labels, classes);
+    Ok(Ok(EncoderScores {
+        knn,
+        probe,
+        confusion: super::confusion(&pred, &truth, classes),
+        held_out: truth.len(),
+        gauges: Gauges {
+            alignment: Some(view_alignment(model, data)?),
+            ..gauges(&f[last])
+        },
+    }))
+}
+
+/// kNN top-1 and linear probe of raw pixels on labelled data.
+///
+/// # Errors
+/// Why accuracies cannot be measured on this data.
+pub fn score_pixels(data: &Dataset) -> Result<PixelScores, NotMeasured> {
+    can_measure(data)?;
+    let labels = data.labels.as_ref().ok_or(NotMeasured::NoLabels)?;
+    let classes = data.class_names.len();
+    let pixels = pixel_features(data);
+    Ok(PixelScores {
+        knn: knn_accuracy(&pixels, labels, classes),
+        probe: probe_accuracy(&pixels, labels, classes).0,
+    })
+}
+
+/// The gauges of z (alignment included) on any data, labelled or not.
+///
+/// # Errors
+/// A model error from computing features.
+pub fn z_gauges(model: &Model, data: &Dataset) -> Result<Gauges, ModelError> {
+    let z = stage_features(model, data)?.pop().unwrap_or_default();
+    Ok(Gauges {
+        alignment: Some(view_alignment(model, data)?),
+        ..gauges(&z)
+    })
+}
+
+/// The report of a trained encoder against a random init and raw pixels, from their scores on
+/// the same data (so a contest judges the random init and the pixels once for every task).
+pub fn report(
+    data: &Dataset,
+    trained: EncoderScores,
+    random: &EncoderScores,
+    pixels: PixelScores,
+) -> EvalReport {
+    EvalReport {
+        images: data.len(),
+        classes: data.class_names.len(),
+        held_out: trained.held_out,
+        knn: STAGES
+            .iter()
+            .zip(trained.knn.iter().zip(&random.knn))
+            .map(|(&stage, (&trained, &random))| StageKnn {
+                stage,
+                trained,
+                random,
+            })
+            .collect(),
+        knn_raw_pixels: pixels.knn,
+        probe_trained: trained.probe,
+        probe_random: random.probe,
+        probe_raw_pixels: pixels.probe,
+        confusion: trained.confusion,
+        gauges_trained: trained.gauges,
+        gauges_random: random.gauges.clone(),
+    }
+}
+
 /// Compares a trained and a randomly initialised encoder on labelled data; the inner error
 /// says why accuracies cannot be measured on this data.
 ///
@@ -172,46 +285,15 @@ pub fn evaluate(
     random: &Model,
     data: &Dataset,
 ) -> Result<Result<EvalReport, NotMeasured>, ModelError> {
-    if let Err(why) = can_measure(data) {
-        return Ok(Err(why));
-    }
-    let Some(labels) = &data.labels else {
-        return Ok(Err(NotMeasured::NoLabels));
+    let t = match score_encoder(trained, data)? {
+        Ok(t) => t,
+        Err(why) => return Ok(Err(why)),
     };
-    let classes = data.class_names.len();
-    let ft = stage_features(trained, data)?;
-    let fr = stage_features(random, data)?;
-    let pixels = pixel_features(data);
-    let knn = STAGES
-        .iter()
-        .enumerate()
-        .map(|(s, &stage)| StageKnn {
-            stage,
-            trained: knn_accuracy(&ft[s], labels, classes),
-            random: knn_accuracy(&fr[s], labels, classes),
-        })
-        .collect();
-    let last = STAGES.len() - 1;
-    let (probe_trained, pred, truth) = probe_accuracy(&ft[last], labels, classes);
-    Ok(Ok(EvalReport {
-        images: data.len(),
-        classes,
-        held_out: truth.len(),
-        knn,
-        knn_raw_pixels: knn_accuracy(&pixels, labels, classes),
-        probe_trained,
-        probe_random: probe_accuracy(&fr[last], labels, classes).0,
-        probe_raw_pixels: probe_accuracy(&pixels, labels, classes).0,
-        confusion: super::confusion(&pred, &truth, classes),
-        gauges_trained: Gauges {
-            alignment: Some(view_alignment(trained, data)?),
-            ..gauges(&ft[last])
-        },
-        gauges_random: Gauges {
-            alignment: Some(view_alignment(random, data)?),
-            ..gauges(&fr[last])
-        },
-    }))
+    let r = match score_encoder(random, data)? {
+        Ok(r) => r,
+        Err(why) => return Ok(Err(why)),
+    };
+    Ok(score_pixels(data).map(|p| report(data, t, &r, p)))
 }
 
 /// Images the live kNN monitor uses at most (evenly spread over the set).

@@ -4,6 +4,7 @@
 #![allow(clippy::needless_range_loop)] // index loops mirror the textbook formulas
 
 pub mod embed;
+pub mod judge;
 pub mod linalg;
 pub mod tsne;
 

@@ -448,6 +448,11 @@ pub fn list_checkpoints(dir: &Path) -> Checkpoints {
 /// The training step in a checkpoint's metadata, read from the safetensors header alone (the
 /// first 8 bytes give the header's length; the tensors are not read).
 pub fn checkpoint_step(path: &Path) -> Option<u64> {
+    checkpoint_metadata(path)?.get("step")?.parse().ok()
+}
+
+/// A checkpoint's metadata (step, epoch, `train_s`, …), read from the safetensors header alone.
+pub fn checkpoint_metadata(path: &Path) -> Option<std::collections::BTreeMap<String, String>> {
     use std::io::Read;
     let mut f = File::open(path).ok()?;
     let mut len = [0u8; 8];
@@ -459,7 +464,7 @@ pub fn checkpoint_step(path: &Path) -> Option<u64> {
     let mut header = vec![0u8; n];
     f.read_exact(&mut header).ok()?;
     let v: serde_json::Value = serde_json::from_slice(&header).ok()?;
-    v.get("__metadata__")?.get("step")?.as_str()?.parse().ok()
+    serde_json::from_value(v.get("__metadata__")?.clone()).ok()
 }
 
 /// The `task` of the kNN monitor's rows, and the prefix of their metric names.
