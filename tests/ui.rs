@@ -819,3 +819,67 @@ fn a_run_the_command_line_is_writing_is_followed_live() {
     let _ = cli.kill();
     let _ = cli.wait();
 }
+
+#[test]
+fn a_two_task_contest_runs_stops_resumes_and_ranks_in_the_window() {
+    use pretext::compare::{ContestOutcome, TaskState};
+    use pretext::ui::contest::{BudgetKind, ContestForm};
+    let out = tempfile::tempdir().unwrap();
+    let config = TrainConfig {
+        data: DataSource::Builtin { count: 48 },
+        size: 16,
+        ..small_config(out.path())
+    };
+    let mut storage = MemoryStorage::default();
+    let settings = Persisted {
+        config,
+        contest: ContestForm {
+            tasks: [TaskKind::Rotation, TaskKind::Contrastive].into(),
+            kind: BudgetKind::Images,
+            // 100 epochs of 48 images each: long enough to stop the second task mid-way.
+            images: 4800,
+            ..ContestForm::default()
+        },
+        ..Persisted::default()
+    };
+    eframe::set_value(&mut storage, "pretext-settings", &settings);
+    let mut h = app(&storage, None);
+    wait_until(&mut h, "data", |a| matches!(a.data, DataState::Ready(_)));
+    h.get_by_label("Runs").click();
+    h.run();
+    h.get_by_label("Compare").click();
+    wait_until(&mut h, "the second task", |a| {
+        a.tabs.runs.contest.current.is_some_and(|(_, i, _)| i == 2)
+    });
+    h.get_by_label("Stop contest").click();
+    wait_until(&mut h, "the stop", |a| a.tabs.runs.contest.outcome.is_some());
+    let c = &h.state().tabs.runs.contest;
+    assert_eq!(c.outcome, Some(ContestOutcome::Stopped), "{}", c.status);
+    let dir = c.dir.clone().unwrap();
+    let (_, state) = pretext::compare::open(&dir).unwrap();
+    assert!(matches!(state.tasks[0].state, TaskState::Done { .. }));
+    assert!(!matches!(state.tasks[1].state, TaskState::Done { .. }));
+    // The partial ranking already shows the first task.
+    assert_eq!(c.ranking.as_ref().map(|r| r.rows.len()), Some(1));
+    h.get_by_label("Resume contest").click();
+    wait_until(&mut h, "the end", |a| {
+        a.tabs.runs.contest.outcome == Some(ContestOutcome::Completed)
+    });
+    let c = &h.state().tabs.runs.contest;
+    let ranking = c.ranking.as_ref().unwrap();
+    assert_eq!(ranking.rows.len(), 2);
+    assert!(ranking.labelled);
+    assert!(h.query_by_label("Ranking by kNN top-1 (best stage)").is_some());
+    assert!(h.query_by_label("random init").is_some());
+    for f in ["ranking.md", "results.csv", "results.json", "chart.png"] {
+        assert!(dir.join(f).is_file(), "{f}");
+    }
+    // Each task's run was ticked as it started: their curves overlaid.
+    wait_until(&mut h, "both curves", |a| {
+        a.tabs
+            .runs
+            .overlay(pretext::view::overlay::Quantity::Loss, 0.0)
+            .len()
+            == 2
+    });
+}

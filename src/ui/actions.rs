@@ -10,6 +10,7 @@ use eframe::egui;
 use super::jobs::Done;
 use super::{DataState, LoadedData, Loader, PretextApp, PreviewView, RECENT_MAX, RunStatus, Tab};
 use crate::config::DataSource;
+use super::contest::{ContestMessage, ContestStart, ContestThread};
 use crate::runs::watch::{WatchCommand, WatchUpdate};
 use crate::train::Command;
 
@@ -50,6 +51,12 @@ pub enum Action {
     StopFollowing,
     /// List the runs under this folder.
     SetRunsRoot(PathBuf),
+    /// Start a contest between the form's tasks on the loaded data with the current settings.
+    StartContest,
+    /// Stop the contest after the running task's current step (it can be resumed).
+    StopContest,
+    /// Resume the contest in this folder.
+    ResumeContest(PathBuf),
 }
 
 impl PretextApp {
@@ -74,6 +81,14 @@ impl PretextApp {
             Action::ToggleRun(dir) => self.toggle_run(dir),
             Action::FollowRun(dir) => self.follow_run(dir),
             Action::StopFollowing => self.stop_following(),
+            Action::StartContest => self.start_contest(),
+            Action::StopContest => {
+                if let Some(t) = &self.tabs.runs.contest.thread {
+                    t.stop();
+                    self.tabs.runs.contest.status = "stopping after the current step…".into();
+                }
+            }
+            Action::ResumeContest(dir) => self.spawn_contest(ContestStart::Resume(dir)),
             Action::SetRunsRoot(root) => {
                 self.inputs.runs_root = root.display().to_string();
                 self.tabs.runs.list.clear();
@@ -88,6 +103,79 @@ impl PretextApp {
                 true,
                 "the thread that reads run directories is not answering",
             );
+        }
+    }
+
+    /// Starts a contest between the form's tasks, on the loaded data, with the settings on the
+    /// left (data, size, batch, seed, device, task settings), under the runs folder.
+    fn start_contest(&mut self) {
+        let form = &self.settings.contest;
+        let spec = crate::compare::ContestSpec {
+            base: self.settings.config.clone(),
+            tasks: form.task_list(),
+            budget: form.budget(),
+        };
+        if let Err(e) = spec.validate() {
+            self.run.message(true, e.to_string());
+            return;
+        }
+        let parent = self.settings.config.out.clone();
+        self.spawn_contest(ContestStart::New {
+            parent,
+            spec: Box::new(spec),
+        });
+    }
+
+    fn spawn_contest(&mut self, start: ContestStart) {
+        if self.is_training() {
+            self.run.message(true, "stop the current run first: a contest needs the CPU to itself");
+            return;
+        }
+        if self.tabs.runs.contest.is_running() {
+            return;
+        }
+        let data = match &self.data {
+            DataState::Ready(d) => Some(d.data.clone()),
+            _ => None,
+        };
+        match ContestThread::spawn(start, data, self.engine.wake.clone()) {
+            Ok(t) => {
+                let c = &mut self.tabs.runs.contest;
+                c.thread = Some(t);
+                c.outcome = None;
+                c.ranking = None;
+                c.budget = None;
+                c.status = "starting…".into();
+            }
+            Err(e) => self
+                .run
+                .message(true, format!("cannot start the contest's thread: {e}")),
+        }
+    }
+
+    /// A message from the contest thread.
+    pub(super) fn contest_message(&mut self, message: ContestMessage) {
+        let budget = self.settings.contest.budget();
+        match message {
+            ContestMessage::Created(dir) => {
+                self.tabs.runs.contest.dir = Some(dir);
+                self.watch(WatchCommand::Rescan);
+            }
+            ContestMessage::Event(event) => {
+                if let crate::compare::ContestEvent::Finished {
+                    outcome: crate::compare::ContestOutcome::Failed(why),
+                    ..
+                } = &event
+                {
+                    self.run.message(true, format!("the contest failed: {why}"));
+                }
+                if let Some(run_dir) = self.tabs.runs.contest.apply(event, budget) {
+                    if !self.tabs.runs.is_ticked(&run_dir) {
+                        self.toggle_run(run_dir);
+                    }
+                    self.watch(WatchCommand::Rescan);
+                }
+            }
         }
     }
 
@@ -317,6 +405,11 @@ impl PretextApp {
     /// Starts training with the current settings.
     pub fn start(&mut self) {
         if self.is_training() {
+            return;
+        }
+        if self.tabs.runs.contest.is_running() {
+            self.run
+                .message(true, "a contest is running: stop it first (it can be resumed)");
             return;
         }
         self.stop_following();

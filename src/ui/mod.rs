@@ -5,6 +5,7 @@
 //! file writes or other slow work on background threads ([`jobs`]).
 
 mod actions;
+pub mod contest;
 mod frame_stats;
 mod jobs;
 mod panels;
@@ -50,6 +51,8 @@ pub struct Persisted {
     /// Curves against epochs instead of steps.
     pub x_in_epochs: bool,
     pub show_frame_time: bool,
+    /// The contest form's choices.
+    pub contest: contest::ContestForm,
 }
 
 impl Default for Persisted {
@@ -64,6 +67,7 @@ impl Default for Persisted {
             log_scale: false,
             x_in_epochs: false,
             show_frame_time: true,
+            contest: contest::ContestForm::default(),
         }
     }
 }
@@ -215,6 +219,8 @@ pub struct RunsTab {
     /// The encoder stage whose kNN top-1 is overlaid (index into STAGES; z by default).
     pub stage: usize,
     pub gauge: crate::view::overlay::Gauge,
+    /// The contest started from this tab, if any.
+    pub contest: contest::ContestView,
 }
 
 impl Default for RunsTab {
@@ -227,6 +233,7 @@ impl Default for RunsTab {
             x_axis: crate::view::XAxis::Step,
             stage: crate::eval::embed::STAGES.len() - 1,
             gauge: crate::view::overlay::Gauge::RankMe,
+            contest: contest::ContestView::default(),
         }
     }
 }
@@ -439,6 +446,19 @@ impl PretextApp {
                 break;
             };
             self.watched(ctx, update);
+        }
+        while start.elapsed() < EVENT_BUDGET {
+            let Some(message) = self
+                .tabs
+                .runs
+                .contest
+                .thread
+                .as_ref()
+                .and_then(|t| t.events().try_recv().ok())
+            else {
+                break;
+            };
+            self.contest_message(message);
         }
         while start.elapsed() < EVENT_BUDGET {
             let Ok(event) = self.engine.trainer.events().try_recv() else {

@@ -3,6 +3,7 @@
 //! done as [`Action`]s; it never sends a command, reads a file or computes a picture itself.
 
 pub mod augment;
+mod contest;
 mod controls;
 mod data;
 mod explorer;
@@ -112,14 +113,37 @@ fn central(ui: &mut egui::Ui, app: &mut PretextApp, actions: &mut Vec<Action>) {
         Tab::Inspect => inspect::show(ui, app.tabs.inspection.as_ref(), &app.data),
         Tab::Math => math::show(ui, &app.run, &mut app.tabs.math, actions),
         Tab::Explorer => explorer::show(ui, &app.run, &app.data, &mut app.tabs.explorer, actions),
-        Tab::Runs => runs::show(
-            ui,
-            &mut app.tabs.runs,
-            &mut app.inputs.runs_root,
-            app.following.as_deref(),
-            app.settings.smoothing,
-            actions,
-        ),
+        Tab::Runs => {
+            let can_start = if app.run.is_training() {
+                Err("stop the current run first: a contest needs the CPU to itself")
+            } else if !matches!(app.data, DataState::Ready(_)) {
+                Err("open the data to compare the tasks on first")
+            } else {
+                Ok(())
+            };
+            egui::CollapsingHeader::new(
+                RichText::new("Compare tasks on this data: a fair contest").strong(),
+            )
+            .default_open(true)
+            .show(ui, |ui| {
+                contest::show(
+                    ui,
+                    &mut app.settings.contest,
+                    &mut app.tabs.runs.contest,
+                    can_start,
+                    actions,
+                );
+            });
+            ui.separator();
+            runs::show(
+                ui,
+                &mut app.tabs.runs,
+                &mut app.inputs.runs_root,
+                app.following.as_deref(),
+                app.settings.smoothing,
+                actions,
+            );
+        }
     }
 }
 
