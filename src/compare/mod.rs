@@ -50,6 +50,9 @@ pub const RESULTS_JSON: &str = "results.json";
 pub const CHART_FILE: &str = "chart.png";
 /// Epochs a task is given under a time budget: the time limit ends it long before.
 pub const MINUTES_EPOCHS: usize = 1_000_000;
+/// How often a training task is asked for a resume checkpoint (the engine's own come at epoch
+/// ends, as its monitoring budget allows): a contest killed mid-task loses at most this much.
+pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(60);
 /// The version of contest.json's layout.
 const FORMAT: u32 = 1;
 
@@ -669,9 +672,16 @@ impl Contest<'_> {
         }
         let mut stop_sent = false;
         let mut not_finite = false;
+        // Since the run started or was last saved; None until it has started.
+        let mut saved: Option<std::time::Instant> = None;
         loop {
             if self.stop.load(Ordering::Relaxed) && !stop_sent {
                 stop_sent = trainer.send(Command::Stop);
+            }
+            if saved.is_some_and(|t| t.elapsed() >= CHECKPOINT_EVERY)
+                && trainer.send(Command::SaveCheckpoint)
+            {
+                saved = Some(std::time::Instant::now());
             }
             let event = match trainer.events().recv_timeout(Duration::from_millis(100)) {
                 Ok(e) => e,
@@ -690,6 +700,7 @@ impl Contest<'_> {
                         run_dir: run_dir.clone(),
                     };
                     self.save()?;
+                    saved = Some(std::time::Instant::now());
                     let started = ContestEvent::TaskStarted {
                         task,
                         index,
