@@ -852,7 +852,9 @@ fn a_two_task_contest_runs_stops_resumes_and_ranks_in_the_window() {
         a.tabs.runs.contest.current.is_some_and(|(_, i, _)| i == 2)
     });
     h.get_by_label("Stop contest").click();
-    wait_until(&mut h, "the stop", |a| a.tabs.runs.contest.outcome.is_some());
+    wait_until(&mut h, "the stop", |a| {
+        a.tabs.runs.contest.outcome.is_some()
+    });
     let c = &h.state().tabs.runs.contest;
     assert_eq!(c.outcome, Some(ContestOutcome::Stopped), "{}", c.status);
     let dir = c.dir.clone().unwrap();
@@ -869,7 +871,10 @@ fn a_two_task_contest_runs_stops_resumes_and_ranks_in_the_window() {
     let ranking = c.ranking.as_ref().unwrap();
     assert_eq!(ranking.rows.len(), 2);
     assert!(ranking.labelled);
-    assert!(h.query_by_label("Ranking by kNN top-1 (best stage)").is_some());
+    assert!(
+        h.query_by_label("Ranking by kNN top-1 (best stage)")
+            .is_some()
+    );
     assert!(h.query_by_label("random init").is_some());
     for f in ["ranking.md", "results.csv", "results.json", "chart.png"] {
         assert!(dir.join(f).is_file(), "{f}");

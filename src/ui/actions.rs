@@ -7,10 +7,10 @@ use std::sync::Arc;
 
 use eframe::egui;
 
+use super::contest::{ContestMessage, ContestStart, ContestThread};
 use super::jobs::Done;
 use super::{DataState, LoadedData, Loader, PretextApp, PreviewView, RECENT_MAX, RunStatus, Tab};
 use crate::config::DataSource;
-use super::contest::{ContestMessage, ContestStart, ContestThread};
 use crate::runs::watch::{WatchCommand, WatchUpdate};
 use crate::train::Command;
 
@@ -128,7 +128,10 @@ impl PretextApp {
 
     fn spawn_contest(&mut self, start: ContestStart) {
         if self.is_training() {
-            self.run.message(true, "stop the current run first: a contest needs the CPU to itself");
+            self.run.message(
+                true,
+                "stop the current run first: a contest needs the CPU to itself",
+            );
             return;
         }
         if self.tabs.runs.contest.is_running() {
@@ -408,8 +411,10 @@ impl PretextApp {
             return;
         }
         if self.tabs.runs.contest.is_running() {
-            self.run
-                .message(true, "a contest is running: stop it first (it can be resumed)");
+            self.run.message(
+                true,
+                "a contest is running: stop it first (it can be resumed)",
+            );
             return;
         }
         self.stop_following();

@@ -98,7 +98,11 @@ impl ContestThread {
     ///
     /// # Errors
     /// When the thread cannot be started.
-    pub fn spawn(start: ContestStart, data: Option<Arc<Dataset>>, notify: Notify) -> std::io::Result<Self> {
+    pub fn spawn(
+        start: ContestStart,
+        data: Option<Arc<Dataset>>,
+        notify: Notify,
+    ) -> std::io::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, events) = unbounded();
         let flag = stop.clone();
@@ -188,7 +192,10 @@ impl ContestView {
                 self.status = format!("loading the images: {done} of {total}");
             }
             ContestEvent::DataReady {
-                images, labelled, budget: line, ..
+                images,
+                labelled,
+                budget: line,
+                ..
             } => {
                 self.status = format!(
                     "{images} images, {}",
@@ -210,7 +217,10 @@ impl ContestView {
                 self.current = Some((task, index + 1, of));
                 self.progress = 0.0;
                 self.status = if start_step > 0 {
-                    format!("training {task} ({} of {of}), continued from step {start_step}", index + 1)
+                    format!(
+                        "training {task} ({} of {of}), continued from step {start_step}",
+                        index + 1
+                    )
                 } else {
                     format!("training {task} ({} of {of})", index + 1)
                 };

@@ -7,8 +7,8 @@ use eframe::egui::{self, Color32, RichText};
 use super::MUTED;
 use crate::compare::{Ranking, TaskResult};
 use crate::config::TaskKind;
-use crate::ui::contest::{BudgetKind, ContestForm, ContestView, contest_name};
 use crate::ui::Action;
+use crate::ui::contest::{BudgetKind, ContestForm, ContestView, contest_name};
 
 /// Draws the contest section; edits the form, asks to start, stop or resume a contest.
 pub fn show(
@@ -68,7 +68,10 @@ pub fn show(
         if b.clicked() {
             actions.push(Action::StartContest);
         }
-        if ui.add_enabled(running, egui::Button::new("Stop contest")).clicked() {
+        if ui
+            .add_enabled(running, egui::Button::new("Stop contest"))
+            .clicked()
+        {
             actions.push(Action::StopContest);
         }
         if view.resumable()
