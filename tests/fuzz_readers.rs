@@ -2702,6 +2702,26 @@ fn fuzz_metrics(
             if run_dir::replay(&run).is_err() {
                 return Verdict::Violation("replay refused a run directory".into());
             }
+            // The runs view reading the same file live, and its summary of it.
+            let tailed = pretext::runs::MetricsTail::new(&run).poll();
+            // (Compared as text: a NaN read back is not equal to itself.)
+            if let (Ok(rows), Ok(t)) = (&before, &tailed)
+                && format!("{rows:?}") != format!("{:?}", t.rows)
+            {
+                return Verdict::Violation(format!(
+                    "the live tail read {} rows where read_metrics read {}",
+                    t.rows.len(),
+                    rows.len()
+                ));
+            }
+            if let (Ok(config), Ok(t)) = (run_dir::read_config(&run), &tailed) {
+                let mut fold = pretext::runs::SummaryFold::new(&run, &config);
+                fold.push(&t.rows);
+                let s = fold.summary();
+                if s.steps > 0 && !s.wall_s.is_finite() {
+                    return Verdict::Violation("a summary with an endless time".into());
+                }
+            }
             let (mut rd, _) = match RunDir::open(&run) {
                 Ok(x) => x,
                 Err(e) => return Verdict::Violation(format!("valid run directory refused: {e}")),

@@ -68,7 +68,9 @@ pub struct Tailed {
 pub struct MetricsTail {
     path: PathBuf,
     offset: u64,
-    headers: Option<csv::StringRecord>,
+    /// The header once read: its names, or None when they are not UTF-8 (rows are then read
+    /// by position, as the csv crate does in [`run_dir::read_metrics`]).
+    headers: Option<Option<csv::StringRecord>>,
     /// The file's identity when last read (inode on Unix), to notice a rewrite.
     identity: Option<u64>,
 }
@@ -114,11 +116,17 @@ impl MetricsTail {
             .has_headers(false)
             .flexible(true)
             .from_reader(&bytes[..=end]);
-        for record in reader.records().flatten() {
+        // Exactly as the csv crate reads run_dir::read_metrics: a row that is not UTF-8 is
+        // passed over, and a header that is not is ignored (rows are then read by position).
+        for record in reader.byte_records().flatten() {
+            let record = csv::StringRecord::from_byte_record(record);
             match &self.headers {
-                None => self.headers = Some(record),
+                None => self.headers = Some(record.ok()),
                 Some(h) => {
-                    if let Ok(row) = record.deserialize::<MetricsRow>(Some(h)) {
+                    if let Ok(row) = record
+                        .map_err(|_| ())
+                        .and_then(|r| r.deserialize::<MetricsRow>(h.as_ref()).map_err(|_| ()))
+                    {
                         out.rows.push(row);
                     }
                 }
@@ -243,13 +251,16 @@ impl SummaryFold {
     /// Takes new rows.
     pub fn push(&mut self, rows: &[MetricsRow]) {
         for r in rows {
-            if r.wall_s + 1e-9 < self.wall_last {
-                // A continuation counts its time from zero again.
-                self.wall_base += self.wall_last;
+            if r.wall_s.is_finite() && r.wall_s >= 0.0 {
+                if r.wall_s + 1e-9 < self.wall_last {
+                    // A continuation counts its time from zero again.
+                    self.wall_base += self.wall_last;
+                }
+                self.wall_last = r.wall_s;
+                let s = &mut self.summary;
+                s.wall_s = s.wall_s.max(self.wall_base + r.wall_s);
             }
-            self.wall_last = r.wall_s;
             let s = &mut self.summary;
-            s.wall_s = s.wall_s.max(self.wall_base + r.wall_s);
             s.epoch = s.epoch.max(r.epoch);
             if r.task == run_dir::KNN_TASK {
                 if let Some(stage) = r.proxy_metric.strip_prefix("knn_accuracy_")

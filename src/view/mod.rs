@@ -106,12 +106,14 @@ impl Curves {
         if m.tasks.len() > 1 {
             self.push("loss/total".into(), x, m.loss);
         }
-        if m.wall_s + 1e-9 < self.wall_last {
-            // A continuation counts its time from zero again.
-            self.wall_base += self.wall_last;
+        if m.wall_s.is_finite() && m.wall_s >= 0.0 {
+            if m.wall_s + 1e-9 < self.wall_last {
+                // A continuation counts its time from zero again.
+                self.wall_base += self.wall_last;
+            }
+            self.wall_last = m.wall_s;
+            self.push(WALL_SERIES.into(), x, self.wall_base + m.wall_s);
         }
-        self.wall_last = m.wall_s;
-        self.push(WALL_SERIES.into(), x, self.wall_base + m.wall_s);
         self.push("lr".into(), x, m.lr);
         self.push("images_per_s".into(), x, m.images_per_s);
         self.steps_seen += 1;
