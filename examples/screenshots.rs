@@ -142,6 +142,53 @@ fn main() {
     h.state_mut().reset();
     h.run_steps(4);
     two_view_methods(&mut h, out.path());
+    contest(&mut h, out.path());
+}
+
+/// A contest of four tasks on the glyphs, half a minute each, in the Runs tab: mid-way (the
+/// partial ranking, the curves of the tasks so far) and at the end.
+fn contest(h: &mut Harness<'_, PretextApp>, out: &Path) {
+    use pretext::ui::contest::{BudgetKind, ContestForm};
+    let data = DataSource::Glyphs { count: 800 };
+    h.state_mut().settings.config = TrainConfig {
+        data: data.clone(),
+        tasks: vec![TaskKind::Rotation],
+        out: out.to_path_buf(),
+        ..TrainConfig::default()
+    };
+    h.state_mut().settings.contest = ContestForm {
+        tasks: [
+            TaskKind::Rotation,
+            TaskKind::Jigsaw,
+            TaskKind::Contrastive,
+            TaskKind::Vicreg,
+        ]
+        .into(),
+        kind: BudgetKind::Minutes,
+        minutes: 0.5,
+        ..ContestForm::default()
+    };
+    h.state_mut().open_data(data);
+    frames_until(h, "glyphs", |a| matches!(a.data, DataState::Ready(_)));
+    h.state_mut().tabs.tab = Tab::Runs;
+    h.state_mut().perform(pretext::ui::Action::StartContest);
+    frames_until(h, "the third task half-way", |a| {
+        let c = &a.tabs.runs.contest;
+        c.current.is_some_and(|(_, i, _)| i == 3) && c.progress > 0.5
+    });
+    save(h, "contest.png");
+    frames_until(h, "the contest's end", |a| {
+        a.tabs.runs.contest.outcome.is_some()
+    });
+    h.state_mut().tabs.runs.x_axis = pretext::view::XAxis::WallClock;
+    h.state_mut().tabs.runs.stage = 2;
+    // The followed runs' last rows.
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(3) {
+        h.step();
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    save(h, "runs.png");
 }
 
 /// MoCo and Barlow Twins on one encoder: their previews (the queue, the cross-correlation

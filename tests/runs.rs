@@ -402,3 +402,86 @@ fn a_run_another_process_writes_is_followed_live_and_listed() {
         }
     }
 }
+
+#[test]
+fn a_run_directory_a_pytorch_script_writes_is_listed_and_followed() {
+    // What the README's PyTorch snippet leaves: config.json copied from a pretext run, nine
+    // columns written by Python's csv module, a checkpoint saved by safetensors.torch with its
+    // step in the metadata.
+    let out = tempfile::tempdir().unwrap();
+    let source = tiny_run(out.path(), "contrastive");
+    let run = out.path().join("20261130-ddp-contrastive");
+    std::fs::create_dir_all(run.join("checkpoints")).unwrap();
+    std::fs::copy(source.join("config.json"), run.join("config.json")).unwrap();
+    let mut csv =
+        String::from("step,epoch,task,loss,proxy_metric,proxy_value,lr,images_per_s,wall_s\r\n");
+    for step in 1..=30u64 {
+        csv.push_str(&format!(
+            "{step},{},contrastive,{},positive_top-1,{},0.001,{},{}\r\n",
+            (step - 1) / 10 + 1,
+            5.0 / step as f64,
+            step as f64 / 40.0,
+            1234.5,
+            0.5 * step as f64
+        ));
+    }
+    std::fs::write(run.join("metrics.csv"), csv).unwrap();
+    let data = vec![0u8; 16];
+    let view =
+        safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![4], &data).unwrap();
+    let metadata = Some(std::collections::HashMap::from([(
+        "step".to_string(),
+        "30".to_string(),
+    )]));
+    safetensors::serialize_to_file(
+        [("stem.0.weight", view)],
+        metadata,
+        &run.join("checkpoints/epoch-0003.safetensors"),
+    )
+    .unwrap();
+
+    let w = Watcher::spawn(no_notify()).unwrap();
+    assert!(w.send(WatchCommand::Root(out.path().to_path_buf())));
+    assert!(w.send(WatchCommand::Follow(run.clone())));
+    let mut view = RunView::default();
+    let start = Instant::now();
+    let (mut listed, mut checkpoints) = (false, false);
+    while !(listed && checkpoints && view.curves.steps_seen == 30) {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "listed {listed}, checkpoints {checkpoints}, {} steps",
+            view.curves.steps_seen
+        );
+        match w.updates().recv_timeout(Duration::from_millis(200)) {
+            Ok(WatchUpdate::Listed(list)) => {
+                if let Some(s) = list.iter().find(|s| s.dir == run) {
+                    assert_eq!(s.steps, 30);
+                    assert_eq!(s.epoch, 3);
+                    assert!((s.wall_s - 15.0).abs() < 1e-9);
+                    listed = true;
+                }
+            }
+            Ok(WatchUpdate::Checkpoints {
+                dir,
+                checkpoints: c,
+            }) if dir == run => {
+                assert_eq!(c.kept, ["epoch-0003.safetensors"]);
+                checkpoints = true;
+            }
+            Ok(WatchUpdate::Events {
+                dir, reset, events, ..
+            }) if dir == run => {
+                if reset {
+                    view = RunView::default();
+                }
+                for e in &events {
+                    view.apply(e);
+                }
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(view.curves.batches_per_epoch, 10);
+    let top1 = view.curves.series["metric/contrastive"].points();
+    assert!((top1[29][1] - 75.0).abs() < 1e-9, "percent: {:?}", top1[29]);
+}

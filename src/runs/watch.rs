@@ -219,6 +219,9 @@ impl State {
                 };
                 let per_epoch = run_dir::batches_per_epoch(&tailed.rows);
                 f.rows = RowEvents::new(config.epochs, per_epoch);
+                // Whoever starts over needs the pictures and checkpoints again too.
+                f.previews.clear();
+                f.checkpoints = None;
                 events.push(run_dir::started_event(dir, &config, per_epoch));
                 f.started = true;
             }

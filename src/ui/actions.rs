@@ -120,6 +120,10 @@ impl PretextApp {
             return;
         }
         let parent = self.settings.config.out.clone();
+        if Path::new(self.inputs.runs_root.trim()) != parent {
+            // The contest's runs are listed where it writes them.
+            self.perform(Action::SetRunsRoot(parent.clone()));
+        }
         self.spawn_contest(ContestStart::New {
             parent,
             spec: Box::new(spec),

@@ -121,28 +121,32 @@ fn central(ui: &mut egui::Ui, app: &mut PretextApp, actions: &mut Vec<Action>) {
             } else {
                 Ok(())
             };
-            egui::CollapsingHeader::new(
-                RichText::new("Compare tasks on this data: a fair contest").strong(),
-            )
-            .default_open(true)
-            .show(ui, |ui| {
-                contest::show(
-                    ui,
-                    &mut app.settings.contest,
-                    &mut app.tabs.runs.contest,
-                    can_start,
-                    actions,
-                );
-            });
-            ui.separator();
-            runs::show(
-                ui,
-                &mut app.tabs.runs,
-                &mut app.inputs.runs_root,
-                app.following.as_deref(),
-                app.settings.smoothing,
-                actions,
-            );
+            egui::ScrollArea::vertical()
+                .id_salt("runs-tab")
+                .show(ui, |ui| {
+                    egui::CollapsingHeader::new(
+                        RichText::new("Compare tasks on this data: a fair contest").strong(),
+                    )
+                    .default_open(true)
+                    .show(ui, |ui| {
+                        contest::show(
+                            ui,
+                            &mut app.settings.contest,
+                            &mut app.tabs.runs.contest,
+                            can_start,
+                            actions,
+                        );
+                    });
+                    ui.separator();
+                    runs::show(
+                        ui,
+                        &mut app.tabs.runs,
+                        &mut app.inputs.runs_root,
+                        app.following.as_deref(),
+                        app.settings.smoothing,
+                        actions,
+                    );
+                });
         }
     }
 }

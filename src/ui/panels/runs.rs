@@ -15,6 +15,11 @@ use crate::ui::{Action, RunColumn, RunsTab};
 use crate::view::XAxis;
 use crate::view::overlay::{Gauge, Quantity};
 
+/// The most height the table of runs takes before it scrolls, px.
+const TABLE_HEIGHT: f32 = 230.0;
+/// Height of each overlay plot, px.
+const PLOT_HEIGHT: f32 = 220.0;
+
 /// A colour per ticked run, in the order they were ticked.
 const PALETTE: [Color32; 8] = [
     Color32::from_rgb(240, 100, 140),
@@ -71,10 +76,9 @@ pub fn show(
             .color(MUTED),
         );
     }
-    let height = (ui.available_height() * 0.38).max(120.0);
     egui::ScrollArea::both()
         .id_salt("runs-table")
-        .max_height(height)
+        .max_height(TABLE_HEIGHT)
         .show(ui, |ui| table(ui, tab, following, actions));
     ui.separator();
     if tab.ticked.is_empty() {
@@ -108,7 +112,7 @@ pub fn show(
         Quantity::Knn(tab.stage),
         Quantity::Gauge(tab.gauge),
     ];
-    let plot_h = ((ui.available_height() - 70.0) / 2.0).clamp(120.0, 320.0);
+    let plot_h = PLOT_HEIGHT;
     let w = ((ui.available_width() - 24.0) / 2.0).max(240.0);
     egui::Grid::new("runs-plots")
         .num_columns(2)
