@@ -76,7 +76,7 @@ pub fn show(
             .color(MUTED),
         );
     }
-    egui::ScrollArea::both()
+    egui::ScrollArea::vertical()
         .id_salt("runs-table")
         .max_height(TABLE_HEIGHT)
         .show(ui, |ui| table(ui, tab, following, actions));
@@ -185,8 +185,8 @@ fn table(
                 ("Time", RunColumn::Time),
                 ("Loss", RunColumn::Loss),
                 ("Proxy metric", RunColumn::Proxy),
-                ("kNN top-1 (best stage)", RunColumn::Knn),
-                ("Linear probe", RunColumn::Probe),
+                ("kNN top-1", RunColumn::Knn),
+                ("Probe", RunColumn::Probe),
             ] {
                 let arrow = match (tab.sort == column, tab.descending) {
                     (true, true) => " ▼",
@@ -249,15 +249,26 @@ fn row(
     ui.label(r.steps.to_string());
     ui.label(minutes(r.wall_s));
     ui.label(r.final_loss.map_or("—".into(), |l| format!("{l:.4}")));
-    ui.label(match &r.proxy {
-        Some((name, v, true)) => format!("{:.1}% {name}", v * 100.0),
-        Some((name, v, false)) => format!("{v:.2} {name}"),
-        None => "—".into(),
-    });
+    match &r.proxy {
+        Some((name, v, percent)) => {
+            let text = if *percent {
+                format!("{:.1}%", v * 100.0)
+            } else {
+                format!("{v:.2}")
+            };
+            ui.label(text)
+                .on_hover_text(format!("{name} at the last step"));
+        }
+        None => {
+            ui.label("—");
+        }
+    }
     ui.label(r.best_knn.as_ref().map_or("—".into(), |(stage, v)| {
         format!("{:.1}% ({stage})", v * 100.0)
-    }));
-    ui.label(r.probe.map_or("—".into(), |p| format!("{:.1}%", p * 100.0)));
+    }))
+    .on_hover_text("the best encoder stage by kNN top-1 (k = 20, held-out labels)");
+    ui.label(r.probe.map_or("—".into(), |p| format!("{:.1}%", p * 100.0)))
+        .on_hover_text("linear probe on z, from `pretext eval` or a contest (eval.json)");
     ui.horizontal(|ui| {
         let live = r
             .modified
