@@ -17,6 +17,8 @@ use crate::view::overlay::{Gauge, Quantity};
 
 /// The most height the table of runs takes before it scrolls, px.
 const TABLE_HEIGHT: f32 = 230.0;
+/// The most width the tasks column takes (longer lists are cut, whole on hover), px.
+const TASKS_WIDTH: f32 = 170.0;
 /// Height of each overlay plot, px.
 const PLOT_HEIGHT: f32 = 220.0;
 
@@ -46,6 +48,8 @@ pub fn show(
     smoothing: f64,
     actions: &mut Vec<Action>,
 ) {
+    // Measured before the table, which may be wider than the tab.
+    let full_width = ui.available_width();
     ui.horizontal(|ui| {
         let l = ui.label("Runs folder");
         let edit = ui.add(egui::TextEdit::singleline(root).desired_width(260.0));
@@ -113,7 +117,7 @@ pub fn show(
         Quantity::Gauge(tab.gauge),
     ];
     let plot_h = PLOT_HEIGHT;
-    let w = ((ui.available_width() - 24.0) / 2.0).max(240.0);
+    let w = ((full_width - 24.0) / 2.0).max(240.0);
     egui::Grid::new("runs-plots")
         .num_columns(2)
         .spacing([12.0, 8.0])
@@ -243,7 +247,11 @@ fn row(
     {
         actions.push(Action::ToggleRun(r.dir.clone()));
     }
-    ui.label(&r.tasks);
+    ui.scope(|ui| {
+        ui.set_max_width(TASKS_WIDTH);
+        ui.add(egui::Label::new(&r.tasks).truncate())
+            .on_hover_text(&r.tasks);
+    });
     ui.label(RichText::new(&r.data).small());
     ui.label(r.size.to_string());
     ui.label(r.steps.to_string());
