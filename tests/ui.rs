@@ -415,7 +415,7 @@ fn thumbnails_show_while_a_folder_loads_and_the_cache_clears_from_the_panel() {
     };
     let (done, total) = l.loader.progress();
     assert!(done < total, "{done}/{total}: still loading");
-    assert!(h.query_by_label_contains("the first").is_some());
+    assert!(h.query_all_by_label_contains("images so far").count() >= 1);
     wait_until(&mut h, "the folder", |a| matches!(a.data, DataState::Ready(_)));
     assert!(h.query_by_label_contains("200 images").is_some());
     assert!(h.query_by_label_contains("200 decoded").is_some());

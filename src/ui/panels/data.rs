@@ -56,7 +56,24 @@ pub fn atlas<'a>(
 /// Draws the data panel; asks to cancel loading, to inspect a clicked thumbnail or to clear
 /// the image cache, and edits the setting `use_cache`.
 pub fn show(ui: &mut egui::Ui, data: &DataState, use_cache: &mut bool, actions: &mut Vec<Action>) {
-    ui.heading("Data");
+    // The image cache's setting and button share the heading's line: the controls below keep
+    // their place.
+    ui.horizontal(|ui| {
+        ui.heading("Data");
+        ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
+            if ui
+                .add(egui::Button::new("Clear image cache").small())
+                .on_hover_text("Remove the cache's files: folders are decoded again next time")
+                .clicked()
+            {
+                actions.push(Action::ClearImageCache);
+            }
+            ui.checkbox(use_cache, "Image cache").on_hover_text(
+                "Keep the decoded working-size pixels of folders in the cache folder, so the \
+                 next opening of the same folder decodes only the files that changed",
+            );
+        });
+    });
     match data {
         DataState::Empty => {
             ui.label("No data: open a folder, or choose Examples → Built-in scenes.");
@@ -85,19 +102,6 @@ pub fn show(ui: &mut egui::Ui, data: &DataState, use_cache: &mut bool, actions: 
             }
         }
     }
-    ui.horizontal(|ui| {
-        ui.checkbox(use_cache, "Image cache").on_hover_text(
-            "Keep the decoded working-size pixels of folders in the cache folder, so the next \
-             opening of the same folder decodes only the files that changed",
-        );
-        if ui
-            .button("Clear image cache")
-            .on_hover_text("Remove the cache's files: folders are decoded again next time")
-            .clicked()
-        {
-            actions.push(Action::ClearImageCache);
-        }
-    });
 }
 
 /// The images that have arrived while a folder loads.
@@ -106,7 +110,7 @@ fn loading_thumbnails(ui: &mut egui::Ui, l: &LoadingData) {
         return;
     };
     ui.label(
-        RichText::new(format!("the first {} images", l.thumbnail_count)).color(MUTED),
+        RichText::new(format!("{} images so far", l.thumbnail_count)).color(MUTED),
     );
     egui::ScrollArea::vertical()
         .id_salt("loading-thumbnails")
@@ -121,19 +125,15 @@ fn loading_thumbnails(ui: &mut egui::Ui, l: &LoadingData) {
 
 fn summary(ui: &mut egui::Ui, s: &DatasetSummary) {
     ui.label(RichText::new(&s.source).strong());
-    ui.label(format!("{} images at {} px", s.images, s.size))
+    let cached = s
+        .cache
+        .as_ref()
+        .map(|c| format!(" · {} from the cache, {} decoded", c.hits, c.decoded))
+        .unwrap_or_default();
+    ui.label(format!("{} images at {} px{cached}", s.images, s.size))
         .on_hover_text(format!("loaded in {:.2} s", s.load_secs));
-    if let Some(c) = &s.cache {
-        ui.label(
-            RichText::new(format!(
-                "{} file(s) from the image cache, {} decoded",
-                c.hits, c.decoded
-            ))
-            .color(MUTED),
-        );
-        if let Some(note) = &c.note {
-            ui.label(RichText::new(format!("image cache: {note}")).color(WARN));
-        }
+    if let Some(note) = s.cache.as_ref().and_then(|c| c.note.as_ref()) {
+        ui.label(RichText::new(format!("image cache: {note}")).color(WARN));
     }
     if s.classes.is_empty() {
         ui.label("unlabelled (no class subfolders)");
