@@ -254,7 +254,9 @@ fn a_corrupt_byte_is_caught_by_the_checksum() {
 
 #[test]
 fn a_foreign_or_old_file_at_the_cache_path_is_ignored() {
-    survives("foreign", |_| b"GIF89a and some other program's bytes".to_vec());
+    survives("foreign", |_| {
+        b"GIF89a and some other program's bytes".to_vec()
+    });
     survives("old version", |mut b| {
         b[8] = 0;
         // A file that is right in all but its version: the checksum made anew.
@@ -311,7 +313,11 @@ fn the_glimpse_holds_the_first_images_with_their_pixels() {
     let tmp = tempfile::tempdir().unwrap();
     let (root, dir) = (tmp.path().join("photos"), tmp.path().join("cache"));
     folder_of_photos(&root);
-    for (limit, pass) in [(3, "decoded"), (100, "from the cache"), (4, "from the cache")] {
+    for (limit, pass) in [
+        (3, "decoded"),
+        (100, "from the cache"),
+        (4, "from the cache"),
+    ] {
         let g = Glimpse::new(limit);
         let d = load_glimpsed(&root, &dir, SIZE, Some(&g));
         let seen = g.newer_than(0).expect("images arrived");
@@ -376,8 +382,7 @@ fn train_reports_the_cache_and_no_cache_bypasses_it() {
             .output()
             .unwrap();
         assert!(out.status.success(), "{out:?}");
-        String::from_utf8_lossy(&out.stderr).into_owned()
-            + &String::from_utf8_lossy(&out.stdout)
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout)
     };
     let off = train(&["--no-cache"]);
     assert!(!off.contains("from the cache"), "{off}");
@@ -385,5 +390,8 @@ fn train_reports_the_cache_and_no_cache_bypasses_it() {
     let first = train(&[]);
     assert!(first.contains("; 0 from the cache)"), "{first}");
     let second = train(&[]);
-    assert!(second.contains(&format!("; {FILES} from the cache)")), "{second}");
+    assert!(
+        second.contains(&format!("; {FILES} from the cache)")),
+        "{second}"
+    );
 }

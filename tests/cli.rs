@@ -11,7 +11,10 @@ use pretext::config::DeviceKind;
 fn pretext(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_pretext"))
         // Never the home folder's image cache: a scratch one.
-        .env("PRETEXT_CACHE_DIR", std::env::temp_dir().join("pretext-test-cache"))
+        .env(
+            "PRETEXT_CACHE_DIR",
+            std::env::temp_dir().join("pretext-test-cache"),
+        )
         .args(args)
         .output()
         .expect("run pretext")

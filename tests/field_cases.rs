@@ -266,7 +266,10 @@ fn accuracy_without_a_held_out_image_or_second_class_is_not_measured() {
 fn pretext(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_pretext"))
         // Never the home folder's image cache: a scratch one.
-        .env("PRETEXT_CACHE_DIR", std::env::temp_dir().join("pretext-test-cache"))
+        .env(
+            "PRETEXT_CACHE_DIR",
+            std::env::temp_dir().join("pretext-test-cache"),
+        )
         .args(args)
         .output()
         .unwrap()
@@ -333,7 +336,10 @@ fn a_closed_stdout_ends_the_program_quietly() {
     let out = dir.path().join("runs");
     let mut child = Command::new(env!("CARGO_BIN_EXE_pretext"))
         // Never the home folder's image cache: a scratch one.
-        .env("PRETEXT_CACHE_DIR", std::env::temp_dir().join("pretext-test-cache"))
+        .env(
+            "PRETEXT_CACHE_DIR",
+            std::env::temp_dir().join("pretext-test-cache"),
+        )
         .args([
             "train",
             "--data",

@@ -2293,9 +2293,9 @@ fn fuzz_image_cache(h: &mut Harness, donors: &[(String, Vec<u8>)], dir: &Path) {
         h.call(&id, &bytes, "pxc", || {
             let r = load();
             match &r {
-                Ok(d) if !consistent && bytes != good && !same(d) => Verdict::Violation(
-                    "a damaged cache file changed the data".into(),
-                ),
+                Ok(d) if !consistent && bytes != good && !same(d) => {
+                    Verdict::Violation("a damaged cache file changed the data".into())
+                }
                 Ok(d) if d.len() + d.skipped.len() != files => Verdict::Violation(format!(
                     "{} images + {} skipped != {files} files",
                     d.len(),

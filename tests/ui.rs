@@ -416,7 +416,9 @@ fn thumbnails_show_while_a_folder_loads_and_the_cache_clears_from_the_panel() {
     let (done, total) = l.loader.progress();
     assert!(done < total, "{done}/{total}: still loading");
     assert!(h.query_all_by_label_contains("images so far").count() >= 1);
-    wait_until(&mut h, "the folder", |a| matches!(a.data, DataState::Ready(_)));
+    wait_until(&mut h, "the folder", |a| {
+        matches!(a.data, DataState::Ready(_))
+    });
     assert!(h.query_by_label_contains("200 images").is_some());
     assert!(h.query_by_label_contains("200 decoded").is_some());
 
@@ -429,7 +431,10 @@ fn thumbnails_show_while_a_folder_loads_and_the_cache_clears_from_the_panel() {
     assert_eq!(cached(), 1, "the folder's cache file");
     h.get_by_label("Clear image cache").click();
     wait_until(&mut h, "the cache cleared", |a| {
-        a.run.messages.iter().any(|m| m.text.contains("image cache cleared"))
+        a.run
+            .messages
+            .iter()
+            .any(|m| m.text.contains("image cache cleared"))
     });
     assert_eq!(cached(), 0);
 }

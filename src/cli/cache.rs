@@ -38,7 +38,9 @@ pub fn cache(args: &CacheArgs) -> i32 {
                 0
             }
             Err(e) => {
-                note(format_args!("error: cannot clear the image cache in {shown}: {e}"));
+                note(format_args!(
+                    "error: cannot clear the image cache in {shown}: {e}"
+                ));
                 EXIT_FAILED
             }
         }
@@ -54,7 +56,9 @@ pub fn cache(args: &CacheArgs) -> i32 {
                 0
             }
             Err(e) => {
-                note(format_args!("error: cannot read the image cache in {shown}: {e}"));
+                note(format_args!(
+                    "error: cannot read the image cache in {shown}: {e}"
+                ));
                 EXIT_FAILED
             }
         }

@@ -118,8 +118,8 @@ pub struct Stamp {
     pub ctime_ns: i64,
 }
 
-fn nanos(t: std::io::Result<SystemTime>) -> i64 {
-    let Ok(t) = t else { return 0 };
+fn nanos(t: &std::io::Result<SystemTime>) -> i64 {
+    let Ok(t) = *t else { return 0 };
     let ns = match t.duration_since(SystemTime::UNIX_EPOCH) {
         Ok(d) => i128::try_from(d.as_nanos()).unwrap_or(i128::MAX),
         Err(e) => -i128::try_from(e.duration().as_nanos()).unwrap_or(i128::MAX),
@@ -141,7 +141,7 @@ impl Stamp {
         let ctime_ns = 0;
         Self {
             len: meta.len(),
-            mtime_ns: nanos(meta.modified()),
+            mtime_ns: nanos(&meta.modified()),
             ctime_ns,
         }
     }
@@ -200,10 +200,7 @@ fn key(root: &Path, pixel_key: &str) -> Vec<u8> {
 /// The cache file of folder `root` at working size `size` in cache folder `dir`.
 pub fn file_for(dir: &Path, root: &Path, size: usize) -> PathBuf {
     let root = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
-    file_for_key(
-        dir,
-        &key(&root, &Preprocessing::at_size(size).pixel_key()),
-    )
+    file_for_key(dir, &key(&root, &Preprocessing::at_size(size).pixel_key()))
 }
 
 /// The cache file for a key: its hash in hex.
@@ -250,11 +247,7 @@ impl Reader<'_> {
 }
 
 /// Parses a whole file; `Err` says why it cannot be used.
-fn parse(
-    bytes: &[u8],
-    key: &[u8],
-    size: usize,
-) -> Result<HashMap<Vec<u8>, Entry>, &'static str> {
+fn parse(bytes: &[u8], key: &[u8], size: usize) -> Result<HashMap<Vec<u8>, Entry>, &'static str> {
     let Some(body_len) = bytes.len().checked_sub(4) else {
         return Err("truncated");
     };
@@ -622,7 +615,12 @@ mod tests {
     #[test]
     fn only_the_caches_own_names_count() {
         let yes = ["0123456789abcdef.pxc", ".0123456789abcdef.pxc.tmp-12-0"];
-        let no = ["notes.txt", "0123.pxc", "0123456789abcdeg.pxc", "x.pxc.tmp-1"];
+        let no = [
+            "notes.txt",
+            "0123.pxc",
+            "0123456789abcdeg.pxc",
+            "x.pxc.tmp-1",
+        ];
         for n in yes {
             assert!(is_cache_file(std::ffi::OsStr::new(n)), "{n}");
         }

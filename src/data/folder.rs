@@ -652,14 +652,21 @@ pub fn load_folder_with(
     for (i, outcome) in outcomes.into_iter().enumerate() {
         let (image, unusable, cacheable) = match outcome {
             Outcome::Remembered(Remembered::Image { pixels, partial }) => (
-                Some((std::borrow::Cow::Borrowed(pixels), partial.map(str::to_owned))),
+                Some((
+                    std::borrow::Cow::Borrowed(pixels),
+                    partial.map(str::to_owned),
+                )),
                 None,
                 true,
             ),
             Outcome::Remembered(Remembered::Unusable(why)) => (None, Some(why.to_owned()), true),
             Outcome::Decoded(Ok(d)) => {
                 new_entries += 1;
-                (Some((std::borrow::Cow::Owned(d.pixels), d.partial)), None, true)
+                (
+                    Some((std::borrow::Cow::Owned(d.pixels), d.partial)),
+                    None,
+                    true,
+                )
             }
             Outcome::Decoded(Err(Failure::Content(why))) => {
                 new_entries += 1;

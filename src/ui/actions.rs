@@ -412,8 +412,7 @@ impl PretextApp {
     /// While loading: the thumbnails of the images so far (remade at most every half second,
     /// from the copies the loader keeps: nothing is decoded here).
     fn loading_thumbnails(ctx: &egui::Context, l: &mut super::LoadingData) {
-        if l
-            .made
+        if l.made
             .is_some_and(|(_, at)| at.elapsed() < super::LOADING_THUMBNAILS_EVERY)
         {
             return;
@@ -423,8 +422,12 @@ impl PretextApp {
             return;
         };
         let n = g.names.len();
-        let (tex, _) =
-            super::panels::atlas(ctx, "thumbnails-loading", g.size, (0..n).map(|i| g.image(i)));
+        let (tex, _) = super::panels::atlas(
+            ctx,
+            "thumbnails-loading",
+            g.size,
+            (0..n).map(|i| g.image(i)),
+        );
         l.thumbnails = tex;
         l.thumbnail_count = n;
         l.made = Some((g.version, std::time::Instant::now()));

@@ -23,7 +23,12 @@ pub fn thumbnail_atlas(
     d: &Dataset,
     indices: &[usize],
 ) -> (Option<egui::TextureHandle>, usize) {
-    atlas(ctx, "thumbnails", d.size, indices.iter().map(|&i| d.image(i)))
+    atlas(
+        ctx,
+        "thumbnails",
+        d.size,
+        indices.iter().map(|&i| d.image(i)),
+    )
 }
 
 /// One picture of `size × size` RGB images, ten a row, as the texture `name`; (texture,
@@ -109,9 +114,7 @@ fn loading_thumbnails(ui: &mut egui::Ui, l: &LoadingData) {
     let Some(tex) = &l.thumbnails else {
         return;
     };
-    ui.label(
-        RichText::new(format!("{} images so far", l.thumbnail_count)).color(MUTED),
-    );
+    ui.label(RichText::new(format!("{} images so far", l.thumbnail_count)).color(MUTED));
     egui::ScrollArea::vertical()
         .id_salt("loading-thumbnails")
         .max_height(220.0)
