@@ -491,6 +491,23 @@ pub struct TrainConfig {
     /// the resume checkpoint); older ones are removed. 0 keeps every checkpoint.
     #[serde(default = "default_keep_checkpoints")]
     pub keep_checkpoints: usize,
+    /// Keep folders' working-size pixels in the image cache (`data::cache`), so the next
+    /// opening of the same folder decodes only what changed (`--no-cache`: false). Written to
+    /// config.json only when false.
+    #[serde(default = "default_cache", skip_serializing_if = "is_true")]
+    pub cache: bool,
+    /// The image cache's folder; `None`: `PRETEXT_CACHE_DIR`, else the platform's cache folder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_dir: Option<PathBuf>,
+}
+
+fn default_cache() -> bool {
+    true
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 /// Checkpoints a run keeps by default: the last three (and the best, and the resume file).
@@ -542,6 +559,8 @@ impl Default for TrainConfig {
             warmup_steps: DEFAULT_WARMUP_STEPS,
             minutes: None,
             keep_checkpoints: DEFAULT_KEEP_CHECKPOINTS,
+            cache: true,
+            cache_dir: None,
         }
     }
 }

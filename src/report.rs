@@ -149,23 +149,32 @@ pub fn knn_line(k: &KnnMetrics) -> Option<String> {
     ))
 }
 
-/// `Data: 2400 images (8 classes) from builtin at 32 px, loaded in 0.41 s (5854 files/s)`, then
-/// each non-empty file list: its heading, the first [`LISTED_FILES`] entries (`  path: reason`)
-/// and `  … and N more`.
+/// `Data: 2400 images (8 classes) from builtin at 32 px, loaded in 0.41 s (5854 files/s)` (a
+/// folder loaded through the image cache adds `; 2400 from the cache`, and a line saying what
+/// went wrong with the cache when something did), then each non-empty file list: its heading,
+/// the first [`LISTED_FILES`] entries (`  path: reason`) and `  … and N more`.
 pub fn data_lines(s: &DatasetSummary) -> Vec<String> {
     let classes = if s.classes.is_empty() {
         "unlabelled".to_string()
     } else {
         format!("{} classes", s.classes.len())
     };
+    let from_cache = s
+        .cache
+        .as_ref()
+        .map(|c| format!("; {} from the cache", c.hits))
+        .unwrap_or_default();
     let mut lines = vec![format!(
-        "Data: {} images ({classes}) from {} at {} px, loaded in {:.2} s ({:.0} files/s)",
+        "Data: {} images ({classes}) from {} at {} px, loaded in {:.2} s ({:.0} files/s{from_cache})",
         s.images,
         s.source,
         s.size,
         s.load_secs,
         (s.images + s.skipped.len()) as f64 / s.load_secs.max(1e-9)
     )];
+    if let Some(note) = s.cache.as_ref().and_then(|c| c.note.as_ref()) {
+        lines.push(format!("Image cache: {note}"));
+    }
     for (list, heading) in [
         (&s.skipped, "Skipped {} file(s) that could not be used:"),
         (&s.partial, "Used {} file(s) only partly decoded:"),
@@ -209,6 +218,7 @@ mod tests {
             ignored: Vec::new(),
             partial: Vec::new(),
             load_secs: 2.0,
+            cache: None,
         }
     }
 
@@ -224,5 +234,21 @@ mod tests {
         assert_eq!(lines[7], "  … and 2 more");
         assert_eq!(lines.len(), 8);
         assert_eq!(data_lines(&summary(0)).len(), 1);
+    }
+
+    #[test]
+    fn a_cached_load_says_how_many_files_came_from_the_cache() {
+        let mut s = summary(0);
+        s.cache = Some(crate::data::CacheUse {
+            hits: 9,
+            decoded: 1,
+            note: Some("damaged".into()),
+        });
+        let lines = data_lines(&s);
+        assert_eq!(
+            lines[0],
+            "Data: 10 images (unlabelled) from photos at 32 px, loaded in 2.00 s (5 files/s; 9 from the cache)"
+        );
+        assert_eq!(lines[1], "Image cache: damaged");
     }
 }

@@ -10,6 +10,11 @@ use pretext::config::DeviceKind;
 
 fn pretext(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_pretext"))
+        // Never the home folder's image cache: a scratch one.
+        .env(
+            "PRETEXT_CACHE_DIR",
+            std::env::temp_dir().join("pretext-test-cache"),
+        )
         .args(args)
         .output()
         .expect("run pretext")
@@ -314,12 +319,14 @@ fn help_explains_every_option() {
         "--out",
         "--resume",
         "--json",
+        "--no-cache",
         "builtin",
     ] {
         assert!(help.contains(opt), "{opt} missing from help:\n{help}");
     }
     let o = pretext(&["--help"]);
     assert!(text(&o.stdout).contains("train"));
+    assert!(text(&o.stdout).contains("cache"));
 }
 
 #[test]

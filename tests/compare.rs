@@ -15,6 +15,11 @@ use pretext::config::{DataSource, TaskKind, TrainConfig};
 
 fn pretext(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_pretext"))
+        // Never the home folder's image cache: a scratch one.
+        .env(
+            "PRETEXT_CACHE_DIR",
+            std::env::temp_dir().join("pretext-test-cache"),
+        )
         .args(args)
         .output()
         .expect("run pretext")
@@ -334,6 +339,11 @@ fn a_stopped_contest_resumes_without_training_done_tasks_again() {
 fn a_killed_contest_is_resumed_from_the_command_line() {
     let out = tempfile::tempdir().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_pretext"))
+        // Never the home folder's image cache: a scratch one.
+        .env(
+            "PRETEXT_CACHE_DIR",
+            std::env::temp_dir().join("pretext-test-cache"),
+        )
         .args([
             "compare",
             "--data",

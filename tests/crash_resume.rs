@@ -126,6 +126,11 @@ fn plan() -> Vec<Kill> {
 
 fn spawn(args: &[&str], log: &Path) -> Child {
     Command::new(env!("CARGO_BIN_EXE_pretext"))
+        // Never the home folder's image cache: a scratch one.
+        .env(
+            "PRETEXT_CACHE_DIR",
+            std::env::temp_dir().join("pretext-test-cache"),
+        )
         .args(args)
         .stdin(Stdio::null())
         .stdout(File::create(log.with_extension("out")).unwrap())
@@ -398,6 +403,11 @@ fn check_metrics(run: &Path, step: u64, what: &str) -> u64 {
 /// code 2, and leave the directory as it was.
 fn check_resume_refused(run: &Path) {
     let o = Command::new(env!("CARGO_BIN_EXE_pretext"))
+        // Never the home folder's image cache: a scratch one.
+        .env(
+            "PRETEXT_CACHE_DIR",
+            std::env::temp_dir().join("pretext-test-cache"),
+        )
         .args(["train", "--resume", run.to_str().unwrap()])
         .output()
         .expect("run pretext");

@@ -265,6 +265,11 @@ fn accuracy_without_a_held_out_image_or_second_class_is_not_measured() {
 
 fn pretext(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_pretext"))
+        // Never the home folder's image cache: a scratch one.
+        .env(
+            "PRETEXT_CACHE_DIR",
+            std::env::temp_dir().join("pretext-test-cache"),
+        )
         .args(args)
         .output()
         .unwrap()
@@ -330,6 +335,11 @@ fn a_closed_stdout_ends_the_program_quietly() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("runs");
     let mut child = Command::new(env!("CARGO_BIN_EXE_pretext"))
+        // Never the home folder's image cache: a scratch one.
+        .env(
+            "PRETEXT_CACHE_DIR",
+            std::env::temp_dir().join("pretext-test-cache"),
+        )
         .args([
             "train",
             "--data",

@@ -1,5 +1,6 @@
 //! Every reader of user files, fed thousands of mutated files: images of every supported format
-//! (`decode_bytes`, `decode_to_size`, `load_folder`), checkpoints as `--init-from` and `--resume`
+//! (`decode_bytes`, `decode_to_size`, `load_folder`), the image cache's file as a folder's
+//! second opening reads it (`load_folder_with`), checkpoints as `--init-from` and `--resume`
 //! read them (`checkpoint::read`, then `Model::load_state_dict` and the optimiser state),
 //! `config.json` (`TrainConfig` from JSON, `validate`, `RunDir::open`, `replay`, and the
 //! `pretext eval` binary, which reads it on its own) and a run directory's `metrics.csv`
@@ -47,6 +48,7 @@ use pretext::train::run_dir::{self, RunDir};
 const IMAGE_INPUTS: usize = 4000;
 const IMAGE_FILE_INPUTS: usize = 120;
 const FOLDER_FILES: usize = 150;
+const CACHE_INPUTS: usize = 400;
 const CHECKPOINT_INPUTS: usize = 600;
 const CONFIG_INPUTS: usize = 2000;
 const METRICS_INPUTS: usize = 1500;
@@ -2230,6 +2232,82 @@ fn fuzz_images(h: &mut Harness, seeds: &[ImageSeed], donors: &[(String, Vec<u8>)
     h.note_peak();
 }
 
+/// The image cache's file, mutated, at its place while the folder it belongs to opens again.
+/// With its checksum left as the mutation made it, the load must give exactly what an uncached
+/// load gives (the file is ignored); with the checksum made anew (a file that is wrong yet
+/// consistent), the parser meets every mutation: the load must still answer, with every file
+/// either an image or a skipped one.
+fn fuzz_image_cache(h: &mut Harness, donors: &[(String, Vec<u8>)], dir: &Path) {
+    use pretext::data::{LoadOptions, cache};
+    h.begin("image cache file");
+    let root = dir.join("cached-folder");
+    let cache_dir = dir.join("image-cache");
+    for i in 0..6u32 {
+        let img = image::RgbImage::from_fn(24 + i, 20, |x, y| {
+            image::Rgb([(x * 9 + i) as u8, (y * 11) as u8, (x ^ y) as u8])
+        });
+        let class = if i % 2 == 0 { "cats" } else { "dogs" };
+        let path = root.join(class).join(format!("{i}.png"));
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        img.save(&path).unwrap();
+    }
+    common::write(&root.join("dogs/notes.png"), b"not a picture\n");
+    let files = 7;
+    let plain = folder::load_folder(&root, 16, &|_, _| {}, &AtomicBool::new(false)).unwrap();
+    let load = || {
+        folder::load_folder_with(
+            &root,
+            16,
+            &LoadOptions {
+                cache: Some(&cache_dir),
+                progress: &|_, _| {},
+                cancel: &AtomicBool::new(false),
+                glimpse: None,
+            },
+        )
+    };
+    load().unwrap();
+    let path = cache::file_for(&cache_dir, &root, 16);
+    let good = std::fs::read(&path).unwrap();
+    let same = |d: &pretext::data::Dataset| {
+        d.names == plain.names
+            && d.labels == plain.labels
+            && d.skipped == plain.skipped
+            && (0..d.len()).all(|i| d.image(i) == plain.image(i))
+    };
+    for i in 0..scaled(CACHE_INPUTS) {
+        let seed = h.seed(11, i);
+        let mut rng = Rng::new(seed);
+        let mut log = Vec::new();
+        let mut bytes = good.clone();
+        mutate(&mut rng, &mut bytes, donors, 64, &mut log);
+        let consistent = rng.chance(50) && bytes.len() >= 4;
+        if consistent {
+            let n = bytes.len() - 4;
+            let crc = common::crc32(&bytes[..n]);
+            bytes[n..].copy_from_slice(&crc.to_le_bytes());
+            log.push("checksum made anew".into());
+        }
+        std::fs::write(&path, &bytes).unwrap();
+        let id = describe("image-cache", i, seed, "a folder's cache file", &log);
+        h.call(&id, &bytes, "pxc", || {
+            let r = load();
+            match &r {
+                Ok(d) if !consistent && bytes != good && !same(d) => {
+                    Verdict::Violation("a damaged cache file changed the data".into())
+                }
+                Ok(d) if d.len() + d.skipped.len() != files => Verdict::Violation(format!(
+                    "{} images + {} skipped != {files} files",
+                    d.len(),
+                    d.skipped.len()
+                )),
+                _ => verdict(&r),
+            }
+        });
+    }
+    h.note_peak();
+}
+
 struct CheckpointSeeds {
     resume: Vec<u8>,
     encoder: Vec<u8>,
@@ -2792,6 +2870,7 @@ fn every_reader_answers_mutated_files_with_a_result_or_an_error() {
     );
 
     fuzz_images(&mut h, &images, &all_donors, dir);
+    fuzz_image_cache(&mut h, &image_donors, dir);
     fuzz_bombs(&mut h);
     fuzz_checkpoints(&mut h, &ck, &image_donors, dir);
     let text_donors: Vec<(String, Vec<u8>)> = all_donors

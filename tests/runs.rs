@@ -17,6 +17,11 @@ use pretext::view::{RunView, WALL_SERIES, XAxis};
 
 fn pretext(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_pretext"))
+        // Never the home folder's image cache: a scratch one.
+        .env(
+            "PRETEXT_CACHE_DIR",
+            std::env::temp_dir().join("pretext-test-cache"),
+        )
         .args(args)
         .output()
         .expect("run pretext")
@@ -61,6 +66,11 @@ impl Drop for Writer {
 fn long_run(out: &Path) -> Writer {
     Writer(
         Command::new(env!("CARGO_BIN_EXE_pretext"))
+            // Never the home folder's image cache: a scratch one.
+            .env(
+                "PRETEXT_CACHE_DIR",
+                std::env::temp_dir().join("pretext-test-cache"),
+            )
             .args([
                 "train",
                 "--data",

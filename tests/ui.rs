@@ -50,6 +50,8 @@ fn small_config(out: &std::path::Path) -> TrainConfig {
         epochs: 50,
         out: out.to_path_buf(),
         preview_images: 2,
+        // Never the home folder's image cache: the test's own.
+        cache_dir: Some(out.join("image-cache")),
         ..TrainConfig::default()
     }
 }
@@ -385,6 +387,56 @@ fn busy_picture(w: u32, h: u32, seed: u32) -> image::RgbImage {
             (y * 255 / h) as u8 / 2 + n,
         ])
     })
+}
+
+/// While a folder of a few hundred photos loads, the data panel shows the images decoded so far
+/// (from the loader's copies, at most every half second); once loaded, the spread over the set.
+/// The image cache it wrote is then removed with the panel's button.
+#[test]
+fn thumbnails_show_while_a_folder_loads_and_the_cache_clears_from_the_panel() {
+    let photos = tempfile::tempdir().unwrap();
+    let mut jpeg = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 90)
+        .encode_image(&busy_picture(1200, 900, 3))
+        .unwrap();
+    for i in 0..200 {
+        std::fs::write(photos.path().join(format!("IMG_{i:04}.jpg")), &jpeg).unwrap();
+    }
+    let out = tempfile::tempdir().unwrap();
+    let storage = storage_with(small_config(out.path()));
+    let mut h = app(&storage, Some(photos.path().to_path_buf()));
+    wait_until(&mut h, "thumbnails while loading", |a| match &a.data {
+        DataState::Loading(l) => l.thumbnail_count > 0,
+        DataState::Ready(_) => panic!("loaded before any thumbnail showed"),
+        _ => false,
+    });
+    let DataState::Loading(l) = &h.state().data else {
+        unreachable!()
+    };
+    let (done, total) = l.loader.progress();
+    assert!(done < total, "{done}/{total}: still loading");
+    assert!(h.query_all_by_label_contains("images so far").count() >= 1);
+    wait_until(&mut h, "the folder", |a| {
+        matches!(a.data, DataState::Ready(_))
+    });
+    assert!(h.query_by_label_contains("200 images").is_some());
+    assert!(h.query_by_label_contains("200 decoded").is_some());
+
+    let cache_dir = out.path().join("image-cache");
+    let cached = || {
+        std::fs::read_dir(&cache_dir)
+            .map(|r| r.filter(|e| e.is_ok()).count())
+            .unwrap_or(0)
+    };
+    assert_eq!(cached(), 1, "the folder's cache file");
+    h.get_by_label("Clear image cache").click();
+    wait_until(&mut h, "the cache cleared", |a| {
+        a.run
+            .messages
+            .iter()
+            .any(|m| m.text.contains("image cache cleared"))
+    });
+    assert_eq!(cached(), 0);
 }
 
 /// Every real-world fault of one folder at once: hidden and `__MACOSX` folders, links back up,

@@ -75,6 +75,9 @@ pub struct CompareArgs {
     /// Print one JSON object per line (task started, task done, ranking, finished).
     #[arg(long)]
     pub json: bool,
+    /// Decode every file of the folder, neither reading nor writing the image cache.
+    #[arg(long)]
+    pub no_cache: bool,
 }
 
 impl CompareArgs {
@@ -104,6 +107,7 @@ impl CompareArgs {
                 batch: self.batch,
                 seed: self.seed,
                 device: self.device,
+                cache: !self.no_cache,
                 ..TrainConfig::default()
             },
             tasks: self.tasks.clone(),

@@ -1,11 +1,12 @@
 //! The headless command line: `pretext train …` drives the same training engine as the app,
 //! prints a progress bar and one line per epoch (or JSON lines), and leaves a run directory;
 //! `pretext eval` judges a run's encoder; `pretext compare` runs a fair contest between tasks;
-//! `pretext bench` measures training throughput.
+//! `pretext bench` measures training throughput; `pretext cache` shows or clears the image cache.
 //!
 //! One file per subcommand; [`output`] holds the only ways to write ([`say`], [`note`]).
 
 mod bench;
+mod cache;
 mod compare;
 mod eval;
 mod output;
@@ -17,6 +18,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 pub use bench::BenchArgs;
+pub use cache::CacheArgs;
 pub use compare::CompareArgs;
 pub use eval::EvalArgs;
 pub use output::{PipeClosed, note, say};
@@ -61,6 +63,9 @@ pub enum Commands {
     /// Measure training throughput: images per second of one task's training step, split into
     /// forward, backward, optimiser and data wait, with peak memory.
     Bench(BenchArgs),
+    /// Where the image cache is (decoded working-size pixels of the folders opened) and how
+    /// large; `--clear` removes it.
+    Cache(CacheArgs),
 }
 
 /// Runs a subcommand; returns the process exit code.
@@ -70,5 +75,6 @@ pub fn run(command: &Commands) -> i32 {
         Commands::Eval(args) => eval::eval(args),
         Commands::Compare(args) => compare::compare(args),
         Commands::Bench(args) => bench::bench(args),
+        Commands::Cache(args) => cache::cache(args),
     }
 }

@@ -793,7 +793,14 @@ pub fn load_data(
         let loader = std::thread::Builder::new()
             .name("pretext-compare-load".into())
             .spawn_scoped(s, || {
-                crate::data::load(&spec.base.data, spec.base.size, &progress, stop)
+                let cache = crate::data::cache::for_config(&spec.base);
+                let options = crate::data::LoadOptions {
+                    cache: cache.as_deref(),
+                    progress: &progress,
+                    cancel: stop,
+                    glimpse: None,
+                };
+                crate::data::load_with(&spec.base.data, spec.base.size, &options)
             })
             .map_err(CompareError::Thread)?;
         let mut last = (usize::MAX, usize::MAX);

@@ -2,7 +2,8 @@
 //! real file once, hidden entries left out), parallel decode with memory limits decided from the
 //! header, EXIF orientation, every pixel format turned into 8-bit RGB at the working size, labels
 //! from first-level subfolders (ImageFolder layout), and a report of every file that was skipped,
-//! ignored or only partly decoded.
+//! ignored or only partly decoded. Through the image cache ([`super::cache`]), a file unchanged
+//! since the folder's last opening is not decoded again.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashSet};
@@ -15,7 +16,8 @@ use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits, RgbIma
 use image::{GenericImageView, imageops::FilterType};
 use rayon::prelude::*;
 
-use super::{DataError, Dataset, Skipped, disambiguate, display_os};
+use super::cache::{Cache, Remembered, Stamp};
+use super::{CacheUse, DataError, Dataset, LoadOptions, Skipped, disambiguate, display_os};
 use crate::config::DataSource;
 
 /// File extensions that are decoded (compared case-insensitively).
@@ -28,6 +30,9 @@ pub const MAX_SIDE: u32 = 16_384;
 pub const MAX_DECODE_BYTES: u64 = 512 * 1024 * 1024;
 /// Largest file read (a larger one is skipped unread).
 pub const MAX_FILE_BYTES: u64 = 256 * 1024 * 1024;
+/// The version of the decoding code: part of the image cache's key, so pixels cached by code
+/// that decoded differently are not used. Raise it with any change to what a file decodes to.
+pub const DECODING_VERSION: u32 = 1;
 /// Grey that transparent pixels are composited onto.
 pub const BACKGROUND: u8 = 128;
 /// How deep the scan follows subfolders.
@@ -194,6 +199,21 @@ pub struct Decoded {
     pub partial: Option<String>,
 }
 
+/// Why a file gave no image: it could not be read (the image cache does not remember that:
+/// permissions may change without the file's times), or what its bytes are.
+enum Failure {
+    Io(String),
+    Content(String),
+}
+
+impl Failure {
+    fn reason(self) -> String {
+        match self {
+            Self::Io(r) | Self::Content(r) => r,
+        }
+    }
+}
+
 /// Decodes one file into `size × size` RGB bytes, or says why it cannot.
 ///
 /// The header decides first: a side over [`MAX_SIDE`] or more than [`MAX_DECODE_BYTES`] of
@@ -203,24 +223,29 @@ pub struct Decoded {
 /// # Errors
 /// A sentence for people: unreadable, empty, too large, not an image, or not a valid one.
 pub fn decode_to_size(path: &Path, size: u32) -> Result<Decoded, String> {
-    let mut file = std::fs::File::open(path).map_err(|e| format!("cannot open: {e}"))?;
+    decode_file(path, size).map_err(Failure::reason)
+}
+
+fn decode_file(path: &Path, size: u32) -> Result<Decoded, Failure> {
+    let mut file =
+        std::fs::File::open(path).map_err(|e| Failure::Io(format!("cannot open: {e}")))?;
     let len = file.metadata().map(|m| m.len()).unwrap_or(0);
     if len == 0 {
-        return Err("empty file".into());
+        return Err(Failure::Content("empty file".into()));
     }
     if len > MAX_FILE_BYTES {
-        return Err(format!(
+        return Err(Failure::Content(format!(
             "file too large ({} MiB; files up to {} MiB are read)",
             len >> 20,
             MAX_FILE_BYTES >> 20
-        ));
+        )));
     }
     let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
     file.by_ref()
         .take(MAX_FILE_BYTES)
         .read_to_end(&mut bytes)
-        .map_err(|e| format!("cannot read: {e}"))?;
-    decode_bytes(&bytes, size)
+        .map_err(|e| Failure::Io(format!("cannot read: {e}")))?;
+    decode_bytes(&bytes, size).map_err(Failure::Content)
 }
 
 /// [`decode_to_size`] on the bytes of a file already in memory.
@@ -460,27 +485,34 @@ fn class_key(rel: &Path) -> Option<OsString> {
     Some(first.as_os_str().to_os_string())
 }
 
-/// Decodes `files` in parallel at the working size; `None` for files not decoded because
-/// loading was cancelled.
-fn decode_all(
+/// Decodes the files at `todo` (indices into `files`) in parallel at the working size; `None`
+/// for files not decoded because loading was cancelled. Progress counts on from `done_before`;
+/// the first images decoded are offered to the glimpse.
+fn decode_some(
     files: &[PathBuf],
+    rel: &[PathBuf],
+    todo: &[usize],
     size: usize,
-    progress: &(dyn Fn(usize, usize) + Sync),
-    cancel: &AtomicBool,
-) -> Vec<Option<Result<Decoded, String>>> {
+    done_before: usize,
+    options: &LoadOptions<'_>,
+) -> Vec<Option<Result<Decoded, Failure>>> {
     let total = files.len();
-    progress(0, total);
-    let done = AtomicUsize::new(0);
+    (options.progress)(done_before, total);
+    let done = AtomicUsize::new(done_before);
     let side = u32::try_from(size).unwrap_or(u32::MAX);
-    files
-        .par_iter()
-        .map(|path| {
-            if cancel.load(Ordering::Relaxed) {
+    todo.par_iter()
+        .map(|&i| {
+            if options.cancel.load(Ordering::Relaxed) {
                 return None;
             }
-            let r = decode_to_size(path, side);
+            let r = decode_file(&files[i], side);
+            if let (Some(g), Ok(d)) = (options.glimpse, &r)
+                && g.wants_more()
+            {
+                g.offer(size, || display_os(rel[i].as_os_str()), &d.pixels);
+            }
             let n = done.fetch_add(1, Ordering::Relaxed) + 1;
-            progress(n, total);
+            (options.progress)(n, total);
             Some(r)
         })
         .collect()
@@ -502,7 +534,8 @@ fn classes(class_of: &[OsString]) -> (Vec<u32>, Vec<String>) {
     (labels, shown)
 }
 
-/// Loads a folder: scan, decode in parallel, labels from first-level subfolders.
+/// Loads a folder without the image cache: scan, decode in parallel, labels from first-level
+/// subfolders.
 ///
 /// # Errors
 /// As [`scan`]; [`DataError::NoImages`] when nothing could be decoded, [`DataError::Cancelled`]
@@ -513,22 +546,100 @@ pub fn load_folder(
     progress: &(dyn Fn(usize, usize) + Sync),
     cancel: &AtomicBool,
 ) -> Result<Dataset, DataError> {
+    load_folder_with(
+        root,
+        size,
+        &LoadOptions {
+            cache: None,
+            progress,
+            cancel,
+            glimpse: None,
+        },
+    )
+}
+
+/// What became of one file.
+enum Outcome<'c> {
+    Remembered(Remembered<'c>),
+    Decoded(Result<Decoded, Failure>),
+}
+
+/// What the cache will remember of one file: image `k` of the data set, or why it is unusable.
+enum Keep {
+    Image { k: usize, partial: Option<String> },
+    Unusable(String),
+}
+
+/// Loads a folder: scan, take from the image cache what it holds for files unchanged since
+/// (when `options.cache` names its folder), decode the rest in parallel, labels from
+/// first-level subfolders; then write the cache back if anything changed.
+///
+/// # Errors
+/// As [`scan`]; [`DataError::NoImages`] when nothing could be decoded, [`DataError::Cancelled`]
+/// when `options.cancel` was set. A cache that cannot be read or written is no error: the
+/// folder loads all the same, and [`CacheUse::note`] says what happened.
+pub fn load_folder_with(
+    root: &Path,
+    size: usize,
+    options: &LoadOptions<'_>,
+) -> Result<Dataset, DataError> {
     let Scan {
         files,
         mut skipped,
         ignored,
     } = scan(root)?;
     let total = files.len();
-    let decoded = decode_all(&files, size, progress, cancel);
-    if cancel.load(Ordering::Relaxed) {
-        return Err(DataError::Cancelled);
-    }
-
-    // Labels: ImageFolder layout when every image sits inside a first-level subfolder.
     let rel: Vec<PathBuf> = files
         .iter()
         .map(|p| p.strip_prefix(root).unwrap_or(p).to_path_buf())
         .collect();
+    let rel_bytes = |i: usize| rel[i].as_os_str().as_encoded_bytes();
+
+    // What the cache remembers of files whose stamp has not changed. The stamp is taken before
+    // decoding: a file that changes while it decodes is stored under its older stamp, and so
+    // decoded again next time.
+    let cache = options.cache.map(|dir| Cache::open(dir, root, size));
+    let stamps: Vec<Option<Stamp>> = match &cache {
+        Some(_) => files
+            .par_iter()
+            .map(|p| std::fs::metadata(p).ok().map(|m| Stamp::of(&m)))
+            .collect(),
+        None => vec![None; total],
+    };
+    let remembered: Vec<Option<Remembered<'_>>> = (0..total)
+        .map(|i| {
+            let (c, s) = (cache.as_ref()?, stamps[i]?);
+            c.get(rel_bytes(i), s)
+        })
+        .collect();
+    let hits = remembered.iter().flatten().count();
+    if let Some(g) = options.glimpse {
+        for (i, r) in remembered.iter().enumerate() {
+            if !g.wants_more() {
+                break;
+            }
+            if let Some(Remembered::Image { pixels, .. }) = r {
+                g.offer(size, || display_os(rel[i].as_os_str()), pixels);
+            }
+        }
+    }
+    let todo: Vec<usize> = (0..total).filter(|&i| remembered[i].is_none()).collect();
+    let mut decoded = decode_some(&files, &rel, &todo, size, hits, options).into_iter();
+    if options.cancel.load(Ordering::Relaxed) {
+        return Err(DataError::Cancelled);
+    }
+    let mut outcomes = Vec::with_capacity(total);
+    for r in &remembered {
+        outcomes.push(match r {
+            Some(r) => Outcome::Remembered(*r),
+            None => match decoded.next().flatten() {
+                Some(d) => Outcome::Decoded(d),
+                None => return Err(DataError::Cancelled),
+            },
+        });
+    }
+
+    // Labels: ImageFolder layout when every image sits inside a first-level subfolder.
     let labelled = !rel.is_empty() && rel.iter().all(|r| class_key(r).is_some());
 
     let mut pixels = Vec::with_capacity(total * size * size * 3);
@@ -536,27 +647,65 @@ pub fn load_folder(
     let mut paths = Vec::with_capacity(total);
     let mut partial = Vec::new();
     let mut class_of: Vec<OsString> = Vec::with_capacity(total);
-    for ((path, r), rel) in files.iter().zip(decoded).zip(&rel) {
-        match r {
-            Some(Ok(d)) => {
-                pixels.extend_from_slice(&d.pixels);
-                if let Some(reason) = d.partial {
-                    partial.push(Skipped {
-                        path: path.clone(),
-                        reason,
-                    });
-                }
-                names.push(display_os(rel.as_os_str()));
-                paths.push(path.clone());
-                if labelled {
-                    class_of.push(class_key(rel).unwrap_or_default());
-                }
+    let mut keep: Vec<(usize, Keep)> = Vec::new();
+    let mut new_entries = 0usize;
+    for (i, outcome) in outcomes.into_iter().enumerate() {
+        let (image, unusable, cacheable) = match outcome {
+            Outcome::Remembered(Remembered::Image { pixels, partial }) => (
+                Some((
+                    std::borrow::Cow::Borrowed(pixels),
+                    partial.map(str::to_owned),
+                )),
+                None,
+                true,
+            ),
+            Outcome::Remembered(Remembered::Unusable(why)) => (None, Some(why.to_owned()), true),
+            Outcome::Decoded(Ok(d)) => {
+                new_entries += 1;
+                (
+                    Some((std::borrow::Cow::Owned(d.pixels), d.partial)),
+                    None,
+                    true,
+                )
             }
-            Some(Err(reason)) => skipped.push(Skipped {
+            Outcome::Decoded(Err(Failure::Content(why))) => {
+                new_entries += 1;
+                (None, Some(why), true)
+            }
+            Outcome::Decoded(Err(Failure::Io(why))) => (None, Some(why), false),
+        };
+        let cacheable = cacheable && stamps[i].is_some();
+        let path = &files[i];
+        if let Some((px, part)) = image {
+            if cacheable {
+                keep.push((
+                    i,
+                    Keep::Image {
+                        k: names.len(),
+                        partial: part.clone(),
+                    },
+                ));
+            }
+            pixels.extend_from_slice(&px);
+            if let Some(reason) = part {
+                partial.push(Skipped {
+                    path: path.clone(),
+                    reason,
+                });
+            }
+            names.push(display_os(rel[i].as_os_str()));
+            paths.push(path.clone());
+            if labelled {
+                class_of.push(class_key(&rel[i]).unwrap_or_default());
+            }
+        } else if let Some(reason) = unusable {
+            if cacheable {
+                keep.push((i, Keep::Unusable(reason.clone())));
+            }
+            skipped.push(Skipped {
                 path: path.clone(),
                 reason,
-            }),
-            None => return Err(DataError::Cancelled),
+            });
         }
     }
     if names.is_empty() {
@@ -584,6 +733,40 @@ pub fn load_folder(
     data.ignored = ignored;
     data.partial = partial;
     data.paths = paths;
+
+    if let Some(cache) = &cache {
+        // Written back when a file is new or changed, or one it remembered is gone.
+        let changed = new_entries > 0 || hits != cache.len();
+        let mut note = cache.note.clone();
+        if changed {
+            let entries: Vec<(&[u8], Stamp, Remembered<'_>)> = keep
+                .iter()
+                .filter_map(|(i, k)| {
+                    let what = match k {
+                        Keep::Image { k, partial } => Remembered::Image {
+                            pixels: data.image(*k),
+                            partial: partial.as_deref(),
+                        },
+                        Keep::Unusable(why) => Remembered::Unusable(why),
+                    };
+                    Some((rel_bytes(*i), stamps[*i]?, what))
+                })
+                .collect();
+            if let Err(e) = cache.write(&entries) {
+                note = Some(format!(
+                    "not written to {} ({e}); the next opening decodes again",
+                    cache.path().display()
+                ));
+            }
+        } else {
+            cache.touch();
+        }
+        data.cache = Some(CacheUse {
+            hits,
+            decoded: todo.len(),
+            note,
+        });
+    }
     Ok(data)
 }
 

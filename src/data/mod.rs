@@ -4,6 +4,7 @@
 
 pub mod augment;
 pub mod builtin;
+pub mod cache;
 pub mod color;
 pub mod folder;
 pub mod loader;
@@ -175,6 +176,20 @@ pub struct Dataset {
     /// The file behind each image, for folders (empty for generated sets): the identity of an
     /// image, where [`Dataset::names`] is only its display.
     pub paths: Vec<PathBuf>,
+    /// How the image cache served this load (`None`: a generated set, or loaded without it).
+    pub cache: Option<CacheUse>,
+}
+
+/// How the image cache served one load of a folder.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CacheUse {
+    /// Files whose outcome (pixels, or why they cannot be used) came from the cache.
+    pub hits: usize,
+    /// Files decoded: new, changed since they were cached, or not cached.
+    pub decoded: usize,
+    /// What went wrong with the cache, when something did (a damaged file ignored, a file that
+    /// could not be written); the data are right all the same.
+    pub note: Option<String>,
 }
 
 impl Dataset {
@@ -200,6 +215,7 @@ impl Dataset {
             ignored: Vec::new(),
             partial: Vec::new(),
             paths: Vec::new(),
+            cache: None,
         }
     }
 
@@ -249,6 +265,7 @@ impl Dataset {
             ignored: self.ignored.iter().map(Skipped::shown).collect(),
             partial: self.partial.iter().map(Skipped::shown).collect(),
             load_secs,
+            cache: self.cache.clone(),
         }
     }
 }
@@ -269,15 +286,57 @@ pub struct DatasetSummary {
     pub partial: Vec<(String, String)>,
     /// Seconds spent scanning, decoding and resizing (or generating).
     pub load_secs: f64,
+    /// How the image cache served the load, when it was used.
+    pub cache: Option<CacheUse>,
 }
 
-/// Loads any data source at the given working size. `progress(done, total)` is called from
-/// worker threads as images are decoded; `cancel` stops loading early.
+/// How a data set is loaded, besides its source and working size.
+pub struct LoadOptions<'a> {
+    /// The image cache's folder (folders only); `None`: every file is decoded, nothing kept.
+    pub cache: Option<&'a std::path::Path>,
+    /// Called from worker threads as files are taken from the cache or decoded: (done, total).
+    pub progress: &'a (dyn Fn(usize, usize) + Sync),
+    /// Stops loading early.
+    pub cancel: &'a std::sync::atomic::AtomicBool,
+    /// Receives copies of the first images as they arrive, for thumbnails while loading.
+    pub glimpse: Option<&'a loader::Glimpse>,
+}
+
+/// Loads any data source at the given working size, without the image cache.
+/// `progress(done, total)` is called from worker threads as images are decoded; `cancel` stops
+/// loading early.
+///
+/// # Errors
+/// As [`load_with`].
 pub fn load(
     source: &DataSource,
     size: usize,
     progress: &(dyn Fn(usize, usize) + Sync),
     cancel: &std::sync::atomic::AtomicBool,
+) -> Result<Dataset, DataError> {
+    load_with(
+        source,
+        size,
+        &LoadOptions {
+            cache: None,
+            progress,
+            cancel,
+            glimpse: None,
+        },
+    )
+}
+
+/// Loads any data source at the given working size. Folders use the image cache when
+/// `options.cache` names its folder; generated sets are never cached (they are made faster
+/// than they could be read).
+///
+/// # Errors
+/// [`DataError::BadSize`], [`DataError::TooManyGenerated`], or as
+/// [`folder::load_folder_with`].
+pub fn load_with(
+    source: &DataSource,
+    size: usize,
+    options: &LoadOptions<'_>,
 ) -> Result<Dataset, DataError> {
     let sizes = crate::config::MIN_SIZE..=crate::config::MAX_SIZE;
     if !sizes.contains(&size) {
@@ -286,6 +345,7 @@ pub fn load(
     if let DataSource::Builtin { count } | DataSource::Glyphs { count } = source {
         check_generated(*count, size)?;
     }
+    let progress = options.progress;
     match source {
         DataSource::Builtin { count } => {
             progress(0, *count);
@@ -299,6 +359,6 @@ pub fn load(
             progress(*count, *count);
             Ok(d)
         }
-        DataSource::Folder(path) => folder::load_folder(path, size, progress, cancel),
+        DataSource::Folder(path) => folder::load_folder_with(path, size, options),
     }
 }

@@ -57,6 +57,32 @@ impl Preprocessing {
         }
     }
 
+    /// The convention of an RGB run at working size `size`: what a folder's pixels are loaded
+    /// with whatever the tasks (L* is computed from them later).
+    pub fn at_size(size: usize) -> Self {
+        Self::of(&TrainConfig {
+            size,
+            ..TrainConfig::default()
+        })
+    }
+
+    /// Everything that decides a file's working-size pixels when a folder loads (the image
+    /// cache's key): size, EXIF orientation, background, crop, resize filter, and the version
+    /// of the decoding code. Input channels, scale and normalisation apply later, to the pixels.
+    pub fn pixel_key(&self) -> String {
+        format!(
+            "size {}; exif_orientation {}; background {:?}; crop {}; resize_filter {}; \
+             decoding {} (pretext {})",
+            self.size,
+            self.exif_orientation,
+            self.background,
+            self.crop,
+            self.resize_filter,
+            super::folder::DECODING_VERSION,
+            env!("CARGO_PKG_VERSION"),
+        )
+    }
+
     /// As a JSON string (for checkpoint metadata).
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).unwrap_or_default()

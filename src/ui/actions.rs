@@ -57,6 +57,8 @@ pub enum Action {
     StopContest,
     /// Resume the contest in this folder.
     ResumeContest(PathBuf),
+    /// Remove the image cache's files (on a background job).
+    ClearImageCache,
 }
 
 impl PretextApp {
@@ -67,9 +69,10 @@ impl PretextApp {
             Action::PickFolder => self.pick_folder(),
             Action::CancelLoading => {
                 if let DataState::Loading(l) = &self.data {
-                    l.cancel();
+                    l.loader.cancel();
                 }
             }
+            Action::ClearImageCache => self.clear_image_cache(),
             Action::Start => self.start(),
             Action::ContinueRun { dir, epochs } => self.continue_run(&dir, epochs),
             Action::Reset => self.reset(),
@@ -301,14 +304,21 @@ impl PretextApp {
     /// Starts loading a data source (cancelling any load under way).
     pub fn open_data(&mut self, source: DataSource) {
         if let DataState::Loading(l) = &self.data {
-            l.cancel();
+            l.loader.cancel();
         }
         if let DataSource::Folder(p) = &source {
             self.inputs.path = p.display().to_string();
         }
         self.settings.config.data = source.clone();
-        match Loader::start(source, self.settings.config.size, self.engine.wake.clone()) {
-            Ok(l) => self.data = DataState::Loading(l),
+        let cache = crate::data::cache::for_config(&self.settings.config);
+        match Loader::start(
+            source,
+            self.settings.config.size,
+            cache,
+            super::THUMBNAILS_MAX,
+            self.engine.wake.clone(),
+        ) {
+            Ok(l) => self.data = DataState::Loading(super::LoadingData::new(l)),
             Err(e) => self.data = DataState::Failed(format!("cannot start loading: {e}")),
         }
         self.tabs.inspection = None;
@@ -370,11 +380,65 @@ impl PretextApp {
         }
     }
 
-    pub(super) fn poll_loader(&mut self, ctx: &egui::Context) {
-        let DataState::Loading(l) = &self.data else {
+    /// Removes the image cache's files on a job thread; a message says what was freed.
+    fn clear_image_cache(&mut self) {
+        let Some(dir) = crate::data::cache::location(self.settings.config.cache_dir.as_deref())
+        else {
+            self.run.message(
+                true,
+                "no image cache folder: neither PRETEXT_CACHE_DIR nor a home folder is set",
+            );
             return;
         };
-        let Some(result) = l.poll() else {
+        self.engine.jobs.spawn(move || {
+            Done::Message(match crate::data::cache::clear(&dir) {
+                Ok(removed) => (
+                    false,
+                    format!(
+                        "image cache cleared: {} file(s), {} freed ({})",
+                        removed.files,
+                        crate::report::bytes(removed.bytes),
+                        dir.display()
+                    ),
+                ),
+                Err(e) => (
+                    true,
+                    format!("cannot clear the image cache in {}: {e}", dir.display()),
+                ),
+            })
+        });
+    }
+
+    /// While loading: the thumbnails of the images so far (remade at most every half second,
+    /// from the copies the loader keeps: nothing is decoded here).
+    fn loading_thumbnails(ctx: &egui::Context, l: &mut super::LoadingData) {
+        if l.made
+            .is_some_and(|(_, at)| at.elapsed() < super::LOADING_THUMBNAILS_EVERY)
+        {
+            return;
+        }
+        let seen = l.made.map_or(0, |(v, _)| v);
+        let Some(g) = l.loader.glimpse().newer_than(seen) else {
+            return;
+        };
+        let n = g.names.len();
+        let (tex, _) = super::panels::atlas(
+            ctx,
+            "thumbnails-loading",
+            g.size,
+            (0..n).map(|i| g.image(i)),
+        );
+        l.thumbnails = tex;
+        l.thumbnail_count = n;
+        l.made = Some((g.version, std::time::Instant::now()));
+    }
+
+    pub(super) fn poll_loader(&mut self, ctx: &egui::Context) {
+        let DataState::Loading(l) = &mut self.data else {
+            return;
+        };
+        let Some(result) = l.loader.poll() else {
+            Self::loading_thumbnails(ctx, l);
             return;
         };
         match result {

@@ -35,6 +35,8 @@ const EVENT_BUDGET: Duration = Duration::from_millis(4);
 const RECENT_MAX: usize = 8;
 /// Thumbnails drawn in the data panel at most.
 pub const THUMBNAILS_MAX: usize = 400;
+/// While a folder loads, the thumbnails of the images so far are remade at most this often.
+const LOADING_THUMBNAILS_EVERY: Duration = Duration::from_millis(500);
 /// While training, the window redraws at most this often (events ask for a repaint; the
 /// repaint itself waits for this interval), so drawing does not compete with the step.
 const REPAINT_INTERVAL: Duration = Duration::from_millis(100);
@@ -82,10 +84,32 @@ pub struct LoadedData {
     thumb_indices: Vec<usize>,
 }
 
-/// Where the window's data stands: none, loading, loaded (with thumbnails) or failed.
+/// A data set being loaded, and the thumbnails of the images that have arrived so far.
+pub struct LoadingData {
+    pub loader: Loader,
+    thumbnails: Option<egui::TextureHandle>,
+    /// How many images the thumbnails show.
+    pub thumbnail_count: usize,
+    /// The glimpse's version the thumbnails were made from, and when.
+    made: Option<(u64, Instant)>,
+}
+
+impl LoadingData {
+    fn new(loader: Loader) -> Self {
+        Self {
+            loader,
+            thumbnails: None,
+            thumbnail_count: 0,
+            made: None,
+        }
+    }
+}
+
+/// Where the window's data stands: none, loading (with the thumbnails so far), loaded (with
+/// thumbnails) or failed.
 pub enum DataState {
     Empty,
-    Loading(Loader),
+    Loading(LoadingData),
     Ready(LoadedData),
     Failed(String),
 }

@@ -124,6 +124,10 @@ pub struct RunArgs {
     /// safetensors) instead of a random initialisation.
     #[arg(long, value_name = "FILE")]
     pub init_from: Option<PathBuf>,
+    /// Decode every file of the folder, neither reading nor writing the image cache (a run
+    /// continued with --resume keeps this choice).
+    #[arg(long)]
+    pub no_cache: bool,
 }
 
 /// Per-task settings.
@@ -233,6 +237,8 @@ impl TrainArgs {
             warmup_steps: self.warmup_steps,
             minutes: self.minutes,
             keep_checkpoints: self.keep_checkpoints,
+            cache: !r.no_cache,
+            cache_dir: None,
         }
     }
 

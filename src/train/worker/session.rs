@@ -100,7 +100,8 @@ const LOADING_REPORT: Duration = Duration::from_millis(50);
 /// Loads the run's data through the same [`Loader`] the window uses, answering commands while
 /// files decode.
 fn load_data(link: &Link<'_>, config: &TrainConfig) -> Result<Dataset, Outcome> {
-    let loader = Loader::start(config.data.clone(), config.size, Arc::new(|| {}))
+    let cache = crate::data::cache::for_config(config);
+    let loader = Loader::start(config.data.clone(), config.size, cache, 0, Arc::new(|| {}))
         .map_err(|e| Outcome::Failed(format!("cannot start loading: {e}")))?;
     let mut reported = None;
     loop {

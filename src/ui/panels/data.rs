@@ -1,12 +1,14 @@
 //! The data panel: what was loaded (classes, skipped, partly decoded and ignored files with
-//! their reasons), loading progress, and the thumbnails (click one to inspect it).
+//! their reasons, how much came from the image cache), loading progress with the thumbnails of
+//! the images so far, the thumbnails (click one to inspect it), and the image cache's setting
+//! and its Clear button.
 
 use eframe::egui::{self, RichText};
 
 use super::{ERROR, MUTED, WARN};
 use crate::data::{Dataset, DatasetSummary};
 use crate::tasks::Canvas;
-use crate::ui::{Action, DataState, LoadedData, THUMBNAILS_MAX};
+use crate::ui::{Action, DataState, LoadedData, LoadingData, THUMBNAILS_MAX};
 
 /// Which images the thumbnails show: all of a small set, an even spread of a large one (so
 /// every class of a sorted folder shows).
@@ -21,34 +23,69 @@ pub fn thumbnail_atlas(
     d: &Dataset,
     indices: &[usize],
 ) -> (Option<egui::TextureHandle>, usize) {
-    let n = indices.len();
-    if n == 0 {
+    atlas(
+        ctx,
+        "thumbnails",
+        d.size,
+        indices.iter().map(|&i| d.image(i)),
+    )
+}
+
+/// One picture of `size × size` RGB images, ten a row, as the texture `name`; (texture,
+/// columns).
+pub fn atlas<'a>(
+    ctx: &egui::Context,
+    name: &str,
+    s: usize,
+    images: impl ExactSizeIterator<Item = &'a [u8]>,
+) -> (Option<egui::TextureHandle>, usize) {
+    let n = images.len();
+    if n == 0 || s == 0 {
         return (None, 1);
     }
     let cols = 10usize;
     let rows = n.div_ceil(cols);
-    let s = d.size;
     let mut canvas = Canvas::new(cols * s, rows * s, [20, 20, 24]);
-    for (i, &idx) in indices.iter().enumerate() {
-        canvas.blit(d.image(idx), s, s, 1, (i % cols) * s, (i / cols) * s);
+    for (i, image) in images.enumerate() {
+        if image.len() == s * s * 3 {
+            canvas.blit(image, s, s, 1, (i % cols) * s, (i / cols) * s);
+        }
     }
     let img = egui::ColorImage::from_rgb([canvas.width, canvas.height], &canvas.rgb);
     (
-        Some(ctx.load_texture("thumbnails", img, egui::TextureOptions::NEAREST)),
+        Some(ctx.load_texture(name, img, egui::TextureOptions::NEAREST)),
         cols,
     )
 }
 
-/// Draws the data panel; asks to cancel loading or to inspect a clicked thumbnail.
-pub fn show(ui: &mut egui::Ui, data: &DataState, actions: &mut Vec<Action>) {
-    ui.heading("Data");
+/// Draws the data panel; asks to cancel loading, to inspect a clicked thumbnail or to clear
+/// the image cache, and edits the setting `use_cache`.
+pub fn show(ui: &mut egui::Ui, data: &DataState, use_cache: &mut bool, actions: &mut Vec<Action>) {
+    // The image cache's setting and button share the heading's line: the controls below keep
+    // their place.
+    ui.horizontal(|ui| {
+        ui.heading("Data");
+        ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
+            if ui
+                .add(egui::Button::new("Clear image cache").small())
+                .on_hover_text("Remove the cache's files: folders are decoded again next time")
+                .clicked()
+            {
+                actions.push(Action::ClearImageCache);
+            }
+            ui.checkbox(use_cache, "Image cache").on_hover_text(
+                "Keep the decoded working-size pixels of folders in the cache folder, so the \
+                 next opening of the same folder decodes only the files that changed",
+            );
+        });
+    });
     match data {
         DataState::Empty => {
             ui.label("No data: open a folder, or choose Examples → Built-in scenes.");
         }
         DataState::Loading(l) => {
-            let (done, total) = l.progress();
-            ui.label(format!("Loading {} …", l.source));
+            let (done, total) = l.loader.progress();
+            ui.label(format!("Loading {} …", l.loader.source));
             let frac = if total > 0 {
                 done as f32 / total as f32
             } else {
@@ -58,6 +95,7 @@ pub fn show(ui: &mut egui::Ui, data: &DataState, actions: &mut Vec<Action>) {
             if ui.button("Cancel loading").clicked() {
                 actions.push(Action::CancelLoading);
             }
+            loading_thumbnails(ui, l);
         }
         DataState::Failed(e) => {
             ui.label(RichText::new(e).color(ERROR));
@@ -71,10 +109,35 @@ pub fn show(ui: &mut egui::Ui, data: &DataState, actions: &mut Vec<Action>) {
     }
 }
 
+/// The images that have arrived while a folder loads.
+fn loading_thumbnails(ui: &mut egui::Ui, l: &LoadingData) {
+    let Some(tex) = &l.thumbnails else {
+        return;
+    };
+    ui.label(RichText::new(format!("{} images so far", l.thumbnail_count)).color(MUTED));
+    egui::ScrollArea::vertical()
+        .id_salt("loading-thumbnails")
+        .max_height(220.0)
+        .show(ui, |ui| {
+            let width = ui.available_width().min(320.0);
+            let scale = width / tex.size()[0] as f32;
+            let size = egui::vec2(width, tex.size()[1] as f32 * scale);
+            ui.add(egui::Image::new((tex.id(), size)));
+        });
+}
+
 fn summary(ui: &mut egui::Ui, s: &DatasetSummary) {
     ui.label(RichText::new(&s.source).strong());
-    ui.label(format!("{} images at {} px", s.images, s.size))
+    let cached = s
+        .cache
+        .as_ref()
+        .map(|c| format!(" · {} from the cache, {} decoded", c.hits, c.decoded))
+        .unwrap_or_default();
+    ui.label(format!("{} images at {} px{cached}", s.images, s.size))
         .on_hover_text(format!("loaded in {:.2} s", s.load_secs));
+    if let Some(note) = s.cache.as_ref().and_then(|c| c.note.as_ref()) {
+        ui.label(RichText::new(format!("image cache: {note}")).color(WARN));
+    }
     if s.classes.is_empty() {
         ui.label("unlabelled (no class subfolders)");
     } else {

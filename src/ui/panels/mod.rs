@@ -22,7 +22,7 @@ use eframe::egui::{self, Color32, RichText};
 
 use super::{Action, DataState, PretextApp, PreviewView, RunStatus, Tab};
 use crate::train::{Outcome, PauseReason};
-pub use data::{thumbnail_atlas, thumbnail_indices};
+pub use data::{atlas, thumbnail_atlas, thumbnail_indices};
 
 const ERROR: Color32 = Color32::from_rgb(235, 90, 90);
 const MUTED: Color32 = Color32::from_rgb(150, 150, 160);
@@ -45,7 +45,7 @@ pub fn draw(app: &mut PretextApp, ui: &mut egui::Ui) -> Vec<Action> {
         .default_size(330.0)
         .show(ui, |ui| {
             egui::ScrollArea::vertical().show(ui, |ui| {
-                data::show(ui, &app.data, &mut actions);
+                data::show(ui, &app.data, &mut app.settings.config.cache, &mut actions);
                 ui.separator();
                 controls::show(
                     ui,
