@@ -184,9 +184,7 @@ pub struct RunSummary {
 pub struct SummaryFold {
     summary: RunSummary,
     first_task: Option<TaskKind>,
-    /// Wall-clock time of the continuations before the current one, and the last time seen.
-    wall_base: f64,
-    wall_last: f64,
+    wall: crate::view::WallClock,
     /// The monitor's last measurement: its step and kNN per stage.
     knn_step: Option<u64>,
     knn: BTreeMap<String, f64>,
@@ -225,8 +223,7 @@ impl SummaryFold {
                 modified: None,
             },
             first_task: config.tasks.first().copied(),
-            wall_base: 0.0,
-            wall_last: 0.0,
+            wall: crate::view::WallClock::default(),
             knn_step: None,
             knn: BTreeMap::new(),
             evaluated: false,
@@ -241,7 +238,7 @@ impl SummaryFold {
     pub fn reset(&mut self) {
         let s = &mut self.summary;
         (s.steps, s.epoch, s.wall_s, s.final_loss, s.proxy) = (0, 0, 0.0, None, None);
-        (self.wall_base, self.wall_last, self.knn_step) = (0.0, 0.0, None);
+        (self.wall, self.knn_step) = (crate::view::WallClock::default(), None);
         self.knn.clear();
         if !self.evaluated {
             self.summary.best_knn = None;
@@ -251,16 +248,10 @@ impl SummaryFold {
     /// Takes new rows.
     pub fn push(&mut self, rows: &[MetricsRow]) {
         for r in rows {
-            if r.wall_s.is_finite() && r.wall_s >= 0.0 {
-                if r.wall_s + 1e-9 < self.wall_last {
-                    // A continuation counts its time from zero again.
-                    self.wall_base += self.wall_last;
-                }
-                self.wall_last = r.wall_s;
-                let s = &mut self.summary;
-                s.wall_s = s.wall_s.max(self.wall_base + r.wall_s);
-            }
             let s = &mut self.summary;
+            if let Some(t) = self.wall.add(r.wall_s) {
+                s.wall_s = s.wall_s.max(t);
+            }
             s.epoch = s.epoch.max(r.epoch);
             if r.task == run_dir::KNN_TASK {
                 if let Some(stage) = r.proxy_metric.strip_prefix("knn_accuracy_")

@@ -100,6 +100,20 @@ struct Followed {
     started: bool,
     previews: BTreeMap<TaskKind, usize>,
     checkpoints: Option<Checkpoints>,
+    /// The previews/ and checkpoints/ folders' modification times when last read in full:
+    /// an unchanged folder is not read again.
+    previews_read: Option<SystemTime>,
+    checkpoints_read: Option<SystemTime>,
+}
+
+/// Whether a folder must be read again: it changed since `read`, or changed so recently that
+/// a coarse clock could hide a later change within the same tick.
+fn changed(folder: &Path, read: Option<SystemTime>) -> (bool, Option<SystemTime>) {
+    let now = modified(folder);
+    let recent = now
+        .and_then(|t| t.elapsed().ok())
+        .is_none_or(|d| d < Duration::from_secs(2));
+    (now != read || recent, now)
 }
 
 /// A run being listed.
@@ -180,6 +194,8 @@ impl State {
                                 started: false,
                                 previews: BTreeMap::new(),
                                 checkpoints: None,
+                                previews_read: None,
+                                checkpoints_read: None,
                             },
                         );
                     }
@@ -222,6 +238,7 @@ impl State {
                 // Whoever starts over needs the pictures and checkpoints again too.
                 f.previews.clear();
                 f.checkpoints = None;
+                (f.previews_read, f.checkpoints_read) = (None, None);
                 events.push(run_dir::started_event(dir, &config, per_epoch));
                 f.started = true;
             }
@@ -239,26 +256,41 @@ impl State {
                     modified: modified(&dir.join(run_dir::METRICS_FILE)),
                 });
             }
-            for (task, (epoch, path)) in super::newest_previews(dir) {
-                if f.previews.get(&task).is_some_and(|&e| e >= epoch) {
-                    continue;
+            let (read, previews_now) = changed(&dir.join(run_dir::PREVIEW_DIR), f.previews_read);
+            if read {
+                let mut all = true;
+                for (task, (epoch, path)) in super::newest_previews(dir) {
+                    if f.previews.get(&task).is_some_and(|&e| e >= epoch) {
+                        continue;
+                    }
+                    // A picture still being written fails to decode: tried again next tick.
+                    match super::read_preview(task, epoch, &path) {
+                        Ok(p) => {
+                            f.previews.insert(task, epoch);
+                            out.push(WatchUpdate::Preview {
+                                dir: dir.clone(),
+                                preview: Box::new(p),
+                            });
+                        }
+                        Err(_) => all = false,
+                    }
                 }
-                // A picture still being written fails to decode: tried again next tick.
-                if let Ok(p) = super::read_preview(task, epoch, &path) {
-                    f.previews.insert(task, epoch);
-                    out.push(WatchUpdate::Preview {
-                        dir: dir.clone(),
-                        preview: Box::new(p),
-                    });
+                if all {
+                    f.previews_read = previews_now;
                 }
             }
-            let c = run_dir::list_checkpoints(dir);
-            if f.checkpoints.as_ref() != Some(&c) {
-                f.checkpoints = Some(c.clone());
-                out.push(WatchUpdate::Checkpoints {
-                    dir: dir.clone(),
-                    checkpoints: c,
-                });
+            let (read, checkpoints_now) =
+                changed(&dir.join(run_dir::CHECKPOINT_DIR), f.checkpoints_read);
+            if read {
+                f.checkpoints_read = checkpoints_now;
+                let c = run_dir::list_checkpoints(dir);
+                if f.checkpoints.as_ref() != Some(&c) {
+                    f.checkpoints = Some(c.clone());
+                    out.push(WatchUpdate::Checkpoints {
+                        dir: dir.clone(),
+                        checkpoints: c,
+                    });
+                }
             }
         }
     }

@@ -342,24 +342,7 @@ impl RunDir {
         protect: Option<&str>,
     ) -> Result<Checkpoints, RunDirError> {
         let dir = self.path.join(CHECKPOINT_DIR);
-        let entries = std::fs::read_dir(&dir).map_err(write_err(&dir))?;
-        let mut found: Vec<(u64, String, PathBuf)> = Vec::new();
-        for entry in entries.flatten() {
-            let path = entry.path();
-            let Some(name) = path.file_name().map(|n| n.to_string_lossy().into_owned()) else {
-                continue;
-            };
-            if name == RESUME_FILE
-                || name.starts_with('.')
-                || path.extension().is_none_or(|e| e != "safetensors")
-            {
-                continue;
-            }
-            if let Some(step) = checkpoint_step(&path) {
-                found.push((step, name, path));
-            }
-        }
-        found.sort();
+        let found = epoch_checkpoints(&dir).map_err(write_err(&dir))?;
         let cut = if keep == 0 {
             0
         } else {
@@ -375,17 +358,10 @@ impl RunDir {
                 kept.push(name);
             }
         }
-        let disk_bytes = std::fs::read_dir(&dir)
-            .map_err(write_err(&dir))?
-            .flatten()
-            .filter_map(|e| e.metadata().ok())
-            .filter(std::fs::Metadata::is_file)
-            .map(|m| m.len())
-            .sum();
         Ok(Checkpoints {
             kept,
             removed,
-            disk_bytes,
+            disk_bytes: folder_bytes(&dir).map_err(write_err(&dir))?,
             best: None,
         })
     }
@@ -414,15 +390,24 @@ pub struct Checkpoints {
 /// another process writes).
 pub fn list_checkpoints(dir: &Path) -> Checkpoints {
     let folder = dir.join(CHECKPOINT_DIR);
-    let mut found: Vec<(u64, String)> = Vec::new();
-    let mut disk_bytes = 0;
-    for entry in std::fs::read_dir(&folder).into_iter().flatten().flatten() {
+    Checkpoints {
+        kept: epoch_checkpoints(&folder)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(_, name, _)| name)
+            .collect(),
+        removed: 0,
+        disk_bytes: folder_bytes(&folder).unwrap_or(0),
+        best: None,
+    }
+}
+
+/// The checkpoints in a checkpoints folder other than the resume checkpoint (and temporary
+/// files): (step, file name, path), oldest step first.
+fn epoch_checkpoints(folder: &Path) -> std::io::Result<Vec<(u64, String, PathBuf)>> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(folder)?.flatten() {
         let path = entry.path();
-        if let Ok(m) = entry.metadata()
-            && m.is_file()
-        {
-            disk_bytes += m.len();
-        }
         let Some(name) = path.file_name().map(|n| n.to_string_lossy().into_owned()) else {
             continue;
         };
@@ -433,16 +418,21 @@ pub fn list_checkpoints(dir: &Path) -> Checkpoints {
             continue;
         }
         if let Some(step) = checkpoint_step(&path) {
-            found.push((step, name));
+            found.push((step, name, path));
         }
     }
     found.sort();
-    Checkpoints {
-        kept: found.into_iter().map(|(_, n)| n).collect(),
-        removed: 0,
-        disk_bytes,
-        best: None,
-    }
+    Ok(found)
+}
+
+/// Bytes of every file in a folder.
+fn folder_bytes(folder: &Path) -> std::io::Result<u64> {
+    Ok(std::fs::read_dir(folder)?
+        .flatten()
+        .filter_map(|e| e.metadata().ok())
+        .filter(std::fs::Metadata::is_file)
+        .map(|m| m.len())
+        .sum())
 }
 
 /// The training step in a checkpoint's metadata, read from the safetensors header alone (the

@@ -52,10 +52,34 @@ pub struct Curves {
     pub series: BTreeMap<String, History>,
     pub batches_per_epoch: usize,
     pub steps_seen: u64,
-    /// Training time of the continuations before the current one, and the last time seen, s:
-    /// the [`WALL_SERIES`] curve adds them up.
-    wall_base: f64,
-    wall_last: f64,
+    /// The training time behind the [`WALL_SERIES`] curve.
+    wall: WallClock,
+}
+
+/// Training wall-clock time added up across a run's continuations, each of which counts its
+/// `wall_s` from zero again.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct WallClock {
+    /// Seconds of the continuations before the current one.
+    base: f64,
+    /// The last `wall_s` seen, s.
+    last: f64,
+}
+
+impl WallClock {
+    /// Takes a step's `wall_s` (s since its run or continuation started); returns the seconds
+    /// since the run first started, or None for a value that is not a time (negative, NaN, ∞).
+    pub fn add(&mut self, wall_s: f64) -> Option<f64> {
+        if !(wall_s.is_finite() && wall_s >= 0.0) {
+            return None;
+        }
+        if wall_s + 1e-9 < self.last {
+            // A continuation counts its time from zero again.
+            self.base += self.last;
+        }
+        self.last = wall_s;
+        Some(self.base + wall_s)
+    }
 }
 
 /// The series of training wall-clock time (s, continuations added up) against the step, by
@@ -106,13 +130,8 @@ impl Curves {
         if m.tasks.len() > 1 {
             self.push("loss/total".into(), x, m.loss);
         }
-        if m.wall_s.is_finite() && m.wall_s >= 0.0 {
-            if m.wall_s + 1e-9 < self.wall_last {
-                // A continuation counts its time from zero again.
-                self.wall_base += self.wall_last;
-            }
-            self.wall_last = m.wall_s;
-            self.push(WALL_SERIES.into(), x, self.wall_base + m.wall_s);
+        if let Some(t) = self.wall.add(m.wall_s) {
+            self.push(WALL_SERIES.into(), x, t);
         }
         self.push("lr".into(), x, m.lr);
         self.push("images_per_s".into(), x, m.images_per_s);
