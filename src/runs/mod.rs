@@ -193,6 +193,7 @@ pub struct SummaryFold {
 }
 
 impl SummaryFold {
+    /// An empty summary of the run in `dir`, configured by its config.json.
     pub fn new(dir: &Path, config: &TrainConfig) -> Self {
         let name = dir
             .file_name()
@@ -230,6 +231,7 @@ impl SummaryFold {
         }
     }
 
+    /// The summary of the rows taken so far.
     pub fn summary(&self) -> &RunSummary {
         &self.summary
     }
@@ -310,6 +312,7 @@ impl SummaryFold {
         before != (self.summary.best_knn.clone(), self.summary.probe)
     }
 
+    /// When metrics.csv was last written.
     pub fn set_modified(&mut self, t: Option<SystemTime>) {
         self.summary.modified = t;
     }

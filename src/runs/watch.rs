@@ -88,6 +88,7 @@ impl Watcher {
         self.commands.try_send(command).is_ok()
     }
 
+    /// Where the thread's updates arrive (never blocks the thread: unbounded).
     pub fn updates(&self) -> &Receiver<WatchUpdate> {
         &self.updates
     }
@@ -358,7 +359,7 @@ fn modified(path: &Path) -> Option<SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
-/// Keeps a clone-able notify for tests and front ends that need no wake-up.
+/// A notify that does nothing, for tests and front ends that poll instead of being woken.
 pub fn no_notify() -> Notify {
     Arc::new(|| {})
 }

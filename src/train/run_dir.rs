@@ -577,6 +577,8 @@ pub struct RowEvents {
 }
 
 impl RowEvents {
+    /// For a run of `epochs` epochs; `batches_per_epoch` 0 when not known yet (it is then
+    /// learnt from the first row of epoch 2).
     pub fn new(epochs: usize, batches_per_epoch: usize) -> Self {
         Self {
             epochs,

@@ -47,6 +47,7 @@ impl Default for ContestForm {
 }
 
 impl ContestForm {
+    /// The budget the form gives each task.
     pub fn budget(&self) -> Budget {
         match self.kind {
             BudgetKind::Minutes => Budget::Minutes(self.minutes),
@@ -145,6 +146,7 @@ impl ContestThread {
         self.stop.store(true, Ordering::Relaxed);
     }
 
+    /// Where the thread's messages arrive.
     pub fn events(&self) -> &Receiver<ContestMessage> {
         &self.events
     }
@@ -171,6 +173,7 @@ pub struct ContestView {
 }
 
 impl ContestView {
+    /// Whether a contest thread is running.
     pub fn is_running(&self) -> bool {
         self.thread.is_some()
     }

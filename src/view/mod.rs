@@ -99,6 +99,7 @@ pub enum XAxis {
 impl XAxis {
     pub const ALL: [XAxis; 3] = [XAxis::Step, XAxis::Epoch, XAxis::WallClock];
 
+    /// The axis' label, with its unit.
     pub fn label(self) -> &'static str {
         match self {
             XAxis::Step => "step",
