@@ -7,7 +7,7 @@ fn main() {
     let cli = Cli::parse();
     let code = match &cli.command {
         Some(command) => pretext::cli::run(command),
-        None => match pretext::ui::run(cli.path.clone()) {
+        None => match pretext::ui::run(cli.launch()) {
             Ok(()) => 0,
             Err(e) => {
                 pretext::cli::note(format_args!("error: {e:#}"));

@@ -940,3 +940,80 @@ fn a_two_task_contest_runs_stops_resumes_and_ranks_in_the_window() {
             == 2
     });
 }
+
+#[test]
+fn launched_with_start_it_trains_by_itself_with_the_given_settings_and_closes_after_the_run() {
+    let out = tempfile::tempdir().unwrap();
+    let storage = storage_with(small_config(out.path()));
+    let launch = pretext::ui::Launch {
+        start: true,
+        quit_after_run: true,
+        tasks: Some(vec![TaskKind::Inpainting]),
+        epochs: Some(2),
+        ..pretext::ui::Launch::default()
+    };
+    let mut h = Harness::builder()
+        .with_size(eframe::egui::vec2(1400.0, 900.0))
+        .build_eframe(|cc| PretextApp::launch(&cc.egui_ctx, Some(&storage), launch).unwrap());
+    wait_until(&mut h, "the run to start by itself", |a| a.is_training());
+    assert_eq!(h.state().settings.config.tasks, vec![TaskKind::Inpainting]);
+    assert_eq!(h.state().settings.config.task_weights, vec![1.0]);
+    assert_eq!(h.state().settings.config.epochs, 2);
+    let closes = |h: &Harness<'_, PretextApp>| {
+        h.output()
+            .viewport_output
+            .get(&eframe::egui::ViewportId::ROOT)
+            .is_some_and(|v| {
+                v.commands
+                    .iter()
+                    .any(|c| matches!(c, eframe::egui::ViewportCommand::Close))
+            })
+    };
+    let start = Instant::now();
+    while !closes(&h) {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "the window did not close after the run: status {:?}",
+            h.state().run.status
+        );
+        h.step();
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        matches!(
+            h.state().run.status,
+            RunStatus::Finished(Outcome::Completed)
+        ),
+        "closed before the run completed: {:?}",
+        h.state().run.status
+    );
+    assert!(h.state().run.curves.steps_seen >= 2);
+}
+
+#[test]
+fn an_unattended_training_window_redraws_once_a_second_and_quickly_again_when_touched() {
+    let out = tempfile::tempdir().unwrap();
+    let storage = storage_with(TrainConfig {
+        epochs: 10_000,
+        ..small_config(out.path())
+    });
+    let mut h = app(&storage, None);
+    wait_until(&mut h, "data", |a| matches!(a.data, DataState::Ready(_)));
+    assert_eq!(h.state().repaint_interval(), Duration::from_millis(100));
+    h.get_by_label("Start").click();
+    wait_until(&mut h, "a step", |a| a.run.curves.steps_seen >= 1);
+    // Nobody touches the window for more than 3 s while it trains.
+    let quiet = Instant::now();
+    while quiet.elapsed() < Duration::from_millis(3500) {
+        h.step();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(h.state().is_training());
+    assert_eq!(h.state().repaint_interval(), Duration::from_secs(1));
+    h.get_by_label("Pause").click();
+    h.step();
+    assert_eq!(h.state().repaint_interval(), Duration::from_millis(100));
+    h.get_by_label("Stop").click();
+    wait_until(&mut h, "the end", |a| !a.is_training());
+    assert_eq!(h.state().repaint_interval(), Duration::from_millis(100));
+}

@@ -47,6 +47,43 @@ pub struct Cli {
     pub command: Option<Commands>,
     /// A folder of images to open in the desktop app.
     pub path: Option<PathBuf>,
+    #[command(flatten)]
+    pub app: AppArgs,
+}
+
+/// What the desktop app does by itself when it opens (none of these is saved).
+#[derive(Debug, clap::Args)]
+pub struct AppArgs {
+    /// Desktop app: start training as soon as the data has loaded.
+    #[arg(long)]
+    pub start: bool,
+    /// Desktop app: close the window when the run begun by --start has ended (for scripted
+    /// measurements, e.g. benches/window_share.sh).
+    #[arg(long, requires = "start")]
+    pub quit_after_run: bool,
+    /// Desktop app: train these task(s), comma-separated, instead of the saved choice.
+    #[arg(long, value_enum, value_delimiter = ',', value_name = "TASK")]
+    pub task: Vec<crate::config::TaskKind>,
+    /// Desktop app: end each run after this many minutes of training.
+    #[arg(long, value_name = "M")]
+    pub minutes: Option<f64>,
+    /// Desktop app: train for this many epochs.
+    #[arg(long, value_name = "N")]
+    pub epochs: Option<usize>,
+}
+
+impl Cli {
+    /// How the desktop app should start, from the path and the app's options.
+    pub fn launch(&self) -> crate::ui::Launch {
+        crate::ui::Launch {
+            open: self.path.clone(),
+            start: self.app.start,
+            quit_after_run: self.app.quit_after_run,
+            tasks: (!self.app.task.is_empty()).then(|| self.app.task.clone()),
+            minutes: self.app.minutes,
+            epochs: self.app.epochs,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]

@@ -185,7 +185,7 @@ impl PretextTask for Contrastive {
         let h = self.project(model, &batch, false)?;
         let sim = nn::cosine_similarity_matrix(&h)?.to_vec2::<f32>()?;
         let top1 = nn::positive_top1(&sim);
-        let s = data.size;
+        let s = batch.host.inputs.shape[2];
         let f = preview_factor(s);
         let cell = s * f;
         let pad = 6;

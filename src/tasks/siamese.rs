@@ -548,7 +548,7 @@ impl PretextTask for Siamese {
     ) -> Result<Preview, ModelError> {
         let batch = preview_batch(self.maker.as_ref(), model, data, indices)?;
         let c = self.compute(model, &batch.inputs, false)?;
-        let s = data.size;
+        let s = batch.host.inputs.shape[2];
         let f = preview_factor(s);
         let cell = s * f;
         let pad = 6;

@@ -264,7 +264,10 @@ impl Trainer {
         let flag = shutdown.clone();
         let thread = std::thread::Builder::new()
             .name("pretext-trainer".into())
-            .spawn(move || worker::run(&cmd_rx, &ev_tx, &notify, &flag))?;
+            .spawn(move || {
+                crate::model::kernels::yield_this_thread();
+                worker::run(&cmd_rx, &ev_tx, &notify, &flag);
+            })?;
         Ok(Self {
             commands: cmd_tx,
             events: ev_rx,

@@ -7,19 +7,53 @@ const WINDOW: usize = 600;
 #[derive(Default)]
 pub struct FrameStats {
     secs: VecDeque<f32>,
-    /// All frames since start, for the report printed on exit.
-    pub all: Vec<f32>,
+    /// All frames since start (seconds, and whether a run was training), for the report
+    /// printed on exit.
+    pub all: Vec<(f32, bool)>,
 }
 
 impl FrameStats {
-    pub fn record(&mut self, secs: f32) {
+    pub fn record(&mut self, secs: f32, training: bool) {
         if self.secs.len() == WINDOW {
             self.secs.pop_front();
         }
         self.secs.push_back(secs);
         if self.all.len() < 1_000_000 {
-            self.all.push(secs);
+            self.all.push((secs, training));
         }
+    }
+
+    /// The exit report: median and 95th percentile of all frames and of those drawn while
+    /// training.
+    pub fn report(&self) -> String {
+        let mut parts = Vec::new();
+        for (what, training_only) in [("all", false), ("while training", true)] {
+            let v = self
+                .all
+                .iter()
+                .filter(|(_, t)| *t || !training_only)
+                .map(|(s, _)| *s);
+            let n = self
+                .all
+                .iter()
+                .filter(|(_, t)| *t || !training_only)
+                .count();
+            if let Some((median, p95)) = percentiles(v) {
+                parts.push(format!(
+                    "{what}: {n} frames, median {median:.2} ms, 95th percentile {p95:.2} ms"
+                ));
+            }
+        }
+        format!("frame time — {}", parts.join("; "))
+    }
+
+    /// The frames as CSV (`frame,ms,training`).
+    pub fn csv(&self) -> String {
+        let mut out = String::from("frame,ms,training\n");
+        for (i, (s, t)) in self.all.iter().enumerate() {
+            out.push_str(&format!("{i},{:.3},{}\n", s * 1000.0, u8::from(*t)));
+        }
+        out
     }
 
     /// (median, 95th percentile) in milliseconds over the recent window.

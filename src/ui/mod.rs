@@ -37,9 +37,34 @@ const RECENT_MAX: usize = 8;
 pub const THUMBNAILS_MAX: usize = 400;
 /// While a folder loads, the thumbnails of the images so far are remade at most this often.
 const LOADING_THUMBNAILS_EVERY: Duration = Duration::from_millis(500);
-/// While training, the window redraws at most this often (events ask for a repaint; the
-/// repaint itself waits for this interval), so drawing does not compete with the step.
+/// The window redraws at most this often for what the threads report (events ask for a
+/// repaint; the repaint itself waits for this interval), and this often while a folder loads.
 const REPAINT_INTERVAL: Duration = Duration::from_millis(100);
+/// While training with nobody touching the window, it redraws for the engine's events at most
+/// this often: a frame drawn by a software renderer (Mesa's llvmpipe) costs about 0.1 s of CPU
+/// time at 1400 × 900, taken from the step on a 2-core machine, so at the 0.1 s pace the window
+/// cost a seventh of the training throughput (benches/window_share.sh).
+const TRAINING_REPAINT_INTERVAL: Duration = Duration::from_millis(1000);
+/// For this long after the person's last input the window keeps the quick pace, so what they
+/// did (Pause, a tab) shows at once.
+const INTERACTION_WINDOW: Duration = Duration::from_secs(3);
+
+/// How long the engine's events let the window wait before it redraws: set by the UI thread
+/// each frame, read by the threads' wake-ups.
+#[derive(Default)]
+struct RepaintPace {
+    slow: std::sync::atomic::AtomicBool,
+}
+
+impl RepaintPace {
+    fn interval(&self) -> Duration {
+        if self.slow.load(std::sync::atomic::Ordering::Relaxed) {
+            TRAINING_REPAINT_INTERVAL
+        } else {
+            REPAINT_INTERVAL
+        }
+    }
+}
 
 /// What survives a restart.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -314,6 +339,10 @@ pub struct Tabs {
 struct Engine {
     trainer: Trainer,
     wake: Arc<dyn Fn() + Send + Sync>,
+    /// How soon `wake` redraws: slower while training unattended.
+    pace: Arc<RepaintPace>,
+    /// When the person last moved, clicked or typed in the window.
+    last_input: Instant,
     dialog: Option<crossbeam_channel::Receiver<Option<PathBuf>>>,
     jobs: jobs::Jobs,
     /// Reads run directories: the runs folder's listing and the runs followed.
@@ -333,6 +362,33 @@ pub struct PretextApp {
     pub following: Option<PathBuf>,
     engine: Engine,
     frame_stats: FrameStats,
+    /// What the command line asked the window to do by itself (`--start`, `--quit-after-run`).
+    launch: LaunchState,
+}
+
+/// How the window starts: what the command line asked of it (`pretext [PATH] [--start] …`).
+#[derive(Clone, Debug, Default)]
+pub struct Launch {
+    /// A folder to open instead of the saved data.
+    pub open: Option<PathBuf>,
+    /// Start training as soon as the data has loaded.
+    pub start: bool,
+    /// Close the window when the run that `start` began has ended.
+    pub quit_after_run: bool,
+    /// Train these tasks (each with weight 1) instead of the saved choice.
+    pub tasks: Option<Vec<crate::config::TaskKind>>,
+    /// End each run after this many minutes of training.
+    pub minutes: Option<f64>,
+    /// Train for this many epochs.
+    pub epochs: Option<usize>,
+}
+
+/// The part of [`Launch`] still to be carried out.
+#[derive(Default)]
+struct LaunchState {
+    start_pending: bool,
+    quit_after_run: bool,
+    started: bool,
 }
 
 fn texture(ctx: &egui::Context, name: &str, c: &Canvas) -> egui::TextureHandle {
@@ -359,13 +415,46 @@ impl PretextApp {
         storage: Option<&dyn eframe::Storage>,
         open: Option<PathBuf>,
     ) -> anyhow::Result<Self> {
+        Self::launch(
+            ctx,
+            storage,
+            Launch {
+                open,
+                ..Launch::default()
+            },
+        )
+    }
+
+    /// The app as the command line asked for it: a folder to open, settings for this session,
+    /// and whether to start training by itself (and close when that run ends).
+    ///
+    /// # Errors
+    /// When the training thread cannot be started.
+    pub fn launch(
+        ctx: &egui::Context,
+        storage: Option<&dyn eframe::Storage>,
+        launch: Launch,
+    ) -> anyhow::Result<Self> {
         install_math_font(ctx);
-        let settings: Persisted = storage
+        let mut settings: Persisted = storage
             .and_then(|s| eframe::get_value(s, STORAGE_KEY))
             .unwrap_or_default();
+        if let Some(tasks) = launch.tasks.filter(|t| !t.is_empty()) {
+            settings.config.task_weights = vec![1.0; tasks.len()];
+            settings.config.tasks = tasks;
+        }
+        if let Some(m) = launch.minutes {
+            settings.config.minutes = Some(m);
+        }
+        if let Some(e) = launch.epochs {
+            settings.config.epochs = e;
+        }
+        let open = launch.open;
         let ctx2 = ctx.clone();
+        let pace = Arc::new(RepaintPace::default());
+        let pace2 = pace.clone();
         let wake: Arc<dyn Fn() + Send + Sync> =
-            Arc::new(move || ctx2.request_repaint_after(REPAINT_INTERVAL));
+            Arc::new(move || ctx2.request_repaint_after(pace2.interval()));
         let trainer = Trainer::spawn_with_notify(wake.clone())?;
         let watcher = crate::runs::watch::Watcher::spawn(wake.clone())?;
         let inputs = Inputs {
@@ -405,9 +494,16 @@ impl PretextApp {
                 watcher,
                 jobs: jobs::Jobs::new(wake.clone()),
                 wake,
+                pace,
+                last_input: Instant::now(),
                 dialog: None,
             },
             frame_stats: FrameStats::default(),
+            launch: LaunchState {
+                start_pending: launch.start,
+                quit_after_run: launch.start && launch.quit_after_run,
+                started: false,
+            },
         };
         app.perform(Action::OpenData(source));
         Ok(app)
@@ -415,6 +511,12 @@ impl PretextApp {
 
     pub fn is_training(&self) -> bool {
         self.run.is_training()
+    }
+
+    /// How long the engine's events let the window wait before it redraws now: 1 s while a run
+    /// trains and nobody has touched the window for 3 s, else 0.1 s.
+    pub fn repaint_interval(&self) -> Duration {
+        self.engine.pace.interval()
     }
 
     /// Frame-time summary (median, p95) in ms over the recent frames.
@@ -491,13 +593,49 @@ impl PretextApp {
             self.handle(ctx, event);
         }
         if !self.engine.trainer.events().is_empty() {
-            ctx.request_repaint_after(REPAINT_INTERVAL);
+            ctx.request_repaint_after(self.engine.pace.interval());
+        }
+        self.carry_out_launch(ctx);
+    }
+
+    /// `--start`: starts training once the data is ready (or gives up if it failed to load);
+    /// `--quit-after-run`: closes the window once that run has ended.
+    fn carry_out_launch(&mut self, ctx: &egui::Context) {
+        let l = &mut self.launch;
+        if l.start_pending {
+            match &self.data {
+                DataState::Ready(_) => {
+                    l.start_pending = false;
+                    l.started = true;
+                    self.start();
+                }
+                DataState::Failed(_) | DataState::Empty => {
+                    l.start_pending = false;
+                    l.started = true;
+                }
+                DataState::Loading(_) => {}
+            }
+            return;
+        }
+        if l.quit_after_run && l.started && !self.run.is_training() {
+            l.quit_after_run = false;
+            ctx.send_viewport_cmd(egui::ViewportCommand::Close);
         }
     }
 }
 
 impl eframe::App for PretextApp {
     fn logic(&mut self, ctx: &egui::Context, _frame: &mut eframe::Frame) {
+        let touched =
+            ctx.input(|i| !i.events.is_empty() || i.pointer.is_moving() || i.pointer.any_down());
+        if touched {
+            self.engine.last_input = Instant::now();
+        }
+        let unattended = self.engine.last_input.elapsed() > INTERACTION_WINDOW;
+        self.engine.pace.slow.store(
+            unattended && self.is_training(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         self.poll(ctx);
     }
 
@@ -511,7 +649,8 @@ impl eframe::App for PretextApp {
             ui.ctx().request_repaint_after(REPAINT_INTERVAL);
         }
         let own = frame.info().cpu_usage.unwrap_or(0.0);
-        self.frame_stats.record(own.max(t0.elapsed().as_secs_f32()));
+        self.frame_stats
+            .record(own.max(t0.elapsed().as_secs_f32()), self.is_training());
     }
 
     fn save(&mut self, storage: &mut dyn eframe::Storage) {
@@ -519,16 +658,15 @@ impl eframe::App for PretextApp {
     }
 
     fn on_exit(&mut self) {
-        if std::env::var_os("PRETEXT_FRAME_STATS").is_some()
-            && let Some((median, p95)) =
-                frame_stats::percentiles(self.frame_stats.all.iter().copied())
-        {
+        // PRETEXT_FRAME_STATS=1 prints the frame times' summary on exit; a path ending in
+        // .csv also gets every frame's time there.
+        if let Some(v) = std::env::var_os("PRETEXT_FRAME_STATS") {
+            let path = PathBuf::from(&v);
+            if path.extension().is_some_and(|e| e == "csv") {
+                let _ = std::fs::write(&path, self.frame_stats.csv());
+            }
             // A closed standard error is no reason to panic on the way out.
-            let _ = writeln!(
-                std::io::stderr(),
-                "frame time over {} frames: median {median:.2} ms, 95th percentile {p95:.2} ms",
-                self.frame_stats.all.len()
-            );
+            let _ = writeln!(std::io::stderr(), "{}", self.frame_stats.report());
         }
     }
 }
@@ -552,11 +690,13 @@ fn install_math_font(ctx: &egui::Context) {
     ));
 }
 
-/// Opens the window; `open` is a folder given on the command line.
+/// Opens the window as the command line asked (`launch`: a folder to open, settings for this
+/// session, starting by itself).
 ///
 /// # Errors
 /// When the window cannot be opened.
-pub fn run(open: Option<PathBuf>) -> anyhow::Result<()> {
+pub fn run(launch: Launch) -> anyhow::Result<()> {
+    crate::model::kernels::yield_to_drawing();
     let options = eframe::NativeOptions {
         viewport: egui::ViewportBuilder::default()
             .with_title("pretext — self-supervised learning lab")
@@ -568,7 +708,7 @@ pub fn run(open: Option<PathBuf>) -> anyhow::Result<()> {
         "pretext",
         options,
         Box::new(move |cc| {
-            let app = PretextApp::new(&cc.egui_ctx, cc.storage, open)?;
+            let app = PretextApp::launch(&cc.egui_ctx, cc.storage, launch)?;
             Ok(Box::new(app))
         }),
     )

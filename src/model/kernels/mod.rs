@@ -35,6 +35,52 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use candle_core::{DType, Device};
 
 static STOCK: AtomicBool = AtomicBool::new(false);
+static YIELDING: AtomicBool = AtomicBool::new(false);
+
+/// How much lower than the rest of the process training threads run when they yield (the
+/// Linux nice value added): at +10 the scheduler gives a thread of nice 0 about nine times
+/// their share when both want a core.
+const YIELD_NICE: i32 = 10;
+
+/// Makes the training threads yield the CPU to the rest of the process (the desktop app's
+/// drawing): from now on the compute pool's threads lower their own priority when they start,
+/// and [`yield_this_thread`] lowers the calling thread's. Call before training starts. The
+/// step loses nothing to an idle window; a window that draws gets the cores at once, so its
+/// frames are not stretched by the step (Linux; elsewhere nothing changes).
+pub fn yield_to_drawing() {
+    YIELDING.store(true, Ordering::Relaxed);
+}
+
+/// Lowers the calling thread's priority if [`yield_to_drawing`] was asked for. Threads it
+/// starts afterwards inherit the lower priority.
+pub fn yield_this_thread() {
+    if YIELDING.load(Ordering::Relaxed) {
+        lower_thread_priority(YIELD_NICE);
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn lower_thread_priority(nice: i32) {
+    const PRIO_PROCESS: i32 = 0;
+    #[allow(unsafe_code)]
+    unsafe extern "C" {
+        fn gettid() -> i32;
+        fn setpriority(which: i32, who: u32, prio: i32) -> i32;
+    }
+    // SAFETY: gettid has no preconditions; setpriority on the calling thread's own id only
+    // changes its scheduling weight (raising the nice value needs no privilege), and a
+    // failure is harmless (the thread keeps its priority), so its result is ignored.
+    #[allow(unsafe_code)]
+    unsafe {
+        let tid = gettid();
+        if let Ok(tid) = u32::try_from(tid) {
+            let _ = setpriority(PRIO_PROCESS, tid, nice);
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn lower_thread_priority(_nice: i32) {}
 
 /// Use candle's stock operations instead of these kernels (process-wide), e.g. to compare them.
 /// The environment variable `PRETEXT_STOCK_OPS=1` sets this at start-up.
@@ -95,6 +141,7 @@ pub fn on_compute_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     let pool = POOL.get_or_init(|| {
         rayon::ThreadPoolBuilder::new()
             .thread_name(|i| format!("pretext-compute-{i}"))
+            .start_handler(|_| yield_this_thread())
             .build()
             .ok()
     });
