@@ -988,6 +988,12 @@ fn launched_with_start_it_trains_by_itself_with_the_given_settings_and_closes_af
         h.state().run.status
     );
     assert!(h.state().run.curves.steps_seen >= 2);
+    // What the command line set for this session is not saved as the person's settings.
+    let mut saved = MemoryStorage::default();
+    eframe::App::save(h.state_mut(), &mut saved);
+    let settings: Persisted = eframe::get_value(&saved, "pretext-settings").unwrap();
+    assert_eq!(settings.config.tasks, vec![TaskKind::Rotation]);
+    assert_eq!(settings.config.epochs, 50);
 }
 
 #[test]

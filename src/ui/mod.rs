@@ -383,12 +383,50 @@ pub struct Launch {
     pub epochs: Option<usize>,
 }
 
-/// The part of [`Launch`] still to be carried out.
+/// The part of [`Launch`] still to be carried out, and what it changed in the settings.
 #[derive(Default)]
 struct LaunchState {
     start_pending: bool,
     quit_after_run: bool,
     started: bool,
+    /// The settings the command line set for this session (as given, and as saved before),
+    /// which are not saved unless the person changes them in the window.
+    overrides: Option<(LaunchFields, LaunchFields)>,
+}
+
+/// The settings [`Launch`] can set.
+#[derive(Clone, PartialEq)]
+struct LaunchFields {
+    tasks: Vec<crate::config::TaskKind>,
+    task_weights: Vec<f64>,
+    minutes: Option<f64>,
+    epochs: usize,
+}
+
+impl LaunchFields {
+    fn of(c: &TrainConfig) -> Self {
+        Self {
+            tasks: c.tasks.clone(),
+            task_weights: c.task_weights.clone(),
+            minutes: c.minutes,
+            epochs: c.epochs,
+        }
+    }
+
+    /// The settings to save: each field the command line set and the person left as it was
+    /// goes back to its saved value.
+    fn restore(given: &Self, saved: &Self, c: &mut TrainConfig) {
+        if c.tasks == given.tasks && c.task_weights == given.task_weights {
+            c.tasks.clone_from(&saved.tasks);
+            c.task_weights.clone_from(&saved.task_weights);
+        }
+        if c.minutes == given.minutes {
+            c.minutes = saved.minutes;
+        }
+        if c.epochs == given.epochs {
+            c.epochs = saved.epochs;
+        }
+    }
 }
 
 fn texture(ctx: &egui::Context, name: &str, c: &Canvas) -> egui::TextureHandle {
@@ -439,6 +477,7 @@ impl PretextApp {
         let mut settings: Persisted = storage
             .and_then(|s| eframe::get_value(s, STORAGE_KEY))
             .unwrap_or_default();
+        let saved_fields = LaunchFields::of(&settings.config);
         if let Some(tasks) = launch.tasks.filter(|t| !t.is_empty()) {
             settings.config.task_weights = vec![1.0; tasks.len()];
             settings.config.tasks = tasks;
@@ -449,6 +488,8 @@ impl PretextApp {
         if let Some(e) = launch.epochs {
             settings.config.epochs = e;
         }
+        let given_fields = LaunchFields::of(&settings.config);
+        let overrides = (given_fields != saved_fields).then_some((given_fields, saved_fields));
         let open = launch.open;
         let ctx2 = ctx.clone();
         let pace = Arc::new(RepaintPace::default());
@@ -503,6 +544,7 @@ impl PretextApp {
                 start_pending: launch.start,
                 quit_after_run: launch.start && launch.quit_after_run,
                 started: false,
+                overrides,
             },
         };
         app.perform(Action::OpenData(source));
@@ -654,7 +696,14 @@ impl eframe::App for PretextApp {
     }
 
     fn save(&mut self, storage: &mut dyn eframe::Storage) {
-        eframe::set_value(storage, STORAGE_KEY, &self.settings);
+        match &self.launch.overrides {
+            Some((given, saved)) => {
+                let mut settings = self.settings.clone();
+                LaunchFields::restore(given, saved, &mut settings.config);
+                eframe::set_value(storage, STORAGE_KEY, &settings);
+            }
+            None => eframe::set_value(storage, STORAGE_KEY, &self.settings),
+        }
     }
 
     fn on_exit(&mut self) {
