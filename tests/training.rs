@@ -424,3 +424,34 @@ fn time_paused_does_not_count_against_the_time_limit() {
         "only {after} steps after resuming at step {paused_at}"
     );
 }
+
+#[test]
+fn contrastive_views_at_half_the_working_size_train_and_are_judged_at_the_working_size() {
+    let out = tempfile::tempdir().unwrap();
+    let mut c = TrainConfig {
+        tasks: vec![TaskKind::Contrastive],
+        lr: 2e-3,
+        ..config(out.path(), 256, 32, 3)
+    };
+    c.settings.augment.view_scale = 0.5;
+    // The views the engine trains on are 16 × 16 cut from the 32 × 32 working images.
+    let data = pretext::data::builtin::generate(8, c.size);
+    let maker = pretext::tasks::contrastive::ContrastiveMaker {
+        augment: c.settings.augment.clone(),
+    };
+    let batch = pretext::tasks::BatchMaker::make(&maker, &data, &[0, 1, 2, 3], 7);
+    assert_eq!(batch.inputs.shape, vec![8, 3, 16, 16]);
+    let log = run(Command::Start(Box::new(c)));
+    assert_eq!(log.outcome, Some(Outcome::Completed), "{:?}", log.errors);
+    let first = &log.epochs[0];
+    let last = log.epochs.last().unwrap();
+    assert!(
+        last.loss < first.loss,
+        "NT-Xent did not fall: {} -> {}",
+        first.loss,
+        last.loss
+    );
+    // Previews are made of the views; the kNN monitor embeds the working-size images.
+    assert!(log.previews >= 2, "{}", log.previews);
+    assert!(!log.knn.is_empty());
+}

@@ -48,15 +48,20 @@ pub fn random_crop_box(size: usize, min_scale: f64, rng: &mut Rng) -> [f32; 4] {
 
 /// Bilinear resampling of the crop box back to `size × size`.
 pub fn crop_resize(src: &[f32], size: usize, b: [f32; 4]) -> Vec<f32> {
-    let mut out = vec![0.0; size * size * 3];
+    crop_resize_to(src, size, b, size)
+}
+
+/// Bilinear resampling of the crop box `b` of a `size × size` image to `out × out`.
+pub fn crop_resize_to(src: &[f32], size: usize, b: [f32; 4], out: usize) -> Vec<f32> {
+    let mut dst = vec![0.0; out * out * 3];
     let max = (size - 1) as f32;
-    for y in 0..size {
-        let sy = (b[1] + (y as f32 + 0.5) * b[3] / size as f32 - 0.5).clamp(0.0, max);
+    for y in 0..out {
+        let sy = (b[1] + (y as f32 + 0.5) * b[3] / out as f32 - 0.5).clamp(0.0, max);
         let y0 = sy.floor() as usize;
         let y1 = (y0 + 1).min(size - 1);
         let fy = sy - y0 as f32;
-        for x in 0..size {
-            let sx = (b[0] + (x as f32 + 0.5) * b[2] / size as f32 - 0.5).clamp(0.0, max);
+        for x in 0..out {
+            let sx = (b[0] + (x as f32 + 0.5) * b[2] / out as f32 - 0.5).clamp(0.0, max);
             let x0 = sx.floor() as usize;
             let x1 = (x0 + 1).min(size - 1);
             let fx = sx - x0 as f32;
@@ -64,11 +69,11 @@ pub fn crop_resize(src: &[f32], size: usize, b: [f32; 4]) -> Vec<f32> {
                 let p = |yy: usize, xx: usize| src[(yy * size + xx) * 3 + c];
                 let top = p(y0, x0) * (1.0 - fx) + p(y0, x1) * fx;
                 let bottom = p(y1, x0) * (1.0 - fx) + p(y1, x1) * fx;
-                out[(y * size + x) * 3 + c] = top * (1.0 - fy) + bottom * fy;
+                dst[(y * out + x) * 3 + c] = top * (1.0 - fy) + bottom * fy;
             }
         }
     }
-    out
+    dst
 }
 
 pub fn hflip(img: &mut [f32], size: usize) {
@@ -190,8 +195,21 @@ pub fn gaussian_blur(img: &mut [f32], size: usize, sigma: f32) {
 
 /// One random view T(x) of a byte image, as floats in [0, 1].
 pub fn augment(src: &[u8], size: usize, a: &Augment, rng: &mut Rng) -> (Vec<f32>, AugmentRecord) {
+    augment_to(src, size, size, a, rng)
+}
+
+/// One random view T(x) of a `size × size` byte image, drawn at `out × out` pixels, as
+/// floats in [0, 1] (the crop box is recorded in the source's pixels).
+pub fn augment_to(
+    src: &[u8],
+    size: usize,
+    out: usize,
+    a: &Augment,
+    rng: &mut Rng,
+) -> (Vec<f32>, AugmentRecord) {
     let crop = random_crop_box(size, a.crop_min_scale, rng);
-    let mut img = crop_resize(&bytes_to_unit(src), size, crop);
+    let mut img = crop_resize_to(&bytes_to_unit(src), size, crop, out);
+    let size = out;
     let flipped = f64::from(rng.f32()) < a.flip_p;
     if flipped {
         hflip(&mut img, size);

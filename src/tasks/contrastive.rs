@@ -45,11 +45,12 @@ fn unit_hwc_to_chw(img: &[f32], size: usize, out: &mut Vec<f32>) {
 
 impl BatchMaker for ContrastiveMaker {
     fn make(&self, data: &Dataset, indices: &[usize], seed: u64) -> HostBatch {
-        let s = data.size;
+        let size = data.size;
+        let s = self.augment.view_size(size);
         let per: Vec<(Vec<f32>, Vec<f32>, AugmentRecord, AugmentRecord)> =
             per_sample(indices, seed, |idx, rng| {
-                let (a, ra) = augment::augment(data.image(idx), s, &self.augment, rng);
-                let (b, rb) = augment::augment(data.image(idx), s, &self.augment, rng);
+                let (a, ra) = augment::augment_to(data.image(idx), size, s, &self.augment, rng);
+                let (b, rb) = augment::augment_to(data.image(idx), size, s, &self.augment, rng);
                 (a, b, ra, rb)
             });
         let n = indices.len();

@@ -204,6 +204,11 @@ pub struct AugmentArgs {
     /// Probability of a Gaussian blur.
     #[arg(long, value_name = "P", default_value_t = augment_defaults().blur_p)]
     pub blur_p: f64,
+    /// Side of the views as a share of the working size (rounded to a multiple of 4 px, at
+    /// least 16 px): smaller views make a step cheaper, while the encoder is still measured and
+    /// judged at the working size (FixRes).
+    #[arg(long, value_name = "F", default_value_t = augment_defaults().view_scale)]
+    pub view_scale: f64,
 }
 
 impl TrainArgs {
@@ -269,6 +274,7 @@ impl TrainArgs {
                 hue: a.hue,
                 gray_p: a.gray_p,
                 blur_p: a.blur_p,
+                view_scale: a.view_scale,
             },
         }
     }
@@ -328,6 +334,7 @@ pub fn flag(s: Setting) -> &'static str {
         Setting::PatchGap => "--patch-gap",
         Setting::JigsawPermutations => "--jigsaw-permutations",
         Setting::CropMinScale => "--crop-min-scale",
+        Setting::ViewScale => "--view-scale",
         Setting::FlipP => "--flip-p",
         Setting::JitterP => "--jitter-p",
         Setting::Brightness => "--brightness",

@@ -45,9 +45,12 @@ pub fn show(
     }
 }
 
-/// The original of up to six images and six views T(x) of each, one row per image.
+/// The original of up to six images and six views T(x) of each, one row per image; views
+/// smaller than the working size (`view_scale`) are drawn at their own size, centred in their
+/// cell.
 pub fn views(data: &Dataset, augment: &Augment, seed: u64) -> Canvas {
     let s = data.size;
+    let v_size = augment.view_size(s);
     let f = crate::tasks::preview_factor(s);
     let cell = s * f;
     let rows = data.len().min(ROWS);
@@ -61,15 +64,17 @@ pub fn views(data: &Dataset, augment: &Augment, seed: u64) -> Canvas {
         canvas.blit(data.image(i), s, s, f, 6, 6 + r * (cell + 6));
         let mut rng = crate::rng::Rng::derive(seed, &[i as u64]);
         for v in 0..VIEWS {
-            let (img, _) = crate::data::augment::augment(data.image(i), s, augment, &mut rng);
+            let (img, _) =
+                crate::data::augment::augment_to(data.image(i), s, v_size, augment, &mut rng);
             let bytes = crate::data::augment::unit_to_bytes(&img);
+            let inset = (cell - v_size * f) / 2;
             canvas.blit(
                 &bytes,
-                s,
-                s,
+                v_size,
+                v_size,
                 f,
-                6 + (v + 1) * (cell + 6) + 6,
-                6 + r * (cell + 6),
+                6 + (v + 1) * (cell + 6) + 6 + inset,
+                6 + r * (cell + 6) + inset,
             );
         }
     }

@@ -323,6 +323,11 @@ fn task_settings(ui: &mut egui::Ui, c: &mut TrainConfig) {
             egui::Slider::new(&mut a.crop_min_scale, limits::CROP_MIN_SCALE_RANGE)
                 .text("crop min scale"),
         );
+        ui.add(egui::Slider::new(&mut a.view_scale, limits::VIEW_SCALE_RANGE).text("view scale"))
+            .on_hover_text(
+                "Side of the views as a share of the working size: smaller views make a step \
+                 cheaper; the encoder is still measured at the working size (FixRes)",
+            );
         ui.add(egui::Slider::new(&mut a.flip_p, p.clone()).text("flip p"));
         ui.add(egui::Slider::new(&mut a.jitter_p, p.clone()).text("jitter p"));
         ui.add(egui::Slider::new(&mut a.brightness, s.clone()).text("brightness"));
