@@ -15,6 +15,8 @@
 # Run it on an otherwise idle machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=benches/lib.sh
+source benches/lib.sh
 data="$(realpath "${1:-../shared/data/emoji-twitter}")"
 minutes="${2:-3}"
 python="${3:-python3}"
@@ -33,9 +35,6 @@ pct = lambda v: f"{100 * v:.1f}"
 knn = " | ".join(pct(s["trained"]) for s in r["knn"])
 print(f"| {name} | {steps} | {knn} | {pct(r['probe_trained'])} |")
 EOF
-}
-last_step() {
-    awk -F, 'NR > 1 && $3 != "knn" && $3 != "gauges" { s = $1 } END { print s + 0 }' "$1/metrics.csv"
 }
 
 echo "| | steps in $minutes min | kNN stem | l1 | l2 | z | linear probe on z |"
@@ -68,4 +67,4 @@ run="$(ls -d "$out"/window/runs/*/ | head -1)"
 row "pretext default, window open" "$(last_step "$run")" "$out/window.eval.json"
 
 echo
-echo "CPU: $(sed -n 's/^model name[^:]*: //p' /proc/cpuinfo | head -1), $(nproc) cores; runs in $out"
+echo "CPU: $(cpu_line); runs in $out"

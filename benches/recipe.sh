@@ -9,6 +9,8 @@
 # Run it on an otherwise idle machine: the recipes share its cores one after the other.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=benches/lib.sh
+source benches/lib.sh
 data="${1:?usage: recipe.sh DATA MINUTES 'NAME|OPTIONS'...}"
 minutes="${2:?minutes}"
 shift 2
@@ -26,7 +28,7 @@ for recipe in "$@"; do
         --json >"$dir.train.json" 2>"$dir.train.log" || true
     run="$(ls -d "$dir"/*/ | head -1)"
     "$bin" eval --run "$run" --json >"$dir.eval.json" 2>>"$dir.train.log"
-    steps="$(tail -n +1 "$run/metrics.csv" | awk -F, '$3 != "knn" && $3 != "gauges" { s = $1 } END { print s }')"
+    steps="$(last_step "$run")"
     python3 - "$name" "$steps" "$dir.eval.json" <<'EOF'
 import json, sys
 name, steps, path = sys.argv[1], sys.argv[2], sys.argv[3]
@@ -38,4 +40,4 @@ print(f"| {name} | {steps} | " + " | ".join(trained) + f" | {pct(r['probe_traine
 EOF
 done
 echo
-echo "CPU: $(sed -n 's/^model name[^:]*: //p' /proc/cpuinfo | head -1), $(nproc) cores; $minutes min each; runs in $out"
+echo "CPU: $(cpu_line); $minutes min each; runs in $out"

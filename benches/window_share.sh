@@ -13,6 +13,8 @@
 # Needs xvfb-run (Debian: xvfb) and mesa-vulkan-drivers. Run it on an otherwise idle machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=benches/lib.sh
+source benches/lib.sh
 data="$(realpath "${1:-../shared/data/emoji-twitter}")"
 task="${2:-rotation}"
 minutes="${3:-1}"
@@ -26,13 +28,7 @@ export PRETEXT_CACHE_DIR="$out/cache"
 "$bin" train --data "$data" --task "$task" --epochs 1 --batch 8 --out "$out/warm" \
     >/dev/null 2>&1 || true
 
-# The last step of a run directory's metrics.csv (rows of the monitor are not steps).
-last_step() {
-    awk -F, 'NR > 1 && $3 != "knn" && $3 != "gauges" { s = $1 } END { print s + 0 }' \
-        "$(ls -d "$1"/*/ | head -1)/metrics.csv"
-}
-
-echo "CPU: $(sed -n 's/^model name[^:]*: //p' /proc/cpuinfo | head -1), $(nproc) cores"
+echo "CPU: $(cpu_line)"
 echo "$task on $data, batch 128, $minutes min of training per run, $rounds rounds"
 echo
 echo "| round | headless steps | window steps | window / headless | window frame time (while training) |"
@@ -41,7 +37,7 @@ shares=()
 for r in $(seq 1 "$rounds"); do
     "$bin" train --data "$data" --task "$task" --minutes "$minutes" --epochs 1000000 \
         --out "$out/$r/headless" >"$out/$r.headless.log" 2>&1
-    headless="$(last_step "$out/$r/headless")"
+    headless="$(last_step "$(ls -d "$out/$r"/headless/*/ | head -1)")"
     mkdir -p "$out/$r/window"
     (
         cd "$out/$r/window"
@@ -52,7 +48,7 @@ for r in $(seq 1 "$rounds"); do
             "$bin" "$data" --start --quit-after-run --task "$task" --minutes "$minutes" \
             --epochs 1000000 >"$out/$r.window.log" 2>&1
     )
-    window="$(last_step "$out/$r/window/runs")"
+    window="$(last_step "$(ls -d "$out/$r"/window/runs/*/ | head -1)")"
     frames="$(grep -o 'while training: .*' "$out/$r.window.log" || echo 'not reported')"
     share="$(awk -v h="$headless" -v w="$window" 'BEGIN { printf "%.1f", 100 * w / h }')"
     shares+=("$share")

@@ -9,7 +9,7 @@ pub struct FrameStats {
     secs: VecDeque<f32>,
     /// All frames since start (seconds, and whether a run was training), for the report
     /// printed on exit.
-    pub all: Vec<(f32, bool)>,
+    all: Vec<(f32, bool)>,
 }
 
 impl FrameStats {
@@ -28,32 +28,34 @@ impl FrameStats {
     pub fn report(&self) -> String {
         let mut parts = Vec::new();
         for (what, training_only) in [("all", false), ("while training", true)] {
-            let v = self
+            let v: Vec<f32> = self
                 .all
                 .iter()
                 .filter(|(_, t)| *t || !training_only)
-                .map(|(s, _)| *s);
-            let n = self
-                .all
-                .iter()
-                .filter(|(_, t)| *t || !training_only)
-                .count();
-            if let Some((median, p95)) = percentiles(v) {
+                .map(|(s, _)| *s)
+                .collect();
+            if let Some((median, p95)) = percentiles(v.iter().copied()) {
                 parts.push(format!(
-                    "{what}: {n} frames, median {median:.2} ms, 95th percentile {p95:.2} ms"
+                    "{what}: {} frames, median {median:.2} ms, 95th percentile {p95:.2} ms",
+                    v.len()
                 ));
             }
         }
         format!("frame time — {}", parts.join("; "))
     }
 
-    /// The frames as CSV (`frame,ms,training`).
-    pub fn csv(&self) -> String {
-        let mut out = String::from("frame,ms,training\n");
+    /// Writes every frame as CSV (`frame,ms,training`) to `path`.
+    ///
+    /// # Errors
+    /// When the file cannot be written.
+    pub fn write_csv(&self, path: &std::path::Path) -> csv::Result<()> {
+        let mut w = csv::Writer::from_path(path)?;
+        w.write_record(["frame", "ms", "training"])?;
         for (i, (s, t)) in self.all.iter().enumerate() {
-            out.push_str(&format!("{i},{:.3},{}\n", s * 1000.0, u8::from(*t)));
+            w.serialize((i, s * 1000.0, u8::from(*t)))?;
         }
-        out
+        w.flush()?;
+        Ok(())
     }
 
     /// (median, 95th percentile) in milliseconds over the recent window.

@@ -387,8 +387,8 @@ pub struct Launch {
 #[derive(Default)]
 struct LaunchState {
     start_pending: bool,
+    /// Only with `--start`: the window closes once the start is done and no run trains.
     quit_after_run: bool,
-    started: bool,
     /// The settings the command line set for this session (as given, and as saved before),
     /// which are not saved unless the person changes them in the window.
     overrides: Option<(LaunchFields, LaunchFields)>,
@@ -543,7 +543,6 @@ impl PretextApp {
             launch: LaunchState {
                 start_pending: launch.start,
                 quit_after_run: launch.start && launch.quit_after_run,
-                started: false,
                 overrides,
             },
         };
@@ -648,18 +647,14 @@ impl PretextApp {
             match &self.data {
                 DataState::Ready(_) => {
                     l.start_pending = false;
-                    l.started = true;
                     self.start();
                 }
-                DataState::Failed(_) | DataState::Empty => {
-                    l.start_pending = false;
-                    l.started = true;
-                }
+                DataState::Failed(_) | DataState::Empty => l.start_pending = false,
                 DataState::Loading(_) => {}
             }
             return;
         }
-        if l.quit_after_run && l.started && !self.run.is_training() {
+        if l.quit_after_run && !self.run.is_training() {
             l.quit_after_run = false;
             ctx.send_viewport_cmd(egui::ViewportCommand::Close);
         }
@@ -712,7 +707,7 @@ impl eframe::App for PretextApp {
         if let Some(v) = std::env::var_os("PRETEXT_FRAME_STATS") {
             let path = PathBuf::from(&v);
             if path.extension().is_some_and(|e| e == "csv") {
-                let _ = std::fs::write(&path, self.frame_stats.csv());
+                let _ = self.frame_stats.write_csv(&path);
             }
             // A closed standard error is no reason to panic on the way out.
             let _ = writeln!(std::io::stderr(), "{}", self.frame_stats.report());
