@@ -1,7 +1,9 @@
 //! Training-step throughput of the real engine, comparable to the PyTorch reference
 //! (`torch_bench.py --task T --batch B --steps S`): the median step after a warm-up, as images
 //! (views, for the two-view contrastive task) per second, with the step split into forward,
-//! backward, optimiser and data wait, and the process's peak memory.
+//! backward, optimiser and data wait, and the process's peak memory. On pretext's CPU kernels
+//! it also measures the machine's matrix-product peak ([`crate::model::kernels::peak_gflops`])
+//! and counts the step's arithmetic, so a throughput comes with its share of the ceiling.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -53,6 +55,34 @@ pub struct BenchReport {
     pub split: Split,
     /// Peak resident memory of the process (Linux), in MiB.
     pub peak_rss_mib: Option<f64>,
+    /// The processor's model name and the threads the kernels use.
+    pub cpu: String,
+    /// The step's matrix-product arithmetic per image (the convolutions; forward and backward),
+    /// in GFLOP; `None` on candle's stock ops, which are not counted.
+    pub gflop_per_image: Option<f64>,
+    /// This machine's fp32 matrix-product peak (2048² product on all the kernels' threads),
+    /// in GFLOP/s; measured on the CPU only.
+    pub peak_gflops: Option<f64>,
+    /// `peak_gflops / gflop_per_image`: images/s if the step were nothing but matrix products
+    /// at the peak.
+    pub ceiling_images_per_s: Option<f64>,
+    /// `images_per_s / ceiling_images_per_s`.
+    pub share_of_ceiling: Option<f64>,
+}
+
+/// The processor's model name (Linux: /proc/cpuinfo) and the number of hardware threads.
+pub fn cpu_description() -> String {
+    let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| format!("{} CPU", std::env::consts::ARCH));
+    format!("{model}, {threads} threads")
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -73,7 +103,7 @@ pub fn peak_rss_mib() -> Option<f64> {
 pub fn run(spec: &BenchSpec) -> anyhow::Result<BenchReport> {
     anyhow::ensure!(spec.steps > 0, "--steps must be at least 1");
     let out: PathBuf = std::env::temp_dir().join(format!("pretext-bench-{}", std::process::id()));
-    let config = TrainConfig {
+    let mut config = TrainConfig {
         data: DataSource::Builtin {
             count: spec.batch * (spec.steps + WARMUP),
         },
@@ -87,6 +117,9 @@ pub fn run(spec: &BenchSpec) -> anyhow::Result<BenchReport> {
         device: spec.device,
         ..TrainConfig::default()
     };
+    // The network sees `size`-pixel inputs in every task, as in the PyTorch peer: two-view
+    // methods draw their views at the full size here (training defaults to half-size views).
+    config.settings.augment.view_scale = 1.0;
     config.validate().map_err(anyhow::Error::msg)?;
     let trainer = Trainer::spawn()?;
     trainer.send(Command::Start(Box::new(config)));
@@ -115,23 +148,33 @@ pub fn run(spec: &BenchSpec) -> anyhow::Result<BenchReport> {
         optimizer_s: median(timed.iter().map(|m| m.timing.optimizer_s).collect()),
         data_wait_s: median(timed.iter().map(|m| m.data_wait_s).collect()),
     };
+    let images_per_s = images as f64 / step_s;
+    let flop = median(timed.iter().map(|m| m.timing.matmul_flop as f64).collect());
+    let on_kernels = spec.device == DeviceKind::Cpu
+        && crate::model::kernels::applies(&candle_core::Device::Cpu, candle_core::DType::F32);
+    let gflop_per_image = (on_kernels && flop > 0.0).then(|| flop / images as f64 / 1e9);
+    let peak = (spec.device == DeviceKind::Cpu).then(|| crate::model::kernels::peak_gflops(5));
+    let ceiling = gflop_per_image.zip(peak).map(|(g, p)| p / g);
     Ok(BenchReport {
         task: spec.task.name().to_string(),
         batch: spec.batch,
         size: spec.size,
         steps: timed.len(),
         device: spec.device.to_string(),
-        ops: if spec.device == DeviceKind::Cpu
-            && crate::model::kernels::applies(&candle_core::Device::Cpu, candle_core::DType::F32)
-        {
+        ops: if on_kernels {
             "pretext kernels".into()
         } else {
             "candle stock ops".into()
         },
         median_step_s: step_s,
-        images_per_s: images as f64 / step_s,
+        images_per_s,
         split,
         peak_rss_mib: peak_rss_mib(),
+        cpu: cpu_description(),
+        gflop_per_image,
+        peak_gflops: peak,
+        ceiling_images_per_s: ceiling,
+        share_of_ceiling: ceiling.map(|c| images_per_s / c),
     })
 }
 
@@ -158,8 +201,25 @@ impl std::fmt::Display for BenchReport {
             ms(self.split.data_wait_s)
         )?;
         match self.peak_rss_mib {
-            Some(m) => write!(f, "  peak memory {m:.0} MiB"),
-            None => write!(f, "  peak memory: not measured on this system"),
+            Some(m) => writeln!(f, "  peak memory {m:.0} MiB")?,
+            None => writeln!(f, "  peak memory: not measured on this system")?,
         }
+        write!(f, "  {}", self.cpu)?;
+        if let Some(p) = self.peak_gflops {
+            write!(f, " · matrix-product peak {p:.0} GFLOP/s")?;
+        }
+        if let (Some(g), Some(c), Some(s)) = (
+            self.gflop_per_image,
+            self.ceiling_images_per_s,
+            self.share_of_ceiling,
+        ) {
+            write!(
+                f,
+                "\n  {:.3} GFLOP per image in matrix products: ceiling {c:.0} images/s, {:.0}% of it reached",
+                g,
+                100.0 * s
+            )?;
+        }
+        Ok(())
     }
 }

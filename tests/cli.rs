@@ -461,6 +461,32 @@ fn bench_reports_a_json_line_and_refuses_a_device_the_build_lacks() {
     let split = &report["split"];
     assert!(split["forward_s"].as_f64().unwrap() > 0.0, "{report}");
     assert!(split["backward_s"].as_f64().unwrap() > 0.0, "{report}");
+    assert!(!report["cpu"].as_str().unwrap().is_empty(), "{report}");
+    assert!(report["peak_gflops"].as_f64().unwrap() > 0.0, "{report}");
+
+    // The reference encoder's convolutions at 32 px, 2·(C·K²)·O·(Ho·Wo) each: stem 3→32
+    // 1,769,472; stage 1 two 32→32 18,874,368; stage 2 32→64 (stride 2) 9,437,184, 64→64
+    // 18,874,368 and the 1×1 shortcut 1,048,576; stage 3 the same again (9,437,184 + 18,874,368
+    // + 1,048,576). Forward 98,238,464; the weight gradients the same; the input gradients all
+    // but the stem's (the image needs none): 292,945,920 FLOP per image in all.
+    let o = pretext(&[
+        "bench", "--task", "rotation", "--batch", "8", "--steps", "2", "--json",
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let report: serde_json::Value = serde_json::from_str(text(&o.stdout).trim()).unwrap();
+    let flop = report["gflop_per_image"].as_f64().unwrap() * 1e9;
+    assert!((flop - 292_945_920.0).abs() < 1.0, "{report}");
+    let (ceiling, share) = (
+        report["ceiling_images_per_s"].as_f64().unwrap(),
+        report["share_of_ceiling"].as_f64().unwrap(),
+    );
+    let peak = report["peak_gflops"].as_f64().unwrap();
+    assert!(
+        (ceiling - peak / 0.292_945_92).abs() < 1e-6 * ceiling,
+        "{report}"
+    );
+    let images_per_s = report["images_per_s"].as_f64().unwrap();
+    assert!((share - images_per_s / ceiling).abs() < 1e-9, "{report}");
 
     if let Some(reason) = pretext::model::device::unavailable(DeviceKind::Cuda) {
         let o = pretext(&[

@@ -95,6 +95,10 @@ pub struct StepTiming {
     pub forward_s: f64,
     pub backward_s: f64,
     pub optimizer_s: f64,
+    /// Floating-point operations of the matrix products the step ran on pretext's CPU kernels
+    /// (the convolutions: 2·m·n·k each; any other thread's products in those seconds too);
+    /// 0 on candle's stock ops.
+    pub matmul_flop: u64,
 }
 
 /// One training step.

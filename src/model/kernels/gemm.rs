@@ -1,7 +1,18 @@
 //! The one place that calls the `gemm` crate: a bounds-checked, safe matrix product over
 //! slices with arbitrary row and column strides.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use candle_core::{Result, bail};
+
+/// Floating-point operations (2·m·n·k per product) of every product [`matmul`] has computed
+/// in this process: the convolutions' arithmetic, which the benchmark divides by the step time.
+static FLOP: AtomicU64 = AtomicU64::new(0);
+
+/// Floating-point operations of all the matrix products so far (see [`FLOP`]).
+pub fn flop_count() -> u64 {
+    FLOP.load(Ordering::Relaxed)
+}
 
 /// A read-only matrix view: `data[i * rs + j * cs]` is element (i, j).
 #[derive(Clone, Copy)]
@@ -74,6 +85,8 @@ pub fn matmul(dst: &mut [f32], accumulate: bool, a: MatRef<'_>, b: MatRef<'_>) -
     if m == 0 || n == 0 {
         return Ok(());
     }
+    let flop = 2 * (m as u64) * (n as u64) * (k as u64);
+    FLOP.fetch_add(flop, Ordering::Relaxed);
     if k == 0 {
         if !accumulate {
             dst[..m * n].fill(0.0);
@@ -117,4 +130,55 @@ pub fn matmul(dst: &mut [f32], accumulate: bool, a: MatRef<'_>, b: MatRef<'_>) -
         );
     }
     Ok(())
+}
+
+/// Side of the square matrices [`peak_gflops`] multiplies (as PyTorch's usual `torch.mm` probe).
+pub const PEAK_SIDE: usize = 2048;
+
+/// The matrix-product peak of this machine: the best of `rounds` single-precision products of
+/// two [`PEAK_SIDE`]² matrices on the kernels' compute pool (all its threads), in GFLOP/s — the
+/// same measure as PyTorch's `torch.mm` on 2048² matrices, so a throughput can be read as a
+/// share of what the cores can do at all. About 0.1 s per round on two cores.
+pub fn peak_gflops(rounds: usize) -> f64 {
+    const N: usize = PEAK_SIDE;
+    const S: isize = PEAK_SIDE as isize;
+    let a: Vec<f32> = (0..N * N).map(|i| ((i % 7) as f32 - 3.0) * 0.1).collect();
+    let b: Vec<f32> = (0..N * N).map(|i| ((i % 5) as f32 - 2.0) * 0.1).collect();
+    let mut c = vec![0f32; N * N];
+    let mut best = f64::INFINITY;
+    for _ in 0..rounds.max(1) {
+        let t = std::time::Instant::now();
+        super::on_compute_pool(|| {
+            let threads = rayon::current_num_threads().max(1);
+            // SAFETY: a, b and c are N × N row-major (strides S = N) and distinct; gemm runs
+            // to completion before the closure returns.
+            #[allow(unsafe_code)]
+            unsafe {
+                gemm::gemm(
+                    N,
+                    N,
+                    N,
+                    c.as_mut_ptr(),
+                    1,
+                    S,
+                    false,
+                    a.as_ptr(),
+                    1,
+                    S,
+                    b.as_ptr(),
+                    1,
+                    S,
+                    1.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::Rayon(threads),
+                );
+            }
+        });
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    std::hint::black_box(&c);
+    2.0 * (N as f64).powi(3) / best / 1e9
 }

@@ -34,6 +34,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::{DType, Device};
 
+pub use gemm::{PEAK_SIDE, flop_count, peak_gflops};
+
 static STOCK: AtomicBool = AtomicBool::new(false);
 static YIELDING: AtomicBool = AtomicBool::new(false);
 

@@ -258,6 +258,7 @@ impl Session {
         data_wait_s: f64,
     ) -> Result<bool, Outcome> {
         let t0 = Instant::now();
+        let flop0 = crate::model::kernels::flop_count();
         let (total, metrics, images) = self.forward(&prepared)?;
         if let Some(bad) = metrics.iter().find(|m| !m.loss.is_finite()) {
             self.non_finite_loss(link, bad, prepared)?;
@@ -293,6 +294,7 @@ impl Session {
                 forward_s,
                 backward_s,
                 optimizer_s,
+                matmul_flop: crate::model::kernels::flop_count().saturating_sub(flop0),
             },
             wall_s: self.started.elapsed().as_secs_f64(),
         };
