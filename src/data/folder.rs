@@ -32,7 +32,7 @@ pub const MAX_DECODE_BYTES: u64 = 512 * 1024 * 1024;
 pub const MAX_FILE_BYTES: u64 = 256 * 1024 * 1024;
 /// The version of the decoding code: part of the image cache's key, so pixels cached by code
 /// that decoded differently are not used. Raise it with any change to what a file decodes to.
-pub const DECODING_VERSION: u32 = 1;
+pub const DECODING_VERSION: u32 = 2;
 /// Grey that transparent pixels are composited onto.
 pub const BACKGROUND: u8 = 128;
 /// How deep the scan follows subfolders.
@@ -314,28 +314,46 @@ pub fn decode_bytes(bytes: &[u8], size: u32) -> Result<Decoded, String> {
     })
 }
 
-/// A JPEG of `w × h` pixels decoded at the smallest DCT scale (1/8, 1/4, 1/2) whose short side is still at least
-/// `size`, as 8-bit RGB or grey; `None` when that is not possible here (CMYK, an unusual coding
-/// process, an error): the caller then decodes at full size.
+/// A JPEG of `w × h` pixels decoded by libjpeg-turbo (through mozjpeg) at the smallest DCT
+/// scale (1/8, 1/4, 1/2) whose short side is still at least `size`, as 8-bit RGB or grey;
+/// `None` when that is not possible here (CMYK, a coding process or precision this build of
+/// libjpeg does not decode, an error): the caller then decodes at full size.
+///
+/// libjpeg reports a fatal error by unwinding out of its error handler (mozjpeg's, through
+/// `resume_unwind`, so no panic message is printed); it is caught here, and any panic of the
+/// wrapper with it, so a damaged file is never more than a `None`.
 pub fn decode_jpeg_scaled(bytes: &[u8], w: u32, h: u32, size: u32) -> Option<DynamicImage> {
     let short = u64::from(w.min(h));
-    let want = |side: u32| u16::try_from((u64::from(side) * u64::from(size)).div_ceil(short)).ok();
-    let mut d = jpeg_decoder::Decoder::new(std::io::Cursor::new(bytes));
-    let (sw, sh) = d.scale(want(w)?, want(h)?).ok()?;
-    if u32::from(sw.min(sh)) < size {
-        return None;
-    }
-    let pixels = d.decode().ok()?;
-    let info = d.info()?;
-    let (iw, ih) = (u32::from(info.width), u32::from(info.height));
-    match info.pixel_format {
-        jpeg_decoder::PixelFormat::RGB24 => {
-            RgbImage::from_raw(iw, ih, pixels).map(DynamicImage::ImageRgb8)
-        }
-        jpeg_decoder::PixelFormat::L8 => {
-            image::GrayImage::from_raw(iw, ih, pixels).map(DynamicImage::ImageLuma8)
-        }
-        jpeg_decoder::PixelFormat::L16 | jpeg_decoder::PixelFormat::CMYK32 => None,
+    // libjpeg rounds a scaled side up: ⌈side · n / 8⌉.
+    let n = [1u8, 2, 4]
+        .into_iter()
+        .find(|&n| (short * u64::from(n)).div_ceil(8) >= u64::from(size))?;
+    let img = std::panic::catch_unwind(|| libjpeg_scaled(bytes, n))
+        .ok()
+        .flatten()?;
+    (img.width().min(img.height()) >= size).then_some(img)
+}
+
+/// [`decode_jpeg_scaled`]'s decode at `n`/8 scale; it may unwind (libjpeg's fatal errors).
+fn libjpeg_scaled(bytes: &[u8], n: u8) -> Option<DynamicImage> {
+    use mozjpeg::ColorSpace as C;
+    let mut d = mozjpeg::Decompress::new_mem(bytes).ok()?;
+    let grey = match d.color_space() {
+        C::JCS_GRAYSCALE => true,
+        C::JCS_YCbCr | C::JCS_RGB => false,
+        _ => return None,
+    };
+    d.scale(n);
+    let mut s = if grey { d.grayscale() } else { d.rgb() }.ok()?;
+    let (w, h) = (
+        u32::try_from(s.width()).ok()?,
+        u32::try_from(s.height()).ok()?,
+    );
+    let pixels = s.read_scanlines::<u8>().ok()?;
+    if grey {
+        image::GrayImage::from_raw(w, h, pixels).map(DynamicImage::ImageLuma8)
+    } else {
+        RgbImage::from_raw(w, h, pixels).map(DynamicImage::ImageRgb8)
     }
 }
 
@@ -815,5 +833,125 @@ mod tests {
         );
         assert!(!jpeg_is_complete(&j[..7]), "cut inside a segment");
         assert!(jpeg_is_complete(b"\x89PNG"), "not a JPEG");
+    }
+
+    fn photo(w: u32, h: u32) -> RgbImage {
+        RgbImage::from_fn(w, h, |x, y| {
+            let (fx, fy) = (x as f32 / w as f32, y as f32 / h as f32);
+            let ripple = ((x / 40 + y / 40) % 2) as f32 * 40.0;
+            image::Rgb([
+                (200.0 * fx + ripple) as u8,
+                (180.0 * fy + 30.0) as u8,
+                (120.0 + 100.0 * (fx * 9.0).sin() * (fy * 7.0).cos()) as u8,
+            ])
+        })
+    }
+
+    fn jpeg(img: &DynamicImage) -> Vec<u8> {
+        let mut out = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 90)
+            .encode_image(img)
+            .unwrap();
+        out
+    }
+
+    fn mean_diff(a: &[u8], b: &[u8]) -> f64 {
+        assert_eq!(a.len(), b.len());
+        a.iter()
+            .zip(b)
+            .map(|(&x, &y)| f64::from(x.abs_diff(y)))
+            .sum::<f64>()
+            / a.len() as f64
+    }
+
+    /// A camera-sized JPEG: libjpeg's scaled decode gives the smallest DCT scale whose short side
+    /// is still the working size, and about the pixels of the full decode resized to that size.
+    #[test]
+    fn camera_jpegs_decode_at_a_dct_scale_close_to_the_full_decode() {
+        let (w, h) = (4000, 3000);
+        let colour = DynamicImage::ImageRgb8(photo(w, h));
+        let grey = DynamicImage::ImageLuma8(colour.to_luma8());
+        for img in [colour, grey] {
+            let bytes = jpeg(&img);
+            let full = image::load_from_memory(&bytes).unwrap();
+            for (size, scaled) in [
+                (32, (500, 375)),
+                (375, (500, 375)),
+                (376, (1000, 750)),
+                (1000, (2000, 1500)),
+            ] {
+                let small = decode_jpeg_scaled(&bytes, w, h, size).unwrap();
+                assert_eq!(small.dimensions(), scaled, "{size} px");
+                assert_eq!(small.color(), full.color(), "{size} px");
+                let reference = full.resize_exact(scaled.0, scaled.1, FilterType::Triangle);
+                let d = mean_diff(small.as_bytes(), reference.as_bytes());
+                assert!(d < 3.0, "{size} px, {:?}: mean difference {d}", img.color());
+            }
+            // Not twice the working size: no scale would do.
+            assert!(decode_jpeg_scaled(&bytes, w, h, 1501).is_none());
+        }
+    }
+
+    /// A CMYK JPEG is not decoded at a DCT scale but at full size, through the image crate.
+    #[test]
+    fn cmyk_jpegs_fall_back_to_the_full_decode() {
+        let (w, h) = (96, 64);
+        let mut c = mozjpeg::Compress::new(mozjpeg::ColorSpace::JCS_CMYK);
+        c.set_size(w, h);
+        let mut c = c.start_compress(Vec::new()).unwrap();
+        let cmyk: Vec<u8> = (0..w * h)
+            .flat_map(|i| [(i % 251) as u8, 40, 200, 10])
+            .collect();
+        c.write_scanlines(&cmyk).unwrap();
+        let bytes = c.finish().unwrap();
+        assert!(decode_jpeg_scaled(&bytes, 96, 64, 16).is_none());
+        let d = decode_bytes(&bytes, 16).unwrap();
+        assert_eq!(d.pixels.len(), 16 * 16 * 3);
+    }
+
+    /// Damaged JPEGs (header fields changed, data flipped, cut short) give an image or `None`,
+    /// never a panic or an abort: libjpeg's fatal errors unwind out of the C code and are caught.
+    #[test]
+    fn damaged_jpegs_never_panic_in_the_scaled_decode() {
+        let (w, h) = (640u32, 480u32);
+        let good = jpeg(&DynamicImage::ImageRgb8(photo(w, h)));
+        let sof = good.windows(2).position(|m| m == [0xFF, 0xC0]).unwrap();
+        let sos = good.windows(2).position(|m| m == [0xFF, 0xDA]).unwrap();
+        // 12-bit samples: a fatal error in libjpeg's header reading (8-bit build).
+        let mut twelve = good.clone();
+        twelve[sof + 4] = 12;
+        let header = std::panic::catch_unwind(|| mozjpeg::Decompress::new_mem(&twelve).is_ok());
+        assert!(header.is_err(), "libjpeg's fatal errors unwind");
+        assert!(decode_jpeg_scaled(&twelve, w, h, 32).is_none());
+        let mut cases = vec![twelve];
+        for field in [
+            sof + 2,
+            sof + 4,
+            sof + 9,
+            sof + 10,
+            sof + 11,
+            sos + 4,
+            sos + 6,
+        ] {
+            for v in [0u8, 1, 3, 0x44, 0xFF] {
+                let mut b = good.clone();
+                b[field] = v;
+                cases.push(b);
+            }
+        }
+        for k in 1..40 {
+            let mut b = good.clone();
+            let at = sos + (good.len() - sos) * k / 40;
+            b[at] ^= 0x5A;
+            cases.push(b.clone());
+            b.truncate(at);
+            cases.push(b);
+        }
+        for b in &cases {
+            if let Some(img) = decode_jpeg_scaled(b, w, h, 32) {
+                assert!(img.width().min(img.height()) >= 32);
+            }
+            let _ = decode_bytes(b, 32);
+        }
     }
 }
