@@ -263,7 +263,7 @@ fn a_large_jpeg_decoded_at_a_smaller_dct_scale_matches_the_full_decode() {
         .unwrap();
     for size in [32u32, 96] {
         // 1/8 of 1200 = 150 ≥ 96: the smallest DCT scale serves both sizes.
-        let small = folder::decode_jpeg_scaled(&jpeg, w, h, size).unwrap();
+        let (small, _) = folder::decode_jpeg_scaled(&jpeg, size).unwrap();
         assert_eq!((small.width(), small.height()), (200, 150));
         let scaled = folder::decode_bytes(&jpeg, size).unwrap();
         let full = image::load_from_memory(&jpeg).unwrap().into_rgb8();

@@ -32,7 +32,7 @@ pub const MAX_DECODE_BYTES: u64 = 512 * 1024 * 1024;
 pub const MAX_FILE_BYTES: u64 = 256 * 1024 * 1024;
 /// The version of the decoding code: part of the image cache's key, so pixels cached by code
 /// that decoded differently are not used. Raise it with any change to what a file decodes to.
-pub const DECODING_VERSION: u32 = 1;
+pub const DECODING_VERSION: u32 = 2;
 /// Grey that transparent pixels are composited onto.
 pub const BACKGROUND: u8 = 128;
 /// How deep the scan follows subfolders.
@@ -256,6 +256,15 @@ pub fn decode_bytes(bytes: &[u8], size: u32) -> Result<Decoded, String> {
     if bytes.is_empty() {
         return Err("empty file".into());
     }
+    // A complete JPEG at least twice the working size (a camera photo): read and decoded by
+    // libjpeg alone, at a reduced DCT scale, never at full resolution. Anything else, or
+    // anything libjpeg declines, takes the general path below.
+    if let Some((img, orientation)) = decode_jpeg_scaled(bytes, size) {
+        return Ok(Decoded {
+            pixels: to_working_size(img, orientation, size),
+            partial: None,
+        });
+    }
     let mut reader = ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| format!("cannot read: {e}"))?;
@@ -290,53 +299,147 @@ pub fn decode_bytes(bytes: &[u8], size: u32) -> Result<Decoded, String> {
     let orientation = decoder
         .orientation()
         .unwrap_or(image::metadata::Orientation::NoTransforms);
-    let jpeg = format == Some(ImageFormat::Jpeg);
-    let complete = !jpeg || jpeg_is_complete(bytes);
-    // A JPEG at least twice the working size: decoded at 1/2, 1/4 or 1/8 scale by the IDCT
-    // itself, never at full resolution (the rest of the path is the same).
-    let scaled = (jpeg && complete && w.min(h) >= 2 * size)
-        .then(|| decode_jpeg_scaled(bytes, w, h, size))
-        .flatten();
-    let img = match scaled {
-        Some(img) => img,
-        None => DynamicImage::from_decoder(decoder).map_err(describe_image_error)?,
-    };
+    let complete = format != Some(ImageFormat::Jpeg) || jpeg_is_complete(bytes);
+    let img = DynamicImage::from_decoder(decoder).map_err(describe_image_error)?;
     let partial = (!complete).then(|| {
         "partly decoded: the file ends before the image does (the missing part is grey)".into()
     });
-    let square = centre_square(img);
-    // The centre square of an oriented image is the oriented centre square.
-    let mut oriented = DynamicImage::ImageRgb8(fill_square(&to_rgb8(square), size));
-    oriented.apply_orientation(orientation);
     Ok(Decoded {
-        pixels: oriented.into_rgb8().into_raw(),
+        pixels: to_working_size(img, orientation, size),
         partial,
     })
 }
 
-/// A JPEG of `w × h` pixels decoded at the smallest DCT scale (1/8, 1/4, 1/2) whose short side is still at least
-/// `size`, as 8-bit RGB or grey; `None` when that is not possible here (CMYK, an unusual coding
-/// process, an error): the caller then decodes at full size.
-pub fn decode_jpeg_scaled(bytes: &[u8], w: u32, h: u32, size: u32) -> Option<DynamicImage> {
-    let short = u64::from(w.min(h));
-    let want = |side: u32| u16::try_from((u64::from(side) * u64::from(size)).div_ceil(short)).ok();
-    let mut d = jpeg_decoder::Decoder::new(std::io::Cursor::new(bytes));
-    let (sw, sh) = d.scale(want(w)?, want(h)?).ok()?;
-    if u32::from(sw.min(sh)) < size {
+/// A decoded image's centre square at `size × size` in 8-bit RGB, oriented for display.
+fn to_working_size(
+    img: DynamicImage,
+    orientation: image::metadata::Orientation,
+    size: u32,
+) -> Vec<u8> {
+    let square = centre_square(img);
+    // The centre square of an oriented image is the oriented centre square.
+    let mut oriented = DynamicImage::ImageRgb8(fill_square(&to_rgb8(square), size));
+    oriented.apply_orientation(orientation);
+    oriented.into_rgb8().into_raw()
+}
+
+/// A complete JPEG whose short side is at least twice `size`, decoded by libjpeg-turbo (through
+/// mozjpeg) at the smallest DCT scale (1/8, 1/4, 1/2) whose short side is still at least
+/// `size`, as 8-bit RGB or grey, with its EXIF orientation (the last EXIF segment's, as the
+/// image crate reads it). `None` when that is not possible here: not a JPEG, cut short (the
+/// general path decodes what there is and says so), too small, over the limits (the general
+/// path says why), CMYK, a coding process or precision this build of libjpeg does not decode,
+/// an error.
+///
+/// libjpeg reports a fatal error by unwinding out of its error handler (mozjpeg's, through
+/// `resume_unwind`, so no panic message is printed); it is caught here, and any panic of the
+/// wrapper with it, so a damaged file is never more than a `None`.
+pub fn decode_jpeg_scaled(
+    bytes: &[u8],
+    size: u32,
+) -> Option<(DynamicImage, image::metadata::Orientation)> {
+    if !bytes.starts_with(&[0xFF, 0xD8]) {
         return None;
     }
-    let pixels = d.decode().ok()?;
-    let info = d.info()?;
-    let (iw, ih) = (u32::from(info.width), u32::from(info.height));
-    match info.pixel_format {
-        jpeg_decoder::PixelFormat::RGB24 => {
-            RgbImage::from_raw(iw, ih, pixels).map(DynamicImage::ImageRgb8)
-        }
-        jpeg_decoder::PixelFormat::L8 => {
-            image::GrayImage::from_raw(iw, ih, pixels).map(DynamicImage::ImageLuma8)
-        }
-        jpeg_decoder::PixelFormat::L16 | jpeg_decoder::PixelFormat::CMYK32 => None,
+    let (img, orientation) = std::panic::catch_unwind(|| libjpeg_scaled(bytes, size))
+        .ok()
+        .flatten()?;
+    (img.width().min(img.height()) >= size).then_some((img, orientation))
+}
+
+/// A JPEG's bytes as libjpeg reads them, noting whether it asked for more than there is (a file
+/// cut short: libjpeg then sees an end marker and fills the rest grey). This is how the libjpeg
+/// path knows a file is complete without [`jpeg_is_complete`]'s pass over every byte.
+struct Watched<'a> {
+    rest: &'a [u8],
+    ran_out: bool,
+}
+
+impl std::io::Read for Watched<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.ran_out |= self.rest.is_empty() && !buf.is_empty();
+        self.rest.read(buf)
     }
+}
+
+impl std::io::BufRead for Watched<'_> {
+    fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
+        self.ran_out |= self.rest.is_empty();
+        Ok(self.rest)
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.rest = self.rest.get(n..).unwrap_or_default();
+    }
+}
+
+/// [`decode_jpeg_scaled`]'s work; it may unwind (libjpeg's fatal errors).
+fn libjpeg_scaled(bytes: &[u8], size: u32) -> Option<(DynamicImage, image::metadata::Orientation)> {
+    use image::ColorType;
+    use mozjpeg::ColorSpace as C;
+    let source = Watched {
+        rest: bytes,
+        ran_out: false,
+    };
+    let mut d = mozjpeg::Decompress::with_markers(&[mozjpeg::Marker::APP(1)])
+        .from_reader(source)
+        .ok()?;
+    let (w, h) = (
+        u32::try_from(d.width()).ok()?,
+        u32::try_from(d.height()).ok()?,
+    );
+    let color = match d.color_space() {
+        C::JCS_GRAYSCALE => ColorType::L8,
+        C::JCS_YCbCr | C::JCS_RGB => ColorType::Rgb8,
+        _ => return None,
+    };
+    // The general path's limits, so that what it refuses is refused with its reasons.
+    let decoded = u64::from(w) * u64::from(h) * u64::from(color.bytes_per_pixel());
+    if w == 0
+        || h == 0
+        || w > MAX_SIDE
+        || h > MAX_SIDE
+        || decoded + working_bytes(w, h, color) > MAX_DECODE_BYTES
+    {
+        return None;
+    }
+    let short = u64::from(w.min(h));
+    if short < 2 * u64::from(size) {
+        return None;
+    }
+    // libjpeg rounds a scaled side up: ⌈side · n / 8⌉.
+    let n = [1u8, 2, 4]
+        .into_iter()
+        .find(|&n| (short * u64::from(n)).div_ceil(8) >= u64::from(size))?;
+    let orientation = d
+        .markers()
+        .filter_map(|m| m.data.strip_prefix(b"Exif\0\0"))
+        .filter(|exif| !exif.is_empty())
+        .last()
+        .and_then(image::metadata::Orientation::from_exif_chunk)
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
+    d.scale(n);
+    let mut s = if color == ColorType::L8 {
+        d.grayscale()
+    } else {
+        d.rgb()
+    }
+    .ok()?;
+    let (sw, sh) = (
+        u32::try_from(s.width()).ok()?,
+        u32::try_from(s.height()).ok()?,
+    );
+    let pixels = s.read_scanlines::<u8>().ok()?;
+    // Through the end marker: a file cut short has made libjpeg ask for more by now.
+    if s.finish_into_inner().ok()?.ran_out {
+        return None;
+    }
+    if color == ColorType::L8 {
+        image::GrayImage::from_raw(sw, sh, pixels).map(DynamicImage::ImageLuma8)
+    } else {
+        RgbImage::from_raw(sw, sh, pixels).map(DynamicImage::ImageRgb8)
+    }
+    .map(|img| (img, orientation))
 }
 
 /// Bytes a decode needs besides the decoded pixels: the centre square's copy (for an image that
@@ -815,5 +918,145 @@ mod tests {
         );
         assert!(!jpeg_is_complete(&j[..7]), "cut inside a segment");
         assert!(jpeg_is_complete(b"\x89PNG"), "not a JPEG");
+    }
+
+    fn photo(w: u32, h: u32) -> RgbImage {
+        RgbImage::from_fn(w, h, |x, y| {
+            let (fx, fy) = (x as f32 / w as f32, y as f32 / h as f32);
+            let ripple = ((x / 40 + y / 40) % 2) as f32 * 40.0;
+            image::Rgb([
+                (200.0 * fx + ripple) as u8,
+                (180.0 * fy + 30.0) as u8,
+                (120.0 + 100.0 * (fx * 9.0).sin() * (fy * 7.0).cos()) as u8,
+            ])
+        })
+    }
+
+    fn jpeg(img: &DynamicImage) -> Vec<u8> {
+        let mut out = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 90)
+            .encode_image(img)
+            .unwrap();
+        out
+    }
+
+    fn mean_diff(a: &[u8], b: &[u8]) -> f64 {
+        assert_eq!(a.len(), b.len());
+        a.iter()
+            .zip(b)
+            .map(|(&x, &y)| f64::from(x.abs_diff(y)))
+            .sum::<f64>()
+            / a.len() as f64
+    }
+
+    /// A camera-sized JPEG: libjpeg's scaled decode gives the smallest DCT scale whose short side
+    /// is still the working size, and about the pixels of the full decode resized to that size.
+    #[test]
+    fn camera_jpegs_decode_at_a_dct_scale_close_to_the_full_decode() {
+        let (w, h) = (4000, 3000);
+        let colour = DynamicImage::ImageRgb8(photo(w, h));
+        let grey = DynamicImage::ImageLuma8(colour.to_luma8());
+        for img in [colour, grey] {
+            let bytes = jpeg(&img);
+            let full = image::load_from_memory(&bytes).unwrap();
+            for (size, scaled) in [
+                (32, (500, 375)),
+                (375, (500, 375)),
+                (376, (1000, 750)),
+                (1000, (2000, 1500)),
+            ] {
+                let (small, _) = decode_jpeg_scaled(&bytes, size).unwrap();
+                assert_eq!(small.dimensions(), scaled, "{size} px");
+                assert_eq!(small.color(), full.color(), "{size} px");
+                let reference = full.resize_exact(scaled.0, scaled.1, FilterType::Triangle);
+                let d = mean_diff(small.as_bytes(), reference.as_bytes());
+                assert!(d < 3.0, "{size} px, {:?}: mean difference {d}", img.color());
+            }
+            // Not twice the working size: no scale would do.
+            assert!(decode_jpeg_scaled(&bytes, 1501).is_none());
+        }
+    }
+
+    /// A CMYK JPEG is not decoded at a DCT scale but at full size, through the image crate.
+    #[test]
+    fn cmyk_jpegs_fall_back_to_the_full_decode() {
+        let (w, h) = (96, 64);
+        let mut c = mozjpeg::Compress::new(mozjpeg::ColorSpace::JCS_CMYK);
+        c.set_size(w, h);
+        let mut c = c.start_compress(Vec::new()).unwrap();
+        let cmyk: Vec<u8> = (0..w * h)
+            .flat_map(|i| [(i % 251) as u8, 40, 200, 10])
+            .collect();
+        c.write_scanlines(&cmyk).unwrap();
+        let bytes = c.finish().unwrap();
+        assert!(decode_jpeg_scaled(&bytes, 16).is_none());
+        let d = decode_bytes(&bytes, 16).unwrap();
+        assert_eq!(d.pixels.len(), 16 * 16 * 3);
+    }
+
+    /// Damaged JPEGs (header fields changed, data flipped, cut short) give an image or `None`,
+    /// never a panic or an abort: libjpeg's fatal errors unwind out of the C code and are caught.
+    #[test]
+    fn damaged_jpegs_never_panic_in_the_scaled_decode() {
+        let (w, h) = (640u32, 480u32);
+        let good = jpeg(&DynamicImage::ImageRgb8(photo(w, h)));
+        let sof = good.windows(2).position(|m| m == [0xFF, 0xC0]).unwrap();
+        let sos = good.windows(2).position(|m| m == [0xFF, 0xDA]).unwrap();
+        // 12-bit samples: a fatal error in libjpeg's header reading (8-bit build).
+        let mut twelve = good.clone();
+        twelve[sof + 4] = 12;
+        let header = std::panic::catch_unwind(|| mozjpeg::Decompress::new_mem(&twelve).is_ok());
+        assert!(header.is_err(), "libjpeg's fatal errors unwind");
+        assert!(decode_jpeg_scaled(&twelve, 32).is_none());
+        let mut cases = vec![twelve];
+        for field in [
+            sof + 2,
+            sof + 4,
+            sof + 9,
+            sof + 10,
+            sof + 11,
+            sos + 4,
+            sos + 6,
+        ] {
+            for v in [0u8, 1, 3, 0x44, 0xFF] {
+                let mut b = good.clone();
+                b[field] = v;
+                cases.push(b);
+            }
+        }
+        for k in 1..40 {
+            let mut b = good.clone();
+            let at = sos + (good.len() - sos) * k / 40;
+            b[at] ^= 0x5A;
+            cases.push(b.clone());
+            b.truncate(at);
+            cases.push(b);
+        }
+        for b in &cases {
+            if let Some((img, _)) = decode_jpeg_scaled(b, 32) {
+                assert!(img.width().min(img.height()) >= 32);
+            }
+            let _ = decode_bytes(b, 32);
+        }
+        // A file cut short anywhere is left to the general path, which says it is partial; data
+        // after the end marker (motion photos) is no truncation.
+        assert!(decode_jpeg_scaled(&good, 32).is_some());
+        for k in 0..40 {
+            let cut = &good[..sof + (good.len() - 1 - sof) * k / 40];
+            assert!(
+                decode_jpeg_scaled(cut, 32).is_none(),
+                "cut at {}",
+                cut.len()
+            );
+            let d = decode_bytes(cut, 32);
+            assert!(
+                d.is_err() || d.is_ok_and(|d| d.partial.is_some()),
+                "cut at {}",
+                cut.len()
+            );
+        }
+        let mut longer = good.clone();
+        longer.extend_from_slice(b"\0\0\0\x18ftypmp42 appended video");
+        assert!(decode_jpeg_scaled(&longer, 32).is_some());
     }
 }
