@@ -70,19 +70,11 @@ pub struct BenchReport {
     pub share_of_ceiling: Option<f64>,
 }
 
-/// The processor's model name (Linux: /proc/cpuinfo) and the number of hardware threads.
+/// The processor's model name ([`crate::compare::cpu_model`]) and the number of hardware
+/// threads.
 pub fn cpu_description() -> String {
     let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-    let model = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|info| {
-            info.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
-        })
-        .unwrap_or_else(|| format!("{} CPU", std::env::consts::ARCH));
-    format!("{model}, {threads} threads")
+    format!("{}, {threads} threads", crate::compare::cpu_model())
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

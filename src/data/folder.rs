@@ -276,26 +276,7 @@ pub fn decode_bytes(bytes: &[u8], size: u32) -> Result<Decoded, String> {
     reader.limits(limits);
     let mut decoder = reader.into_decoder().map_err(describe_image_error)?;
     let (w, h) = decoder.dimensions();
-    if w == 0 || h == 0 {
-        return Err(format!("not a valid image: {w}×{h} pixels"));
-    }
-    if w > MAX_SIDE || h > MAX_SIDE {
-        return Err(too_large(&format!("{w}×{h} px")));
-    }
-    let total = decoder.total_bytes();
-    let extra = working_bytes(w, h, decoder.color_type());
-    if total.saturating_add(extra) > MAX_DECODE_BYTES {
-        let mib = |b: u64| b.div_ceil(1 << 20);
-        let also = if extra > 0 {
-            format!(" + {} MiB to crop and convert", mib(extra))
-        } else {
-            String::new()
-        };
-        return Err(too_large(&format!(
-            "{w}×{h} px, {} MiB decoded{also}",
-            mib(total)
-        )));
-    }
+    check_limits(w, h, decoder.total_bytes(), decoder.color_type())?;
     let orientation = decoder
         .orientation()
         .unwrap_or(image::metadata::Orientation::NoTransforms);
@@ -308,6 +289,31 @@ pub fn decode_bytes(bytes: &[u8], size: u32) -> Result<Decoded, String> {
         pixels: to_working_size(img, orientation, size),
         partial,
     })
+}
+
+/// Whether a `w × h` image of `color`, `total` bytes decoded, stays within [`MAX_SIDE`] and
+/// [`MAX_DECODE_BYTES`] (with what cropping and converting it needs); the reason when not.
+fn check_limits(w: u32, h: u32, total: u64, color: image::ColorType) -> Result<(), String> {
+    if w == 0 || h == 0 {
+        return Err(format!("not a valid image: {w}×{h} pixels"));
+    }
+    if w > MAX_SIDE || h > MAX_SIDE {
+        return Err(too_large(&format!("{w}×{h} px")));
+    }
+    let extra = working_bytes(w, h, color);
+    if total.saturating_add(extra) > MAX_DECODE_BYTES {
+        let mib = |b: u64| b.div_ceil(1 << 20);
+        let also = if extra > 0 {
+            format!(" + {} MiB to crop and convert", mib(extra))
+        } else {
+            String::new()
+        };
+        return Err(too_large(&format!(
+            "{w}×{h} px, {} MiB decoded{also}",
+            mib(total)
+        )));
+    }
+    Ok(())
 }
 
 /// A decoded image's centre square at `size × size` in 8-bit RGB, oriented for display.
@@ -393,16 +399,9 @@ fn libjpeg_scaled(bytes: &[u8], size: u32) -> Option<(DynamicImage, image::metad
         C::JCS_YCbCr | C::JCS_RGB => ColorType::Rgb8,
         _ => return None,
     };
-    // The general path's limits, so that what it refuses is refused with its reasons.
+    // The general path's limits: what they refuse is left to it, to be refused with its reasons.
     let decoded = u64::from(w) * u64::from(h) * u64::from(color.bytes_per_pixel());
-    if w == 0
-        || h == 0
-        || w > MAX_SIDE
-        || h > MAX_SIDE
-        || decoded + working_bytes(w, h, color) > MAX_DECODE_BYTES
-    {
-        return None;
-    }
+    check_limits(w, h, decoded, color).ok()?;
     let short = u64::from(w.min(h));
     if short < 2 * u64::from(size) {
         return None;

@@ -67,8 +67,22 @@ impl<'a> MatRef<'a> {
 }
 
 /// `dst = (accumulate ? dst : 0) + a · b`, with `dst` row-major (`a.rows` × `b.cols`).
-/// Single-threaded: callers parallelise over images.
+/// Single-threaded: callers parallelise over images. Counted in [`flop_count`].
 pub fn matmul(dst: &mut [f32], accumulate: bool, a: MatRef<'_>, b: MatRef<'_>) -> Result<()> {
+    let flop = 2 * (a.rows as u64) * (b.cols as u64) * (a.cols as u64);
+    product(dst, accumulate, a, b, gemm::Parallelism::None)?;
+    FLOP.fetch_add(flop, Ordering::Relaxed);
+    Ok(())
+}
+
+/// [`matmul`] on `parallelism`'s threads, not counted.
+fn product(
+    dst: &mut [f32],
+    accumulate: bool,
+    a: MatRef<'_>,
+    b: MatRef<'_>,
+    parallelism: gemm::Parallelism,
+) -> Result<()> {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     if b.rows != k {
         bail!("gemm: inner sizes differ ({} vs {})", k, b.rows);
@@ -85,8 +99,6 @@ pub fn matmul(dst: &mut [f32], accumulate: bool, a: MatRef<'_>, b: MatRef<'_>) -
     if m == 0 || n == 0 {
         return Ok(());
     }
-    let flop = 2 * (m as u64) * (n as u64) * (k as u64);
-    FLOP.fetch_add(flop, Ordering::Relaxed);
     if k == 0 {
         if !accumulate {
             dst[..m * n].fill(0.0);
@@ -126,7 +138,7 @@ pub fn matmul(dst: &mut [f32], accumulate: bool, a: MatRef<'_>, b: MatRef<'_>) -
             false,
             false,
             false,
-            gemm::Parallelism::None,
+            parallelism,
         );
     }
     Ok(())
@@ -138,45 +150,24 @@ pub const PEAK_SIDE: usize = 2048;
 /// The matrix-product peak of this machine: the best of `rounds` single-precision products of
 /// two [`PEAK_SIDE`]² matrices on the kernels' compute pool (all its threads), in GFLOP/s — the
 /// same measure as PyTorch's `torch.mm` on 2048² matrices, so a throughput can be read as a
-/// share of what the cores can do at all. About 0.1 s per round on two cores.
+/// share of what the cores can do at all. About 0.1 s per round on two cores; NaN
+/// if the product were refused (it is not: the sizes are fixed and consistent).
 pub fn peak_gflops(rounds: usize) -> f64 {
     const N: usize = PEAK_SIDE;
-    const S: isize = PEAK_SIDE as isize;
     let a: Vec<f32> = (0..N * N).map(|i| ((i % 7) as f32 - 3.0) * 0.1).collect();
     let b: Vec<f32> = (0..N * N).map(|i| ((i % 5) as f32 - 2.0) * 0.1).collect();
     let mut c = vec![0f32; N * N];
+    let (a, b) = (MatRef::rows(&a, N, N), MatRef::rows(&b, N, N));
     let mut best = f64::INFINITY;
     for _ in 0..rounds.max(1) {
         let t = std::time::Instant::now();
-        super::on_compute_pool(|| {
+        let done = super::on_compute_pool(|| {
             let threads = rayon::current_num_threads().max(1);
-            // SAFETY: a, b and c are N × N row-major (strides S = N) and distinct; gemm runs
-            // to completion before the closure returns.
-            #[allow(unsafe_code)]
-            unsafe {
-                gemm::gemm(
-                    N,
-                    N,
-                    N,
-                    c.as_mut_ptr(),
-                    1,
-                    S,
-                    false,
-                    a.as_ptr(),
-                    1,
-                    S,
-                    b.as_ptr(),
-                    1,
-                    S,
-                    1.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::Rayon(threads),
-                );
-            }
+            product(&mut c, false, a, b, gemm::Parallelism::Rayon(threads))
         });
+        if done.is_err() {
+            return f64::NAN;
+        }
         best = best.min(t.elapsed().as_secs_f64());
     }
     std::hint::black_box(&c);
