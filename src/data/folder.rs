@@ -418,6 +418,10 @@ fn libjpeg_scaled(bytes: &[u8], size: u32) -> Option<(DynamicImage, image::metad
         .and_then(image::metadata::Orientation::from_exif_chunk)
         .unwrap_or(image::metadata::Orientation::NoTransforms);
     d.scale(n);
+    // What Pillow's `draft()` asks of libjpeg too: the fast integer IDCT and box upsampling of
+    // chroma. At these scales the image is resized down afterwards, which hides the difference.
+    d.dct_method(mozjpeg::DctMethod::IntegerFast);
+    d.do_fancy_upsampling(false);
     let mut s = if color == ColorType::L8 {
         d.grayscale()
     } else {
