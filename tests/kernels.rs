@@ -42,7 +42,7 @@ fn max_abs(a: &Tensor) -> Result<f32> {
 /// (N, C, H, W, O, K, stride, padding)
 type Geometry = (usize, usize, usize, usize, usize, usize, usize, usize);
 
-const GEOMETRIES: [Geometry; 10] = [
+const GEOMETRIES: [Geometry; 13] = [
     (2, 3, 8, 8, 4, 3, 1, 1),
     (3, 4, 9, 7, 5, 3, 2, 1),
     (2, 4, 8, 8, 6, 1, 2, 0),
@@ -55,6 +55,11 @@ const GEOMETRIES: [Geometry; 10] = [
     (2, 3, 6, 6, 4, 5, 1, 2),
     (1, 2, 2, 2, 3, 3, 1, 1),
     (2, 3, 5, 7, 4, 3, 1, 1),
+    // Small output maps are multiplied a group of images at a time: full groups and a shorter
+    // last one, strided, pointwise.
+    (19, 3, 4, 4, 5, 3, 1, 1),
+    (11, 3, 4, 4, 5, 1, 1, 0),
+    (9, 3, 6, 6, 4, 3, 2, 1),
 ];
 
 #[test]

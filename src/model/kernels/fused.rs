@@ -101,6 +101,7 @@ fn conv_stats_impl(
     if x.len() != geom.n * in_image {
         bail!("conv+batch-norm: input does not match the convolution");
     }
+    let group = geom.group();
     let mut coef = None;
     let mut relu = false;
     let mut into = Vec::new();
@@ -110,31 +111,41 @@ fn conv_stats_impl(
         }
         coef = Some(nz.coef);
         relu = nz.relu;
-        into = nz.into.chunks_mut(in_image.max(1)).collect::<Vec<_>>();
+        into = nz
+            .into
+            .chunks_mut((group * in_image).max(1))
+            .collect::<Vec<_>>();
     }
-    into.resize_with(geom.n, Default::default);
-    // The convolution image by image, each image's moments per channel taken while its
-    // output is still in cache.
+    into.resize_with(geom.n.div_ceil(group), Default::default);
+    // The convolution group by group ([`ConvGeom::group`]), each image's moments per channel
+    // taken while its output is still in cache.
     let mut conv_out = vec![0f32; geom.n * geom.out_image()];
     let mut moments = vec![Moments::default(); geom.n * c];
     conv_out
-        .par_chunks_mut(geom.out_image().max(1))
-        .zip(moments.par_chunks_mut(c.max(1)))
+        .par_chunks_mut((group * geom.out_image()).max(1))
+        .zip(moments.par_chunks_mut((group * c).max(1)))
         .zip(into.into_par_iter())
         .enumerate()
         .try_for_each_init(
-            || conv::col_buffer(&geom),
-            |col, (i, ((yi, mi), di))| {
-                let src = &x[i * in_image..(i + 1) * in_image];
-                let xi: &[f32] = match coef {
+            || conv::work(&geom),
+            |work, (gi, ((ys, ms), ds))| {
+                let first = gi * group;
+                let images = ys.len() / geom.out_image().max(1);
+                let src = &x[first * in_image..(first + images) * in_image];
+                let xs: &[f32] = match coef {
                     Some(coef) => {
-                        norm::apply_image(src, coef, relu, geom.h * geom.w, di);
-                        di
+                        for (xi, di) in src
+                            .chunks(in_image.max(1))
+                            .zip(ds.chunks_mut(in_image.max(1)))
+                        {
+                            norm::apply_image(xi, coef, relu, geom.h * geom.w, di);
+                        }
+                        ds
                     }
                     None => src,
                 };
-                geom.forward_image(w, xi, yi, col)?;
-                for (m, plane) in mi.iter_mut().zip(yi.chunks(hw.max(1))) {
+                geom.forward_group(w, xs, ys, work)?;
+                for (m, plane) in ms.iter_mut().zip(ys.chunks(hw.max(1))) {
                     *m = Moments::of_plane(plane);
                 }
                 Ok::<(), candle_core::Error>(())
@@ -262,24 +273,37 @@ pub(super) fn conv_bn_backward(
         .map(|(run, dx_run)| -> Result<RunSums> {
             let mut dw = vec![0f32; g.o * g.ckk()];
             let mut acc = vec![GradSums::default(); prev_c];
-            let mut col = conv::col_buffer(&g);
-            let mut d_conv = vec![0f32; g.out_image()];
+            let mut work = conv::work(&g);
+            let group = g.group();
+            let mut d_conv = vec![0f32; group * g.out_image()];
             let params = st.norm();
             let images = runs.images(run);
-            for i in images.clone() {
-                let out = i * g.out_image()..(i + 1) * g.out_image();
-                let (conv_out, grad_out) = (&st.conv_out[out.clone()], &grad[out]);
-                sums.image(&params, hw, conv_out, grad_out, &mut d_conv);
-                let inp = i * g.in_image()..(i + 1) * g.in_image();
-                if want_input {
-                    let j = (i - images.start) * g.in_image();
-                    let dxi = &mut dx_run[j..j + g.in_image()];
-                    g.backward_input_image(w, &d_conv, dxi, &mut col)?;
-                    if let Some(pass) = &prev {
-                        pass.add_image(i, dxi, &mut acc);
-                    }
+            for start in images.clone().step_by(group) {
+                let end = (start + group).min(images.end);
+                let d_conv = &mut d_conv[..(end - start) * g.out_image()];
+                for (i, d) in (start..end).zip(d_conv.chunks_mut(g.out_image().max(1))) {
+                    let out = i * g.out_image()..(i + 1) * g.out_image();
+                    sums.image(&params, hw, &st.conv_out[out.clone()], &grad[out], d);
                 }
-                g.backward_weight_image(&input[inp], &d_conv, &mut dw, &mut col)?;
+                let inp = start * g.in_image()..end * g.in_image();
+                let dxs = if want_input {
+                    let j = (start - images.start) * g.in_image();
+                    Some(&mut dx_run[j..j + (end - start) * g.in_image()])
+                } else {
+                    None
+                };
+                let weight = Some((&input[inp], &mut dw[..]));
+                match dxs {
+                    Some(dxs) => {
+                        g.backward_group(w, d_conv, Some(&mut *dxs), weight, &mut work)?;
+                        if let Some(pass) = &prev {
+                            for (i, dxi) in (start..end).zip(dxs.chunks(g.in_image().max(1))) {
+                                pass.add_image(i, dxi, &mut acc);
+                            }
+                        }
+                    }
+                    None => g.backward_group(w, d_conv, None, weight, &mut work)?,
+                }
             }
             Ok(RunSums { dw, prev: acc })
         })

@@ -108,8 +108,22 @@ impl RowPhases {
 impl ConvGeom {
     /// Fills `col` (C·K·K × Ho·Wo, row-major) from one image `x` (C × H × W).
     pub(super) fn im2col(&self, x: &[f32], col: &mut [f32]) {
+        self.im2col_at(x, col, self.hw_out(), 0);
+    }
+
+    /// Fills the Ho·Wo columns `off..off + Ho·Wo` of `col` (C·K·K rows of `ld` values each)
+    /// from one image `x` (C × H × W): one image's block of a group's column matrix. A
+    /// pointwise convolution's columns are the image's planes.
+    pub(super) fn im2col_at(&self, x: &[f32], col: &mut [f32], ld: usize, off: usize) {
+        if self.is_pointwise() {
+            let hw = self.hw_out();
+            for (c, plane) in x.chunks_exact(hw.max(1)).take(self.c).enumerate() {
+                col[c * ld + off..c * ld + off + hw].copy_from_slice(plane);
+            }
+            return;
+        }
         if self.stride > 1 {
-            return self.im2col_strided(x, col);
+            return self.im2col_strided(x, col, ld, off);
         }
         let (ho, wo, k) = (self.ho(), self.wo(), self.k);
         let hw = ho * wo;
@@ -120,7 +134,7 @@ impl ConvGeom {
                 for kx in 0..k {
                     let xs = self.valid(kx, self.w, wo);
                     let row = (c * k + ky) * k + kx;
-                    let dst = &mut col[row * hw..(row + 1) * hw];
+                    let dst = &mut col[row * ld + off..row * ld + off + hw];
                     dst[..ys.start * wo].fill(0.0);
                     dst[ys.end * wo..].fill(0.0);
                     if wo == self.w && ys.end > ys.start {
@@ -169,8 +183,25 @@ impl ConvGeom {
     /// zeroed: the adjoint of `im2col`. Entries of `col` that belong to no input pixel may be
     /// overwritten.
     pub(super) fn col2im(&self, col: &mut [f32], dx: &mut [f32]) {
+        self.col2im_at(col, self.hw_out(), 0, dx);
+    }
+
+    /// [`ConvGeom::col2im`] from the Ho·Wo columns `off..off + Ho·Wo` of `col` (C·K·K rows
+    /// of `ld` values each): one image's block of a group's column matrix, the adjoint of
+    /// [`ConvGeom::im2col_at`].
+    pub(super) fn col2im_at(&self, col: &mut [f32], ld: usize, off: usize, dx: &mut [f32]) {
+        if self.is_pointwise() {
+            let hw = self.hw_out();
+            for (c, plane) in dx.chunks_exact_mut(hw.max(1)).take(self.c).enumerate() {
+                let src = &col[c * ld + off..c * ld + off + hw];
+                for (v, g) in plane.iter_mut().zip(src) {
+                    *v += g;
+                }
+            }
+            return;
+        }
         if self.stride > 1 {
-            return self.col2im_strided(col, dx);
+            return self.col2im_strided(col, ld, off, dx);
         }
         let (ho, wo, k) = (self.ho(), self.wo(), self.k);
         let hw = ho * wo;
@@ -181,7 +212,7 @@ impl ConvGeom {
                 for kx in 0..k {
                     let xs = self.valid(kx, self.w, wo);
                     let row = (c * k + ky) * k + kx;
-                    let src = &mut col[row * hw..(row + 1) * hw];
+                    let src = &mut col[row * ld + off..row * ld + off + hw];
                     if wo == self.w && ys.end > ys.start {
                         // "Same" convolution: the valid rows map onto one shifted block of
                         // the plane. Clear the columns that wrapped around a row edge (they
@@ -222,7 +253,7 @@ impl ConvGeom {
     /// [`ConvGeom::im2col`] for stride > 1: each input row is split once into its `s` phases,
     /// after which every kernel column copies one contiguous run of a phase (instead of a
     /// strided gather per kernel column).
-    fn im2col_strided(&self, x: &[f32], col: &mut [f32]) {
+    fn im2col_strided(&self, x: &[f32], col: &mut [f32], ld: usize, off: usize) {
         let (ho, wo, k, s) = (self.ho(), self.wo(), self.k, self.stride);
         let hw = ho * wo;
         let mut phases = RowPhases::new(self);
@@ -232,7 +263,7 @@ impl ConvGeom {
                 let ys = self.valid(ky, self.h, ho);
                 let rows = (c * k + ky) * k..(c * k + ky + 1) * k;
                 for row in rows.clone() {
-                    let dst = &mut col[row * hw..(row + 1) * hw];
+                    let dst = &mut col[row * ld + off..row * ld + off + hw];
                     dst[..ys.start * wo].fill(0.0);
                     dst[ys.end * wo..].fill(0.0);
                 }
@@ -241,7 +272,8 @@ impl ConvGeom {
                     phases.split(&plane[iy * self.w..(iy + 1) * self.w]);
                     for (row, read) in rows.clone().zip(&phases.reads) {
                         let xs = read.out;
-                        let d = &mut col[row * hw + oy * wo..row * hw + (oy + 1) * wo];
+                        let at = row * ld + off + oy * wo;
+                        let d = &mut col[at..at + wo];
                         d[..xs.start].fill(0.0);
                         d[xs.end..].fill(0.0);
                         d[xs.start..xs.end].copy_from_slice(&phases.values[phases.run(read)]);
@@ -254,9 +286,8 @@ impl ConvGeom {
     /// [`ConvGeom::col2im`] for stride > 1, the adjoint of [`ConvGeom::im2col_strided`]: the
     /// kernel columns are summed into the phases of an input row, which are then added back
     /// into the row once.
-    fn col2im_strided(&self, col: &[f32], dx: &mut [f32]) {
+    fn col2im_strided(&self, col: &[f32], ld: usize, off: usize, dx: &mut [f32]) {
         let (ho, wo, k, s) = (self.ho(), self.wo(), self.k, self.stride);
-        let hw = ho * wo;
         let mut phases = RowPhases::new(self);
         for c in 0..self.c {
             let plane = &mut dx[c * self.h * self.w..(c + 1) * self.h * self.w];
@@ -267,7 +298,8 @@ impl ConvGeom {
                     phases.values.fill(0.0);
                     for (row, read) in rows.clone().zip(&phases.reads) {
                         let xs = read.out;
-                        let g = &col[row * hw + oy * wo + xs.start..row * hw + oy * wo + xs.end];
+                        let at = row * ld + off + oy * wo;
+                        let g = &col[at + xs.start..at + xs.end];
                         let run = phases.run(read);
                         for (p, v) in phases.values[run].iter_mut().zip(g) {
                             *p += v;

@@ -1,10 +1,12 @@
 //! 2-D convolution (NCHW, square kernel, no groups, no dilation) as candle custom ops:
 //! the forward pass and both backward passes are im2col / col2im plus one matrix product per
-//! image, images in parallel on rayon and the product single-threaded inside each.
+//! image — or per group of images where an image's output map is small — images in parallel
+//! on rayon and the product single-threaded inside each.
 //!
 //! - [`geometry`]: [`ConvGeom`], the output range each kernel offset reaches, runs of images;
-//! - [`im2col`]: one image to and from its column matrix;
-//! - here: the per-image products (also used by [`super::fused`]), the batch loops, the ops.
+//! - [`im2col`]: one image to and from its block of a column matrix;
+//! - here: the per-image and per-group products (also used by [`super::fused`]), the batch
+//!   loops, the ops.
 
 mod geometry;
 mod im2col;
@@ -16,28 +18,175 @@ use super::gemm::{MatRef, matmul};
 use super::operands::{Nchw, f32_slice};
 pub use geometry::ConvGeom;
 
-/// A per-thread im2col buffer, C·K·K × Ho·Wo (none for pointwise convolutions).
-pub(super) fn col_buffer(g: &ConvGeom) -> Vec<f32> {
-    vec![
-        0f32;
-        if g.is_pointwise() {
-            0
-        } else {
-            g.ckk() * g.hw_out()
-        }
-    ]
+/// Output pixels a group's matrix product should have at least: images whose output map is
+/// smaller (8×8 and 4×4 maps at 16 and 32 px) are multiplied together, so the product's long
+/// side fills the matrix kernel's register tiles and the weight is packed once per group
+/// instead of once per image.
+const GROUP_COLUMNS: usize = 128;
+
+/// A thread's working buffers for one convolution: the column matrix of a group of images
+/// (C·K·K × G·Ho·Wo; none for a pointwise convolution of single images) and, for groups, the
+/// product (O × G·Ho·Wo) before it is scattered into the images. Their memory is the thread's
+/// own and is reused: taken from the thread when made, given back when dropped, so the many
+/// small jobs of a batch loop neither allocate nor zero it again (every value is written
+/// before it is read).
+pub(super) struct Work {
+    col: Vec<f32>,
+    product: Vec<f32>,
+}
+
+thread_local! {
+    /// The buffers the last [`Work`] dropped on this thread gave back.
+    static SPARE: std::cell::Cell<(Vec<f32>, Vec<f32>)> =
+        const { std::cell::Cell::new((Vec::new(), Vec::new())) };
+}
+
+impl Drop for Work {
+    fn drop(&mut self) {
+        let bufs = (
+            std::mem::take(&mut self.col),
+            std::mem::take(&mut self.product),
+        );
+        // Keep the larger set; a nested job's smaller buffers are freed.
+        SPARE.with(|spare| {
+            let old = spare.take();
+            let keep =
+                if old.0.capacity() + old.1.capacity() > bufs.0.capacity() + bufs.1.capacity() {
+                    old
+                } else {
+                    bufs
+                };
+            spare.set(keep);
+        });
+    }
+}
+
+/// The working buffers for `g` ([`Work`]).
+pub(super) fn work(g: &ConvGeom) -> Work {
+    let group = g.group();
+    let cols = group * g.hw_out();
+    let col = if g.is_pointwise() && group == 1 {
+        0
+    } else {
+        g.ckk() * cols
+    };
+    let product = if group > 1 { g.o * cols } else { 0 };
+    let (mut c, mut p) = SPARE.with(std::cell::Cell::take);
+    c.resize(col, 0.0);
+    p.resize(product, 0.0);
+    Work { col: c, product: p }
+}
+
+/// How many images of `len` values each `values` holds, checked against `group`.
+fn images_in(values: usize, len: usize, group: usize, what: &str) -> Result<usize> {
+    let n = values / len.max(1);
+    if n * len != values || n == 0 || n > group {
+        bail!("conv2d: {what} holds {values} values, not 1 to {group} images of {len}");
+    }
+    Ok(n)
 }
 
 impl ConvGeom {
-    /// One image: `yi = w · im2col(xi)`; `w` (O × C·K·K), `xi` (C, H, W), `yi` (O, Ho, Wo),
-    /// `col` from [`col_buffer`].
-    pub(super) fn forward_image(
+    /// Images per matrix product: enough that the product has [`GROUP_COLUMNS`] columns.
+    pub(in crate::model::kernels) fn group(&self) -> usize {
+        (GROUP_COLUMNS / self.hw_out().max(1)).max(1)
+    }
+
+    /// A group of 1 to [`ConvGeom::group`] images: `ys = w · im2col(xs)` image by image, as
+    /// one matrix product over the group's columns. `xs` (G, C, H, W), `ys` (G, O, Ho, Wo).
+    pub(super) fn forward_group(
         &self,
         w: &[f32],
-        xi: &[f32],
-        yi: &mut [f32],
-        col: &mut [f32],
+        xs: &[f32],
+        ys: &mut [f32],
+        work: &mut Work,
     ) -> Result<()> {
+        let n = images_in(xs.len(), self.in_image(), self.group(), "input group")?;
+        images_in(ys.len(), self.out_image(), n, "output group")?;
+        if n == 1 {
+            return self.forward_image(w, xs, ys, &mut work.col);
+        }
+        let (hw, ckk) = (self.hw_out(), self.ckk());
+        let cols = n * hw;
+        for (j, xi) in xs.chunks_exact(self.in_image()).enumerate() {
+            self.im2col_at(xi, &mut work.col, cols, j * hw);
+        }
+        let product = &mut work.product[..self.o * cols];
+        matmul(
+            product,
+            false,
+            MatRef::rows(w, self.o, ckk),
+            MatRef::rows(&work.col[..ckk * cols], ckk, cols),
+        )?;
+        for (j, yi) in ys.chunks_exact_mut(self.out_image()).enumerate() {
+            for (o, plane) in yi.chunks_exact_mut(hw).enumerate() {
+                let at = o * cols + j * hw;
+                plane.copy_from_slice(&product[at..at + hw]);
+            }
+        }
+        Ok(())
+    }
+
+    /// A group's backward pass: `dxs += col2im(wᵀ · dys)` image by image when `dxs` is given
+    /// (zeroed or partly summed by the caller), and `dw += im2col(xs) · dysᵀ` (laid out
+    /// C·K·K × O, as [`ConvGeom::backward_weight_image`]) when `weight = (xs, dw)` is given,
+    /// each as one product over the group's columns. `xs`, `dxs` (G, C, H, W); `dys`
+    /// (G, O, Ho, Wo).
+    pub(super) fn backward_group(
+        &self,
+        w: &[f32],
+        dys: &[f32],
+        dxs: Option<&mut [f32]>,
+        weight: Option<(&[f32], &mut [f32])>,
+        work: &mut Work,
+    ) -> Result<()> {
+        let n = images_in(dys.len(), self.out_image(), self.group(), "gradient group")?;
+        if let Some(dx) = &dxs {
+            images_in(dx.len(), self.in_image(), n, "input gradient group")?;
+        }
+        if let Some((xs, _)) = &weight {
+            images_in(xs.len(), self.in_image(), n, "input group")?;
+        }
+        if n == 1 {
+            if let Some(dx) = dxs {
+                self.backward_input_image(w, dys, dx, &mut work.col)?;
+            }
+            if let Some((xs, dw)) = weight {
+                self.backward_weight_image(xs, dys, dw, &mut work.col)?;
+            }
+            return Ok(());
+        }
+        let (hw, ckk) = (self.hw_out(), self.ckk());
+        let cols = n * hw;
+        // ∂L/∂y of the group as one (O × G·Ho·Wo) matrix.
+        let dy = &mut work.product[..self.o * cols];
+        for (j, dyi) in dys.chunks_exact(self.out_image()).enumerate() {
+            for (o, plane) in dyi.chunks_exact(hw).enumerate() {
+                let at = o * cols + j * hw;
+                dy[at..at + hw].copy_from_slice(plane);
+            }
+        }
+        let dy = MatRef::rows(dy, self.o, cols);
+        let col = &mut work.col[..ckk * cols];
+        if let Some(dx) = dxs {
+            let wt = MatRef::rows(w, self.o, ckk).t();
+            matmul(col, false, wt, dy)?;
+            for (j, dxi) in dx.chunks_exact_mut(self.in_image()).enumerate() {
+                self.col2im_at(col, cols, j * hw, dxi);
+            }
+        }
+        if let Some((xs, dw)) = weight {
+            for (j, xi) in xs.chunks_exact(self.in_image()).enumerate() {
+                self.im2col_at(xi, col, cols, j * hw);
+            }
+            matmul(dw, true, MatRef::rows(col, ckk, cols), dy.t())?;
+        }
+        Ok(())
+    }
+
+    /// One image: `yi = w · im2col(xi)`; `w` (O × C·K·K), `xi` (C, H, W), `yi` (O, Ho, Wo),
+    /// `col` at least C·K·K × Ho·Wo (unused for a pointwise convolution).
+    fn forward_image(&self, w: &[f32], xi: &[f32], yi: &mut [f32], col: &mut [f32]) -> Result<()> {
         let wmat = MatRef::rows(w, self.o, self.ckk());
         matmul(yi, false, wmat, self.columns(xi, col))
     }
@@ -54,7 +203,7 @@ impl ConvGeom {
     }
 
     /// One image: `dxi += col2im(wᵀ · dyi)` (`dxi` as zeroed or partly summed by the caller).
-    pub(super) fn backward_input_image(
+    fn backward_input_image(
         &self,
         w: &[f32],
         dyi: &[f32],
@@ -74,7 +223,7 @@ impl ConvGeom {
     /// One image: `dw += im2col(xi) · dyiᵀ`, with `dw` laid out (C·K·K × O) — both operands
     /// are read along their contiguous rows, which packs far faster than the (O × C·K·K)
     /// product `dy · colᵀ` for large images. [`ConvGeom::weight_grad`] turns the sums around.
-    pub(super) fn backward_weight_image(
+    fn backward_weight_image(
         &self,
         xi: &[f32],
         dyi: &[f32],
@@ -100,57 +249,62 @@ impl ConvGeom {
     }
 }
 
-/// Runs `f(col, dst_i, src_i)` for every image on rayon, `dst` and `src` cut into images of
-/// `dst_image` and `src_image` values, with one [`col_buffer`] per thread.
-fn each_image(
+/// Runs `f(work, dst_group, src_group)` for every group of images ([`ConvGeom::group`]) on
+/// rayon, `dst` and `src` cut into images of `dst_image` and `src_image` values, with one
+/// [`Work`] per rayon job.
+fn each_group(
     g: &ConvGeom,
     dst: &mut [f32],
     dst_image: usize,
     src: &[f32],
     src_image: usize,
-    f: impl Fn(&mut Vec<f32>, &mut [f32], &[f32]) -> Result<()> + Send + Sync,
+    f: impl Fn(&mut Work, &mut [f32], &[f32]) -> Result<()> + Send + Sync,
 ) -> Result<()> {
-    dst.par_chunks_mut(dst_image.max(1))
-        .zip(src.par_chunks(src_image.max(1)))
-        .try_for_each_init(|| col_buffer(g), |col, (d, s)| f(col, d, s))
+    let group = g.group();
+    dst.par_chunks_mut((group * dst_image).max(1))
+        .zip(src.par_chunks((group * src_image).max(1)))
+        .try_for_each_init(|| work(g), |w, (d, s)| f(w, d, s))
 }
 
 /// `y = conv(x, w)` for a batch laid out as `g` says.
 pub(super) fn forward(g: &ConvGeom, x: &[f32], w: &[f32]) -> Result<Vec<f32>> {
     let mut y = vec![0f32; g.n * g.out_image()];
-    each_image(g, &mut y, g.out_image(), x, g.in_image(), |col, yi, xi| {
-        g.forward_image(w, xi, yi, col)
+    each_group(g, &mut y, g.out_image(), x, g.in_image(), |work, ys, xs| {
+        g.forward_group(w, xs, ys, work)
     })?;
     Ok(y)
 }
 
-/// ∂L/∂x from ∂L/∂y: per image wᵀ · dy, then col2im.
+/// ∂L/∂x from ∂L/∂y: per group wᵀ · dy, then col2im.
 pub(super) fn backward_input(g: &ConvGeom, dy: &[f32], w: &[f32]) -> Result<Vec<f32>> {
     let mut dx = vec![0f32; g.n * g.in_image()];
-    each_image(
+    each_group(
         g,
         &mut dx,
         g.in_image(),
         dy,
         g.out_image(),
-        |col, dxi, dyi| g.backward_input_image(w, dyi, dxi, col),
+        |work, dxs, dys| g.backward_group(w, dys, Some(dxs), None, work),
     )?;
     Ok(dx)
 }
 
-/// ∂L/∂w from the input and ∂L/∂y, summed over the batch: one partial sum per run of images,
-/// then summed and transposed.
+/// ∂L/∂w from the input and ∂L/∂y, summed over the batch: one partial sum per run of images
+/// (a product per group inside it), then summed and transposed.
 pub(super) fn backward_weight(g: &ConvGeom, x: &[f32], dy: &[f32]) -> Result<Vec<f32>> {
     let runs = g.runs();
+    let group = g.group();
     let partials: Vec<Vec<f32>> = (0..runs.count())
         .into_par_iter()
         .map(|run| -> Result<Vec<f32>> {
             let mut dw = vec![0f32; g.o * g.ckk()];
-            let mut col = col_buffer(g);
-            for i in runs.images(run) {
-                let xi = &x[i * g.in_image()..(i + 1) * g.in_image()];
-                let dyi = &dy[i * g.out_image()..(i + 1) * g.out_image()];
-                g.backward_weight_image(xi, dyi, &mut dw, &mut col)?;
+            let mut work = work(g);
+            let images = runs.images(run);
+            for start in images.clone().step_by(group) {
+                let end = (start + group).min(images.end);
+                let xs = &x[start * g.in_image()..end * g.in_image()];
+                let dys = &dy[start * g.out_image()..end * g.out_image()];
+                g.backward_group(&[], dys, None, Some((xs, &mut dw)), &mut work)?;
             }
             Ok(dw)
         })
