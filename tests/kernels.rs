@@ -42,7 +42,7 @@ fn max_abs(a: &Tensor) -> Result<f32> {
 /// (N, C, H, W, O, K, stride, padding)
 type Geometry = (usize, usize, usize, usize, usize, usize, usize, usize);
 
-const GEOMETRIES: [Geometry; 13] = [
+const GEOMETRIES: [Geometry; 15] = [
     (2, 3, 8, 8, 4, 3, 1, 1),
     (3, 4, 9, 7, 5, 3, 2, 1),
     (2, 4, 8, 8, 6, 1, 2, 0),
@@ -60,6 +60,8 @@ const GEOMETRIES: [Geometry; 13] = [
     (19, 3, 4, 4, 5, 3, 1, 1),
     (11, 3, 4, 4, 5, 1, 1, 0),
     (9, 3, 6, 6, 4, 3, 2, 1),
+    (16, 3, 6, 6, 4, 3, 2, 1),
+    (3, 2, 5, 5, 2, 3, 1, 0),
 ];
 
 #[test]
@@ -276,12 +278,24 @@ fn add_relu_matches_candle() -> Result<()> {
 /// statistics and parameter gradients with the kernels as with candle's stock operations.
 #[test]
 fn encoder_with_kernels_matches_stock_candle() -> Result<()> {
+    encoder_matches_stock(4)
+}
+
+/// As above with several runs of images per thread and groups of images per product inside
+/// them (l2's 8×8 maps: groups of 2; l3's 4×4: groups of 8), so the residual blocks' grouped
+/// backward passes — ∂x, ∂w and batch norm's sums of the stage before — are checked too.
+#[test]
+fn encoder_with_kernels_matches_stock_candle_in_groups_of_images() -> Result<()> {
+    one_thread(|| encoder_matches_stock(12))
+}
+
+fn encoder_matches_stock(n: usize) -> Result<()> {
     use pretext::model::{Model, kernels};
     let run = |stock: bool| -> anyhow::Result<(Tensor, Vec<(String, Tensor)>)> {
         kernels::set_stock_ops(stock);
         let model = Model::new(Device::Cpu, 3)?;
         model.init_weights(5)?;
-        let x = tensor(&[4, 3, 16, 16], 61)?;
+        let x = tensor(&[n, 3, 16, 16], 61)?;
         let out = model.encoder.forward(&x, true)?;
         let r = tensor(out.fmap.dims(), 62)?;
         let grads = (&out.fmap * &r)?.sum_all()?.backward()?;
@@ -366,13 +380,33 @@ fn bias_act_and_upsample_match_candle() -> Result<()> {
 
 #[test]
 fn fused_conv_batch_norm_matches_the_separate_ops() -> Result<()> {
+    fused_matches_separate(3)
+}
+
+/// Several runs of images per thread, and groups of images per product inside each run (8×8
+/// maps: groups of 2; 4×4: groups of 8): the grouped backward passes, at any core count.
+#[test]
+fn fused_conv_batch_norm_matches_the_separate_ops_in_groups_of_images() -> Result<()> {
+    one_thread(|| fused_matches_separate(12))
+}
+
+/// Runs `f` on a rayon pool of one thread, where a batch is cut into runs of a quarter of it.
+fn one_thread(f: impl FnOnce() -> Result<()> + Send) -> Result<()> {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .map_err(candle_core::Error::wrap)?
+        .install(f)
+}
+
+fn fused_matches_separate(n: usize) -> Result<()> {
     use pretext::model::kernels::fused;
     for (i, &(relu, stride, k)) in [(true, 1, 3), (false, 2, 3), (false, 2, 1)]
         .iter()
         .enumerate()
     {
         let seed = 200 + 10 * i as u64;
-        let x = Var::from_tensor(&tensor(&[3, 4, 8, 8], seed)?)?;
+        let x = Var::from_tensor(&tensor(&[n, 4, 8, 8], seed)?)?;
         let w = Var::from_tensor(&tensor(&[5, 4, k, k], seed + 1)?)?;
         let weight = Var::from_tensor(&(tensor(&[5], seed + 2)? + 1.0)?)?;
         let bias = Var::from_tensor(&tensor(&[5], seed + 3)?)?;

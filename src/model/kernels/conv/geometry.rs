@@ -50,6 +50,9 @@ impl ConvGeom {
         let (&[n, c, h, wd], &[o, wc, k, k2]) = (x, w) else {
             bail!("conv2d: expected 4-D input and weight, got {x:?} and {w:?}");
         };
+        if c == 0 || o == 0 {
+            bail!("conv2d: input {x:?} and weight {w:?} need at least one channel each");
+        }
         if wc != c || k != k2 {
             bail!("conv2d: weight {w:?} does not fit input {x:?} (square kernels only)");
         }
@@ -134,13 +137,16 @@ impl ConvGeom {
     /// The batch cut into runs of contiguous images, for loops that keep one partial sum per
     /// run: a few runs per thread, so a thread slowed by other work does not hold the others
     /// up.
+    /// Runs are whole groups of images ([`ConvGeom::group`]) where there is more than one
+    /// image per product, so no product is cut short by a run's end.
     pub(in crate::model::kernels) fn runs(&self) -> ImageRuns {
+        let per_run = self
+            .n
+            .div_ceil(4 * rayon::current_num_threads().max(1))
+            .max(1);
         ImageRuns {
             n: self.n,
-            per_run: self
-                .n
-                .div_ceil(4 * rayon::current_num_threads().max(1))
-                .max(1),
+            per_run: per_run.next_multiple_of(self.group()),
         }
     }
 }

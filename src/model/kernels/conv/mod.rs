@@ -35,6 +35,10 @@ pub(super) struct Work {
     product: Vec<f32>,
 }
 
+/// The most values a thread keeps in its spare [`Work`] buffers (16 MiB): enough for every
+/// convolution of the encoder at 96 px; larger ones are freed after use.
+const KEEP_WORK: usize = 4 << 20;
+
 thread_local! {
     /// The buffers the last [`Work`] dropped on this thread gave back.
     static SPARE: std::cell::Cell<(Vec<f32>, Vec<f32>)> =
@@ -47,16 +51,15 @@ impl Drop for Work {
             std::mem::take(&mut self.col),
             std::mem::take(&mut self.product),
         );
-        // Keep the larger set; a nested job's smaller buffers are freed.
-        SPARE.with(|spare| {
+        let size = |b: &(Vec<f32>, Vec<f32>)| b.0.capacity() + b.1.capacity();
+        if size(&bufs) > KEEP_WORK {
+            return;
+        }
+        // Keep the larger set; a nested job's smaller buffers are freed. A thread being torn
+        // down has no spare to give them to, and frees them.
+        let _ = SPARE.try_with(|spare| {
             let old = spare.take();
-            let keep =
-                if old.0.capacity() + old.1.capacity() > bufs.0.capacity() + bufs.1.capacity() {
-                    old
-                } else {
-                    bufs
-                };
-            spare.set(keep);
+            spare.set(if size(&old) > size(&bufs) { old } else { bufs });
         });
     }
 }
@@ -86,6 +89,14 @@ fn images_in(values: usize, len: usize, group: usize, what: &str) -> Result<usiz
     Ok(n)
 }
 
+/// Checks that `values` holds exactly `n` images of `len` values.
+fn exactly(values: usize, len: usize, n: usize, what: &str) -> Result<()> {
+    if values != n * len {
+        bail!("conv2d: {what} holds {values} values, not {n} images of {len}");
+    }
+    Ok(())
+}
+
 impl ConvGeom {
     /// Images per matrix product: enough that the product has [`GROUP_COLUMNS`] columns.
     pub(in crate::model::kernels) fn group(&self) -> usize {
@@ -102,7 +113,7 @@ impl ConvGeom {
         work: &mut Work,
     ) -> Result<()> {
         let n = images_in(xs.len(), self.in_image(), self.group(), "input group")?;
-        images_in(ys.len(), self.out_image(), n, "output group")?;
+        exactly(ys.len(), self.out_image(), n, "output group")?;
         if n == 1 {
             return self.forward_image(w, xs, ys, &mut work.col);
         }
@@ -130,8 +141,8 @@ impl ConvGeom {
     /// A group's backward pass: `dxs += col2im(wᵀ · dys)` image by image when `dxs` is given
     /// (zeroed or partly summed by the caller), and `dw += im2col(xs) · dysᵀ` (laid out
     /// C·K·K × O, as [`ConvGeom::backward_weight_image`]) when `weight = (xs, dw)` is given,
-    /// each as one product over the group's columns. `xs`, `dxs` (G, C, H, W); `dys`
-    /// (G, O, Ho, Wo).
+    /// each as one product over the group's columns. `w` (O, C, K, K), read only for `dxs`
+    /// (may be empty without it); `xs`, `dxs` (G, C, H, W); `dys` (G, O, Ho, Wo).
     pub(super) fn backward_group(
         &self,
         w: &[f32],
@@ -142,10 +153,10 @@ impl ConvGeom {
     ) -> Result<()> {
         let n = images_in(dys.len(), self.out_image(), self.group(), "gradient group")?;
         if let Some(dx) = &dxs {
-            images_in(dx.len(), self.in_image(), n, "input gradient group")?;
+            exactly(dx.len(), self.in_image(), n, "input gradient group")?;
         }
         if let Some((xs, _)) = &weight {
-            images_in(xs.len(), self.in_image(), n, "input group")?;
+            exactly(xs.len(), self.in_image(), n, "input group")?;
         }
         if n == 1 {
             if let Some(dx) = dxs {
