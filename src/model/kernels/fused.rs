@@ -286,23 +286,18 @@ pub(super) fn conv_bn_backward(
                     sums.image(&params, hw, &st.conv_out[out.clone()], &grad[out], d);
                 }
                 let inp = start * g.in_image()..end * g.in_image();
-                let dxs = if want_input {
+                let mut dxs = if want_input {
                     let j = (start - images.start) * g.in_image();
                     Some(&mut dx_run[j..j + (end - start) * g.in_image()])
                 } else {
                     None
                 };
                 let weight = Some((&input[inp], &mut dw[..]));
-                match dxs {
-                    Some(dxs) => {
-                        g.backward_group(w, d_conv, Some(&mut *dxs), weight, &mut work)?;
-                        if let Some(pass) = &prev {
-                            for (i, dxi) in (start..end).zip(dxs.chunks(g.in_image().max(1))) {
-                                pass.add_image(i, dxi, &mut acc);
-                            }
-                        }
+                g.backward_group(w, d_conv, dxs.as_deref_mut(), weight, &mut work)?;
+                if let (Some(dxs), Some(pass)) = (dxs, &prev) {
+                    for (i, dxi) in (start..end).zip(dxs.chunks(g.in_image().max(1))) {
+                        pass.add_image(i, dxi, &mut acc);
                     }
-                    None => g.backward_group(w, d_conv, None, weight, &mut work)?,
                 }
             }
             Ok(RunSums { dw, prev: acc })

@@ -137,6 +137,7 @@ impl ConvGeom {
     /// The batch cut into runs of contiguous images, for loops that keep one partial sum per
     /// run: a few runs per thread, so a thread slowed by other work does not hold the others
     /// up.
+    ///
     /// Runs are whole groups of images ([`ConvGeom::group`]) where there is more than one
     /// image per product, so no product is cut short by a run's end.
     pub(in crate::model::kernels) fn runs(&self) -> ImageRuns {

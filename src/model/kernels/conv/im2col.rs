@@ -1,8 +1,9 @@
 //! im2col and col2im: one image (C × H × W) to and from its column matrix (C·K·K × Ho·Wo,
 //! row-major; row (c·K + ky)·K + kx holds what kernel tap (c, ky, kx) reads for every output
 //! pixel), or its block of a group's column matrix (`_at`: columns `off..off + Ho·Wo` of rows
-//! `ld` values long, the images of a group side by side). "Same" convolutions copy each row as one shifted block of the plane; strided ones
-//! split each input row into its phases once, then copy contiguous runs of a phase.
+//! `ld` values long, the images of a group side by side). "Same" convolutions copy each row as
+//! one shifted block of the plane; strided ones split each input row into its phases once,
+//! then copy contiguous runs of a phase.
 
 use std::ops::Range;
 
