@@ -42,7 +42,7 @@ fn max_abs(a: &Tensor) -> Result<f32> {
 /// (N, C, H, W, O, K, stride, padding)
 type Geometry = (usize, usize, usize, usize, usize, usize, usize, usize);
 
-const GEOMETRIES: [Geometry; 15] = [
+const GEOMETRIES: [Geometry; 20] = [
     (2, 3, 8, 8, 4, 3, 1, 1),
     (3, 4, 9, 7, 5, 3, 2, 1),
     (2, 4, 8, 8, 6, 1, 2, 0),
@@ -62,6 +62,13 @@ const GEOMETRIES: [Geometry; 15] = [
     (9, 3, 6, 6, 4, 3, 2, 1),
     (16, 3, 6, 6, 4, 3, 2, 1),
     (3, 2, 5, 5, 2, 3, 1, 0),
+    // Wider "same" convolutions: other input and output widths with a short last group, more
+    // images than one group holds, a non-square map, a 2×2 map, an odd side.
+    (3, 16, 8, 8, 12, 3, 1, 1),
+    (37, 8, 4, 4, 16, 3, 1, 1),
+    (2, 9, 6, 10, 8, 3, 1, 1),
+    (1, 8, 2, 2, 8, 3, 1, 1),
+    (2, 8, 7, 7, 8, 3, 1, 1),
 ];
 
 #[test]
