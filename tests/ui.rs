@@ -153,6 +153,57 @@ fn start_pause_step_resume_stop_on_builtin_data() {
     );
 }
 
+/// Reset while a run trains, then Start at once: the stopped run's last events (its last
+/// steps, its end) are not shown as the new run's.
+#[test]
+fn reset_then_start_at_once_shows_only_the_new_run() {
+    let out = tempfile::tempdir().unwrap();
+    let storage = storage_with(small_config(out.path()));
+    // Tall enough that Reset, below the other buttons, is not under the status bar.
+    let mut h = Harness::builder()
+        .with_size(eframe::egui::vec2(1400.0, 1200.0))
+        .build_eframe(|cc| PretextApp::new(&cc.egui_ctx, Some(&storage), None).unwrap());
+    wait_until(&mut h, "data", |a| matches!(a.data, DataState::Ready(_)));
+    h.get_by_label("Start").click();
+    wait_until(&mut h, "steps", |a| a.run.curves.steps_seen >= 3);
+    let first = h.state().run.run_dir.clone().unwrap();
+    h.get_by_label("Reset").click();
+    wait_until(&mut h, "reset", |a| a.run.status == RunStatus::Idle);
+    h.get_by_label("Start").click();
+    h.step();
+    // Until the new run says it started, nothing of the old one may land in the view.
+    let start = Instant::now();
+    loop {
+        let a = h.state();
+        assert!(
+            !matches!(a.run.status, RunStatus::Finished(_)),
+            "the stopped run's end was taken for the new run's: {:?}",
+            a.run.messages
+        );
+        if a.run.run_dir.is_some() {
+            break;
+        }
+        assert_eq!(
+            a.run.curves.steps_seen, 0,
+            "the stopped run's steps were shown"
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "the new run never started"
+        );
+        h.step();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let second = h.state().run.run_dir.clone().unwrap();
+    assert_ne!(first, second);
+    wait_until(&mut h, "the new run's steps", |a| {
+        a.run.curves.steps_seen >= 2
+    });
+    assert!(h.state().run.is_training(), "{:?}", h.state().run.status);
+    h.get_by_label("Stop").click();
+    wait_until(&mut h, "stop", |a| !a.run.is_training());
+}
+
 #[test]
 fn opening_folders_by_typed_path_including_an_empty_one() {
     let out = tempfile::tempdir().unwrap();

@@ -527,10 +527,18 @@ impl PretextApp {
         self.tabs.inspection = None;
     }
 
-    /// Stops any run and clears curves and previews.
+    /// Stops any run and clears curves and previews; what the stopped run still sends is not
+    /// shown (see `Engine::stale_runs`).
     pub fn reset(&mut self) {
         if self.is_training() {
-            self.send(Command::Stop);
+            if self.engine.trainer.send(Command::Stop) {
+                self.engine.stale_runs += 1;
+            } else {
+                self.run.message(
+                    true,
+                    "the training thread is not answering (its queue is full or it ended)",
+                );
+            }
         }
         self.stop_following();
         self.reset_view();

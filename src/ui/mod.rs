@@ -347,6 +347,10 @@ struct Engine {
     jobs: jobs::Jobs,
     /// Reads run directories: the runs folder's listing and the runs followed.
     watcher: crate::runs::watch::Watcher,
+    /// Runs that Reset stopped and whose last events (their last steps, their end) are still
+    /// to come: the worker's events are dropped until that many `Finished` have arrived, so a
+    /// run started at once never shows them as its own.
+    stale_runs: u32,
 }
 
 /// The desktop app: the run model, the data, the settings and per-tab state it draws, and the
@@ -538,6 +542,7 @@ impl PretextApp {
                 pace,
                 last_input: Instant::now(),
                 dialog: None,
+                stale_runs: 0,
             },
             frame_stats: FrameStats::default(),
             launch: LaunchState {
@@ -568,6 +573,12 @@ impl PretextApp {
     /// One event: into the run model, then what only the window does with it (textures, the
     /// answers to its own requests).
     fn handle(&mut self, ctx: &egui::Context, event: Event) {
+        if self.engine.stale_runs > 0 {
+            if matches!(event, Event::Finished { .. }) {
+                self.engine.stale_runs -= 1;
+            }
+            return;
+        }
         self.run.apply(&event);
         let t = &mut self.tabs;
         match event {
