@@ -1066,7 +1066,7 @@ fn an_unattended_training_window_redraws_once_a_second_and_quickly_again_when_to
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(h.state().is_training());
-    assert_eq!(h.state().repaint_interval(), Duration::from_secs(1));
+    assert_eq!(h.state().repaint_interval(), Duration::from_secs(2));
     h.get_by_label("Pause").click();
     h.step();
     assert_eq!(h.state().repaint_interval(), Duration::from_millis(100));

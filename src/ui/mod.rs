@@ -41,10 +41,11 @@ const LOADING_THUMBNAILS_EVERY: Duration = Duration::from_millis(500);
 /// repaint; the repaint itself waits for this interval), and this often while a folder loads.
 const REPAINT_INTERVAL: Duration = Duration::from_millis(100);
 /// While training with nobody touching the window, it redraws for the engine's events at most
-/// this often: a frame drawn by a software renderer (Mesa's llvmpipe) costs about 0.1 s of CPU
-/// time at 1400 × 900, taken from the step on a 2-core machine, so at the 0.1 s pace the window
-/// cost a seventh of the training throughput (benches/window_share.sh).
-const TRAINING_REPAINT_INTERVAL: Duration = Duration::from_millis(1000);
+/// this often: a frame drawn by a software renderer (Mesa's llvmpipe) costs about 0.1–0.2 s of
+/// CPU time at 1400 × 900, taken from the step on a 2-core machine, so at the 0.1 s pace the
+/// window cost a seventh of the training throughput, and at 1 s still 13–17% of the default
+/// recipe's (benches/window_share.sh).
+const TRAINING_REPAINT_INTERVAL: Duration = Duration::from_millis(2000);
 /// For this long after the person's last input the window keeps the quick pace, so what they
 /// did (Pause, a tab) shows at once.
 const INTERACTION_WINDOW: Duration = Duration::from_secs(3);
@@ -559,7 +560,7 @@ impl PretextApp {
         self.run.is_training()
     }
 
-    /// How long the engine's events let the window wait before it redraws now: 1 s while a run
+    /// How long the engine's events let the window wait before it redraws now: 2 s while a run
     /// trains and nobody has touched the window for 3 s, else 0.1 s.
     pub fn repaint_interval(&self) -> Duration {
         self.engine.pace.interval()
