@@ -1048,7 +1048,7 @@ fn launched_with_start_it_trains_by_itself_with_the_given_settings_and_closes_af
 }
 
 #[test]
-fn an_unattended_training_window_redraws_once_a_second_and_quickly_again_when_touched() {
+fn an_unattended_training_window_redraws_every_two_seconds_and_quickly_again_when_touched() {
     let out = tempfile::tempdir().unwrap();
     let storage = storage_with(TrainConfig {
         epochs: 10_000,

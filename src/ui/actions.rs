@@ -76,7 +76,9 @@ impl PretextApp {
             Action::Start => self.start(),
             Action::ContinueRun { dir, epochs } => self.continue_run(&dir, epochs),
             Action::Reset => self.reset(),
-            Action::Send(cmd) => self.send(cmd),
+            Action::Send(cmd) => {
+                self.send(cmd);
+            }
             Action::Inspect(i) => self.inspect(i),
             Action::ExportEmbeddings => self.export_embeddings(),
             Action::AugmentViews { key } => self.augment_views(key),
@@ -292,13 +294,16 @@ impl PretextApp {
     }
 
     /// Sends a command to the engine; a full queue or an ended worker becomes a message.
-    pub fn send(&mut self, cmd: Command) {
-        if !self.engine.trainer.send(cmd) {
+    /// Returns whether the command was queued.
+    pub fn send(&mut self, cmd: Command) -> bool {
+        let sent = self.engine.trainer.send(cmd);
+        if !sent {
             self.run.message(
                 true,
                 "the training thread is not answering (its queue is full or it ended)",
             );
         }
+        sent
     }
 
     /// Starts loading a data source (cancelling any load under way).
@@ -530,15 +535,8 @@ impl PretextApp {
     /// Stops any run and clears curves and previews; what the stopped run still sends is not
     /// shown (see `Engine::stale_runs`).
     pub fn reset(&mut self) {
-        if self.is_training() {
-            if self.engine.trainer.send(Command::Stop) {
-                self.engine.stale_runs += 1;
-            } else {
-                self.run.message(
-                    true,
-                    "the training thread is not answering (its queue is full or it ended)",
-                );
-            }
+        if self.is_training() && self.send(Command::Stop) {
+            self.engine.stale_runs += 1;
         }
         self.stop_following();
         self.reset_view();
