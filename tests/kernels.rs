@@ -408,10 +408,16 @@ fn one_thread(f: impl FnOnce() -> Result<()> + Send) -> Result<()> {
 
 fn fused_matches_separate(n: usize) -> Result<()> {
     use pretext::model::kernels::fused;
-    for (i, &(relu, stride, k)) in [(true, 1, 3), (false, 2, 3), (false, 2, 1)]
-        .iter()
-        .enumerate()
-    {
+    // Stride-1 "same" stages run their backward pass flipped (one im2col of ∂L/∂y for both
+    // products), the others as the adjoint of the forward pass.
+    let cases = [
+        (true, 1, 3),
+        (false, 2, 3),
+        (false, 2, 1),
+        (true, 1, 5),
+        (false, 1, 1),
+    ];
+    for (i, &(relu, stride, k)) in cases.iter().enumerate() {
         let seed = 200 + 10 * i as u64;
         let x = Var::from_tensor(&tensor(&[n, 4, 8, 8], seed)?)?;
         let w = Var::from_tensor(&tensor(&[5, 4, k, k], seed + 1)?)?;

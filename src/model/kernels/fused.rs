@@ -267,6 +267,7 @@ pub(super) fn conv_bn_backward(
     };
     let prev_c = prev.as_ref().map_or(0, FirstPass::channels);
     dx_runs.resize_with(runs.count(), Default::default);
+    let plan = g.backward_plan(w, want_input);
     let partials: Vec<RunSums> = dx_runs
         .into_par_iter()
         .enumerate()
@@ -293,7 +294,7 @@ pub(super) fn conv_bn_backward(
                     None
                 };
                 let weight = Some((&input[inp], &mut dw[..]));
-                g.backward_group(w, d_conv, dxs.as_deref_mut(), weight, &mut work)?;
+                g.backward_group(&plan, d_conv, dxs.as_deref_mut(), weight, &mut work)?;
                 if let (Some(dxs), Some(pass)) = (dxs, &prev) {
                     for (i, dxi) in (start..end).zip(dxs.chunks(g.in_image().max(1))) {
                         pass.add_image(i, dxi, &mut acc);
@@ -315,7 +316,7 @@ pub(super) fn conv_bn_backward(
     let dws: Vec<Vec<f32>> = partials.into_iter().map(|p| p.dw).collect();
     Ok(StageBackward {
         dx,
-        dw: g.weight_grad(&dws),
+        dw: g.weight_grad(&dws, &plan),
         bn: sums.into_grads(),
         prev_sums,
     })

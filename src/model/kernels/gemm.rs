@@ -66,9 +66,23 @@ impl<'a> MatRef<'a> {
     }
 }
 
+/// How many of its 6-column register tiles a single-threaded product's right side must be
+/// wide (in the crate's own, transposed, view: our matrices' rows) before the `gemm` crate
+/// packs the other operand into its register-tile order. Its default, 8 (48 rows), leaves the
+/// products of a 32-channel convolution unpacked, so its kernel reads a column matrix
+/// thousands of values apart at every step of the sum. Packing them always made the residual
+/// blocks 2–5% faster (paired timings at 16 and 32 px, AMD EPYC).
+const LHS_PACKING_THRESHOLD: usize = 1;
+
+/// Sets [`LHS_PACKING_THRESHOLD`] once, before the first product.
+static PACK_EVERY_LEFT_BLOCK: std::sync::Once = std::sync::Once::new();
+
 /// `dst = (accumulate ? dst : 0) + a · b`, with `dst` row-major (`a.rows` × `b.cols`).
 /// Single-threaded: callers parallelise over images. Counted in [`flop_count`].
 pub fn matmul(dst: &mut [f32], accumulate: bool, a: MatRef<'_>, b: MatRef<'_>) -> Result<()> {
+    PACK_EVERY_LEFT_BLOCK.call_once(|| {
+        gemm::set_lhs_packing_threshold_single_thread(LHS_PACKING_THRESHOLD);
+    });
     let flop = 2 * (a.rows as u64) * (b.cols as u64) * (a.cols as u64);
     product(dst, accumulate, a, b, gemm::Parallelism::None)?;
     FLOP.fetch_add(flop, Ordering::Relaxed);

@@ -68,12 +68,15 @@ impl Drop for Work {
 pub(super) fn work(g: &ConvGeom) -> Work {
     let group = g.group();
     let cols = group * g.hw_out();
+    // The flipped backward pass ([`BackwardPlan`]) makes dy's columns (O·K·K rows) and a
+    // product of C rows: size for the larger of the two channel counts.
+    let wide = g.c.max(g.o);
     let col = if g.is_pointwise() && group == 1 {
         0
     } else {
-        g.ckk() * cols
+        wide * g.k * g.k * cols
     };
-    let product = if group > 1 { g.o * cols } else { 0 };
+    let product = if group > 1 { wide * cols } else { 0 };
     let (mut c, mut p) = SPARE.with(std::cell::Cell::take);
     c.resize(col, 0.0);
     p.resize(product, 0.0);
@@ -138,14 +141,16 @@ impl ConvGeom {
         Ok(())
     }
 
-    /// A group's backward pass: `dxs += col2im(wᵀ · dys)` image by image when `dxs` is given
-    /// (zeroed or partly summed by the caller), and `dw += im2col(xs) · dysᵀ` (laid out
-    /// C·K·K × O, as [`ConvGeom::backward_weight_image`]) when `weight = (xs, dw)` is given,
-    /// each as one product over the group's columns. `w` (O, C, K, K), read only for `dxs`
-    /// (may be empty without it); `xs`, `dxs` (G, C, H, W); `dys` (G, O, Ho, Wo).
+    /// A group's backward pass, as `plan` says ([`BackwardPlan`]): `dxs += ∂L/∂x` image by
+    /// image when `dxs` is given (zeroed or partly summed by the caller), and `dw += ∂L/∂w`
+    /// as a partial sum for [`ConvGeom::weight_grad`] when `weight = (xs, dw)` is given, each
+    /// as one product over the group's columns. Unflipped, that is `col2im(wᵀ · dys)` and
+    /// `im2col(xs) · dysᵀ` (laid out C·K·K × O, as [`ConvGeom::backward_weight_image`]; the
+    /// plan's weight may be empty without `dxs`). `xs`, `dxs` (G, C, H, W); `dys`
+    /// (G, O, Ho, Wo).
     pub(super) fn backward_group(
         &self,
-        w: &[f32],
+        plan: &BackwardPlan<'_>,
         dys: &[f32],
         dxs: Option<&mut [f32]>,
         weight: Option<(&[f32], &mut [f32])>,
@@ -158,6 +163,10 @@ impl ConvGeom {
         if let Some((xs, _)) = &weight {
             exactly(xs.len(), self.in_image(), n, "input group")?;
         }
+        if let Some(flipped) = &plan.flipped {
+            return self.backward_group_flipped(flipped, dys, n, dxs, weight, work);
+        }
+        let w = plan.w;
         if n == 1 {
             if let Some(dx) = dxs {
                 self.backward_input_image(w, dys, dx, &mut work.col)?;
@@ -245,10 +254,26 @@ impl ConvGeom {
         matmul(dw, true, self.columns(xi, col), dyi.t())
     }
 
-    /// ∂L/∂w (O × C·K·K) from partial sums laid out (C·K·K × O).
-    pub(super) fn weight_grad(&self, partials: &[Vec<f32>]) -> Vec<f32> {
+    /// ∂L/∂w (O × C·K·K) from the partial sums [`ConvGeom::backward_group`] made with
+    /// `plan`: laid out (C·K·K × O), or (O·K·K × C) with flipped taps for a flipped plan.
+    pub(super) fn weight_grad(&self, partials: &[Vec<f32>], plan: &BackwardPlan<'_>) -> Vec<f32> {
         let ckk = self.ckk();
         let mut dw = vec![0f32; self.o * ckk];
+        if plan.flipped.is_some() {
+            let (k, kk) = (self.k, self.k * self.k);
+            for p in partials {
+                for (r, row) in p.chunks_exact(self.c.max(1)).enumerate() {
+                    // Row (o, a, b) holds tap (K−1−a, K−1−b) of dw[o, c] for every c.
+                    let (o, tap) = (r / kk, r % kk);
+                    let (a, b) = (tap / k, tap % k);
+                    let at = o * ckk + (k - 1 - a) * k + (k - 1 - b);
+                    for (c, v) in row.iter().enumerate() {
+                        dw[at + c * kk] += v;
+                    }
+                }
+            }
+            return dw;
+        }
         for p in partials {
             for (r, row) in p.chunks_exact(self.o.max(1)).enumerate() {
                 for (oc, v) in row.iter().enumerate() {
@@ -258,6 +283,122 @@ impl ConvGeom {
         }
         dw
     }
+
+    /// Whether the backward pass can run flipped ([`BackwardPlan`]): a stride-1 "same"
+    /// convolution with a kernel wider than one pixel, whose input and output maps match.
+    fn flips(&self) -> bool {
+        self.stride == 1 && self.k > 1 && 2 * self.pad + 1 == self.k
+    }
+
+    /// The geometry of ∂L/∂x as a convolution of ∂L/∂y: O input channels, C outputs, the
+    /// same kernel side and padding, stride 1.
+    fn flipped(&self) -> ConvGeom {
+        ConvGeom {
+            c: self.o,
+            h: self.ho(),
+            w: self.wo(),
+            o: self.c,
+            ..*self
+        }
+    }
+
+    /// How the backward pass for weight `w` (O, C, K, K) multiplies: flipped when ∂L/∂x is
+    /// wanted and the convolution [`flips`](ConvGeom::flips), else as the adjoint of im2col.
+    pub(in crate::model::kernels) fn backward_plan<'a>(
+        &self,
+        w: &'a [f32],
+        want_input: bool,
+    ) -> BackwardPlan<'a> {
+        let flipped = (want_input && self.flips() && w.len() == self.o * self.ckk()).then(|| {
+            let (k, kk, ckk) = (self.k, self.k * self.k, self.ckk());
+            let okk = self.o * kk;
+            let mut f = vec![0f32; self.c * okk];
+            for o in 0..self.o {
+                for c in 0..self.c {
+                    for tap in 0..kk {
+                        let (a, b) = (tap / k, tap % k);
+                        f[c * okk + o * kk + tap] =
+                            w[o * ckk + (c * k + (k - 1 - a)) * k + (k - 1 - b)];
+                    }
+                }
+            }
+            f
+        });
+        BackwardPlan { w, flipped }
+    }
+
+    /// [`ConvGeom::backward_group`] with flipped weights `wf` (C × O·K·K): dy's columns are
+    /// made once (the [`ConvGeom::flipped`] geometry's im2col), then `dxs += wf · cols` (no
+    /// col2im, no column matrix of x) and `dw += cols · xsᵀ`, laid out (O·K·K × C): both
+    /// products read their operands along contiguous rows, as the unflipped ones do.
+    fn backward_group_flipped(
+        &self,
+        wf: &[f32],
+        dys: &[f32],
+        n: usize,
+        dxs: Option<&mut [f32]>,
+        weight: Option<(&[f32], &mut [f32])>,
+        work: &mut Work,
+    ) -> Result<()> {
+        let t = self.flipped();
+        let (hw, okk) = (self.hw_out(), t.ckk());
+        let cols = n * hw;
+        let col = &mut work.col[..okk * cols];
+        for (j, dyi) in dys.chunks_exact(self.out_image()).enumerate() {
+            t.im2col_at(dyi, col, cols, j * hw);
+        }
+        let col = MatRef::rows(col, okk, cols);
+        let wf = MatRef::rows(wf, self.c, okk);
+        if n == 1 {
+            if let Some(dx) = dxs {
+                matmul(dx, true, wf, col)?;
+            }
+            if let Some((xs, dw)) = weight {
+                matmul(dw, true, col, MatRef::rows(xs, self.c, hw).t())?;
+            }
+            return Ok(());
+        }
+        let product = &mut work.product[..self.c * cols];
+        if let Some(dx) = dxs {
+            matmul(product, false, wf, col)?;
+            for (j, dxi) in dx.chunks_exact_mut(self.in_image()).enumerate() {
+                for (c, plane) in dxi.chunks_exact_mut(hw).enumerate() {
+                    let at = c * cols + j * hw;
+                    for (v, g) in plane.iter_mut().zip(&product[at..at + hw]) {
+                        *v += g;
+                    }
+                }
+            }
+        }
+        if let Some((xs, dw)) = weight {
+            // The group's inputs side by side, one (C × G·H·W) matrix.
+            for (j, xi) in xs.chunks_exact(self.in_image()).enumerate() {
+                for (c, plane) in xi.chunks_exact(hw).enumerate() {
+                    let at = c * cols + j * hw;
+                    product[at..at + hw].copy_from_slice(plane);
+                }
+            }
+            matmul(dw, true, col, MatRef::rows(product, self.c, cols).t())?;
+        }
+        Ok(())
+    }
+}
+
+/// How a convolution's backward pass multiplies, decided once per batch
+/// ([`ConvGeom::backward_plan`]).
+///
+/// A stride-1 "same" convolution's ∂L/∂x is itself a convolution of ∂L/∂y with the weight's
+/// channels swapped and its taps flipped, and its ∂L/∂w pairs x with the same shifted copies
+/// of ∂L/∂y. So one im2col of ∂L/∂y serves both products: ∂L/∂x comes straight out of its
+/// product (no col2im scatter, no column matrix to zero), and x needs no im2col at all.
+/// Otherwise (strided convolutions, or when only ∂L/∂w is wanted, as for the network's input
+/// layer whose 3 channels make x's columns the cheaper ones) the backward pass is the adjoint
+/// of the forward one: `col2im(wᵀ · dy)` and `im2col(x) · dyᵀ`.
+pub(in crate::model::kernels) struct BackwardPlan<'a> {
+    /// The weight (O, C, K, K).
+    w: &'a [f32],
+    /// For the flipped pass: `wf[c, (o, a, b)] = w[o, c, K−1−a, K−1−b]`, (C × O·K·K).
+    flipped: Option<Vec<f32>>,
 }
 
 /// Runs `f(work, dst_group, src_group)` for every group of images ([`ConvGeom::group`]) on
@@ -289,13 +430,14 @@ pub(super) fn forward(g: &ConvGeom, x: &[f32], w: &[f32]) -> Result<Vec<f32>> {
 /// ∂L/∂x from ∂L/∂y: per group wᵀ · dy, then col2im.
 pub(super) fn backward_input(g: &ConvGeom, dy: &[f32], w: &[f32]) -> Result<Vec<f32>> {
     let mut dx = vec![0f32; g.n * g.in_image()];
+    let plan = g.backward_plan(w, true);
     each_group(
         g,
         &mut dx,
         g.in_image(),
         dy,
         g.out_image(),
-        |work, dxs, dys| g.backward_group(w, dys, Some(dxs), None, work),
+        |work, dxs, dys| g.backward_group(&plan, dys, Some(dxs), None, work),
     )?;
     Ok(dx)
 }
@@ -305,6 +447,7 @@ pub(super) fn backward_input(g: &ConvGeom, dy: &[f32], w: &[f32]) -> Result<Vec<
 pub(super) fn backward_weight(g: &ConvGeom, x: &[f32], dy: &[f32]) -> Result<Vec<f32>> {
     let runs = g.runs();
     let group = g.group();
+    let plan = g.backward_plan(&[], false);
     let partials: Vec<Vec<f32>> = (0..runs.count())
         .into_par_iter()
         .map(|run| -> Result<Vec<f32>> {
@@ -315,12 +458,12 @@ pub(super) fn backward_weight(g: &ConvGeom, x: &[f32], dy: &[f32]) -> Result<Vec
                 let end = (start + group).min(images.end);
                 let xs = &x[start * g.in_image()..end * g.in_image()];
                 let dys = &dy[start * g.out_image()..end * g.out_image()];
-                g.backward_group(&[], dys, None, Some((xs, &mut dw)), &mut work)?;
+                g.backward_group(&plan, dys, None, Some((xs, &mut dw)), &mut work)?;
             }
             Ok(dw)
         })
         .collect::<Result<_>>()?;
-    Ok(g.weight_grad(&partials))
+    Ok(g.weight_grad(&partials, &plan))
 }
 
 /// Forward: `y = conv2d(x, w)`.
