@@ -408,8 +408,8 @@ fn one_thread(f: impl FnOnce() -> Result<()> + Send) -> Result<()> {
 
 fn fused_matches_separate(n: usize) -> Result<()> {
     use pretext::model::kernels::fused;
-    // Stride-1 "same" stages run their backward pass flipped (one im2col of ∂L/∂y for both
-    // products), the others as the adjoint of the forward pass.
+    // Stride-1 "same" stages of 8 or more input channels run their backward pass flipped (one
+    // im2col of ∂L/∂y for both products), the others as the adjoint of the forward pass.
     let cases = [
         (true, 1, 3),
         (false, 2, 3),
@@ -419,8 +419,8 @@ fn fused_matches_separate(n: usize) -> Result<()> {
     ];
     for (i, &(relu, stride, k)) in cases.iter().enumerate() {
         let seed = 200 + 10 * i as u64;
-        let x = Var::from_tensor(&tensor(&[n, 4, 8, 8], seed)?)?;
-        let w = Var::from_tensor(&tensor(&[5, 4, k, k], seed + 1)?)?;
+        let x = Var::from_tensor(&tensor(&[n, 8, 8, 8], seed)?)?;
+        let w = Var::from_tensor(&tensor(&[5, 8, k, k], seed + 1)?)?;
         let weight = Var::from_tensor(&(tensor(&[5], seed + 2)? + 1.0)?)?;
         let bias = Var::from_tensor(&tensor(&[5], seed + 3)?)?;
         let pad = k / 2;

@@ -24,6 +24,11 @@ pub use geometry::ConvGeom;
 /// instead of once per image.
 const GROUP_COLUMNS: usize = 128;
 
+/// The fewest input channels for which the backward pass runs flipped ([`BackwardPlan`]):
+/// with fewer, its ∂L/∂x product has too few rows to fill the matrix kernel (a 3-channel
+/// input's ∂L/∂x took 2.5 times as long flipped, measured).
+const FLIP_MIN_CHANNELS: usize = 8;
+
 /// A thread's working buffers for one convolution: the column matrix of a group of images
 /// (C·K·K × G·Ho·Wo; none for a pointwise convolution of single images) and, for groups, the
 /// product (O × G·Ho·Wo) before it is scattered into the images. Their memory is the thread's
@@ -285,9 +290,10 @@ impl ConvGeom {
     }
 
     /// Whether the backward pass can run flipped ([`BackwardPlan`]): a stride-1 "same"
-    /// convolution with a kernel wider than one pixel, whose input and output maps match.
+    /// convolution with a kernel wider than one pixel, whose input and output maps match, of
+    /// at least [`FLIP_MIN_CHANNELS`] input channels.
     fn flips(&self) -> bool {
-        self.stride == 1 && self.k > 1 && 2 * self.pad + 1 == self.k
+        self.stride == 1 && self.k > 1 && 2 * self.pad + 1 == self.k && self.c >= FLIP_MIN_CHANNELS
     }
 
     /// The geometry of ∂L/∂x as a convolution of ∂L/∂y: O input channels, C outputs, the
