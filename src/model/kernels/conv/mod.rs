@@ -73,15 +73,19 @@ impl Drop for Work {
 pub(super) fn work(g: &ConvGeom) -> Work {
     let group = g.group();
     let cols = group * g.hw_out();
-    // The flipped backward pass ([`BackwardPlan`]) makes dy's columns (O·K·K rows) and a
-    // product of C rows: size for the larger of the two channel counts.
-    let wide = g.c.max(g.o);
+    // A flipped backward pass ([`BackwardPlan`]) makes dy's columns (O·K·K rows) and a
+    // product of C rows: where it may run, size for the larger of the two channel counts.
+    let (col_channels, product_rows) = if g.flips() {
+        (g.c.max(g.o), g.c.max(g.o))
+    } else {
+        (g.c, g.o)
+    };
     let col = if g.is_pointwise() && group == 1 {
         0
     } else {
-        wide * g.k * g.k * cols
+        col_channels * g.k * g.k * cols
     };
-    let product = if group > 1 { wide * cols } else { 0 };
+    let product = if group > 1 { product_rows * cols } else { 0 };
     let (mut c, mut p) = SPARE.with(std::cell::Cell::take);
     c.resize(col, 0.0);
     p.resize(product, 0.0);
@@ -265,15 +269,13 @@ impl ConvGeom {
         let ckk = self.ckk();
         let mut dw = vec![0f32; self.o * ckk];
         if plan.flipped.is_some() {
-            let (k, kk) = (self.k, self.k * self.k);
+            let kk = self.k * self.k;
             for p in partials {
                 for (r, row) in p.chunks_exact(self.c.max(1)).enumerate() {
-                    // Row (o, a, b) holds tap (K−1−a, K−1−b) of dw[o, c] for every c.
+                    // Row (o, tap) holds the turned-round tap of dw[o, c] for every c.
                     let (o, tap) = (r / kk, r % kk);
-                    let (a, b) = (tap / k, tap % k);
-                    let at = o * ckk + (k - 1 - a) * k + (k - 1 - b);
                     for (c, v) in row.iter().enumerate() {
-                        dw[at + c * kk] += v;
+                        dw[self.turned_tap(o, c, tap)] += v;
                     }
                 }
             }
@@ -296,6 +298,13 @@ impl ConvGeom {
         self.stride == 1 && self.k > 1 && 2 * self.pad + 1 == self.k && self.c >= FLIP_MIN_CHANNELS
     }
 
+    /// Where tap `tap` (0..K·K, row-major) of w[o, c] turned round by 180° — tap (K−1−a,
+    /// K−1−b) for (a, b) — sits in the weight (O, C, K, K): the flipped pass's tap order.
+    fn turned_tap(&self, o: usize, c: usize, tap: usize) -> usize {
+        let kk = self.k * self.k;
+        (o * self.c + c) * kk + (kk - 1 - tap)
+    }
+
     /// The geometry of ∂L/∂x as a convolution of ∂L/∂y: O input channels, C outputs, the
     /// same kernel side and padding, stride 1.
     fn flipped(&self) -> ConvGeom {
@@ -316,16 +325,11 @@ impl ConvGeom {
         want_input: bool,
     ) -> BackwardPlan<'a> {
         let flipped = (want_input && self.flips() && w.len() == self.o * self.ckk()).then(|| {
-            let (k, kk, ckk) = (self.k, self.k * self.k, self.ckk());
-            let okk = self.o * kk;
-            let mut f = vec![0f32; self.c * okk];
-            for o in 0..self.o {
-                for c in 0..self.c {
-                    for tap in 0..kk {
-                        let (a, b) = (tap / k, tap % k);
-                        f[c * okk + o * kk + tap] =
-                            w[o * ckk + (c * k + (k - 1 - a)) * k + (k - 1 - b)];
-                    }
+            let kk = self.k * self.k;
+            let mut f = vec![0f32; self.c * self.o * kk];
+            for (c, row) in f.chunks_exact_mut(self.o * kk).enumerate() {
+                for (j, v) in row.iter_mut().enumerate() {
+                    *v = w[self.turned_tap(j / kk, c, j % kk)];
                 }
             }
             f
@@ -433,7 +437,8 @@ pub(super) fn forward(g: &ConvGeom, x: &[f32], w: &[f32]) -> Result<Vec<f32>> {
     Ok(y)
 }
 
-/// ∂L/∂x from ∂L/∂y: per group wᵀ · dy, then col2im.
+/// ∂L/∂x from ∂L/∂y, per group as [`ConvGeom::backward_plan`] decides: flipped, or wᵀ · dy
+/// then col2im.
 pub(super) fn backward_input(g: &ConvGeom, dy: &[f32], w: &[f32]) -> Result<Vec<f32>> {
     let mut dx = vec![0f32; g.n * g.in_image()];
     let plan = g.backward_plan(w, true);
