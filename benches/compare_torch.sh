@@ -8,7 +8,9 @@
 #
 # Environment: TASKS (default: rotation contrastive colorization inpainting), SIZES (32 64 96),
 # BATCH (default 128 at 32 px and 64 above, as in issue 14's table), STEPS (20), ROUNDS (2;
-# the best of the rounds is kept for each side), THREADS (2, PyTorch's thread count). Builds
+# the best of the rounds is kept for each side, and the last column gives the range of the
+# ratios of each round's pair, run back to back — on a machine whose speed drifts from minute to
+# minute that range says how far to trust the ratio), THREADS (2, PyTorch's thread count). Builds
 # pretext in release mode first. Both sides feed the network `size`-pixel inputs (the
 # contrastive task's two views at the full size).
 set -euo pipefail
@@ -43,15 +45,20 @@ for size in $sizes; do
       header=1
       printf '%s · fp32 matrix-product peak %.0f GFLOP/s (2048², measured by pretext bench)\n\n' \
         "$(field cpu <<<"$json")" "$(field peak_gflops <<<"$json")"
-      printf '| task | size | batch | pretext images/s | PyTorch images/s | ratio | pretext %% of ceiling | PyTorch %% of ceiling |\n|---|---|---|---|---|---|---|---|\n'
+      printf '| task | size | batch | pretext images/s | PyTorch images/s | ratio | pretext %% of ceiling | PyTorch %% of ceiling | ratio per round |\n|---|---|---|---|---|---|---|---|---|\n'
     fi
     o=$(best "${ours[@]}"); t=$(best "${theirs[@]}")
     "$python" -c '
 import sys
 task, size, batch = sys.argv[1:4]
 o, t, g, p = map(float, sys.argv[4:8])
+pairs = sys.argv[8:]
+half = len(pairs) // 2
+per_round = sorted(float(a) / float(b) for a, b in zip(pairs[:half], pairs[half:]))
+spread = f"{per_round[0]:.2f}–{per_round[-1]:.2f}" if len(per_round) > 1 else f"{per_round[0]:.2f}"
 ceiling = p / g if g == g and g > 0 else float("nan")
-print(f"| {task} | {size} px | {batch} | {o:.1f} | {t:.1f} | {o/t:.2f} | {100*o/ceiling:.0f}% | {100*t/ceiling:.0f}% |")
-' "$task" "$size" "$batch" "$o" "$t" "$(field gflop_per_image <<<"$json")" "$(field peak_gflops <<<"$json")"
+print(f"| {task} | {size} px | {batch} | {o:.1f} | {t:.1f} | {o/t:.2f} | {100*o/ceiling:.0f}% | {100*t/ceiling:.0f}% | {spread} |")
+' "$task" "$size" "$batch" "$o" "$t" "$(field gflop_per_image <<<"$json")" "$(field peak_gflops <<<"$json")" \
+      "${ours[@]}" "${theirs[@]}"
   done
 done
