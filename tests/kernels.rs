@@ -1,7 +1,7 @@
 //! The CPU kernels against candle's own operations and against finite differences.
 
 use candle_core::{Device, Result, Tensor, Var};
-use pretext::model::kernels::{conv, norm, pointwise};
+use pretext::model::kernels::{conv, norm, pointwise, subpixel};
 use pretext::model::ops;
 
 /// Deterministic values in [-1, 1).
@@ -383,6 +383,89 @@ fn bias_act_and_upsample_match_candle() -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The decoders' nearest ×2 upsampling + 3×3 convolution + bias (+ ReLU) with candle's own
+/// ops: the reference the sub-pixel kernel must reproduce.
+fn stock_upsample_conv(x: &Tensor, w: &Tensor, b: &Tensor, relu: bool) -> Result<Tensor> {
+    let (n, c, h, wd) = x.dims4()?;
+    // Upsampling from reshape and broadcast (candle's upsample_nearest2d backward overwrites).
+    let up = x
+        .reshape((n, c, h, 1, wd, 1))?
+        .broadcast_as((n, c, h, 2, wd, 2))?
+        .reshape((n, c, 2 * h, 2 * wd))?;
+    let y = up
+        .conv2d(w, 1, 1, 1, 1)?
+        .broadcast_add(&b.reshape((1, (), 1, 1))?)?;
+    if relu { y.relu() } else { Ok(y) }
+}
+
+#[test]
+fn subpixel_upsample_conv_matches_candle() -> Result<()> {
+    // (N, C, H, W, O): square and non-square maps, a 1-pixel side, the decoders' channel
+    // counts on 8×8 and 16×16 maps, and batches that the convolution splits into groups.
+    let cases = [
+        (2, 3, 4, 5, 4),
+        (1, 2, 1, 3, 3),
+        (3, 16, 8, 8, 8),
+        (19, 8, 4, 4, 6),
+        (2, 12, 16, 16, 5),
+    ];
+    for (i, &(n, c, h, w, o)) in cases.iter().enumerate() {
+        for relu in [true, false] {
+            let seed = 100 + 10 * i as u64;
+            let x = Var::from_tensor(&tensor(&[n, c, h, w], seed)?)?;
+            let wt = Var::from_tensor(&(tensor(&[o, c, 3, 3], seed + 1)? * 0.3)?)?;
+            let b = Var::from_tensor(&(tensor(&[o], seed + 2)? * 0.1)?)?;
+            let ours = subpixel::upsample_conv3x3_bias_act(
+                x.as_tensor(),
+                wt.as_tensor(),
+                b.as_tensor(),
+                relu,
+            )?;
+            let stock = stock_upsample_conv(x.as_tensor(), wt.as_tensor(), b.as_tensor(), relu)?;
+            assert_eq!(ours.dims(), &[n, o, 2 * h, 2 * w]);
+            let scale = max_abs(&stock)?.max(1e-3);
+            let d = max_diff(&ours, &stock)?;
+            assert!(
+                d / scale < 1e-5,
+                "case {i} relu {relu}: output differs by {d}"
+            );
+            let r = tensor(ours.dims(), seed + 3)?;
+            let g1 = (ours * &r)?.sum_all()?.backward()?;
+            let g2 = (stock * &r)?.sum_all()?.backward()?;
+            for (v, name) in [(&x, "x"), (&wt, "weight"), (&b, "bias")] {
+                let (p, q) = (grad_of(&g1, v)?, grad_of(&g2, v)?);
+                let scale = max_abs(q)?.max(1e-3);
+                let d = max_diff(p, q)?;
+                assert!(
+                    d / scale < 1e-4,
+                    "case {i} relu {relu}: ∂{name} differs by {d}"
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn subpixel_upsample_conv_gradients_match_finite_differences() -> Result<()> {
+    let x = Var::from_tensor(&tensor(&[2, 3, 3, 4], 201)?)?;
+    let wt = Var::from_tensor(&tensor(&[4, 3, 3, 3], 202)?)?;
+    let b = Var::from_tensor(&tensor(&[4], 203)?)?;
+    let y =
+        subpixel::upsample_conv3x3_bias_act(x.as_tensor(), wt.as_tensor(), b.as_tensor(), true)?;
+    let r = tensor(y.dims(), 204)?;
+    let grads = (y * &r)?.sum_all()?.backward()?;
+    let loss = |xv: &Tensor, wv: &Tensor, bv: &Tensor| -> Result<f32> {
+        (subpixel::upsample_conv3x3_bias_act(xv, wv, bv, true)? * &r)?
+            .sum_all()?
+            .to_scalar::<f32>()
+    };
+    let (xt, wtt, bt) = (x.as_tensor(), wt.as_tensor(), b.as_tensor());
+    check_finite_differences(&x, grad_of(&grads, &x)?, &|t| loss(t, wtt, bt), "input")?;
+    check_finite_differences(&wt, grad_of(&grads, &wt)?, &|t| loss(xt, t, bt), "weight")?;
+    check_finite_differences(&b, grad_of(&grads, &b)?, &|t| loss(xt, wtt, t), "bias")
 }
 
 #[test]

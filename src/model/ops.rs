@@ -219,6 +219,18 @@ pub fn upsample2x(x: &Tensor) -> Result<Tensor> {
         .reshape((n, c, 2 * h, 2 * w))
 }
 
+/// `relu(conv3×3(upsample2x(x), w) + b)` (padding 1), or without the ReLU when `relu` is off:
+/// the decoders' upsampling stages, (N, C, H, W) → (N, O, 2H, 2W) for `w` (O, C, 3, 3). On the
+/// CPU in sub-pixel form ([`kernels::subpixel`]: the same result with 4/9 of the
+/// multiplications); elsewhere the composition itself.
+pub fn upsample2x_conv3x3_bias(x: &Tensor, w: &Tensor, b: &Tensor, relu: bool) -> Result<Tensor> {
+    if kernels::applies(x.device(), x.dtype()) {
+        return kernels::subpixel::upsample_conv3x3_bias_act(x, w, b, relu);
+    }
+    let y = conv2d_bias(&upsample2x(x)?, w, b, 1, 1)?;
+    if relu { y.relu() } else { Ok(y) }
+}
+
 /// Mean squared error.
 pub fn mse(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     (a - b)?.sqr()?.mean_all()

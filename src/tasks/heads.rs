@@ -111,8 +111,8 @@ impl Decoder {
     }
 
     pub fn forward(&self, fmap: &Tensor) -> Result<Tensor> {
-        let y = ops::conv2d_bias_relu(&ops::upsample2x(fmap)?, &self.c1.0, &self.c1.1, 1, 1)?;
-        let y = ops::conv2d_bias_relu(&ops::upsample2x(&y)?, &self.c2.0, &self.c2.1, 1, 1)?;
+        let y = ops::upsample2x_conv3x3_bias(fmap, &self.c1.0, &self.c1.1, true)?;
+        let y = ops::upsample2x_conv3x3_bias(&y, &self.c2.0, &self.c2.1, true)?;
         ops::conv2d_bias(&y, &self.out.0, &self.out.1, 1, 1)
     }
 }

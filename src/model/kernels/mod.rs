@@ -9,6 +9,8 @@
 //! - [`block::residual_block_train`]: a whole residual basic block as one op in training;
 //! - [`pointwise`]: residual add + ReLU, bias + ReLU and ×2 upsampling with their backward
 //!   passes, each one pass over memory instead of candle's broadcast and reduction chains;
+//! - [`subpixel`]: the decoders' ×2 upsampling + 3×3 convolution as one 2×2 convolution of
+//!   the small map and an interleave of its four phases (4/9 of the multiplications);
 //! - [`dense_ce`]: colorization-bins' soft-target cross-entropy over dense logits and its
 //!   gradient, one pass per image each.
 //!
@@ -28,6 +30,7 @@ pub mod norm;
 mod operands;
 pub mod pointwise;
 mod reduce;
+pub mod subpixel;
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
