@@ -42,7 +42,7 @@ fn max_abs(a: &Tensor) -> Result<f32> {
 /// (N, C, H, W, O, K, stride, padding)
 type Geometry = (usize, usize, usize, usize, usize, usize, usize, usize);
 
-const GEOMETRIES: [Geometry; 20] = [
+const GEOMETRIES: [Geometry; 23] = [
     (2, 3, 8, 8, 4, 3, 1, 1),
     (3, 4, 9, 7, 5, 3, 2, 1),
     (2, 4, 8, 8, 6, 1, 2, 0),
@@ -69,6 +69,12 @@ const GEOMETRIES: [Geometry; 20] = [
     (2, 9, 6, 10, 8, 3, 1, 1),
     (1, 8, 2, 2, 8, 3, 1, 1),
     (2, 8, 7, 7, 8, 3, 1, 1),
+    // Outputs larger than the input, whose backward pass also runs flipped (with padding
+    // K − 1 − P): the sub-pixel decoders' 2×2 kernels with padding 1, one image and groups of
+    // them, and a 3×3 kernel with padding 2.
+    (2, 8, 5, 6, 12, 2, 1, 1),
+    (5, 16, 4, 4, 8, 2, 1, 1),
+    (3, 9, 4, 5, 5, 3, 1, 2),
 ];
 
 #[test]

@@ -291,11 +291,16 @@ impl ConvGeom {
         dw
     }
 
-    /// Whether the backward pass can run flipped ([`BackwardPlan`]): a stride-1 "same"
-    /// convolution with a kernel wider than one pixel, whose input and output maps match, of
+    /// Whether the backward pass can run flipped ([`BackwardPlan`]): a stride-1 convolution
+    /// with a kernel wider than one pixel whose output map is at least as large as its input
+    /// ("same", or padded further, as the sub-pixel decoders' 2×2 kernels with padding 1), of
     /// at least [`FLIP_MIN_CHANNELS`] input channels.
     fn flips(&self) -> bool {
-        self.stride == 1 && self.k > 1 && 2 * self.pad + 1 == self.k && self.c >= FLIP_MIN_CHANNELS
+        self.stride == 1
+            && self.k > 1
+            && 2 * self.pad + 1 >= self.k
+            && self.pad < self.k
+            && self.c >= FLIP_MIN_CHANNELS
     }
 
     /// Where tap `tap` (0..K·K, row-major) of w[o, c] turned round by 180° — tap (K−1−a,
@@ -306,13 +311,15 @@ impl ConvGeom {
     }
 
     /// The geometry of ∂L/∂x as a convolution of ∂L/∂y: O input channels, C outputs, the
-    /// same kernel side and padding, stride 1.
+    /// same kernel side, stride 1, padding K − 1 − P (P itself for a "same" convolution), so
+    /// its output is the input's H × W.
     fn flipped(&self) -> ConvGeom {
         ConvGeom {
             c: self.o,
             h: self.ho(),
             w: self.wo(),
             o: self.c,
+            pad: self.k - 1 - self.pad,
             ..*self
         }
     }
@@ -351,7 +358,8 @@ impl ConvGeom {
         work: &mut Work,
     ) -> Result<()> {
         let t = self.flipped();
-        let (hw, okk) = (self.hw_out(), t.ckk());
+        // Columns per image: the input's pixels (as many as the output's for "same").
+        let (hw, okk) = (t.hw_out(), t.ckk());
         let cols = n * hw;
         let col = &mut work.col[..okk * cols];
         for (j, dyi) in dys.chunks_exact(self.out_image()).enumerate() {
