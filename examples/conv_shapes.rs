@@ -1,4 +1,4 @@
-//! Times each convolution of the reference encoder (batch 128, 32 px) through pretext's
+//! Times each convolution of the reference encoder and decoder (batch 128, 32 px) through pretext's
 //! kernels — forward, ∂x and ∂w separately, with their GFLOP/s — and then each residual block
 //! (forward, and backward of a sum), medians of 21 runs on the kernels' compute pool:
 //!
@@ -29,6 +29,12 @@ fn run(dev: &Device, n: usize, reps: usize) -> anyhow::Result<()> {
         ("l3.c1", 64, 128, 16, 3, 2, 1),
         ("l3.c2", 128, 128, 8, 3, 1, 1),
         ("l3.sc", 64, 128, 16, 1, 2, 0),
+        // The decoders: c1 and c2 in sub-pixel form (four phases' 2×2 kernels on the small
+        // map), then the last convolution to 2 (colorization) or 3 (inpainting) channels.
+        ("dec.c1", 128, 256, 8, 2, 1, 1),
+        ("dec.c2", 64, 128, 16, 2, 1, 1),
+        ("dec.out2", 32, 2, 32, 3, 1, 1),
+        ("dec.out3", 32, 3, 32, 3, 1, 1),
     ];
     for (name, cin, cout, h, k, s, p) in shapes {
         let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (n, cin, h, h), &dev)?)?;
