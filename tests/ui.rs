@@ -1074,3 +1074,42 @@ fn an_unattended_training_window_redraws_every_two_seconds_and_quickly_again_whe
     wait_until(&mut h, "the end", |a| !a.is_training());
     assert_eq!(h.state().repaint_interval(), Duration::from_millis(100));
 }
+
+#[test]
+fn the_run_buttons_stay_in_view_with_every_setting_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = storage_with(small_config(dir.path()));
+    let mut h = app(&storage, None);
+    wait_until(&mut h, "data", |a| matches!(a.data, DataState::Ready(_)));
+    // Every task ticked and both collapsible sections open: the settings are then far taller
+    // than the window, and scroll.
+    for task in [
+        "colorization",
+        "inpainting",
+        "contrastive",
+        "jigsaw",
+        "moco",
+    ] {
+        h.get_by_label(task).click();
+    }
+    h.run_steps(2);
+    h.get_by_label("Task settings").click();
+    h.get_by_label("Augmentation strengths").click();
+    h.run_steps(3);
+    let window = eframe::egui::Rect::from_min_size(
+        eframe::egui::Pos2::ZERO,
+        eframe::egui::vec2(1400.0, 900.0),
+    );
+    for label in ["Start", "Reset", "Save checkpoint", "Measure now"] {
+        let rect = h.get_by_label(label).rect();
+        assert!(
+            window.contains_rect(rect),
+            "{label} lies at {rect:?}, outside the {window:?} window"
+        );
+    }
+    // And Start still starts from there.
+    h.get_by_label("Start").click();
+    wait_until(&mut h, "a step", |a| a.run.curves.steps_seen >= 1);
+    h.get_by_label("Stop").click();
+    wait_until(&mut h, "the run to end", |a| !a.run.is_training());
+}

@@ -1,6 +1,6 @@
 //! The training controls: tasks and settings (ranges from the configuration's own validation
-//! limits), Start / Pause / Resume / Step / Stop / Reset, the learning rate of a running run, and
-//! saving a checkpoint.
+//! limits), and, in a strip of their own that never scrolls out of view, Start / Pause / Resume /
+//! Step / Stop / Reset, the learning rate of a running run, saving a checkpoint and measuring now.
 
 use eframe::egui;
 
@@ -8,20 +8,27 @@ use crate::config::{self as limits, LrSchedule, MaskKind, TaskKind, TrainConfig}
 use crate::train::Command;
 use crate::ui::{Action, DataState, RunStatus, RunView};
 
-/// Draws the training controls; edits `config` and `lr_input`, asks for commands.
-pub fn show(
+/// Draws the training settings (tasks, sizes, schedule, device …); edits `config`. They are
+/// locked while a run trains.
+pub fn show(ui: &mut egui::Ui, run: &RunView, config: &mut TrainConfig, actions: &mut Vec<Action>) {
+    ui.heading("Training");
+    let busy = run.is_training();
+    ui.add_enabled_ui(!busy, |ui| settings(ui, config, actions));
+}
+
+/// Draws the run's buttons — Start / Pause / Resume / Step / Stop / Reset, the learning rate of
+/// a running run, Save checkpoint and Measure now — for a strip that stays in view below the
+/// scrolling settings; edits `lr_input`, asks for commands.
+pub fn run_buttons(
     ui: &mut egui::Ui,
     run: &RunView,
     data: &DataState,
-    config: &mut TrainConfig,
     lr_input: &mut f64,
     actions: &mut Vec<Action>,
 ) {
-    ui.heading("Training");
     let busy = run.is_training();
     let ready = matches!(data, DataState::Ready(_));
-    ui.add_enabled_ui(!busy, |ui| settings(ui, config, actions));
-    ui.separator();
+    ui.add_space(4.0);
     ui.horizontal_wrapped(|ui| {
         let paused = matches!(run.status, RunStatus::Paused(_));
         let mut button = |enabled: bool, label: &str, hover: Option<&str>, action: Action| {
@@ -81,6 +88,7 @@ pub fn show(
             }
         });
     });
+    ui.add_space(2.0);
 }
 
 fn settings(ui: &mut egui::Ui, c: &mut TrainConfig, actions: &mut Vec<Action>) {

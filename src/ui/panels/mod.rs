@@ -44,17 +44,14 @@ pub fn draw(app: &mut PretextApp, ui: &mut egui::Ui) -> Vec<Action> {
     egui::Panel::left("controls")
         .default_size(330.0)
         .show(ui, |ui| {
+            // The run's buttons stay in view however far the settings above them scroll.
+            egui::Panel::bottom("run buttons").show(ui, |ui| {
+                controls::run_buttons(ui, &app.run, &app.data, &mut app.inputs.lr, &mut actions);
+            });
             egui::ScrollArea::vertical().show(ui, |ui| {
                 data::show(ui, &app.data, &mut app.settings.config.cache, &mut actions);
                 ui.separator();
-                controls::show(
-                    ui,
-                    &app.run,
-                    &app.data,
-                    &mut app.settings.config,
-                    &mut app.inputs.lr,
-                    &mut actions,
-                );
+                controls::show(ui, &app.run, &mut app.settings.config, &mut actions);
             });
         });
     egui::CentralPanel::default_margins().show(ui, |ui| central(ui, app, &mut actions));
