@@ -173,6 +173,24 @@ fn srgb_to_lab_matches_scikit_image_and_round_trips() {
 }
 
 #[test]
+fn image_to_lab_planes_gives_rgb_to_lab_of_every_byte() {
+    use pretext::data::color::{image_to_lab_planes, rgb_to_lab};
+    // Every byte value in every channel, in three different combinations.
+    let rgb: Vec<u8> = (0..=255u8)
+        .flat_map(|v| [v, 255 - v, v.wrapping_mul(7)])
+        .collect();
+    let (l, a, b) = image_to_lab_planes(&rgb);
+    assert_eq!(l.len(), 256);
+    for (i, px) in rgb.chunks_exact(3).enumerate() {
+        let want = rgb_to_lab([px[0], px[1], px[2]].map(|v| f64::from(v) / 255.0));
+        let got = [l[i], a[i], b[i]];
+        for k in 0..3 {
+            assert_eq!(got[k], want[k] as f32, "{px:?}: {got:?} vs {want:?}");
+        }
+    }
+}
+
+#[test]
 fn dense_soft_cross_entropy_is_the_weighted_log_likelihood_of_each_pixel() {
     // (N, Q, H, W) = (2, 6, 3, 2), K = 3 target classes per pixel, checked pixel by pixel in f64.
     let (n, q, h, w, k) = (2usize, 6usize, 3usize, 2usize, 3usize);

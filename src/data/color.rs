@@ -90,6 +90,12 @@ pub fn lab_to_rgb(lab: [f64; 3]) -> [f64; 3] {
     })
 }
 
+/// [`srgb_to_linear`] of every byte value `v / 255`, made once per process.
+fn linear_table() -> &'static [f64; 256] {
+    static TABLE: std::sync::OnceLock<[f64; 256]> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| std::array::from_fn(|v| srgb_to_linear(v as f64 / 255.0)))
+}
+
 /// Bytes → L*a*b* for a whole image (HWC), as three planes: L (n), a (n), b (n).
 pub fn image_to_lab_planes(rgb: &[u8]) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let n = rgb.len() / 3;
@@ -98,8 +104,10 @@ pub fn image_to_lab_planes(rgb: &[u8]) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
         Vec::with_capacity(n),
         Vec::with_capacity(n),
     );
+    let lin = linear_table();
     for px in rgb.chunks_exact(3) {
-        let lab = rgb_to_lab([px[0], px[1], px[2]].map(|v| f64::from(v) / 255.0));
+        // The same values as rgb_to_lab(byte / 255), without a powf per component.
+        let lab = linear_rgb_to_lab([px[0], px[1], px[2]].map(|v| lin[usize::from(v)]));
         l.push(lab[0] as f32);
         a.push(lab[1] as f32);
         b.push(lab[2] as f32);
