@@ -223,12 +223,19 @@ pub fn upsample2x(x: &Tensor) -> Result<Tensor> {
 /// the decoders' upsampling stages, (N, C, H, W) → (N, O, 2H, 2W) for `w` (O, C, 3, 3). On the
 /// CPU in sub-pixel form ([`kernels::subpixel`]: the same result with 4/9 of the
 /// multiplications); elsewhere the composition itself.
+///
+/// # Errors
+/// When `w` is not (O, C, 3, 3) for `x`'s C, or `b` not (O,).
 pub fn upsample2x_conv3x3_bias(x: &Tensor, w: &Tensor, b: &Tensor, relu: bool) -> Result<Tensor> {
     if kernels::applies(x.device(), x.dtype()) {
         return kernels::subpixel::upsample_conv3x3_bias_act(x, w, b, relu);
     }
-    let y = conv2d_bias(&upsample2x(x)?, w, b, 1, 1)?;
-    if relu { y.relu() } else { Ok(y) }
+    let up = upsample2x(x)?;
+    if relu {
+        conv2d_bias_relu(&up, w, b, 1, 1)
+    } else {
+        conv2d_bias(&up, w, b, 1, 1)
+    }
 }
 
 /// Mean squared error.

@@ -109,6 +109,7 @@ pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 
 /// `x + b` per channel, then ReLU when `relu` is set (the decoder's convolutions).
 pub struct BiasAct {
+    /// ReLU after the bias.
     pub relu: bool,
 }
 
@@ -152,15 +153,30 @@ impl CustomOp2 for BiasAct {
         res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let g = grad.contiguous()?;
-        let g = if self.relu {
-            g.apply_op2_no_bwd(res, &ReluMask)?
-        } else {
-            g
-        };
-        let db = g.apply_op1_no_bwd(&ChannelSum)?;
+        let (g, db) = bias_act_backward(grad, res, self.relu)?;
         Ok((Some(g), Some(db)))
     }
+}
+
+/// The backward pass of a per-channel bias (then ReLU when `relu` is set) whose output was
+/// `out` (N, C, H, W): the gradient through the ReLU, same shape, and the bias's gradient, its
+/// per-channel sum, (C,). Shared by [`BiasAct`] and the sub-pixel interleave.
+///
+/// # Errors
+/// When `grad` and `out` differ in size or are not f32 on the CPU.
+pub(super) fn bias_act_backward(
+    grad: &Tensor,
+    out: &Tensor,
+    relu: bool,
+) -> Result<(Tensor, Tensor)> {
+    let g = grad.contiguous()?;
+    let g = if relu {
+        g.apply_op2_no_bwd(out, &ReluMask)?
+    } else {
+        g
+    };
+    let db = g.apply_op1_no_bwd(&ChannelSum)?;
+    Ok((g, db))
 }
 
 /// Per-channel sum over (N, H, W): (N, C, H, W) → (C,).

@@ -21,7 +21,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tenso
 use rayon::prelude::*;
 
 use super::operands::{Nchw, f32_slice};
-use super::pointwise::{ChannelSum, ReluMask};
+use super::pointwise::bias_act_backward;
 
 /// The folding of a 3×3 kernel's taps onto each phase's 2×2 taps: (9, 16), row `3·ky + kx`,
 /// column `4·(2a + b) + 2·ty + tx`, the entry `R_a[ty][ky] · R_b[tx][kx]`.
@@ -78,6 +78,7 @@ fn phases_of(dims: &[usize], what: &str) -> Result<Nchw> {
 /// + o, i + a, j + b] + bias[o])`. Its backward pass scatters the (masked) gradient back to
 /// the phases ([`SubpixelScatter`]) and sums it per channel for the bias.
 pub struct SubpixelBiasAct {
+    /// ReLU after the bias.
     pub relu: bool,
 }
 
@@ -135,13 +136,7 @@ impl CustomOp2 for SubpixelBiasAct {
         res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let g = grad.contiguous()?;
-        let g = if self.relu {
-            g.apply_op2_no_bwd(res, &ReluMask)?
-        } else {
-            g
-        };
-        let db = g.apply_op1_no_bwd(&ChannelSum)?;
+        let (g, db) = bias_act_backward(grad, res, self.relu)?;
         let dz = g.apply_op1_no_bwd(&SubpixelScatter)?;
         Ok((Some(dz), Some(db)))
     }
