@@ -42,7 +42,7 @@ fn max_abs(a: &Tensor) -> Result<f32> {
 /// (N, C, H, W, O, K, stride, padding)
 type Geometry = (usize, usize, usize, usize, usize, usize, usize, usize);
 
-const GEOMETRIES: [Geometry; 23] = [
+const GEOMETRIES: [Geometry; 29] = [
     (2, 3, 8, 8, 4, 3, 1, 1),
     (3, 4, 9, 7, 5, 3, 2, 1),
     (2, 4, 8, 8, 6, 1, 2, 0),
@@ -75,6 +75,16 @@ const GEOMETRIES: [Geometry; 23] = [
     (2, 8, 5, 6, 12, 2, 1, 1),
     (5, 16, 4, 4, 8, 2, 1, 1),
     (3, 9, 4, 5, 5, 3, 1, 2),
+    // Rows of whole 8-pixel vectors, which the direct kernels run on AVX2 machines: a 3-channel
+    // input, one and two vectors per row with 1, 2 and 3 vectors left in a tile, output
+    // channels that allow the direct forward pass but not the direct backward one, the encoder's
+    // first stage, and an input wider than one band of rows.
+    (2, 3, 8, 8, 32, 3, 1, 1),
+    (3, 8, 5, 16, 16, 3, 1, 1),
+    (2, 16, 7, 8, 32, 3, 1, 1),
+    (1, 12, 8, 24, 20, 3, 1, 1),
+    (2, 32, 16, 32, 32, 3, 1, 1),
+    (1, 64, 20, 40, 16, 3, 1, 1),
 ];
 
 #[test]
@@ -101,6 +111,32 @@ fn conv2d_forward_and_gradients_match_candle() -> Result<()> {
                 "geometry {i}: {name} gradient differs by {d} (scale {scale})"
             );
         }
+    }
+    Ok(())
+}
+
+/// ∂L/∂w alone (an input that needs no gradient, as the network's images), where the direct
+/// kernels' tiles of 6 taps leave 1 to 5 taps over (C·9 = 27, 45, 63, 81, 99 taps).
+#[test]
+fn conv2d_weight_gradient_alone_matches_candle() -> Result<()> {
+    for (i, c) in [3usize, 5, 7, 9, 11].into_iter().enumerate() {
+        let seed = 500 + i as u64 * 10;
+        let x = tensor(&[2, c, 8, 16], seed)?;
+        let wt = Var::from_tensor(&tensor(&[16, c, 3, 3], seed + 1)?)?;
+        let ours = conv::conv2d(&x, wt.as_tensor(), 1, 1)?;
+        let stock = x.conv2d(wt.as_tensor(), 1, 1, 1, 1)?;
+        let d = max_diff(&ours, &stock)?;
+        assert!(d < 1e-4, "{c} channels: forward differs by {d}");
+        let r = tensor(ours.dims(), seed + 2)?;
+        let g_ours = (ours * &r)?.sum_all()?.backward()?;
+        let g_stock = (stock * &r)?.sum_all()?.backward()?;
+        let (a, b) = (grad_of(&g_ours, &wt)?, grad_of(&g_stock, &wt)?);
+        let d = max_diff(a, b)?;
+        let scale = max_abs(b)?.max(1.0);
+        assert!(
+            d / scale < 1e-4,
+            "{c} channels: weight gradient differs by {d} (scale {scale})"
+        );
     }
     Ok(())
 }
@@ -149,7 +185,14 @@ fn check_finite_differences(
 
 #[test]
 fn conv2d_gradients_match_finite_differences() -> Result<()> {
-    let (n, c, h, w, o, k, s, p) = (2, 3, 6, 5, 4, 3, 2, 1);
+    // A strided convolution (im2col), and a "same" one on rows of whole vectors (the direct
+    // kernels on AVX2 machines).
+    conv2d_finite_differences((2, 3, 6, 5, 4, 3, 2, 1))?;
+    conv2d_finite_differences((2, 8, 4, 8, 16, 3, 1, 1))
+}
+
+fn conv2d_finite_differences(geometry: Geometry) -> Result<()> {
+    let (n, c, h, w, o, k, s, p) = geometry;
     let x = Var::from_tensor(&tensor(&[n, c, h, w], 7)?)?;
     let wt = Var::from_tensor(&tensor(&[o, c, k, k], 8)?)?;
     let y = conv::conv2d(x.as_tensor(), wt.as_tensor(), s, p)?;

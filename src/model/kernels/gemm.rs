@@ -77,6 +77,11 @@ const LHS_PACKING_THRESHOLD: usize = 1;
 /// Sets [`LHS_PACKING_THRESHOLD`] once, before the first product.
 static PACK_EVERY_LEFT_BLOCK: std::sync::Once = std::sync::Once::new();
 
+/// Adds `flop` to [`flop_count`]: arithmetic done by a kernel other than [`matmul`].
+pub fn count_flop(flop: u64) {
+    FLOP.fetch_add(flop, Ordering::Relaxed);
+}
+
 /// `dst = (accumulate ? dst : 0) + a · b`, with `dst` row-major (`a.rows` × `b.cols`).
 /// Single-threaded: callers parallelise over images. Counted in [`flop_count`].
 pub fn matmul(dst: &mut [f32], accumulate: bool, a: MatRef<'_>, b: MatRef<'_>) -> Result<()> {

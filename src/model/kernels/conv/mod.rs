@@ -8,6 +8,7 @@
 //! - here: the per-image and per-group products (also used by [`super::fused`]), the batch
 //!   loops, the ops.
 
+mod direct;
 mod geometry;
 mod im2col;
 
@@ -126,6 +127,15 @@ impl ConvGeom {
     ) -> Result<()> {
         let n = images_in(xs.len(), self.in_image(), self.group(), "input group")?;
         exactly(ys.len(), self.out_image(), n, "output group")?;
+        if self.direct_forward() {
+            for (xi, yi) in xs
+                .chunks_exact(self.in_image())
+                .zip(ys.chunks_exact_mut(self.out_image()))
+            {
+                direct::forward_image(self, w, xi, yi, false)?;
+            }
+            return Ok(());
+        }
         if n == 1 {
             return self.forward_image(w, xs, ys, &mut work.col);
         }
@@ -171,6 +181,9 @@ impl ConvGeom {
         }
         if let Some((xs, _)) = &weight {
             exactly(xs.len(), self.in_image(), n, "input group")?;
+        }
+        if plan.direct {
+            return self.backward_group_direct(plan, dys, dxs, weight);
         }
         if let Some(flipped) = &plan.flipped {
             return self.backward_group_flipped(flipped, dys, n, dxs, weight, work);
@@ -268,7 +281,7 @@ impl ConvGeom {
     pub(super) fn weight_grad(&self, partials: &[Vec<f32>], plan: &BackwardPlan<'_>) -> Vec<f32> {
         let ckk = self.ckk();
         let mut dw = vec![0f32; self.o * ckk];
-        if plan.flipped.is_some() {
+        if plan.flipped.is_some() && !plan.direct {
             let kk = self.k * self.k;
             for p in partials {
                 for (r, row) in p.chunks_exact(self.c.max(1)).enumerate() {
@@ -331,7 +344,9 @@ impl ConvGeom {
         w: &'a [f32],
         want_input: bool,
     ) -> BackwardPlan<'a> {
-        let flipped = (want_input && self.flips() && w.len() == self.o * self.ckk()).then(|| {
+        let direct = self.direct_backward(want_input);
+        let flips = self.flips() || direct;
+        let flipped = (want_input && flips && w.len() == self.o * self.ckk()).then(|| {
             let kk = self.k * self.k;
             let mut f = vec![0f32; self.c * self.o * kk];
             for (c, row) in f.chunks_exact_mut(self.o * kk).enumerate() {
@@ -341,7 +356,43 @@ impl ConvGeom {
             }
             f
         });
-        BackwardPlan { w, flipped }
+        BackwardPlan {
+            w,
+            direct: direct && (flipped.is_some() || !want_input),
+            flipped,
+        }
+    }
+
+    /// [`ConvGeom::backward_group`] with the direct kernels ([`direct`]), image by image:
+    /// `dx += conv(dy, flipped w)` and `dw += x-taps · dyᵀ`, laid out (C·K·K × O).
+    fn backward_group_direct(
+        &self,
+        plan: &BackwardPlan<'_>,
+        dys: &[f32],
+        dxs: Option<&mut [f32]>,
+        weight: Option<(&[f32], &mut [f32])>,
+    ) -> Result<()> {
+        if let Some(dx) = dxs {
+            let Some(wf) = &plan.flipped else {
+                bail!("conv2d: a direct backward plan for ∂L/∂x without the flipped weight");
+            };
+            let t = self.flipped();
+            for (dyi, dxi) in dys
+                .chunks_exact(self.out_image())
+                .zip(dx.chunks_exact_mut(self.in_image()))
+            {
+                direct::forward_image(&t, wf, dyi, dxi, true)?;
+            }
+        }
+        if let Some((xs, dw)) = weight {
+            for (xi, dyi) in xs
+                .chunks_exact(self.in_image())
+                .zip(dys.chunks_exact(self.out_image()))
+            {
+                direct::weight_image(self, xi, dyi, dw)?;
+            }
+        }
+        Ok(())
     }
 
     /// [`ConvGeom::backward_group`] with flipped weights `wf` (C × O·K·K): dy's columns are
@@ -415,6 +466,9 @@ impl ConvGeom {
 pub(in crate::model::kernels) struct BackwardPlan<'a> {
     /// The weight (O, C, K, K).
     w: &'a [f32],
+    /// Whether the direct kernels run it ([`direct`]): ∂L/∂x with the flipped weight,
+    /// ∂L/∂w laid out (C·K·K × O).
+    direct: bool,
     /// For the flipped pass: `wf[c, (o, a, b)] = w[o, c, K−1−a, K−1−b]`, (C × O·K·K).
     flipped: Option<Vec<f32>>,
 }
