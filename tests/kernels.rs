@@ -42,7 +42,7 @@ fn max_abs(a: &Tensor) -> Result<f32> {
 /// (N, C, H, W, O, K, stride, padding)
 type Geometry = (usize, usize, usize, usize, usize, usize, usize, usize);
 
-const GEOMETRIES: [Geometry; 29] = [
+const GEOMETRIES: [Geometry; 33] = [
     (2, 3, 8, 8, 4, 3, 1, 1),
     (3, 4, 9, 7, 5, 3, 2, 1),
     (2, 4, 8, 8, 6, 1, 2, 0),
@@ -85,6 +85,12 @@ const GEOMETRIES: [Geometry; 29] = [
     (1, 12, 8, 24, 20, 3, 1, 1),
     (2, 32, 16, 32, 32, 3, 1, 1),
     (1, 64, 20, 40, 16, 3, 1, 1),
+    // Stride 2 with output rows of whole vectors: an even and an odd input side, the encoder's
+    // second stage, 4 output channels.
+    (2, 8, 16, 16, 16, 3, 2, 1),
+    (3, 4, 15, 31, 16, 3, 2, 1),
+    (1, 32, 32, 32, 64, 3, 2, 1),
+    (2, 6, 16, 16, 4, 3, 2, 1),
 ];
 
 #[test]
@@ -116,15 +122,19 @@ fn conv2d_forward_and_gradients_match_candle() -> Result<()> {
 }
 
 /// ∂L/∂w alone (an input that needs no gradient, as the network's images), where the direct
-/// kernels' tiles of 6 taps leave 1 to 5 taps over (C·9 = 27, 45, 63, 81, 99 taps).
+/// kernels' tiles of 6 taps leave 1 to 5 taps over (C·9 = 27, 45, 63, 81, 99 taps; the
+/// strided ones run im2col).
 #[test]
 fn conv2d_weight_gradient_alone_matches_candle() -> Result<()> {
-    for (i, c) in [3usize, 5, 7, 9, 11].into_iter().enumerate() {
+    for (i, (c, s)) in [(3usize, 1usize), (5, 1), (7, 2), (9, 1), (11, 2)]
+        .into_iter()
+        .enumerate()
+    {
         let seed = 500 + i as u64 * 10;
-        let x = tensor(&[2, c, 8, 16], seed)?;
+        let x = tensor(&[2, c, 8 * s, 16 * s], seed)?;
         let wt = Var::from_tensor(&tensor(&[16, c, 3, 3], seed + 1)?)?;
-        let ours = conv::conv2d(&x, wt.as_tensor(), 1, 1)?;
-        let stock = x.conv2d(wt.as_tensor(), 1, 1, 1, 1)?;
+        let ours = conv::conv2d(&x, wt.as_tensor(), s, 1)?;
+        let stock = x.conv2d(wt.as_tensor(), 1, s, 1, 1)?;
         let d = max_diff(&ours, &stock)?;
         assert!(d < 1e-4, "{c} channels: forward differs by {d}");
         let r = tensor(ours.dims(), seed + 2)?;
@@ -185,10 +195,11 @@ fn check_finite_differences(
 
 #[test]
 fn conv2d_gradients_match_finite_differences() -> Result<()> {
-    // A strided convolution (im2col), and a "same" one on rows of whole vectors (the direct
+    // Strided convolutions (im2col), and a "same" one on rows of whole vectors (the direct
     // kernels on AVX2 machines).
     conv2d_finite_differences((2, 3, 6, 5, 4, 3, 2, 1))?;
-    conv2d_finite_differences((2, 8, 4, 8, 16, 3, 1, 1))
+    conv2d_finite_differences((2, 8, 4, 8, 16, 3, 1, 1))?;
+    conv2d_finite_differences((1, 4, 6, 16, 16, 3, 2, 1))
 }
 
 fn conv2d_finite_differences(geometry: Geometry) -> Result<()> {

@@ -72,13 +72,15 @@ impl ConvGeom {
         self.direct_shape() && self.o.is_multiple_of(OUT_BLOCK) && usable()
     }
 
-    /// Whether the backward pass runs [`weight_image`] here, and (when `want_input`)
-    /// [`forward_image`] for ∂L/∂x, whose output channels are the input's C.
-    pub(super) fn direct_backward(&self, want_input: bool) -> bool {
-        self.direct_shape()
-            && self.o.is_multiple_of(DW_BLOCK)
-            && (!want_input || self.c.is_multiple_of(OUT_BLOCK))
-            && usable()
+    /// Whether ∂L/∂w runs [`weight_image`] here.
+    pub(super) fn direct_weight(&self) -> bool {
+        self.direct_shape() && self.o.is_multiple_of(DW_BLOCK) && usable()
+    }
+
+    /// Whether ∂L/∂x runs [`forward_image`] here, as the convolution of ∂L/∂y with the
+    /// turned-round weight (C output channels).
+    pub(super) fn direct_input(&self) -> bool {
+        self.direct_shape() && self.c.is_multiple_of(OUT_BLOCK) && usable()
     }
 
     /// Values of one zero-padded input image, C × (H+2) × (W+2).
@@ -162,12 +164,12 @@ pub(super) fn forward_image(
 
 /// One image: `dw += x-taps · dyᵀ`, with `dw` laid out (C·9 × O) as the unflipped backward
 /// pass's partial sums ([`ConvGeom::weight_grad`]); `x` (C, H, W), `dy` (O, H, W), for a
-/// geometry with [`ConvGeom::direct_backward`].
+/// geometry with [`ConvGeom::direct_weight`].
 ///
 /// # Errors
-/// As [`forward_image`] ([`ConvGeom::direct_backward`]).
+/// As [`forward_image`] ([`ConvGeom::direct_weight`]).
 pub(super) fn weight_image(g: &ConvGeom, x: &[f32], dy: &[f32], dw: &mut [f32]) -> Result<()> {
-    if !g.direct_backward(false) {
+    if !g.direct_weight() {
         bail!("direct convolution: not for {g:?} on this CPU");
     }
     if x.len() != g.in_image() || dy.len() != g.out_image() || dw.len() != g.o * g.c * 9 {
@@ -189,7 +191,7 @@ pub(super) fn weight_image(g: &ConvGeom, x: &[f32], dy: &[f32], dw: &mut [f32]) 
         }
         #[cfg(target_arch = "x86_64")]
         #[allow(unsafe_code)]
-        // SAFETY: `direct_backward` checked AVX2 and FMA; the sizes were checked above, and
+        // SAFETY: `direct_weight` checked AVX2 and FMA; the sizes were checked above, and
         // the kernel reads and writes only inside them (see `avx2::weight`).
         unsafe {
             avx2::weight(g, padded, dyt, dw);

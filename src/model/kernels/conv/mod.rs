@@ -182,9 +182,22 @@ impl ConvGeom {
         if let Some((xs, _)) = &weight {
             exactly(xs.len(), self.in_image(), n, "input group")?;
         }
-        if plan.direct {
-            return self.backward_group_direct(plan, dys, dxs, weight);
+        if plan.direct_input || plan.direct_weight {
+            return self.backward_group_direct(plan, dys, n, dxs, weight, work);
         }
+        self.backward_group_gemm(plan, dys, n, dxs, weight, work)
+    }
+
+    /// [`ConvGeom::backward_group`] with the matrix kernel, for `n` images.
+    fn backward_group_gemm(
+        &self,
+        plan: &BackwardPlan<'_>,
+        dys: &[f32],
+        n: usize,
+        dxs: Option<&mut [f32]>,
+        weight: Option<(&[f32], &mut [f32])>,
+        work: &mut Work,
+    ) -> Result<()> {
         if let Some(flipped) = &plan.flipped {
             return self.backward_group_flipped(flipped, dys, n, dxs, weight, work);
         }
@@ -281,7 +294,7 @@ impl ConvGeom {
     pub(super) fn weight_grad(&self, partials: &[Vec<f32>], plan: &BackwardPlan<'_>) -> Vec<f32> {
         let ckk = self.ckk();
         let mut dw = vec![0f32; self.o * ckk];
-        if plan.flipped.is_some() && !plan.direct {
+        if plan.flipped.is_some() && !plan.direct_weight {
             let kk = self.k * self.k;
             for p in partials {
                 for (r, row) in p.chunks_exact(self.c.max(1)).enumerate() {
@@ -344,8 +357,8 @@ impl ConvGeom {
         w: &'a [f32],
         want_input: bool,
     ) -> BackwardPlan<'a> {
-        let direct = self.direct_backward(want_input);
-        let flips = self.flips() || direct;
+        let direct_input = want_input && self.direct_input();
+        let flips = self.flips() || direct_input;
         let flipped = (want_input && flips && w.len() == self.o * self.ckk()).then(|| {
             let kk = self.k * self.k;
             let mut f = vec![0f32; self.c * self.o * kk];
@@ -358,33 +371,42 @@ impl ConvGeom {
         });
         BackwardPlan {
             w,
-            direct: direct && (flipped.is_some() || !want_input),
+            direct_input: direct_input && flipped.is_some(),
+            direct_weight: self.direct_weight(),
             flipped,
         }
     }
 
-    /// [`ConvGeom::backward_group`] with the direct kernels ([`direct`]), image by image:
-    /// `dx += conv(dy, flipped w)` and `dw += x-taps · dyᵀ`, laid out (C·K·K × O).
+    /// [`ConvGeom::backward_group`] with the direct kernels ([`direct`]) where the plan says,
+    /// image by image — `dx += conv(dy, flipped w)`, `dw += x-taps · dyᵀ` laid out
+    /// (C·K·K × O) — and the matrix kernel for the rest.
     fn backward_group_direct(
         &self,
         plan: &BackwardPlan<'_>,
         dys: &[f32],
+        n: usize,
         dxs: Option<&mut [f32]>,
         weight: Option<(&[f32], &mut [f32])>,
+        work: &mut Work,
     ) -> Result<()> {
         if let Some(dx) = dxs {
-            let Some(wf) = &plan.flipped else {
-                bail!("conv2d: a direct backward plan for ∂L/∂x without the flipped weight");
-            };
-            let t = self.flipped();
-            for (dyi, dxi) in dys
-                .chunks_exact(self.out_image())
-                .zip(dx.chunks_exact_mut(self.in_image()))
-            {
-                direct::forward_image(&t, wf, dyi, dxi, true)?;
+            match &plan.flipped {
+                Some(wf) if plan.direct_input => {
+                    let t = self.flipped();
+                    for (dyi, dxi) in dys
+                        .chunks_exact(self.out_image())
+                        .zip(dx.chunks_exact_mut(self.in_image()))
+                    {
+                        direct::forward_image(&t, wf, dyi, dxi, true)?;
+                    }
+                }
+                _ => self.backward_group_gemm(plan, dys, n, Some(dx), None, work)?,
             }
         }
         if let Some((xs, dw)) = weight {
+            if !plan.direct_weight {
+                return self.backward_group_gemm(plan, dys, n, None, Some((xs, dw)), work);
+            }
             for (xi, dyi) in xs
                 .chunks_exact(self.in_image())
                 .zip(dys.chunks_exact(self.out_image()))
@@ -466,9 +488,10 @@ impl ConvGeom {
 pub(in crate::model::kernels) struct BackwardPlan<'a> {
     /// The weight (O, C, K, K).
     w: &'a [f32],
-    /// Whether the direct kernels run it ([`direct`]): ∂L/∂x with the flipped weight,
-    /// ∂L/∂w laid out (C·K·K × O).
-    direct: bool,
+    /// Whether the direct kernels make ∂L/∂x ([`direct`], with the flipped weight).
+    direct_input: bool,
+    /// Whether the direct kernels make ∂L/∂w, laid out (C·K·K × O) as the unflipped pass's.
+    direct_weight: bool,
     /// For the flipped pass: `wf[c, (o, a, b)] = w[o, c, K−1−a, K−1−b]`, (C × O·K·K).
     flipped: Option<Vec<f32>>,
 }
