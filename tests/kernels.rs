@@ -93,30 +93,46 @@ const GEOMETRIES: [Geometry; 33] = [
     (2, 6, 16, 16, 4, 3, 2, 1),
 ];
 
+/// `conv::conv2d(x, wt)` against candle's own convolution: the output, and the gradient of
+/// `sum(y · r)` for every variable in `vars` (x and/or the weight, named), to 1e-4 relative.
+fn assert_conv_matches_candle(
+    x: &Tensor,
+    wt: &Var,
+    (s, p): (usize, usize),
+    vars: &[(&str, &Var)],
+    seed: u64,
+    what: &str,
+) -> Result<()> {
+    let ours = conv::conv2d(x, wt.as_tensor(), s, p)?;
+    let stock = x.conv2d(wt.as_tensor(), p, s, 1, 1)?;
+    assert_eq!(ours.dims(), stock.dims(), "{what}");
+    let d = max_diff(&ours, &stock)?;
+    assert!(d < 1e-4, "{what}: forward differs by {d}");
+
+    let r = tensor(ours.dims(), seed)?;
+    let g_ours = (ours * &r)?.sum_all()?.backward()?;
+    let g_stock = (stock * &r)?.sum_all()?.backward()?;
+    for (name, v) in vars {
+        let (a, b) = (grad_of(&g_ours, v)?, grad_of(&g_stock, v)?);
+        let d = max_diff(a, b)?;
+        let scale = max_abs(b)?.max(1.0);
+        assert!(
+            d / scale < 1e-4,
+            "{what}: {name} gradient differs by {d} (scale {scale})"
+        );
+    }
+    Ok(())
+}
+
 #[test]
 fn conv2d_forward_and_gradients_match_candle() -> Result<()> {
     for (i, &(n, c, h, w, o, k, s, p)) in GEOMETRIES.iter().enumerate() {
         let seed = i as u64 * 10;
         let x = Var::from_tensor(&tensor(&[n, c, h, w], seed)?)?;
         let wt = Var::from_tensor(&tensor(&[o, c, k, k], seed + 1)?)?;
-        let ours = conv::conv2d(x.as_tensor(), wt.as_tensor(), s, p)?;
-        let stock = x.as_tensor().conv2d(wt.as_tensor(), p, s, 1, 1)?;
-        assert_eq!(ours.dims(), stock.dims(), "geometry {i}");
-        let d = max_diff(&ours, &stock)?;
-        assert!(d < 1e-4, "geometry {i}: forward differs by {d}");
-
-        let r = tensor(ours.dims(), seed + 2)?;
-        let g_ours = (ours * &r)?.sum_all()?.backward()?;
-        let g_stock = (stock * &r)?.sum_all()?.backward()?;
-        for (name, v) in [("input", &x), ("weight", &wt)] {
-            let (a, b) = (grad_of(&g_ours, v)?, grad_of(&g_stock, v)?);
-            let d = max_diff(a, b)?;
-            let scale = max_abs(b)?.max(1.0);
-            assert!(
-                d / scale < 1e-4,
-                "geometry {i}: {name} gradient differs by {d} (scale {scale})"
-            );
-        }
+        let vars = [("input", &x), ("weight", &wt)];
+        let what = format!("geometry {i}");
+        assert_conv_matches_candle(x.as_tensor(), &wt, (s, p), &vars, seed + 2, &what)?;
     }
     Ok(())
 }
@@ -133,20 +149,8 @@ fn conv2d_weight_gradient_alone_matches_candle() -> Result<()> {
         let seed = 500 + i as u64 * 10;
         let x = tensor(&[2, c, 8 * s, 16 * s], seed)?;
         let wt = Var::from_tensor(&tensor(&[16, c, 3, 3], seed + 1)?)?;
-        let ours = conv::conv2d(&x, wt.as_tensor(), s, 1)?;
-        let stock = x.conv2d(wt.as_tensor(), 1, s, 1, 1)?;
-        let d = max_diff(&ours, &stock)?;
-        assert!(d < 1e-4, "{c} channels: forward differs by {d}");
-        let r = tensor(ours.dims(), seed + 2)?;
-        let g_ours = (ours * &r)?.sum_all()?.backward()?;
-        let g_stock = (stock * &r)?.sum_all()?.backward()?;
-        let (a, b) = (grad_of(&g_ours, &wt)?, grad_of(&g_stock, &wt)?);
-        let d = max_diff(a, b)?;
-        let scale = max_abs(b)?.max(1.0);
-        assert!(
-            d / scale < 1e-4,
-            "{c} channels: weight gradient differs by {d} (scale {scale})"
-        );
+        let what = format!("{c} channels");
+        assert_conv_matches_candle(&x, &wt, (s, 1), &[("weight", &wt)], seed + 2, &what)?;
     }
     Ok(())
 }

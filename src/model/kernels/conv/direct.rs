@@ -82,10 +82,19 @@ impl ConvGeom {
     pub(super) fn direct_input(&self) -> bool {
         self.direct_shape() && self.c.is_multiple_of(OUT_BLOCK) && usable()
     }
+}
 
-    /// Values of one zero-padded input image, C × (H+2) × (W+2).
-    fn padded_image(&self) -> usize {
-        self.c * (self.h + 2) * (self.w + 2)
+/// Values of one channel of a zero-padded map, (H+2) × (W+2).
+pub(super) fn padded_plane(g: &ConvGeom) -> usize {
+    (g.h + 2) * (g.w + 2)
+}
+
+/// The first `len` values of a working buffer ([`super::Work`]).
+fn take<'a>(buf: &'a mut [f32], len: usize, what: &str) -> Result<&'a mut [f32]> {
+    let have = buf.len();
+    match buf.get_mut(..len) {
+        Some(b) => Ok(b),
+        None => bail!("direct convolution: the {what} buffer holds {have} values, needs {len}"),
     }
 }
 
@@ -107,25 +116,10 @@ fn pad_image(x: &[f32], c: usize, h: usize, w: usize, padded: &mut [f32]) {
     }
 }
 
-thread_local! {
-    /// The thread's padded image and transposed ∂L/∂y, reused from call to call.
-    static SCRATCH: std::cell::Cell<(Vec<f32>, Vec<f32>)> =
-        const { std::cell::Cell::new((Vec::new(), Vec::new())) };
-}
-
-/// Runs `f` with the thread's scratch buffers resized to `a` and `b` values.
-fn with_scratch<R>(a: usize, b: usize, f: impl FnOnce(&mut [f32], &mut [f32]) -> R) -> R {
-    let (mut pa, mut pb) = SCRATCH.with(std::cell::Cell::take);
-    pa.resize(a, 0.0);
-    pb.resize(b, 0.0);
-    let r = f(&mut pa, &mut pb);
-    let _ = SCRATCH.try_with(|s| s.set((pa, pb)));
-    r
-}
-
 /// One image: `y (O, H, W) = (accumulate ? y : 0) + conv3×3(x, w)`, `x` (C, H, W), `w`
 /// (O, C, 3, 3), stride 1, padding 1, for a geometry with [`ConvGeom::direct_forward`].
-/// For ∂L/∂x, call it with the flipped geometry and weight.
+/// For ∂L/∂x, call it with the flipped geometry and weight. `pad` is working memory for the
+/// padded image, C·(H+2)·(W+2) values or more (the thread's [`super::Work`] column buffer).
 ///
 /// # Errors
 /// If the slices do not have the geometry's sizes, or the geometry or CPU does not allow the
@@ -136,6 +130,7 @@ pub(super) fn forward_image(
     x: &[f32],
     y: &mut [f32],
     accumulate: bool,
+    pad: &mut [f32],
 ) -> Result<()> {
     if !g.direct_forward() {
         bail!("direct convolution: not for {g:?} on this CPU");
@@ -148,27 +143,33 @@ pub(super) fn forward_image(
             y.len()
         );
     }
-    with_scratch(g.padded_image(), 0, |padded, _| {
-        pad_image(x, g.c, g.h, g.w, padded);
-        #[cfg(target_arch = "x86_64")]
-        #[allow(unsafe_code)]
-        // SAFETY: `direct_forward` checked AVX2 and FMA; the sizes were checked above, and
-        // the kernel reads and writes only inside them (see `avx2::forward`).
-        unsafe {
-            avx2::forward(g, w, padded, y, accumulate);
-        }
-    });
+    let padded = take(pad, g.c * padded_plane(g), "padded image")?;
+    pad_image(x, g.c, g.h, g.w, padded);
+    #[cfg(target_arch = "x86_64")]
+    #[allow(unsafe_code)]
+    // SAFETY: `direct_forward` checked AVX2 and FMA; the sizes were checked above, and the
+    // kernel reads and writes only inside them (see `avx2::forward`).
+    unsafe {
+        avx2::forward(g, w, padded, y, accumulate);
+    }
     count_flop(2 * (g.o * g.c * 9 * g.h * g.w) as u64);
     Ok(())
 }
 
 /// One image: `dw += x-taps · dyᵀ`, with `dw` laid out (C·9 × O) as the unflipped backward
 /// pass's partial sums ([`ConvGeom::weight_grad`]); `x` (C, H, W), `dy` (O, H, W), for a
-/// geometry with [`ConvGeom::direct_weight`].
+/// geometry with [`ConvGeom::direct_weight`]. The padded image and ∂L/∂y's transpose are made
+/// in `work`'s buffers.
 ///
 /// # Errors
 /// As [`forward_image`] ([`ConvGeom::direct_weight`]).
-pub(super) fn weight_image(g: &ConvGeom, x: &[f32], dy: &[f32], dw: &mut [f32]) -> Result<()> {
+pub(super) fn weight_image(
+    g: &ConvGeom,
+    x: &[f32],
+    dy: &[f32],
+    dw: &mut [f32],
+    work: &mut super::Work,
+) -> Result<()> {
     if !g.direct_weight() {
         bail!("direct convolution: not for {g:?} on this CPU");
     }
@@ -181,22 +182,22 @@ pub(super) fn weight_image(g: &ConvGeom, x: &[f32], dy: &[f32], dw: &mut [f32]) 
         );
     }
     let hw = g.h * g.w;
-    with_scratch(g.padded_image(), hw * g.o, |padded, dyt| {
-        pad_image(x, g.c, g.h, g.w, padded);
-        // ∂L/∂y transposed to (H·W × O): one pixel's channels side by side.
-        for (o, plane) in dy.chunks_exact(hw).enumerate() {
-            for (p, v) in plane.iter().enumerate() {
-                dyt[p * g.o + o] = *v;
-            }
+    let padded = take(&mut work.col, g.c * padded_plane(g), "padded image")?;
+    pad_image(x, g.c, g.h, g.w, padded);
+    // ∂L/∂y transposed to (H·W × O): one pixel's channels side by side.
+    let dyt = take(&mut work.product, hw * g.o, "transposed gradient")?;
+    for (o, plane) in dy.chunks_exact(hw).enumerate() {
+        for (p, v) in plane.iter().enumerate() {
+            dyt[p * g.o + o] = *v;
         }
-        #[cfg(target_arch = "x86_64")]
-        #[allow(unsafe_code)]
-        // SAFETY: `direct_weight` checked AVX2 and FMA; the sizes were checked above, and
-        // the kernel reads and writes only inside them (see `avx2::weight`).
-        unsafe {
-            avx2::weight(g, padded, dyt, dw);
-        }
-    });
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[allow(unsafe_code)]
+    // SAFETY: `direct_weight` checked AVX2 and FMA; the sizes were checked above, and the
+    // kernel reads and writes only inside them (see `avx2::weight`).
+    unsafe {
+        avx2::weight(g, padded, dyt, dw);
+    }
     count_flop(2 * (g.o * g.c * 9 * hw) as u64);
     Ok(())
 }

@@ -32,7 +32,8 @@ const FLIP_MIN_CHANNELS: usize = 8;
 
 /// A thread's working buffers for one convolution: the column matrix of a group of images
 /// (C·K·K × G·Ho·Wo; none for a pointwise convolution of single images) and, for groups, the
-/// product (O × G·Ho·Wo) before it is scattered into the images. Their memory is the thread's
+/// product (O × G·Ho·Wo) before it is scattered into the images — or, for the direct kernels
+/// ([`direct`]), a padded image and ∂L/∂y transposed. Their memory is the thread's
 /// own and is reused: taken from the thread when made, given back when dropped, so the many
 /// small jobs of a batch loop neither allocate nor zero it again (every value is written
 /// before it is read).
@@ -81,12 +82,20 @@ pub(super) fn work(g: &ConvGeom) -> Work {
     } else {
         (g.c, g.o)
     };
-    let col = if g.is_pointwise() && group == 1 {
+    let mut col = if g.is_pointwise() && group == 1 {
         0
     } else {
         col_channels * g.k * g.k * cols
     };
-    let product = if group > 1 { product_rows * cols } else { 0 };
+    let mut product = if group > 1 { product_rows * cols } else { 0 };
+    // The direct kernels ([`direct`]) keep a padded image (of x, or of dy for ∂L/∂x) in the
+    // column buffer and ∂L/∂y transposed in the product buffer.
+    if g.direct_forward() || g.direct_input() || g.direct_weight() {
+        col = col.max(g.c.max(g.o) * direct::padded_plane(g));
+    }
+    if g.direct_weight() {
+        product = product.max(g.o * g.hw_out());
+    }
     let (mut c, mut p) = SPARE.with(std::cell::Cell::take);
     c.resize(col, 0.0);
     p.resize(product, 0.0);
@@ -132,7 +141,7 @@ impl ConvGeom {
                 .chunks_exact(self.in_image())
                 .zip(ys.chunks_exact_mut(self.out_image()))
             {
-                direct::forward_image(self, w, xi, yi, false)?;
+                direct::forward_image(self, w, xi, yi, false, &mut work.col)?;
             }
             return Ok(());
         }
@@ -397,7 +406,7 @@ impl ConvGeom {
                         .chunks_exact(self.out_image())
                         .zip(dx.chunks_exact_mut(self.in_image()))
                     {
-                        direct::forward_image(&t, wf, dyi, dxi, true)?;
+                        direct::forward_image(&t, wf, dyi, dxi, true, &mut work.col)?;
                     }
                 }
                 _ => self.backward_group_gemm(plan, dys, n, Some(dx), None, work)?,
@@ -411,7 +420,7 @@ impl ConvGeom {
                 .chunks_exact(self.in_image())
                 .zip(dys.chunks_exact(self.out_image()))
             {
-                direct::weight_image(self, xi, dyi, dw)?;
+                direct::weight_image(self, xi, dyi, dw, work)?;
             }
         }
         Ok(())
