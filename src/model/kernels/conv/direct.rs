@@ -1,4 +1,5 @@
-//! Direct 3×3 convolution (stride 1, padding 1) without a column matrix, on AVX2 + FMA.
+//! Direct 3×3 convolution (stride 1, padding 1) without a column matrix, on AVX2 + FMA or
+//! AVX-512.
 //!
 //! The im2col path writes a (C·9 × H·W) column matrix per image, which `gemm` then packs
 //! again into its own order before multiplying: for a 32-channel map of 32×32 that is 1.2 MB
@@ -7,80 +8,158 @@
 //! matrix-product rate. Here the register tiles read the zero-padded image itself:
 //!
 //! - **forward** and **∂L/∂x** (a "same" convolution's ∂L/∂x is the convolution of ∂L/∂y with
-//!   the turned-round weight, [`super::BackwardPlan`]): 4 output channels × 2 vectors of 8
-//!   output pixels (along the image's rows) in 8 registers; each of the C·9 steps loads 2
-//!   vectors of the padded input at the tap's offset and broadcasts 4 weights (with 3 vectors
-//!   and 12 sums the compiler spilled registers inside the loop: 7% slower step, measured);
-//! - **∂L/∂w** as an implicit matrix product `dw (C·9 × O) += x-taps · ∂L/∂yᵀ`: 6 taps × 16
-//!   output channels in 12 registers; each pixel broadcasts the 6 taps' input values from the
-//!   padded image and loads ∂L/∂y's 16 channels from its (H·W × O) transpose.
+//!   the turned-round weight, [`super::BackwardPlan`]): B output channels × V vectors of
+//!   output pixels (along the image's rows) in B·V registers; each of the C·9 steps loads V
+//!   vectors of the padded input at the tap's offset and broadcasts B weights. AVX2: B = 4,
+//!   V = 2 of 8 pixels (with 3 vectors and 12 sums the compiler spilled registers inside the
+//!   loop: 7% slower step, measured); AVX-512 (32 registers): B = 8, V = 2 of 16 pixels;
+//! - **∂L/∂w** as an implicit matrix product `dw (C·9 × O) += x-taps · ∂L/∂yᵀ`: T taps × 2
+//!   vectors of output channels in 2·T registers (AVX2: 6 taps × 16 channels; AVX-512: 12
+//!   taps × 32 channels); each pixel broadcasts the T taps' input values from the padded
+//!   image and loads ∂L/∂y's channels from its (H·W × O) transpose.
 //!
-//! Nothing is packed: the weight is read where it lies (4 rows, C·9 apart), the padded image
+//! Nothing is packed: the weight is read where it lies (B rows, C·9 apart), the padded image
 //! (C × (H+2) × (W+2)) is made once per image, and the working set of a tile stays in L1.
-//! [`usable`] says where these kernels run: x86-64 with AVX2 and FMA and without AVX-512 (on
-//! AVX-512 machines `gemm`'s 16-wide kernels are the faster path and stay in use).
+//! [`Width`] says which kernel a geometry gets on this CPU: the 512-bit one where the rows are
+//! whole 16-pixel vectors and the CPU has AVX-512F, the 256-bit one where they are whole
+//! 8-pixel vectors on a CPU without AVX-512 (on AVX-512 CPUs such rows keep `im2col` +
+//! `gemm`, whose kernels are 16 wide), else none.
 
 use candle_core::{Result, bail};
 
 use super::super::gemm::count_flop;
 use super::geometry::ConvGeom;
 
-/// Output channels per forward register tile.
-pub(super) const OUT_BLOCK: usize = 4;
-/// Output channels (one pair of 8-wide vectors) per ∂L/∂w register tile.
-pub(super) const DW_BLOCK: usize = 16;
-/// Taps (rows of C·9) per ∂L/∂w register tile.
-const DW_TAPS: usize = 6;
-/// Values per vector.
-const LANES: usize = 8;
+/// The vector width of a direct kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Width {
+    /// 256-bit vectors of 8 values, AVX2 + FMA.
+    Avx2,
+    /// 512-bit vectors of 16 values, AVX-512F.
+    Avx512,
+}
 
-/// Whether this CPU runs the direct kernels (checked once): AVX2 and FMA, and no AVX-512.
-pub(super) fn usable() -> bool {
-    static USABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *USABLE.get_or_init(|| {
-        if std::env::var_os("PRETEXT_NO_DIRECT_CONV").is_some() {
-            return false;
+impl Width {
+    /// Values per vector: the output row's length must be a multiple.
+    fn lanes(self) -> usize {
+        match self {
+            Self::Avx2 => 8,
+            Self::Avx512 => 16,
         }
-        detect()
+    }
+
+    /// Output channels per forward register tile: O (or C for ∂L/∂x) must be a multiple.
+    fn out_block(self) -> usize {
+        match self {
+            Self::Avx2 => 4,
+            Self::Avx512 => 8,
+        }
+    }
+
+    /// Output channels per ∂L/∂w register tile (two vectors): O must be a multiple.
+    fn weight_block(self) -> usize {
+        2 * self.lanes()
+    }
+
+    /// Whether this CPU has the instructions (ignoring the switches in [`cpu`]).
+    fn runs_here(self) -> bool {
+        let c = detect();
+        match self {
+            Self::Avx2 => c.avx2,
+            Self::Avx512 => c.avx512,
+        }
+    }
+}
+
+/// The direct kernels' instruction sets on this CPU.
+#[derive(Clone, Copy, Debug, Default)]
+struct Cpu {
+    /// AVX2 and FMA.
+    avx2: bool,
+    /// AVX-512F.
+    avx512: bool,
+}
+
+/// The instruction sets the direct kernels may use (checked once): what the CPU has, none
+/// with `PRETEXT_NO_DIRECT_CONV` set, and AVX2 alone with `PRETEXT_DIRECT_CONV=avx2` (the
+/// kernels a CPU without AVX-512 would get: for comparisons).
+fn cpu() -> Cpu {
+    static CPU: std::sync::OnceLock<Cpu> = std::sync::OnceLock::new();
+    *CPU.get_or_init(|| {
+        if std::env::var_os("PRETEXT_NO_DIRECT_CONV").is_some() {
+            return Cpu::default();
+        }
+        let mut c = detect();
+        if std::env::var("PRETEXT_DIRECT_CONV").is_ok_and(|v| v == "avx2") {
+            c.avx512 = false;
+        }
+        c
     })
 }
 
 #[cfg(target_arch = "x86_64")]
-fn detect() -> bool {
-    std::arch::is_x86_feature_detected!("avx2")
-        && std::arch::is_x86_feature_detected!("fma")
-        && !std::arch::is_x86_feature_detected!("avx512f")
+fn detect() -> Cpu {
+    use std::arch::is_x86_feature_detected as has;
+    Cpu {
+        avx2: has!("avx2") && has!("fma"),
+        avx512: has!("avx512f"),
+    }
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-fn detect() -> bool {
-    false
+fn detect() -> Cpu {
+    Cpu::default()
 }
 
 impl ConvGeom {
-    /// A 3×3 convolution with stride 1 and padding 1 on rows of whole vectors.
+    /// A 3×3 convolution with stride 1 and padding 1 on rows of whole 8-pixel vectors.
     fn direct_shape(&self) -> bool {
-        self.k == 3
-            && self.stride == 1
-            && self.pad == 1
-            && self.w >= LANES
-            && self.w.is_multiple_of(LANES)
+        self.k == 3 && self.stride == 1 && self.pad == 1 && self.w >= 8 && self.w.is_multiple_of(8)
+    }
+
+    /// The kernel that convolves this geometry's input into `out` channels here, if any.
+    fn conv_width(&self, out: usize) -> Option<Width> {
+        if !self.direct_shape() {
+            return None;
+        }
+        let c = cpu();
+        let fits = |w: Width| self.w.is_multiple_of(w.lanes()) && out.is_multiple_of(w.out_block());
+        if c.avx512 {
+            fits(Width::Avx512).then_some(Width::Avx512)
+        } else {
+            (c.avx2 && fits(Width::Avx2)).then_some(Width::Avx2)
+        }
+    }
+
+    /// The kernel that makes ∂L/∂w here, if any.
+    fn weight_width(&self) -> Option<Width> {
+        if !self.direct_shape() {
+            return None;
+        }
+        let c = cpu();
+        // Pixel by pixel: any row length of the shape will do.
+        let fits = |w: Width| self.o.is_multiple_of(w.weight_block());
+        if c.avx512 {
+            fits(Width::Avx512).then_some(Width::Avx512)
+        } else {
+            (c.avx2 && fits(Width::Avx2)).then_some(Width::Avx2)
+        }
     }
 
     /// Whether the forward pass runs [`forward_image`] here.
     pub(super) fn direct_forward(&self) -> bool {
-        self.direct_shape() && self.o.is_multiple_of(OUT_BLOCK) && usable()
+        self.conv_width(self.o).is_some()
     }
 
     /// Whether ∂L/∂w runs [`weight_image`] here.
     pub(super) fn direct_weight(&self) -> bool {
-        self.direct_shape() && self.o.is_multiple_of(DW_BLOCK) && usable()
+        self.weight_width().is_some()
     }
 
     /// Whether ∂L/∂x runs [`forward_image`] here, as the convolution of ∂L/∂y with the
     /// turned-round weight (C output channels).
     pub(super) fn direct_input(&self) -> bool {
-        self.direct_shape() && self.c.is_multiple_of(OUT_BLOCK) && usable()
+        self.conv_width(self.c).is_some()
     }
 }
 
@@ -132,8 +211,32 @@ pub(super) fn forward_image(
     accumulate: bool,
     pad: &mut [f32],
 ) -> Result<()> {
-    if !g.direct_forward() {
+    let Some(width) = g.conv_width(g.o) else {
         bail!("direct convolution: not for {g:?} on this CPU");
+    };
+    forward_with(width, g, w, x, y, accumulate, pad)
+}
+
+/// [`forward_image`] with the kernel of `width`.
+///
+/// # Errors
+/// If the slices do not have the geometry's sizes, or the CPU or the geometry does not allow
+/// that kernel.
+fn forward_with(
+    width: Width,
+    g: &ConvGeom,
+    w: &[f32],
+    x: &[f32],
+    y: &mut [f32],
+    accumulate: bool,
+    pad: &mut [f32],
+) -> Result<()> {
+    if !(g.direct_shape()
+        && width.runs_here()
+        && g.w.is_multiple_of(width.lanes())
+        && g.o.is_multiple_of(width.out_block()))
+    {
+        bail!("direct convolution: {width:?} not for {g:?} on this CPU");
     }
     if w.len() != g.o * g.c * 9 || x.len() != g.in_image() || y.len() != g.out_image() {
         bail!(
@@ -147,10 +250,14 @@ pub(super) fn forward_image(
     pad_image(x, g.c, g.h, g.w, padded);
     #[cfg(target_arch = "x86_64")]
     #[allow(unsafe_code)]
-    // SAFETY: `direct_forward` checked AVX2 and FMA; the sizes were checked above, and the
-    // kernel reads and writes only inside them (see `avx2::forward`).
+    // SAFETY: the CPU has the width's instructions, the row length and channels are multiples
+    // of its vector and block, and the sizes were checked above; the kernels read and write
+    // only inside them (see `ymm::forward`).
     unsafe {
-        avx2::forward(g, w, padded, y, accumulate);
+        match width {
+            Width::Avx2 => ymm::forward(g, w, padded, y, accumulate),
+            Width::Avx512 => zmm::forward(g, w, padded, y, accumulate),
+        }
     }
     count_flop(2 * (g.o * g.c * 9 * g.h * g.w) as u64);
     Ok(())
@@ -170,8 +277,26 @@ pub(super) fn weight_image(
     dw: &mut [f32],
     work: &mut super::Work,
 ) -> Result<()> {
-    if !g.direct_weight() {
+    let Some(width) = g.weight_width() else {
         bail!("direct convolution: not for {g:?} on this CPU");
+    };
+    weight_with(width, g, x, dy, dw, work)
+}
+
+/// [`weight_image`] with the kernel of `width`.
+///
+/// # Errors
+/// As [`forward_with`].
+fn weight_with(
+    width: Width,
+    g: &ConvGeom,
+    x: &[f32],
+    dy: &[f32],
+    dw: &mut [f32],
+    work: &mut super::Work,
+) -> Result<()> {
+    if !(g.direct_shape() && width.runs_here() && g.o.is_multiple_of(width.weight_block())) {
+        bail!("direct convolution: {width:?} not for {g:?} on this CPU");
     }
     if x.len() != g.in_image() || dy.len() != g.out_image() || dw.len() != g.o * g.c * 9 {
         bail!(
@@ -193,212 +318,436 @@ pub(super) fn weight_image(
     }
     #[cfg(target_arch = "x86_64")]
     #[allow(unsafe_code)]
-    // SAFETY: `direct_weight` checked AVX2 and FMA; the sizes were checked above, and the
-    // kernel reads and writes only inside them (see `avx2::weight`).
+    // SAFETY: the CPU has the width's instructions, O is a multiple of its block, and the
+    // sizes were checked above; the kernels read and write only inside them (see
+    // `ymm::weight`).
     unsafe {
-        avx2::weight(g, padded, dyt, dw);
+        match width {
+            Width::Avx2 => ymm::weight(g, padded, dyt, dw),
+            Width::Avx512 => zmm::weight(g, padded, dyt, dw),
+        }
     }
     count_flop(2 * (g.o * g.c * 9 * hw) as u64);
     Ok(())
 }
 
+/// The kernels for one vector width: `$feature` the target features, `$v` the vector type,
+/// `$lanes` its values, `$block` output channels per forward tile, `$taps` taps per ∂L/∂w
+/// tile, then the intrinsics for zero, unaligned load and store, broadcast, add and fused
+/// multiply-add.
 #[cfg(target_arch = "x86_64")]
-#[allow(unsafe_code)]
-mod avx2 {
-    use std::arch::x86_64::{
-        __m256, _mm256_add_ps, _mm256_broadcast_ss, _mm256_fmadd_ps, _mm256_loadu_ps,
-        _mm256_setzero_ps, _mm256_storeu_ps,
-    };
+macro_rules! direct_kernels {
+    (
+        $module:ident, $feature:literal, $v:ident, $lanes:literal, $block:literal, $taps:literal,
+        $zero:ident, $load:ident, $store:ident, $set1:ident, $add:ident, $fma:ident
+    ) => {
+        #[allow(unsafe_code)]
+        mod $module {
+            use std::arch::x86_64::{$add, $fma, $load, $set1, $store, $v, $zero};
 
-    use super::{ConvGeom, DW_BLOCK, DW_TAPS, LANES, OUT_BLOCK};
+            use super::ConvGeom;
 
-    /// Rows of output a band covers: its padded input (C × (rows + 2) × (W + 2)) within about
-    /// 96 KiB, so every output-channel block of the band finds it in L2.
-    fn band_rows(g: &ConvGeom) -> usize {
-        let row = g.c * (g.w + 2) * 4;
-        ((96 << 10) / row.max(1)).saturating_sub(2).clamp(1, g.h)
-    }
+            /// Values per vector.
+            const LANES: usize = $lanes;
+            /// Output channels per forward tile.
+            const OUT_BLOCK: usize = $block;
+            /// Taps (rows of C·9) per ∂L/∂w tile.
+            const TAPS: usize = $taps;
 
-    /// The whole image, band by band, output-channel block by block, tile by tile.
-    ///
-    /// # Safety
-    /// AVX2 and FMA present; `w` holds O·C·9 values, `xp` C·(H+2)·(W+2), `y` O·H·W.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn forward(g: &ConvGeom, w: &[f32], xp: &[f32], y: &mut [f32], acc: bool) {
-        let per_row = g.w / LANES;
-        let band = band_rows(g);
-        let mut r0 = 0;
-        while r0 < g.h {
-            let r1 = (r0 + band).min(g.h);
-            // The band's vectors, (row, first column), in row order.
-            let vectors = (r1 - r0) * per_row;
-            for ob in (0..g.o).step_by(OUT_BLOCK) {
-                let mut v = 0;
-                while v < vectors {
-                    let left = vectors - v;
-                    let at = |i: usize| {
-                        let (r, q) = (r0 + (v + i) / per_row, ((v + i) % per_row) * LANES);
-                        (r * (g.w + 2) + q, r * g.w + q)
-                    };
-                    // SAFETY: every vector lies inside its row; the caller's sizes hold.
-                    unsafe {
-                        if left >= 2 {
-                            tile::<2>(g, w, xp, y, ob, [at(0), at(1)], acc);
-                            v += 2;
-                        } else {
-                            tile::<1>(g, w, xp, y, ob, [at(0)], acc);
-                            v += 1;
+            /// Rows of output a band covers: its padded input (C × (rows + 2) × (W + 2))
+            /// within about 96 KiB, so every output-channel block of the band finds it in L2.
+            fn band_rows(g: &ConvGeom) -> usize {
+                let row = g.c * (g.w + 2) * 4;
+                ((96 << 10) / row.max(1)).saturating_sub(2).clamp(1, g.h)
+            }
+
+            /// The offset of each tap r = (c, ky, kx) in the padded image, for output pixel
+            /// (0, 0): C·9 values.
+            fn tap_offsets(g: &ConvGeom) -> Vec<usize> {
+                let (pw, plane) = (g.w + 2, (g.h + 2) * (g.w + 2));
+                (0..g.c * 9)
+                    .map(|r| (r / 9) * plane + (r % 9 / 3) * pw + r % 3)
+                    .collect()
+            }
+
+            /// What every forward tile of one image reads.
+            #[derive(Clone, Copy)]
+            struct Image<'a> {
+                /// The weight, (O, C, 3, 3).
+                w: &'a [f32],
+                /// The padded input, (C, H + 2, W + 2).
+                xp: &'a [f32],
+                /// [`tap_offsets`], C·9 values.
+                offs: &'a [usize],
+                /// Values per output plane, H·W.
+                hw: usize,
+            }
+
+            /// The whole image, band by band, output-channel block by block, tile by tile.
+            ///
+            /// # Safety
+            /// The CPU has the module's features; `w` holds O·C·9 values, `xp`
+            /// C·(H+2)·(W+2), `y` O·H·W; W a multiple of the lanes, O of the block.
+            #[target_feature(enable = $feature)]
+            pub(super) unsafe fn forward(
+                g: &ConvGeom,
+                w: &[f32],
+                xp: &[f32],
+                y: &mut [f32],
+                acc: bool,
+            ) {
+                let per_row = g.w / LANES;
+                let band = band_rows(g);
+                let offs = tap_offsets(g);
+                let image = Image {
+                    w,
+                    xp,
+                    offs: &offs,
+                    hw: g.h * g.w,
+                };
+                let mut r0 = 0;
+                while r0 < g.h {
+                    let r1 = (r0 + band).min(g.h);
+                    // The band's vectors, (row, first column), in row order.
+                    let vectors = (r1 - r0) * per_row;
+                    for ob in (0..g.o).step_by(OUT_BLOCK) {
+                        let mut v = 0;
+                        while v < vectors {
+                            let left = vectors - v;
+                            let at = |i: usize| {
+                                let (r, q) = (r0 + (v + i) / per_row, ((v + i) % per_row) * LANES);
+                                (r * (g.w + 2) + q, r * g.w + q)
+                            };
+                            // SAFETY: every vector lies inside its row; the caller's sizes.
+                            unsafe {
+                                if left >= 2 {
+                                    tile::<2>(&image, y, ob, [at(0), at(1)], acc);
+                                    v += 2;
+                                } else {
+                                    tile::<1>(&image, y, ob, [at(0)], acc);
+                                    v += 1;
+                                }
+                            }
                         }
                     }
+                    r0 = r1;
                 }
             }
-            r0 = r1;
-        }
-    }
 
-    /// Output channels `ob..ob + 4` at `V` vectors: `at[v] = (offset of the vector's first
-    /// pixel in a padded input plane (row r + 1 − 1, column q + 1 − 1: the tap (0, 0)),
-    /// offset in an output plane)`.
-    ///
-    /// # Safety
-    /// As [`forward`]; `ob + 4 ≤ O`, each vector's 8 pixels inside its output row.
-    #[target_feature(enable = "avx2,fma")]
-    #[inline]
-    unsafe fn tile<const V: usize>(
-        g: &ConvGeom,
-        w: &[f32],
-        xp: &[f32],
-        y: &mut [f32],
-        ob: usize,
-        at: [(usize, usize); V],
-        accumulate: bool,
-    ) {
-        let (pw, plane, wrow, hw) = (g.w + 2, (g.h + 2) * (g.w + 2), g.c * 9, g.h * g.w);
-        let mut acc = [[_mm256_setzero_ps(); V]; OUT_BLOCK];
-        let wp = w.as_ptr().wrapping_add(ob * wrow);
-        let xb = xp.as_ptr();
-        for c in 0..g.c {
-            let wc = wp.wrapping_add(c * 9);
-            let xc = xb.wrapping_add(c * plane);
-            for ky in 0..3 {
-                for kx in 0..3 {
-                    let t = ky * 3 + kx;
-                    let off = ky * pw + kx;
-                    // SAFETY: tap (ky, kx) of output pixel (r, q..q+8) is padded input
-                    // (r + ky, q + kx ..= q + kx + 7), inside the plane as q + 8 ≤ W and
-                    // r + 2 ≤ H + 1; the weight rows ob..ob+4 hold C·9 values each.
+            /// Output channels `ob..ob + OUT_BLOCK` at `V` vectors: `at[v] = (offset of the
+            /// vector's first pixel in a padded input plane (row r + 1 − 1, column q + 1 − 1:
+            /// the tap (0, 0)), offset in an output plane)`.
+            ///
+            /// # Safety
+            /// As [`forward`]; `ob + OUT_BLOCK ≤ O`, each vector inside its output row.
+            #[target_feature(enable = $feature)]
+            #[inline]
+            unsafe fn tile<const V: usize>(
+                image: &Image<'_>,
+                y: &mut [f32],
+                ob: usize,
+                at: [(usize, usize); V],
+                accumulate: bool,
+            ) {
+                let Image { w, xp, offs, hw } = *image;
+                let wrow = offs.len();
+                let mut acc = [[$zero(); V]; OUT_BLOCK];
+                let wp = w.as_ptr().wrapping_add(ob * wrow);
+                let xb = xp.as_ptr();
+                // One step per tap (c, ky, kx), a loop the compiler keeps as a loop: unrolled
+                // over a channel's nine taps it hoisted the weights' broadcasts and spilled
+                // them to the stack.
+                for (s, &off) in offs.iter().enumerate() {
+                    // SAFETY: tap s = (c, ky, kx) of output pixels (r, q..q+LANES) is padded
+                    // input (c, r + ky, q + kx ..= q + kx + LANES − 1), inside the plane as
+                    // q + LANES ≤ W and r + 2 ≤ H + 1; the weight rows ob..ob+OUT_BLOCK hold
+                    // C·9 values each.
                     unsafe {
-                        let mut xv = [_mm256_setzero_ps(); V];
+                        let mut xv = [$zero(); V];
                         for (v, a) in xv.iter_mut().zip(&at) {
-                            *v = _mm256_loadu_ps(xc.add(a.0 + off));
+                            *v = $load(xb.add(a.0 + off));
                         }
                         for (i, row) in acc.iter_mut().enumerate() {
-                            let b = _mm256_broadcast_ss(&*wc.add(i * wrow + t));
+                            let b = $set1(*wp.add(i * wrow + s));
                             for (s, xv) in row.iter_mut().zip(&xv) {
-                                *s = _mm256_fmadd_ps(b, *xv, *s);
+                                *s = $fma(b, *xv, *s);
                             }
                         }
                     }
                 }
-            }
-        }
-        let yp = y.as_mut_ptr();
-        for (i, row) in acc.iter().enumerate() {
-            for (s, a) in row.iter().zip(&at) {
-                // SAFETY: channel ob + i < O, the vector inside its output row.
-                unsafe {
-                    let dst = yp.add((ob + i) * hw + a.1);
-                    let v = if accumulate {
-                        _mm256_add_ps(_mm256_loadu_ps(dst), *s)
-                    } else {
-                        *s
-                    };
-                    _mm256_storeu_ps(dst, v);
-                }
-            }
-        }
-    }
-
-    /// `dw (C·9 × O) += x-taps · dyt`: 16 output channels × 6 taps at a time over every
-    /// pixel.
-    ///
-    /// # Safety
-    /// AVX2 and FMA present; `xp` C·(H+2)·(W+2), `dyt` H·W·O, `dw` C·9·O values; O a
-    /// multiple of 16.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn weight(g: &ConvGeom, xp: &[f32], dyt: &[f32], dw: &mut [f32]) {
-        let (pw, plane) = (g.w + 2, (g.h + 2) * (g.w + 2));
-        // Offset of tap r = (c, ky, kx) in the padded image, for output pixel (0, 0).
-        let offs: Vec<usize> = (0..g.c * 9)
-            .map(|r| (r / 9) * plane + (r % 9 / 3) * pw + r % 3)
-            .collect();
-        let rows = g.c * 9;
-        for ob in (0..g.o).step_by(DW_BLOCK) {
-            let mut r = 0;
-            while r < rows {
-                // SAFETY: taps r..r+n < C·9 and channels ob..ob+16 ≤ O; the caller's sizes.
-                unsafe {
-                    match rows - r {
-                        1 => weight_tile::<1>(g, xp, dyt, dw, ob, r, &offs),
-                        2 => weight_tile::<2>(g, xp, dyt, dw, ob, r, &offs),
-                        3 => weight_tile::<3>(g, xp, dyt, dw, ob, r, &offs),
-                        4 => weight_tile::<4>(g, xp, dyt, dw, ob, r, &offs),
-                        5 => weight_tile::<5>(g, xp, dyt, dw, ob, r, &offs),
-                        _ => weight_tile::<DW_TAPS>(g, xp, dyt, dw, ob, r, &offs),
-                    }
-                }
-                r += DW_TAPS.min(rows - r);
-            }
-        }
-    }
-
-    /// Taps `r..r + T` × output channels `ob..ob + 16`, summed over every pixel.
-    ///
-    /// # Safety
-    /// As [`weight`]; `r + T ≤ C·9`, `ob + 16 ≤ O`.
-    #[target_feature(enable = "avx2,fma")]
-    #[inline]
-    unsafe fn weight_tile<const T: usize>(
-        g: &ConvGeom,
-        xp: &[f32],
-        dyt: &[f32],
-        dw: &mut [f32],
-        ob: usize,
-        r: usize,
-        offs: &[usize],
-    ) {
-        let (pw, o) = (g.w + 2, g.o);
-        let mut off = [0usize; T];
-        off.copy_from_slice(&offs[r..r + T]);
-        let mut acc: [[__m256; 2]; T] = [[_mm256_setzero_ps(); 2]; T];
-        let xb = xp.as_ptr();
-        let db = dyt.as_ptr().wrapping_add(ob);
-        for py in 0..g.h {
-            for px in 0..g.w {
-                let base = py * pw + px;
-                let p = py * g.w + px;
-                // SAFETY: pixel p < H·W, channels ob..ob+16 ≤ O; tap (c, ky, kx) of pixel
-                // (py, px) is padded input (py + ky, px + kx), inside the plane.
-                unsafe {
-                    let d0 = _mm256_loadu_ps(db.add(p * o));
-                    let d1 = _mm256_loadu_ps(db.add(p * o + LANES));
-                    for (a, &t) in acc.iter_mut().zip(&off) {
-                        let b = _mm256_broadcast_ss(&*xb.add(t + base));
-                        a[0] = _mm256_fmadd_ps(b, d0, a[0]);
-                        a[1] = _mm256_fmadd_ps(b, d1, a[1]);
+                let yp = y.as_mut_ptr();
+                for (i, row) in acc.iter().enumerate() {
+                    for (s, a) in row.iter().zip(&at) {
+                        // SAFETY: channel ob + i < O, the vector inside its output row.
+                        unsafe {
+                            let dst = yp.add((ob + i) * hw + a.1);
+                            let v = if accumulate { $add($load(dst), *s) } else { *s };
+                            $store(dst, v);
+                        }
                     }
                 }
             }
-        }
-        let dp = dw.as_mut_ptr();
-        for (j, a) in acc.iter().enumerate() {
-            // SAFETY: row r + j < C·9, channels ob..ob+16 ≤ O.
-            unsafe {
-                let dst = dp.add((r + j) * o + ob);
-                _mm256_storeu_ps(dst, _mm256_add_ps(_mm256_loadu_ps(dst), a[0]));
-                let dst = dst.add(LANES);
-                _mm256_storeu_ps(dst, _mm256_add_ps(_mm256_loadu_ps(dst), a[1]));
+
+            /// `dw (C·9 × O) += x-taps · dyt`: 2·LANES output channels × TAPS taps at a time
+            /// over every pixel.
+            ///
+            /// # Safety
+            /// The CPU has the module's features; `xp` C·(H+2)·(W+2), `dyt` H·W·O, `dw`
+            /// C·9·O values; O a multiple of 2·LANES.
+            #[target_feature(enable = $feature)]
+            pub(super) unsafe fn weight(g: &ConvGeom, xp: &[f32], dyt: &[f32], dw: &mut [f32]) {
+                let offs = tap_offsets(g);
+                let rows = g.c * 9;
+                for ob in (0..g.o).step_by(2 * LANES) {
+                    let mut r = 0;
+                    while r < rows {
+                        let left = rows - r;
+                        // Whole tiles, then at most one of 6 and one of 1 to 5.
+                        let n = if left >= TAPS {
+                            TAPS
+                        } else if left >= 6 {
+                            6
+                        } else {
+                            left
+                        };
+                        // SAFETY: taps r..r+n ≤ C·9, channels ob..ob+2·LANES ≤ O; the
+                        // caller's sizes.
+                        unsafe {
+                            match n {
+                                1 => weight_tile::<1>(g, xp, dyt, dw, ob, r, &offs),
+                                2 => weight_tile::<2>(g, xp, dyt, dw, ob, r, &offs),
+                                3 => weight_tile::<3>(g, xp, dyt, dw, ob, r, &offs),
+                                4 => weight_tile::<4>(g, xp, dyt, dw, ob, r, &offs),
+                                5 => weight_tile::<5>(g, xp, dyt, dw, ob, r, &offs),
+                                6 => weight_tile::<6>(g, xp, dyt, dw, ob, r, &offs),
+                                _ => weight_tile::<TAPS>(g, xp, dyt, dw, ob, r, &offs),
+                            }
+                        }
+                        r += n;
+                    }
+                }
             }
+
+            /// Taps `r..r + T` × output channels `ob..ob + 2·LANES`, summed over every pixel.
+            ///
+            /// # Safety
+            /// As [`weight`]; `r + T ≤ C·9`, `ob + 2·LANES ≤ O`.
+            #[target_feature(enable = $feature)]
+            #[inline]
+            unsafe fn weight_tile<const T: usize>(
+                g: &ConvGeom,
+                xp: &[f32],
+                dyt: &[f32],
+                dw: &mut [f32],
+                ob: usize,
+                r: usize,
+                offs: &[usize],
+            ) {
+                let (pw, o) = (g.w + 2, g.o);
+                let mut off = [0usize; T];
+                off.copy_from_slice(&offs[r..r + T]);
+                let mut acc: [[$v; 2]; T] = [[$zero(); 2]; T];
+                let xb = xp.as_ptr();
+                let db = dyt.as_ptr().wrapping_add(ob);
+                for py in 0..g.h {
+                    for px in 0..g.w {
+                        let base = py * pw + px;
+                        let p = py * g.w + px;
+                        // SAFETY: pixel p < H·W, channels ob..ob+2·LANES ≤ O; tap (c, ky, kx)
+                        // of pixel (py, px) is padded input (py + ky, px + kx), in the plane.
+                        unsafe {
+                            let d0 = $load(db.add(p * o));
+                            let d1 = $load(db.add(p * o + LANES));
+                            for (a, &t) in acc.iter_mut().zip(&off) {
+                                let b = $set1(*xb.add(t + base));
+                                a[0] = $fma(b, d0, a[0]);
+                                a[1] = $fma(b, d1, a[1]);
+                            }
+                        }
+                    }
+                }
+                let dp = dw.as_mut_ptr();
+                for (j, a) in acc.iter().enumerate() {
+                    // SAFETY: row r + j < C·9, channels ob..ob+2·LANES ≤ O.
+                    unsafe {
+                        let dst = dp.add((r + j) * o + ob);
+                        $store(dst, $add($load(dst), a[0]));
+                        let dst = dst.add(LANES);
+                        $store(dst, $add($load(dst), a[1]));
+                    }
+                }
+            }
+        }
+    };
+}
+
+#[cfg(target_arch = "x86_64")]
+direct_kernels!(
+    ymm,
+    "avx2,fma",
+    __m256,
+    8,
+    4,
+    6,
+    _mm256_setzero_ps,
+    _mm256_loadu_ps,
+    _mm256_storeu_ps,
+    _mm256_set1_ps,
+    _mm256_add_ps,
+    _mm256_fmadd_ps
+);
+
+#[cfg(target_arch = "x86_64")]
+direct_kernels!(
+    zmm,
+    "avx512f",
+    __m512,
+    16,
+    8,
+    12,
+    _mm512_setzero_ps,
+    _mm512_loadu_ps,
+    _mm512_storeu_ps,
+    _mm512_set1_ps,
+    _mm512_add_ps,
+    _mm512_fmadd_ps
+);
+
+#[cfg(test)]
+mod tests {
+    use super::{ConvGeom, Width, forward_with, padded_plane, weight_with};
+
+    /// Reproducible values in [−1, 1).
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        (0..n)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                ((s >> 40) as f32 / (1u64 << 23) as f32) - 1.0
+            })
+            .collect()
+    }
+
+    /// The input value at (c, r, q) of `x` (C, H, W), zero outside.
+    fn at(g: &ConvGeom, x: &[f32], c: usize, r: isize, q: isize) -> f64 {
+        if r < 0 || q < 0 || r >= g.h as isize || q >= g.w as isize {
+            return 0.0;
+        }
+        f64::from(x[(c * g.h + r as usize) * g.w + q as usize])
+    }
+
+    /// `conv3×3(x, w)` (O, H, W) and `∂L/∂w` (C·9 × O) for ∂L/∂y = `dy`, summed in f64.
+    fn reference(g: &ConvGeom, w: &[f32], x: &[f32], dy: &[f32]) -> (Vec<f64>, Vec<f64>) {
+        let mut y = vec![0f64; g.o * g.h * g.w];
+        let mut dw = vec![0f64; g.c * 9 * g.o];
+        for o in 0..g.o {
+            for r in 0..g.h {
+                for q in 0..g.w {
+                    let p = (o * g.h + r) * g.w + q;
+                    for c in 0..g.c {
+                        for t in 0..9 {
+                            let v = at(g, x, c, (r + t / 3) as isize - 1, (q + t % 3) as isize - 1);
+                            y[p] += f64::from(w[(o * g.c + c) * 9 + t]) * v;
+                            dw[(c * 9 + t) * g.o + o] += f64::from(dy[p]) * v;
+                        }
+                    }
+                }
+            }
+        }
+        (y, dw)
+    }
+
+    fn close(got: &[f32], want: &[f64], what: &str) {
+        assert_eq!(got.len(), want.len(), "{what}: length");
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            let err = (f64::from(*g) - w).abs();
+            assert!(
+                err <= 1e-4 * (1.0 + w.abs()),
+                "{what}[{i}]: {g} against {w}"
+            );
+        }
+    }
+
+    #[allow(clippy::print_stderr)] // says which widths this CPU could not check
+    /// Both kernels of every width this CPU runs, against sums in f64, for geometries with
+    /// one and several vectors per row, tiles left over in both directions, several bands
+    /// of rows (96 channels) and a channel count whose taps leave partial ∂L/∂w tiles.
+    #[test]
+    fn direct_kernels_match_the_definition() {
+        let shapes = [
+            (3, 32, 16, 16),
+            (16, 64, 5, 32),
+            (40, 8, 4, 16),
+            (4, 16, 6, 24),
+            (13, 32, 3, 48),
+            (96, 32, 12, 32),
+            (8, 4, 2, 8),
+        ];
+        let mut ran = 0;
+        for width in [Width::Avx2, Width::Avx512] {
+            if !width.runs_here() {
+                eprintln!("skipping {width:?}: this CPU does not have it");
+                continue;
+            }
+            for (c, o, h, wd) in shapes {
+                let g = ConvGeom {
+                    n: 1,
+                    c,
+                    h,
+                    w: wd,
+                    o,
+                    k: 3,
+                    stride: 1,
+                    pad: 1,
+                };
+                let (w, x, dy) = (
+                    values(o * c * 9, 1),
+                    values(g.in_image(), 2),
+                    values(g.out_image(), 3),
+                );
+                let (y_ref, dw_ref) = reference(&g, &w, &x, &dy);
+                let mut pad = vec![0f32; g.c.max(g.o) * padded_plane(&g)];
+                let fits = wd % width.lanes() == 0 && o % width.out_block() == 0;
+                let mut y = values(g.out_image(), 4);
+                let before = y.clone();
+                let done = forward_with(width, &g, &w, &x, &mut y, true, &mut pad);
+                assert_eq!(done.is_ok(), fits, "{width:?} forward on {g:?}: {done:?}");
+                if fits {
+                    let want: Vec<f64> = y_ref
+                        .iter()
+                        .zip(&before)
+                        .map(|(r, b)| r + f64::from(*b))
+                        .collect();
+                    close(&y, &want, &format!("{width:?} forward + y on {g:?}"));
+                    forward_with(width, &g, &w, &x, &mut y, false, &mut pad)
+                        .unwrap_or_else(|e| panic!("{e}"));
+                    close(&y, &y_ref, &format!("{width:?} forward on {g:?}"));
+                    ran += 1;
+                }
+                let fits = o % width.weight_block() == 0;
+                let mut work = super::super::Work {
+                    col: vec![0.0; g.c * padded_plane(&g)],
+                    product: vec![0.0; g.o * g.h * g.w],
+                };
+                let start = values(g.c * 9 * g.o, 5);
+                let mut dw = start.clone();
+                let done = weight_with(width, &g, &x, &dy, &mut dw, &mut work);
+                assert_eq!(done.is_ok(), fits, "{width:?} ∂L/∂w on {g:?}: {done:?}");
+                if fits {
+                    let want: Vec<f64> = dw_ref
+                        .iter()
+                        .zip(&start)
+                        .map(|(r, b)| r + f64::from(*b))
+                        .collect();
+                    close(&dw, &want, &format!("{width:?} ∂L/∂w on {g:?}"));
+                    ran += 1;
+                }
+            }
+        }
+        if Width::Avx2.runs_here() {
+            assert!(ran >= 10, "only {ran} kernels ran");
         }
     }
 }
