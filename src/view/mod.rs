@@ -228,6 +228,10 @@ pub struct RunView {
     pub overhead: Option<Overhead>,
     /// The checkpoints the run keeps and the disk they take, as last reported.
     pub checkpoints: Option<crate::train::run_dir::Checkpoints>,
+    /// The heads whose last measurement during training looked collapsed: a second one in a
+    /// row is announced (SimSiam's output rank can dip below 2 for one measurement early in a
+    /// healthy run).
+    pub head_dips: std::collections::BTreeSet<TaskKind>,
 }
 
 impl Default for RunView {
@@ -246,6 +250,7 @@ impl Default for RunView {
             messages: Vec::new(),
             overhead: None,
             checkpoints: None,
+            head_dips: std::collections::BTreeSet::new(),
         }
     }
 }
@@ -370,8 +375,16 @@ impl RunView {
                 g.rankme / g.dimensions.max(1) as f64,
             );
             // A random head's outputs are often bunched together before any step: only a
-            // collapse during training is announced.
-            if k.step > 0 && crate::eval::embed::collapsed(g) {
+            // collapse during training is announced, and only when two measurements in a row
+            // show it.
+            let dip = k.step > 0 && crate::eval::embed::collapsed(g);
+            let again = if dip {
+                !self.head_dips.insert(*task)
+            } else {
+                self.head_dips.remove(task);
+                false
+            };
+            if again {
                 self.message(
                     true,
                     format!(
