@@ -42,7 +42,7 @@ fn max_abs(a: &Tensor) -> Result<f32> {
 /// (N, C, H, W, O, K, stride, padding)
 type Geometry = (usize, usize, usize, usize, usize, usize, usize, usize);
 
-const GEOMETRIES: [Geometry; 33] = [
+const GEOMETRIES: [Geometry; 34] = [
     (2, 3, 8, 8, 4, 3, 1, 1),
     (3, 4, 9, 7, 5, 3, 2, 1),
     (2, 4, 8, 8, 6, 1, 2, 0),
@@ -85,6 +85,9 @@ const GEOMETRIES: [Geometry; 33] = [
     (1, 12, 8, 24, 20, 3, 1, 1),
     (2, 32, 16, 32, 32, 3, 1, 1),
     (1, 64, 20, 40, 16, 3, 1, 1),
+    // 4 input channels, 8 output ones: on AVX2 ∂L/∂x direct (the flipped weight although
+    // C < 8) and ∂L/∂w by im2col.
+    (2, 4, 6, 8, 8, 3, 1, 1),
     // Stride 2 with output rows of whole vectors: an even and an odd input side, the encoder's
     // second stage, 4 output channels.
     (2, 8, 16, 16, 16, 3, 2, 1),

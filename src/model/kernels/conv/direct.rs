@@ -20,10 +20,11 @@
 //!
 //! Nothing is packed: the weight is read where it lies (B rows, C·9 apart), the padded image
 //! (C × (H+2) × (W+2)) is made once per image, and the working set of a tile stays in L1.
-//! [`Width`] says which kernel a geometry gets on this CPU: the 512-bit one where the rows are
-//! whole 16-pixel vectors and the CPU has AVX-512F, the 256-bit one where they are whole
-//! 8-pixel vectors on a CPU without AVX-512 (on AVX-512 CPUs such rows keep `im2col` +
-//! `gemm`, whose kernels are 16 wide), else none.
+//! [`Width`] says which kernel a geometry gets on this CPU: for the forward pass and ∂L/∂x the
+//! 512-bit one where the rows are whole 16-pixel vectors and the CPU has AVX-512F, the 256-bit
+//! one where they are whole 8-pixel vectors on a CPU without AVX-512 (on AVX-512 CPUs rows of
+//! 8 or 24 pixels keep `im2col` + `gemm`, whose kernels are 16 wide), else none; ∂L/∂w, pixel
+//! by pixel, takes the CPU's widest kernel on any row of 8·k pixels.
 
 use candle_core::{Result, bail};
 
@@ -40,7 +41,8 @@ pub(super) enum Width {
 }
 
 impl Width {
-    /// Values per vector: the output row's length must be a multiple.
+    /// Values per vector: for the forward and ∂L/∂x kernels the output row's length must be a
+    /// multiple (∂L/∂w goes pixel by pixel and takes any row of the shape).
     fn lanes(self) -> usize {
         match self {
             Self::Avx2 => 8,
@@ -502,23 +504,20 @@ macro_rules! direct_kernels {
                     let mut r = 0;
                     while r < rows {
                         let left = rows - r;
-                        // Whole tiles, then at most one of 6 and one of 1 to 5.
+                        // C·9 rows are a multiple of 3: whole tiles, then at most one of 6
+                        // and one of 3.
                         let n = if left >= TAPS {
                             TAPS
                         } else if left >= 6 {
                             6
                         } else {
-                            left
+                            3.min(left)
                         };
                         // SAFETY: taps r..r+n ≤ C·9, channels ob..ob+2·LANES ≤ O; the
                         // caller's sizes.
                         unsafe {
                             match n {
-                                1 => weight_tile::<1>(g, xp, dyt, dw, ob, r, &offs),
-                                2 => weight_tile::<2>(g, xp, dyt, dw, ob, r, &offs),
                                 3 => weight_tile::<3>(g, xp, dyt, dw, ob, r, &offs),
-                                4 => weight_tile::<4>(g, xp, dyt, dw, ob, r, &offs),
-                                5 => weight_tile::<5>(g, xp, dyt, dw, ob, r, &offs),
                                 6 => weight_tile::<6>(g, xp, dyt, dw, ob, r, &offs),
                                 _ => weight_tile::<TAPS>(g, xp, dyt, dw, ob, r, &offs),
                             }
@@ -684,6 +683,7 @@ mod tests {
             (13, 32, 3, 48),
             (96, 32, 12, 32),
             (8, 4, 2, 8),
+            (4, 16, 5, 24),
         ];
         let mut ran = 0;
         for width in [Width::Avx2, Width::Avx512] {
@@ -708,7 +708,13 @@ mod tests {
                     values(g.out_image(), 3),
                 );
                 let (y_ref, dw_ref) = reference(&g, &w, &x, &dy);
-                let mut pad = vec![0f32; g.c.max(g.o) * padded_plane(&g)];
+                // Exactly the values the kernels may touch, then NaN: a read past them shows.
+                let tail = |len: usize| {
+                    let mut v = vec![0f32; len];
+                    v.extend([f32::NAN; 64]);
+                    v
+                };
+                let mut pad = tail(g.c * padded_plane(&g));
                 let fits = wd % width.lanes() == 0 && o % width.out_block() == 0;
                 let mut y = values(g.out_image(), 4);
                 let before = y.clone();
@@ -728,8 +734,8 @@ mod tests {
                 }
                 let fits = o % width.weight_block() == 0;
                 let mut work = super::super::Work {
-                    col: vec![0.0; g.c * padded_plane(&g)],
-                    product: vec![0.0; g.o * g.h * g.w],
+                    col: tail(g.c * padded_plane(&g)),
+                    product: tail(g.o * g.h * g.w),
                 };
                 let start = values(g.c * 9 * g.o, 5);
                 let mut dw = start.clone();

@@ -76,8 +76,9 @@ pub(super) fn work(g: &ConvGeom) -> Work {
     let group = g.group();
     let cols = group * g.hw_out();
     // A flipped backward pass ([`BackwardPlan`]) makes dy's columns (O·K·K rows) and a
-    // product of C rows: where it may run, size for the larger of the two channel counts.
-    let (col_channels, product_rows) = if g.flips() {
+    // product of C rows: where it may run (also where the direct ∂L/∂x makes the plan flip),
+    // size for the larger of the two channel counts.
+    let (col_channels, product_rows) = if g.flips() || g.direct_input() {
         (g.c.max(g.o), g.c.max(g.o))
     } else {
         (g.c, g.o)
