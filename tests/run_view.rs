@@ -222,7 +222,8 @@ fn a_run_read_back_from_its_directory_gives_the_live_model() {
 #[test]
 fn a_collapsing_head_output_is_announced_when_two_measurements_in_training_show_it() {
     let mut v = RunView::default();
-    let knn = |step: u64| {
+    // A measurement at `step` whose head output has RankMe `head` (collapsed below 2).
+    let measured = |step: u64, head: f64| {
         Event::Knn(KnnMetrics {
             step,
             epoch: 0,
@@ -230,9 +231,10 @@ fn a_collapsing_head_output_is_announced_when_two_measurements_in_training_show_
             not_measured: Some(NotMeasured::NoLabels),
             raw_pixels: None,
             gauges: gauges(128.0),
-            head_gauges: vec![(TaskKind::Simsiam, gauges(1.2))],
+            head_gauges: vec![(TaskKind::Simsiam, gauges(head))],
         })
     };
+    let knn = |step: u64| measured(step, 1.2);
     // A random head is often bunched up before the first step: no alarm.
     v.apply(&knn(0));
     assert!(
@@ -254,15 +256,7 @@ fn a_collapsing_head_output_is_announced_when_two_measurements_in_training_show_
     };
     assert!(!announced(&v), "{:?}", v.messages);
     // A recovery in between starts the count again.
-    v.apply(&Event::Knn(KnnMetrics {
-        step: 48,
-        epoch: 0,
-        stages: Vec::new(),
-        not_measured: Some(NotMeasured::NoLabels),
-        raw_pixels: None,
-        gauges: gauges(128.0),
-        head_gauges: vec![(TaskKind::Simsiam, gauges(128.0))],
-    }));
+    v.apply(&measured(48, 128.0));
     v.apply(&knn(56));
     assert!(!announced(&v), "{:?}", v.messages);
     // Two in a row are.

@@ -333,6 +333,24 @@ fn weight_with(
     Ok(())
 }
 
+/// Rows of output a band covers: its padded input (C × (rows + 2) × (W + 2)) within about
+/// 96 KiB, so every output-channel block of the band finds it in L2.
+#[cfg(target_arch = "x86_64")]
+fn band_rows(g: &ConvGeom) -> usize {
+    let row = g.c * (g.w + 2) * 4;
+    ((96 << 10) / row.max(1)).saturating_sub(2).clamp(1, g.h)
+}
+
+/// The offset of each tap r = (c, ky, kx) in the padded image, for output pixel (0, 0): C·9
+/// values.
+#[cfg(target_arch = "x86_64")]
+fn tap_offsets(g: &ConvGeom) -> Vec<usize> {
+    let (pw, plane) = (g.w + 2, (g.h + 2) * (g.w + 2));
+    (0..g.c * 9)
+        .map(|r| (r / 9) * plane + (r % 9 / 3) * pw + r % 3)
+        .collect()
+}
+
 /// The kernels for one vector width: `$feature` the target features, `$v` the vector type,
 /// `$lanes` its values, `$block` output channels per forward tile, `$taps` taps per ∂L/∂w
 /// tile, then the intrinsics for zero, unaligned load and store, broadcast, add and fused
@@ -347,7 +365,7 @@ macro_rules! direct_kernels {
         mod $module {
             use std::arch::x86_64::{$add, $fma, $load, $set1, $store, $v, $zero};
 
-            use super::ConvGeom;
+            use super::{ConvGeom, band_rows, tap_offsets};
 
             /// Values per vector.
             const LANES: usize = $lanes;
@@ -355,22 +373,6 @@ macro_rules! direct_kernels {
             const OUT_BLOCK: usize = $block;
             /// Taps (rows of C·9) per ∂L/∂w tile.
             const TAPS: usize = $taps;
-
-            /// Rows of output a band covers: its padded input (C × (rows + 2) × (W + 2))
-            /// within about 96 KiB, so every output-channel block of the band finds it in L2.
-            fn band_rows(g: &ConvGeom) -> usize {
-                let row = g.c * (g.w + 2) * 4;
-                ((96 << 10) / row.max(1)).saturating_sub(2).clamp(1, g.h)
-            }
-
-            /// The offset of each tap r = (c, ky, kx) in the padded image, for output pixel
-            /// (0, 0): C·9 values.
-            fn tap_offsets(g: &ConvGeom) -> Vec<usize> {
-                let (pw, plane) = (g.w + 2, (g.h + 2) * (g.w + 2));
-                (0..g.c * 9)
-                    .map(|r| (r / 9) * plane + (r % 9 / 3) * pw + r % 3)
-                    .collect()
-            }
 
             /// What every forward tile of one image reads.
             #[derive(Clone, Copy)]
@@ -658,6 +660,11 @@ mod tests {
         (y, dw)
     }
 
+    /// `r + b`, value by value: what an accumulating kernel should leave in `b`.
+    fn plus(r: &[f64], b: &[f32]) -> Vec<f64> {
+        r.iter().zip(b).map(|(r, b)| r + f64::from(*b)).collect()
+    }
+
     fn close(got: &[f32], want: &[f64], what: &str) {
         assert_eq!(got.len(), want.len(), "{what}: length");
         for (i, (g, w)) in got.iter().zip(want).enumerate() {
@@ -721,12 +728,11 @@ mod tests {
                 let done = forward_with(width, &g, &w, &x, &mut y, true, &mut pad);
                 assert_eq!(done.is_ok(), fits, "{width:?} forward on {g:?}: {done:?}");
                 if fits {
-                    let want: Vec<f64> = y_ref
-                        .iter()
-                        .zip(&before)
-                        .map(|(r, b)| r + f64::from(*b))
-                        .collect();
-                    close(&y, &want, &format!("{width:?} forward + y on {g:?}"));
+                    close(
+                        &y,
+                        &plus(&y_ref, &before),
+                        &format!("{width:?} forward + y on {g:?}"),
+                    );
                     forward_with(width, &g, &w, &x, &mut y, false, &mut pad)
                         .unwrap_or_else(|e| panic!("{e}"));
                     close(&y, &y_ref, &format!("{width:?} forward on {g:?}"));
@@ -742,12 +748,11 @@ mod tests {
                 let done = weight_with(width, &g, &x, &dy, &mut dw, &mut work);
                 assert_eq!(done.is_ok(), fits, "{width:?} ∂L/∂w on {g:?}: {done:?}");
                 if fits {
-                    let want: Vec<f64> = dw_ref
-                        .iter()
-                        .zip(&start)
-                        .map(|(r, b)| r + f64::from(*b))
-                        .collect();
-                    close(&dw, &want, &format!("{width:?} ∂L/∂w on {g:?}"));
+                    close(
+                        &dw,
+                        &plus(&dw_ref, &start),
+                        &format!("{width:?} ∂L/∂w on {g:?}"),
+                    );
                     ran += 1;
                 }
             }
