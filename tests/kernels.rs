@@ -42,7 +42,7 @@ fn max_abs(a: &Tensor) -> Result<f32> {
 /// (N, C, H, W, O, K, stride, padding)
 type Geometry = (usize, usize, usize, usize, usize, usize, usize, usize);
 
-const GEOMETRIES: [Geometry; 34] = [
+const GEOMETRIES: [Geometry; 37] = [
     (2, 3, 8, 8, 4, 3, 1, 1),
     (3, 4, 9, 7, 5, 3, 2, 1),
     (2, 4, 8, 8, 6, 1, 2, 0),
@@ -94,6 +94,13 @@ const GEOMETRIES: [Geometry; 34] = [
     (3, 4, 15, 31, 16, 3, 2, 1),
     (1, 32, 32, 32, 64, 3, 2, 1),
     (2, 6, 16, 16, 4, 3, 2, 1),
+    // Winograd F(2×2, 3×3) (at least 16 channels, even height, rows of whole vectors): all
+    // three passes in 512-bit form on AVX-512 (tiles ending inside a chunk), 8-pixel rows
+    // (256-bit form, also on AVX-512 CPUs), and 48 output channels (∂L/∂w in 256-bit
+    // form only, or none).
+    (2, 16, 8, 16, 32, 3, 1, 1),
+    (3, 20, 10, 8, 16, 3, 1, 1),
+    (2, 32, 6, 32, 48, 3, 1, 1),
 ];
 
 /// `conv::conv2d(x, wt)` against candle's own convolution: the output, and the gradient of

@@ -121,6 +121,7 @@ fn conv_stats_impl(
     // taken while its output is still in cache.
     let mut conv_out = vec![0f32; geom.n * geom.out_image()];
     let mut moments = vec![Moments::default(); geom.n * c];
+    let plan = geom.forward_plan(w);
     conv_out
         .par_chunks_mut((group * geom.out_image()).max(1))
         .zip(moments.par_chunks_mut((group * c).max(1)))
@@ -144,7 +145,7 @@ fn conv_stats_impl(
                     }
                     None => src,
                 };
-                geom.forward_group(w, xs, ys, work)?;
+                geom.forward_group(&plan, xs, ys, work)?;
                 for (m, plane) in ms.iter_mut().zip(ys.chunks(hw.max(1))) {
                     *m = Moments::of_plane(plane);
                 }
@@ -272,7 +273,7 @@ pub(super) fn conv_bn_backward(
         .into_par_iter()
         .enumerate()
         .map(|(run, dx_run)| -> Result<RunSums> {
-            let mut dw = vec![0f32; g.o * g.ckk()];
+            let mut dw = vec![0f32; g.weight_partial_len(&plan)];
             let mut acc = vec![GradSums::default(); prev_c];
             let mut work = conv::work(&g);
             let group = g.group();

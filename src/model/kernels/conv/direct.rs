@@ -33,7 +33,7 @@ use super::geometry::ConvGeom;
 
 /// The vector width of a direct kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Width {
+pub(in crate::model::kernels::conv) enum Width {
     /// 256-bit vectors of 8 values, AVX2 + FMA.
     Avx2,
     /// 512-bit vectors of 16 values, AVX-512F.
@@ -43,7 +43,7 @@ pub(super) enum Width {
 impl Width {
     /// Values per vector: for the forward and ∂L/∂x kernels the output row's length must be a
     /// multiple (∂L/∂w goes pixel by pixel and takes any row of the shape).
-    fn lanes(self) -> usize {
+    pub(super) fn lanes(self) -> usize {
         match self {
             Self::Avx2 => 8,
             Self::Avx512 => 16,
@@ -51,7 +51,7 @@ impl Width {
     }
 
     /// Output channels per forward register tile: O (or C for ∂L/∂x) must be a multiple.
-    fn out_block(self) -> usize {
+    pub(super) fn out_block(self) -> usize {
         match self {
             Self::Avx2 => 4,
             Self::Avx512 => 8,
@@ -64,7 +64,7 @@ impl Width {
     }
 
     /// Whether this CPU has the instructions (ignoring the switches in [`cpu`]).
-    fn runs_here(self) -> bool {
+    pub(super) fn runs_here(self) -> bool {
         let c = detect();
         match self {
             Self::Avx2 => c.avx2,
@@ -75,28 +75,35 @@ impl Width {
 
 /// The direct kernels' instruction sets on this CPU.
 #[derive(Clone, Copy, Debug, Default)]
-struct Cpu {
+pub(super) struct Cpu {
     /// AVX2 and FMA.
-    avx2: bool,
+    pub(super) avx2: bool,
     /// AVX-512F.
-    avx512: bool,
+    pub(super) avx512: bool,
 }
 
-/// The instruction sets the direct kernels may use (checked once): what the CPU has, none
-/// with `PRETEXT_NO_DIRECT_CONV` set, and AVX2 alone with `PRETEXT_DIRECT_CONV=avx2` (the
+/// The instruction sets the vector kernels (direct and [`super::winograd`]) may use,
+/// checked once: what the CPU has, and AVX2 alone with `PRETEXT_DIRECT_CONV=avx2` (the
 /// kernels a CPU without AVX-512 would get: for comparisons).
-fn cpu() -> Cpu {
+pub(super) fn vector_cpu() -> Cpu {
     static CPU: std::sync::OnceLock<Cpu> = std::sync::OnceLock::new();
     *CPU.get_or_init(|| {
-        if std::env::var_os("PRETEXT_NO_DIRECT_CONV").is_some() {
-            return Cpu::default();
-        }
         let mut c = detect();
         if std::env::var("PRETEXT_DIRECT_CONV").is_ok_and(|v| v == "avx2") {
             c.avx512 = false;
         }
         c
     })
+}
+
+/// The instruction sets the direct kernels may use: [`vector_cpu`], or none with
+/// `PRETEXT_NO_DIRECT_CONV` set.
+fn cpu() -> Cpu {
+    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if *OFF.get_or_init(|| std::env::var_os("PRETEXT_NO_DIRECT_CONV").is_some()) {
+        return Cpu::default();
+    }
+    vector_cpu()
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -171,7 +178,7 @@ pub(super) fn padded_plane(g: &ConvGeom) -> usize {
 }
 
 /// The first `len` values of a working buffer ([`super::Work`]).
-fn take<'a>(buf: &'a mut [f32], len: usize, what: &str) -> Result<&'a mut [f32]> {
+pub(super) fn take<'a>(buf: &'a mut [f32], len: usize, what: &str) -> Result<&'a mut [f32]> {
     let have = buf.len();
     match buf.get_mut(..len) {
         Some(b) => Ok(b),

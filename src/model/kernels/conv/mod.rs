@@ -11,6 +11,7 @@
 mod direct;
 mod geometry;
 mod im2col;
+mod winograd;
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
@@ -97,6 +98,16 @@ pub(super) fn work(g: &ConvGeom) -> Work {
     if g.direct_weight() {
         product = product.max(g.o * g.hw_out());
     }
+    // Winograd ([`winograd`]) keeps the input's phases and its transforms in the column
+    // buffer, for the forward pass or for ∂L/∂x (C and O swapped).
+    if g.winograd_forward() || g.winograd_input() {
+        col = col.max(winograd::buffer_len(g));
+    }
+    if g.winograd_weight() {
+        let (c, p) = winograd::weight_buffer_len(g);
+        col = col.max(c);
+        product = product.max(p);
+    }
     let (mut c, mut p) = SPARE.with(std::cell::Cell::take);
     c.resize(col, 0.0);
     p.resize(product, 0.0);
@@ -126,17 +137,38 @@ impl ConvGeom {
         (GROUP_COLUMNS / self.hw_out().max(1)).max(1)
     }
 
+    /// How the forward pass for weight `w` (O, C, K, K) multiplies, decided once per batch:
+    /// with Winograd where [`ConvGeom::winograd_forward`] (the weight transformed here),
+    /// else as [`ConvGeom::forward_group`] says.
+    pub(in crate::model::kernels) fn forward_plan<'a>(&self, w: &'a [f32]) -> ForwardPlan<'a> {
+        let winograd = (self.winograd_forward() && w.len() == self.o * self.ckk())
+            .then(|| winograd::transform_weight(self, w));
+        ForwardPlan { w, winograd }
+    }
+
     /// A group of 1 to [`ConvGeom::group`] images: `ys = w · im2col(xs)` image by image, as
-    /// one matrix product over the group's columns. `xs` (G, C, H, W), `ys` (G, O, Ho, Wo).
+    /// one matrix product over the group's columns — or image by image with Winograd or the
+    /// direct kernels, as `plan` and the geometry say. `xs` (G, C, H, W), `ys`
+    /// (G, O, Ho, Wo).
     pub(super) fn forward_group(
         &self,
-        w: &[f32],
+        plan: &ForwardPlan<'_>,
         xs: &[f32],
         ys: &mut [f32],
         work: &mut Work,
     ) -> Result<()> {
         let n = images_in(xs.len(), self.in_image(), self.group(), "input group")?;
         exactly(ys.len(), self.out_image(), n, "output group")?;
+        let w = plan.w;
+        if let Some(u) = &plan.winograd {
+            for (xi, yi) in xs
+                .chunks_exact(self.in_image())
+                .zip(ys.chunks_exact_mut(self.out_image()))
+            {
+                winograd::forward_image(self, u, xi, yi, false, &mut work.col)?;
+            }
+            return Ok(());
+        }
         if self.direct_forward() {
             for (xi, yi) in xs
                 .chunks_exact(self.in_image())
@@ -192,7 +224,11 @@ impl ConvGeom {
         if let Some((xs, _)) = &weight {
             exactly(xs.len(), self.in_image(), n, "input group")?;
         }
-        if plan.direct_input || plan.direct_weight {
+        if plan.direct_input
+            || plan.direct_weight
+            || plan.winograd_input.is_some()
+            || plan.winograd_weight
+        {
             return self.backward_group_direct(plan, dys, n, dxs, weight, work);
         }
         self.backward_group_gemm(plan, dys, n, dxs, weight, work)
@@ -302,6 +338,15 @@ impl ConvGeom {
     /// ∂L/∂w (O × C·K·K) from the partial sums [`ConvGeom::backward_group`] made with
     /// `plan`: laid out (C·K·K × O), or (O·K·K × C) with flipped taps for a flipped plan.
     pub(super) fn weight_grad(&self, partials: &[Vec<f32>], plan: &BackwardPlan<'_>) -> Vec<f32> {
+        if plan.winograd_weight {
+            let mut du = vec![0f32; self.weight_partial_len(plan)];
+            for p in partials {
+                for (d, v) in du.iter_mut().zip(p) {
+                    *d += v;
+                }
+            }
+            return winograd::weight_from_transform(self, &du);
+        }
         let ckk = self.ckk();
         let mut dw = vec![0f32; self.o * ckk];
         if plan.flipped.is_some() && !plan.direct_weight {
@@ -325,6 +370,16 @@ impl ConvGeom {
             }
         }
         dw
+    }
+
+    /// Values of one partial sum of ∂L/∂w made with `plan` ([`ConvGeom::backward_group`]):
+    /// O·C·K·K, or 16·C·O of ∂L/∂U with Winograd.
+    pub(in crate::model::kernels) fn weight_partial_len(&self, plan: &BackwardPlan<'_>) -> usize {
+        if plan.winograd_weight {
+            16 * self.c * self.o
+        } else {
+            self.o * self.ckk()
+        }
     }
 
     /// Whether the backward pass can run flipped ([`BackwardPlan`]): a stride-1 convolution
@@ -367,7 +422,7 @@ impl ConvGeom {
         w: &'a [f32],
         want_input: bool,
     ) -> BackwardPlan<'a> {
-        let direct_input = want_input && self.direct_input();
+        let direct_input = want_input && (self.direct_input() || self.winograd_input());
         let flips = self.flips() || direct_input;
         let flipped = (want_input && flips && w.len() == self.o * self.ckk()).then(|| {
             let kk = self.k * self.k;
@@ -379,10 +434,18 @@ impl ConvGeom {
             }
             f
         });
+        let winograd_input = match &flipped {
+            Some(wf) if self.winograd_input() => {
+                Some(winograd::transform_weight(&self.flipped(), wf))
+            }
+            _ => None,
+        };
         BackwardPlan {
             w,
-            direct_input: direct_input && flipped.is_some(),
-            direct_weight: self.direct_weight(),
+            direct_input: direct_input && flipped.is_some() && self.direct_input(),
+            direct_weight: self.direct_weight() && !self.winograd_weight(),
+            winograd_weight: self.winograd_weight(),
+            winograd_input,
             flipped,
         }
     }
@@ -401,6 +464,17 @@ impl ConvGeom {
     ) -> Result<()> {
         if let Some(dx) = dxs {
             match &plan.flipped {
+                Some(_) if plan.winograd_input.is_some() => {
+                    let t = self.flipped();
+                    if let Some(u) = &plan.winograd_input {
+                        for (dyi, dxi) in dys
+                            .chunks_exact(self.out_image())
+                            .zip(dx.chunks_exact_mut(self.in_image()))
+                        {
+                            winograd::forward_image(&t, u, dyi, dxi, true, &mut work.col)?;
+                        }
+                    }
+                }
                 Some(wf) if plan.direct_input => {
                     let t = self.flipped();
                     for (dyi, dxi) in dys
@@ -414,6 +488,15 @@ impl ConvGeom {
             }
         }
         if let Some((xs, dw)) = weight {
+            if plan.winograd_weight {
+                for (xi, dyi) in xs
+                    .chunks_exact(self.in_image())
+                    .zip(dys.chunks_exact(self.out_image()))
+                {
+                    winograd::weight_image(self, xi, dyi, dw, work)?;
+                }
+                return Ok(());
+            }
             if !plan.direct_weight {
                 return self.backward_group_gemm(plan, dys, n, None, Some((xs, dw)), work);
             }
@@ -502,8 +585,22 @@ pub(in crate::model::kernels) struct BackwardPlan<'a> {
     direct_input: bool,
     /// Whether the direct kernels make ∂L/∂w, laid out (C·K·K × O) as the unflipped pass's.
     direct_weight: bool,
+    /// For ∂L/∂x with Winograd ([`winograd`]): the flipped weight's transform.
+    winograd_input: Option<Vec<f32>>,
+    /// Whether ∂L/∂w runs with Winograd: its partial sums are then those of ∂L/∂U,
+    /// 16·C·O values ([`ConvGeom::weight_partial_len`]).
+    winograd_weight: bool,
     /// For the flipped pass: `wf[c, (o, a, b)] = w[o, c, K−1−a, K−1−b]`, (C × O·K·K).
     flipped: Option<Vec<f32>>,
+}
+
+/// How a convolution's forward pass multiplies, decided once per batch
+/// ([`ConvGeom::forward_plan`]).
+pub(in crate::model::kernels) struct ForwardPlan<'a> {
+    /// The weight (O, C, K, K).
+    w: &'a [f32],
+    /// For Winograd ([`winograd`]): the weight's transform, 16·C·O values.
+    winograd: Option<Vec<f32>>,
 }
 
 /// Runs `f(work, dst_group, src_group)` for every group of images ([`ConvGeom::group`]) on
@@ -526,8 +623,9 @@ fn each_group(
 /// `y = conv(x, w)` for a batch laid out as `g` says.
 pub(super) fn forward(g: &ConvGeom, x: &[f32], w: &[f32]) -> Result<Vec<f32>> {
     let mut y = vec![0f32; g.n * g.out_image()];
+    let plan = g.forward_plan(w);
     each_group(g, &mut y, g.out_image(), x, g.in_image(), |work, ys, xs| {
-        g.forward_group(w, xs, ys, work)
+        g.forward_group(&plan, xs, ys, work)
     })?;
     Ok(y)
 }
@@ -557,7 +655,7 @@ pub(super) fn backward_weight(g: &ConvGeom, x: &[f32], dy: &[f32]) -> Result<Vec
     let partials: Vec<Vec<f32>> = (0..runs.count())
         .into_par_iter()
         .map(|run| -> Result<Vec<f32>> {
-            let mut dw = vec![0f32; g.o * g.ckk()];
+            let mut dw = vec![0f32; g.weight_partial_len(&plan)];
             let mut work = work(g);
             let images = runs.images(run);
             for start in images.clone().step_by(group) {

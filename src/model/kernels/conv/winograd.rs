@@ -1,0 +1,1079 @@
+//! Winograd F(2×2, 3×3) convolution (Lavin & Gray, "Fast Algorithms for Convolutional Neural
+//! Networks", CVPR 2016) for 3×3 kernels, stride 1, padding 1, on AVX2 + FMA or AVX-512.
+//!
+//! Every 2×2 block of output pixels (a *tile*) is `Y = Aᵀ [Σ_c U_oc ⊙ V_c] A`, where
+//! `V_c = Bᵀ d_c B` is the transform of the tile's 4×4 input patch in channel c and
+//! `U_oc = G g_oc Gᵀ` that of the 3×3 weight: 16 multiplications per tile and channel pair
+//! instead of the 36 of the definition (2.25× fewer), the rest additions. The transforms'
+//! coefficients are 0, ±1 and ±½, so the result differs from the direct sum by a few
+//! roundings only.
+//!
+//! How it is laid out for vectors: tiles go along the vector lanes, numbered row by row
+//! (H/2 rows of W/2). The zero-padded input is first split into eight planes per channel —
+//! its four phases (even/odd rows × even/odd columns), each once as it is and once shifted by
+//! one column, (H/2 + 1) × W/2 values each — so the value that patch position (r, s) of a
+//! run of consecutive tiles needs is a run of consecutive values of one plane: one unaligned
+//! load per (r, s) for a whole vector of tiles, across tile rows too. Output rows are whole
+//! groups of half a vector of tiles (W a multiple of the vector's lanes), so a vector's two
+//! output rows per tile come out as contiguous runs of pixels. Then, for a chunk of two
+//! vectors of tiles:
+//!
+//! 1. **input transform**: `V[ξ][c][tile]`, 16 values ξ per channel and tile;
+//! 2. **product**: for each ξ, `M[ξ][o][tile] = Σ_c U[ξ][c][o] · V[ξ][c][tile]` — the
+//!    register tile of the direct kernel ([`super::direct`]): B output channels × 2 vectors
+//!    of tiles, one broadcast weight per channel and output channel;
+//! 3. **output transform** `Aᵀ M A`, each tile's 2×2 pixels written to (or added into) the
+//!    output image.
+//!
+//! ∂L/∂x of a "same" convolution is the convolution of ∂L/∂y with the turned-round weight
+//! ([`super::BackwardPlan`]), so it runs here too, with that weight's transform.
+//!
+//! ∂L/∂w is the same algorithm turned round (F(3×3, 2×2)): as `M = Σ_c U ⊙ V` and
+//! `Y = Aᵀ M A`, `∂L/∂U[o][c] = Σ_tiles Z_o ⊙ V_c` with `Z_o = A ∂L/∂Y_o Aᵀ` the transform of
+//! the tile's 2×2 output gradient, and `∂L/∂w = Gᵀ (∂L/∂U) G`. Per chunk of tiles: the
+//! input transform as above, Z with output channels along the lanes (from ∂L/∂y transposed
+//! to (H·W × O)), then `∂U[ξ][c][o] += Σ_tile V[ξ][c][tile] · Z[ξ][tile][o]` in registers
+//! (T channels × 2 vectors of output channels, as the direct ∂L/∂w kernel). The 16·C·O sums
+//! are carried from image to image and turned into ∂L/∂w once per run of images
+//! ([`weight_from_transform`]).
+
+use candle_core::{Result, bail};
+
+use super::super::gemm::count_flop;
+use super::direct::{Width, take, vector_cpu};
+use super::geometry::ConvGeom;
+
+/// Transformed weight values per (channel, output channel) pair: the 4×4 `U`.
+const XI: usize = 16;
+
+/// The most tiles a chunk has (two 512-bit vectors), for sizing buffers.
+const MAX_CHUNK: usize = 32;
+
+/// Values between the ξ planes of the transformed input and of the products, beyond their
+/// C·CHUNK or O·CHUNK: with 32 channels those are 4 KiB apart, so the 16 values of one tile
+/// would fall into one set of the L1 cache and evict each other (measured: the transforms
+/// took as long as the product); a cache line more spreads them.
+const PLANE_GAP: usize = 16;
+
+/// Values per ξ plane of `rows` rows of a chunk.
+const fn plane(rows: usize, chunk: usize) -> usize {
+    rows * chunk + PLANE_GAP
+}
+
+/// Planes per channel of the split input: 2 row phases × 2 column phases × 2 shifts.
+const PLANES: usize = 8;
+
+/// The fewest input channels Winograd takes: with fewer, the product of step 2 is too short
+/// to pay for the transforms (the network's 3-channel first convolution stays on `gemm`).
+const MIN_CHANNELS: usize = 16;
+
+/// Whether the Winograd kernels may run (`PRETEXT_NO_WINOGRAD` set turns them off: for
+/// comparisons).
+fn enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("PRETEXT_NO_WINOGRAD").is_none())
+}
+
+impl ConvGeom {
+    /// A 3×3 convolution, stride 1, padding 1, on maps of an even height, of at least
+    /// [`MIN_CHANNELS`] input channels (the width depends on the kernel: [`fits`]).
+    fn winograd_shape(&self) -> bool {
+        self.k == 3
+            && self.stride == 1
+            && self.pad == 1
+            && self.h >= 2
+            && self.h.is_multiple_of(2)
+            && self.c >= MIN_CHANNELS
+    }
+
+    /// The kernel that convolves this geometry's input into `out` channels with Winograd
+    /// here, if any: the CPU's widest, where it [`fits`].
+    pub(super) fn winograd_width(&self, out: usize) -> Option<Width> {
+        if !enabled() || !self.winograd_shape() {
+            return None;
+        }
+        let c = vector_cpu();
+        [(c.avx512, Width::Avx512), (c.avx2, Width::Avx2)]
+            .into_iter()
+            .find(|&(has, width)| has && fits(width, self, out))
+            .map(|(_, width)| width)
+    }
+
+    /// Whether the forward pass runs [`forward_image`] here.
+    pub(super) fn winograd_forward(&self) -> bool {
+        self.winograd_width(self.o).is_some()
+    }
+
+    /// The kernel that makes ∂L/∂w with Winograd here, if any: the CPU's widest whose
+    /// forward kernel fits, where O is a multiple of two of its vectors.
+    pub(super) fn winograd_weight_width(&self) -> Option<Width> {
+        let c = vector_cpu();
+        [(c.avx512, Width::Avx512), (c.avx2, Width::Avx2)]
+            .into_iter()
+            .find(|&(has, width)| has && weight_fits(width, self))
+            .map(|(_, width)| width)
+            .filter(|_| enabled())
+    }
+
+    /// Whether ∂L/∂w runs [`weight_image`] here.
+    pub(super) fn winograd_weight(&self) -> bool {
+        self.winograd_weight_width().is_some()
+    }
+
+    /// Whether ∂L/∂x runs [`forward_image`] here, as the convolution of ∂L/∂y with the
+    /// turned-round weight (O input channels, C output channels).
+    pub(super) fn winograd_input(&self) -> bool {
+        self.flips()
+            && ConvGeom {
+                c: self.o,
+                o: self.c,
+                ..*self
+            }
+            .winograd_width(self.c)
+            .is_some()
+    }
+}
+
+/// Whether `width`'s kernel takes `g` with `out` output channels: rows of whole vectors of
+/// pixels (half a vector of tiles), `out` a multiple of the output block.
+fn fits(width: Width, g: &ConvGeom, out: usize) -> bool {
+    g.winograd_shape() && g.w.is_multiple_of(width.lanes()) && out.is_multiple_of(width.out_block())
+}
+
+/// Whether `width`'s ∂L/∂w kernel takes `g`: as [`fits`], O a multiple of two vectors.
+fn weight_fits(width: Width, g: &ConvGeom) -> bool {
+    fits(width, g, g.o) && g.o.is_multiple_of(2 * width.lanes())
+}
+
+/// Where the tiles of one image lie.
+#[derive(Clone, Copy, Debug)]
+struct Tiles {
+    /// Input channels, C.
+    c: usize,
+    /// Output channels, O.
+    o: usize,
+    /// Output map width, W (= the input's).
+    w: usize,
+    /// Values per output plane, H·W.
+    hw: usize,
+    /// Tiles per tile row, W/2; also the planes' row pitch.
+    q: usize,
+    /// Values per plane, (H/2 + 1)·W/2.
+    s: usize,
+    /// Tiles, (H/2)·(W/2).
+    tiles: usize,
+}
+
+impl Tiles {
+    fn of(g: &ConvGeom) -> Self {
+        let q = g.w / 2;
+        Self {
+            c: g.c,
+            o: g.o,
+            w: g.w,
+            hw: g.h * g.w,
+            q,
+            s: (g.h / 2 + 1) * q,
+            tiles: g.h / 2 * q,
+        }
+    }
+
+    /// Values of the split input: [`PLANES`] per channel, and one chunk of slack that the
+    /// lanes past the last tile read.
+    fn phase_len(&self) -> usize {
+        PLANES * self.c * self.s + MAX_CHUNK
+    }
+
+    /// For the groups of `group` tiles from `u0`: the offset of each group's first tile's
+    /// top-left pixel in an output plane, or `usize::MAX` past the last tile.
+    fn positions(&self, u0: usize, group: usize, pos: &mut [usize]) {
+        for (k, p) in pos.iter_mut().enumerate() {
+            let u = u0 + k * group;
+            *p = if u < self.tiles {
+                2 * (u / self.q) * self.w + 2 * (u % self.q)
+            } else {
+                usize::MAX
+            };
+        }
+    }
+}
+
+/// The working memory [`forward_image`] needs for `g` and for its ∂L/∂x geometry (C and O
+/// swapped), in values.
+pub(super) fn buffer_len(g: &ConvGeom) -> usize {
+    let t = Tiles::of(&ConvGeom {
+        c: g.c.max(g.o),
+        ..*g
+    });
+    t.phase_len() + XI * (plane(g.c, MAX_CHUNK) + plane(g.o, MAX_CHUNK))
+}
+
+/// The working memory [`weight_image`] needs for `g` in `work.col` (the split input, its
+/// transform and Z for a chunk) and `work.product` (∂L/∂y transposed), in values.
+pub(super) fn weight_buffer_len(g: &ConvGeom) -> (usize, usize) {
+    let t = Tiles::of(g);
+    (
+        t.phase_len() + XI * (plane(g.c, MAX_CHUNK) + plane(MAX_CHUNK, g.o)),
+        g.o * g.h * g.w,
+    )
+}
+
+/// ∂L/∂w (O, C, 3, 3) from the sums of ∂L/∂U, `du[ξ][c][o]` (16·C·O values), as
+/// `Gᵀ ∂U G` with `Gᵀ = [[1, ½, ½, 0], [0, ½, −½, 0], [0, ½, ½, 1]]`.
+pub(super) fn weight_from_transform(g: &ConvGeom, du: &[f32]) -> Vec<f32> {
+    let (c, o) = (g.c, g.o);
+    let mut dw = vec![0f32; o * c * 9];
+    for (oc, out) in dw.chunks_exact_mut(9).enumerate() {
+        let (oi, ci) = (oc / c, oc % c);
+        let m = |xi: usize| du.get((xi * c + ci) * o + oi).copied().unwrap_or(0.0);
+        // Gᵀ·M (3 × 4), then (Gᵀ·M)·G (3 × 3).
+        let cols: [[f32; 3]; 4] = std::array::from_fn(|col| {
+            let (m0, m1, m2, m3) = (m(col), m(4 + col), m(8 + col), m(12 + col));
+            [m0 + 0.5 * (m1 + m2), 0.5 * (m1 - m2), 0.5 * (m1 + m2) + m3]
+        });
+        let h: [[f32; 4]; 3] = std::array::from_fn(|row| std::array::from_fn(|col| cols[col][row]));
+        for (row, r) in h.iter().enumerate() {
+            out[row * 3] = r[0] + 0.5 * (r[1] + r[2]);
+            out[row * 3 + 1] = 0.5 * (r[1] - r[2]);
+            out[row * 3 + 2] = 0.5 * (r[1] + r[2]) + r[3];
+        }
+    }
+    dw
+}
+
+/// The weight `w` (O, C, 3, 3) transformed, `U[ξ][c][o] = (G w[o, c] Gᵀ)[ξ]` with
+/// `G = [[1, 0, 0], [½, ½, ½], [½, −½, ½], [0, 0, 1]]`: 16·C·O values, made once per batch.
+pub(super) fn transform_weight(g: &ConvGeom, w: &[f32]) -> Vec<f32> {
+    let (c, o) = (g.c, g.o);
+    let mut u = vec![0f32; XI * c * o];
+    for (oc, k) in w.chunks_exact(9).enumerate().take(c * o) {
+        let (oi, ci) = (oc / c, oc % c);
+        // G·g (4 × 3), then (G·g)·Gᵀ (4 × 4).
+        let mut gg = [[0f32; 3]; 4];
+        for col in 0..3 {
+            let (a, b, d) = (k[col], k[3 + col], k[6 + col]);
+            gg[0][col] = a;
+            gg[1][col] = 0.5 * (a + b + d);
+            gg[2][col] = 0.5 * (a - b + d);
+            gg[3][col] = d;
+        }
+        for (row, h) in gg.iter().enumerate() {
+            let t = [
+                h[0],
+                0.5 * (h[0] + h[1] + h[2]),
+                0.5 * (h[0] - h[1] + h[2]),
+                h[2],
+            ];
+            for (col, v) in t.iter().enumerate() {
+                u[((row * 4 + col) * c + ci) * o + oi] = *v;
+            }
+        }
+    }
+    u
+}
+
+/// Splits `x` (C, H, W), zero-padded by one pixel, into [`PLANES`] planes per channel:
+/// `phases[c][a][b][sh][i][j] = padded(c, 2i + a, 2(j + sh) + b)`, each (H/2 + 1) × W/2,
+/// then a chunk of zeros.
+fn split_phases(t: &Tiles, x: &[f32], phases: &mut [f32]) {
+    let (q, s, w) = (t.q, t.s, t.w);
+    let last = s / q - 1;
+    for (plane, out) in x
+        .chunks_exact(t.hw)
+        .zip(phases.chunks_exact_mut(PLANES * s))
+        .take(t.c)
+    {
+        // Padded row 0 (row 0 of the even-row planes) and H + 1 (the last row of the odd-row
+        // planes) are the border.
+        for (p, dst) in out.chunks_exact_mut(s).enumerate() {
+            let i = if p < 4 { 0 } else { last };
+            dst[i * q..(i + 1) * q].fill(0.0);
+        }
+        for (r, src) in plane.chunks_exact(w).enumerate() {
+            // Input row r is padded row r + 1: phase a, row i.
+            let (a, i) = ((r + 1) & 1, (r + 1) >> 1);
+            let half = &mut out[a * 4 * s..(a + 1) * 4 * s];
+            let (p01, p23) = half.split_at_mut(2 * s);
+            let (p0, p1) = p01.split_at_mut(s);
+            let (p2, p3) = p23.split_at_mut(s);
+            let at = i * q..(i + 1) * q;
+            // Plane 2 (padded columns 1, 3, …) holds the input's even columns, plane 1
+            // (padded 2, 4, …) its odd ones; plane 0 (padded 0, 2, …) is plane 1 one column
+            // later with the border first, plane 3 (padded 3, 5, …) plane 2 one column on.
+            let (even, odd) = (&mut p2[at.clone()], &mut p1[at.clone()]);
+            for ((e, o), pair) in even.iter_mut().zip(odd.iter_mut()).zip(src.chunks_exact(2)) {
+                *e = pair[0];
+                *o = pair[1];
+            }
+            let r0 = &mut p0[at.clone()];
+            r0[0] = 0.0;
+            r0[1..].copy_from_slice(&odd[..q - 1]);
+            let r3 = &mut p3[at];
+            r3[..q - 1].copy_from_slice(&even[1..]);
+            r3[q - 1] = 0.0;
+        }
+    }
+    phases[PLANES * t.c * s..].fill(0.0);
+}
+
+/// One image: `y (O, H, W) = (accumulate ? y : 0) + conv3×3(x, w)` with `u` the weight's
+/// [`transform_weight`], `x` (C, H, W), stride 1, padding 1, for a geometry with
+/// [`ConvGeom::winograd_forward`]. For ∂L/∂x, call it with the flipped geometry and the
+/// flipped weight's transform. `buf` is working memory of [`buffer_len`] values or more.
+///
+/// # Errors
+/// If the slices do not have the geometry's sizes, or the geometry or CPU does not allow it.
+pub(super) fn forward_image(
+    g: &ConvGeom,
+    u: &[f32],
+    x: &[f32],
+    y: &mut [f32],
+    accumulate: bool,
+    buf: &mut [f32],
+) -> Result<()> {
+    let Some(width) = g.winograd_width(g.o) else {
+        bail!("winograd convolution: not for {g:?} on this CPU");
+    };
+    forward_with(width, g, u, x, y, accumulate, buf)
+}
+
+/// [`forward_image`] with the kernel of `width`.
+///
+/// # Errors
+/// As [`forward_image`].
+fn forward_with(
+    width: Width,
+    g: &ConvGeom,
+    u: &[f32],
+    x: &[f32],
+    y: &mut [f32],
+    accumulate: bool,
+    buf: &mut [f32],
+) -> Result<()> {
+    if !(width.runs_here() && fits(width, g, g.o)) {
+        bail!("winograd convolution: {width:?} not for {g:?} on this CPU");
+    }
+    if u.len() != XI * g.o * g.c || x.len() != g.in_image() || y.len() != g.out_image() {
+        bail!(
+            "winograd convolution: weight transform {}, input {}, output {} values do not fit {g:?}",
+            u.len(),
+            x.len(),
+            y.len()
+        );
+    }
+    let t = Tiles::of(g);
+    let (plen, vlen, mlen) = (
+        t.phase_len(),
+        XI * plane(g.c, MAX_CHUNK),
+        XI * plane(g.o, MAX_CHUNK),
+    );
+    let buf = take(buf, plen + vlen + mlen, "Winograd")?;
+    let (phases, rest) = buf.split_at_mut(plen);
+    let (v, m) = rest.split_at_mut(vlen);
+    split_phases(&t, x, phases);
+    #[cfg(target_arch = "x86_64")]
+    #[allow(unsafe_code)]
+    // SAFETY: the CPU has the width's instructions, O is a multiple of its block, and the
+    // sizes were checked above; the kernels read and write only inside them (see
+    // `zmm::forward`).
+    unsafe {
+        match width {
+            Width::Avx2 => ymm::forward(&t, u, phases, v, m, y, accumulate),
+            Width::Avx512 => zmm::forward(&t, u, phases, v, m, y, accumulate),
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (phases, v, m, accumulate);
+    count_flop(2 * (g.o * g.c * 9 * g.h * g.w) as u64);
+    Ok(())
+}
+
+/// One image: `du[ξ][c][o] += Σ_tiles V[ξ][c] · Z[ξ][o]` (the module's docs) for `x`
+/// (C, H, W) and ∂L/∂y = `dy` (O, H, W), for a geometry with [`ConvGeom::winograd_weight`];
+/// [`weight_from_transform`] makes ∂L/∂w of the sums. The split input and the chunk's
+/// transforms are made in `work.col`, ∂L/∂y's transpose in `work.product`.
+///
+/// # Errors
+/// If the slices do not have the geometry's sizes, or the geometry or CPU does not allow it.
+pub(super) fn weight_image(
+    g: &ConvGeom,
+    x: &[f32],
+    dy: &[f32],
+    du: &mut [f32],
+    work: &mut super::Work,
+) -> Result<()> {
+    let Some(width) = g.winograd_weight_width() else {
+        bail!("winograd convolution: ∂L/∂w not for {g:?} on this CPU");
+    };
+    weight_with(width, g, x, dy, du, &mut work.col, &mut work.product)
+}
+
+/// [`weight_image`] with the kernel of `width`, its buffers `col` and `product`.
+///
+/// # Errors
+/// As [`weight_image`].
+fn weight_with(
+    width: Width,
+    g: &ConvGeom,
+    x: &[f32],
+    dy: &[f32],
+    du: &mut [f32],
+    col: &mut [f32],
+    product: &mut [f32],
+) -> Result<()> {
+    if !(width.runs_here() && weight_fits(width, g)) {
+        bail!("winograd convolution: ∂L/∂w with {width:?} not for {g:?} on this CPU");
+    }
+    if x.len() != g.in_image() || dy.len() != g.out_image() || du.len() != XI * g.c * g.o {
+        bail!(
+            "winograd convolution: input {}, gradient {}, transform sums {} values do not fit {g:?}",
+            x.len(),
+            dy.len(),
+            du.len()
+        );
+    }
+    let t = Tiles::of(g);
+    let (plen, vlen, zlen) = (
+        t.phase_len(),
+        XI * plane(g.c, MAX_CHUNK),
+        XI * plane(MAX_CHUNK, g.o),
+    );
+    let col = take(col, plen + vlen + zlen, "Winograd")?;
+    let (phases, rest) = col.split_at_mut(plen);
+    let (v, z) = rest.split_at_mut(vlen);
+    split_phases(&t, x, phases);
+    // ∂L/∂y transposed to (H·W × O): one pixel's channels side by side.
+    let hw = g.h * g.w;
+    let dyt = take(product, hw * g.o, "transposed gradient")?;
+    for (o, plane) in dy.chunks_exact(hw).enumerate() {
+        for (p, val) in plane.iter().enumerate() {
+            dyt[p * g.o + o] = *val;
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[allow(unsafe_code)]
+    // SAFETY: the CPU has the width's instructions, O is a multiple of two of its vectors,
+    // and the sizes were checked above; the kernels read and write only inside them (see
+    // `zmm::weight`).
+    unsafe {
+        match width {
+            Width::Avx2 => ymm::weight(&t, phases, v, z, dyt, du),
+            Width::Avx512 => zmm::weight(&t, phases, v, z, dyt, du),
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (phases, v, z, dyt);
+    count_flop(2 * (g.o * g.c * 9 * hw) as u64);
+    Ok(())
+}
+
+/// The kernels for one vector width: `$feature` the target features, `$v` the vector type,
+/// `$lanes` its values, `$block` output channels per product tile, then the intrinsics for
+/// zero, unaligned load and store, broadcast, add, subtract and fused multiply-add.
+#[cfg(target_arch = "x86_64")]
+macro_rules! winograd_kernels {
+    (
+        $module:ident, $feature:literal, $lanes:literal, $block:literal, $taps:literal,
+        $zip:ident,
+        $zero:ident, $load:ident, $store:ident, $set1:ident, $add:ident, $sub:ident,
+        $fma:ident
+    ) => {
+        #[allow(unsafe_code)]
+        mod $module {
+            use std::arch::x86_64::{$add, $fma, $load, $set1, $store, $sub, $zero};
+
+            use super::{PLANES, Tiles, XI, plane, $zip};
+
+            /// Values per vector.
+            const LANES: usize = $lanes;
+            /// Tiles per chunk: two vectors.
+            const CHUNK: usize = 2 * LANES;
+            /// Tiles per output group: half a vector, whose two pixels per tile and row
+            /// make one vector.
+            const GROUP: usize = LANES / 2;
+            /// Output channels per product tile.
+            const OUT_BLOCK: usize = $block;
+            /// Input channels per ∂L/∂w register tile (of two vectors of output channels).
+            const TAPS: usize = $taps;
+
+            /// The whole image, chunk by chunk.
+            ///
+            /// # Safety
+            /// The CPU has the module's features; `u` holds 16·C·O values, `phases`
+            /// [`Tiles::phase_len`], `v` 16 planes of C rows, `m` 16 of O rows ([`plane`]), `y` O·H·W; O a
+            /// multiple of the block.
+            #[target_feature(enable = $feature)]
+            pub(super) unsafe fn forward(
+                t: &Tiles,
+                u: &[f32],
+                phases: &[f32],
+                v: &mut [f32],
+                m: &mut [f32],
+                y: &mut [f32],
+                accumulate: bool,
+            ) {
+                let mut pos = [usize::MAX; CHUNK / GROUP];
+                let mut u0 = 0;
+                while u0 < t.tiles {
+                    t.positions(u0, GROUP, &mut pos);
+                    // SAFETY: the caller's sizes; chunk u0 reads the planes up to
+                    // PLANES·C·S + CHUNK (the slack) and writes only the groups in `pos`.
+                    unsafe {
+                        input(t, phases, v, u0);
+                        product(t, u, v, m);
+                        output(t, m, &pos, y, accumulate);
+                    }
+                    u0 += CHUNK;
+                }
+            }
+
+            /// ∂L/∂U's sums over the whole image, chunk by chunk.
+            ///
+            /// # Safety
+            /// The CPU has the module's features; `phases` holds [`Tiles::phase_len`]
+            /// values, `v` 16 planes of C rows, `z` 16 planes of CHUNK rows of O values
+            /// ([`plane`]), `dyt` H·W·O, `du` 16·C·O; O a multiple of two vectors.
+            #[target_feature(enable = $feature)]
+            pub(super) unsafe fn weight(
+                t: &Tiles,
+                phases: &[f32],
+                v: &mut [f32],
+                z: &mut [f32],
+                dyt: &[f32],
+                du: &mut [f32],
+            ) {
+                let mut u0 = 0;
+                while u0 < t.tiles {
+                    let n = (t.tiles - u0).min(CHUNK);
+                    // SAFETY: the caller's sizes; the chunk's n tiles exist.
+                    unsafe {
+                        input(t, phases, v, u0);
+                        gradient(t, dyt, z, u0, n);
+                        weight_product(t, v, z, du, n);
+                    }
+                    u0 += CHUNK;
+                }
+            }
+
+            /// Z for the chunk's `n` tiles from `u0`: `z[ξ][k][o] = (A dY Aᵀ)[ξ]` with
+            /// `A = [[1, 0], [1, 1], [1, −1], [0, −1]]` and dY the 2×2 output gradient of
+            /// tile u0 + k in channel o, a vector of output channels at a time.
+            ///
+            /// # Safety
+            /// As [`weight`]; `u0 + n ≤ tiles`, `n ≤ CHUNK`.
+            #[target_feature(enable = $feature)]
+            #[inline]
+            unsafe fn gradient(t: &Tiles, dyt: &[f32], z: &mut [f32], u0: usize, n: usize) {
+                let (o, w) = (t.o, t.w);
+                let zp = z.as_mut_ptr();
+                let dp = dyt.as_ptr();
+                for k in 0..n {
+                    let u = u0 + k;
+                    // The tile's top-left pixel.
+                    let p = 2 * (u / t.q) * w + 2 * (u % t.q);
+                    for ob in (0..o).step_by(LANES) {
+                        // SAFETY: the tile's four pixels lie in the map (H, W even), their
+                        // channels ob..ob + LANES ≤ O; z's plane ξ holds CHUNK rows of O.
+                        unsafe {
+                            let d00 = $load(dp.add(p * o + ob));
+                            let d01 = $load(dp.add((p + 1) * o + ob));
+                            let d10 = $load(dp.add((p + w) * o + ob));
+                            let d11 = $load(dp.add((p + w + 1) * o + ob));
+                            // A over the rows, column by column, then Aᵀ over each row.
+                            let rows = [
+                                [d00, d01],
+                                [$add(d00, d10), $add(d01, d11)],
+                                [$sub(d00, d10), $sub(d01, d11)],
+                                [$sub($zero(), d10), $sub($zero(), d11)],
+                            ];
+                            for (row, r) in rows.iter().enumerate() {
+                                let out = [
+                                    r[0],
+                                    $add(r[0], r[1]),
+                                    $sub(r[0], r[1]),
+                                    $sub($zero(), r[1]),
+                                ];
+                                for (col, val) in out.iter().enumerate() {
+                                    let xi = row * 4 + col;
+                                    $store(zp.add(xi * plane(CHUNK, o) + k * o + ob), *val);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+
+            /// `du[ξ][c][o] += Σ_k v[ξ][c][k] · z[ξ][k][o]` over the chunk's `n` tiles.
+            ///
+            /// # Safety
+            /// As [`weight`]; `n ≤ CHUNK`.
+            #[target_feature(enable = $feature)]
+            #[inline]
+            unsafe fn weight_product(t: &Tiles, v: &[f32], z: &[f32], du: &mut [f32], n: usize) {
+                let (c, o) = (t.c, t.o);
+                for xi in 0..XI {
+                    let vx = v.as_ptr().wrapping_add(xi * plane(c, CHUNK));
+                    let zx = z.as_ptr().wrapping_add(xi * plane(CHUNK, o));
+                    let dx = du.as_mut_ptr().wrapping_add(xi * c * o);
+                    for ob in (0..o).step_by(2 * LANES) {
+                        let mut ci = 0;
+                        while ci < c {
+                            let left = c - ci;
+                            // SAFETY: channels ci..ci + T ≤ C, ob + 2·LANES ≤ O; the
+                            // caller's sizes.
+                            unsafe {
+                                if left >= TAPS {
+                                    weight_tile::<TAPS>(vx, zx, dx, o, ob, ci, n);
+                                    ci += TAPS;
+                                } else if left >= 4 {
+                                    weight_tile::<4>(vx, zx, dx, o, ob, ci, n);
+                                    ci += 4;
+                                } else {
+                                    weight_tile::<1>(vx, zx, dx, o, ob, ci, n);
+                                    ci += 1;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+
+            /// Channels `ci..ci + T` × output channels `ob..ob + 2·LANES` of one ξ plane:
+            /// `vx` its transformed input (C rows of CHUNK), `zx` its Z (CHUNK rows of O),
+            /// `dx` its sums (C rows of O).
+            ///
+            /// # Safety
+            /// As [`weight_product`].
+            #[target_feature(enable = $feature)]
+            #[inline]
+            unsafe fn weight_tile<const T: usize>(
+                vx: *const f32,
+                zx: *const f32,
+                dx: *mut f32,
+                o: usize,
+                ob: usize,
+                ci: usize,
+                n: usize,
+            ) {
+                // SAFETY: rows ci..ci + T of the sums and of v, tiles k < n ≤ CHUNK of z,
+                // channels ob..ob + 2·LANES ≤ O.
+                unsafe {
+                    let mut acc = [[$zero(); 2]; T];
+                    for (j, a) in acc.iter_mut().enumerate() {
+                        let src = dx.add((ci + j) * o + ob);
+                        a[0] = $load(src);
+                        a[1] = $load(src.add(LANES));
+                    }
+                    let vrow = vx.add(ci * CHUNK);
+                    for k in 0..n {
+                        let z0 = $load(zx.add(k * o + ob));
+                        let z1 = $load(zx.add(k * o + ob + LANES));
+                        for (j, a) in acc.iter_mut().enumerate() {
+                            let b = $set1(*vrow.add(j * CHUNK + k));
+                            a[0] = $fma(b, z0, a[0]);
+                            a[1] = $fma(b, z1, a[1]);
+                        }
+                    }
+                    for (j, a) in acc.iter().enumerate() {
+                        let dst = dx.add((ci + j) * o + ob);
+                        $store(dst, a[0]);
+                        $store(dst.add(LANES), a[1]);
+                    }
+                }
+            }
+
+            /// Step 1 for the chunk's tiles from `u0`: `v[ξ][c][k] = (Bᵀ d B)[ξ]` with
+            /// `Bᵀ = [[1, 0, −1, 0], [0, 1, 1, 0], [0, −1, 1, 0], [0, 1, 0, −1]]` and d the
+            /// 4×4 padded input patch of tile u0 + k in channel c.
+            ///
+            /// # Safety
+            /// As [`forward`]; `u0 < tiles`.
+            #[target_feature(enable = $feature)]
+            #[inline]
+            unsafe fn input(t: &Tiles, phases: &[f32], v: &mut [f32], u0: usize) {
+                let (q, s) = (t.q, t.s);
+                let p = phases.as_ptr();
+                let vp = v.as_mut_ptr();
+                // Offsets of patch position (r, k) in a channel's planes: phase
+                // (r mod 2, k mod 2), shifted by k / 2 columns, one tile row further for
+                // r ≥ 2.
+                let mut off = [[0usize; 4]; 4];
+                for (r, row) in off.iter_mut().enumerate() {
+                    for (k, o) in row.iter_mut().enumerate() {
+                        *o = ((r & 1) * 4 + (k & 1) * 2 + (k >> 1)) * s + (r >> 1) * q;
+                    }
+                }
+                for c in 0..t.c {
+                    for half in 0..2 {
+                        let base = c * PLANES * s + u0 + half * LANES;
+                        // SAFETY: tile u < tiles + CHUNK − 1 reads values up to
+                        // base + 7·S + Q + LANES − 1 < PLANES·C·S + CHUNK (S = tiles + Q);
+                        // v's planes hold C rows of CHUNK values.
+                        unsafe {
+                            // Bᵀ over the patch's rows, column by column.
+                            let mut tr = [[$zero(); 4]; 4];
+                            for k in 0..4 {
+                                let d0 = $load(p.add(base + off[0][k]));
+                                let d1 = $load(p.add(base + off[1][k]));
+                                let d2 = $load(p.add(base + off[2][k]));
+                                let d3 = $load(p.add(base + off[3][k]));
+                                tr[0][k] = $sub(d0, d2);
+                                tr[1][k] = $add(d1, d2);
+                                tr[2][k] = $sub(d2, d1);
+                                tr[3][k] = $sub(d1, d3);
+                            }
+                            // B over each row's columns.
+                            for (row, e) in tr.iter().enumerate() {
+                                let out = [
+                                    $sub(e[0], e[2]),
+                                    $add(e[1], e[2]),
+                                    $sub(e[2], e[1]),
+                                    $sub(e[1], e[3]),
+                                ];
+                                for (col, val) in out.iter().enumerate() {
+                                    let xi = row * 4 + col;
+                                    let at = xi * plane(t.c, CHUNK) + c * CHUNK;
+                                    $store(vp.add(at + half * LANES), *val);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+
+            /// Step 2: `m[ξ][o][k] = Σ_c u[ξ][c][o] · v[ξ][c][k]`, OUT_BLOCK output channels
+            /// × 2 vectors of tiles at a time.
+            ///
+            /// # Safety
+            /// As [`forward`].
+            #[target_feature(enable = $feature)]
+            #[inline]
+            unsafe fn product(t: &Tiles, u: &[f32], v: &[f32], m: &mut [f32]) {
+                let (c, o) = (t.c, t.o);
+                let mp = m.as_mut_ptr();
+                for xi in 0..XI {
+                    let vx = v.as_ptr().wrapping_add(xi * plane(c, CHUNK));
+                    let ux = u.as_ptr().wrapping_add(xi * c * o);
+                    for ob in (0..o).step_by(OUT_BLOCK) {
+                        let mut acc = [[$zero(); 2]; OUT_BLOCK];
+                        for ci in 0..c {
+                            // SAFETY: row (ξ, ci) of v holds CHUNK values, of u O values
+                            // with ob + OUT_BLOCK ≤ O.
+                            unsafe {
+                                let x0 = $load(vx.add(ci * CHUNK));
+                                let x1 = $load(vx.add(ci * CHUNK + LANES));
+                                let wr = ux.add(ci * o + ob);
+                                for (i, a) in acc.iter_mut().enumerate() {
+                                    let b = $set1(*wr.add(i));
+                                    a[0] = $fma(b, x0, a[0]);
+                                    a[1] = $fma(b, x1, a[1]);
+                                }
+                            }
+                        }
+                        for (i, a) in acc.iter().enumerate() {
+                            // SAFETY: row (ξ, ob + i) of m holds CHUNK values.
+                            unsafe {
+                                let dst = mp.add(xi * plane(o, CHUNK) + (ob + i) * CHUNK);
+                                $store(dst, a[0]);
+                                $store(dst.add(LANES), a[1]);
+                            }
+                        }
+                    }
+                }
+            }
+
+            /// Step 3: each tile's `Aᵀ M A` with `Aᵀ = [[1, 1, 1, 0], [0, 1, −1, −1]]`, its
+            /// 2×2 pixels written to (or added into) `y`: per group of tiles and output row,
+            /// one vector of pixels.
+            ///
+            /// # Safety
+            /// As [`forward`]; every position in `pos` is a group's first pixel in an output
+            /// plane, the group's tiles in one tile row, or `usize::MAX`.
+            #[target_feature(enable = $feature)]
+            #[inline]
+            unsafe fn output(
+                t: &Tiles,
+                m: &[f32],
+                pos: &[usize; CHUNK / GROUP],
+                y: &mut [f32],
+                acc: bool,
+            ) {
+                let (o, w) = (t.o, t.w);
+                let mp = m.as_ptr();
+                let yp = y.as_mut_ptr();
+                for oi in 0..o {
+                    for half in 0..2 {
+                        let groups = &pos[2 * half..2 * half + 2];
+                        if groups[0] == usize::MAX {
+                            break;
+                        }
+                        // SAFETY: rows (ξ, oi) of m hold CHUNK values; each group's two
+                        // output rows of LANES pixels lie in plane oi (its tiles in one tile
+                        // row, the row below inside the map as H is even).
+                        unsafe {
+                            let mut mv = [$zero(); XI];
+                            for (xi, val) in mv.iter_mut().enumerate() {
+                                let at = xi * plane(o, CHUNK) + oi * CHUNK;
+                                *val = $load(mp.add(at + half * LANES));
+                            }
+                            // Aᵀ over the rows, column by column.
+                            let mut a0 = [$zero(); 4];
+                            let mut a1 = [$zero(); 4];
+                            for l in 0..4 {
+                                a0[l] = $add($add(mv[l], mv[4 + l]), mv[8 + l]);
+                                a1[l] = $sub($sub(mv[4 + l], mv[8 + l]), mv[12 + l]);
+                            }
+                            for (i, a) in [a0, a1].iter().enumerate() {
+                                let left = $add($add(a[0], a[1]), a[2]);
+                                let right = $sub($sub(a[1], a[2]), a[3]);
+                                let pixels = $zip(left, right);
+                                for (&p, v) in groups.iter().zip(pixels) {
+                                    if p == usize::MAX {
+                                        break;
+                                    }
+                                    let dst = yp.add(oi * t.hw + p + i * w);
+                                    let v = if acc { $add($load(dst), v) } else { v };
+                                    $store(dst, v);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+}
+
+/// The pixels of a group's tiles in one output row, left and right pixel of each tile
+/// side by side: `[l0, r0, l1, r1, …]`, lanes 0..4 of `left` and `right` in the first
+/// vector, lanes 4..8 in the second.
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+fn zip_ymm(
+    left: std::arch::x86_64::__m256,
+    right: std::arch::x86_64::__m256,
+) -> [std::arch::x86_64::__m256; 2] {
+    use std::arch::x86_64::{_mm256_permute2f128_ps, _mm256_unpackhi_ps, _mm256_unpacklo_ps};
+    // [l0 r0 l1 r1 | l4 r4 l5 r5] and [l2 r2 l3 r3 | l6 r6 l7 r7].
+    let lo = _mm256_unpacklo_ps(left, right);
+    let hi = _mm256_unpackhi_ps(left, right);
+    [
+        _mm256_permute2f128_ps::<0x20>(lo, hi),
+        _mm256_permute2f128_ps::<0x31>(lo, hi),
+    ]
+}
+
+/// As [`zip_ymm`] for 16 lanes: lanes 0..8 in the first vector, 8..16 in the second.
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn zip_zmm(
+    left: std::arch::x86_64::__m512,
+    right: std::arch::x86_64::__m512,
+) -> [std::arch::x86_64::__m512; 2] {
+    use std::arch::x86_64::{_mm512_permutex2var_ps, _mm512_setr_epi32};
+    // Index i < 16 takes left[i], 16 + i takes right[i].
+    let first = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    let second = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+    [
+        _mm512_permutex2var_ps(left, first, right),
+        _mm512_permutex2var_ps(left, second, right),
+    ]
+}
+
+#[cfg(target_arch = "x86_64")]
+winograd_kernels!(
+    ymm,
+    "avx2,fma",
+    8,
+    4,
+    6,
+    zip_ymm,
+    _mm256_setzero_ps,
+    _mm256_loadu_ps,
+    _mm256_storeu_ps,
+    _mm256_set1_ps,
+    _mm256_add_ps,
+    _mm256_sub_ps,
+    _mm256_fmadd_ps
+);
+
+#[cfg(target_arch = "x86_64")]
+winograd_kernels!(
+    zmm,
+    "avx512f",
+    16,
+    8,
+    12,
+    zip_zmm,
+    _mm512_setzero_ps,
+    _mm512_loadu_ps,
+    _mm512_storeu_ps,
+    _mm512_set1_ps,
+    _mm512_add_ps,
+    _mm512_sub_ps,
+    _mm512_fmadd_ps
+);
+
+#[cfg(test)]
+mod tests {
+    use super::{
+        ConvGeom, Width, buffer_len, forward_with, transform_weight, weight_buffer_len,
+        weight_from_transform, weight_with,
+    };
+
+    /// Reproducible values in [−1, 1).
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        (0..n)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                ((s >> 40) as f32 / (1u64 << 23) as f32) - 1.0
+            })
+            .collect()
+    }
+
+    /// `conv3×3(x, w)` (O, H, W), stride 1, padding 1, and ∂L/∂w (O, C, 3, 3) for
+    /// ∂L/∂y = `dy`, summed in f64.
+    fn reference(g: &ConvGeom, w: &[f32], x: &[f32], dy: &[f32]) -> (Vec<f64>, Vec<f64>) {
+        let mut y = vec![0f64; g.o * g.h * g.w];
+        let mut dw = vec![0f64; g.o * g.c * 9];
+        for o in 0..g.o {
+            for r in 0..g.h {
+                for q in 0..g.w {
+                    let p = (o * g.h + r) * g.w + q;
+                    for c in 0..g.c {
+                        for t in 0..9 {
+                            let (rr, qq) = ((r + t / 3) as isize - 1, (q + t % 3) as isize - 1);
+                            if rr < 0 || qq < 0 || rr >= g.h as isize || qq >= g.w as isize {
+                                continue;
+                            }
+                            let v = f64::from(x[(c * g.h + rr as usize) * g.w + qq as usize]);
+                            y[p] += f64::from(w[(o * g.c + c) * 9 + t]) * v;
+                            dw[(o * g.c + c) * 9 + t] += f64::from(dy[p]) * v;
+                        }
+                    }
+                }
+            }
+        }
+        (y, dw)
+    }
+
+    fn close(got: &[f32], want: &[f64], what: &str) {
+        assert_eq!(got.len(), want.len(), "{what}: length");
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            let err = (f64::from(*g) - w).abs();
+            assert!(
+                err <= 1e-4 * (1.0 + w.abs()),
+                "{what}[{i}]: {g} against {w}"
+            );
+        }
+    }
+
+    #[allow(clippy::print_stderr)] // says which widths this CPU could not check
+    /// Every width this CPU runs, against sums in f64, written and added into the output,
+    /// on maps whose tiles fill one chunk, several, or end inside one, square and not; and
+    /// the shapes each width refuses.
+    #[test]
+    fn winograd_matches_the_definition() {
+        // (C, O, H, W): tiles filling one chunk, several, ending inside one; 24-pixel rows
+        // (AVX2 only); 36 and 17 channels (whole and partial ∂L/∂w tiles); 12 output
+        // channels (forward on AVX2 only, no ∂L/∂w); too few channels, an odd height, a row
+        // of no whole vectors.
+        let shapes = [
+            (16, 8, 2, 16),
+            (16, 32, 32, 32),
+            (32, 16, 16, 16),
+            (24, 32, 6, 48),
+            (64, 64, 8, 24),
+            (36, 32, 8, 16),
+            (17, 32, 4, 16),
+            (17, 12, 10, 16),
+            (16, 8, 2, 8),
+            (16, 6, 4, 16),
+            (8, 8, 4, 16),
+            (16, 8, 4, 12),
+            (16, 8, 5, 16),
+        ];
+        let mut ran = 0;
+        for width in [Width::Avx2, Width::Avx512] {
+            if !width.runs_here() {
+                eprintln!("skipping {width:?}: this CPU does not have it");
+                continue;
+            }
+            for (c, o, h, wd) in shapes {
+                let g = ConvGeom {
+                    n: 1,
+                    c,
+                    h,
+                    w: wd,
+                    o,
+                    k: 3,
+                    stride: 1,
+                    pad: 1,
+                };
+                let (w, x, dy) = (
+                    values(o * c * 9, 1),
+                    values(g.in_image(), 2),
+                    values(g.out_image(), 3),
+                );
+                let (want, dw_want) = reference(&g, &w, &x, &dy);
+                let u = transform_weight(&g, &w);
+                // Exactly the values the kernel may use, then NaN: a read past them shows.
+                let mut buf = vec![0f32; buffer_len(&g)];
+                buf.extend([f32::NAN; 64]);
+                let fits =
+                    c >= 16 && h % 2 == 0 && wd % width.lanes() == 0 && o % width.out_block() == 0;
+                let mut y = values(g.out_image(), 4);
+                let before = y.clone();
+                let done = forward_with(width, &g, &u, &x, &mut y, true, &mut buf);
+                assert_eq!(done.is_ok(), fits, "{width:?} on {g:?}: {done:?}");
+                if !fits {
+                    continue;
+                }
+                let summed: Vec<f64> = want
+                    .iter()
+                    .zip(&before)
+                    .map(|(r, b)| r + f64::from(*b))
+                    .collect();
+                close(&y, &summed, &format!("{width:?} y + conv on {g:?}"));
+                forward_with(width, &g, &u, &x, &mut y, false, &mut buf)
+                    .unwrap_or_else(|e| panic!("{e}"));
+                close(&y, &want, &format!("{width:?} conv on {g:?}"));
+                ran += 1;
+                // ∂L/∂w: the sums of ∂L/∂U over the image twice (as over two images).
+                let (col, product) = weight_buffer_len(&g);
+                let (mut col, mut product) = (vec![0f32; col], vec![0f32; product]);
+                col.extend([f32::NAN; 64]);
+                product.extend([f32::NAN; 64]);
+                let mut du = vec![0f32; 16 * c * o];
+                let weight_fits = o % (2 * width.lanes()) == 0;
+                for _ in 0..2 {
+                    let done = weight_with(width, &g, &x, &dy, &mut du, &mut col, &mut product);
+                    assert_eq!(
+                        done.is_ok(),
+                        weight_fits,
+                        "{width:?} ∂L/∂w on {g:?}: {done:?}"
+                    );
+                }
+                if weight_fits {
+                    let twice: Vec<f64> = dw_want.iter().map(|v| 2.0 * v).collect();
+                    close(
+                        &weight_from_transform(&g, &du),
+                        &twice,
+                        &format!("{width:?} ∂L/∂w on {g:?}"),
+                    );
+                    ran += 1;
+                }
+            }
+        }
+        if Width::Avx2.runs_here() {
+            assert!(ran >= 10, "only {ran} kernels ran");
+        }
+    }
+}
