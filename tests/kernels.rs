@@ -95,10 +95,10 @@ const GEOMETRIES: [Geometry; 37] = [
     (1, 32, 32, 32, 64, 3, 2, 1),
     (2, 6, 16, 16, 4, 3, 2, 1),
     // Winograd F(2×2, 3×3) (at least 16 channels, even height, rows of whole vectors): all
-    // three passes in 512-bit form on AVX-512 (tiles ending inside a chunk), 8-pixel rows
-    // (256-bit form, also on AVX-512 CPUs), and 48 output channels (∂L/∂w in 256-bit
+    // three passes in 512-bit form on AVX-512 (24 tiles, ending inside a chunk of 32), 8-pixel
+    // rows (256-bit form, also on AVX-512 CPUs), and 48 output channels (∂L/∂w in 256-bit
     // form only, or none).
-    (2, 16, 8, 16, 32, 3, 1, 1),
+    (2, 16, 6, 16, 32, 3, 1, 1),
     (3, 20, 10, 8, 16, 3, 1, 1),
     (2, 32, 6, 32, 48, 3, 1, 1),
 ];

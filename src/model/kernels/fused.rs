@@ -317,7 +317,7 @@ pub(super) fn conv_bn_backward(
     let dws: Vec<Vec<f32>> = partials.into_iter().map(|p| p.dw).collect();
     Ok(StageBackward {
         dx,
-        dw: g.weight_grad(&dws, &plan),
+        dw: g.weight_grad(&dws, &plan)?,
         bn: sums.into_grads(),
         prev_sums,
     })

@@ -24,7 +24,8 @@
 //! 512-bit one where the rows are whole 16-pixel vectors and the CPU has AVX-512F, the 256-bit
 //! one where they are whole 8-pixel vectors on a CPU without AVX-512 (on AVX-512 CPUs rows of
 //! 8 or 24 pixels keep `im2col` + `gemm`, whose kernels are 16 wide), else none; ∂L/∂w, pixel
-//! by pixel, takes the CPU's widest kernel on any row of 8·k pixels.
+//! by pixel, takes the CPU's widest kernel on any row of 8·k pixels. Where Winograd fits
+//! ([`super::winograd`]: 16 or more input channels, an even height), it runs instead.
 
 use candle_core::{Result, bail};
 
@@ -182,7 +183,7 @@ pub(super) fn take<'a>(buf: &'a mut [f32], len: usize, what: &str) -> Result<&'a
     let have = buf.len();
     match buf.get_mut(..len) {
         Some(b) => Ok(b),
-        None => bail!("direct convolution: the {what} buffer holds {have} values, needs {len}"),
+        None => bail!("convolution: the {what} buffer holds {have} values, needs {len}"),
     }
 }
 

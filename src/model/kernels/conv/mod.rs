@@ -1,12 +1,15 @@
 //! 2-D convolution (NCHW, square kernel, no groups, no dilation) as candle custom ops:
 //! the forward pass and both backward passes are im2col / col2im plus one matrix product per
 //! image — or per group of images where an image's output map is small — images in parallel
-//! on rayon and the product single-threaded inside each.
+//! on rayon and the product single-threaded inside each; the stride-1 3×3 convolutions run
+//! as Winograd F(2×2, 3×3) or direct where the CPU and the shape allow.
 //!
 //! - [`geometry`]: [`ConvGeom`], the output range each kernel offset reaches, runs of images;
 //! - [`im2col`]: one image to and from its block of a column matrix;
-//! - here: the per-image and per-group products (also used by [`super::fused`]), the batch
-//!   loops, the ops.
+//! - [`direct`]: 3×3 stride-1 register tiles on the padded image (AVX2 / AVX-512);
+//! - [`winograd`]: F(2×2, 3×3) for the same convolutions, all three passes;
+//! - here: the per-image and per-group products (also used by [`super::fused`]), the plans
+//!   that choose among them, the batch loops, the ops.
 
 mod direct;
 mod geometry;
@@ -34,7 +37,8 @@ const FLIP_MIN_CHANNELS: usize = 8;
 /// A thread's working buffers for one convolution: the column matrix of a group of images
 /// (C·K·K × G·Ho·Wo; none for a pointwise convolution of single images) and, for groups, the
 /// product (O × G·Ho·Wo) before it is scattered into the images — or, for the direct kernels
-/// ([`direct`]), a padded image and ∂L/∂y transposed. Their memory is the thread's
+/// ([`direct`]), a padded image and ∂L/∂y transposed, and for [`winograd`] the split input,
+/// a chunk's transforms, and ∂L/∂y transposed. Their memory is the thread's
 /// own and is reused: taken from the thread when made, given back when dropped, so the many
 /// small jobs of a batch loop neither allocate nor zero it again (every value is written
 /// before it is read).
@@ -207,8 +211,8 @@ impl ConvGeom {
     /// as a partial sum for [`ConvGeom::weight_grad`] when `weight = (xs, dw)` is given, each
     /// as one product over the group's columns. Unflipped, that is `col2im(wᵀ · dys)` and
     /// `im2col(xs) · dysᵀ` (laid out C·K·K × O, as [`ConvGeom::backward_weight_image`]; the
-    /// plan's weight may be empty without `dxs`). `xs`, `dxs` (G, C, H, W); `dys`
-    /// (G, O, Ho, Wo).
+    /// plan's weight may be empty without `dxs`); with Winograd's ∂L/∂w the partial sum is
+    /// ∂L/∂U's (16·C·O). `xs`, `dxs` (G, C, H, W); `dys` (G, O, Ho, Wo).
     pub(super) fn backward_group(
         &self,
         plan: &BackwardPlan<'_>,
@@ -336,11 +340,20 @@ impl ConvGeom {
     }
 
     /// ∂L/∂w (O × C·K·K) from the partial sums [`ConvGeom::backward_group`] made with
-    /// `plan`: laid out (C·K·K × O), or (O·K·K × C) with flipped taps for a flipped plan.
-    pub(super) fn weight_grad(&self, partials: &[Vec<f32>], plan: &BackwardPlan<'_>) -> Vec<f32> {
+    /// `plan`: laid out (C·K·K × O), (O·K·K × C) with flipped taps for a flipped plan, or
+    /// ∂L/∂U (16·C·O) for Winograd's.
+    ///
+    /// # Errors
+    /// If Winograd's partial sums do not have its size.
+    pub(super) fn weight_grad(
+        &self,
+        partials: &[Vec<f32>],
+        plan: &BackwardPlan<'_>,
+    ) -> Result<Vec<f32>> {
         if plan.winograd_weight {
             let mut du = vec![0f32; self.weight_partial_len(plan)];
             for p in partials {
+                exactly(p.len(), du.len(), 1, "∂L/∂U partial sum")?;
                 for (d, v) in du.iter_mut().zip(p) {
                     *d += v;
                 }
@@ -360,7 +373,7 @@ impl ConvGeom {
                     }
                 }
             }
-            return dw;
+            return Ok(dw);
         }
         for p in partials {
             for (r, row) in p.chunks_exact(self.o.max(1)).enumerate() {
@@ -369,7 +382,7 @@ impl ConvGeom {
                 }
             }
         }
-        dw
+        Ok(dw)
     }
 
     /// Values of one partial sum of ∂L/∂w made with `plan` ([`ConvGeom::backward_group`]):
@@ -450,9 +463,10 @@ impl ConvGeom {
         }
     }
 
-    /// [`ConvGeom::backward_group`] with the direct kernels ([`direct`]) where the plan says,
-    /// image by image — `dx += conv(dy, flipped w)`, `dw += x-taps · dyᵀ` laid out
-    /// (C·K·K × O) — and the matrix kernel for the rest.
+    /// [`ConvGeom::backward_group`] with Winograd ([`winograd`]) or the direct kernels
+    /// ([`direct`]) where the plan says, image by image — `dx += conv(dy, flipped w)`, and
+    /// `dw += ∂L/∂U` (16·C·O) or `x-taps · dyᵀ` laid out (C·K·K × O) — and the matrix
+    /// kernel for the rest.
     fn backward_group_direct(
         &self,
         plan: &BackwardPlan<'_>,
@@ -667,7 +681,7 @@ pub(super) fn backward_weight(g: &ConvGeom, x: &[f32], dy: &[f32]) -> Result<Vec
             Ok(dw)
         })
         .collect::<Result<_>>()?;
-    Ok(g.weight_grad(&partials, &plan))
+    g.weight_grad(&partials, &plan)
 }
 
 /// Forward: `y = conv2d(x, w)`.

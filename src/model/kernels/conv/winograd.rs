@@ -64,7 +64,7 @@ const fn plane(rows: usize, chunk: usize) -> usize {
 const PLANES: usize = 8;
 
 /// The fewest input channels Winograd takes: with fewer, the product of step 2 is too short
-/// to pay for the transforms (the network's 3-channel first convolution stays on `gemm`).
+/// to pay for the transforms (the network's 3-channel first convolution stays off it).
 const MIN_CHANNELS: usize = 16;
 
 /// Whether the Winograd kernels may run (`PRETEXT_NO_WINOGRAD` set turns them off: for
@@ -184,6 +184,14 @@ impl Tiles {
         PLANES * self.c * self.s + MAX_CHUNK
     }
 
+    /// One past the last value of the split input that the input transform reads with chunks
+    /// of `chunk` tiles: the last channel's last plane (7·S on), a tile row further (Q), at
+    /// the last chunk's lanes, every one loaded whether or not its tile exists.
+    fn reach(&self, chunk: usize) -> usize {
+        let last_chunk = self.tiles.saturating_sub(1) / chunk * chunk;
+        (PLANES * self.c - 1) * self.s + self.q + last_chunk + chunk
+    }
+
     /// For the groups of `group` tiles from `u0`: the offset of each group's first tile's
     /// top-left pixel in an output plane, or `usize::MAX` past the last tile.
     fn positions(&self, u0: usize, group: usize, pos: &mut [usize]) {
@@ -220,12 +228,21 @@ pub(super) fn weight_buffer_len(g: &ConvGeom) -> (usize, usize) {
 
 /// ∂L/∂w (O, C, 3, 3) from the sums of ∂L/∂U, `du[ξ][c][o]` (16·C·O values), as
 /// `Gᵀ ∂U G` with `Gᵀ = [[1, ½, ½, 0], [0, ½, −½, 0], [0, ½, ½, 1]]`.
-pub(super) fn weight_from_transform(g: &ConvGeom, du: &[f32]) -> Vec<f32> {
+///
+/// # Errors
+/// If `du` does not hold 16·C·O values.
+pub(super) fn weight_from_transform(g: &ConvGeom, du: &[f32]) -> Result<Vec<f32>> {
     let (c, o) = (g.c, g.o);
+    if du.len() != XI * c * o {
+        bail!(
+            "winograd convolution: {} sums of ∂L/∂U do not fit {g:?}",
+            du.len()
+        );
+    }
     let mut dw = vec![0f32; o * c * 9];
     for (oc, out) in dw.chunks_exact_mut(9).enumerate() {
         let (oi, ci) = (oc / c, oc % c);
-        let m = |xi: usize| du.get((xi * c + ci) * o + oi).copied().unwrap_or(0.0);
+        let m = |xi: usize| du[(xi * c + ci) * o + oi];
         // Gᵀ·M (3 × 4), then (Gᵀ·M)·G (3 × 3).
         let cols: [[f32; 3]; 4] = std::array::from_fn(|col| {
             let (m0, m1, m2, m3) = (m(col), m(4 + col), m(8 + col), m(12 + col));
@@ -238,7 +255,7 @@ pub(super) fn weight_from_transform(g: &ConvGeom, du: &[f32]) -> Vec<f32> {
             out[row * 3 + 2] = 0.5 * (r[1] + r[2]) + r[3];
         }
     }
-    dw
+    Ok(dw)
 }
 
 /// The weight `w` (O, C, 3, 3) transformed, `U[ξ][c][o] = (G w[o, c] Gᵀ)[ξ]` with
@@ -362,6 +379,9 @@ fn forward_with(
         );
     }
     let t = Tiles::of(g);
+    if t.reach(2 * width.lanes()) > t.phase_len() {
+        bail!("winograd convolution: the split input's slack is too short for {g:?}");
+    }
     let (plen, vlen, mlen) = (
         t.phase_len(),
         XI * plane(g.c, MAX_CHUNK),
@@ -384,7 +404,7 @@ fn forward_with(
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = (phases, v, m, accumulate);
-    count_flop(2 * (g.o * g.c * 9 * g.h * g.w) as u64);
+    count_flop(product_flop(&t));
     Ok(())
 }
 
@@ -433,6 +453,9 @@ fn weight_with(
         );
     }
     let t = Tiles::of(g);
+    if t.reach(2 * width.lanes()) > t.phase_len() {
+        bail!("winograd convolution: the split input's slack is too short for {g:?}");
+    }
     let (plen, vlen, zlen) = (
         t.phase_len(),
         XI * plane(g.c, MAX_CHUNK),
@@ -463,8 +486,14 @@ fn weight_with(
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = (phases, v, z, dyt);
-    count_flop(2 * (g.o * g.c * 9 * hw) as u64);
+    count_flop(product_flop(&t));
     Ok(())
+}
+
+/// The arithmetic of one image's 16 products, as the step's count has it (the transforms,
+/// like im2col elsewhere, are not counted): 2·16·C·O per tile, 4/9 of the definition's.
+fn product_flop(t: &Tiles) -> u64 {
+    (2 * XI * t.c * t.o * t.tiles) as u64
 }
 
 /// The kernels for one vector width: `$feature` the target features, `$v` the vector type,
@@ -1064,7 +1093,7 @@ mod tests {
                 if weight_fits {
                     let twice: Vec<f64> = dw_want.iter().map(|v| 2.0 * v).collect();
                     close(
-                        &weight_from_transform(&g, &du),
+                        &weight_from_transform(&g, &du).unwrap_or_else(|e| panic!("{e}")),
                         &twice,
                         &format!("{width:?} ∂L/∂w on {g:?}"),
                     );
