@@ -468,12 +468,23 @@ fn bench_reports_a_json_line_and_refuses_a_device_the_build_lacks() {
     // 1,769,472; stage 1 two 32→32 18,874,368; stage 2 32→64 (stride 2) 9,437,184, 64→64
     // 18,874,368 and the 1×1 shortcut 1,048,576; stage 3 the same again (9,437,184 + 18,874,368
     // + 1,048,576). Forward 98,238,464; the weight gradients the same; the input gradients all
-    // but the stem's (the image needs none): 292,945,920 FLOP per image in all.
-    let o = pretext(&[
-        "bench", "--task", "rotation", "--batch", "8", "--steps", "2", "--json",
-    ]);
-    assert!(o.status.success(), "{}", text(&o.stderr));
-    let report: serde_json::Value = serde_json::from_str(text(&o.stdout).trim()).unwrap();
+    // but the stem's (the image needs none): 292,945,920 FLOP per image in all, as counted
+    // with Winograd off. With it (AVX2 or AVX-512 CPUs), the four 18,874,368-FLOP
+    // convolutions' three passes count 4/9 of that: 167,116,800.
+    let bench = |winograd: bool| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_pretext"));
+        cmd.args([
+            "bench", "--task", "rotation", "--batch", "8", "--steps", "2", "--json",
+        ]);
+        if !winograd {
+            cmd.env("PRETEXT_NO_WINOGRAD", "1");
+        }
+        let o = cmd.output().expect("run pretext");
+        assert!(o.status.success(), "{}", text(&o.stderr));
+        let report: serde_json::Value = serde_json::from_str(text(&o.stdout).trim()).unwrap();
+        report
+    };
+    let report = bench(false);
     let flop = report["gflop_per_image"].as_f64().unwrap() * 1e9;
     assert!((flop - 292_945_920.0).abs() < 1.0, "{report}");
     let (ceiling, share) = (
@@ -487,6 +498,20 @@ fn bench_reports_a_json_line_and_refuses_a_device_the_build_lacks() {
     );
     let images_per_s = report["images_per_s"].as_f64().unwrap();
     assert!((share - images_per_s / ceiling).abs() < 1e-9, "{report}");
+    let report = bench(true);
+    let flop = report["gflop_per_image"].as_f64().unwrap() * 1e9;
+    #[cfg(target_arch = "x86_64")]
+    let winograd_runs = (std::arch::is_x86_feature_detected!("avx2")
+        && std::arch::is_x86_feature_detected!("fma"))
+        || std::arch::is_x86_feature_detected!("avx512f");
+    #[cfg(not(target_arch = "x86_64"))]
+    let winograd_runs = false;
+    let want = if winograd_runs {
+        167_116_800.0
+    } else {
+        292_945_920.0
+    };
+    assert!((flop - want).abs() < 1.0, "{report}");
 
     if let Some(reason) = pretext::model::device::unavailable(DeviceKind::Cuda) {
         let o = pretext(&[
