@@ -187,6 +187,26 @@ pub(super) fn take<'a>(buf: &'a mut [f32], len: usize, what: &str) -> Result<&'a
     }
 }
 
+/// ∂L/∂y `dy` (O, H·W) transposed to (H·W × O), one pixel's channels side by side, in the
+/// first O·H·W values of `buf`: what the ∂L/∂w kernels load a vector of channels from.
+///
+/// # Errors
+/// If `buf` holds fewer than `dy.len()` values.
+pub(super) fn transposed_gradient<'a>(
+    dy: &[f32],
+    o: usize,
+    buf: &'a mut [f32],
+) -> Result<&'a mut [f32]> {
+    let dyt = take(buf, dy.len(), "transposed gradient")?;
+    let hw = dy.len() / o.max(1);
+    for (c, plane) in dy.chunks_exact(hw.max(1)).enumerate() {
+        for (p, v) in plane.iter().enumerate() {
+            dyt[p * o + c] = *v;
+        }
+    }
+    Ok(dyt)
+}
+
 /// Copies `x` (C, H, W) into `padded` (C, H+2, W+2) with a border of zeros.
 fn pad_image(x: &[f32], c: usize, h: usize, w: usize, padded: &mut [f32]) {
     let (pw, plane) = (w + 2, (h + 2) * (w + 2));
@@ -319,13 +339,7 @@ fn weight_with(
     let hw = g.h * g.w;
     let padded = take(&mut work.col, g.c * padded_plane(g), "padded image")?;
     pad_image(x, g.c, g.h, g.w, padded);
-    // ∂L/∂y transposed to (H·W × O): one pixel's channels side by side.
-    let dyt = take(&mut work.product, hw * g.o, "transposed gradient")?;
-    for (o, plane) in dy.chunks_exact(hw).enumerate() {
-        for (p, v) in plane.iter().enumerate() {
-            dyt[p * g.o + o] = *v;
-        }
-    }
+    let dyt = transposed_gradient(dy, g.o, &mut work.product)?;
     #[cfg(target_arch = "x86_64")]
     #[allow(unsafe_code)]
     // SAFETY: the CPU has the width's instructions, O is a multiple of its block, and the
@@ -623,11 +637,11 @@ direct_kernels!(
 );
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::{ConvGeom, Width, forward_with, padded_plane, weight_with};
 
-    /// Reproducible values in [−1, 1).
-    fn values(n: usize, seed: u64) -> Vec<f32> {
+    /// Reproducible values in [−1, 1) (also the Winograd tests').
+    pub(in crate::model::kernels::conv) fn values(n: usize, seed: u64) -> Vec<f32> {
         let mut s = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
         (0..n)
             .map(|_| {
@@ -673,7 +687,8 @@ mod tests {
         r.iter().zip(b).map(|(r, b)| r + f64::from(*b)).collect()
     }
 
-    fn close(got: &[f32], want: &[f64], what: &str) {
+    /// `got` against `want` to 1e-4 relative (plus 1e-4 absolute), value by value.
+    pub(in crate::model::kernels::conv) fn close(got: &[f32], want: &[f64], what: &str) {
         assert_eq!(got.len(), want.len(), "{what}: length");
         for (i, (g, w)) in got.iter().zip(want).enumerate() {
             let err = (f64::from(*g) - w).abs();

@@ -477,19 +477,17 @@ impl ConvGeom {
         work: &mut Work,
     ) -> Result<()> {
         if let Some(dx) = dxs {
-            match &plan.flipped {
-                Some(_) if plan.winograd_input.is_some() => {
+            match (&plan.winograd_input, &plan.flipped) {
+                (Some(u), _) => {
                     let t = self.flipped();
-                    if let Some(u) = &plan.winograd_input {
-                        for (dyi, dxi) in dys
-                            .chunks_exact(self.out_image())
-                            .zip(dx.chunks_exact_mut(self.in_image()))
-                        {
-                            winograd::forward_image(&t, u, dyi, dxi, true, &mut work.col)?;
-                        }
+                    for (dyi, dxi) in dys
+                        .chunks_exact(self.out_image())
+                        .zip(dx.chunks_exact_mut(self.in_image()))
+                    {
+                        winograd::forward_image(&t, u, dyi, dxi, true, &mut work.col)?;
                     }
                 }
-                Some(wf) if plan.direct_input => {
+                (None, Some(wf)) if plan.direct_input => {
                     let t = self.flipped();
                     for (dyi, dxi) in dys
                         .chunks_exact(self.out_image())

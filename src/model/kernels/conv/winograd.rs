@@ -40,7 +40,7 @@
 use candle_core::{Result, bail};
 
 use super::super::gemm::count_flop;
-use super::direct::{Width, take, vector_cpu};
+use super::direct::{Width, take, transposed_gradient, vector_cpu};
 use super::geometry::ConvGeom;
 
 /// Transformed weight values per (channel, output channel) pair: the 4×4 `U`.
@@ -123,14 +123,7 @@ impl ConvGeom {
     /// Whether ∂L/∂x runs [`forward_image`] here, as the convolution of ∂L/∂y with the
     /// turned-round weight (O input channels, C output channels).
     pub(super) fn winograd_input(&self) -> bool {
-        self.flips()
-            && ConvGeom {
-                c: self.o,
-                o: self.c,
-                ..*self
-            }
-            .winograd_width(self.c)
-            .is_some()
+        self.flips() && self.flipped().winograd_width(self.c).is_some()
     }
 }
 
@@ -379,18 +372,7 @@ fn forward_with(
         );
     }
     let t = Tiles::of(g);
-    if t.reach(2 * width.lanes()) > t.phase_len() {
-        bail!("winograd convolution: the split input's slack is too short for {g:?}");
-    }
-    let (plen, vlen, mlen) = (
-        t.phase_len(),
-        XI * plane(g.c, MAX_CHUNK),
-        XI * plane(g.o, MAX_CHUNK),
-    );
-    let buf = take(buf, plen + vlen + mlen, "Winograd")?;
-    let (phases, rest) = buf.split_at_mut(plen);
-    let (v, m) = rest.split_at_mut(vlen);
-    split_phases(&t, x, phases);
+    let (phases, v, m) = split_input(&t, width, x, buf, XI * plane(g.o, MAX_CHUNK))?;
     #[cfg(target_arch = "x86_64")]
     #[allow(unsafe_code)]
     // SAFETY: the CPU has the width's instructions, O is a multiple of its block, and the
@@ -453,26 +435,8 @@ fn weight_with(
         );
     }
     let t = Tiles::of(g);
-    if t.reach(2 * width.lanes()) > t.phase_len() {
-        bail!("winograd convolution: the split input's slack is too short for {g:?}");
-    }
-    let (plen, vlen, zlen) = (
-        t.phase_len(),
-        XI * plane(g.c, MAX_CHUNK),
-        XI * plane(MAX_CHUNK, g.o),
-    );
-    let col = take(col, plen + vlen + zlen, "Winograd")?;
-    let (phases, rest) = col.split_at_mut(plen);
-    let (v, z) = rest.split_at_mut(vlen);
-    split_phases(&t, x, phases);
-    // ∂L/∂y transposed to (H·W × O): one pixel's channels side by side.
-    let hw = g.h * g.w;
-    let dyt = take(product, hw * g.o, "transposed gradient")?;
-    for (o, plane) in dy.chunks_exact(hw).enumerate() {
-        for (p, val) in plane.iter().enumerate() {
-            dyt[p * g.o + o] = *val;
-        }
-    }
+    let (phases, v, z) = split_input(&t, width, x, col, XI * plane(MAX_CHUNK, g.o))?;
+    let dyt = transposed_gradient(dy, g.o, product)?;
     #[cfg(target_arch = "x86_64")]
     #[allow(unsafe_code)]
     // SAFETY: the CPU has the width's instructions, O is a multiple of two of its vectors,
@@ -494,6 +458,30 @@ fn weight_with(
 /// like im2col elsewhere, are not counted): 2·16·C·O per tile, 4/9 of the definition's.
 fn product_flop(t: &Tiles) -> u64 {
     (2 * XI * t.c * t.o * t.tiles) as u64
+}
+
+/// Cuts `buf` into the split input (made here from `x`), a chunk's input transform (16 planes
+/// of C rows), and `rest` values for what the pass needs next (the products, or Z).
+///
+/// # Errors
+/// If `buf` is too short, or the split input's slack too short for what `width`'s last
+/// chunk reads.
+fn split_input<'a>(
+    t: &Tiles,
+    width: Width,
+    x: &[f32],
+    buf: &'a mut [f32],
+    rest: usize,
+) -> Result<(&'a mut [f32], &'a mut [f32], &'a mut [f32])> {
+    if t.reach(2 * width.lanes()) > t.phase_len() {
+        bail!("winograd convolution: the split input's slack is too short for {t:?}");
+    }
+    let (plen, vlen) = (t.phase_len(), XI * plane(t.c, MAX_CHUNK));
+    let buf = take(buf, plen + vlen + rest, "Winograd")?;
+    let (phases, tail) = buf.split_at_mut(plen);
+    let (v, rest) = tail.split_at_mut(vlen);
+    split_phases(t, x, phases);
+    Ok((phases, v, rest))
 }
 
 /// The kernels for one vector width: `$feature` the target features, `$v` the vector type,
@@ -953,19 +941,7 @@ mod tests {
         ConvGeom, Width, buffer_len, forward_with, transform_weight, weight_buffer_len,
         weight_from_transform, weight_with,
     };
-
-    /// Reproducible values in [−1, 1).
-    fn values(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
-        (0..n)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6_364_136_223_846_793_005)
-                    .wrapping_add(1_442_695_040_888_963_407);
-                ((s >> 40) as f32 / (1u64 << 23) as f32) - 1.0
-            })
-            .collect()
-    }
+    use crate::model::kernels::conv::direct::tests::{close, values};
 
     /// `conv3×3(x, w)` (O, H, W), stride 1, padding 1, and ∂L/∂w (O, C, 3, 3) for
     /// ∂L/∂y = `dy`, summed in f64.
@@ -991,17 +967,6 @@ mod tests {
             }
         }
         (y, dw)
-    }
-
-    fn close(got: &[f32], want: &[f64], what: &str) {
-        assert_eq!(got.len(), want.len(), "{what}: length");
-        for (i, (g, w)) in got.iter().zip(want).enumerate() {
-            let err = (f64::from(*g) - w).abs();
-            assert!(
-                err <= 1e-4 * (1.0 + w.abs()),
-                "{what}[{i}]: {g} against {w}"
-            );
-        }
     }
 
     #[allow(clippy::print_stderr)] // says which widths this CPU could not check
