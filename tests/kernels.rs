@@ -42,7 +42,7 @@ fn max_abs(a: &Tensor) -> Result<f32> {
 /// (N, C, H, W, O, K, stride, padding)
 type Geometry = (usize, usize, usize, usize, usize, usize, usize, usize);
 
-const GEOMETRIES: [Geometry; 37] = [
+const GEOMETRIES: [Geometry; 39] = [
     (2, 3, 8, 8, 4, 3, 1, 1),
     (3, 4, 9, 7, 5, 3, 2, 1),
     (2, 4, 8, 8, 6, 1, 2, 0),
@@ -101,6 +101,10 @@ const GEOMETRIES: [Geometry; 37] = [
     (2, 16, 6, 16, 32, 3, 1, 1),
     (3, 20, 10, 8, 16, 3, 1, 1),
     (2, 32, 6, 32, 48, 3, 1, 1),
+    // Winograd's stride-2 form (sides multiples of 4, output rows of whole vectors): 8-pixel
+    // output rows (256-bit form), 80 tiles ending inside a chunk of 32 with 17 channels.
+    (2, 16, 16, 16, 32, 3, 2, 1),
+    (1, 17, 20, 64, 32, 3, 2, 1),
 ];
 
 /// `conv::conv2d(x, wt)` against candle's own convolution: the output, and the gradient of

@@ -1,13 +1,15 @@
 //! 2-D convolution (NCHW, square kernel, no groups, no dilation) as candle custom ops:
 //! the forward pass and both backward passes are im2col / col2im plus one matrix product per
 //! image — or per group of images where an image's output map is small — images in parallel
-//! on rayon and the product single-threaded inside each; the stride-1 3×3 convolutions run
-//! as Winograd F(2×2, 3×3) or direct where the CPU and the shape allow.
+//! on rayon and the product single-threaded inside each; the 3×3 convolutions run as Winograd
+//! F(2×2, 3×3) (stride 1, all three passes; stride 2, forward and ∂L/∂w) or direct (stride 1)
+//! where the CPU and the shape allow.
 //!
 //! - [`geometry`]: [`ConvGeom`], the output range each kernel offset reaches, runs of images;
 //! - [`im2col`]: one image to and from its block of a column matrix;
 //! - [`direct`]: 3×3 stride-1 register tiles on the padded image (AVX2 / AVX-512);
-//! - [`winograd`]: F(2×2, 3×3) for the same convolutions, all three passes;
+//! - [`winograd`]: F(2×2, 3×3) for stride 1, all three passes, and its stride-2 form for the
+//!   forward pass and ∂L/∂w;
 //! - here: the per-image and per-group products (also used by [`super::fused`]), the plans
 //!   that choose among them, the batch loops, the ops.
 
@@ -212,7 +214,7 @@ impl ConvGeom {
     /// as one product over the group's columns. Unflipped, that is `col2im(wᵀ · dys)` and
     /// `im2col(xs) · dysᵀ` (laid out C·K·K × O, as [`ConvGeom::backward_weight_image`]; the
     /// plan's weight may be empty without `dxs`); with Winograd's ∂L/∂w the partial sum is
-    /// ∂L/∂U's (16·C·O). `xs`, `dxs` (G, C, H, W); `dys` (G, O, Ho, Wo).
+    /// ∂L/∂U's ([`ConvGeom::weight_partial_len`]). `xs`, `dxs` (G, C, H, W); `dys` (G, O, Ho, Wo).
     pub(super) fn backward_group(
         &self,
         plan: &BackwardPlan<'_>,
@@ -341,7 +343,7 @@ impl ConvGeom {
 
     /// ∂L/∂w (O × C·K·K) from the partial sums [`ConvGeom::backward_group`] made with
     /// `plan`: laid out (C·K·K × O), (O·K·K × C) with flipped taps for a flipped plan, or
-    /// ∂L/∂U (16·C·O) for Winograd's.
+    /// ∂L/∂U ([`ConvGeom::weight_partial_len`]) for Winograd's.
     ///
     /// # Errors
     /// If Winograd's partial sums do not have its size.
@@ -386,10 +388,10 @@ impl ConvGeom {
     }
 
     /// Values of one partial sum of ∂L/∂w made with `plan` ([`ConvGeom::backward_group`]):
-    /// O·C·K·K, or 16·C·O of ∂L/∂U with Winograd.
+    /// O·C·K·K, or those of ∂L/∂U with Winograd (16·C·O, or 25·C·O for stride 2).
     pub(in crate::model::kernels) fn weight_partial_len(&self, plan: &BackwardPlan<'_>) -> usize {
         if plan.winograd_weight {
-            16 * self.c * self.o
+            winograd::transform_len(self)
         } else {
             self.o * self.ckk()
         }
@@ -465,7 +467,7 @@ impl ConvGeom {
 
     /// [`ConvGeom::backward_group`] with Winograd ([`winograd`]) or the direct kernels
     /// ([`direct`]) where the plan says, image by image — `dx += conv(dy, flipped w)`, and
-    /// `dw += ∂L/∂U` (16·C·O) or `x-taps · dyᵀ` laid out (C·K·K × O) — and the matrix
+    /// `dw += ∂L/∂U` ([`ConvGeom::weight_partial_len`]) or `x-taps · dyᵀ` laid out (C·K·K × O) — and the matrix
     /// kernel for the rest.
     fn backward_group_direct(
         &self,
@@ -600,7 +602,7 @@ pub(in crate::model::kernels) struct BackwardPlan<'a> {
     /// For ∂L/∂x with Winograd ([`winograd`]): the flipped weight's transform.
     winograd_input: Option<Vec<f32>>,
     /// Whether ∂L/∂w runs with Winograd: its partial sums are then those of ∂L/∂U,
-    /// 16·C·O values ([`ConvGeom::weight_partial_len`]).
+    /// 16·C·O or 25·C·O values ([`ConvGeom::weight_partial_len`]).
     winograd_weight: bool,
     /// For the flipped pass: `wf[c, (o, a, b)] = w[o, c, K−1−a, K−1−b]`, (C × O·K·K).
     flipped: Option<Vec<f32>>,
@@ -611,7 +613,8 @@ pub(in crate::model::kernels) struct BackwardPlan<'a> {
 pub(in crate::model::kernels) struct ForwardPlan<'a> {
     /// The weight (O, C, K, K).
     w: &'a [f32],
-    /// For Winograd ([`winograd`]): the weight's transform, 16·C·O values.
+    /// For Winograd ([`winograd`]): the weight's transform, 16·C·O values (25·C·O for
+    /// stride 2).
     winograd: Option<Vec<f32>>,
 }
 
