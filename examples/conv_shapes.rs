@@ -19,7 +19,10 @@ fn main() -> anyhow::Result<()> {
         Some(a) => a.parse()?,
         None => 32,
     };
-    anyhow::ensure!(size >= 8 && size % 8 == 0, "SIZE must be a multiple of 8");
+    anyhow::ensure!(
+        size >= 8 && size.is_multiple_of(8),
+        "SIZE must be a multiple of 8"
+    );
     let n = if size == 16 { 256 } else { 128 };
     let reps = 21;
     kernels::on_compute_pool(|| run(&dev, n, reps, size))
