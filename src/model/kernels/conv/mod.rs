@@ -591,7 +591,8 @@ impl ConvGeom {
 /// product (no col2im scatter, no column matrix to zero), and x needs no im2col at all.
 /// Otherwise (strided convolutions, or when only ∂L/∂w is wanted, as for the network's input
 /// layer whose 3 channels make x's columns the cheaper ones) the backward pass is the adjoint
-/// of the forward one: `col2im(wᵀ · dy)` and `im2col(x) · dyᵀ`.
+/// of the forward one: `col2im(wᵀ · dy)` and `im2col(x) · dyᵀ` — or, for ∂L/∂w, Winograd's
+/// (stride 1 or 2) or the direct kernels' where they fit.
 pub(in crate::model::kernels) struct BackwardPlan<'a> {
     /// The weight (O, C, K, K).
     w: &'a [f32],

@@ -46,7 +46,7 @@
 //! `Bᵀ = [[1, 0, −1, 0, 0], [0, 0, 1, 0, 0], [0, 0, −1, 0, 1], [0, 1, 0, 0, 0], [0, 0, 0, 1, 0]]`,
 //! `G = [[1, 0, 0], [1, 0, 1], [0, 0, 1], [0, 1, 0], [0, 1, 0]]`,
 //! `Aᵀ = [[1, 1, 0, 1, 0], [0, 1, 1, 0, 1]]`. Nested in two dimensions: a tile's 5×5 input
-//! patch (padded rows and columns 4i … 4i + 4) makes 25 values ξ, 25 products per tile and
+//! patch (padded rows 4i … 4i + 4 and columns 4j … 4j + 4 of tile (i, j)) makes 25 values ξ, 25 products per tile and
 //! channel pair instead of 36 (1.44× fewer), every coefficient 0 or ±1. The input is split
 //! into 20 planes per channel (4 row phases × the patch's 5 columns), the products and ∂L/∂w
 //! are the same code with 25 planes, ∂L/∂x (a scatter, not a convolution) stays with the
@@ -502,8 +502,8 @@ fn split_phases_s2(t: &Tiles, x: &[f32], phases: &mut [f32]) {
     phases[PLANES_S2 * t.c * s..].fill(0.0);
 }
 
-/// One image: `y (O, H, W) = (accumulate ? y : 0) + conv3×3(x, w)` with `u` the weight's
-/// [`transform_weight`], `x` (C, H, W), stride 1, padding 1, for a geometry with
+/// One image: `y (O, Ho, Wo) = (accumulate ? y : 0) + conv3×3(x, w)` with `u` the weight's
+/// [`transform_weight`], `x` (C, H, W), stride 1 or 2, padding 1, for a geometry with
 /// [`ConvGeom::winograd_forward`]. For ∂L/∂x, call it with the flipped geometry and the
 /// flipped weight's transform. `buf` is working memory of [`buffer_len`] values or more.
 ///
@@ -567,7 +567,7 @@ fn forward_with(
 }
 
 /// One image: `du[ξ][c][o] += Σ_tiles V[ξ][c] · Z[ξ][o]` (the module's docs) for `x`
-/// (C, H, W) and ∂L/∂y = `dy` (O, H, W), for a geometry with [`ConvGeom::winograd_weight`];
+/// (C, H, W) and ∂L/∂y = `dy` (O, Ho, Wo), for a geometry with [`ConvGeom::winograd_weight`];
 /// [`weight_from_transform`] makes ∂L/∂w of the sums. The split input and the chunk's
 /// transforms are made in `work.col`, ∂L/∂y's transpose in `work.product`.
 ///
@@ -637,7 +637,7 @@ fn product_flop(t: &Tiles) -> u64 {
     (2 * t.xi() * t.c * t.o * t.tiles) as u64
 }
 
-/// Cuts `buf` into the split input (made here from `x`), a chunk's input transform (16 planes
+/// Cuts `buf` into the split input (made here from `x`), a chunk's input transform (16 or 25 planes
 /// of C rows), and `rest` values for what the pass needs next (the products, or Z).
 ///
 /// # Errors
@@ -696,8 +696,9 @@ macro_rules! winograd_kernels {
             /// The whole image, chunk by chunk.
             ///
             /// # Safety
-            /// The CPU has the module's features; `u` holds 16·C·O values, `phases`
-            /// [`Tiles::phase_len`], `v` 16 planes of C rows, `m` 16 of O rows ([`plane`]), `y` O·H·W; O a
+            /// The CPU has the module's features; `u` holds ξ·C·O values (ξ = 16, or 25 for
+            /// stride 2), `phases` [`Tiles::phase_len`], `v` ξ planes of C rows, `m` ξ of O rows
+            /// ([`plane`]), `y` O·Ho·Wo; O a
             /// multiple of the block.
             #[target_feature(enable = $feature)]
             pub(super) unsafe fn forward(
@@ -714,7 +715,8 @@ macro_rules! winograd_kernels {
                 while u0 < t.tiles {
                     t.positions(u0, GROUP, &mut pos);
                     // SAFETY: the caller's sizes; chunk u0 reads the planes up to
-                    // PLANES·C·S + CHUNK (the slack) and writes only the groups in `pos`.
+                    // [`Tiles::phase_len`] (the slack included) and writes only the groups in
+                    // `pos`.
                     unsafe {
                         match t.algo {
                             Algo::Stride1 => input(t, phases, v, u0),
@@ -734,8 +736,9 @@ macro_rules! winograd_kernels {
             ///
             /// # Safety
             /// The CPU has the module's features; `phases` holds [`Tiles::phase_len`]
-            /// values, `v` 16 planes of C rows, `z` 16 planes of CHUNK rows of O values
-            /// ([`plane`]), `dyt` H·W·O, `du` 16·C·O; O a multiple of two vectors.
+            /// values, `v` ξ planes of C rows, `z` ξ planes of CHUNK rows of O values
+            /// ([`plane`]), `dyt` Ho·Wo·O, `du` ξ·C·O (ξ = 16, or 25 for stride 2); O a multiple
+            /// of two vectors.
             #[target_feature(enable = $feature)]
             pub(super) unsafe fn weight(
                 t: &Tiles,
@@ -955,7 +958,8 @@ macro_rules! winograd_kernels {
             /// Step 1 for stride 2, the chunk's tiles from `u0`: `v[ξ][c][k] = (Bᵀ d B)[ξ]`
             /// with `Bᵀ = [[1, 0, −1, 0, 0], [0, 0, 1, 0, 0], [0, 0, −1, 0, 1],
             /// [0, 1, 0, 0, 0], [0, 0, 0, 1, 0]]` and d the 5×5 padded input patch of tile
-            /// u0 + k in channel c (padded rows and columns 4i … 4i + 4 of tile (i, j)).
+            /// u0 + k in channel c (padded rows 4i … 4i + 4 and columns 4j … 4j + 4 of tile
+            /// (i, j)).
             ///
             /// # Safety
             /// As [`forward`]; `u0 < tiles`.
@@ -1340,8 +1344,10 @@ mod tests {
         ];
         // Stride 2, (C, O, H, W): one partial chunk (8 tiles); the encoder's second stage at
         // 32 px (two chunks of 512 bits, four of 256); its third (8-pixel output rows: AVX2
-        // only); 80 tiles ending inside a chunk with 17 channels; a side that is not a
-        // multiple of 4, and too few channels (refused).
+        // only); 80 tiles ending inside a chunk of 512 bits with 17 channels; sides that are
+        // not multiples of 4 (30, and 31, whose 16-pixel output rows would otherwise fit) and
+        // 24 tiles ending inside a chunk of either width (∂L/∂w in 256-bit form), refused and
+        // taken; too few channels (refused).
         let strided = [
             (16, 8, 4, 32),
             (32, 64, 32, 32),
@@ -1349,6 +1355,8 @@ mod tests {
             (17, 32, 20, 64),
             (16, 8, 6, 32),
             (16, 8, 8, 30),
+            (16, 8, 8, 31),
+            (16, 16, 12, 32),
             (8, 8, 8, 32),
         ];
         let cases = shapes
@@ -1379,9 +1387,10 @@ mod tests {
                 );
                 let (want, dw_want) = reference(&g, &w, &x, &dy);
                 let u = transform_weight(&g, &w);
-                // Exactly the values the kernel may use, then NaN: a read past them shows.
-                let mut buf = vec![0f32; buffer_len(&g)];
-                buf.extend([f32::NAN; 64]);
+                // NaN everywhere, and 64 more past the values the kernel may use: a read of a
+                // value it has not written (a border left unzeroed, a read past the end)
+                // shows.
+                let mut buf = vec![f32::NAN; buffer_len(&g) + 64];
                 let side = if stride == 1 {
                     h % 2 == 0
                 } else {
@@ -1410,9 +1419,8 @@ mod tests {
                 ran += 1;
                 // ∂L/∂w: the sums of ∂L/∂U over the image twice (as over two images).
                 let (col, product) = weight_buffer_len(&g);
-                let (mut col, mut product) = (vec![0f32; col], vec![0f32; product]);
-                col.extend([f32::NAN; 64]);
-                product.extend([f32::NAN; 64]);
+                let (mut col, mut product) =
+                    (vec![f32::NAN; col + 64], vec![f32::NAN; product + 64]);
                 let mut du = vec![0f32; super::transform_len(&g)];
                 let weight_fits = o % (2 * width.lanes()) == 0;
                 for _ in 0..2 {
