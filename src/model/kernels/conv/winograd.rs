@@ -114,6 +114,15 @@ enum Algo {
 }
 
 impl Algo {
+    /// The algorithm for `g`'s stride.
+    fn of(g: &ConvGeom) -> Self {
+        if g.stride == 2 {
+            Algo::Stride2
+        } else {
+            Algo::Stride1
+        }
+    }
+
     /// Transformed values per tile and channel (and per channel pair of the weight).
     const fn xi(self) -> usize {
         match self {
@@ -236,11 +245,7 @@ impl Tiles {
         let (ho, wo) = (g.ho(), g.wo());
         let q = wo / 2;
         Self {
-            algo: if g.stride == 2 {
-                Algo::Stride2
-            } else {
-                Algo::Stride1
-            },
+            algo: Algo::of(g),
             c: g.c,
             o: g.o,
             w: wo,
@@ -309,7 +314,7 @@ pub(super) fn weight_buffer_len(g: &ConvGeom) -> (usize, usize) {
 /// Values of the weight's transform (and of the sums of ∂L/∂U) for `g`: 16·C·O for stride 1,
 /// 25·C·O for stride 2.
 pub(super) fn transform_len(g: &ConvGeom) -> usize {
-    Tiles::of(g).xi() * g.c * g.o
+    Algo::of(g).xi() * g.c * g.o
 }
 
 /// ∂L/∂w (O, C, 3, 3) from the sums of ∂L/∂U, `du[ξ][c][o]` ([`transform_len`] values), as
@@ -327,7 +332,7 @@ pub(super) fn weight_from_transform(g: &ConvGeom, du: &[f32]) -> Result<Vec<f32>
         );
     }
     let mut dw = vec![0f32; o * c * 9];
-    if Tiles::of(g).algo == Algo::Stride2 {
+    if Algo::of(g) == Algo::Stride2 {
         for (oc, out) in dw.chunks_exact_mut(9).enumerate() {
             let (oi, ci) = (oc / c, oc % c);
             let m = |xi: usize| du[(xi * c + ci) * o + oi];
@@ -367,7 +372,7 @@ pub(super) fn weight_from_transform(g: &ConvGeom, du: &[f32]) -> Result<Vec<f32>
 pub(super) fn transform_weight(g: &ConvGeom, w: &[f32]) -> Vec<f32> {
     let (c, o) = (g.c, g.o);
     let mut u = vec![0f32; transform_len(g)];
-    if Tiles::of(g).algo == Algo::Stride2 {
+    if Algo::of(g) == Algo::Stride2 {
         let gw = |v: [f32; 3]| [v[0], v[0] + v[2], v[2], v[1], v[1]];
         for (oc, k) in w.chunks_exact(9).enumerate().take(c * o) {
             let (oi, ci) = (oc / c, oc % c);
@@ -723,10 +728,7 @@ macro_rules! winograd_kernels {
                             Algo::Stride2 => input_s2(t, phases, v, u0),
                         }
                         product(t, u, v, m);
-                        match t.algo {
-                            Algo::Stride1 => output(t, m, &pos, y, accumulate),
-                            Algo::Stride2 => output_s2(t, m, &pos, y, accumulate),
-                        }
+                        output(t, m, &pos, y, accumulate);
                     }
                     u0 += CHUNK;
                 }
@@ -754,15 +756,10 @@ macro_rules! winograd_kernels {
                     // SAFETY: the caller's sizes; the chunk's n tiles exist.
                     unsafe {
                         match t.algo {
-                            Algo::Stride1 => {
-                                input(t, phases, v, u0);
-                                gradient(t, dyt, z, u0, n);
-                            }
-                            Algo::Stride2 => {
-                                input_s2(t, phases, v, u0);
-                                gradient_s2(t, dyt, z, u0, n);
-                            }
+                            Algo::Stride1 => input(t, phases, v, u0),
+                            Algo::Stride2 => input_s2(t, phases, v, u0),
                         }
+                        gradient(t, dyt, z, u0, n);
                         weight_product(t, v, z, du, n);
                     }
                     u0 += CHUNK;
@@ -770,8 +767,9 @@ macro_rules! winograd_kernels {
             }
 
             /// Z for the chunk's `n` tiles from `u0`: `z[ξ][k][o] = (A dY Aᵀ)[ξ]` with
-            /// `A = [[1, 0], [1, 1], [1, −1], [0, −1]]` and dY the 2×2 output gradient of
-            /// tile u0 + k in channel o, a vector of output channels at a time.
+            /// `A = [[1, 0], [1, 1], [1, −1], [0, −1]]` for stride 1,
+            /// `A = [[1, 0], [1, 1], [0, 1], [1, 0], [0, 1]]` for stride 2, and dY the 2×2 output
+            /// gradient of tile u0 + k in channel o, a vector of output channels at a time.
             ///
             /// # Safety
             /// As [`weight`]; `u0 + n ≤ tiles`, `n ≤ CHUNK`.
@@ -794,22 +792,38 @@ macro_rules! winograd_kernels {
                             let d10 = $load(dp.add((p + w) * o + ob));
                             let d11 = $load(dp.add((p + w + 1) * o + ob));
                             // A over the rows, column by column, then Aᵀ over each row.
-                            let rows = [
-                                [d00, d01],
-                                [$add(d00, d10), $add(d01, d11)],
-                                [$sub(d00, d10), $sub(d01, d11)],
-                                [$sub($zero(), d10), $sub($zero(), d11)],
-                            ];
-                            for (row, r) in rows.iter().enumerate() {
-                                let out = [
-                                    r[0],
-                                    $add(r[0], r[1]),
-                                    $sub(r[0], r[1]),
-                                    $sub($zero(), r[1]),
-                                ];
-                                for (col, val) in out.iter().enumerate() {
-                                    let xi = row * 4 + col;
-                                    $store(zp.add(xi * plane(CHUNK, o) + k * o + ob), *val);
+                            match t.algo {
+                                Algo::Stride1 => {
+                                    let rows = [
+                                        [d00, d01],
+                                        [$add(d00, d10), $add(d01, d11)],
+                                        [$sub(d00, d10), $sub(d01, d11)],
+                                        [$sub($zero(), d10), $sub($zero(), d11)],
+                                    ];
+                                    for (row, r) in rows.iter().enumerate() {
+                                        let out = [
+                                            r[0],
+                                            $add(r[0], r[1]),
+                                            $sub(r[0], r[1]),
+                                            $sub($zero(), r[1]),
+                                        ];
+                                        for (col, val) in out.iter().enumerate() {
+                                            let at = (row * 4 + col) * plane(CHUNK, o);
+                                            $store(zp.add(at + k * o + ob), *val);
+                                        }
+                                    }
+                                }
+                                Algo::Stride2 => {
+                                    let mid = [$add(d00, d10), $add(d01, d11)];
+                                    let rows =
+                                        [[d00, d01], mid, [d10, d11], [d00, d01], [d10, d11]];
+                                    for (row, r) in rows.iter().enumerate() {
+                                        let out = [r[0], $add(r[0], r[1]), r[1], r[0], r[1]];
+                                        for (col, val) in out.iter().enumerate() {
+                                            let at = (row * 5 + col) * plane(CHUNK, o);
+                                            $store(zp.add(at + k * o + ob), *val);
+                                        }
+                                    }
                                 }
                             }
                         }
@@ -1012,98 +1026,6 @@ macro_rules! winograd_kernels {
                 }
             }
 
-            /// Step 3 for stride 2: each tile's `Aᵀ M A` with
-            /// `Aᵀ = [[1, 1, 0, 1, 0], [0, 1, 1, 0, 1]]`, written as [`output`] writes.
-            ///
-            /// # Safety
-            /// As [`output`].
-            #[target_feature(enable = $feature)]
-            #[inline]
-            unsafe fn output_s2(
-                t: &Tiles,
-                m: &[f32],
-                pos: &[usize; CHUNK / GROUP],
-                y: &mut [f32],
-                acc: bool,
-            ) {
-                let (o, w) = (t.o, t.w);
-                let mp = m.as_ptr();
-                let yp = y.as_mut_ptr();
-                for oi in 0..o {
-                    for half in 0..2 {
-                        let groups = &pos[2 * half..2 * half + 2];
-                        if groups[0] == usize::MAX {
-                            break;
-                        }
-                        // SAFETY: as in `output`.
-                        unsafe {
-                            let mut mv = [$zero(); XI_S2];
-                            for (xi, val) in mv.iter_mut().enumerate() {
-                                let at = xi * plane(o, CHUNK) + oi * CHUNK;
-                                *val = $load(mp.add(at + half * LANES));
-                            }
-                            // Aᵀ over the rows, column by column.
-                            let mut a0 = [$zero(); 5];
-                            let mut a1 = [$zero(); 5];
-                            for l in 0..5 {
-                                a0[l] = $add($add(mv[l], mv[5 + l]), mv[15 + l]);
-                                a1[l] = $add($add(mv[5 + l], mv[10 + l]), mv[20 + l]);
-                            }
-                            for (i, a) in [a0, a1].iter().enumerate() {
-                                let left = $add($add(a[0], a[1]), a[3]);
-                                let right = $add($add(a[1], a[2]), a[4]);
-                                let pixels = $zip(left, right);
-                                for (&p, v) in groups.iter().zip(pixels) {
-                                    if p == usize::MAX {
-                                        break;
-                                    }
-                                    let dst = yp.add(oi * t.hw + p + i * w);
-                                    let v = if acc { $add($load(dst), v) } else { v };
-                                    $store(dst, v);
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-
-            /// Z for stride 2, the chunk's `n` tiles from `u0`: `z[ξ][k][o] = (A dY Aᵀ)[ξ]`
-            /// with `A = [[1, 0], [1, 1], [0, 1], [1, 0], [0, 1]]`, as [`gradient`] lays it out.
-            ///
-            /// # Safety
-            /// As [`gradient`].
-            #[target_feature(enable = $feature)]
-            #[inline]
-            unsafe fn gradient_s2(t: &Tiles, dyt: &[f32], z: &mut [f32], u0: usize, n: usize) {
-                let (o, w) = (t.o, t.w);
-                let zp = z.as_mut_ptr();
-                let dp = dyt.as_ptr();
-                for k in 0..n {
-                    let u = u0 + k;
-                    // The tile's top-left output pixel.
-                    let p = 2 * (u / t.q) * w + 2 * (u % t.q);
-                    for ob in (0..o).step_by(LANES) {
-                        // SAFETY: as in `gradient`.
-                        unsafe {
-                            let d00 = $load(dp.add(p * o + ob));
-                            let d01 = $load(dp.add((p + 1) * o + ob));
-                            let d10 = $load(dp.add((p + w) * o + ob));
-                            let d11 = $load(dp.add((p + w + 1) * o + ob));
-                            // A over the rows, column by column, then Aᵀ over each row.
-                            let mid = [$add(d00, d10), $add(d01, d11)];
-                            let rows = [[d00, d01], mid, [d10, d11], [d00, d01], [d10, d11]];
-                            for (row, r) in rows.iter().enumerate() {
-                                let out = [r[0], $add(r[0], r[1]), r[1], r[0], r[1]];
-                                for (col, val) in out.iter().enumerate() {
-                                    let xi = row * 5 + col;
-                                    $store(zp.add(xi * plane(CHUNK, o) + k * o + ob), *val);
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-
             /// Step 2: `m[ξ][o][k] = Σ_c u[ξ][c][o] · v[ξ][c][k]`, OUT_BLOCK output channels
             /// × 2 vectors of tiles at a time.
             ///
@@ -1145,9 +1067,10 @@ macro_rules! winograd_kernels {
                 }
             }
 
-            /// Step 3: each tile's `Aᵀ M A` with `Aᵀ = [[1, 1, 1, 0], [0, 1, −1, −1]]`, its
-            /// 2×2 pixels written to (or added into) `y`: per group of tiles and output row,
-            /// one vector of pixels.
+            /// Step 3: each tile's `Aᵀ M A` with `Aᵀ = [[1, 1, 1, 0], [0, 1, −1, −1]]` for
+            /// stride 1, `Aᵀ = [[1, 1, 0, 1, 0], [0, 1, 1, 0, 1]]` for stride 2, its 2×2 pixels
+            /// written to (or added into) `y`: per group of tiles and output row, one vector of
+            /// pixels.
             ///
             /// # Safety
             /// As [`forward`]; every position in `pos` is a group's first pixel in an output
@@ -1174,21 +1097,43 @@ macro_rules! winograd_kernels {
                         // output rows of LANES pixels lie in plane oi (its tiles in one tile
                         // row, the row below inside the map as H is even).
                         unsafe {
-                            let mut mv = [$zero(); XI];
-                            for (xi, val) in mv.iter_mut().enumerate() {
-                                let at = xi * plane(o, CHUNK) + oi * CHUNK;
-                                *val = $load(mp.add(at + half * LANES));
-                            }
-                            // Aᵀ over the rows, column by column.
-                            let mut a0 = [$zero(); 4];
-                            let mut a1 = [$zero(); 4];
-                            for l in 0..4 {
-                                a0[l] = $add($add(mv[l], mv[4 + l]), mv[8 + l]);
-                                a1[l] = $sub($sub(mv[4 + l], mv[8 + l]), mv[12 + l]);
-                            }
-                            for (i, a) in [a0, a1].iter().enumerate() {
-                                let left = $add($add(a[0], a[1]), a[2]);
-                                let right = $sub($sub(a[1], a[2]), a[3]);
+                            // The tile's ξ values, Aᵀ over the rows, column by column, then
+                            // over each row's columns: [left, right] pixels of its two rows.
+                            let rows = match t.algo {
+                                Algo::Stride1 => {
+                                    let mut mv = [$zero(); XI];
+                                    for (xi, val) in mv.iter_mut().enumerate() {
+                                        let at = xi * plane(o, CHUNK) + oi * CHUNK;
+                                        *val = $load(mp.add(at + half * LANES));
+                                    }
+                                    let mut a = [[$zero(); 4]; 2];
+                                    for l in 0..4 {
+                                        a[0][l] = $add($add(mv[l], mv[4 + l]), mv[8 + l]);
+                                        a[1][l] = $sub($sub(mv[4 + l], mv[8 + l]), mv[12 + l]);
+                                    }
+                                    [0, 1].map(|i| {
+                                        let a = a[i];
+                                        [$add($add(a[0], a[1]), a[2]), $sub($sub(a[1], a[2]), a[3])]
+                                    })
+                                }
+                                Algo::Stride2 => {
+                                    let mut mv = [$zero(); XI_S2];
+                                    for (xi, val) in mv.iter_mut().enumerate() {
+                                        let at = xi * plane(o, CHUNK) + oi * CHUNK;
+                                        *val = $load(mp.add(at + half * LANES));
+                                    }
+                                    let mut a = [[$zero(); 5]; 2];
+                                    for l in 0..5 {
+                                        a[0][l] = $add($add(mv[l], mv[5 + l]), mv[15 + l]);
+                                        a[1][l] = $add($add(mv[5 + l], mv[10 + l]), mv[20 + l]);
+                                    }
+                                    [0, 1].map(|i| {
+                                        let a = a[i];
+                                        [$add($add(a[0], a[1]), a[3]), $add($add(a[1], a[2]), a[4])]
+                                    })
+                                }
+                            };
+                            for (i, &[left, right]) in rows.iter().enumerate() {
                                 let pixels = $zip(left, right);
                                 for (&p, v) in groups.iter().zip(pixels) {
                                     if p == usize::MAX {
