@@ -109,6 +109,9 @@ pub(super) fn work(g: &ConvGeom) -> Work {
     if g.winograd_forward() || g.winograd_input() {
         col = col.max(winograd::buffer_len(g));
     }
+    if g.winograd_strided_input() {
+        col = col.max(winograd::strided_input_len(g));
+    }
     if g.winograd_weight() {
         let (c, p) = winograd::weight_buffer_len(g);
         col = col.max(c);
@@ -453,6 +456,9 @@ impl ConvGeom {
             Some(wf) if self.winograd_input() => {
                 Some(winograd::transform_weight(&self.flipped(), wf))
             }
+            _ if want_input && self.winograd_strided_input() && w.len() == self.o * self.ckk() => {
+                Some(winograd::transposed_transform(self, w))
+            }
             _ => None,
         };
         BackwardPlan {
@@ -480,6 +486,14 @@ impl ConvGeom {
     ) -> Result<()> {
         if let Some(dx) = dxs {
             match (&plan.winograd_input, &plan.flipped) {
+                (Some(ut), _) if self.stride == 2 => {
+                    for (dyi, dxi) in dys
+                        .chunks_exact(self.out_image())
+                        .zip(dx.chunks_exact_mut(self.in_image()))
+                    {
+                        winograd::strided_input_image(self, ut, dyi, dxi, &mut work.col)?;
+                    }
+                }
                 (Some(u), _) => {
                     let t = self.flipped();
                     for (dyi, dxi) in dys
@@ -600,7 +614,8 @@ pub(in crate::model::kernels) struct BackwardPlan<'a> {
     direct_input: bool,
     /// Whether the direct kernels make ∂L/∂w, laid out (C·K·K × O) as the unflipped pass's.
     direct_weight: bool,
-    /// For ∂L/∂x with Winograd ([`winograd`]): the flipped weight's transform.
+    /// For ∂L/∂x with Winograd ([`winograd`]): the flipped weight's transform, or for a
+    /// stride-2 convolution the weight's, turned round (25·O·C values).
     winograd_input: Option<Vec<f32>>,
     /// Whether ∂L/∂w runs with Winograd: its partial sums are then those of ∂L/∂U,
     /// 16·C·O or 25·C·O values ([`ConvGeom::weight_partial_len`]).

@@ -49,8 +49,15 @@
 //! patch (padded rows 4i … 4i + 4 and columns 4j … 4j + 4 of tile (i, j)) makes 25 values ξ, 25 products per tile and
 //! channel pair instead of 36 (1.44× fewer), every coefficient 0 or ±1. The input is split
 //! into 20 planes per channel (4 row phases × the patch's 5 columns), the products and ∂L/∂w
-//! are the same code with 25 planes, ∂L/∂x (a scatter, not a convolution) stays with the
-//! matrix kernel.
+//! are the same code with 25 planes.
+//!
+//! ∂L/∂x of a stride-2 convolution is not a convolution but the forward algorithm turned
+//! round ([`strided_input_image`]): per tile `∂L/∂V_c = Σ_o U_oc ⊙ Z_o` with
+//! `Z_o = A ∂L/∂Y_o Aᵀ` (as for ∂L/∂w, but with the tiles along the lanes, from ∂L/∂y split
+//! into its four phases), the forward product with C and O swapped, and the patch gradient
+//! `B ∂L/∂V Bᵀ` (5×5 per tile) added into the padded input, where the patches of neighbouring
+//! tiles overlap by a row and a column: 25 products per tile and channel pair instead of the
+//! 36 of `col2im(wᵀ · ∂L/∂y)`, and no column matrix.
 
 use candle_core::{Result, bail};
 
@@ -199,6 +206,25 @@ impl ConvGeom {
     /// turned-round weight (O input channels, C output channels).
     pub(super) fn winograd_input(&self) -> bool {
         self.flips() && self.flipped().winograd_width(self.c).is_some()
+    }
+
+    /// The kernel that makes ∂L/∂x of a stride-2 convolution with Winograd turned round
+    /// ([`strided_input_image`]) here, if any: the CPU's widest whose output block divides
+    /// C (the channels its products make).
+    fn winograd_strided_input_width(&self) -> Option<Width> {
+        if !enabled() || self.stride != 2 || !self.winograd_shape() {
+            return None;
+        }
+        let c = vector_cpu();
+        [(c.avx512, Width::Avx512), (c.avx2, Width::Avx2)]
+            .into_iter()
+            .find(|&(has, width)| has && self.c.is_multiple_of(width.out_block()))
+            .map(|(_, width)| width)
+    }
+
+    /// Whether ∂L/∂x of this stride-2 convolution runs [`strided_input_image`] here.
+    pub(super) fn winograd_strided_input(&self) -> bool {
+        self.winograd_strided_input_width().is_some()
     }
 }
 
@@ -412,6 +438,195 @@ pub(super) fn transform_weight(g: &ConvGeom, w: &[f32]) -> Vec<f32> {
         }
     }
     u
+}
+
+/// Values per plane of the turned-round stride-2 pass ([`strided_input_image`]): one per
+/// tile, rounded up to whole chunks of the widest kernel (what a chunk's lanes load and
+/// store).
+fn strided_plane(t: &Tiles) -> usize {
+    t.tiles.div_ceil(MAX_CHUNK) * MAX_CHUNK
+}
+
+/// The working memory [`strided_input_image`] needs for `g`, in values: ∂L/∂y's four phases
+/// (4·O planes), a chunk's Z (25 planes of O rows) and ∂L/∂V (25 of C rows), and the patches'
+/// gradients (25·C planes).
+pub(super) fn strided_input_len(g: &ConvGeom) -> usize {
+    let t = Tiles::of(g);
+    let sp = strided_plane(&t);
+    4 * g.o * sp + XI_S2 * (plane(g.o, MAX_CHUNK) + plane(g.c, MAX_CHUNK)) + XI_S2 * g.c * sp
+}
+
+/// The stride-2 weight's transform turned round, `U[ξ][o][c]` (25·O·C values): what
+/// [`strided_input_image`] multiplies Z by, summing over the output channels.
+pub(super) fn transposed_transform(g: &ConvGeom, w: &[f32]) -> Vec<f32> {
+    let (c, o) = (g.c, g.o);
+    let u = transform_weight(g, w);
+    let mut ut = vec![0f32; u.len()];
+    for (src, dst) in u.chunks_exact(c * o).zip(ut.chunks_exact_mut(c * o)) {
+        for (ci, row) in src.chunks_exact(o).enumerate() {
+            for (oi, v) in row.iter().enumerate() {
+                dst[oi * c + ci] = *v;
+            }
+        }
+    }
+    ut
+}
+
+/// One image's ∂L/∂x of a stride-2 convolution, added into `dx` (C, H, W), from ∂L/∂y = `dy`
+/// (O, Ho, Wo) and `ut` the weight's [`transposed_transform`]: the forward algorithm turned
+/// round (the module's docs), `∂L/∂d = B [Σ_o U ⊙ Z_o] Bᵀ` per tile with
+/// `Z_o = A ∂L/∂Y_o Aᵀ`, each tile's 5×5 patch gradient added into the padded input, where
+/// neighbouring patches overlap by a row and a column. 25 products per tile and channel pair
+/// instead of the 36 of `col2im(wᵀ · dy)`. `buf` is working memory of [`strided_input_len`]
+/// values or more.
+///
+/// # Errors
+/// If the slices do not have the geometry's sizes, or the geometry or CPU does not allow it.
+pub(super) fn strided_input_image(
+    g: &ConvGeom,
+    ut: &[f32],
+    dy: &[f32],
+    dx: &mut [f32],
+    buf: &mut [f32],
+) -> Result<()> {
+    let Some(width) = g.winograd_strided_input_width() else {
+        bail!("winograd convolution: strided ∂L/∂x not for {g:?} on this CPU");
+    };
+    strided_input_with(width, g, ut, dy, dx, buf)
+}
+
+/// [`strided_input_image`] with the kernel of `width`.
+///
+/// # Errors
+/// As [`strided_input_image`].
+fn strided_input_with(
+    width: Width,
+    g: &ConvGeom,
+    ut: &[f32],
+    dy: &[f32],
+    dx: &mut [f32],
+    buf: &mut [f32],
+) -> Result<()> {
+    if !(width.runs_here()
+        && g.stride == 2
+        && g.winograd_shape()
+        && g.c.is_multiple_of(width.out_block()))
+    {
+        bail!("winograd convolution: strided ∂L/∂x with {width:?} not for {g:?} on this CPU");
+    }
+    if ut.len() != transform_len(g) || dy.len() != g.out_image() || dx.len() != g.in_image() {
+        bail!(
+            "winograd convolution: weight transform {}, gradient {}, input gradient {} values do not fit {g:?}",
+            ut.len(),
+            dy.len(),
+            dx.len()
+        );
+    }
+    let t = Tiles::of(g);
+    let sp = strided_plane(&t);
+    let buf = take(buf, strided_input_len(g), "Winograd strided ∂L/∂x")?;
+    let (dph, rest) = buf.split_at_mut(4 * g.o * sp);
+    let (z, rest) = rest.split_at_mut(XI_S2 * plane(g.o, MAX_CHUNK));
+    let (dv, patches) = rest.split_at_mut(XI_S2 * plane(g.c, MAX_CHUNK));
+    split_gradient(&t, dy, dph, sp);
+    #[cfg(target_arch = "x86_64")]
+    #[allow(unsafe_code)]
+    // SAFETY: the CPU has the width's instructions, C is a multiple of its block, and the
+    // buffers were cut to the sizes the kernels use (see `zmm::strided_input`).
+    unsafe {
+        match width {
+            Width::Avx2 => ymm::strided_input(&t, ut, dph, z, dv, patches, sp),
+            Width::Avx512 => zmm::strided_input(&t, ut, dph, z, dv, patches, sp),
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (dph, z, dv);
+    add_patches(&t, patches, sp, dx);
+    count_flop(product_flop(&t));
+    Ok(())
+}
+
+/// ∂L/∂y (O, Ho, Wo) split into its four phases per channel, `dph[o][a][b][u] = dy[o][2i + a]
+/// [2j + b]` for tile u = (i, j), each plane `sp` values (zeros past the last tile).
+fn split_gradient(t: &Tiles, dy: &[f32], dph: &mut [f32], sp: usize) {
+    let q = t.q;
+    for (plane, out) in dy
+        .chunks_exact(t.hw)
+        .zip(dph.chunks_exact_mut(4 * sp))
+        .take(t.o)
+    {
+        let (p0, rest) = out.split_at_mut(sp);
+        let (p1, rest) = rest.split_at_mut(sp);
+        let (p2, p3) = rest.split_at_mut(sp);
+        for (i, rows) in plane.chunks_exact(2 * t.w).enumerate() {
+            let at = i * q..(i + 1) * q;
+            let (top, bottom) = rows.split_at(t.w);
+            for ((e, o), pair) in p0[at.clone()]
+                .iter_mut()
+                .zip(&mut p1[at.clone()])
+                .zip(top.chunks_exact(2))
+            {
+                *e = pair[0];
+                *o = pair[1];
+            }
+            for ((e, o), pair) in p2[at.clone()]
+                .iter_mut()
+                .zip(&mut p3[at])
+                .zip(bottom.chunks_exact(2))
+            {
+                *e = pair[0];
+                *o = pair[1];
+            }
+        }
+        for p in [p0, p1, p2, p3] {
+            p[t.tiles..].fill(0.0);
+        }
+    }
+}
+
+/// Adds the tiles' 5×5 patch gradients, `patches[c][r][k][u]` for tile u = (i, j) at padded
+/// row 4i + r and column 4j + k, into `dx` (C, H, W): patch row 4 of tile row i is row 0 of
+/// tile row i + 1, column 4 of tile column j column 0 of j + 1, and the padding is dropped.
+fn add_patches(t: &Tiles, patches: &[f32], sp: usize, dx: &mut [f32]) {
+    let (q, rows) = (t.q, t.tiles / t.q.max(1));
+    for (c, plane) in dx.chunks_exact_mut(t.in_hw).enumerate().take(t.c) {
+        let at = |r: usize, k: usize, i: usize| {
+            let from = ((c * XI_S2) + r * 5 + k) * sp + i * q;
+            &patches[from..from + q]
+        };
+        for (y, row) in plane.chunks_exact_mut(t.in_w).enumerate() {
+            // Input row y is padded row y + 1 = 4i + r: patch row r of tile row i, and for
+            // r = 0 also patch row 4 of tile row i − 1.
+            let (r, i) = ((y + 1) % 4, (y + 1) / 4);
+            let above = (r == 0).then(|| i - 1);
+            for (pr, pi) in [(r, Some(i).filter(|&i| i < rows)), (4, above)] {
+                let Some(pi) = pi else { continue };
+                let (k0, k1, k2, k3, k4) = (
+                    at(pr, 0, pi),
+                    at(pr, 1, pi),
+                    at(pr, 2, pi),
+                    at(pr, 3, pi),
+                    at(pr, 4, pi),
+                );
+                // Input column 4j + b − 1 is padded column 4j + b: patch column b of tile
+                // column j for b = 1, 2, 3, and for b = 4 column 4 of j and column 0 of j + 1.
+                let next = k0.iter().skip(1).chain(std::iter::once(&0.0));
+                for (((((quad, a), b), d), e), f) in row
+                    .chunks_exact_mut(4)
+                    .zip(k1)
+                    .zip(k2)
+                    .zip(k3)
+                    .zip(k4)
+                    .zip(next)
+                {
+                    quad[0] += a;
+                    quad[1] += b;
+                    quad[2] += d;
+                    quad[3] += e + f;
+                }
+            }
+        }
+    }
 }
 
 /// Splits `x` (C, H, W), zero-padded by one pixel, into [`PLANES`] planes per channel:
@@ -761,6 +976,100 @@ macro_rules! winograd_kernels {
                         }
                         gradient(t, dyt, z, u0, n);
                         weight_product(t, v, z, du, n);
+                    }
+                    u0 += CHUNK;
+                }
+            }
+
+            /// ∂L/∂x of a stride-2 convolution, chunk by chunk: Z with tiles along the lanes
+            /// from ∂L/∂y's phases, `∂V[ξ][c][k] = Σ_o ut[ξ][o][c] · Z[ξ][o][k]` (the forward
+            /// product with C and O swapped), and each tile's patch gradient `B ∂V Bᵀ` into
+            /// `patches`.
+            ///
+            /// # Safety
+            /// The CPU has the module's features; `ut` holds 25·O·C values, `dph` 4·O planes
+            /// of `sp` values, `z` 25 planes of O rows and `dv` 25 of C rows ([`plane`]),
+            /// `patches` 25·C planes of `sp`; `sp` at least the tiles rounded up to a chunk;
+            /// C a multiple of the block.
+            #[target_feature(enable = $feature)]
+            pub(super) unsafe fn strided_input(
+                t: &Tiles,
+                ut: &[f32],
+                dph: &[f32],
+                z: &mut [f32],
+                dv: &mut [f32],
+                patches: &mut [f32],
+                sp: usize,
+            ) {
+                // The product's view: ∂L/∂y's O channels in, C out.
+                let turned = Tiles {
+                    c: t.o,
+                    o: t.c,
+                    ..*t
+                };
+                let (o, c) = (t.o, t.c);
+                let zp = z.as_mut_ptr();
+                let dp = dph.as_ptr();
+                let pp = patches.as_mut_ptr();
+                let mut u0 = 0;
+                while u0 < t.tiles {
+                    for oi in 0..o {
+                        for half in 0..2 {
+                            let base = oi * 4 * sp + u0 + half * LANES;
+                            // SAFETY: u0 + CHUNK ≤ sp, so every load lies in channel oi's four
+                            // planes; z's plane ξ holds O rows of CHUNK.
+                            unsafe {
+                                let d00 = $load(dp.add(base));
+                                let d01 = $load(dp.add(base + sp));
+                                let d10 = $load(dp.add(base + 2 * sp));
+                                let d11 = $load(dp.add(base + 3 * sp));
+                                // A over the rows, then over each row's columns (as in
+                                // `gradient`, the tiles along the lanes).
+                                let mid = [$add(d00, d10), $add(d01, d11)];
+                                let rows = [[d00, d01], mid, [d10, d11], [d00, d01], [d10, d11]];
+                                for (row, r) in rows.iter().enumerate() {
+                                    let out = [r[0], $add(r[0], r[1]), r[1], r[0], r[1]];
+                                    for (col, val) in out.iter().enumerate() {
+                                        let at = (row * 5 + col) * plane(o, CHUNK) + oi * CHUNK;
+                                        $store(zp.add(at + half * LANES), *val);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    // SAFETY: the caller's sizes; `turned` multiplies O rows of z into C rows
+                    // of dv, C a multiple of the block.
+                    unsafe { product(&turned, ut, z, dv) };
+                    let vp = dv.as_ptr();
+                    for ci in 0..c {
+                        for half in 0..2 {
+                            // SAFETY: rows (ξ, ci) of dv hold CHUNK values; the stores lie in
+                            // channel ci's 25 planes, u0 + CHUNK ≤ sp.
+                            unsafe {
+                                let mut e = [$zero(); XI_S2];
+                                for (xi, val) in e.iter_mut().enumerate() {
+                                    let at = xi * plane(c, CHUNK) + ci * CHUNK;
+                                    *val = $load(vp.add(at + half * LANES));
+                                }
+                                // B over the rows (Bᵀ's columns: X0, X3, X1 − X0 − X2, X4,
+                                // X2), column by column, then over each row's columns.
+                                let b = |x: [_; 5]| {
+                                    [x[0], x[3], $sub($sub(x[1], x[0]), x[2]), x[4], x[2]]
+                                };
+                                let cols: [[_; 5]; 5] = std::array::from_fn(|k| {
+                                    b([e[k], e[5 + k], e[10 + k], e[15 + k], e[20 + k]])
+                                });
+                                for r in 0..5 {
+                                    let out = b([
+                                        cols[0][r], cols[1][r], cols[2][r], cols[3][r], cols[4][r],
+                                    ]);
+                                    for (k, val) in out.iter().enumerate() {
+                                        let at = ((ci * XI_S2) + r * 5 + k) * sp + u0;
+                                        $store(pp.add(at + half * LANES), *val);
+                                    }
+                                }
+                            }
+                        }
                     }
                     u0 += CHUNK;
                 }
@@ -1229,17 +1538,19 @@ winograd_kernels!(
 #[cfg(test)]
 mod tests {
     use super::{
-        ConvGeom, Width, buffer_len, forward_with, transform_weight, weight_buffer_len,
-        weight_from_transform, weight_with,
+        ConvGeom, Width, buffer_len, forward_with, strided_input_len, strided_input_with,
+        transform_weight, transposed_transform, weight_buffer_len, weight_from_transform,
+        weight_with,
     };
     use crate::model::kernels::conv::direct::tests::{close, values};
 
     /// `conv3×3(x, w)` (O, Ho, Wo), the geometry's stride, padding 1, and ∂L/∂w (O, C, 3, 3)
     /// for ∂L/∂y = `dy`, summed in f64.
-    fn reference(g: &ConvGeom, w: &[f32], x: &[f32], dy: &[f32]) -> (Vec<f64>, Vec<f64>) {
+    fn reference(g: &ConvGeom, w: &[f32], x: &[f32], dy: &[f32]) -> [Vec<f64>; 3] {
         let (ho, wo, st) = (g.ho(), g.wo(), g.stride);
         let mut y = vec![0f64; g.o * ho * wo];
         let mut dw = vec![0f64; g.o * g.c * 9];
+        let mut dx = vec![0f64; g.in_image()];
         for o in 0..g.o {
             for r in 0..ho {
                 for q in 0..wo {
@@ -1251,15 +1562,18 @@ mod tests {
                             if rr < 0 || qq < 0 || rr >= g.h as isize || qq >= g.w as isize {
                                 continue;
                             }
-                            let v = f64::from(x[(c * g.h + rr as usize) * g.w + qq as usize]);
-                            y[p] += f64::from(w[(o * g.c + c) * 9 + t]) * v;
+                            let at = (c * g.h + rr as usize) * g.w + qq as usize;
+                            let v = f64::from(x[at]);
+                            let wt = f64::from(w[(o * g.c + c) * 9 + t]);
+                            y[p] += wt * v;
                             dw[(o * g.c + c) * 9 + t] += f64::from(dy[p]) * v;
+                            dx[at] += wt * f64::from(dy[p]);
                         }
                     }
                 }
             }
         }
-        (y, dw)
+        [y, dw, dx]
     }
 
     #[allow(clippy::print_stderr)] // says which widths this CPU could not check
@@ -1330,7 +1644,26 @@ mod tests {
                     values(g.in_image(), 2),
                     values(g.out_image(), 3),
                 );
-                let (want, dw_want) = reference(&g, &w, &x, &dy);
+                let [want, dw_want, dx_want] = reference(&g, &w, &x, &dy);
+                if stride == 2 {
+                    // ∂L/∂x turned round, added into a gradient already there.
+                    let fits = c >= 16 && h % 4 == 0 && wd % 4 == 0 && c % width.out_block() == 0;
+                    let ut = transposed_transform(&g, &w);
+                    let mut buf = vec![f32::NAN; strided_input_len(&g) + 64];
+                    let mut dx = values(g.in_image(), 5);
+                    let before = dx.clone();
+                    let done = strided_input_with(width, &g, &ut, &dy, &mut dx, &mut buf);
+                    assert_eq!(done.is_ok(), fits, "{width:?} ∂L/∂x on {g:?}: {done:?}");
+                    if fits {
+                        let summed: Vec<f64> = dx_want
+                            .iter()
+                            .zip(&before)
+                            .map(|(r, b)| r + f64::from(*b))
+                            .collect();
+                        close(&dx, &summed, &format!("{width:?} dx + ∂L/∂x on {g:?}"));
+                        ran += 1;
+                    }
+                }
                 let u = transform_weight(&g, &w);
                 // NaN everywhere, and 64 more past the values the kernel may use: a read of a
                 // value it has not written (a border left unzeroed, a read past the end)
