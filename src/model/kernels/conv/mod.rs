@@ -2,14 +2,14 @@
 //! the forward pass and both backward passes are im2col / col2im plus one matrix product per
 //! image — or per group of images where an image's output map is small — images in parallel
 //! on rayon and the product single-threaded inside each; the 3×3 convolutions run as Winograd
-//! F(2×2, 3×3) (stride 1, all three passes; stride 2, forward and ∂L/∂w) or direct (stride 1)
+//! F(2×2, 3×3) (stride 1 and 2, all three passes; stride 2's ∂L/∂x turned round) or direct (stride 1)
 //! where the CPU and the shape allow.
 //!
 //! - [`geometry`]: [`ConvGeom`], the output range each kernel offset reaches, runs of images;
 //! - [`im2col`]: one image to and from its block of a column matrix;
 //! - [`direct`]: 3×3 stride-1 register tiles on the padded image (AVX2 / AVX-512);
-//! - [`winograd`]: F(2×2, 3×3) for stride 1, all three passes, and its stride-2 form for the
-//!   forward pass and ∂L/∂w;
+//! - [`winograd`]: F(2×2, 3×3) for stride 1 and its stride-2 form, all three passes (the
+//!   stride-2 ∂L/∂x as the algorithm turned round);
 //! - here: the per-image and per-group products (also used by [`super::fused`]), the plans
 //!   that choose among them, the batch loops, the ops.
 
@@ -472,7 +472,8 @@ impl ConvGeom {
     }
 
     /// [`ConvGeom::backward_group`] with Winograd ([`winograd`]) or the direct kernels
-    /// ([`direct`]) where the plan says, image by image — `dx += conv(dy, flipped w)`, and
+    /// ([`direct`]) where the plan says, image by image — `dx += conv(dy, flipped w)` (for
+    /// stride 2, Winograd turned round: [`winograd::strided_input_image`]), and
     /// `dw += ∂L/∂U` ([`ConvGeom::weight_partial_len`]) or `x-taps · dyᵀ` laid out (C·K·K × O) — and the matrix
     /// kernel for the rest.
     fn backward_group_direct(
@@ -606,7 +607,8 @@ impl ConvGeom {
 /// Otherwise (strided convolutions, or when only ∂L/∂w is wanted, as for the network's input
 /// layer whose 3 channels make x's columns the cheaper ones) the backward pass is the adjoint
 /// of the forward one: `col2im(wᵀ · dy)` and `im2col(x) · dyᵀ` — or, for ∂L/∂w, Winograd's
-/// (stride 1 or 2) or the direct kernels' where they fit.
+/// (stride 1 or 2) or the direct kernels' where they fit, and for a stride-2 3×3 ∂L/∂x
+/// Winograd turned round where it fits.
 pub(in crate::model::kernels) struct BackwardPlan<'a> {
     /// The weight (O, C, K, K).
     w: &'a [f32],
@@ -661,8 +663,8 @@ pub(super) fn forward(g: &ConvGeom, x: &[f32], w: &[f32]) -> Result<Vec<f32>> {
     Ok(y)
 }
 
-/// ∂L/∂x from ∂L/∂y, per group as [`ConvGeom::backward_plan`] decides: flipped, or wᵀ · dy
-/// then col2im.
+/// ∂L/∂x from ∂L/∂y, per group as [`ConvGeom::backward_plan`] decides: flipped, Winograd
+/// turned round (stride 2), or wᵀ · dy then col2im.
 pub(super) fn backward_input(g: &ConvGeom, dy: &[f32], w: &[f32]) -> Result<Vec<f32>> {
     let mut dx = vec![0f32; g.n * g.in_image()];
     let plan = g.backward_plan(w, true);

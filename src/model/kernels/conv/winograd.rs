@@ -210,7 +210,10 @@ impl ConvGeom {
 
     /// The kernel that makes ∂L/∂x of a stride-2 convolution with Winograd turned round
     /// ([`strided_input_image`]) here, if any: the CPU's widest whose output block divides
-    /// C (the channels its products make).
+    /// C (the channels its products make), on output rows of whole vectors as the forward
+    /// pass's — nothing is interleaved here, but an image with fewer tiles than a chunk
+    /// (4×4 outputs: 4 tiles) would leave most lanes idle, where `gemm` takes a group of
+    /// images at once.
     fn winograd_strided_input_width(&self) -> Option<Width> {
         if !enabled() || self.stride != 2 || !self.winograd_shape() {
             return None;
@@ -218,7 +221,7 @@ impl ConvGeom {
         let c = vector_cpu();
         [(c.avx512, Width::Avx512), (c.avx2, Width::Avx2)]
             .into_iter()
-            .find(|&(has, width)| has && self.c.is_multiple_of(width.out_block()))
+            .find(|&(has, width)| has && strided_input_fits(width, self))
             .map(|(_, width)| width)
     }
 
@@ -234,6 +237,15 @@ fn fits(width: Width, g: &ConvGeom, out: usize) -> bool {
     g.winograd_shape()
         && g.wo().is_multiple_of(width.lanes())
         && out.is_multiple_of(width.out_block())
+}
+
+/// Whether `width`'s turned-round kernel takes ∂L/∂x of the stride-2 `g`
+/// ([`strided_input_image`]): C a multiple of the output block, output rows of whole vectors.
+fn strided_input_fits(width: Width, g: &ConvGeom) -> bool {
+    g.stride == 2
+        && g.winograd_shape()
+        && g.c.is_multiple_of(width.out_block())
+        && g.wo().is_multiple_of(width.lanes())
 }
 
 /// Whether `width`'s ∂L/∂w kernel takes `g`: as [`fits`], O a multiple of two vectors.
@@ -507,11 +519,7 @@ fn strided_input_with(
     dx: &mut [f32],
     buf: &mut [f32],
 ) -> Result<()> {
-    if !(width.runs_here()
-        && g.stride == 2
-        && g.winograd_shape()
-        && g.c.is_multiple_of(width.out_block()))
-    {
+    if !(width.runs_here() && strided_input_fits(width, g)) {
         bail!("winograd convolution: strided ∂L/∂x with {width:?} not for {g:?} on this CPU");
     }
     if ut.len() != transform_len(g) || dy.len() != g.out_image() || dx.len() != g.in_image() {
@@ -1545,7 +1553,7 @@ mod tests {
     use crate::model::kernels::conv::direct::tests::{close, values};
 
     /// `conv3×3(x, w)` (O, Ho, Wo), the geometry's stride, padding 1, and ∂L/∂w (O, C, 3, 3)
-    /// for ∂L/∂y = `dy`, summed in f64.
+    /// and ∂L/∂x (C, H, W) for ∂L/∂y = `dy`, summed in f64.
     fn reference(g: &ConvGeom, w: &[f32], x: &[f32], dy: &[f32]) -> [Vec<f64>; 3] {
         let (ho, wo, st) = (g.ho(), g.wo(), g.stride);
         let mut y = vec![0f64; g.o * ho * wo];
@@ -1579,7 +1587,7 @@ mod tests {
     #[allow(clippy::print_stderr)] // says which widths this CPU could not check
     /// Every width this CPU runs, against sums in f64, written and added into the output,
     /// on maps whose tiles fill one chunk, several, or end inside one, square and not, with
-    /// stride 1 and 2; and the shapes each width refuses.
+    /// stride 1 and 2 (and stride 2's ∂L/∂x turned round); and the shapes each width refuses.
     #[test]
     fn winograd_matches_the_definition() {
         // (C, O, H, W): tiles filling one chunk, several, ending inside one; 24-pixel rows
@@ -1606,7 +1614,8 @@ mod tests {
         // only); 80 tiles ending inside a chunk of 512 bits with 17 channels; sides that are
         // not multiples of 4 (30, and 31, whose 16-pixel output rows would otherwise fit) and
         // 24 tiles ending inside a chunk of either width (∂L/∂w in 256-bit form), refused and
-        // taken; too few channels (refused).
+        // taken; too few channels (refused); a 4×4 output (4 tiles, fewer than a chunk:
+        // refused).
         let strided = [
             (16, 8, 4, 32),
             (32, 64, 32, 32),
@@ -1617,6 +1626,7 @@ mod tests {
             (16, 8, 8, 31),
             (16, 16, 12, 32),
             (8, 8, 8, 32),
+            (32, 64, 8, 8),
         ];
         let cases = shapes
             .iter()
@@ -1647,13 +1657,22 @@ mod tests {
                 let [want, dw_want, dx_want] = reference(&g, &w, &x, &dy);
                 if stride == 2 {
                     // ∂L/∂x turned round, added into a gradient already there.
-                    let fits = c >= 16 && h % 4 == 0 && wd % 4 == 0 && c % width.out_block() == 0;
+                    let fits = c >= 16
+                        && h % 4 == 0
+                        && wd % 4 == 0
+                        && c % width.out_block() == 0
+                        && g.wo().is_multiple_of(width.lanes());
                     let ut = transposed_transform(&g, &w);
-                    let mut buf = vec![f32::NAN; strided_input_len(&g) + 64];
+                    let used = strided_input_len(&g);
+                    let mut buf = vec![f32::NAN; used + 64];
                     let mut dx = values(g.in_image(), 5);
                     let before = dx.clone();
                     let done = strided_input_with(width, &g, &ut, &dy, &mut dx, &mut buf);
                     assert_eq!(done.is_ok(), fits, "{width:?} ∂L/∂x on {g:?}: {done:?}");
+                    assert!(
+                        buf[used..].iter().all(|v| v.is_nan()),
+                        "{width:?} ∂L/∂x on {g:?} wrote past its buffer"
+                    );
                     if fits {
                         let summed: Vec<f64> = dx_want
                             .iter()
