@@ -5,7 +5,6 @@
 //! allocate, zero and add a gradient buffer of the block's full size).
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, bail};
-use rayon::prelude::*;
 
 use super::conv::ConvGeom;
 use super::fused::{
@@ -14,6 +13,7 @@ use super::fused::{
 use super::norm::{Affine, ChannelStats, Coef, NormAct};
 use super::operands::{Nchw, SavedState, f32_slice, grad_like, tensor_like, with_values};
 use super::pointwise;
+use super::simd;
 
 /// Where each parameter sits in the block's flat parameter vector: conv1 weight, bn1 weight,
 /// bn1 bias, conv2 weight, bn2 weight, bn2 bias, then (with a projection shortcut) the 1×1
@@ -122,31 +122,36 @@ fn add_relu_normalised(x: &[f32], coef: &[Coef], skip: &Skip<'_>, hw: usize) -> 
     if b.len() != x.len() || bcoef.is_some_and(|k| k.len() != coef.len()) {
         bail!("residual add: the shortcut does not match the main path");
     }
-    let mut y = vec![0f32; x.len()];
-    y.par_chunks_mut(hw)
-        .zip(x.par_chunks(hw).zip(b.par_chunks(hw)))
-        .enumerate()
-        .for_each(|(plane, (yo, (xp, bp)))| {
-            let Coef { scale, shift, .. } = coef[plane % c];
-            match bcoef {
-                Some(k) => {
-                    let Coef {
-                        scale: bs,
-                        shift: bt,
-                        ..
-                    } = k[plane % c];
-                    for ((o, v), u) in yo.iter_mut().zip(xp).zip(bp) {
-                        *o = (v * scale + shift + u * bs + bt).max(0.0);
-                    }
-                }
-                None => {
-                    for ((o, v), u) in yo.iter_mut().zip(xp).zip(bp) {
-                        *o = (v * scale + shift + u).max(0.0);
-                    }
-                }
-            }
-        });
-    Ok(y)
+    let n = x.len();
+    let planes = |plane: usize| {
+        let r = plane * hw..((plane + 1) * hw).min(n);
+        (coef[plane % c], x[r.clone()].iter().zip(&b[r]))
+    };
+    Ok(match bcoef {
+        Some(k) => simd::collect_chunks(
+            n,
+            hw,
+            #[inline(always)]
+            |plane| {
+                let (Coef { scale, shift, .. }, pairs) = planes(plane);
+                let Coef {
+                    scale: bs,
+                    shift: bt,
+                    ..
+                } = k[plane % c];
+                pairs.map(move |(v, u)| (v * scale + shift + u * bs + bt).max(0.0))
+            },
+        ),
+        None => simd::collect_chunks(
+            n,
+            hw,
+            #[inline(always)]
+            |plane| {
+                let (Coef { scale, shift, .. }, pairs) = planes(plane);
+                pairs.map(move |(v, u)| (v * scale + shift + u).max(0.0))
+            },
+        ),
+    })
 }
 
 /// The block's gradients.

@@ -30,6 +30,7 @@ pub mod norm;
 mod operands;
 pub mod pointwise;
 mod reduce;
+mod simd;
 pub mod subpixel;
 
 use std::sync::OnceLock;
@@ -98,13 +99,20 @@ pub fn applies(device: &Device, dtype: DType) -> bool {
     device.is_cpu() && dtype == DType::F32 && !STOCK.load(Ordering::Relaxed)
 }
 
-/// Process start-up for training: reads `PRETEXT_STOCK_OPS`, and on glibc keeps freed
-/// activation buffers in the heap (see [`keep_freed_memory`]).
+/// Process start-up for training: reads `PRETEXT_STOCK_OPS`, on glibc keeps freed
+/// activation buffers in the heap (see [`keep_freed_memory`]), and names rayon's global pool
+/// (`pretext-rayon-N`: decoding, augmentation, candle's own loops). Unnamed, its threads took
+/// the name of whichever thread first used it (the data loader's), so profiles showed
+/// `pretext-loader` doing the kNN monitor's convolutions.
 pub fn init() {
     if std::env::var("PRETEXT_STOCK_OPS").is_ok_and(|v| v == "1" || v == "true") {
         set_stock_ops(true);
     }
     keep_freed_memory();
+    // An error means the pool already exists (a second call): it keeps its names.
+    let _ = rayon::ThreadPoolBuilder::new()
+        .thread_name(|i| format!("pretext-rayon-{i}"))
+        .build_global();
 }
 
 /// A training step allocates and frees the same tens of megabytes of activations and

@@ -6,6 +6,7 @@ use rayon::prelude::*;
 
 use super::operands::{Nchw, Planes, f32_slice};
 use super::reduce::channel_sum;
+use super::simd;
 
 /// `relu(a + b)` in one pass (the end of a residual block); its backward passes the gradient
 /// where the output is positive to both operands.
@@ -78,28 +79,34 @@ const CHUNK: usize = 1 << 14;
 
 /// `relu(a + b)` element-wise (same lengths).
 pub(super) fn add_relu_values(a: &[f32], b: &[f32]) -> Vec<f32> {
-    let mut y = vec![0f32; a.len()];
-    y.par_chunks_mut(CHUNK)
-        .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
-        .for_each(|(y, (a, b))| {
-            for ((o, x), z) in y.iter_mut().zip(a).zip(b) {
-                *o = (x + z).max(0.0);
-            }
-        });
-    y
+    simd::collect_chunks(
+        a.len(),
+        CHUNK,
+        #[inline(always)]
+        |i| {
+            let r = i * CHUNK..((i + 1) * CHUNK).min(a.len());
+            a[r.clone()]
+                .iter()
+                .zip(&b[r])
+                .map(|(x, z)| (x + z).max(0.0))
+        },
+    )
 }
 
 /// `g · [out > 0]` element-wise (same lengths).
 pub(super) fn relu_mask_values(g: &[f32], out: &[f32]) -> Vec<f32> {
-    let mut d = vec![0f32; g.len()];
-    d.par_chunks_mut(CHUNK)
-        .zip(g.par_chunks(CHUNK).zip(out.par_chunks(CHUNK)))
-        .for_each(|(d, (g, o))| {
-            for ((d, g), o) in d.iter_mut().zip(g).zip(o) {
-                *d = if *o > 0.0 { *g } else { 0.0 };
-            }
-        });
-    d
+    simd::collect_chunks(
+        g.len(),
+        CHUNK,
+        #[inline(always)]
+        |i| {
+            let r = i * CHUNK..((i + 1) * CHUNK).min(g.len());
+            g[r.clone()]
+                .iter()
+                .zip(&out[r])
+                .map(|(g, o)| if *o > 0.0 { *g } else { 0.0 })
+        },
+    )
 }
 
 /// `relu(a + b)` for same-shaped tensors.

@@ -34,8 +34,14 @@ impl Session {
         link: &Link<'_>,
         with_pixels: bool,
     ) -> Result<(), Outcome> {
-        let result = embed::monitor(&self.model, &self.data, with_pixels, &self.tasks)
-            .map_err(|e| Outcome::Failed(format!("kNN monitor failed: {e}")))?;
+        // On the training step's thread pool: its threads are awake and sized to the cores,
+        // where rayon's global pool would be woken for every parallel loop of the pass.
+        // The tasks are Send but not Sync: the closure borrows them exclusively.
+        let (model, data, tasks) = (&self.model, &self.data, &mut self.tasks);
+        let result = crate::model::kernels::on_compute_pool(move || {
+            embed::monitor(model, data, with_pixels, tasks)
+        })
+        .map_err(|e| Outcome::Failed(format!("kNN monitor failed: {e}")))?;
         let embed::Monitor {
             stages,
             not_measured,

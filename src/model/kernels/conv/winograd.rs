@@ -62,6 +62,7 @@
 use candle_core::{Result, bail};
 
 use super::super::gemm::count_flop;
+use super::super::simd;
 use super::direct::{Width, take, transposed_gradient, vector_cpu};
 use super::geometry::ConvGeom;
 
@@ -640,6 +641,7 @@ fn add_patches(t: &Tiles, patches: &[f32], sp: usize, dx: &mut [f32]) {
 /// Splits `x` (C, H, W), zero-padded by one pixel, into [`PLANES`] planes per channel:
 /// `phases[c][a][b][sh][i][j] = padded(c, 2i + a, 2(j + sh) + b)`, each (H/2 + 1) × W/2,
 /// then a chunk of zeros.
+#[inline(always)]
 fn split_phases(t: &Tiles, x: &[f32], phases: &mut [f32]) {
     let (q, s, w) = (t.q, t.s, t.w);
     let last = s / q - 1;
@@ -685,6 +687,7 @@ fn split_phases(t: &Tiles, x: &[f32], phases: &mut [f32]) {
 /// stride 2: `phases[c][a][b][i][j] = padded(c, 4i + a, 4j + b)` for row phases a < 4 and
 /// columns b ≤ 4 (b = 4 is column phase 0 one tile on), each (Ho/2 + 1) × Wo/2, then a chunk
 /// of zeros.
+#[inline(always)]
 fn split_phases_s2(t: &Tiles, x: &[f32], phases: &mut [f32]) {
     let (q, s, w) = (t.q, t.s, t.in_w);
     let last = s / q - 1;
@@ -885,20 +888,25 @@ fn split_input<'a>(
     let buf = take(buf, plen + vlen + rest, "Winograd")?;
     let (phases, tail) = buf.split_at_mut(plen);
     let (v, rest) = tail.split_at_mut(vlen);
-    match t.algo {
-        Algo::Stride1 => split_phases(t, x, phases),
-        Algo::Stride2 => split_phases_s2(t, x, phases),
-    }
+    simd::wide(
+        #[inline(always)]
+        || match t.algo {
+            Algo::Stride1 => split_phases(t, x, phases),
+            Algo::Stride2 => split_phases_s2(t, x, phases),
+        },
+    );
     Ok((phases, v, rest))
 }
 
 /// The kernels for one vector width: `$feature` the target features, `$v` the vector type,
-/// `$lanes` its values, `$block` output channels per product tile, then the intrinsics for
+/// `$lanes` its values, `$block` output channels per product tile (O a multiple), `$wide` per
+/// wide product tile, `$taps` input channels per ∂L/∂w tile, then the intrinsics for
 /// zero, unaligned load and store, broadcast, add, subtract and fused multiply-add.
 #[cfg(target_arch = "x86_64")]
 macro_rules! winograd_kernels {
     (
-        $module:ident, $feature:literal, $lanes:literal, $block:literal, $taps:literal,
+        $module:ident, $feature:literal, $lanes:literal, $block:literal, $wide:literal,
+        $taps:literal,
         $zip:ident,
         $zero:ident, $load:ident, $store:ident, $set1:ident, $add:ident, $sub:ident,
         $fma:ident
@@ -916,8 +924,11 @@ macro_rules! winograd_kernels {
             /// Tiles per output group: half a vector, whose two pixels per tile and row
             /// make one vector.
             const GROUP: usize = LANES / 2;
-            /// Output channels per product tile.
+            /// Output channels per product tile: O must be a multiple.
             const OUT_BLOCK: usize = $block;
+            /// Output channels per wide product tile, used where the rest stays a multiple
+            /// of OUT_BLOCK.
+            const WIDE_BLOCK: usize = $wide;
             /// Input channels per ∂L/∂w register tile (of two vectors of output channels).
             const TAPS: usize = $taps;
 
@@ -1343,43 +1354,76 @@ macro_rules! winograd_kernels {
                 }
             }
 
-            /// Step 2: `m[ξ][o][k] = Σ_c u[ξ][c][o] · v[ξ][c][k]`, OUT_BLOCK output channels
-            /// × 2 vectors of tiles at a time.
+            /// Step 2: `m[ξ][o][k] = Σ_c u[ξ][c][o] · v[ξ][c][k]`, WIDE_BLOCK (then
+            /// OUT_BLOCK) output channels × 2 vectors of tiles at a time.
             ///
             /// # Safety
             /// As [`forward`].
             #[target_feature(enable = $feature)]
             #[inline]
             unsafe fn product(t: &Tiles, u: &[f32], v: &[f32], m: &mut [f32]) {
-                let (c, o) = (t.c, t.o);
-                let mp = m.as_mut_ptr();
+                let o = t.o;
+                // As many wide tiles as leave a multiple of OUT_BLOCK (O is one).
+                let mut wide = o / WIDE_BLOCK;
+                while !(o - wide * WIDE_BLOCK).is_multiple_of(OUT_BLOCK) {
+                    wide -= 1;
+                }
                 for xi in 0..t.xi() {
-                    let vx = v.as_ptr().wrapping_add(xi * plane(c, CHUNK));
-                    let ux = u.as_ptr().wrapping_add(xi * c * o);
-                    for ob in (0..o).step_by(OUT_BLOCK) {
-                        let mut acc = [[$zero(); 2]; OUT_BLOCK];
-                        for ci in 0..c {
-                            // SAFETY: row (ξ, ci) of v holds CHUNK values, of u O values
-                            // with ob + OUT_BLOCK ≤ O.
-                            unsafe {
-                                let x0 = $load(vx.add(ci * CHUNK));
-                                let x1 = $load(vx.add(ci * CHUNK + LANES));
-                                let wr = ux.add(ci * o + ob);
-                                for (i, a) in acc.iter_mut().enumerate() {
-                                    let b = $set1(*wr.add(i));
-                                    a[0] = $fma(b, x0, a[0]);
-                                    a[1] = $fma(b, x1, a[1]);
-                                }
-                            }
+                    let mut ob = 0;
+                    for _ in 0..wide {
+                        // SAFETY: as this function's, with ob + WIDE_BLOCK ≤ O.
+                        unsafe { product_tile::<WIDE_BLOCK>(t, u, v, m, xi, ob) };
+                        ob += WIDE_BLOCK;
+                    }
+                    while ob < o {
+                        // SAFETY: as this function's, with ob + OUT_BLOCK ≤ O.
+                        unsafe { product_tile::<OUT_BLOCK>(t, u, v, m, xi, ob) };
+                        ob += OUT_BLOCK;
+                    }
+                }
+            }
+
+            /// One register tile of [`product`]: output channels `ob..ob + B` of plane ξ,
+            /// 2·B accumulators (B = 6 on AVX2 keeps 12 fused multiply-adds in flight, more
+            /// than its latency times its two ports).
+            ///
+            /// # Safety
+            /// As [`forward`], with `ob + B ≤ O`.
+            #[target_feature(enable = $feature)]
+            #[inline]
+            unsafe fn product_tile<const B: usize>(
+                t: &Tiles,
+                u: &[f32],
+                v: &[f32],
+                m: &mut [f32],
+                xi: usize,
+                ob: usize,
+            ) {
+                let (c, o) = (t.c, t.o);
+                let vx = v.as_ptr().wrapping_add(xi * plane(c, CHUNK));
+                let ux = u.as_ptr().wrapping_add(xi * c * o);
+                let mut acc = [[$zero(); 2]; B];
+                for ci in 0..c {
+                    // SAFETY: row (ξ, ci) of v holds CHUNK values, of u O values with
+                    // ob + B ≤ O.
+                    unsafe {
+                        let x0 = $load(vx.add(ci * CHUNK));
+                        let x1 = $load(vx.add(ci * CHUNK + LANES));
+                        let wr = ux.add(ci * o + ob);
+                        for (i, a) in acc.iter_mut().enumerate() {
+                            let b = $set1(*wr.add(i));
+                            a[0] = $fma(b, x0, a[0]);
+                            a[1] = $fma(b, x1, a[1]);
                         }
-                        for (i, a) in acc.iter().enumerate() {
-                            // SAFETY: row (ξ, ob + i) of m holds CHUNK values.
-                            unsafe {
-                                let dst = mp.add(xi * plane(o, CHUNK) + (ob + i) * CHUNK);
-                                $store(dst, a[0]);
-                                $store(dst.add(LANES), a[1]);
-                            }
-                        }
+                    }
+                }
+                let mp = m.as_mut_ptr();
+                for (i, a) in acc.iter().enumerate() {
+                    // SAFETY: row (ξ, ob + i) of m holds CHUNK values.
+                    unsafe {
+                        let dst = mp.add(xi * plane(o, CHUNK) + (ob + i) * CHUNK);
+                        $store(dst, a[0]);
+                        $store(dst.add(LANES), a[1]);
                     }
                 }
             }
@@ -1516,6 +1560,7 @@ winograd_kernels!(
     8,
     4,
     6,
+    6,
     zip_ymm,
     _mm256_setzero_ps,
     _mm256_loadu_ps,
@@ -1531,6 +1576,7 @@ winograd_kernels!(
     zmm,
     "avx512f",
     16,
+    8,
     8,
     12,
     zip_zmm,

@@ -7,6 +7,7 @@ use rayon::prelude::*;
 
 use super::super::operands::{Planes, f32_slice};
 use super::super::reduce::LANES;
+use super::super::simd;
 use super::{AffineGrads, Coef, NormAct, NormParams};
 
 /// Σg and Σg·(x − mean) over some values of one channel, with g zeroed where the fused
@@ -29,6 +30,15 @@ impl std::ops::AddAssign for GradSums {
 /// [`GradSums`] of one plane: `x` the values batch norm normalised, `g` the gradient of its
 /// output, `k` the channel's coefficients, `mean` its mean. Sums in [`LANES`] f32 partial sums.
 fn masked_sums(x: &[f32], g: &[f32], relu: bool, k: Coef, mean: f32) -> GradSums {
+    simd::wide(
+        #[inline(always)]
+        || masked_sums_in(x, g, relu, k, mean),
+    )
+}
+
+/// [`masked_sums`], inlined into its wide form.
+#[inline(always)]
+fn masked_sums_in(x: &[f32], g: &[f32], relu: bool, k: Coef, mean: f32) -> GradSums {
     let Coef { scale, shift, .. } = k;
     let (mut a, mut b) = ([0f32; LANES], [0f32; LANES]);
     let mask = |xv: f32, gv: f32| {
@@ -177,6 +187,7 @@ impl BackwardSums {
     }
 
     /// ∂L/∂x for one channel's plane of one image; `params` as for [`BackwardSums::new`].
+    #[inline(always)]
     fn plane(&self, params: &NormParams<'_>, ch: usize, x: &[f32], g: &[f32], dx: &mut [f32]) {
         let Coef {
             scale,
@@ -209,14 +220,19 @@ impl BackwardSums {
         dx: &mut [f32],
     ) {
         let hw = hw.max(1);
-        for (ch, ((d, xp), gp)) in dx
-            .chunks_mut(hw)
-            .zip(x.chunks(hw))
-            .zip(g.chunks(hw))
-            .enumerate()
-        {
-            self.plane(params, ch, xp, gp, d);
-        }
+        simd::wide(
+            #[inline(always)]
+            || {
+                for (ch, ((d, xp), gp)) in dx
+                    .chunks_mut(hw)
+                    .zip(x.chunks(hw))
+                    .zip(g.chunks(hw))
+                    .enumerate()
+                {
+                    self.plane(params, ch, xp, gp, d);
+                }
+            },
+        );
     }
 }
 
@@ -237,7 +253,11 @@ fn backward_into(
         .enumerate()
         .for_each(|(plane, d)| {
             let r = plane * hw..(plane + 1) * hw;
-            sums.plane(&params, plane % c.max(1), &x[r.clone()], &g[r], d);
+            let (xp, gp) = (&x[r.clone()], &g[r]);
+            simd::wide(
+                #[inline(always)]
+                || sums.plane(&params, plane % c.max(1), xp, gp, d),
+            );
         });
     let grads = sums.into_grads();
     dwb[..c].copy_from_slice(&grads.weight);

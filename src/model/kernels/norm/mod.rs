@@ -14,9 +14,9 @@ mod backward;
 mod stats;
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, bail};
-use rayon::prelude::*;
 
 use super::operands::{Planes, f32_slice};
+use super::simd;
 pub use backward::BatchNormBackward;
 pub(super) use backward::{BackwardSums, FirstPass, GradSums};
 pub(super) use stats::Moments;
@@ -126,6 +126,7 @@ impl<'a> NormParams<'a> {
 }
 
 /// `x · scale + shift` (then ReLU) over one plane.
+#[inline(always)]
 fn apply_plane(x: &[f32], out: &mut [f32], k: Coef, relu: bool) {
     let Coef { scale, shift, .. } = k;
     if relu {
@@ -141,20 +142,32 @@ fn apply_plane(x: &[f32], out: &mut [f32], k: Coef, relu: bool) {
 
 /// `x · scale + shift` per channel (then ReLU) over a batch of planes of `hw` values.
 pub(super) fn apply(x: &[f32], coef: &[Coef], relu: bool, hw: usize) -> Vec<f32> {
-    let c = coef.len().max(1);
-    let mut y = vec![0f32; x.len()];
-    y.par_chunks_mut(hw.max(1))
-        .zip(x.par_chunks(hw.max(1)))
-        .enumerate()
-        .for_each(|(plane, (yo, xi))| apply_plane(xi, yo, coef[plane % c], relu));
-    y
+    let (c, hw) = (coef.len().max(1), hw.max(1));
+    simd::collect_chunks(
+        x.len(),
+        hw,
+        #[inline(always)]
+        |plane| {
+            let Coef { scale, shift, .. } = coef[plane % c];
+            let xp = &x[plane * hw..((plane + 1) * hw).min(x.len())];
+            xp.iter().map(move |v| {
+                let y = v * scale + shift;
+                if relu { y.max(0.0) } else { y }
+            })
+        },
+    )
 }
 
 /// [`apply`] to one image (C planes of `hw` values) into `out`.
 pub(super) fn apply_image(x: &[f32], coef: &[Coef], relu: bool, hw: usize, out: &mut [f32]) {
-    for ((o, xp), &k) in out.chunks_mut(hw.max(1)).zip(x.chunks(hw.max(1))).zip(coef) {
-        apply_plane(xp, o, k, relu);
-    }
+    simd::wide(
+        #[inline(always)]
+        || {
+            for ((o, xp), &k) in out.chunks_mut(hw.max(1)).zip(x.chunks(hw.max(1))).zip(coef) {
+                apply_plane(xp, o, k, relu);
+            }
+        },
+    );
 }
 
 /// `y = (x − mean) / √(var + eps) · weight + bias`, then ReLU when `relu` is set. Operands:
