@@ -123,6 +123,8 @@ fn add_relu_normalised(x: &[f32], coef: &[Coef], skip: &Skip<'_>, hw: usize) -> 
         bail!("residual add: the shortcut does not match the main path");
     }
     let n = x.len();
+    // Small enough that LLVM inlines it into the `#[inline(always)]` closures below (an
+    // attribute on a closure in a `let` is not stable Rust).
     let planes = |plane: usize| {
         let r = plane * hw..((plane + 1) * hw).min(n);
         (coef[plane % c], x[r.clone()].iter().zip(&b[r]))

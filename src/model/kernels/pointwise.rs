@@ -84,10 +84,9 @@ pub(super) fn add_relu_values(a: &[f32], b: &[f32]) -> Vec<f32> {
         CHUNK,
         #[inline(always)]
         |i| {
-            let r = i * CHUNK..((i + 1) * CHUNK).min(a.len());
-            a[r.clone()]
+            part(a, i)
                 .iter()
-                .zip(&b[r])
+                .zip(part(b, i))
                 .map(|(x, z)| (x + z).max(0.0))
         },
     )
@@ -100,13 +99,20 @@ pub(super) fn relu_mask_values(g: &[f32], out: &[f32]) -> Vec<f32> {
         CHUNK,
         #[inline(always)]
         |i| {
-            let r = i * CHUNK..((i + 1) * CHUNK).min(g.len());
-            g[r.clone()]
+            part(g, i)
                 .iter()
-                .zip(&out[r])
+                .zip(part(out, i))
                 .map(|(g, o)| if *o > 0.0 { *g } else { 0.0 })
         },
     )
+}
+
+/// Chunk `i` of [`CHUNK`] values of `s`, cut at its end (empty past it): a shorter second
+/// operand leaves zeros, never a panic.
+#[inline(always)]
+fn part(s: &[f32], i: usize) -> &[f32] {
+    let end = s.len();
+    &s[(i * CHUNK).min(end)..((i + 1) * CHUNK).min(end)]
 }
 
 /// `relu(a + b)` for same-shaped tensors.

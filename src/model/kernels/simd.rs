@@ -13,8 +13,9 @@ use std::mem::MaybeUninit;
 use rayon::prelude::*;
 
 /// Runs `f` with its code compiled for AVX2 + FMA where the CPU has them, else as it is. Only
-/// what is inlined gets the wider vectors: `f` must be an `#[inline(always)]` closure (else
-/// LLVM compiles it on its own, for the baseline), and helpers it calls `#[inline(always)]`. Rust never fuses a multiplication and an addition by itself, and these
+/// what is inlined into the AVX2 function gets the wider vectors: make `f` an
+/// `#[inline(always)]` closure (without it LLVM compiled the closures of this crate's loops on
+/// their own, for the baseline) and the helpers it calls `#[inline(always)]`. Rust never fuses a multiplication and an addition by itself, and these
 /// loops keep their order of summation, so the results are bit for bit those of the baseline
 /// code.
 #[inline(always)]
@@ -78,7 +79,7 @@ mod tests {
     use super::{collect_chunks, wide};
 
     #[test]
-    fn every_value_is_written_once_and_short_chunks_end_in_zeros() {
+    fn values_match_the_plain_loop_and_short_chunks_end_in_zeros() {
         let x: Vec<f32> = (0..1000).map(|i| i as f32 * 0.5 - 3.0).collect();
         let y = collect_chunks(x.len(), 64, |i| {
             let part = &x[i * 64..((i + 1) * 64).min(x.len())];
@@ -95,18 +96,43 @@ mod tests {
         assert!(collect_chunks(0, 8, |_| std::iter::empty()).is_empty());
     }
 
+    /// Lane sums of `x · 1.5 + 0.25`, the shape of batch norm's backward sums.
+    #[inline(always)]
+    fn lane_sums(x: &[f32]) -> [f32; 8] {
+        let mut acc = [0f32; 8];
+        for c in x.chunks_exact(8) {
+            for l in 0..8 {
+                acc[l] += c[l] * 1.5 + 0.25;
+            }
+        }
+        acc
+    }
+
+    /// Baseline code: the helper compiled into a function of its own.
+    #[inline(never)]
+    fn lane_sums_baseline(x: &[f32]) -> [f32; 8] {
+        lane_sums(x)
+    }
+
     #[test]
     fn wide_code_gives_the_baseline_bits() {
-        let x: Vec<f32> = (0..4099).map(|i| ((i * 37 % 101) as f32).sin()).collect();
-        let sum = |x: &[f32]| {
-            let mut acc = [0f32; 8];
-            for c in x.chunks_exact(8) {
-                for l in 0..8 {
-                    acc[l] += c[l] * 1.5 + 0.25;
-                }
-            }
-            acc
-        };
-        assert_eq!(wide(|| sum(&x)), sum(&x));
+        let x: Vec<f32> = (0..4099)
+            .map(|i| ((i * 37 % 101) as f32).sin() * 1e3)
+            .collect();
+        let x = std::hint::black_box(x);
+        let wide_sums = wide(
+            #[inline(always)]
+            || lane_sums(&x),
+        );
+        assert_eq!(wide_sums, lane_sums_baseline(&x));
+    }
+
+    #[test]
+    fn chunks_longer_than_the_values_and_iterators_longer_than_chunks() {
+        // One chunk wider than n; iterators that yield more than their chunk holds.
+        let y = collect_chunks(5, 64, |_| (0..100).map(|k| k as f32));
+        assert_eq!(y, [0., 1., 2., 3., 4.]);
+        let y = collect_chunks(10, 4, |i| (0..).map(move |k| (i * 100 + k) as f32));
+        assert_eq!(y, [0., 1., 2., 3., 100., 101., 102., 103., 200., 201.]);
     }
 }
