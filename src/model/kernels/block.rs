@@ -126,8 +126,8 @@ fn add_relu_normalised(x: &[f32], coef: &[Coef], skip: &Skip<'_>, hw: usize) -> 
     // Small enough that LLVM inlines it into the `#[inline(always)]` closures below (an
     // attribute on a closure in a `let` is not stable Rust).
     let planes = |plane: usize| {
-        let r = plane * hw..((plane + 1) * hw).min(n);
-        (coef[plane % c], x[r.clone()].iter().zip(&b[r]))
+        let (xp, bp) = (simd::chunk(x, plane, hw), simd::chunk(b, plane, hw));
+        (coef[plane % c], xp.iter().zip(bp))
     };
     Ok(match bcoef {
         Some(k) => simd::collect_chunks(

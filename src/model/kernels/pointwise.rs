@@ -84,9 +84,9 @@ pub(super) fn add_relu_values(a: &[f32], b: &[f32]) -> Vec<f32> {
         CHUNK,
         #[inline(always)]
         |i| {
-            part(a, i)
+            simd::chunk(a, i, CHUNK)
                 .iter()
-                .zip(part(b, i))
+                .zip(simd::chunk(b, i, CHUNK))
                 .map(|(x, z)| (x + z).max(0.0))
         },
     )
@@ -99,20 +99,12 @@ pub(super) fn relu_mask_values(g: &[f32], out: &[f32]) -> Vec<f32> {
         CHUNK,
         #[inline(always)]
         |i| {
-            part(g, i)
+            simd::chunk(g, i, CHUNK)
                 .iter()
-                .zip(part(out, i))
+                .zip(simd::chunk(out, i, CHUNK))
                 .map(|(g, o)| if *o > 0.0 { *g } else { 0.0 })
         },
     )
-}
-
-/// Chunk `i` of [`CHUNK`] values of `s`, cut at its end (empty past it): a shorter second
-/// operand leaves zeros, never a panic.
-#[inline(always)]
-fn part(s: &[f32], i: usize) -> &[f32] {
-    let end = s.len();
-    &s[(i * CHUNK).min(end)..((i + 1) * CHUNK).min(end)]
 }
 
 /// `relu(a + b)` for same-shaped tensors.

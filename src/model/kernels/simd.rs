@@ -61,6 +61,15 @@ where
     out
 }
 
+/// Chunk `i` of `len` values of `s` (as `s.chunks(len)` numbers them), cut at its end and
+/// empty past it: a second operand shorter than the first gives zeros in
+/// [`collect_chunks`], never a panic.
+#[inline(always)]
+pub(super) fn chunk(s: &[f32], i: usize, len: usize) -> &[f32] {
+    let end = s.len();
+    &s[(i * len).min(end)..((i + 1) * len).min(end)]
+}
+
 /// Writes `values` into `slots`, then zeros into any slot left.
 #[inline(always)]
 fn write_all(slots: &mut [MaybeUninit<f32>], values: impl Iterator<Item = f32>) {

@@ -125,19 +125,14 @@ impl<'a> NormParams<'a> {
     }
 }
 
-/// `x · scale + shift` (then ReLU) over one plane.
+/// `x · scale + shift` (then ReLU) over one plane, value by value.
 #[inline(always)]
-fn apply_plane(x: &[f32], out: &mut [f32], k: Coef, relu: bool) {
+fn normalised(x: &[f32], k: Coef, relu: bool) -> impl Iterator<Item = f32> + '_ {
     let Coef { scale, shift, .. } = k;
-    if relu {
-        for (o, v) in out.iter_mut().zip(x) {
-            *o = (v * scale + shift).max(0.0);
-        }
-    } else {
-        for (o, v) in out.iter_mut().zip(x) {
-            *o = v * scale + shift;
-        }
-    }
+    x.iter().map(move |v| {
+        let y = v * scale + shift;
+        if relu { y.max(0.0) } else { y }
+    })
 }
 
 /// `x · scale + shift` per channel (then ReLU) over a batch of planes of `hw` values.
@@ -147,14 +142,7 @@ pub(super) fn apply(x: &[f32], coef: &[Coef], relu: bool, hw: usize) -> Vec<f32>
         x.len(),
         hw,
         #[inline(always)]
-        |plane| {
-            let Coef { scale, shift, .. } = coef[plane % c];
-            let xp = &x[plane * hw..((plane + 1) * hw).min(x.len())];
-            xp.iter().map(move |v| {
-                let y = v * scale + shift;
-                if relu { y.max(0.0) } else { y }
-            })
-        },
+        |plane| normalised(simd::chunk(x, plane, hw), coef[plane % c], relu),
     )
 }
 
@@ -164,7 +152,9 @@ pub(super) fn apply_image(x: &[f32], coef: &[Coef], relu: bool, hw: usize, out: 
         #[inline(always)]
         || {
             for ((o, xp), &k) in out.chunks_mut(hw.max(1)).zip(x.chunks(hw.max(1))).zip(coef) {
-                apply_plane(xp, o, k, relu);
+                for (o, y) in o.iter_mut().zip(normalised(xp, k, relu)) {
+                    *o = y;
+                }
             }
         },
     );
