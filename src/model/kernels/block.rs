@@ -183,7 +183,7 @@ fn backward(
             relu: true,
         }),
     };
-    let dy1 = Some(vec![0f32; sv.y1.len()]);
+    let dy1 = Some(simd::zeros(sv.y1.len()));
     let mut b2 = conv_bn_backward(&sv.s2, &sv.y1, parts.c2.conv, &m, bn(false), dy1, chain)?;
     let dy1 = b2.dx.take().unwrap_or_default();
     // ∂L/∂x gathers the main path and the shortcut in one buffer: it starts as the identity
@@ -191,7 +191,7 @@ fn backward(
     // projection, whose own backward adds into it below.
     let mut m = Some(m);
     let dx0 = match &sv.shortcut {
-        Some(_) => want_x.then(|| vec![0f32; x.len()]),
+        Some(_) => want_x.then(|| simd::zeros(x.len())),
         None => m.take().filter(|_| want_x),
     };
     let chain = Chain {

@@ -14,6 +14,7 @@ use super::norm::{
     GradSums, Moments, NormAct, NormParams,
 };
 use super::operands::{SavedState, f32_slice, grad_like, tensor_like, with_values};
+use super::simd;
 
 /// One convolution + batch norm as kept for the backward pass and the running statistics.
 pub(super) struct Stage {
@@ -68,7 +69,7 @@ pub(super) fn conv_stats_after(
     bn: Affine<'_>,
 ) -> Result<ChainedStage> {
     let coef = prev.coef(act.eps);
-    let mut input = vec![0f32; prev.conv_out.len()];
+    let mut input = simd::zeros(prev.conv_out.len());
     let normalise = Normalise {
         coef: &coef,
         relu: act.relu,
@@ -119,39 +120,38 @@ fn conv_stats_impl(
     into.resize_with(geom.n.div_ceil(group), Default::default);
     // The convolution group by group ([`ConvGeom::group`]), each image's moments per channel
     // taken while its output is still in cache.
-    let mut conv_out = vec![0f32; geom.n * geom.out_image()];
     let mut moments = vec![Moments::default(); geom.n * c];
     let plan = geom.forward_plan(w);
-    conv_out
-        .par_chunks_mut((group * geom.out_image()).max(1))
-        .zip(moments.par_chunks_mut((group * c).max(1)))
-        .zip(into.into_par_iter())
-        .enumerate()
-        .try_for_each_init(
-            || conv::work(&geom),
-            |work, (gi, ((ys, ms), ds))| {
-                let first = gi * group;
-                let images = ys.len() / geom.out_image().max(1);
-                let src = &x[first * in_image..(first + images) * in_image];
-                let xs: &[f32] = match coef {
-                    Some(coef) => {
-                        for (xi, di) in src
-                            .chunks(in_image.max(1))
-                            .zip(ds.chunks_mut(in_image.max(1)))
-                        {
-                            norm::apply_image(xi, coef, relu, geom.h * geom.w, di);
-                        }
-                        ds
+    let conv_out = simd::zeroed_chunks(
+        geom.n * geom.out_image(),
+        group * geom.out_image(),
+        moments
+            .par_chunks_mut((group * c).max(1))
+            .zip(into.into_par_iter()),
+        || conv::work(&geom),
+        |work, gi, ys, (ms, ds)| {
+            let first = gi * group;
+            let images = ys.len() / geom.out_image().max(1);
+            let src = &x[first * in_image..(first + images) * in_image];
+            let xs: &[f32] = match coef {
+                Some(coef) => {
+                    for (xi, di) in src
+                        .chunks(in_image.max(1))
+                        .zip(ds.chunks_mut(in_image.max(1)))
+                    {
+                        norm::apply_image(xi, coef, relu, geom.h * geom.w, di);
                     }
-                    None => src,
-                };
-                geom.forward_group(&plan, xs, ys, work)?;
-                for (m, plane) in ms.iter_mut().zip(ys.chunks(hw.max(1))) {
-                    *m = Moments::of_plane(plane);
+                    ds
                 }
-                Ok::<(), candle_core::Error>(())
-            },
-        )?;
+                None => src,
+            };
+            geom.forward_group(&plan, xs, ys, work)?;
+            for (m, plane) in ms.iter_mut().zip(ys.chunks(hw.max(1))) {
+                *m = Moments::of_plane(plane);
+            }
+            Ok::<(), candle_core::Error>(())
+        },
+    )?;
     Ok(Stage {
         geom,
         conv_out,
@@ -381,7 +381,7 @@ impl CustomOp3 for ConvBatchNorm {
             with_values(grad, |g| {
                 with_values(w, |ws| {
                     with_values(x, |xs| {
-                        let dx = x.track_op().then(|| vec![0f32; xs.len()]);
+                        let dx = x.track_op().then(|| simd::zeros(xs.len()));
                         conv_bn_backward(stage, xs, ws, g, act, dx, Chain::default())
                     })
                 })

@@ -23,6 +23,7 @@ use rayon::prelude::*;
 
 use super::gemm::{MatRef, matmul};
 use super::operands::{Nchw, f32_slice};
+use super::simd;
 pub use geometry::ConvGeom;
 
 /// Output pixels a group's matrix product should have at least: images whose output map is
@@ -636,47 +637,49 @@ pub(in crate::model::kernels) struct ForwardPlan<'a> {
     winograd: Option<Vec<f32>>,
 }
 
-/// Runs `f(work, dst_group, src_group)` for every group of images ([`ConvGeom::group`]) on
-/// rayon, `dst` and `src` cut into images of `dst_image` and `src_image` values, with one
-/// [`Work`] per rayon job.
-fn each_group(
+/// `y = conv(x, w)` for a batch laid out as `g` says.
+pub(super) fn forward(g: &ConvGeom, x: &[f32], w: &[f32]) -> Result<Vec<f32>> {
+    fresh_groups(g, g.out_image(), x, g.in_image(), {
+        let plan = g.forward_plan(w);
+        move |work, ys, xs| g.forward_group(&plan, xs, ys, work)
+    })
+}
+
+/// `f(work, dst, src)` for each group of images ([`ConvGeom::group`]) in parallel with
+/// rayon, `src` cut into images of `src_image` values and `dst` a new buffer of `dst_image`
+/// values per image, each group's part zeroed by the job that then runs `f` on it
+/// ([`simd::zeroed_chunks`]), with one [`Work`] per rayon job.
+fn fresh_groups(
     g: &ConvGeom,
-    dst: &mut [f32],
     dst_image: usize,
     src: &[f32],
     src_image: usize,
     f: impl Fn(&mut Work, &mut [f32], &[f32]) -> Result<()> + Send + Sync,
-) -> Result<()> {
+) -> Result<Vec<f32>> {
     let group = g.group();
-    dst.par_chunks_mut((group * dst_image).max(1))
-        .zip(src.par_chunks((group * src_image).max(1)))
-        .try_for_each_init(|| work(g), |w, (d, s)| f(w, d, s))
-}
-
-/// `y = conv(x, w)` for a batch laid out as `g` says.
-pub(super) fn forward(g: &ConvGeom, x: &[f32], w: &[f32]) -> Result<Vec<f32>> {
-    let mut y = vec![0f32; g.n * g.out_image()];
-    let plan = g.forward_plan(w);
-    each_group(g, &mut y, g.out_image(), x, g.in_image(), |work, ys, xs| {
-        g.forward_group(&plan, xs, ys, work)
-    })?;
-    Ok(y)
+    if src.len() != g.n * src_image {
+        bail!(
+            "conv2d: {} input values for {} images of {src_image}",
+            src.len(),
+            g.n
+        );
+    }
+    simd::zeroed_chunks(
+        g.n * dst_image,
+        group * dst_image,
+        src.par_chunks((group * src_image).max(1)),
+        || work(g),
+        |w, _, d, s| f(w, d, s),
+    )
 }
 
 /// ∂L/∂x from ∂L/∂y, per group as [`ConvGeom::backward_plan`] decides: flipped, Winograd
 /// turned round (stride 2), or wᵀ · dy then col2im.
 pub(super) fn backward_input(g: &ConvGeom, dy: &[f32], w: &[f32]) -> Result<Vec<f32>> {
-    let mut dx = vec![0f32; g.n * g.in_image()];
     let plan = g.backward_plan(w, true);
-    each_group(
-        g,
-        &mut dx,
-        g.in_image(),
-        dy,
-        g.out_image(),
-        |work, dxs, dys| g.backward_group(&plan, dys, Some(dxs), None, work),
-    )?;
-    Ok(dx)
+    fresh_groups(g, g.in_image(), dy, g.out_image(), |work, dxs, dys| {
+        g.backward_group(&plan, dys, Some(dxs), None, work)
+    })
 }
 
 /// ∂L/∂w from the input and ∂L/∂y, summed over the batch: one partial sum per run of images

@@ -672,12 +672,21 @@ fn split_phases(t: &Tiles, x: &[f32], phases: &mut [f32]) {
                 *e = pair[0];
                 *o = pair[1];
             }
-            let r0 = &mut p0[at.clone()];
+            // The shifted planes from the row itself, (odd j − 1, even j) pairs: a loop the
+            // compiler vectorises, where copies of the few values a plane row has became
+            // calls to memcpy (4.6% of a 32 px step's samples on an AVX-512 Xeon).
+            let (r0, r3) = (&mut p0[at.clone()], &mut p3[at]);
             r0[0] = 0.0;
-            r0[1..].copy_from_slice(&odd[..q - 1]);
-            let r3 = &mut p3[at];
-            r3[..q - 1].copy_from_slice(&even[1..]);
             r3[q - 1] = 0.0;
+            let inner = src.get(1..(2 * q).saturating_sub(1)).unwrap_or_default();
+            for ((a, b), pair) in r0[1..]
+                .iter_mut()
+                .zip(r3.iter_mut())
+                .zip(inner.chunks_exact(2))
+            {
+                *a = pair[0];
+                *b = pair[1];
+            }
         }
     }
     phases[PLANES * t.c * s..].fill(0.0);
@@ -725,9 +734,13 @@ fn split_phases_s2(t: &Tiles, x: &[f32], phases: &mut [f32]) {
                 *v3 = quad[2];
                 *v4 = quad[3];
             }
-            let r0 = &mut p0[at.clone()];
+            // Plane 0 is plane 4 one tile on: from the row itself, not a memcpy call per
+            // row (as in `split_phases`).
+            let r0 = &mut p0[at];
             r0[0] = 0.0;
-            r0[1..].copy_from_slice(&p4[at][..q - 1]);
+            for (a, quad) in r0[1..].iter_mut().zip(src.chunks_exact(4)) {
+                *a = quad[3];
+            }
         }
     }
     phases[PLANES_S2 * t.c * s..].fill(0.0);
