@@ -1,4 +1,4 @@
-//! Two helpers for the memory-bound loops of the kernels (batch norm, residual add, ReLU
+//! Helpers for the memory-bound loops of the kernels (batch norm, residual add, ReLU
 //! masks, the Winograd input split), written in plain Rust to vectorise on their own:
 //!
 //! - [`wide`] compiles a loop for AVX2 + FMA where the CPU has them. The crate is built for
@@ -11,6 +11,7 @@
 //!   and [`zeroed_chunks`] in the jobs that then write it, chunk by chunk.
 
 use std::mem::MaybeUninit;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use rayon::prelude::*;
 
@@ -68,24 +69,28 @@ where
 /// which for a layer's output is the step's own, while the pool's other threads wait: 7% of
 /// the samples of a 32 px rotation step on a 2-core AVX-512 Xeon, all on that one thread.
 pub(super) fn zeros(n: usize) -> Vec<f32> {
-    /// Values up to which one thread zeroes (256 KiB), and per parallel chunk.
+    /// Values up to which one thread zeroes them all (256 KiB).
     const SERIAL: usize = 1 << 16;
+    /// Values per parallel chunk (64 KiB).
+    const CHUNK: usize = SERIAL / 4;
     if n <= SERIAL {
         return vec![0.0; n];
     }
-    collect_chunks(n, SERIAL / 4, |_| std::iter::empty())
+    collect_chunks(n, CHUNK, |_| std::iter::empty())
 }
 
-/// A new buffer of `n` values made by parallel jobs, `chunk` values each: job `i` zeroes its
-/// chunk and then runs `f(state, i, chunk, item)` with the `i`-th of `items` (one per chunk)
-/// and a `state` from `init` per rayon job (as `try_for_each_init`). Where a kernel writes a
-/// chunk or adds into it, the zeros are written by the thread that then uses them, while the
-/// chunk is in its core's cache — not as one `memset` of the whole buffer on the caller's
-/// thread before the jobs start, which wrote every value to memory once more and left the
-/// other threads waiting.
+/// A new buffer of `n` values made in parallel, `chunk` values at a time (the last chunk may
+/// be shorter; a `chunk` of 0 counts as 1): chunk `i` is zeroed and then `f(state, i, chunk,
+/// item)` runs on it, with the `i`-th of `items` (one per chunk) and a `state` made by
+/// `init` for each of rayon's splits (as `try_for_each_init`). Where a kernel writes a chunk
+/// or adds into it, the zeros are written by the thread that then uses them, while the chunk
+/// is in its core's cache — not as one `memset` of the whole buffer on the caller's thread
+/// before the jobs start, which wrote every value to memory once more and left the other
+/// threads waiting.
 ///
 /// # Errors
-/// The first error of `f`; and if `items` does not have one item per chunk.
+/// An error of `f` (with several, any one of them); and if `items` does not have one item
+/// per chunk.
 #[allow(unsafe_code)]
 pub(super) fn zeroed_chunks<W, S, E, I, F>(
     n: usize,
@@ -109,15 +114,26 @@ where
         .into());
     }
     let mut out = Vec::with_capacity(n);
+    // Slots zeroed, counted: the item count above comes from `len()`, which a safe iterator
+    // could misstate, so it is not what `set_len` relies on.
+    let zeroed = AtomicUsize::new(0);
     out.spare_capacity_mut()[..n]
         .par_chunks_mut(chunk)
         .zip(items)
         .enumerate()
         .try_for_each_init(init, |state, (i, (slots, item))| {
-            f(state, i, zero(slots), item)
+            let values = zero(slots);
+            zeroed.fetch_add(values.len(), Ordering::Relaxed);
+            f(state, i, values, item)
         })?;
-    // SAFETY: every chunk of the first `n` slots was zeroed by `zero` (the items matched the
-    // chunks one to one, checked above, and no job failed), so all `n` are initialised.
+    if zeroed.into_inner() != n {
+        return Err(candle_core::Error::Msg(format!(
+            "parallel buffer: {n} values, not all zeroed by its jobs"
+        ))
+        .into());
+    }
+    // SAFETY: the chunks of the first `n` slots do not overlap, each was zeroed once by
+    // `zero`, and they hold `n` values in all (counted just above): all `n` are initialised.
     unsafe {
         out.set_len(n);
     }
@@ -156,7 +172,9 @@ fn write_all(slots: &mut [MaybeUninit<f32>], values: impl Iterator<Item = f32>) 
 
 #[cfg(test)]
 mod tests {
-    use super::{collect_chunks, wide, zeros};
+    use rayon::prelude::*;
+
+    use super::{collect_chunks, wide, zeroed_chunks, zeros};
 
     #[test]
     fn values_match_the_plain_loop_and_short_chunks_end_in_zeros() {
@@ -174,6 +192,81 @@ mod tests {
             assert_eq!(*v, want, "value {j}");
         }
         assert!(collect_chunks(0, 8, |_| std::iter::empty()).is_empty());
+    }
+
+    #[test]
+    fn zeroed_chunks_pair_items_with_chunks_and_refuse_a_mismatch() {
+        // Chunk i adds i + its item into its zeros; the last chunk is short.
+        let items: Vec<f32> = (0..4).map(|i| i as f32 * 10.0).collect();
+        let out = zeroed_chunks(
+            10,
+            3,
+            items.par_iter(),
+            || 0usize,
+            |_, i, c: &mut [f32], item| {
+                for v in c.iter_mut() {
+                    *v += i as f32 + item;
+                }
+                Ok::<(), candle_core::Error>(())
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(out, [0., 0., 0., 11., 11., 11., 22., 22., 22., 33.]);
+        // One chunk wider than n; n = 0 with no items; chunk 0 counts as 1.
+        let one = zeroed_chunks(
+            2,
+            64,
+            [()].into_par_iter(),
+            || (),
+            |_, _, c: &mut [f32], ()| {
+                assert_eq!(c, [0.0, 0.0]);
+                Ok::<(), candle_core::Error>(())
+            },
+        );
+        assert_eq!(one.ok(), Some(vec![0.0, 0.0]));
+        let none = zeroed_chunks(
+            0,
+            8,
+            Vec::<()>::new().into_par_iter(),
+            || (),
+            |_, _, _, ()| Ok::<(), candle_core::Error>(()),
+        );
+        assert_eq!(none.ok(), Some(Vec::new()));
+        let unit = zeroed_chunks(
+            3,
+            0,
+            vec![(); 3].into_par_iter(),
+            || (),
+            |_, _, c, ()| {
+                c[0] = 1.0;
+                Ok::<(), candle_core::Error>(())
+            },
+        );
+        assert_eq!(unit.ok(), Some(vec![1.0; 3]));
+        // Too few items, too many, and an error of f: an error, no buffer.
+        for k in [3, 5] {
+            let r = zeroed_chunks(
+                10,
+                3,
+                vec![(); k].into_par_iter(),
+                || (),
+                |_, _, _, ()| Ok::<(), candle_core::Error>(()),
+            );
+            assert!(r.is_err(), "{k} items for 4 chunks");
+        }
+        let failed = zeroed_chunks(
+            10,
+            3,
+            vec![(); 4].into_par_iter(),
+            || (),
+            |_, i, _, ()| {
+                if i == 2 {
+                    candle_core::bail!("chunk {i}")
+                }
+                Ok(())
+            },
+        );
+        assert!(failed.is_err());
     }
 
     #[test]

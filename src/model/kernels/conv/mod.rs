@@ -649,6 +649,9 @@ pub(super) fn forward(g: &ConvGeom, x: &[f32], w: &[f32]) -> Result<Vec<f32>> {
 /// rayon, `src` cut into images of `src_image` values and `dst` a new buffer of `dst_image`
 /// values per image, each group's part zeroed by the job that then runs `f` on it
 /// ([`simd::zeroed_chunks`]), with one [`Work`] per rayon job.
+///
+/// # Errors
+/// If `src` does not hold the geometry's images, or `f` fails.
 fn fresh_groups(
     g: &ConvGeom,
     dst_image: usize,
@@ -659,10 +662,14 @@ fn fresh_groups(
     let group = g.group();
     if src.len() != g.n * src_image {
         bail!(
-            "conv2d: {} input values for {} images of {src_image}",
+            "conv2d: {} values for {} images of {src_image}",
             src.len(),
             g.n
         );
+    }
+    if src_image == 0 || dst_image == 0 {
+        // An empty map on either side (a padded 0-pixel input): nothing to multiply.
+        return Ok(vec![0.0; g.n * dst_image]);
     }
     simd::zeroed_chunks(
         g.n * dst_image,

@@ -678,11 +678,11 @@ fn split_phases(t: &Tiles, x: &[f32], phases: &mut [f32]) {
             let (r0, r3) = (&mut p0[at.clone()], &mut p3[at]);
             r0[0] = 0.0;
             r3[q - 1] = 0.0;
-            let inner = src.get(1..(2 * q).saturating_sub(1)).unwrap_or_default();
+            debug_assert_eq!(src.len(), 2 * q);
             for ((a, b), pair) in r0[1..]
                 .iter_mut()
                 .zip(r3.iter_mut())
-                .zip(inner.chunks_exact(2))
+                .zip(src[1..].chunks_exact(2))
             {
                 *a = pair[0];
                 *b = pair[1];
@@ -734,8 +734,8 @@ fn split_phases_s2(t: &Tiles, x: &[f32], phases: &mut [f32]) {
                 *v3 = quad[2];
                 *v4 = quad[3];
             }
-            // Plane 0 is plane 4 one tile on: from the row itself, not a memcpy call per
-            // row (as in `split_phases`).
+            // Plane 0 is plane 4 one tile later, the border first: from the row itself, not a
+            // memcpy call per row (as in `split_phases`).
             let r0 = &mut p0[at];
             r0[0] = 0.0;
             for (a, quad) in r0[1..].iter_mut().zip(src.chunks_exact(4)) {
