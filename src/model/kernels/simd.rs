@@ -18,9 +18,9 @@ use rayon::prelude::*;
 /// Runs `f` with its code compiled for AVX2 + FMA where the CPU has them, else as it is. Only
 /// what is inlined into the AVX2 function gets the wider vectors: make `f` an
 /// `#[inline(always)]` closure (without it LLVM compiled the closures of this crate's loops on
-/// their own, for the baseline) and the helpers it calls `#[inline(always)]`. Rust never fuses a multiplication and an addition by itself, and these
-/// loops keep their order of summation, so the results are bit for bit those of the baseline
-/// code.
+/// their own, for the baseline) and the helpers it calls `#[inline(always)]`. Rust never fuses
+/// a multiplication and an addition by itself, and these loops keep their order of summation,
+/// so the results are bit for bit those of the baseline code.
 #[inline(always)]
 #[allow(unsafe_code)]
 pub(super) fn wide<R>(f: impl FnOnce() -> R) -> R {
