@@ -62,9 +62,10 @@
 use candle_core::{Result, bail};
 
 use super::super::gemm::count_flop;
-use super::super::simd;
 use super::direct::{Width, take, transposed_gradient, vector_cpu};
 use super::geometry::ConvGeom;
+
+mod split;
 
 /// Transformed weight values per (channel, output channel) pair for stride 1: the 4×4 `U`.
 const XI: usize = 16;
@@ -638,114 +639,6 @@ fn add_patches(t: &Tiles, patches: &[f32], sp: usize, dx: &mut [f32]) {
     }
 }
 
-/// Splits `x` (C, H, W), zero-padded by one pixel, into [`PLANES`] planes per channel:
-/// `phases[c][a][b][sh][i][j] = padded(c, 2i + a, 2(j + sh) + b)`, each (H/2 + 1) × W/2,
-/// then a chunk of zeros.
-#[inline(always)]
-fn split_phases(t: &Tiles, x: &[f32], phases: &mut [f32]) {
-    let (q, s, w) = (t.q, t.s, t.w);
-    let last = s / q - 1;
-    for (plane, out) in x
-        .chunks_exact(t.hw)
-        .zip(phases.chunks_exact_mut(PLANES * s))
-        .take(t.c)
-    {
-        // Padded row 0 (row 0 of the even-row planes) and H + 1 (the last row of the odd-row
-        // planes) are the border.
-        for (p, dst) in out.chunks_exact_mut(s).enumerate() {
-            let i = if p < 4 { 0 } else { last };
-            dst[i * q..(i + 1) * q].fill(0.0);
-        }
-        for (r, src) in plane.chunks_exact(w).enumerate() {
-            // Input row r is padded row r + 1: phase a, row i.
-            let (a, i) = ((r + 1) & 1, (r + 1) >> 1);
-            let half = &mut out[a * 4 * s..(a + 1) * 4 * s];
-            let (p01, p23) = half.split_at_mut(2 * s);
-            let (p0, p1) = p01.split_at_mut(s);
-            let (p2, p3) = p23.split_at_mut(s);
-            let at = i * q..(i + 1) * q;
-            // Plane 2 (padded columns 1, 3, …) holds the input's even columns, plane 1
-            // (padded 2, 4, …) its odd ones; plane 0 (padded 0, 2, …) is plane 1 one column
-            // later with the border first, plane 3 (padded 3, 5, …) plane 2 one column on.
-            let (even, odd) = (&mut p2[at.clone()], &mut p1[at.clone()]);
-            for ((e, o), pair) in even.iter_mut().zip(odd.iter_mut()).zip(src.chunks_exact(2)) {
-                *e = pair[0];
-                *o = pair[1];
-            }
-            // The shifted planes from the row itself, (odd j − 1, even j) pairs: a loop the
-            // compiler vectorises, where copies of the few values a plane row has became
-            // calls to memcpy (4.6% of a 32 px step's samples on an AVX-512 Xeon).
-            let (r0, r3) = (&mut p0[at.clone()], &mut p3[at]);
-            r0[0] = 0.0;
-            r3[q - 1] = 0.0;
-            debug_assert_eq!(src.len(), 2 * q);
-            for ((a, b), pair) in r0[1..]
-                .iter_mut()
-                .zip(r3.iter_mut())
-                .zip(src[1..].chunks_exact(2))
-            {
-                *a = pair[0];
-                *b = pair[1];
-            }
-        }
-    }
-    phases[PLANES * t.c * s..].fill(0.0);
-}
-
-/// Splits `x` (C, H, W), zero-padded by one pixel, into [`PLANES_S2`] planes per channel for
-/// stride 2: `phases[c][a][b][i][j] = padded(c, 4i + a, 4j + b)` for row phases a < 4 and
-/// columns b ≤ 4 (b = 4 is column phase 0 one tile on), each (Ho/2 + 1) × Wo/2, then a chunk
-/// of zeros.
-#[inline(always)]
-fn split_phases_s2(t: &Tiles, x: &[f32], phases: &mut [f32]) {
-    let (q, s, w) = (t.q, t.s, t.in_w);
-    let last = s / q - 1;
-    for (plane, out) in x
-        .chunks_exact(t.in_hw)
-        .zip(phases.chunks_exact_mut(PLANES_S2 * s))
-        .take(t.c)
-    {
-        // Padded row 0 (row 0 of phase 0) and H + 1 … H + 3 (the last row of phases 1 to 3)
-        // are the border.
-        for (p, dst) in out.chunks_exact_mut(s).enumerate() {
-            let i = if p < 5 { 0 } else { last };
-            dst[i * q..(i + 1) * q].fill(0.0);
-        }
-        for (r, src) in plane.chunks_exact(w).enumerate() {
-            // Input row r is padded row r + 1: phase a, row i.
-            let (a, i) = ((r + 1) & 3, (r + 1) >> 2);
-            let at = i * q..(i + 1) * q;
-            let rows = &mut out[a * 5 * s..(a + 1) * 5 * s];
-            let (p0, rest) = rows.split_at_mut(s);
-            let (p1, rest) = rest.split_at_mut(s);
-            let (p2, rest) = rest.split_at_mut(s);
-            let (p3, p4) = rest.split_at_mut(s);
-            // Padded column 4j + b is input column 4j + b − 1: b = 1, 2, 3, 4 are the input's
-            // columns 4j … 4j + 3; b = 0 is b = 4 one tile later, the border first.
-            for ((((v1, v2), v3), v4), quad) in p1[at.clone()]
-                .iter_mut()
-                .zip(&mut p2[at.clone()])
-                .zip(&mut p3[at.clone()])
-                .zip(&mut p4[at.clone()])
-                .zip(src.chunks_exact(4))
-            {
-                *v1 = quad[0];
-                *v2 = quad[1];
-                *v3 = quad[2];
-                *v4 = quad[3];
-            }
-            // Plane 0 is plane 4 one tile later, the border first: from the row itself, not a
-            // memcpy call per row (as in `split_phases`).
-            let r0 = &mut p0[at];
-            r0[0] = 0.0;
-            for (a, quad) in r0[1..].iter_mut().zip(src.chunks_exact(4)) {
-                *a = quad[3];
-            }
-        }
-    }
-    phases[PLANES_S2 * t.c * s..].fill(0.0);
-}
-
 /// One image: `y (O, Ho, Wo) = (accumulate ? y : 0) + conv3×3(x, w)` with `u` the weight's
 /// [`transform_weight`], `x` (C, H, W), stride 1 or 2, padding 1, for a geometry with
 /// [`ConvGeom::winograd_forward`]. For ∂L/∂x, call it with the flipped geometry and the
@@ -901,13 +794,7 @@ fn split_input<'a>(
     let buf = take(buf, plen + vlen + rest, "Winograd")?;
     let (phases, tail) = buf.split_at_mut(plen);
     let (v, rest) = tail.split_at_mut(vlen);
-    simd::wide(
-        #[inline(always)]
-        || match t.algo {
-            Algo::Stride1 => split_phases(t, x, phases),
-            Algo::Stride2 => split_phases_s2(t, x, phases),
-        },
-    );
+    split::split(t, x, phases);
     Ok((phases, v, rest))
 }
 
