@@ -171,13 +171,7 @@ impl ConvGeom {
         exactly(ys.len(), self.out_image(), n, "output group")?;
         let w = plan.w;
         if let Some(u) = &plan.winograd {
-            for (xi, yi) in xs
-                .chunks_exact(self.in_image())
-                .zip(ys.chunks_exact_mut(self.out_image()))
-            {
-                winograd::forward_image(self, u, xi, yi, false, &mut work.col)?;
-            }
-            return Ok(());
+            return winograd::forward_images(self, u, xs, ys, false, &mut work.col);
         }
         if self.direct_forward() {
             for (xi, yi) in xs
@@ -497,13 +491,7 @@ impl ConvGeom {
                     }
                 }
                 (Some(u), _) => {
-                    let t = self.flipped();
-                    for (dyi, dxi) in dys
-                        .chunks_exact(self.out_image())
-                        .zip(dx.chunks_exact_mut(self.in_image()))
-                    {
-                        winograd::forward_image(&t, u, dyi, dxi, true, &mut work.col)?;
-                    }
+                    winograd::forward_images(&self.flipped(), u, dys, dx, true, &mut work.col)?;
                 }
                 (None, Some(wf)) if plan.direct_input => {
                     let t = self.flipped();
@@ -519,13 +507,7 @@ impl ConvGeom {
         }
         if let Some((xs, dw)) = weight {
             if plan.winograd_weight {
-                for (xi, dyi) in xs
-                    .chunks_exact(self.in_image())
-                    .zip(dys.chunks_exact(self.out_image()))
-                {
-                    winograd::weight_image(self, xi, dyi, dw, work)?;
-                }
-                return Ok(());
+                return winograd::weight_images(self, xs, dys, dw, work);
             }
             if !plan.direct_weight {
                 return self.backward_group_gemm(plan, dys, n, None, Some((xs, dw)), work);

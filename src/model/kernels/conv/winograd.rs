@@ -338,16 +338,24 @@ pub(super) fn buffer_len(g: &ConvGeom) -> usize {
         c: g.c.max(g.o),
         ..*g
     });
-    t.phase_len() + t.xi() * (plane(g.c, MAX_CHUNK) + plane(g.o, MAX_CHUNK))
+    // Two images' split inputs where [`forward_images`] pairs them.
+    let images = if pair_width(g).is_some() || pair_width(&g.flipped()).is_some() {
+        2
+    } else {
+        1
+    };
+    images * t.phase_len() + t.xi() * (plane(g.c, MAX_CHUNK) + plane(g.o, MAX_CHUNK))
 }
 
 /// The working memory [`weight_image`] needs for `g` in `work.col` (the split input, its
 /// transform and Z for a chunk) and `work.product` (∂L/∂y transposed), in values.
 pub(super) fn weight_buffer_len(g: &ConvGeom) -> (usize, usize) {
     let t = Tiles::of(g);
+    // Two images' split inputs and transposed gradients where [`weight_images`] pairs them.
+    let images = if weight_pair_width(g).is_some() { 2 } else { 1 };
     (
-        t.phase_len() + t.xi() * (plane(g.c, MAX_CHUNK) + plane(MAX_CHUNK, g.o)),
-        g.out_image(),
+        images * t.phase_len() + t.xi() * (plane(g.c, MAX_CHUNK) + plane(MAX_CHUNK, g.o)),
+        images * g.out_image(),
     )
 }
 
@@ -639,6 +647,134 @@ fn add_patches(t: &Tiles, patches: &[f32], sp: usize, dx: &mut [f32]) {
     }
 }
 
+/// Images one after the other: `ys (N, O, Ho, Wo) = (accumulate ? ys : 0) + conv3×3(xs, w)`
+/// for `xs` (N, C, H, W), as [`forward_image`] does each, two at a time where
+/// [`pair_fits`] (the last of an odd number alone). `buf` is working memory of
+/// [`buffer_len`] values or more.
+///
+/// # Errors
+/// As [`forward_image`]; if `xs` and `ys` do not hold the same number of whole images.
+pub(super) fn forward_images(
+    g: &ConvGeom,
+    u: &[f32],
+    xs: &[f32],
+    ys: &mut [f32],
+    accumulate: bool,
+    buf: &mut [f32],
+) -> Result<()> {
+    let (inl, outl) = (g.in_image().max(1), g.out_image().max(1));
+    if !xs.len().is_multiple_of(inl)
+        || !ys.len().is_multiple_of(outl)
+        || xs.len() / inl != ys.len() / outl
+    {
+        bail!(
+            "winograd convolution: input {} and output {} values are not whole images of {g:?}",
+            xs.len(),
+            ys.len()
+        );
+    }
+    let mut done = 0;
+    if let Some(width) = pair_width(g) {
+        for (x2, y2) in xs.chunks_exact(2 * inl).zip(ys.chunks_exact_mut(2 * outl)) {
+            forward_pair_with(width, g, u, x2, y2, accumulate, buf)?;
+            done += 1;
+        }
+    }
+    let (xs, ys) = (&xs[2 * done * inl..], &mut ys[2 * done * outl..]);
+    match pair_width(g) {
+        // The last of an odd number of images on maps that only the pairs take (8×4 for
+        // 256 bits): paired with itself, its copy's output thrown away.
+        Some(width) if !xs.is_empty() && g.winograd_width(g.o).is_none() => {
+            let x2 = [xs, xs].concat();
+            let mut y2 = [&ys[..], &ys[..]].concat();
+            forward_pair_with(width, g, u, &x2, &mut y2, accumulate, buf)?;
+            ys.copy_from_slice(&y2[..outl]);
+        }
+        _ => {
+            for (xi, yi) in xs.chunks_exact(inl).zip(ys.chunks_exact_mut(outl)) {
+                forward_image(g, u, xi, yi, accumulate, buf)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The widest vectors with which [`forward_images`] takes `g`'s images two at a time
+/// ([`pair_fits`]), if any this CPU has.
+fn pair_width(g: &ConvGeom) -> Option<Width> {
+    let cpu = vector_cpu();
+    [(cpu.avx512, Width::Avx512), (cpu.avx2, Width::Avx2)]
+        .into_iter()
+        .find(|&(has, width)| has && pair_fits(width, g))
+        .map(|(_, width)| width)
+}
+
+/// Whether `width`'s kernel takes `g` two images at a time ([`zmm::forward_pair`]): maps of
+/// one vector of tiles whose output rows are half a vector of pixels (for 512 bits the 8×8
+/// maps of a 32 px input's last stage, which would otherwise run in 256-bit form), O a
+/// multiple of the output block.
+fn pair_fits(width: Width, g: &ConvGeom) -> bool {
+    g.winograd_shape()
+        && 2 * g.wo() == width.lanes()
+        && Tiles::of(g).tiles == width.lanes()
+        && g.o.is_multiple_of(width.out_block())
+}
+
+/// Two images of [`forward_images`] with the kernel of `width` ([`zmm::forward_pair`]).
+///
+/// # Errors
+/// As [`forward_image`].
+fn forward_pair_with(
+    width: Width,
+    g: &ConvGeom,
+    u: &[f32],
+    x2: &[f32],
+    y2: &mut [f32],
+    accumulate: bool,
+    buf: &mut [f32],
+) -> Result<()> {
+    if !(width.runs_here() && pair_fits(width, g)) {
+        bail!("winograd convolution: {width:?} does not take two images of {g:?} on this CPU");
+    }
+    if u.len() != transform_len(g) || x2.len() != 2 * g.in_image() || y2.len() != 2 * g.out_image()
+    {
+        bail!(
+            "winograd convolution: weight transform {}, inputs {}, outputs {} values are not two images of {g:?}",
+            u.len(),
+            x2.len(),
+            y2.len()
+        );
+    }
+    let t = Tiles::of(g);
+    let plen = t.phase_len();
+    let (vlen, mlen) = (
+        t.xi() * plane(g.c, MAX_CHUNK),
+        t.xi() * plane(g.o, MAX_CHUNK),
+    );
+    let buf = take(buf, 2 * plen + vlen + mlen, "Winograd")?;
+    let (phases, tail) = buf.split_at_mut(2 * plen);
+    let (v, m) = tail.split_at_mut(vlen);
+    let (x0, x1) = x2.split_at(g.in_image());
+    let (p0, p1) = phases.split_at_mut(plen);
+    split::split(&t, x0, p0);
+    split::split(&t, x1, p1);
+    #[cfg(target_arch = "x86_64")]
+    #[allow(unsafe_code)]
+    // SAFETY: the CPU has the width's instructions, O is a multiple of its block, the map
+    // is one vector of tiles with rows of half a vector of pixels ([`pair_fits`]), the sizes
+    // were checked above, and the two split inputs lie `phase_len` apart in `phases`.
+    unsafe {
+        match width {
+            Width::Avx2 => ymm::forward_pair(&t, u, phases, v, m, y2, accumulate),
+            Width::Avx512 => zmm::forward_pair(&t, u, phases, v, m, y2, accumulate),
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (phases, v, m, y2, accumulate);
+    count_flop(2 * product_flop(&t));
+    Ok(())
+}
+
 /// One image: `y (O, Ho, Wo) = (accumulate ? y : 0) + conv3×3(x, w)` with `u` the weight's
 /// [`transform_weight`], `x` (C, H, W), stride 1 or 2, padding 1, for a geometry with
 /// [`ConvGeom::winograd_forward`]. For ∂L/∂x, call it with the flipped geometry and the
@@ -700,6 +836,127 @@ fn forward_with(
     #[cfg(not(target_arch = "x86_64"))]
     let _ = (phases, v, m, accumulate);
     count_flop(product_flop(&t));
+    Ok(())
+}
+
+/// Images one after the other: `du += ` each image's sums of ∂L/∂U as [`weight_image`]
+/// makes them, for `xs` (N, C, H, W) and ∂L/∂y = `dys` (N, O, Ho, Wo), two at a time where
+/// [`weight_pair_width`] says (the last of an odd number alone, or with a zero gradient
+/// beside it where no one-image kernel takes the map).
+///
+/// # Errors
+/// As [`weight_image`]; if `xs` and `dys` do not hold the same number of whole images.
+pub(super) fn weight_images(
+    g: &ConvGeom,
+    xs: &[f32],
+    dys: &[f32],
+    du: &mut [f32],
+    work: &mut super::Work,
+) -> Result<()> {
+    let (inl, outl) = (g.in_image().max(1), g.out_image().max(1));
+    if !xs.len().is_multiple_of(inl)
+        || !dys.len().is_multiple_of(outl)
+        || xs.len() / inl != dys.len() / outl
+    {
+        bail!(
+            "winograd convolution: input {} and gradient {} values are not whole images of {g:?}",
+            xs.len(),
+            dys.len()
+        );
+    }
+    let pair = weight_pair_width(g);
+    let mut done = 0;
+    if let Some(width) = pair {
+        for (x2, dy2) in xs.chunks_exact(2 * inl).zip(dys.chunks_exact(2 * outl)) {
+            weight_pair_with(width, g, x2, dy2, du, &mut work.col, &mut work.product)?;
+            done += 1;
+        }
+    }
+    let (xs, dys) = (&xs[2 * done * inl..], &dys[2 * done * outl..]);
+    match pair {
+        Some(width) if !xs.is_empty() && g.winograd_weight_width().is_none() => {
+            let x2 = [xs, xs].concat();
+            let mut dy2 = dys.to_vec();
+            dy2.resize(2 * outl, 0.0);
+            weight_pair_with(width, g, &x2, &dy2, du, &mut work.col, &mut work.product)?;
+        }
+        _ => {
+            for (xi, dyi) in xs.chunks_exact(inl).zip(dys.chunks_exact(outl)) {
+                weight_image(g, xi, dyi, du, work)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The widest vectors with which [`weight_images`] takes `g`'s images two at a time: as
+/// [`pair_width`], with O a multiple of two vectors ([`weight_fits`]).
+fn weight_pair_width(g: &ConvGeom) -> Option<Width> {
+    let cpu = vector_cpu();
+    [(cpu.avx512, Width::Avx512), (cpu.avx2, Width::Avx2)]
+        .into_iter()
+        .find(|&(has, width)| has && pair_fits(width, g) && g.o.is_multiple_of(2 * width.lanes()))
+        .map(|(_, width)| width)
+}
+
+/// Two images of [`weight_images`] with the kernel of `width` ([`zmm::weight_pair`]), its
+/// buffers `col` (both split inputs, the chunk's transforms) and `product` (both transposed
+/// gradients).
+///
+/// # Errors
+/// As [`weight_image`].
+fn weight_pair_with(
+    width: Width,
+    g: &ConvGeom,
+    x2: &[f32],
+    dy2: &[f32],
+    du: &mut [f32],
+    col: &mut [f32],
+    product: &mut [f32],
+) -> Result<()> {
+    if !(width.runs_here() && pair_fits(width, g) && g.o.is_multiple_of(2 * width.lanes())) {
+        bail!("winograd convolution: ∂L/∂w with {width:?} does not take two images of {g:?}");
+    }
+    let (inl, outl) = (g.in_image(), g.out_image());
+    if x2.len() != 2 * inl || dy2.len() != 2 * outl || du.len() != transform_len(g) {
+        bail!(
+            "winograd convolution: inputs {}, gradients {}, transform sums {} values are not two images of {g:?}",
+            x2.len(),
+            dy2.len(),
+            du.len()
+        );
+    }
+    let t = Tiles::of(g);
+    let plen = t.phase_len();
+    let (vlen, zlen) = (
+        t.xi() * plane(g.c, MAX_CHUNK),
+        t.xi() * plane(MAX_CHUNK, g.o),
+    );
+    let col = take(col, 2 * plen + vlen + zlen, "Winograd")?;
+    let (phases, tail) = col.split_at_mut(2 * plen);
+    let (v, z) = tail.split_at_mut(vlen);
+    let (p0, p1) = phases.split_at_mut(plen);
+    split::split(&t, &x2[..inl], p0);
+    split::split(&t, &x2[inl..], p1);
+    let dyt = take(product, 2 * outl, "transposed gradient")?;
+    let (d0, d1) = dyt.split_at_mut(outl);
+    transposed_gradient(&dy2[..outl], g.o, d0)?;
+    transposed_gradient(&dy2[outl..], g.o, d1)?;
+    #[cfg(target_arch = "x86_64")]
+    #[allow(unsafe_code)]
+    // SAFETY: the CPU has the width's instructions, O is a multiple of two of its vectors,
+    // the map is one vector of tiles with rows of half a vector of pixels ([`pair_fits`]),
+    // the sizes were checked above; the two split inputs lie `phase_len` apart in `phases`
+    // and the two transposed gradients one after the other in `dyt`.
+    unsafe {
+        match width {
+            Width::Avx2 => ymm::weight_pair(&t, phases, v, z, dyt, du),
+            Width::Avx512 => zmm::weight_pair(&t, phases, v, z, dyt, du),
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (phases, v, z, dyt);
+    count_flop(2 * product_flop(&t));
     Ok(())
 }
 
@@ -807,7 +1064,7 @@ macro_rules! winograd_kernels {
     (
         $module:ident, $feature:literal, $lanes:literal, $block:literal, $wide:literal,
         $taps:literal,
-        $zip:ident,
+        $zip:ident, $rows2:ident,
         $zero:ident, $load:ident, $store:ident, $set1:ident, $add:ident, $sub:ident,
         $fma:ident
     ) => {
@@ -815,7 +1072,7 @@ macro_rules! winograd_kernels {
         mod $module {
             use std::arch::x86_64::{$add, $fma, $load, $set1, $store, $sub, $zero};
 
-            use super::{Algo, PLANES, PLANES_S2, Tiles, XI, XI_S2, plane, $zip};
+            use super::{Algo, PLANES, PLANES_S2, Tiles, XI, XI_S2, plane, $rows2, $zip};
 
             /// Values per vector.
             const LANES: usize = $lanes;
@@ -858,13 +1115,50 @@ macro_rules! winograd_kernels {
                     // `pos`.
                     unsafe {
                         match t.algo {
-                            Algo::Stride1 => input(t, phases, v, u0),
-                            Algo::Stride2 => input_s2(t, phases, v, u0),
+                            Algo::Stride1 => input(t, phases, v, u0, LANES),
+                            Algo::Stride2 => input_s2(t, phases, v, u0, LANES),
                         }
                         product(t, u, v, m);
-                        output(t, m, &pos, y, accumulate);
+                        output(t, m, &pos, y, accumulate, false);
                     }
                     u0 += CHUNK;
+                }
+            }
+
+            /// Two images at once, one per vector of the chunk, for maps of one vector of
+            /// tiles whose rows are half a vector of pixels (8×8 for 512 bits: one image
+            /// would leave half of every chunk's products unused).
+            ///
+            /// # Safety
+            /// As [`forward`], with `phases` two images' split inputs
+            /// ([`Tiles::phase_len`] values apart) and `y` two images' outputs (O·Ho·Wo
+            /// apart); `t.tiles` = LANES and Wo = LANES / 2.
+            #[target_feature(enable = $feature)]
+            pub(super) unsafe fn forward_pair(
+                t: &Tiles,
+                u: &[f32],
+                phases: &[f32],
+                v: &mut [f32],
+                m: &mut [f32],
+                y: &mut [f32],
+                accumulate: bool,
+            ) {
+                // The first image's two groups (two tile rows each), then the second's.
+                let mut pos = [usize::MAX; CHUNK / GROUP];
+                t.positions(0, GROUP, &mut pos);
+                pos[2] = pos[0] + t.o * t.hw;
+                pos[3] = pos[1] + t.o * t.hw;
+                let step = t.phase_len();
+                // SAFETY: the caller's sizes; each vector reads its image's planes up to
+                // [`Tiles::phase_len`] (the slack included) and writes only its image's
+                // groups.
+                unsafe {
+                    match t.algo {
+                        Algo::Stride1 => input(t, phases, v, 0, step),
+                        Algo::Stride2 => input_s2(t, phases, v, 0, step),
+                    }
+                    product(t, u, v, m);
+                    output(t, m, &pos, y, accumulate, true);
                 }
             }
 
@@ -890,13 +1184,47 @@ macro_rules! winograd_kernels {
                     // SAFETY: the caller's sizes; the chunk's n tiles exist.
                     unsafe {
                         match t.algo {
-                            Algo::Stride1 => input(t, phases, v, u0),
-                            Algo::Stride2 => input_s2(t, phases, v, u0),
+                            Algo::Stride1 => input(t, phases, v, u0, LANES),
+                            Algo::Stride2 => input_s2(t, phases, v, u0, LANES),
                         }
                         gradient(t, dyt, z, u0, n);
                         weight_product(t, v, z, du, n);
                     }
                     u0 += CHUNK;
+                }
+            }
+
+            /// [`weight`] for two images at once, one per vector of the chunk (as
+            /// [`forward_pair`]): their sums of ∂L/∂U in one product of twice the tiles.
+            ///
+            /// # Safety
+            /// As [`weight`], with `phases` two images' split inputs ([`Tiles::phase_len`]
+            /// values apart) and `dyt` their two transposed gradients one after the other;
+            /// `t.tiles` = LANES and Wo = LANES / 2.
+            #[target_feature(enable = $feature)]
+            pub(super) unsafe fn weight_pair(
+                t: &Tiles,
+                phases: &[f32],
+                v: &mut [f32],
+                z: &mut [f32],
+                dyt: &[f32],
+                du: &mut [f32],
+            ) {
+                // The second image's tiles continue the first's in `dyt`: its first tile
+                // row is tile row Ho/2 of a map twice as high.
+                let both = Tiles {
+                    tiles: 2 * t.tiles,
+                    ..*t
+                };
+                // SAFETY: the caller's sizes; each vector reads its image's planes up to
+                // [`Tiles::phase_len`], and the 2·LANES = CHUNK tiles of `both` lie in `dyt`.
+                unsafe {
+                    match t.algo {
+                        Algo::Stride1 => input(t, phases, v, 0, t.phase_len()),
+                        Algo::Stride2 => input_s2(t, phases, v, 0, t.phase_len()),
+                    }
+                    gradient(&both, dyt, z, 0, CHUNK);
+                    weight_product(t, v, z, du, CHUNK);
                 }
             }
 
@@ -1140,13 +1468,15 @@ macro_rules! winograd_kernels {
 
             /// Step 1 for the chunk's tiles from `u0`: `v[ξ][c][k] = (Bᵀ d B)[ξ]` with
             /// `Bᵀ = [[1, 0, −1, 0], [0, 1, 1, 0], [0, −1, 1, 0], [0, 1, 0, −1]]` and d the
-            /// 4×4 padded input patch of tile u0 + k in channel c.
+            /// 4×4 padded input patch of tile u0 + k in channel c. The chunk's second vector
+            /// reads `step` values after its first: LANES (the next tiles), or
+            /// [`Tiles::phase_len`] for a second image's tiles ([`forward_pair`]).
             ///
             /// # Safety
-            /// As [`forward`]; `u0 < tiles`.
+            /// As [`forward`] (or [`forward_pair`]); `u0 < tiles`.
             #[target_feature(enable = $feature)]
             #[inline]
-            unsafe fn input(t: &Tiles, phases: &[f32], v: &mut [f32], u0: usize) {
+            unsafe fn input(t: &Tiles, phases: &[f32], v: &mut [f32], u0: usize, step: usize) {
                 let (q, s) = (t.q, t.s);
                 let p = phases.as_ptr();
                 let vp = v.as_mut_ptr();
@@ -1161,7 +1491,7 @@ macro_rules! winograd_kernels {
                 }
                 for c in 0..t.c {
                     for half in 0..2 {
-                        let base = c * PLANES * s + u0 + half * LANES;
+                        let base = c * PLANES * s + u0 + half * step;
                         // SAFETY: tile u < tiles + CHUNK − 1 reads values up to
                         // base + 7·S + Q + LANES − 1 < PLANES·C·S + CHUNK (S = tiles + Q);
                         // v's planes hold C rows of CHUNK values.
@@ -1201,13 +1531,13 @@ macro_rules! winograd_kernels {
             /// with `Bᵀ = [[1, 0, −1, 0, 0], [0, 0, 1, 0, 0], [0, 0, −1, 0, 1],
             /// [0, 1, 0, 0, 0], [0, 0, 0, 1, 0]]` and d the 5×5 padded input patch of tile
             /// u0 + k in channel c (padded rows 4i … 4i + 4 and columns 4j … 4j + 4 of tile
-            /// (i, j)).
+            /// (i, j)), `step` as for [`input`].
             ///
             /// # Safety
-            /// As [`forward`]; `u0 < tiles`.
+            /// As [`forward`] (or [`forward_pair`]); `u0 < tiles`.
             #[target_feature(enable = $feature)]
             #[inline]
-            unsafe fn input_s2(t: &Tiles, phases: &[f32], v: &mut [f32], u0: usize) {
+            unsafe fn input_s2(t: &Tiles, phases: &[f32], v: &mut [f32], u0: usize, step: usize) {
                 let (q, s) = (t.q, t.s);
                 let p = phases.as_ptr();
                 let vp = v.as_mut_ptr();
@@ -1221,7 +1551,7 @@ macro_rules! winograd_kernels {
                 }
                 for c in 0..t.c {
                     for half in 0..2 {
-                        let base = c * PLANES_S2 * s + u0 + half * LANES;
+                        let base = c * PLANES_S2 * s + u0 + half * step;
                         // SAFETY: tile u < tiles + CHUNK − 1 reads values up to
                         // base + 19·S + LANES − 1 < PLANES_S2·C·S + CHUNK (Q < S, u0 < S);
                         // v's planes hold C rows of CHUNK values.
@@ -1331,11 +1661,13 @@ macro_rules! winograd_kernels {
             /// Step 3: each tile's `Aᵀ M A` with `Aᵀ = [[1, 1, 1, 0], [0, 1, −1, −1]]` for
             /// stride 1, `Aᵀ = [[1, 1, 0, 1, 0], [0, 1, 1, 0, 1]]` for stride 2, its 2×2 pixels
             /// written to (or added into) `y`: per group of tiles and output row, one vector of
-            /// pixels.
+            /// pixels. With `pair` ([`forward_pair`]) a group is two tile rows of half a
+            /// vector of pixels each, whose four output rows are two whole vectors.
             ///
             /// # Safety
             /// As [`forward`]; every position in `pos` is a group's first pixel in an output
-            /// plane, the group's tiles in one tile row, or `usize::MAX`.
+            /// plane, the group's tiles in one tile row (with `pair`: in two, Wo = LANES / 2),
+            /// or `usize::MAX`.
             #[target_feature(enable = $feature)]
             #[inline]
             unsafe fn output(
@@ -1344,6 +1676,7 @@ macro_rules! winograd_kernels {
                 pos: &[usize; CHUNK / GROUP],
                 y: &mut [f32],
                 acc: bool,
+                pair: bool,
             ) {
                 let (o, w) = (t.o, t.w);
                 let mp = m.as_ptr();
@@ -1394,6 +1727,24 @@ macro_rules! winograd_kernels {
                                     })
                                 }
                             };
+                            if pair {
+                                // Pixel rows 0 and 1 of the group's two tile rows: in the
+                                // vectors' first and second halves; the four rows lie one
+                                // after the other.
+                                let [top, bottom] = rows.map(|[left, right]| $zip(left, right));
+                                for (g, &p) in groups.iter().enumerate() {
+                                    if p == usize::MAX {
+                                        break;
+                                    }
+                                    let four = $rows2(top[g], bottom[g]);
+                                    for (k, v) in four.into_iter().enumerate() {
+                                        let dst = yp.add(oi * t.hw + p + k * LANES);
+                                        let v = if acc { $add($load(dst), v) } else { v };
+                                        $store(dst, v);
+                                    }
+                                }
+                                continue;
+                            }
                             for (i, &[left, right]) in rows.iter().enumerate() {
                                 let pixels = $zip(left, right);
                                 for (&p, v) in groups.iter().zip(pixels) {
@@ -1453,6 +1804,40 @@ fn zip_zmm(
     ]
 }
 
+/// Two vectors of pixels `[a₀ | a₁]` and `[b₀ | b₁]` (halves) as `[a₀ | b₀]` and `[a₁ | b₁]`:
+/// the four output rows of two tile rows, in order ([`zmm::forward_pair`]).
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+fn rows2_ymm(
+    a: std::arch::x86_64::__m256,
+    b: std::arch::x86_64::__m256,
+) -> [std::arch::x86_64::__m256; 2] {
+    use std::arch::x86_64::_mm256_permute2f128_ps;
+    [
+        _mm256_permute2f128_ps::<0x20>(a, b),
+        _mm256_permute2f128_ps::<0x31>(a, b),
+    ]
+}
+
+/// As [`rows2_ymm`] for 16 lanes (halves of 8).
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn rows2_zmm(
+    a: std::arch::x86_64::__m512,
+    b: std::arch::x86_64::__m512,
+) -> [std::arch::x86_64::__m512; 2] {
+    use std::arch::x86_64::_mm512_shuffle_f32x4;
+    // 128-bit blocks (a0, a1, b0, b1) and (a2, a3, b2, b3).
+    [
+        _mm512_shuffle_f32x4::<0x44>(a, b),
+        _mm512_shuffle_f32x4::<0xee>(a, b),
+    ]
+}
+
 #[cfg(target_arch = "x86_64")]
 winograd_kernels!(
     ymm,
@@ -1462,6 +1847,7 @@ winograd_kernels!(
     6,
     6,
     zip_ymm,
+    rows2_ymm,
     _mm256_setzero_ps,
     _mm256_loadu_ps,
     _mm256_storeu_ps,
@@ -1480,6 +1866,7 @@ winograd_kernels!(
     8,
     12,
     zip_zmm,
+    rows2_zmm,
     _mm512_setzero_ps,
     _mm512_loadu_ps,
     _mm512_storeu_ps,
@@ -1687,6 +2074,156 @@ mod tests {
         }
         if Width::Avx2.runs_here() {
             assert!(ran >= 16, "only {ran} kernels ran");
+        }
+    }
+
+    #[allow(clippy::print_stderr)] // says which widths this CPU could not check
+    /// Two images at a time (one per vector of a chunk), against sums in f64, written and
+    /// added into the outputs, stride 1 and 2, each width this CPU runs, by
+    /// `forward_pair_with` and by `forward_images` with an odd number of images (the last one
+    /// alone); and the shapes the pairs refuse.
+    #[test]
+    fn two_images_at_a_time_match_the_definition() {
+        // (width, C, O, H, W, stride): 8×8 maps for 512 bits, 8×4 for 256.
+        let cases = [
+            (Width::Avx512, 32, 64, 8, 8, 1),
+            (Width::Avx512, 64, 32, 16, 16, 2),
+            (Width::Avx512, 128, 128, 8, 8, 1),
+            (Width::Avx2, 16, 8, 8, 4, 1),
+            (Width::Avx2, 16, 12, 16, 8, 2),
+            (Width::Avx2, 16, 16, 8, 4, 1),
+        ];
+        let mut ran = 0;
+        for (width, c, o, h, wd, stride) in cases {
+            if !width.runs_here() {
+                eprintln!("skipping {width:?}: this CPU does not have it");
+                continue;
+            }
+            let g = ConvGeom {
+                n: 3,
+                c,
+                h,
+                w: wd,
+                o,
+                k: 3,
+                stride,
+                pad: 1,
+            };
+            assert!(super::pair_fits(width, &g), "{width:?} refuses {g:?}");
+            let w = values(o * c * 9, 1);
+            let xs = values(3 * g.in_image(), 2);
+            let dys = values(3 * g.out_image(), 3);
+            let refs: Vec<[Vec<f64>; 3]> = xs
+                .chunks_exact(g.in_image())
+                .zip(dys.chunks_exact(g.out_image()))
+                .map(|(x, dy)| reference(&g, &w, x, dy))
+                .collect();
+            let want: Vec<Vec<f64>> = refs.iter().map(|[y, _, _]| y.clone()).collect();
+            let u = transform_weight(&g, &w);
+            let used = buffer_len(&g);
+            let mut buf = vec![f32::NAN; used + 64];
+            // Two images written, then added into.
+            let two = 2 * g.out_image();
+            let mut y = vec![f32::NAN; two];
+            super::forward_pair_with(
+                width,
+                &g,
+                &u,
+                &xs[..2 * g.in_image()],
+                &mut y,
+                false,
+                &mut buf,
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+            let pair_want: Vec<f64> = want[..2].concat();
+            close(&y, &pair_want, &format!("{width:?} pair on {g:?}"));
+            let before = values(two, 4);
+            let mut y = before.clone();
+            super::forward_pair_with(
+                width,
+                &g,
+                &u,
+                &xs[..2 * g.in_image()],
+                &mut y,
+                true,
+                &mut buf,
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+            let summed: Vec<f64> = pair_want
+                .iter()
+                .zip(&before)
+                .map(|(r, b)| r + f64::from(*b))
+                .collect();
+            close(&y, &summed, &format!("{width:?} y + pair on {g:?}"));
+            assert!(
+                buf[used..].iter().all(|v| v.is_nan()),
+                "{width:?} pair on {g:?} wrote past its buffer"
+            );
+            // Three images: a pair, then one alone.
+            let mut y = vec![f32::NAN; 3 * g.out_image()];
+            super::forward_images(&g, &u, &xs, &mut y, false, &mut buf)
+                .unwrap_or_else(|e| panic!("{e}"));
+            close(&y, &want.concat(), &format!("three images of {g:?}"));
+            ran += 1;
+            // ∂L/∂w where O is a multiple of two vectors: two images' sums, then three.
+            if o % (2 * width.lanes()) != 0 {
+                continue;
+            }
+            let dw_sum = |k: usize| -> Vec<f64> {
+                (0..o * c * 9)
+                    .map(|i| refs[..k].iter().map(|r| r[1][i]).sum())
+                    .collect()
+            };
+            let (col, product) = weight_buffer_len(&g);
+            let mut work = crate::model::kernels::conv::Work {
+                col: vec![f32::NAN; col + 64],
+                product: vec![f32::NAN; product + 64],
+            };
+            let mut du = vec![0f32; super::transform_len(&g)];
+            super::weight_pair_with(
+                width,
+                &g,
+                &xs[..2 * g.in_image()],
+                &dys[..2 * g.out_image()],
+                &mut du,
+                &mut work.col,
+                &mut work.product,
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+            let dw = weight_from_transform(&g, &du).unwrap_or_else(|e| panic!("{e}"));
+            close(&dw, &dw_sum(2), &format!("{width:?} ∂L/∂w pair on {g:?}"));
+            assert!(
+                work.col[col..].iter().all(|v| v.is_nan())
+                    && work.product[product..].iter().all(|v| v.is_nan()),
+                "{width:?} ∂L/∂w pair on {g:?} wrote past its buffers"
+            );
+            let mut du = vec![0f32; super::transform_len(&g)];
+            super::weight_images(&g, &xs, &dys, &mut du, &mut work)
+                .unwrap_or_else(|e| panic!("{e}"));
+            let dw = weight_from_transform(&g, &du).unwrap_or_else(|e| panic!("{e}"));
+            close(&dw, &dw_sum(3), &format!("∂L/∂w of three images of {g:?}"));
+            ran += 1;
+        }
+        // Refused: rows of a whole vector (16 wide), a map of two vectors of tiles (8×16),
+        // O not a multiple of the block.
+        for (c, o, h, wd) in [(32, 64, 16, 16), (32, 64, 16, 8), (32, 12, 8, 8)] {
+            let g = ConvGeom {
+                n: 2,
+                c,
+                h,
+                w: wd,
+                o,
+                k: 3,
+                stride: 1,
+                pad: 1,
+            };
+            assert!(
+                !super::pair_fits(Width::Avx512, &g),
+                "pairs taken for {g:?}"
+            );
+        }
+        if Width::Avx512.runs_here() {
+            assert!(ran >= 6, "only {ran} pair cases ran");
         }
     }
 }
