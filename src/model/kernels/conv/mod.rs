@@ -468,7 +468,7 @@ impl ConvGeom {
 
     /// [`ConvGeom::backward_group`] with Winograd ([`winograd`]) or the direct kernels
     /// ([`direct`]) where the plan says, image by image — `dx += conv(dy, flipped w)` (for
-    /// stride 2, Winograd turned round: [`winograd::strided_input_image`]), and
+    /// stride 2, Winograd turned round: [`winograd::strided_input_images`]), and
     /// `dw += ∂L/∂U` ([`ConvGeom::weight_partial_len`]) or `x-taps · dyᵀ` laid out (C·K·K × O) — and the matrix
     /// kernel for the rest.
     fn backward_group_direct(
@@ -483,12 +483,7 @@ impl ConvGeom {
         if let Some(dx) = dxs {
             match (&plan.winograd_input, &plan.flipped) {
                 (Some(ut), _) if self.stride == 2 => {
-                    for (dyi, dxi) in dys
-                        .chunks_exact(self.out_image())
-                        .zip(dx.chunks_exact_mut(self.in_image()))
-                    {
-                        winograd::strided_input_image(self, ut, dyi, dxi, &mut work.col)?;
-                    }
+                    winograd::strided_input_images(self, ut, dys, dx, &mut work.col)?;
                 }
                 (Some(u), _) => {
                     winograd::forward_images(&self.flipped(), u, dys, dx, true, &mut work.col)?;

@@ -546,7 +546,7 @@ fn strided_input_with(
     let (dph, rest) = buf.split_at_mut(4 * g.o * sp);
     let (z, rest) = rest.split_at_mut(XI_S2 * plane(g.o, MAX_CHUNK));
     let (dv, patches) = rest.split_at_mut(XI_S2 * plane(g.c, MAX_CHUNK));
-    split_gradient(&t, dy, dph, sp);
+    split_gradient(&t, dy, dph, sp, 0);
     #[cfg(target_arch = "x86_64")]
     #[allow(unsafe_code)]
     // SAFETY: the CPU has the width's instructions, C is a multiple of its block, and the
@@ -564,9 +564,140 @@ fn strided_input_with(
     Ok(())
 }
 
-/// ∂L/∂y (O, Ho, Wo) split into its four phases per channel, `dph[o][a][b][u] = dy[o][2i + a]
-/// [2j + b]` for tile u = (i, j), each plane `sp` values (zeros past the last tile).
-fn split_gradient(t: &Tiles, dy: &[f32], dph: &mut [f32], sp: usize) {
+/// ∂L/∂x of a stride-2 convolution for images one after the other: `dxs (N, C, H, W) +=`
+/// each image's as [`strided_input_image`] makes it from `dys` (N, O, Ho, Wo), two at a time
+/// where [`strided_pair_width`] says (one per vector of a chunk: a map of one vector of
+/// tiles would leave half of every chunk unused), the last of an odd number in a chunk of
+/// its own.
+///
+/// # Errors
+/// As [`strided_input_image`]; if `dys` and `dxs` do not hold the same number of whole images.
+pub(super) fn strided_input_images(
+    g: &ConvGeom,
+    ut: &[f32],
+    dys: &[f32],
+    dxs: &mut [f32],
+    buf: &mut [f32],
+) -> Result<()> {
+    let (inl, outl) = (g.in_image().max(1), g.out_image().max(1));
+    if !dxs.len().is_multiple_of(inl)
+        || !dys.len().is_multiple_of(outl)
+        || dxs.len() / inl != dys.len() / outl
+    {
+        bail!(
+            "winograd convolution: gradient {} and input gradient {} values are not whole images of {g:?}",
+            dys.len(),
+            dxs.len()
+        );
+    }
+    match strided_pair_width(g) {
+        Some(width) => {
+            for (dy2, dx2) in dys.chunks(2 * outl).zip(dxs.chunks_mut(2 * inl)) {
+                strided_pair_with(width, g, ut, dy2, dx2, buf)?;
+            }
+        }
+        None => {
+            for (dyi, dxi) in dys.chunks_exact(outl).zip(dxs.chunks_exact_mut(inl)) {
+                strided_input_image(g, ut, dyi, dxi, buf)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The widest vectors with which [`strided_input_images`] takes two images at a time: maps
+/// of exactly one vector of tiles (8×8 outputs for 512 bits), C a multiple of the output
+/// block.
+fn strided_pair_width(g: &ConvGeom) -> Option<Width> {
+    let cpu = vector_cpu();
+    [(cpu.avx512, Width::Avx512), (cpu.avx2, Width::Avx2)]
+        .into_iter()
+        .find(|&(has, width)| has && strided_pair_fits(width, g))
+        .map(|(_, width)| width)
+}
+
+/// Whether `width`'s turned-round kernel takes two images of the stride-2 `g` at a time.
+fn strided_pair_fits(width: Width, g: &ConvGeom) -> bool {
+    g.stride == 2
+        && g.winograd_shape()
+        && Tiles::of(g).tiles == width.lanes()
+        && g.c.is_multiple_of(width.out_block())
+}
+
+/// One or two images of [`strided_input_images`] in one chunk: the second image's tiles
+/// follow the first's in ∂L/∂y's phase planes (whose `sp` values hold a chunk), the kernel
+/// runs on a map of twice the tiles, and each image's patches (the second's from tile LANES
+/// on) are added into its ∂L/∂x. With one image the second vector's tiles are zeros.
+///
+/// # Errors
+/// As [`strided_input_image`].
+fn strided_pair_with(
+    width: Width,
+    g: &ConvGeom,
+    ut: &[f32],
+    dys: &[f32],
+    dxs: &mut [f32],
+    buf: &mut [f32],
+) -> Result<()> {
+    if !(width.runs_here() && strided_pair_fits(width, g)) {
+        bail!(
+            "winograd convolution: strided ∂L/∂x with {width:?} does not take two images of {g:?}"
+        );
+    }
+    let (inl, outl) = (g.in_image(), g.out_image());
+    let images = dys.len() / outl.max(1);
+    if ut.len() != transform_len(g)
+        || !(1..=2).contains(&images)
+        || dys.len() != images * outl
+        || dxs.len() != images * inl
+    {
+        bail!(
+            "winograd convolution: weight transform {}, gradients {}, input gradients {} values are not one or two images of {g:?}",
+            ut.len(),
+            dys.len(),
+            dxs.len()
+        );
+    }
+    let t = Tiles::of(g);
+    let both = Tiles {
+        tiles: 2 * t.tiles,
+        ..t
+    };
+    let sp = strided_plane(&t);
+    if sp < both.tiles {
+        bail!("winograd convolution: phase planes of {sp} values cannot hold two images of {g:?}");
+    }
+    let buf = take(buf, strided_input_len(g), "Winograd strided ∂L/∂x")?;
+    let (dph, rest) = buf.split_at_mut(4 * g.o * sp);
+    let (z, rest) = rest.split_at_mut(XI_S2 * plane(g.o, MAX_CHUNK));
+    let (dv, patches) = rest.split_at_mut(XI_S2 * plane(g.c, MAX_CHUNK));
+    for (k, dy) in dys.chunks_exact(outl).enumerate() {
+        split_gradient(&t, dy, dph, sp, k * t.tiles);
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[allow(unsafe_code)]
+    // SAFETY: the CPU has the width's instructions, C is a multiple of its block, the
+    // buffers were cut to the sizes the kernels use (see `zmm::strided_input`), and `sp`
+    // holds `both`'s tiles, one chunk.
+    unsafe {
+        match width {
+            Width::Avx2 => ymm::strided_input(&both, ut, dph, z, dv, patches, sp),
+            Width::Avx512 => zmm::strided_input(&both, ut, dph, z, dv, patches, sp),
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (dph, z, dv);
+    for (k, dx) in dxs.chunks_exact_mut(inl).enumerate() {
+        add_patches(&t, &patches[k * t.tiles..], sp, dx);
+    }
+    count_flop(images as u64 * product_flop(&t));
+    Ok(())
+}
+
+/// ∂L/∂y (O, Ho, Wo) split into its four phases per channel, `dph[o][a][b][first + u] =
+/// dy[o][2i + a][2j + b]` for tile u = (i, j), each plane `sp` values (zeros past the last
+/// tile).
+fn split_gradient(t: &Tiles, dy: &[f32], dph: &mut [f32], sp: usize, first: usize) {
     let q = t.q;
     for (plane, out) in dy
         .chunks_exact(t.hw)
@@ -577,7 +708,7 @@ fn split_gradient(t: &Tiles, dy: &[f32], dph: &mut [f32], sp: usize) {
         let (p1, rest) = rest.split_at_mut(sp);
         let (p2, p3) = rest.split_at_mut(sp);
         for (i, rows) in plane.chunks_exact(2 * t.w).enumerate() {
-            let at = i * q..(i + 1) * q;
+            let at = first + i * q..first + (i + 1) * q;
             let (top, bottom) = rows.split_at(t.w);
             for ((e, o), pair) in p0[at.clone()]
                 .iter_mut()
@@ -597,7 +728,7 @@ fn split_gradient(t: &Tiles, dy: &[f32], dph: &mut [f32], sp: usize) {
             }
         }
         for p in [p0, p1, p2, p3] {
-            p[t.tiles..].fill(0.0);
+            p[first + t.tiles..].fill(0.0);
         }
     }
 }
@@ -2165,6 +2296,54 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{e}"));
             close(&y, &want.concat(), &format!("three images of {g:?}"));
             ran += 1;
+            if stride == 2 {
+                // ∂L/∂x turned round, added into gradients already there: two images in one
+                // chunk, then three (a pair and one alone).
+                assert!(
+                    super::strided_pair_fits(width, &g),
+                    "{width:?} refuses ∂L/∂x of {g:?}"
+                );
+                let ut = transposed_transform(&g, &w);
+                let used = strided_input_len(&g);
+                let mut buf = vec![f32::NAN; used + 64];
+                let before = values(3 * g.in_image(), 5);
+                let summed = |k: usize| -> Vec<f64> {
+                    refs[..k]
+                        .iter()
+                        .flat_map(|r| r[2].iter().copied())
+                        .zip(&before)
+                        .map(|(r, b)| r + f64::from(*b))
+                        .collect()
+                };
+                let mut dx = before[..2 * g.in_image()].to_vec();
+                super::strided_pair_with(
+                    width,
+                    &g,
+                    &ut,
+                    &dys[..2 * g.out_image()],
+                    &mut dx,
+                    &mut buf,
+                )
+                .unwrap_or_else(|e| panic!("{e}"));
+                close(
+                    &dx,
+                    &summed(2),
+                    &format!("{width:?} dx + ∂L/∂x pair on {g:?}"),
+                );
+                assert!(
+                    buf[used..].iter().all(|v| v.is_nan()),
+                    "{width:?} ∂L/∂x pair on {g:?} wrote past its buffer"
+                );
+                let mut dx = before.clone();
+                super::strided_input_images(&g, &ut, &dys, &mut dx, &mut buf)
+                    .unwrap_or_else(|e| panic!("{e}"));
+                close(
+                    &dx,
+                    &summed(3),
+                    &format!("dx + ∂L/∂x of three images of {g:?}"),
+                );
+                ran += 1;
+            }
             // ∂L/∂w where O is a multiple of two vectors: two images' sums, then three.
             if o % (2 * width.lanes()) != 0 {
                 continue;
@@ -2223,7 +2402,7 @@ mod tests {
             );
         }
         if Width::Avx512.runs_here() {
-            assert!(ran >= 6, "only {ran} pair cases ran");
+            assert!(ran >= 7, "only {ran} pair cases ran");
         }
     }
 }
