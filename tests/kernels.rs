@@ -42,7 +42,7 @@ fn max_abs(a: &Tensor) -> Result<f32> {
 /// (N, C, H, W, O, K, stride, padding)
 type Geometry = (usize, usize, usize, usize, usize, usize, usize, usize);
 
-const GEOMETRIES: [Geometry; 39] = [
+const GEOMETRIES: [Geometry; 41] = [
     (2, 3, 8, 8, 4, 3, 1, 1),
     (3, 4, 9, 7, 5, 3, 2, 1),
     (2, 4, 8, 8, 6, 1, 2, 0),
@@ -105,6 +105,11 @@ const GEOMETRIES: [Geometry; 39] = [
     // output rows (256-bit form), 80 tiles ending inside a chunk of 32 with 17 channels.
     (2, 16, 16, 16, 32, 3, 2, 1),
     (1, 17, 20, 64, 32, 3, 2, 1),
+    // 8×8 maps, which AVX-512 CPUs take two images per chunk (three images: a pair, then one
+    // alone): stride 1 with C ≠ O (forward, ∂L/∂x turned round and ∂L/∂w in pairs), and an
+    // 8×8 output of stride 2 (forward and ∂L/∂x in pairs).
+    (3, 16, 8, 8, 32, 3, 1, 1),
+    (3, 32, 16, 16, 16, 3, 2, 1),
 ];
 
 /// `conv::conv2d(x, wt)` against candle's own convolution: the output, and the gradient of

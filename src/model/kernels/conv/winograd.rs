@@ -25,6 +25,16 @@
 //! 3. **output transform** `Aᵀ M A`, each tile's 2×2 pixels written to (or added into) the
 //!    output image.
 //!
+//! **Two images per chunk.** A map of exactly one vector of tiles with rows of half a vector
+//! of pixels (8×8 for 512 bits: the last stage of a 32 px input, 16 tiles) would leave half
+//! of every chunk idle, or fall back to the 256-bit kernel. There the two vectors of a chunk
+//! take the same tiles of two images ([`forward_images`], [`weight_images`],
+//! [`strided_input_images`]): the second vector's input transform reads the second image's
+//! split input, a [`Tiles::phase_len`] further; the product does not care; the output
+//! transform writes a group (two tile rows) as four consecutive output rows of the image its
+//! vector belongs to. ∂L/∂w's sums and the stride-2 ∂L/∂x take the second image's tiles as
+//! tiles LANES … 2·LANES − 1 of a map twice as high (their ∂L/∂y one image after the other).
+//!
 //! ∂L/∂x of a "same" convolution is the convolution of ∂L/∂y with the turned-round weight
 //! ([`super::BackwardPlan`]), so it runs here too, with that weight's transform.
 //!
@@ -183,7 +193,7 @@ impl ConvGeom {
             .map(|(_, width)| width)
     }
 
-    /// Whether the forward pass runs [`forward_image`] here.
+    /// Whether the forward pass runs Winograd here ([`forward_images`]).
     pub(super) fn winograd_forward(&self) -> bool {
         self.winograd_width(self.o).is_some()
     }
@@ -199,12 +209,12 @@ impl ConvGeom {
             .filter(|_| enabled())
     }
 
-    /// Whether ∂L/∂w runs [`weight_image`] here.
+    /// Whether ∂L/∂w runs Winograd here ([`weight_images`]).
     pub(super) fn winograd_weight(&self) -> bool {
         self.winograd_weight_width().is_some()
     }
 
-    /// Whether ∂L/∂x runs [`forward_image`] here, as the convolution of ∂L/∂y with the
+    /// Whether ∂L/∂x runs Winograd here ([`forward_images`]), as the convolution of ∂L/∂y with the
     /// turned-round weight (O input channels, C output channels).
     pub(super) fn winograd_input(&self) -> bool {
         self.flips() && self.flipped().winograd_width(self.c).is_some()
@@ -331,7 +341,7 @@ impl Tiles {
     }
 }
 
-/// The working memory [`forward_image`] needs for `g` and for its ∂L/∂x geometry (C and O
+/// The working memory [`forward_images`] needs for `g` and for its ∂L/∂x geometry (C and O
 /// swapped), in values.
 pub(super) fn buffer_len(g: &ConvGeom) -> usize {
     let t = Tiles::of(&ConvGeom {
@@ -347,7 +357,7 @@ pub(super) fn buffer_len(g: &ConvGeom) -> usize {
     images * t.phase_len() + t.xi() * (plane(g.c, MAX_CHUNK) + plane(g.o, MAX_CHUNK))
 }
 
-/// The working memory [`weight_image`] needs for `g` in `work.col` (the split input, its
+/// The working memory [`weight_images`] needs for `g` in `work.col` (the split input, its
 /// transform and Z for a chunk) and `work.product` (∂L/∂y transposed), in values.
 pub(super) fn weight_buffer_len(g: &ConvGeom) -> (usize, usize) {
     let t = Tiles::of(g);
@@ -618,7 +628,8 @@ fn strided_pair_width(g: &ConvGeom) -> Option<Width> {
 
 /// Whether `width`'s turned-round kernel takes two images of the stride-2 `g` at a time.
 fn strided_pair_fits(width: Width, g: &ConvGeom) -> bool {
-    g.stride == 2
+    enabled()
+        && g.stride == 2
         && g.winograd_shape()
         && Tiles::of(g).tiles == width.lanes()
         && g.c.is_multiple_of(width.out_block())
@@ -814,7 +825,9 @@ pub(super) fn forward_images(
     let (xs, ys) = (&xs[2 * done * inl..], &mut ys[2 * done * outl..]);
     match pair_width(g) {
         // The last of an odd number of images on maps that only the pairs take (8×4 for
-        // 256 bits): paired with itself, its copy's output thrown away.
+        // 256 bits; the plan gives training none: it takes Winograd only where the one-image
+        // kernel fits, and on 8×8 maps the 256-bit one does): paired with itself, its copy's
+        // output thrown away.
         Some(width) if !xs.is_empty() && g.winograd_width(g.o).is_none() => {
             let x2 = [xs, xs].concat();
             let mut y2 = [&ys[..], &ys[..]].concat();
@@ -845,7 +858,8 @@ fn pair_width(g: &ConvGeom) -> Option<Width> {
 /// maps of a 32 px input's last stage, which would otherwise run in 256-bit form), O a
 /// multiple of the output block.
 fn pair_fits(width: Width, g: &ConvGeom) -> bool {
-    g.winograd_shape()
+    enabled()
+        && g.winograd_shape()
         && 2 * g.wo() == width.lanes()
         && Tiles::of(g).tiles == width.lanes()
         && g.o.is_multiple_of(width.out_block())
@@ -973,7 +987,7 @@ fn forward_with(
 /// Images one after the other: `du += ` each image's sums of ∂L/∂U as [`weight_image`]
 /// makes them, for `xs` (N, C, H, W) and ∂L/∂y = `dys` (N, O, Ho, Wo), two at a time where
 /// [`weight_pair_width`] says (the last of an odd number alone, or with a zero gradient
-/// beside it where no one-image kernel takes the map).
+/// beside it where no one-image kernel takes the map, as in [`forward_images`]).
 ///
 /// # Errors
 /// As [`weight_image`]; if `xs` and `dys` do not hold the same number of whole images.
@@ -1625,6 +1639,8 @@ macro_rules! winograd_kernels {
                         let base = c * PLANES * s + u0 + half * step;
                         // SAFETY: tile u < tiles + CHUNK − 1 reads values up to
                         // base + 7·S + Q + LANES − 1 < PLANES·C·S + CHUNK (S = tiles + Q);
+                        // with step = phase_len ([`forward_pair`], u0 = 0, tiles = LANES:
+                        // no slack read) within the second image's planes, < 2·phase_len;
                         // v's planes hold C rows of CHUNK values.
                         unsafe {
                             // Bᵀ over the patch's rows, column by column.
@@ -1685,6 +1701,8 @@ macro_rules! winograd_kernels {
                         let base = c * PLANES_S2 * s + u0 + half * step;
                         // SAFETY: tile u < tiles + CHUNK − 1 reads values up to
                         // base + 19·S + LANES − 1 < PLANES_S2·C·S + CHUNK (Q < S, u0 < S);
+                        // with step = phase_len ([`forward_pair`]) within the second
+                        // image's planes, < 2·phase_len;
                         // v's planes hold C rows of CHUNK values.
                         unsafe {
                             // Bᵀ over the patch's rows, column by column.
