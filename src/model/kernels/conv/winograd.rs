@@ -186,11 +186,7 @@ impl ConvGeom {
         if !enabled() || !self.winograd_shape() {
             return None;
         }
-        let c = vector_cpu();
-        [(c.avx512, Width::Avx512), (c.avx2, Width::Avx2)]
-            .into_iter()
-            .find(|&(has, width)| has && fits(width, self, out))
-            .map(|(_, width)| width)
+        widest(|width| fits(width, self, out))
     }
 
     /// Whether the forward pass runs Winograd here ([`forward_images`]).
@@ -201,12 +197,7 @@ impl ConvGeom {
     /// The kernel that makes ∂L/∂w with Winograd here, if any: the CPU's widest whose
     /// forward kernel fits, where O is a multiple of two of its vectors.
     pub(super) fn winograd_weight_width(&self) -> Option<Width> {
-        let c = vector_cpu();
-        [(c.avx512, Width::Avx512), (c.avx2, Width::Avx2)]
-            .into_iter()
-            .find(|&(has, width)| has && weight_fits(width, self))
-            .map(|(_, width)| width)
-            .filter(|_| enabled())
+        widest(|width| weight_fits(width, self)).filter(|_| enabled())
     }
 
     /// Whether ∂L/∂w runs Winograd here ([`weight_images`]).
@@ -230,17 +221,22 @@ impl ConvGeom {
         if !enabled() || self.stride != 2 || !self.winograd_shape() {
             return None;
         }
-        let c = vector_cpu();
-        [(c.avx512, Width::Avx512), (c.avx2, Width::Avx2)]
-            .into_iter()
-            .find(|&(has, width)| has && strided_input_fits(width, self))
-            .map(|(_, width)| width)
+        widest(|width| strided_input_fits(width, self))
     }
 
     /// Whether ∂L/∂x of this stride-2 convolution runs [`strided_input_image`] here.
     pub(super) fn winograd_strided_input(&self) -> bool {
         self.winograd_strided_input_width().is_some()
     }
+}
+
+/// The CPU's widest vectors ([`vector_cpu`]: AVX-512, then AVX2) for which `takes` holds.
+fn widest(takes: impl Fn(Width) -> bool) -> Option<Width> {
+    let c = vector_cpu();
+    [(c.avx512, Width::Avx512), (c.avx2, Width::Avx2)]
+        .into_iter()
+        .find(|&(has, width)| has && takes(width))
+        .map(|(_, width)| width)
 }
 
 /// Whether `width`'s kernel takes `g` with `out` output channels: output rows of whole
@@ -514,7 +510,7 @@ pub(super) fn transposed_transform(g: &ConvGeom, w: &[f32]) -> Vec<f32> {
 ///
 /// # Errors
 /// If the slices do not have the geometry's sizes, or the geometry or CPU does not allow it.
-pub(super) fn strided_input_image(
+fn strided_input_image(
     g: &ConvGeom,
     ut: &[f32],
     dy: &[f32],
@@ -589,17 +585,7 @@ pub(super) fn strided_input_images(
     dxs: &mut [f32],
     buf: &mut [f32],
 ) -> Result<()> {
-    let (inl, outl) = (g.in_image().max(1), g.out_image().max(1));
-    if !dxs.len().is_multiple_of(inl)
-        || !dys.len().is_multiple_of(outl)
-        || dxs.len() / inl != dys.len() / outl
-    {
-        bail!(
-            "winograd convolution: gradient {} and input gradient {} values are not whole images of {g:?}",
-            dys.len(),
-            dxs.len()
-        );
-    }
+    let (inl, outl) = whole_images(g, dxs.len(), dys.len())?;
     match strided_pair_width(g) {
         Some(width) => {
             for (dy2, dx2) in dys.chunks(2 * outl).zip(dxs.chunks_mut(2 * inl)) {
@@ -615,15 +601,29 @@ pub(super) fn strided_input_images(
     Ok(())
 }
 
+/// The values per input and per output image of `g` (at least 1 each), checked against
+/// `inputs` and `outputs` values (an input-sized and an output-sized buffer of the same images).
+///
+/// # Errors
+/// If either is not a whole number of images, or they hold different numbers of images.
+fn whole_images(g: &ConvGeom, inputs: usize, outputs: usize) -> Result<(usize, usize)> {
+    let (inl, outl) = (g.in_image().max(1), g.out_image().max(1));
+    if !inputs.is_multiple_of(inl)
+        || !outputs.is_multiple_of(outl)
+        || inputs / inl != outputs / outl
+    {
+        bail!(
+            "winograd convolution: {inputs} input-side and {outputs} output-side values are not the same whole images of {g:?}"
+        );
+    }
+    Ok((inl, outl))
+}
+
 /// The widest vectors with which [`strided_input_images`] takes two images at a time: maps
 /// of exactly one vector of tiles (8×8 outputs for 512 bits), C a multiple of the output
 /// block.
 fn strided_pair_width(g: &ConvGeom) -> Option<Width> {
-    let cpu = vector_cpu();
-    [(cpu.avx512, Width::Avx512), (cpu.avx2, Width::Avx2)]
-        .into_iter()
-        .find(|&(has, width)| has && strided_pair_fits(width, g))
-        .map(|(_, width)| width)
+    widest(|width| strided_pair_fits(width, g))
 }
 
 /// Whether `width`'s turned-round kernel takes two images of the stride-2 `g` at a time.
@@ -804,17 +804,7 @@ pub(super) fn forward_images(
     accumulate: bool,
     buf: &mut [f32],
 ) -> Result<()> {
-    let (inl, outl) = (g.in_image().max(1), g.out_image().max(1));
-    if !xs.len().is_multiple_of(inl)
-        || !ys.len().is_multiple_of(outl)
-        || xs.len() / inl != ys.len() / outl
-    {
-        bail!(
-            "winograd convolution: input {} and output {} values are not whole images of {g:?}",
-            xs.len(),
-            ys.len()
-        );
-    }
+    let (inl, outl) = whole_images(g, xs.len(), ys.len())?;
     let mut done = 0;
     if let Some(width) = pair_width(g) {
         for (x2, y2) in xs.chunks_exact(2 * inl).zip(ys.chunks_exact_mut(2 * outl)) {
@@ -846,11 +836,7 @@ pub(super) fn forward_images(
 /// The widest vectors with which [`forward_images`] takes `g`'s images two at a time
 /// ([`pair_fits`]), if any this CPU has.
 fn pair_width(g: &ConvGeom) -> Option<Width> {
-    let cpu = vector_cpu();
-    [(cpu.avx512, Width::Avx512), (cpu.avx2, Width::Avx2)]
-        .into_iter()
-        .find(|&(has, width)| has && pair_fits(width, g))
-        .map(|(_, width)| width)
+    widest(|width| pair_fits(width, g))
 }
 
 /// Whether `width`'s kernel takes `g` two images at a time ([`zmm::forward_pair`]): maps of
@@ -891,18 +877,7 @@ fn forward_pair_with(
         );
     }
     let t = Tiles::of(g);
-    let plen = t.phase_len();
-    let (vlen, mlen) = (
-        t.xi() * plane(g.c, MAX_CHUNK),
-        t.xi() * plane(g.o, MAX_CHUNK),
-    );
-    let buf = take(buf, 2 * plen + vlen + mlen, "Winograd")?;
-    let (phases, tail) = buf.split_at_mut(2 * plen);
-    let (v, m) = tail.split_at_mut(vlen);
-    let (x0, x1) = x2.split_at(g.in_image());
-    let (p0, p1) = phases.split_at_mut(plen);
-    split::split(&t, x0, p0);
-    split::split(&t, x1, p1);
+    let (phases, v, m) = split_input(&t, width, x2, buf, t.xi() * plane(g.o, MAX_CHUNK))?;
     #[cfg(target_arch = "x86_64")]
     #[allow(unsafe_code)]
     // SAFETY: the CPU has the width's instructions, O is a multiple of its block, the map
@@ -927,7 +902,7 @@ fn forward_pair_with(
 ///
 /// # Errors
 /// If the slices do not have the geometry's sizes, or the geometry or CPU does not allow it.
-pub(super) fn forward_image(
+fn forward_image(
     g: &ConvGeom,
     u: &[f32],
     x: &[f32],
@@ -998,17 +973,7 @@ pub(super) fn weight_images(
     du: &mut [f32],
     work: &mut super::Work,
 ) -> Result<()> {
-    let (inl, outl) = (g.in_image().max(1), g.out_image().max(1));
-    if !xs.len().is_multiple_of(inl)
-        || !dys.len().is_multiple_of(outl)
-        || xs.len() / inl != dys.len() / outl
-    {
-        bail!(
-            "winograd convolution: input {} and gradient {} values are not whole images of {g:?}",
-            xs.len(),
-            dys.len()
-        );
-    }
+    let (inl, outl) = whole_images(g, xs.len(), dys.len())?;
     let pair = weight_pair_width(g);
     let mut done = 0;
     if let Some(width) = pair {
@@ -1037,11 +1002,7 @@ pub(super) fn weight_images(
 /// The widest vectors with which [`weight_images`] takes `g`'s images two at a time: as
 /// [`pair_width`], with O a multiple of two vectors ([`weight_fits`]).
 fn weight_pair_width(g: &ConvGeom) -> Option<Width> {
-    let cpu = vector_cpu();
-    [(cpu.avx512, Width::Avx512), (cpu.avx2, Width::Avx2)]
-        .into_iter()
-        .find(|&(has, width)| has && pair_fits(width, g) && g.o.is_multiple_of(2 * width.lanes()))
-        .map(|(_, width)| width)
+    widest(|width| pair_fits(width, g) && g.o.is_multiple_of(2 * width.lanes()))
 }
 
 /// Two images of [`weight_images`] with the kernel of `width` ([`zmm::weight_pair`]), its
@@ -1072,17 +1033,7 @@ fn weight_pair_with(
         );
     }
     let t = Tiles::of(g);
-    let plen = t.phase_len();
-    let (vlen, zlen) = (
-        t.xi() * plane(g.c, MAX_CHUNK),
-        t.xi() * plane(MAX_CHUNK, g.o),
-    );
-    let col = take(col, 2 * plen + vlen + zlen, "Winograd")?;
-    let (phases, tail) = col.split_at_mut(2 * plen);
-    let (v, z) = tail.split_at_mut(vlen);
-    let (p0, p1) = phases.split_at_mut(plen);
-    split::split(&t, &x2[..inl], p0);
-    split::split(&t, &x2[inl..], p1);
+    let (phases, v, z) = split_input(&t, width, x2, col, t.xi() * plane(MAX_CHUNK, g.o))?;
     let dyt = take(product, 2 * outl, "transposed gradient")?;
     let (d0, d1) = dyt.split_at_mut(outl);
     transposed_gradient(&dy2[..outl], g.o, d0)?;
@@ -1112,7 +1063,7 @@ fn weight_pair_with(
 ///
 /// # Errors
 /// If the slices do not have the geometry's sizes, or the geometry or CPU does not allow it.
-pub(super) fn weight_image(
+fn weight_image(
     g: &ConvGeom,
     x: &[f32],
     dy: &[f32],
@@ -1176,27 +1127,38 @@ fn product_flop(t: &Tiles) -> u64 {
     (2 * t.xi() * t.c * t.o * t.tiles) as u64
 }
 
-/// Cuts `buf` into the split input (made here from `x`), a chunk's input transform (16 or 25 planes
+/// Cuts `buf` into the split inputs of the images in `xs` (one, or two for the pairs, each
+/// made here, [`Tiles::phase_len`] values apart), a chunk's input transform (16 or 25 planes
 /// of C rows), and `rest` values for what the pass needs next (the products, or Z).
 ///
 /// # Errors
-/// If `buf` is too short, or the split input's slack too short for what `width`'s last
-/// chunk reads.
+/// If `xs` is not one or two whole images, `buf` is too short, or the split input's slack
+/// too short for what `width`'s last chunk reads.
 fn split_input<'a>(
     t: &Tiles,
     width: Width,
-    x: &[f32],
+    xs: &[f32],
     buf: &'a mut [f32],
     rest: usize,
 ) -> Result<(&'a mut [f32], &'a mut [f32], &'a mut [f32])> {
     if t.reach(2 * width.lanes()) > t.phase_len() {
         bail!("winograd convolution: the split input's slack is too short for {t:?}");
     }
+    let image = (t.c * t.in_hw).max(1);
+    let images = xs.len() / image;
+    if !(1..=2).contains(&images) || xs.len() != images * image {
+        bail!(
+            "winograd convolution: {} input values are not one or two images of {t:?}",
+            xs.len()
+        );
+    }
     let (plen, vlen) = (t.phase_len(), t.xi() * plane(t.c, MAX_CHUNK));
-    let buf = take(buf, plen + vlen + rest, "Winograd")?;
-    let (phases, tail) = buf.split_at_mut(plen);
+    let buf = take(buf, images * plen + vlen + rest, "Winograd")?;
+    let (phases, tail) = buf.split_at_mut(images * plen);
     let (v, rest) = tail.split_at_mut(vlen);
-    split::split(t, x, phases);
+    for (x, p) in xs.chunks_exact(image).zip(phases.chunks_exact_mut(plen)) {
+        split::split(t, x, p);
+    }
     Ok((phases, v, rest))
 }
 

@@ -6,8 +6,8 @@
 
 use super::{Algo, PLANES, PLANES_S2, Tiles};
 
-/// Splits `x` (C, H, W) into `phases` as `t.algo` needs: [`split_s1`] or [`split_s2`] with
-/// the rows done by [`avx2`] where the CPU has AVX2, else by [`rows`].
+/// Splits `x` (C, H, W) into `phases` as `t.algo` needs ([`split_with`]), the rows done by
+/// [`avx2`] where the CPU has AVX2, else by [`rows`].
 pub(super) fn split(t: &Tiles, x: &[f32], phases: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
@@ -21,7 +21,12 @@ pub(super) fn split(t: &Tiles, x: &[f32], phases: &mut [f32]) {
     split_with(t, x, phases, rows::s1, rows::s2);
 }
 
-/// [`split_s1`] or [`split_s2`] by `t.algo`, with the row functions given.
+/// The split for `t.algo`, with the row functions given: for stride 1 [`PLANES`] planes per
+/// channel, `phases[c][a][b][sh][i][j] = padded(c, 2i + a, 2(j + sh) + b)`, each
+/// (H/2 + 1) × W/2, the rows by `s1` (as [`rows::s1`]); for stride 2 [`PLANES_S2`],
+/// `phases[c][a][b][i][j] = padded(c, 4i + a, 4j + b)` for row phases a < 4 and columns b ≤ 4
+/// (b = 4 is column phase 0 one tile on), each (Ho/2 + 1) × Wo/2, the rows by `s2` (as
+/// [`rows::s2`]); `padded` is `x` zero-padded by one pixel.
 #[inline(always)]
 fn split_with(
     t: &Tiles,
@@ -30,95 +35,51 @@ fn split_with(
     s1: impl Fn(&[f32], [&mut [f32]; 4]),
     s2: impl Fn(&[f32], [&mut [f32]; 5]),
 ) {
+    // The phases × planes below are the layouts' plane counts.
+    const _: () = assert!(2 * 4 == PLANES && 4 * 5 == PLANES_S2);
     match t.algo {
-        Algo::Stride1 => split_s1(t, x, phases, s1),
-        Algo::Stride2 => split_s2(t, x, phases, s2),
+        Algo::Stride1 => split_planes::<2, 4>(t, x, phases, s1),
+        Algo::Stride2 => split_planes::<4, 5>(t, x, phases, s2),
     }
 }
 
-/// Splits `x` (C, H, W), zero-padded by one pixel, into [`PLANES`] planes per channel:
-/// `phases[c][a][b][sh][i][j] = padded(c, 2i + a, 2(j + sh) + b)`, each (H/2 + 1) × W/2,
-/// then a chunk of zeros. `row` splits one input row into the four planes of its row phase
-/// (as [`rows::s1`]).
+/// Splits `x` (C, H, W), zero-padded by one pixel, into `R` row phases × `N` planes per
+/// channel, each of (rows of the output)/2 + 1 rows of Q values, then a chunk of zeros:
+/// input row r is padded row r + 1, row (r + 1) / R of row phase (r + 1) mod R, whose `N`
+/// planes `row` fills from it. Padded row 0 (row 0 of phase 0) and the rows past the last
+/// input row (the last row of the other phases) are the border, zeros.
 #[inline(always)]
-fn split_s1(t: &Tiles, x: &[f32], phases: &mut [f32], row: impl Fn(&[f32], [&mut [f32]; 4])) {
-    let (q, s, w) = (t.q, t.s, t.w);
-    let last = s / q - 1;
-    for (plane, out) in x
-        .chunks_exact(t.hw)
-        .zip(phases.chunks_exact_mut(PLANES * s))
-        .take(t.c)
-    {
-        // Padded row 0 (row 0 of the even-row planes) and H + 1 (the last row of the odd-row
-        // planes) are the border.
-        for (p, dst) in out.chunks_exact_mut(s).enumerate() {
-            let i = if p < 4 { 0 } else { last };
-            dst[i * q..(i + 1) * q].fill(0.0);
-        }
-        for (r, src) in plane.chunks_exact(w).enumerate() {
-            // Input row r is padded row r + 1: phase a, row i.
-            let (a, i) = ((r + 1) & 1, (r + 1) >> 1);
-            let half = &mut out[a * 4 * s..(a + 1) * 4 * s];
-            let (p01, p23) = half.split_at_mut(2 * s);
-            let (p0, p1) = p01.split_at_mut(s);
-            let (p2, p3) = p23.split_at_mut(s);
-            let at = i * q..(i + 1) * q;
-            row(
-                src,
-                [
-                    &mut p0[at.clone()],
-                    &mut p1[at.clone()],
-                    &mut p2[at.clone()],
-                    &mut p3[at],
-                ],
-            );
-        }
-    }
-    phases[PLANES * t.c * s..].fill(0.0);
-}
-
-/// Splits `x` (C, H, W), zero-padded by one pixel, into [`PLANES_S2`] planes per channel for
-/// stride 2: `phases[c][a][b][i][j] = padded(c, 4i + a, 4j + b)` for row phases a < 4 and
-/// columns b ≤ 4 (b = 4 is column phase 0 one tile on), each (Ho/2 + 1) × Wo/2, then a chunk
-/// of zeros. `row` splits one input row into the five planes of its row phase (as
-/// [`rows::s2`]).
-#[inline(always)]
-fn split_s2(t: &Tiles, x: &[f32], phases: &mut [f32], row: impl Fn(&[f32], [&mut [f32]; 5])) {
-    let (q, s, w) = (t.q, t.s, t.in_w);
+fn split_planes<const R: usize, const N: usize>(
+    t: &Tiles,
+    x: &[f32],
+    phases: &mut [f32],
+    row: impl Fn(&[f32], [&mut [f32]; N]),
+) {
+    let (q, s) = (t.q, t.s);
     let last = s / q - 1;
     for (plane, out) in x
         .chunks_exact(t.in_hw)
-        .zip(phases.chunks_exact_mut(PLANES_S2 * s))
+        .zip(phases.chunks_exact_mut(R * N * s))
         .take(t.c)
     {
-        // Padded row 0 (row 0 of phase 0) and H + 1 … H + 3 (the last row of phases 1 to 3)
-        // are the border.
         for (p, dst) in out.chunks_exact_mut(s).enumerate() {
-            let i = if p < 5 { 0 } else { last };
+            let i = if p < N { 0 } else { last };
             dst[i * q..(i + 1) * q].fill(0.0);
         }
-        for (r, src) in plane.chunks_exact(w).enumerate() {
-            // Input row r is padded row r + 1: phase a, row i.
-            let (a, i) = ((r + 1) & 3, (r + 1) >> 2);
+        for (r, src) in plane.chunks_exact(t.in_w).enumerate() {
+            let (a, i) = ((r + 1) % R, (r + 1) / R);
             let at = i * q..(i + 1) * q;
-            let rows = &mut out[a * 5 * s..(a + 1) * 5 * s];
-            let (p0, rest) = rows.split_at_mut(s);
-            let (p1, rest) = rest.split_at_mut(s);
-            let (p2, rest) = rest.split_at_mut(s);
-            let (p3, p4) = rest.split_at_mut(s);
+            let mut planes = out[a * N * s..(a + 1) * N * s]
+                .chunks_exact_mut(s)
+                .map(|p| &mut p[at.clone()]);
+            // The N planes of the phase (the iterator yields exactly N).
             row(
                 src,
-                [
-                    &mut p0[at.clone()],
-                    &mut p1[at.clone()],
-                    &mut p2[at.clone()],
-                    &mut p3[at.clone()],
-                    &mut p4[at],
-                ],
+                std::array::from_fn(|_| planes.next().unwrap_or_default()),
             );
         }
     }
-    phases[PLANES_S2 * t.c * s..].fill(0.0);
+    phases[R * N * t.c * s..].fill(0.0);
 }
 
 /// One input row's planes in plain loops (any CPU, and the tails of [`avx2`]'s rows).
