@@ -113,7 +113,9 @@ const GEOMETRIES: [Geometry; 41] = [
 ];
 
 /// `conv::conv2d(x, wt)` against candle's own convolution: the output, and the gradient of
-/// `sum(y · r)` for every variable in `vars` (x and/or the weight, named), to 1e-4 relative.
+/// `sum(y · r)` for every variable in `vars` (x and/or the weight, named): the output to 2e-5
+/// of its largest value (F(4×4, 3×3)'s transforms round more than a direct sum: with 64
+/// channels its largest error was 3.6e-6 of the largest output), the gradients to 1e-4.
 fn assert_conv_matches_candle(
     x: &Tensor,
     wt: &Var,
@@ -126,7 +128,11 @@ fn assert_conv_matches_candle(
     let stock = x.conv2d(wt.as_tensor(), p, s, 1, 1)?;
     assert_eq!(ours.dims(), stock.dims(), "{what}");
     let d = max_diff(&ours, &stock)?;
-    assert!(d < 1e-4, "{what}: forward differs by {d}");
+    let scale = max_abs(&stock)?.max(1.0);
+    assert!(
+        d / scale < 2e-5,
+        "{what}: forward differs by {d} (scale {scale})"
+    );
 
     let r = tensor(ours.dims(), seed)?;
     let g_ours = (ours * &r)?.sum_all()?.backward()?;

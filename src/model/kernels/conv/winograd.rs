@@ -61,6 +61,25 @@
 //! into 20 planes per channel (4 row phases × the patch's 5 columns), the products and ∂L/∂w
 //! are the same code with 25 planes.
 //!
+//! **F(4×4, 3×3)** for stride 1 on larger maps (height a multiple of 4, width a multiple of 16,
+//! at least 32: the first stage at 32 px and up, the second from 64 px; [`Algo::of`]): tiles
+//! of 4×4 output pixels from 6×6 input patches, 36 values ξ, so 36 products per 16 pixels
+//! (2.25 per pixel and channel pair, against F(2×2, 3×3)'s 4 and the definition's 9), with
+//! Lavin & Gray's matrices for the points 0, ±1, ±2, ∞:
+//! `Bᵀ = [[4, 0, −5, 0, 1, 0], [0, −4, −4, 1, 1, 0], [0, 4, −4, −1, 1, 0], [0, −2, −1, 2, 1, 0],
+//! [0, 2, −1, −2, 1, 0], [0, 4, 0, −5, 0, 1]]`, `G = [[¼, 0, 0], [−⅙, −⅙, −⅙], [−⅙, ⅙, −⅙],
+//! [1/24, 1/12, ⅙], [1/24, −1/12, ⅙], [0, 0, 1]]`, `Aᵀ = [[1, 1, 1, 1, 1, 0],
+//! [0, 1, −1, 2, −2, 0], [0, 1, 1, 4, 4, 0], [0, 1, −1, 8, −8, 1]]`. The patches lie 4 pixels
+//! apart, as the stride-2 form's: the same split with a sixth column plane (24 planes per
+//! channel). The output transform makes, per output row, four vectors of one pixel column of
+//! every tile; a 4×4 transpose within 128-bit blocks (and, for 512 bits, one of the blocks)
+//! puts each group of a quarter vector of tiles' four pixels side by side, one vector. ∂L/∂w
+//! uses it too (Z from the tile's 4×4 output gradient with A = (Aᵀ)ᵀ, then `Gᵀ ∂U G`). Its
+//! coefficients (up to 8, and ⅙, 1/24) round more: about 4e-6 of the largest output or
+//! gradient against a few 1e-7 for F(2×2, 3×3), measured against sums in f64 — far below a
+//! training step's own noise, as with cuDNN's F(4×4, 3×3). `PRETEXT_NO_WINOGRAD4` keeps
+//! F(2×2, 3×3) everywhere, for comparisons.
+//!
 //! ∂L/∂x of a stride-2 convolution is not a convolution but the forward algorithm turned
 //! round ([`strided_input_image`]): per tile `∂L/∂V_c = Σ_o U_oc ⊙ Z_o` with
 //! `Z_o = A ∂L/∂Y_o Aᵀ` (as for ∂L/∂w, but with the tiles along the lanes, from ∂L/∂y split
@@ -82,6 +101,9 @@ const XI: usize = 16;
 
 /// Transformed weight values per (channel, output channel) pair for stride 2: the 5×5 `U`.
 const XI_S2: usize = 25;
+
+/// Transformed weight values per (channel, output channel) pair for F(4×4, 3×3): the 6×6 `U`.
+const XI_F4: usize = 36;
 
 /// The most tiles a chunk has (two 512-bit vectors), for sizing buffers.
 const MAX_CHUNK: usize = 32;
@@ -105,6 +127,10 @@ const PLANES: usize = 8;
 /// patch (4 column phases and the first one shifted by one tile).
 const PLANES_S2: usize = 20;
 
+/// Planes per channel of the split input for F(4×4, 3×3): 4 row phases × 6 columns of the
+/// patch (4 column phases and the first two shifted by one tile).
+const PLANES_F4: usize = 24;
+
 /// The fewest input channels Winograd takes: with fewer, the product of step 2 is too short
 /// to pay for the transforms (the network's 3-channel first convolution stays off it).
 const MIN_CHANNELS: usize = 16;
@@ -123,20 +149,41 @@ fn strided_enabled() -> bool {
     *ON.get_or_init(|| std::env::var_os("PRETEXT_NO_STRIDED_WINOGRAD").is_none())
 }
 
-/// The two algorithms: F(2×2, 3×3) for stride 1, and its stride-2 form (the module's docs).
+/// Whether the forward pass (and the stride-1 ∂L/∂x, a forward pass) may take F(4×4, 3×3)
+/// where it fits (`PRETEXT_NO_WINOGRAD4` set keeps F(2×2, 3×3) everywhere: for comparisons).
+fn f4_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("PRETEXT_NO_WINOGRAD4").is_none())
+}
+
+/// The algorithms: F(2×2, 3×3) for stride 1, its stride-2 form, and F(4×4, 3×3) for the
+/// forward pass on larger maps (the module's docs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Algo {
-    /// Stride 1: 4×4 input patches, 16 products per tile and channel pair.
+    /// Stride 1: 4×4 input patches, 16 products per tile (of 2×2 pixels) and channel pair.
     Stride1,
     /// Stride 2: 5×5 input patches, 25 products per tile and channel pair.
     Stride2,
+    /// Stride 1, F(4×4, 3×3): 6×6 input patches, 36 products per tile of 4×4 pixels and
+    /// channel pair (2.25 per pixel instead of F(2×2, 3×3)'s 4).
+    F4,
 }
 
 impl Algo {
-    /// The algorithm for `g`'s stride.
+    /// The algorithm for `g`: the stride-2 form for stride 2; for stride 1 F(4×4, 3×3) on
+    /// maps of a height a multiple of 4 and a width a multiple of 16, at least 32 (whole
+    /// groups of output tiles per row for both vector widths; on smaller maps a chunk would
+    /// have idle lanes), else F(2×2, 3×3).
     fn of(g: &ConvGeom) -> Self {
         if g.stride == 2 {
             Algo::Stride2
+        } else if g.h >= 4
+            && g.h.is_multiple_of(4)
+            && g.w >= 32
+            && g.w.is_multiple_of(16)
+            && f4_enabled()
+        {
+            Algo::F4
         } else {
             Algo::Stride1
         }
@@ -147,6 +194,7 @@ impl Algo {
         match self {
             Algo::Stride1 => XI,
             Algo::Stride2 => XI_S2,
+            Algo::F4 => XI_F4,
         }
     }
 
@@ -155,6 +203,15 @@ impl Algo {
         match self {
             Algo::Stride1 => PLANES,
             Algo::Stride2 => PLANES_S2,
+            Algo::F4 => PLANES_F4,
+        }
+    }
+
+    /// Output pixels per tile side.
+    const fn side(self) -> usize {
+        match self {
+            Algo::Stride1 | Algo::Stride2 => 2,
+            Algo::F4 => 4,
         }
     }
 }
@@ -278,20 +335,22 @@ struct Tiles {
     in_w: usize,
     /// Values per input plane, H·W.
     in_hw: usize,
-    /// Tiles per tile row, Wo/2; also the planes' row pitch.
+    /// Tiles per tile row, Wo/2 (Wo/4 for F(4×4, 3×3)); also the planes' row pitch.
     q: usize,
-    /// Values per plane, (Ho/2 + 1)·Wo/2.
+    /// Values per plane, (tile rows + 1)·Q.
     s: usize,
-    /// Tiles, (Ho/2)·(Wo/2).
+    /// Tiles, (Ho/2)·(Wo/2) (or (Ho/4)·(Wo/4)).
     tiles: usize,
 }
 
 impl Tiles {
     fn of(g: &ConvGeom) -> Self {
+        let algo = Algo::of(g);
         let (ho, wo) = (g.ho(), g.wo());
-        let q = wo / 2;
+        let a = algo.side();
+        let q = wo / a;
         Self {
-            algo: Algo::of(g),
+            algo,
             c: g.c,
             o: g.o,
             w: wo,
@@ -299,8 +358,8 @@ impl Tiles {
             in_w: g.w,
             in_hw: g.h * g.w,
             q,
-            s: (ho / 2 + 1) * q,
-            tiles: ho / 2 * q,
+            s: (ho / a + 1) * q,
+            tiles: ho / a * q,
         }
     }
 
@@ -328,8 +387,9 @@ impl Tiles {
     fn positions(&self, u0: usize, group: usize, pos: &mut [usize]) {
         for (k, p) in pos.iter_mut().enumerate() {
             let u = u0 + k * group;
+            let a = self.algo.side();
             *p = if u < self.tiles {
-                2 * (u / self.q) * self.w + 2 * (u % self.q)
+                a * (u / self.q) * self.w + a * (u % self.q)
             } else {
                 usize::MAX
             };
@@ -365,8 +425,8 @@ pub(super) fn weight_buffer_len(g: &ConvGeom) -> (usize, usize) {
     )
 }
 
-/// Values of the weight's transform (and of the sums of ∂L/∂U) for `g`: 16·C·O for stride 1,
-/// 25·C·O for stride 2.
+/// Values of the weight's transform (and of the sums of ∂L/∂U) for `g`: 16·C·O for
+/// F(2×2, 3×3), 25·C·O for stride 2, 36·C·O for F(4×4, 3×3).
 pub(super) fn transform_len(g: &ConvGeom) -> usize {
     Algo::of(g).xi() * g.c * g.o
 }
@@ -386,6 +446,31 @@ pub(super) fn weight_from_transform(g: &ConvGeom, du: &[f32]) -> Result<Vec<f32>
         );
     }
     let mut dw = vec![0f32; o * c * 9];
+    if Algo::of(g) == Algo::F4 {
+        // Gᵀ = [[¼, −⅙, −⅙, 1/24, 1/24, 0], [0, −⅙, ⅙, 1/12, −1/12, 0],
+        // [0, −⅙, −⅙, ⅙, ⅙, 1]], in f64.
+        let gt = |v: [f64; 6]| {
+            [
+                v[0] / 4.0 - (v[1] + v[2]) / 6.0 + (v[3] + v[4]) / 24.0,
+                (v[2] - v[1]) / 6.0 + (v[3] - v[4]) / 12.0,
+                (v[3] + v[4] - v[1] - v[2]) / 6.0 + v[5],
+            ]
+        };
+        for (oc, out) in dw.chunks_exact_mut(9).enumerate() {
+            let (oi, ci) = (oc / c, oc % c);
+            let m = |xi: usize| f64::from(du[(xi * c + ci) * o + oi]);
+            // Gᵀ over each column of the 6×6 sums, then over each row of that (3 × 6).
+            let cols: [[f64; 3]; 6] =
+                std::array::from_fn(|col| gt(std::array::from_fn(|row| m(row * 6 + col))));
+            for row in 0..3 {
+                let r = gt(std::array::from_fn(|col| cols[col][row]));
+                for (k, v) in r.iter().enumerate() {
+                    out[row * 3 + k] = *v as f32;
+                }
+            }
+        }
+        return Ok(dw);
+    }
     if Algo::of(g) == Algo::Stride2 {
         for (oc, out) in dw.chunks_exact_mut(9).enumerate() {
             let (oi, ci) = (oc / c, oc % c);
@@ -422,10 +507,39 @@ pub(super) fn weight_from_transform(g: &ConvGeom, du: &[f32]) -> Result<Vec<f32>
 /// The weight `w` (O, C, 3, 3) transformed, `U[ξ][c][o] = (G w[o, c] Gᵀ)[ξ]`, made once per
 /// batch: for stride 1 with `G = [[1, 0, 0], [½, ½, ½], [½, −½, ½], [0, 0, 1]]` (16·C·O
 /// values), for stride 2 with `G = [[1, 0, 0], [1, 0, 1], [0, 0, 1], [0, 1, 0], [0, 1, 0]]`
-/// (25·C·O).
+/// (25·C·O), for F(4×4, 3×3) ([`Algo::of`]) with its 6×3 G (36·C·O).
 pub(super) fn transform_weight(g: &ConvGeom, w: &[f32]) -> Vec<f32> {
     let (c, o) = (g.c, g.o);
     let mut u = vec![0f32; transform_len(g)];
+    if Algo::of(g) == Algo::F4 {
+        // G = [[¼, 0, 0], [−⅙, −⅙, −⅙], [−⅙, ⅙, −⅙], [1/24, 1/12, ⅙], [1/24, −1/12, ⅙],
+        // [0, 0, 1]] (Lavin & Gray 2016, points 0, ±1, ±2, ∞), in f64.
+        let gw = |v: [f64; 3]| {
+            let [a, b, d] = v;
+            [
+                a / 4.0,
+                -(a + b + d) / 6.0,
+                -(a - b + d) / 6.0,
+                a / 24.0 + b / 12.0 + d / 6.0,
+                a / 24.0 - b / 12.0 + d / 6.0,
+                d,
+            ]
+        };
+        for (oc, k) in w.chunks_exact(9).enumerate().take(c * o) {
+            let (oi, ci) = (oc / c, oc % c);
+            let k: [f64; 9] = std::array::from_fn(|i| f64::from(k[i]));
+            // G over each column of the 3×3 weight (6 × 3), then over each row (6 × 6).
+            let cols: [[f64; 6]; 3] =
+                std::array::from_fn(|col| gw([k[col], k[3 + col], k[6 + col]]));
+            for row in 0..6 {
+                let r = gw([cols[0][row], cols[1][row], cols[2][row]]);
+                for (col, v) in r.iter().enumerate() {
+                    u[((row * 6 + col) * c + ci) * o + oi] = *v as f32;
+                }
+            }
+        }
+        return u;
+    }
     if Algo::of(g) == Algo::Stride2 {
         let gw = |v: [f32; 3]| [v[0], v[0] + v[2], v[2], v[1], v[1]];
         for (oc, k) in w.chunks_exact(9).enumerate().take(c * o) {
@@ -844,10 +958,12 @@ fn pair_width(g: &ConvGeom) -> Option<Width> {
 /// maps of a 32 px input's last stage, which would otherwise run in 256-bit form), O a
 /// multiple of the output block.
 fn pair_fits(width: Width, g: &ConvGeom) -> bool {
+    let t = Tiles::of(g);
     enabled()
         && g.winograd_shape()
+        && t.algo != Algo::F4
         && 2 * g.wo() == width.lanes()
-        && Tiles::of(g).tiles == width.lanes()
+        && t.tiles == width.lanes()
         && g.o.is_multiple_of(width.out_block())
 }
 
@@ -1171,7 +1287,7 @@ macro_rules! winograd_kernels {
     (
         $module:ident, $feature:literal, $lanes:literal, $block:literal, $wide:literal,
         $taps:literal,
-        $zip:ident, $rows2:ident,
+        $zip:ident, $rows2:ident, $zip4:ident,
         $zero:ident, $load:ident, $store:ident, $set1:ident, $add:ident, $sub:ident,
         $fma:ident
     ) => {
@@ -1179,7 +1295,10 @@ macro_rules! winograd_kernels {
         mod $module {
             use std::arch::x86_64::{$add, $fma, $load, $set1, $store, $sub, $zero};
 
-            use super::{Algo, PLANES, PLANES_S2, Tiles, XI, XI_S2, plane, $rows2, $zip};
+            use super::{
+                Algo, PLANES, PLANES_F4, PLANES_S2, Tiles, XI, XI_F4, XI_S2, plane, $rows2, $zip,
+                $zip4,
+            };
 
             /// Values per vector.
             const LANES: usize = $lanes;
@@ -1188,6 +1307,9 @@ macro_rules! winograd_kernels {
             /// Tiles per output group: half a vector, whose two pixels per tile and row
             /// make one vector.
             const GROUP: usize = LANES / 2;
+            /// Tiles per output group of F(4×4, 3×3): a quarter vector, whose four pixels
+            /// per tile and row make one vector.
+            const QUARTER: usize = LANES / 4;
             /// Output channels per product tile: O must be a multiple.
             const OUT_BLOCK: usize = $block;
             /// Output channels per wide product tile, used where the rest stays a multiple
@@ -1199,10 +1321,10 @@ macro_rules! winograd_kernels {
             /// The whole image, chunk by chunk.
             ///
             /// # Safety
-            /// The CPU has the module's features; `u` holds ξ·C·O values (ξ = 16, or 25 for
-            /// stride 2), `phases` [`Tiles::phase_len`], `v` ξ planes of C rows, `m` ξ of O rows
-            /// ([`plane`]), `y` O·Ho·Wo; O a
-            /// multiple of the block.
+            /// The CPU has the module's features; `u` holds ξ·C·O values (ξ = 16, 25 for
+            /// stride 2, 36 for F(4×4, 3×3)), `phases` [`Tiles::phase_len`], `v` ξ planes of
+            /// C rows, `m` ξ of O rows ([`plane`]), `y` O·Ho·Wo; O a multiple of the block,
+            /// Wo of LANES.
             #[target_feature(enable = $feature)]
             pub(super) unsafe fn forward(
                 t: &Tiles,
@@ -1213,6 +1335,10 @@ macro_rules! winograd_kernels {
                 y: &mut [f32],
                 accumulate: bool,
             ) {
+                if t.algo == Algo::F4 {
+                    // SAFETY: the caller's.
+                    return unsafe { forward_f4(t, u, phases, v, m, y, accumulate) };
+                }
                 let mut pos = [usize::MAX; CHUNK / GROUP];
                 let mut u0 = 0;
                 while u0 < t.tiles {
@@ -1224,6 +1350,7 @@ macro_rules! winograd_kernels {
                         match t.algo {
                             Algo::Stride1 => input(t, phases, v, u0, LANES),
                             Algo::Stride2 => input_s2(t, phases, v, u0, LANES),
+                            Algo::F4 => unreachable!("F(4×4, 3×3) runs forward_f4"),
                         }
                         product(t, u, v, m);
                         output(t, m, &pos, y, accumulate, false);
@@ -1263,9 +1390,43 @@ macro_rules! winograd_kernels {
                     match t.algo {
                         Algo::Stride1 => input(t, phases, v, 0, step),
                         Algo::Stride2 => input_s2(t, phases, v, 0, step),
+                        Algo::F4 => unreachable!("no pairs for F(4×4, 3×3) (pair_fits)"),
                     }
                     product(t, u, v, m);
                     output(t, m, &pos, y, accumulate, true);
+                }
+            }
+
+            /// F(4×4, 3×3) over the whole image, chunk by chunk ([`forward`] for
+            /// [`Algo::F4`]): the input transform ([`input_f4`]), the same product with 36
+            /// planes, and the output transform ([`output_f4`]) in groups of a quarter vector
+            /// of tiles, whose four pixels per tile and row make one vector.
+            ///
+            /// # Safety
+            /// As [`forward`], with ξ = 36 and Wo a multiple of LANES (whole groups per tile
+            /// row).
+            #[target_feature(enable = $feature)]
+            unsafe fn forward_f4(
+                t: &Tiles,
+                u: &[f32],
+                phases: &[f32],
+                v: &mut [f32],
+                m: &mut [f32],
+                y: &mut [f32],
+                accumulate: bool,
+            ) {
+                let mut pos = [usize::MAX; CHUNK / QUARTER];
+                let mut u0 = 0;
+                while u0 < t.tiles {
+                    t.positions(u0, QUARTER, &mut pos);
+                    // SAFETY: as in [`forward`]; chunk u0 reads the planes up to
+                    // [`Tiles::phase_len`] and writes only the groups in `pos`.
+                    unsafe {
+                        input_f4(t, phases, v, u0);
+                        product(t, u, v, m);
+                        output_f4(t, m, &pos, y, accumulate);
+                    }
+                    u0 += CHUNK;
                 }
             }
 
@@ -1293,8 +1454,13 @@ macro_rules! winograd_kernels {
                         match t.algo {
                             Algo::Stride1 => input(t, phases, v, u0, LANES),
                             Algo::Stride2 => input_s2(t, phases, v, u0, LANES),
+                            Algo::F4 => input_f4(t, phases, v, u0),
                         }
-                        gradient(t, dyt, z, u0, n);
+                        if t.algo == Algo::F4 {
+                            gradient_f4(t, dyt, z, u0, n);
+                        } else {
+                            gradient(t, dyt, z, u0, n);
+                        }
                         weight_product(t, v, z, du, n);
                     }
                     u0 += CHUNK;
@@ -1329,6 +1495,7 @@ macro_rules! winograd_kernels {
                     match t.algo {
                         Algo::Stride1 => input(t, phases, v, 0, t.phase_len()),
                         Algo::Stride2 => input_s2(t, phases, v, 0, t.phase_len()),
+                        Algo::F4 => unreachable!("no pairs for F(4×4, 3×3) (pair_fits)"),
                     }
                     gradient(&both, dyt, z, 0, CHUNK);
                     weight_product(t, v, z, du, CHUNK);
@@ -1429,6 +1596,66 @@ macro_rules! winograd_kernels {
                 }
             }
 
+            /// Z of F(4×4, 3×3) for the chunk's `n` tiles from `u0`: `z[ξ][k][o] =
+            /// (A dY Aᵀ)[ξ]` with `A = [[1, 0, 0, 0], [1, 1, 1, 1], [1, −1, 1, −1],
+            /// [1, 2, 4, 8], [1, −2, 4, −8], [0, 0, 0, 1]]` (the output transform's, turned
+            /// round) and dY the 4×4 output gradient of tile u0 + k in channel o, a vector of
+            /// output channels at a time.
+            ///
+            /// # Safety
+            /// As [`weight`]; `u0 + n ≤ tiles`, `n ≤ CHUNK`.
+            #[target_feature(enable = $feature)]
+            #[inline]
+            unsafe fn gradient_f4(t: &Tiles, dyt: &[f32], z: &mut [f32], u0: usize, n: usize) {
+                let (o, w) = (t.o, t.w);
+                let zp = z.as_mut_ptr();
+                let dp = dyt.as_ptr();
+                let (two, minus2, four) = ($set1(2.0), $set1(-2.0), $set1(4.0));
+                // A applied to four values.
+                let a = |d: [_; 4]| {
+                    let (s02, s13) = ($add(d[0], d[2]), $add(d[1], d[3]));
+                    let (q02, q13) = ($fma(four, d[2], d[0]), $fma(four, d[3], d[1]));
+                    [
+                        d[0],
+                        $add(s02, s13),
+                        $sub(s02, s13),
+                        $fma(two, q13, q02),
+                        $fma(minus2, q13, q02),
+                        d[3],
+                    ]
+                };
+                for k in 0..n {
+                    let u = u0 + k;
+                    // The tile's top-left pixel.
+                    let p = 4 * (u / t.q) * w + 4 * (u % t.q);
+                    for ob in (0..o).step_by(LANES) {
+                        // SAFETY: the tile's 16 pixels lie in the map (H a multiple of 4, W
+                        // of 16), their channels ob..ob + LANES ≤ O; z's plane ξ holds CHUNK
+                        // rows of O.
+                        unsafe {
+                            let d: [[_; 4]; 4] = std::array::from_fn(|r| {
+                                std::array::from_fn(|c| $load(dp.add((p + r * w + c) * o + ob)))
+                            });
+                            // A over the rows, column by column (6 × 4), then over each row's
+                            // columns (6 × 6).
+                            let mut rows = [[$zero(); 4]; 6];
+                            for c in 0..4 {
+                                let col = a([d[0][c], d[1][c], d[2][c], d[3][c]]);
+                                for (r, val) in col.into_iter().enumerate() {
+                                    rows[r][c] = val;
+                                }
+                            }
+                            for (row, r) in rows.iter().enumerate() {
+                                for (col, val) in a(*r).into_iter().enumerate() {
+                                    let at = (row * 6 + col) * plane(CHUNK, o);
+                                    $store(zp.add(at + k * o + ob), val);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+
             /// Z for the chunk's `n` tiles from `u0`: `z[ξ][k][o] = (A dY Aᵀ)[ξ]` with
             /// `A = [[1, 0], [1, 1], [1, −1], [0, −1]]` for stride 1,
             /// `A = [[1, 0], [1, 1], [0, 1], [1, 0], [0, 1]]` for stride 2, and dY the 2×2 output
@@ -1488,6 +1715,7 @@ macro_rules! winograd_kernels {
                                         }
                                     }
                                 }
+                                Algo::F4 => unreachable!("F(4×4, 3×3) runs gradient_f4"),
                             }
                         }
                     }
@@ -1695,6 +1923,78 @@ macro_rules! winograd_kernels {
                 }
             }
 
+            /// Step 1 of F(4×4, 3×3) for the chunk's tiles from `u0`: `v[ξ][c][k] =
+            /// (Bᵀ d B)[ξ]` with `Bᵀ = [[4, 0, −5, 0, 1, 0], [0, −4, −4, 1, 1, 0],
+            /// [0, 4, −4, −1, 1, 0], [0, −2, −1, 2, 1, 0], [0, 2, −1, −2, 1, 0],
+            /// [0, 4, 0, −5, 0, 1]]` (Lavin & Gray 2016) and d the 6×6 padded input patch of
+            /// tile u0 + k in channel c (padded rows 4i … 4i + 5 and columns 4j … 4j + 5 of
+            /// tile (i, j)).
+            ///
+            /// # Safety
+            /// As [`forward_f4`]; `u0 < tiles`.
+            #[target_feature(enable = $feature)]
+            #[inline]
+            unsafe fn input_f4(t: &Tiles, phases: &[f32], v: &mut [f32], u0: usize) {
+                let (q, s) = (t.q, t.s);
+                let p = phases.as_ptr();
+                let vp = v.as_mut_ptr();
+                // Offsets of patch position (r, k) in a channel's planes: row phase r mod 4,
+                // column k, one tile row further for r ≥ 4.
+                let mut off = [[0usize; 6]; 6];
+                for (r, row) in off.iter_mut().enumerate() {
+                    for (k, o) in row.iter_mut().enumerate() {
+                        *o = ((r & 3) * 6 + k) * s + (r >> 2) * q;
+                    }
+                }
+                let (four, minus4, minus5, two, minus2) = (
+                    $set1(4.0),
+                    $set1(-4.0),
+                    $set1(-5.0),
+                    $set1(2.0),
+                    $set1(-2.0),
+                );
+                // Bᵀ applied to six values.
+                let bt = |d: [_; 6]| {
+                    let (s12, d12) = ($add(d[1], d[2]), $sub(d[1], d[2]));
+                    let (d31, d42) = ($sub(d[3], d[1]), $sub(d[4], d[2]));
+                    [
+                        $fma(four, d[0], $fma(minus5, d[2], d[4])),
+                        $fma(minus4, s12, $add(d[3], d[4])),
+                        $fma(four, d12, $sub(d[4], d[3])),
+                        $fma(two, d31, d42),
+                        $fma(minus2, d31, d42),
+                        $fma(four, d[1], $fma(minus5, d[3], d[5])),
+                    ]
+                };
+                for c in 0..t.c {
+                    for half in 0..2 {
+                        let base = c * PLANES_F4 * s + u0 + half * LANES;
+                        // SAFETY: tile u < tiles + CHUNK − 1 reads values up to
+                        // base + 23·S + LANES − 1 (or base + 11·S + Q + LANES − 1)
+                        // < PLANES_F4·C·S + CHUNK (S = tiles + Q, u0 < tiles); v's planes
+                        // hold C rows of CHUNK values.
+                        unsafe {
+                            // Bᵀ over the patch's rows, column by column.
+                            let mut tr = [[$zero(); 6]; 6];
+                            for k in 0..6 {
+                                let d = std::array::from_fn(|r| $load(p.add(base + off[r][k])));
+                                for (r, val) in bt(d).into_iter().enumerate() {
+                                    tr[r][k] = val;
+                                }
+                            }
+                            // B over each row's columns.
+                            for (row, e) in tr.iter().enumerate() {
+                                for (col, val) in bt(*e).into_iter().enumerate() {
+                                    let xi = row * 6 + col;
+                                    let at = xi * plane(t.c, CHUNK) + c * CHUNK;
+                                    $store(vp.add(at + half * LANES), val);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+
             /// Step 2: `m[ξ][o][k] = Σ_c u[ξ][c][o] · v[ξ][c][k]`, WIDE_BLOCK (then
             /// OUT_BLOCK) output channels × 2 vectors of tiles at a time.
             ///
@@ -1837,6 +2137,7 @@ macro_rules! winograd_kernels {
                                         [$add($add(a[0], a[1]), a[3]), $add($add(a[1], a[2]), a[4])]
                                     })
                                 }
+                                Algo::F4 => unreachable!("F(4×4, 3×3) runs output_f4"),
                             };
                             if pair {
                                 // Pixel rows 0 and 1 of the group's two tile rows: in the
@@ -1871,8 +2172,155 @@ macro_rules! winograd_kernels {
                     }
                 }
             }
+
+            /// Step 3 of F(4×4, 3×3): each tile's `Aᵀ M A` with `Aᵀ = [[1, 1, 1, 1, 1, 0],
+            /// [0, 1, −1, 2, −2, 0], [0, 1, 1, 4, 4, 0], [0, 1, −1, 8, −8, 1]]`, its 4×4
+            /// pixels written to (or added into) `y`: per group of a quarter vector of tiles
+            /// and output row, the four pixels of each tile side by side ([`$zip4`]), one
+            /// vector.
+            ///
+            /// # Safety
+            /// As [`forward_f4`]; every position in `pos` is a group's first pixel in an
+            /// output plane, the group's tiles in one tile row, or `usize::MAX`.
+            #[target_feature(enable = $feature)]
+            #[inline]
+            unsafe fn output_f4(
+                t: &Tiles,
+                m: &[f32],
+                pos: &[usize; CHUNK / QUARTER],
+                y: &mut [f32],
+                acc: bool,
+            ) {
+                let (o, w) = (t.o, t.w);
+                let mp = m.as_ptr();
+                let yp = y.as_mut_ptr();
+                let (two, four, eight) = ($set1(2.0), $set1(4.0), $set1(8.0));
+                // Aᵀ applied to six values.
+                let at = |m: [_; 6]| {
+                    let (s12, d12) = ($add(m[1], m[2]), $sub(m[1], m[2]));
+                    let (s34, d34) = ($add(m[3], m[4]), $sub(m[3], m[4]));
+                    [
+                        $add($add(m[0], s12), s34),
+                        $fma(two, d34, d12),
+                        $fma(four, s34, s12),
+                        $fma(eight, d34, $add(d12, m[5])),
+                    ]
+                };
+                for oi in 0..o {
+                    for half in 0..2 {
+                        let groups = &pos[4 * half..4 * half + 4];
+                        if groups[0] == usize::MAX {
+                            break;
+                        }
+                        // SAFETY: rows (ξ, oi) of m hold CHUNK values; each group's four
+                        // output rows of LANES pixels lie in plane oi (its tiles in one tile
+                        // row, the rows below inside the map as H is a multiple of 4).
+                        unsafe {
+                            let mut mv = [$zero(); XI_F4];
+                            for (xi, val) in mv.iter_mut().enumerate() {
+                                let at = xi * plane(o, CHUNK) + oi * CHUNK;
+                                *val = $load(mp.add(at + half * LANES));
+                            }
+                            // Aᵀ over the rows, column by column (4 × 6).
+                            let mut a = [[$zero(); 6]; 4];
+                            for l in 0..6 {
+                                let col = at(std::array::from_fn(|r| mv[r * 6 + l]));
+                                for (r, val) in col.into_iter().enumerate() {
+                                    a[r][l] = val;
+                                }
+                            }
+                            // Over each row's columns: pixel columns 0 … 3 of every tile, put
+                            // side by side per group.
+                            for (r, row) in a.iter().enumerate() {
+                                let pixels = $zip4(at(*row));
+                                for (&p, v) in groups.iter().zip(pixels) {
+                                    if p == usize::MAX {
+                                        break;
+                                    }
+                                    let dst = yp.add(oi * t.hw + p + r * w);
+                                    let v = if acc { $add($load(dst), v) } else { v };
+                                    $store(dst, v);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
         }
     };
+}
+
+/// For F(4×4, 3×3)'s output ([`ymm::output_f4`]): four vectors of one pixel column (0 … 3)
+/// of eight tiles each, as four vectors of two tiles' four pixels side by side, tiles
+/// (0, 1), (2, 3), (4, 5), (6, 7).
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+fn zip4_ymm(c: [std::arch::x86_64::__m256; 4]) -> [std::arch::x86_64::__m256; 4] {
+    use std::arch::x86_64::{
+        _mm256_permute2f128_ps, _mm256_shuffle_ps, _mm256_unpackhi_ps, _mm256_unpacklo_ps,
+    };
+    // In each 128-bit half, the 4×4 transpose: r[k] holds tile k's four pixels in its first
+    // half, tile 4 + k's in its second.
+    let (t0, t1) = (
+        _mm256_unpacklo_ps(c[0], c[1]),
+        _mm256_unpackhi_ps(c[0], c[1]),
+    );
+    let (t2, t3) = (
+        _mm256_unpacklo_ps(c[2], c[3]),
+        _mm256_unpackhi_ps(c[2], c[3]),
+    );
+    let r = [
+        _mm256_shuffle_ps::<0x44>(t0, t2),
+        _mm256_shuffle_ps::<0xee>(t0, t2),
+        _mm256_shuffle_ps::<0x44>(t1, t3),
+        _mm256_shuffle_ps::<0xee>(t1, t3),
+    ];
+    [
+        _mm256_permute2f128_ps::<0x20>(r[0], r[1]),
+        _mm256_permute2f128_ps::<0x20>(r[2], r[3]),
+        _mm256_permute2f128_ps::<0x31>(r[0], r[1]),
+        _mm256_permute2f128_ps::<0x31>(r[2], r[3]),
+    ]
+}
+
+/// As [`zip4_ymm`] for 16 lanes: four vectors of four tiles' pixels, tiles 0 … 3, 4 … 7,
+/// 8 … 11, 12 … 15.
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn zip4_zmm(c: [std::arch::x86_64::__m512; 4]) -> [std::arch::x86_64::__m512; 4] {
+    use std::arch::x86_64::{
+        _mm512_shuffle_f32x4, _mm512_shuffle_ps, _mm512_unpackhi_ps, _mm512_unpacklo_ps,
+    };
+    // In each 128-bit block L, the 4×4 transpose: r[k]'s block L holds tile 4L + k's pixels.
+    let (t0, t1) = (
+        _mm512_unpacklo_ps(c[0], c[1]),
+        _mm512_unpackhi_ps(c[0], c[1]),
+    );
+    let (t2, t3) = (
+        _mm512_unpacklo_ps(c[2], c[3]),
+        _mm512_unpackhi_ps(c[2], c[3]),
+    );
+    let r = [
+        _mm512_shuffle_ps::<0x44>(t0, t2),
+        _mm512_shuffle_ps::<0xee>(t0, t2),
+        _mm512_shuffle_ps::<0x44>(t1, t3),
+        _mm512_shuffle_ps::<0xee>(t1, t3),
+    ];
+    // Then the 4×4 transpose of the blocks: group L is block L of r[0], r[1], r[2], r[3].
+    let a = _mm512_shuffle_f32x4::<0x44>(r[0], r[1]);
+    let b = _mm512_shuffle_f32x4::<0x44>(r[2], r[3]);
+    let c2 = _mm512_shuffle_f32x4::<0xee>(r[0], r[1]);
+    let d = _mm512_shuffle_f32x4::<0xee>(r[2], r[3]);
+    [
+        _mm512_shuffle_f32x4::<0x88>(a, b),
+        _mm512_shuffle_f32x4::<0xdd>(a, b),
+        _mm512_shuffle_f32x4::<0x88>(c2, d),
+        _mm512_shuffle_f32x4::<0xdd>(c2, d),
+    ]
 }
 
 /// The pixels of a group's tiles in one output row, left and right pixel of each tile
@@ -1959,6 +2407,7 @@ winograd_kernels!(
     6,
     zip_ymm,
     rows2_ymm,
+    zip4_ymm,
     _mm256_setzero_ps,
     _mm256_loadu_ps,
     _mm256_storeu_ps,
@@ -1978,6 +2427,7 @@ winograd_kernels!(
     12,
     zip_zmm,
     rows2_zmm,
+    zip4_zmm,
     _mm512_setzero_ps,
     _mm512_loadu_ps,
     _mm512_storeu_ps,
@@ -2037,10 +2487,19 @@ mod tests {
         // (C, O, H, W): tiles filling one chunk, several, ending inside one; 24-pixel rows
         // (AVX2 only); 36 and 17 channels (whole and partial ∂L/∂w tiles); 12 output
         // channels (forward on AVX2 only, no ∂L/∂w); too few channels, an odd height, a row
-        // of no whole vectors.
+        // of no whole vectors. The forward pass of those with H a multiple of 4 and W of 16,
+        // at least 32, is F(4×4, 3×3) (∂L/∂w stays F(2×2, 3×3)): the first stage at 32 px;
+        // one tile row (8 tiles: a partial chunk); 12 tiles a row ending inside a chunk of
+        // 512 bits and across chunks of 256; 64 channels; 12 output channels (AVX2 only).
         let shapes = [
             (16, 8, 2, 16),
             (16, 32, 32, 32),
+            (32, 32, 32, 32),
+            (16, 8, 4, 32),
+            (16, 8, 8, 48),
+            (32, 16, 12, 64),
+            (64, 64, 16, 32),
+            (17, 12, 8, 32),
             (32, 16, 16, 16),
             (24, 32, 6, 48),
             (64, 64, 8, 24),
@@ -2153,10 +2612,17 @@ mod tests {
                     .zip(&before)
                     .map(|(r, b)| r + f64::from(*b))
                     .collect();
-                close(&y, &summed, &format!("{width:?} y + conv on {g:?}"));
+                // F(4×4, 3×3)'s transforms (entries up to 8, and ⅙, 1/24) round more: its
+                // error is held to the output's scale.
+                let check = if super::Algo::of(&g) == super::Algo::F4 {
+                    close_to_scale
+                } else {
+                    close
+                };
+                check(&y, &summed, &format!("{width:?} y + conv on {g:?}"));
                 forward_with(width, &g, &u, &x, &mut y, false, &mut buf)
                     .unwrap_or_else(|e| panic!("{e}"));
-                close(&y, &want, &format!("{width:?} conv on {g:?}"));
+                check(&y, &want, &format!("{width:?} conv on {g:?}"));
                 ran += 1;
                 // ∂L/∂w: the sums of ∂L/∂U over the image twice (as over two images).
                 let (col, product) = weight_buffer_len(&g);
@@ -2174,7 +2640,7 @@ mod tests {
                 }
                 if weight_fits {
                     let twice: Vec<f64> = dw_want.iter().map(|v| 2.0 * v).collect();
-                    close(
+                    check(
                         &weight_from_transform(&g, &du).unwrap_or_else(|e| panic!("{e}")),
                         &twice,
                         &format!("{width:?} ∂L/∂w on {g:?}"),
@@ -2185,6 +2651,23 @@ mod tests {
         }
         if Width::Avx2.runs_here() {
             assert!(ran >= 16, "only {ran} kernels ran");
+        }
+    }
+
+    /// `got` against `want` to 1e-4 relative (plus 1e-4 absolute) and 2e-5 of the largest
+    /// `want`, value by value: F(4×4, 3×3) in f32 is 10–20 times further from the f64 sums
+    /// than F(2×2, 3×3) (measured here: outputs up to 1.0e-4 relative with 64 channels,
+    /// 3.6e-6 of the largest output; ∂L/∂w 6.5e-6 of the largest, against 5e-7), and a value
+    /// that cancels to near zero has no relative scale of its own.
+    fn close_to_scale(got: &[f32], want: &[f64], what: &str) {
+        assert_eq!(got.len(), want.len(), "{what}: length");
+        let scale = want.iter().fold(0f64, |m, w| m.max(w.abs()));
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            let err = (f64::from(*g) - w).abs();
+            assert!(
+                err <= 1e-4 * (1.0 + w.abs()) + 2e-5 * scale,
+                "{what}[{i}]: {g} against {w} (largest {scale})"
+            );
         }
     }
 

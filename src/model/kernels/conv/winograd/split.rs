@@ -4,7 +4,7 @@
 //! where the CPU has them (the plain loops below compiled to one scalar move per value, and
 //! the split took 10% of a 32 px step on an AVX-512 Xeon), else by those loops.
 
-use super::{Algo, PLANES, PLANES_S2, Tiles};
+use super::{Algo, PLANES, PLANES_F4, PLANES_S2, Tiles};
 
 /// Splits `x` (C, H, W) into `phases` as `t.algo` needs ([`split_with`]), the rows done by
 /// [`avx2`] where the CPU has AVX2, else by [`rows`].
@@ -18,7 +18,7 @@ pub(super) fn split(t: &Tiles, x: &[f32], phases: &mut [f32]) {
         }
         return;
     }
-    split_with(t, x, phases, rows::s1, rows::s2);
+    split_with(t, x, phases, rows::s1, rows::s2, rows::s4);
 }
 
 /// The split for `t.algo`, with the row functions given: for stride 1 [`PLANES`] planes per
@@ -26,7 +26,9 @@ pub(super) fn split(t: &Tiles, x: &[f32], phases: &mut [f32]) {
 /// (H/2 + 1) × W/2, the rows by `s1` (as [`rows::s1`]); for stride 2 [`PLANES_S2`],
 /// `phases[c][a][b][i][j] = padded(c, 4i + a, 4j + b)` for row phases a < 4 and columns b ≤ 4
 /// (b = 4 is column phase 0 one tile on), each (Ho/2 + 1) × Wo/2, the rows by `s2` (as
-/// [`rows::s2`]); `padded` is `x` zero-padded by one pixel.
+/// [`rows::s2`]); for F(4×4, 3×3) [`PLANES_F4`], the same with columns b ≤ 5 (b = 5 is
+/// column phase 1 one tile on: plane 1 shifted by a value, zero at the row's end), each
+/// (H/4 + 1) × W/4; `padded` is `x` zero-padded by one pixel.
 #[inline(always)]
 fn split_with(
     t: &Tiles,
@@ -34,12 +36,14 @@ fn split_with(
     phases: &mut [f32],
     s1: impl Fn(&[f32], [&mut [f32]; 4]),
     s2: impl Fn(&[f32], [&mut [f32]; 5]),
+    s4: impl Fn(&[f32], [&mut [f32]; 6]),
 ) {
     // The phases × planes below are the layouts' plane counts.
-    const _: () = assert!(2 * 4 == PLANES && 4 * 5 == PLANES_S2);
+    const _: () = assert!(2 * 4 == PLANES && 4 * 5 == PLANES_S2 && 4 * 6 == PLANES_F4);
     match t.algo {
         Algo::Stride1 => split_planes::<2, 4>(t, x, phases, s1),
         Algo::Stride2 => split_planes::<4, 5>(t, x, phases, s2),
+        Algo::F4 => split_planes::<4, 6>(t, x, phases, s4),
     }
 }
 
@@ -126,6 +130,24 @@ pub(super) mod rows {
     pub(in super::super) fn s2(src: &[f32], p: [&mut [f32]; 5]) {
         s2_from(src, p, 0);
     }
+
+    /// F(4×4, 3×3): [`s2_from`] into `p[0..5]`, and `p5[j] = src[4j + 4]` (0 for j = q − 1),
+    /// the padded row's column 4j + 5.
+    #[inline(always)]
+    pub(in super::super) fn s4_from(src: &[f32], p: [&mut [f32]; 6], j0: usize) {
+        let [p0, p1, p2, p3, p4, p5] = p;
+        let q = p5.len();
+        for j in j0..q {
+            p5[j] = if j + 1 == q { 0.0 } else { src[4 * j + 4] };
+        }
+        s2_from(src, [p0, p1, p2, p3, p4], j0);
+    }
+
+    /// [`s4_from`] for the whole row.
+    #[inline(always)]
+    pub(in super::super) fn s4(src: &[f32], p: [&mut [f32]; 6]) {
+        s4_from(src, p, 0);
+    }
 }
 
 /// The rows with AVX2 shuffles: eight values of each plane at a time, then four, then the
@@ -152,9 +174,10 @@ mod avx2 {
             t,
             x,
             phases,
-            // SAFETY (both): this function's — the CPU has AVX2.
+            // SAFETY (all three): this function's — the CPU has AVX2.
             |src, p| unsafe { s1(src, p) },
-            |src, p| unsafe { s2(src, p) },
+            |src, [p0, p1, p2, p3, p4]| unsafe { s2(src, [p0, p1, p2, p3, p4], None) },
+            |src, [p0, p1, p2, p3, p4, p5]| unsafe { s2(src, [p0, p1, p2, p3, p4], Some(p5)) },
         );
     }
 
@@ -256,18 +279,29 @@ mod avx2 {
     }
 
     /// [`rows::s2`] with shuffles: two rounds of [`deinterleave`]'s in-lane shuffles leave
-    /// `[j0 j2 j4 j6 | j1 j3 j5 j7]`, put in order by one permutation.
+    /// `[j0 j2 j4 j6 | j1 j3 j5 j7]`, put in order by one permutation; with `p5`,
+    /// [`rows::s4`]: plane 1 shifted by a value into it as well.
     ///
     /// # Safety
     /// The CPU has AVX2.
     #[target_feature(enable = "avx2")]
     #[inline]
-    unsafe fn s2(src: &[f32], p: [&mut [f32]; 5]) {
+    unsafe fn s2(src: &[f32], p: [&mut [f32]; 5], p5: Option<&mut [f32]>) {
         let q = p[1].len();
-        if src.len() != 4 * q || p.iter().any(|pl| pl.len() != q) {
-            return rows::s2(src, p);
+        if src.len() != 4 * q
+            || p.iter().any(|pl| pl.len() != q)
+            || p5.as_ref().is_some_and(|pl| pl.len() != q)
+        {
+            let [p0, p1, p2, p3, p4] = p;
+            return match p5 {
+                Some(p5) => rows::s4(src, [p0, p1, p2, p3, p4, p5]),
+                None => rows::s2(src, [p0, p1, p2, p3, p4]),
+            };
         }
         let [p0, p1, p2, p3, p4] = p;
+        let mut p5 = p5;
+        let d5 = p5.as_deref_mut().map(<[f32]>::as_mut_ptr);
+        let next = |j: usize| if j == q { 0.0 } else { src[4 * j] };
         let s = src.as_ptr();
         let d = [
             p0.as_mut_ptr(),
@@ -280,7 +314,8 @@ mod avx2 {
         let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
         let mut j = 0;
         // SAFETY (all loads and stores): j + 8 ≤ q (then j + 4 ≤ q) reads src[4j .. 4j + 32]
-        // (4j + 16) within its 4q values, and writes values j .. j + 8 (j + 4) of planes of q.
+        // (4j + 16) within its 4q values, and writes values j .. j + 8 (j + 4) of planes of q
+        // (p5's, d5, included).
         while j + 8 <= q {
             let [a, b, c, e] = [0, 8, 16, 24].map(|k| unsafe { _mm256_loadu_ps(s.add(4 * j + k)) });
             let (ab0, ab1) = (
@@ -302,6 +337,9 @@ mod avx2 {
                 _mm256_storeu_ps(d[3].add(j), v3);
                 _mm256_storeu_ps(d[4].add(j), v4);
                 _mm256_storeu_ps(d[0].add(j), shift_up(v4, prev(j)));
+                if let Some(d5) = d5 {
+                    _mm256_storeu_ps(d5.add(j), shift_down(v1, next(j + 8)));
+                }
             }
             j += 8;
         }
@@ -310,16 +348,23 @@ mod avx2 {
             let (ab0, ab1) = (_mm_shuffle_ps::<0x88>(a, b), _mm_shuffle_ps::<0xdd>(a, b));
             let (ce0, ce1) = (_mm_shuffle_ps::<0x88>(c, e), _mm_shuffle_ps::<0xdd>(c, e));
             let v4 = _mm_shuffle_ps::<0xdd>(ab1, ce1);
+            let v1 = _mm_shuffle_ps::<0x88>(ab0, ce0);
             unsafe {
-                _mm_storeu_ps(d[1].add(j), _mm_shuffle_ps::<0x88>(ab0, ce0));
+                _mm_storeu_ps(d[1].add(j), v1);
                 _mm_storeu_ps(d[2].add(j), _mm_shuffle_ps::<0x88>(ab1, ce1));
                 _mm_storeu_ps(d[3].add(j), _mm_shuffle_ps::<0xdd>(ab0, ce0));
                 _mm_storeu_ps(d[4].add(j), v4);
                 _mm_storeu_ps(d[0].add(j), shift_up4(v4, prev(j)));
+                if let Some(d5) = d5 {
+                    _mm_storeu_ps(d5.add(j), shift_down4(v1, next(j + 4)));
+                }
             }
             j += 4;
         }
-        rows::s2_from(src, [p0, p1, p2, p3, p4], j);
+        match p5 {
+            Some(p5) => rows::s4_from(src, [p0, p1, p2, p3, p4, p5], j),
+            None => rows::s2_from(src, [p0, p1, p2, p3, p4], j),
+        }
     }
 
     #[cfg(test)]
@@ -339,6 +384,7 @@ mod avx2 {
                 return;
             }
             // Every tail: 8-value blocks, a 4-value block, single values, and rows of one.
+            // (Values are distinct, so a plane written from the wrong column shows.)
             for q in 1..=37 {
                 let src = row(2 * q);
                 let mut want: [Vec<f32>; 4] = std::array::from_fn(|_| vec![f32::NAN; q]);
@@ -357,8 +403,20 @@ mod avx2 {
                 rows::s2(&src, [a, b, c, d, e]);
                 let [a, b, c, d, e] = &mut got;
                 // SAFETY: as above.
-                unsafe { super::s2(&src, [a, b, c, d, e]) };
+                unsafe { super::s2(&src, [a, b, c, d, e], None) };
                 assert_eq!(got, want, "stride 2, q = {q}");
+
+                // F(4×4, 3×3): the stride-2 planes and plane 1 shifted by a value.
+                let mut want: [Vec<f32>; 6] = std::array::from_fn(|_| vec![f32::NAN; q]);
+                let mut got = want.clone();
+                let [a, b, c, d, e, f] = &mut want;
+                rows::s4(&src, [a, b, c, d, e, f]);
+                assert_eq!(want[5][q - 1], 0.0);
+                assert_eq!(want[5][..q - 1], want[1][1..]);
+                let [a, b, c, d, e, f] = &mut got;
+                // SAFETY: as above.
+                unsafe { super::s2(&src, [a, b, c, d, e], Some(f)) };
+                assert_eq!(got, want, "F(4×4, 3×3), q = {q}");
             }
         }
     }
