@@ -42,7 +42,7 @@ fn max_abs(a: &Tensor) -> Result<f32> {
 /// (N, C, H, W, O, K, stride, padding)
 type Geometry = (usize, usize, usize, usize, usize, usize, usize, usize);
 
-const GEOMETRIES: [Geometry; 41] = [
+const GEOMETRIES: [Geometry; 43] = [
     (2, 3, 8, 8, 4, 3, 1, 1),
     (3, 4, 9, 7, 5, 3, 2, 1),
     (2, 4, 8, 8, 6, 1, 2, 0),
@@ -78,7 +78,8 @@ const GEOMETRIES: [Geometry; 41] = [
     // Rows of whole 8-pixel vectors, which the direct kernels run on AVX2 machines: a 3-channel
     // input, one and two vectors per row with 1, 2 and 3 vectors left in a tile, output
     // channels that allow the direct forward pass but not the direct backward one, the encoder's
-    // first stage, and an input wider than one band of rows.
+    // first stage (on AVX2 and AVX-512 CPUs now Winograd F(4×4, 3×3)'s: one 512-bit chunk), and
+    // an input wider than one band of rows.
     (2, 3, 8, 8, 32, 3, 1, 1),
     (3, 8, 5, 16, 16, 3, 1, 1),
     (2, 16, 7, 8, 32, 3, 1, 1),
@@ -110,6 +111,11 @@ const GEOMETRIES: [Geometry; 41] = [
     // 8×8 output of stride 2 (forward and ∂L/∂x in pairs).
     (3, 16, 8, 8, 32, 3, 1, 1),
     (3, 32, 16, 16, 16, 3, 2, 1),
+    // 16×16 maps, which AVX-512 CPUs take two images per chunk with F(4×4, 3×3) (three
+    // images: a pair, then one alone in half a chunk), AVX2 ones one image per chunk; and
+    // F(4×4, 3×3) with C ≠ O (so ∂L/∂x runs flipped), 12 tiles a row.
+    (3, 32, 16, 16, 32, 3, 1, 1),
+    (3, 16, 8, 48, 32, 3, 1, 1),
 ];
 
 /// `conv::conv2d(x, wt)` against candle's own convolution: the output, and the gradient of

@@ -144,7 +144,14 @@ fn exactly(values: usize, len: usize, n: usize, what: &str) -> Result<()> {
 impl ConvGeom {
     /// Images per matrix product: enough that the product has [`GROUP_COLUMNS`] columns.
     pub(in crate::model::kernels) fn group(&self) -> usize {
-        (GROUP_COLUMNS / self.hw_out().max(1)).max(1)
+        let group = (GROUP_COLUMNS / self.hw_out().max(1)).max(1);
+        // Two where Winograd takes images two at a time (16×16 maps with F(4×4, 3×3) on
+        // AVX-512), so that its pairs see two images at once.
+        if group == 1 && winograd::pairs(self) {
+            2
+        } else {
+            group
+        }
     }
 
     /// How the forward pass for weight `w` (O, C, K, K) multiplies, decided once per batch:
@@ -386,7 +393,8 @@ impl ConvGeom {
     }
 
     /// Values of one partial sum of ∂L/∂w made with `plan` ([`ConvGeom::backward_group`]):
-    /// O·C·K·K, or those of ∂L/∂U with Winograd (16·C·O, or 25·C·O for stride 2).
+    /// O·C·K·K, or those of ∂L/∂U with Winograd (16·C·O, 25·C·O for stride 2, 36·C·O for
+    /// F(4×4, 3×3)).
     pub(in crate::model::kernels) fn weight_partial_len(&self, plan: &BackwardPlan<'_>) -> usize {
         if plan.winograd_weight {
             winograd::transform_len(self)
@@ -598,7 +606,7 @@ pub(in crate::model::kernels) struct BackwardPlan<'a> {
     /// stride-2 convolution the weight's, turned round (25·O·C values).
     winograd_input: Option<Vec<f32>>,
     /// Whether ∂L/∂w runs with Winograd: its partial sums are then those of ∂L/∂U,
-    /// 16·C·O or 25·C·O values ([`ConvGeom::weight_partial_len`]).
+    /// 16·C·O, 25·C·O or 36·C·O values ([`ConvGeom::weight_partial_len`]).
     winograd_weight: bool,
     /// For the flipped pass: `wf[c, (o, a, b)] = w[o, c, K−1−a, K−1−b]`, (C × O·K·K).
     flipped: Option<Vec<f32>>,
@@ -610,7 +618,7 @@ pub(in crate::model::kernels) struct ForwardPlan<'a> {
     /// The weight (O, C, K, K).
     w: &'a [f32],
     /// For Winograd ([`winograd`]): the weight's transform, 16·C·O values (25·C·O for
-    /// stride 2).
+    /// stride 2, 36·C·O for F(4×4, 3×3)).
     winograd: Option<Vec<f32>>,
 }
 

@@ -48,7 +48,8 @@ fn split_with(
 }
 
 /// Splits `x` (C, H, W), zero-padded by one pixel, into `R` row phases × `N` planes per
-/// channel, each of (rows of the output)/2 + 1 rows of Q values, then a chunk of zeros:
+/// channel, each of (tile rows) + 1 rows of Q values (Ho/2 + 1, or H/4 + 1 for F(4×4, 3×3)),
+/// then a chunk of zeros:
 /// input row r is padded row r + 1, row (r + 1) / R of row phase (r + 1) mod R, whose `N`
 /// planes `row` fills from it. Padded row 0 (row 0 of phase 0) and the rows past the last
 /// input row (the last row of the other phases) are the border, zeros.
