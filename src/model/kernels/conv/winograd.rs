@@ -407,11 +407,7 @@ pub(super) fn buffer_len(g: &ConvGeom) -> usize {
         ..*g
     });
     // Two images' split inputs where [`forward_images`] pairs them.
-    let images = if pair_width(g).is_some() || pair_width(&g.flipped()).is_some() {
-        2
-    } else {
-        1
-    };
+    let images = if pairs(g) { 2 } else { 1 };
     images * t.phase_len() + t.xi() * (plane(g.c, MAX_CHUNK) + plane(g.o, MAX_CHUNK))
 }
 
@@ -964,7 +960,7 @@ pub(super) fn forward_images(
 /// two at a time on this CPU: then a group of images ([`super::ConvGeom::group`]) should
 /// hold two.
 pub(super) fn pairs(g: &ConvGeom) -> bool {
-    pair_width(g).is_some() || pair_width(&g.flipped()).is_some()
+    pair_width(g).is_some() || (g.flips() && pair_width(&g.flipped()).is_some())
 }
 
 /// The widest vectors with which [`forward_images`] takes `g`'s images two at a time
