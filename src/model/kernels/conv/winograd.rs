@@ -402,21 +402,31 @@ impl Tiles {
 /// The working memory [`forward_images`] needs for `g` and for its ∂L/∂x geometry (C and O
 /// swapped), in values.
 pub(super) fn buffer_len(g: &ConvGeom) -> usize {
+    buffer_len_for(g, pairs(g))
+}
+
+/// [`buffer_len`] with two images' split inputs (`paired`: where [`forward_images`] pairs
+/// them) or one.
+fn buffer_len_for(g: &ConvGeom, paired: bool) -> usize {
     let t = Tiles::of(&ConvGeom {
         c: g.c.max(g.o),
         ..*g
     });
-    // Two images' split inputs where [`forward_images`] pairs them.
-    let images = if pairs(g) { 2 } else { 1 };
+    let images = if paired { 2 } else { 1 };
     images * t.phase_len() + t.xi() * (plane(g.c, MAX_CHUNK) + plane(g.o, MAX_CHUNK))
 }
 
 /// The working memory [`weight_images`] needs for `g` in `work.col` (the split input, its
 /// transform and Z for a chunk) and `work.product` (∂L/∂y transposed), in values.
 pub(super) fn weight_buffer_len(g: &ConvGeom) -> (usize, usize) {
+    weight_buffer_len_for(g, weight_pair_width(g).is_some())
+}
+
+/// [`weight_buffer_len`] with two images' split inputs and transposed gradients (`paired`:
+/// where [`weight_images`] pairs them) or one.
+fn weight_buffer_len_for(g: &ConvGeom, paired: bool) -> (usize, usize) {
     let t = Tiles::of(g);
-    // Two images' split inputs and transposed gradients where [`weight_images`] pairs them.
-    let images = if weight_pair_width(g).is_some() { 2 } else { 1 };
+    let images = if paired { 2 } else { 1 };
     (
         images * t.phase_len() + t.xi() * (plane(g.c, MAX_CHUNK) + plane(MAX_CHUNK, g.o)),
         images * g.out_image(),
@@ -2797,7 +2807,9 @@ mod tests {
                 .collect();
             let want: Vec<Vec<f64>> = refs.iter().map(|[y, _, _]| y.clone()).collect();
             let u = transform_weight(&g, &w);
-            let used = buffer_len(&g);
+            // The pair's own buffer: the engine's (`buffer_len`) asks `vector_cpu`, which
+            // `PRETEXT_DIRECT_CONV=avx2` keeps from pairing 512-bit chunks that run here anyway.
+            let used = super::buffer_len_for(&g, true);
             let mut buf = vec![f32::NAN; used + 64];
             // Two images written, then added into.
             let two = 2 * g.out_image();
@@ -2899,7 +2911,7 @@ mod tests {
                     .map(|i| refs[..k].iter().map(|r| r[1][i]).sum())
                     .collect()
             };
-            let (col, product) = weight_buffer_len(&g);
+            let (col, product) = super::weight_buffer_len_for(&g, true);
             let mut work = crate::model::kernels::conv::Work {
                 col: vec![f32::NAN; col + 64],
                 product: vec![f32::NAN; product + 64],
