@@ -94,6 +94,18 @@ pub fn set_stock_ops(stock: bool) {
     STOCK.store(stock, Ordering::Relaxed);
 }
 
+/// Whether the developer switch `name` (`PRETEXT_NO_WINOGRAD`, `PRETEXT_STOCK_OPS`, …) is on:
+/// set to anything but an empty value, `0` or `false`. An empty value (`PRETEXT_NO_WINOGRAD4=`
+/// in a script's loop over "on" and "off") reads as off, not as set.
+pub(crate) fn switch_on(name: &str) -> bool {
+    switch_value_on(std::env::var_os(name).as_deref())
+}
+
+/// [`switch_on`] for a variable's value (`None`: not set).
+fn switch_value_on(value: Option<&std::ffi::OsStr>) -> bool {
+    value.is_some_and(|v| !(v.is_empty() || v == "0" || v == "false"))
+}
+
 /// Whether tensors of this device and dtype go through these kernels.
 pub fn applies(device: &Device, dtype: DType) -> bool {
     device.is_cpu() && dtype == DType::F32 && !STOCK.load(Ordering::Relaxed)
@@ -105,7 +117,7 @@ pub fn applies(device: &Device, dtype: DType) -> bool {
 /// the name of whichever thread first used it (the data loader's), so profiles showed
 /// `pretext-loader` doing the kNN monitor's convolutions.
 pub fn init() {
-    if std::env::var("PRETEXT_STOCK_OPS").is_ok_and(|v| v == "1" || v == "true") {
+    if switch_on("PRETEXT_STOCK_OPS") {
         set_stock_ops(true);
     }
     keep_freed_memory();
@@ -161,5 +173,17 @@ pub fn on_compute_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     match pool {
         Some(p) => p.install(f),
         None => f(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsStr;
+
+    #[test]
+    fn switches_are_on_only_for_a_value_that_says_so() {
+        let on = |v: Option<&str>| super::switch_value_on(v.map(OsStr::new));
+        assert!(on(Some("1")) && on(Some("true")) && on(Some("yes")));
+        assert!(!on(None) && !on(Some("")) && !on(Some("0")) && !on(Some("false")));
     }
 }

@@ -98,10 +98,10 @@ pub(super) fn vector_cpu() -> Cpu {
 }
 
 /// The instruction sets the direct kernels may use: [`vector_cpu`], or none with
-/// `PRETEXT_NO_DIRECT_CONV` set.
+/// `PRETEXT_NO_DIRECT_CONV=1`.
 fn cpu() -> Cpu {
     static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    if *OFF.get_or_init(|| std::env::var_os("PRETEXT_NO_DIRECT_CONV").is_some()) {
+    if *OFF.get_or_init(|| super::super::switch_on("PRETEXT_NO_DIRECT_CONV")) {
         return Cpu::default();
     }
     vector_cpu()

@@ -137,25 +137,25 @@ const PLANES_F4: usize = 24;
 /// to pay for the transforms (the network's 3-channel first convolution stays off it).
 const MIN_CHANNELS: usize = 16;
 
-/// Whether the Winograd kernels may run (`PRETEXT_NO_WINOGRAD` set turns them off: for
-/// comparisons).
+/// Whether the Winograd kernels may run (`PRETEXT_NO_WINOGRAD=1` turns them off: for
+/// comparisons; [`super::super::switch_on`]).
 fn enabled() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var_os("PRETEXT_NO_WINOGRAD").is_none())
+    *ON.get_or_init(|| !super::super::switch_on("PRETEXT_NO_WINOGRAD"))
 }
 
-/// Whether the stride-2 algorithm may run (`PRETEXT_NO_STRIDED_WINOGRAD` set turns it alone
+/// Whether the stride-2 algorithm may run (`PRETEXT_NO_STRIDED_WINOGRAD=1` turns it alone
 /// off: for comparisons).
 fn strided_enabled() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var_os("PRETEXT_NO_STRIDED_WINOGRAD").is_none())
+    *ON.get_or_init(|| !super::super::switch_on("PRETEXT_NO_STRIDED_WINOGRAD"))
 }
 
 /// Whether stride-1 convolutions (forward, ∂L/∂x and ∂L/∂w) may take F(4×4, 3×3) where it
-/// fits (`PRETEXT_NO_WINOGRAD4` set keeps F(2×2, 3×3) everywhere: for comparisons).
+/// fits (`PRETEXT_NO_WINOGRAD4=1` keeps F(2×2, 3×3) everywhere: for comparisons).
 fn f4_enabled() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var_os("PRETEXT_NO_WINOGRAD4").is_none())
+    *ON.get_or_init(|| !super::super::switch_on("PRETEXT_NO_WINOGRAD4"))
 }
 
 /// The algorithms: F(2×2, 3×3) for stride 1, its stride-2 form, and F(4×4, 3×3) for stride
