@@ -150,6 +150,60 @@ fn nt_xent_matches_lightly_in_every_case() {
 }
 
 #[test]
+fn dcl_and_its_gradient_match_lightly_in_every_case() {
+    let f = fixture("dcl.json");
+    for case in f["cases"].as_array().unwrap() {
+        let z1 = matrix(&case["z1"]);
+        let z2 = matrix(&case["z2"]);
+        let n = z1.len();
+        let tau = case["temperature"].as_f64().unwrap();
+        let z: Vec<Vec<f64>> = z1.iter().chain(&z2).cloned().collect();
+        let want_grad: Vec<Vec<f64>> = matrix(&case["grad_z1"])
+            .into_iter()
+            .chain(matrix(&case["grad_z2"]))
+            .collect();
+        for (dtype, tol) in [(DType::F64, 1e-9), (DType::F32, 1e-4)] {
+            let v = candle_core::Var::from_tensor(&tensor(&z, dtype)).unwrap();
+            let (loss, sim) = ops::dcl(v.as_tensor(), tau).unwrap();
+            let got = loss
+                .to_dtype(DType::F64)
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap();
+            let want = case["loss"].as_f64().unwrap();
+            assert!(
+                (got - want).abs() < tol * want.abs().max(1.0),
+                "N={n} τ={tau} {dtype:?}: {got} vs {want}"
+            );
+            assert_eq!(sim.dims(), [2 * n, 2 * n]);
+            let grads = loss.backward().unwrap();
+            let g = grads
+                .get(v.as_tensor())
+                .unwrap()
+                .to_dtype(DType::F64)
+                .unwrap()
+                .to_vec2::<f64>()
+                .unwrap();
+            for (row, want_row) in g.iter().zip(&want_grad) {
+                for (a, b) in row.iter().zip(want_row) {
+                    assert!(
+                        (a - b).abs() < tol * 10.0,
+                        "N={n} τ={tau} {dtype:?}: ∂L/∂z {a} vs {b}"
+                    );
+                }
+            }
+        }
+        // DCL is NT-Xent without the positive in the denominator: never the same value.
+        let (nt, _) = ops::nt_xent(&tensor(&z, DType::F64), tau).unwrap();
+        let nt = nt.to_scalar::<f64>().unwrap();
+        assert!(nt > case["loss"].as_f64().unwrap(), "{nt}");
+    }
+    // Two views of one image leave an anchor no negative.
+    let one = tensor(&[vec![1.0, 0.0], vec![0.0, 1.0]], DType::F32);
+    assert!(ops::dcl(&one, 0.5).is_err());
+}
+
+#[test]
 fn srgb_to_lab_matches_scikit_image_and_round_trips() {
     use pretext::data::color::{lab_to_rgb, rgb_to_lab};
     let f = fixture("lab.json");

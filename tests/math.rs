@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use pretext::config::{DataSource, TaskKind, TrainConfig};
+use pretext::config::{ContrastiveLoss, DataSource, TaskKind, TrainConfig};
 use pretext::math::{self, MathReport, Selection, StepKind, TaskMath};
 use pretext::train::{Command, Event, Outcome, Trainer};
 
@@ -70,12 +70,13 @@ fn every_task_derivation_equals_the_trainers_loss_and_the_step_lowers_it() {
             TaskMath::Contrastive {
                 projections,
                 temperature,
+                loss,
             } => {
-                let c = math::contrastive_numbers(projections, *temperature).unwrap();
+                let c = math::contrastive_numbers(projections, *temperature, *loss).unwrap();
                 let mean = c.per_anchor.iter().sum::<f64>() / c.per_anchor.len() as f64;
                 assert!(
                     (mean - c.loss).abs() < 1e-9,
-                    "step-by-step mean {mean} vs nt_xent {}",
+                    "step-by-step mean {mean} vs the trainer's {}",
                     c.loss
                 );
                 c.loss
@@ -253,7 +254,7 @@ fn contrastive_derivation_matches_the_nt_xent_fixture() {
         };
         let h: Vec<Vec<f32>> = rows("z1").into_iter().chain(rows("z2")).collect();
         let tau = case["temperature"].as_f64().unwrap();
-        let c = math::contrastive_numbers(&h, tau).unwrap();
+        let c = math::contrastive_numbers(&h, tau, ContrastiveLoss::NtXent).unwrap();
         assert!((c.loss - case["loss"].as_f64().unwrap()).abs() < 1e-4);
         for (a, b) in c
             .per_anchor

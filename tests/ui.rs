@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use egui_kittest::Harness;
 use egui_kittest::kittest::{NodeT, Queryable};
-use pretext::config::{DataSource, LrSchedule, TaskKind, TrainConfig};
+use pretext::config::{ContrastiveLoss, DataSource, LrSchedule, TaskKind, TrainConfig};
 use pretext::train::{Outcome, PauseReason};
 use pretext::ui::{DataState, Persisted, PretextApp, RunStatus};
 
@@ -264,6 +264,57 @@ fn settings_survive_a_restart() {
 
     let h2 = app(&storage, None);
     assert_eq!(h2.state().settings, saved);
+}
+
+#[test]
+fn the_contrastive_loss_is_chosen_in_the_task_settings_and_kept() {
+    let out = tempfile::tempdir().unwrap();
+    let mut storage = storage_with(small_config(out.path()));
+    let mut h = tall_app(&storage);
+    wait_until(&mut h, "data", |a| matches!(a.data, DataState::Ready(_)));
+    // A frame drawn with the data ready: the settings are enabled from then on.
+    h.run_steps(2);
+    assert_eq!(
+        h.state().settings.config.settings.contrastive_loss,
+        ContrastiveLoss::Dcl
+    );
+    open_task_settings(&mut h);
+    h.get_by_label("NT-Xent").click();
+    h.run_steps(2);
+    assert_eq!(
+        h.state().settings.config.settings.contrastive_loss,
+        ContrastiveLoss::NtXent
+    );
+    eframe::App::save(h.state_mut(), &mut storage);
+    drop(h);
+    let mut h = tall_app(&storage);
+    wait_until(&mut h, "data", |a| matches!(a.data, DataState::Ready(_)));
+    h.run_steps(2);
+    assert_eq!(
+        h.state().settings.config.settings.contrastive_loss,
+        ContrastiveLoss::NtXent
+    );
+    open_task_settings(&mut h);
+    h.get_by_label("DCL").click();
+    h.run_steps(2);
+    assert_eq!(
+        h.state().settings.config.settings.contrastive_loss,
+        ContrastiveLoss::Dcl
+    );
+}
+
+/// The app in a window tall enough for the open "Task settings" to lie above the run buttons'
+/// strip (in the usual 900 px they are below the fold, where a click does not reach them).
+fn tall_app(storage: &MemoryStorage) -> Harness<'static, PretextApp> {
+    Harness::builder()
+        .with_size(eframe::egui::vec2(1400.0, 3000.0))
+        .build_eframe(|cc| PretextApp::new(&cc.egui_ctx, Some(storage), None).unwrap())
+}
+
+/// Opens "Task settings" (its loss choice then in view).
+fn open_task_settings(h: &mut Harness<'static, PretextApp>) {
+    h.get_by_label("Task settings").click();
+    h.run_steps(2);
 }
 
 #[test]
@@ -1079,10 +1130,12 @@ fn an_unattended_training_window_redraws_every_two_seconds_and_quickly_again_whe
 fn the_run_buttons_stay_in_view_with_every_setting_open() {
     let dir = tempfile::tempdir().unwrap();
     let storage = storage_with(small_config(dir.path()));
-    let mut h = app(&storage, None);
-    wait_until(&mut h, "data", |a| matches!(a.data, DataState::Ready(_)));
     // Every task ticked and both collapsible sections open: the settings are then far taller
-    // than the window, and scroll.
+    // than the window, and scroll. They are opened in a tall window (in the usual 900 px their
+    // headers lie under the run buttons' strip, out of a click's reach), which then shrinks.
+    let mut h = tall_app(&storage);
+    wait_until(&mut h, "data", |a| matches!(a.data, DataState::Ready(_)));
+    h.run_steps(2);
     for task in [
         "colorization",
         "inpainting",
@@ -1094,7 +1147,13 @@ fn the_run_buttons_stay_in_view_with_every_setting_open() {
     }
     h.run_steps(2);
     h.get_by_label("Task settings").click();
+    h.run_steps(2);
     h.get_by_label("Augmentation strengths").click();
+    h.run_steps(3);
+    for opened in ["temperature τ", "view scale"] {
+        assert!(h.query_all_by_label_contains(opened).next().is_some(), "{opened}");
+    }
+    h.set_size(eframe::egui::vec2(1400.0, 900.0));
     h.run_steps(3);
     let window = eframe::egui::Rect::from_min_size(
         eframe::egui::Pos2::ZERO,

@@ -9,7 +9,7 @@ use candle_core::{DType, Device, Tensor};
 
 pub use siamese::{SiameseMath, SiameseNumbers, siamese_numbers};
 
-use crate::config::TaskKind;
+use crate::config::{ContrastiveLoss, TaskKind};
 use crate::model::ops;
 
 /// What one task computed on the frozen batch.
@@ -22,10 +22,11 @@ pub enum TaskMath {
         /// Names of the classes, e.g. "90°".
         classes: Vec<String>,
     },
-    /// NT-Xent over 2N projections (first views, then second views).
+    /// DCL or NT-Xent over 2N projections (first views, then second views).
     Contrastive {
         projections: Vec<Vec<f32>>,
         temperature: f64,
+        loss: ContrastiveLoss,
     },
     /// Mean squared error of a prediction against a target, over the weighted pixels.
     Reconstruction {
@@ -204,18 +205,27 @@ fn tensor2(rows: &[Vec<f32>]) -> candle_core::Result<Tensor> {
 pub struct ContrastiveNumbers {
     /// Cosine similarities (2N × 2N).
     pub sim: Vec<Vec<f32>>,
-    /// ℓᵢ per anchor.
+    /// ℓᵢ per anchor, summed here from the similarities.
     pub per_anchor: Vec<f64>,
-    /// NT-Xent as the trainer computes it (`ops::nt_xent`).
+    /// The loss as the trainer computes it (`ops::dcl` or `ops::nt_xent`).
     pub loss: f64,
 }
 
+/// [`ContrastiveNumbers`] of 2N projections at temperature τ for the loss `kind`: ℓᵢ =
+/// −log(exp(s⁺/τ) / Σ exp(s_k/τ)), the sum over k ≠ i for NT-Xent and over k ∉ {i, i⁺} for DCL.
+///
+/// # Errors
+/// From the trainer's loss (DCL needs at least 4 projections).
 pub fn contrastive_numbers(
     projections: &[Vec<f32>],
     temperature: f64,
+    kind: ContrastiveLoss,
 ) -> candle_core::Result<ContrastiveNumbers> {
     let h = tensor2(projections)?.to_dtype(DType::F64)?;
-    let (loss, sim) = ops::nt_xent(&h, temperature)?;
+    let (loss, sim) = match kind {
+        ContrastiveLoss::NtXent => ops::nt_xent(&h, temperature)?,
+        ContrastiveLoss::Dcl => ops::dcl(&h, temperature)?,
+    };
     let sim64 = sim.to_vec2::<f64>()?;
     let n = sim64.len();
     let per_anchor = sim64
@@ -226,7 +236,7 @@ pub fn contrastive_numbers(
             let denom: f64 = row
                 .iter()
                 .enumerate()
-                .filter(|(k, _)| *k != i)
+                .filter(|(k, _)| in_denominator(kind, i, pos, *k))
                 .map(|(_, s)| (s / temperature).exp())
                 .sum();
             -((row[pos] / temperature).exp() / denom).ln()
@@ -240,6 +250,12 @@ pub fn contrastive_numbers(
         per_anchor,
         loss: loss.to_scalar::<f64>()?,
     })
+}
+
+/// Whether view `k` is in anchor `i`'s denominator (its positive is `pos`): every other view
+/// for NT-Xent, every other view but the positive for DCL.
+fn in_denominator(kind: ContrastiveLoss, i: usize, pos: usize, k: usize) -> bool {
+    k != i && (kind == ContrastiveLoss::NtXent || k != pos)
 }
 
 /// Softmax and −log P of the true class per example, and the batch mean through the trainer's
@@ -374,12 +390,13 @@ pub fn steps(report: &MathReport, sel: &Selection) -> Vec<Step> {
         TaskMath::Contrastive {
             projections,
             temperature,
+            loss,
         } => {
             let tau = sel.temperature.unwrap_or(*temperature);
             out.push(transformation_step(t, i % (n / 2).max(1)));
-            if let Ok(c) = contrastive_numbers(projections, tau) {
+            if let Ok(c) = contrastive_numbers(projections, tau, *loss) {
                 out.push(similarity_step(projections, &c, i, sel.other.min(n - 1)));
-                out.push(contrastive_step(t, &c, i, tau));
+                out.push(contrastive_step(t, &c, i, tau, *loss));
             }
         }
         TaskMath::Likelihood {
@@ -590,42 +607,84 @@ fn similarity_step(h: &[Vec<f32>], c: &ContrastiveNumbers, a: usize, b: usize) -
     }
 }
 
-fn contrastive_step(t: &TaskReport, c: &ContrastiveNumbers, i: usize, tau: f64) -> Step {
+fn contrastive_step(
+    t: &TaskReport,
+    c: &ContrastiveNumbers,
+    i: usize,
+    tau: f64,
+    kind: ContrastiveLoss,
+) -> Step {
     let n = c.sim.len();
     let pos = ops::positive_index(i, n);
     let row = &c.sim[i];
     let scaled: Vec<f32> = row.iter().map(|s| (f64::from(*s) / tau) as f32).collect();
     let exps: Vec<f32> = (0..n)
         .map(|k| {
-            if k == i {
-                0.0
-            } else {
+            if in_denominator(kind, i, pos, k) {
                 (f64::from(row[k]) / tau).exp() as f32
+            } else {
+                0.0
             }
         })
         .collect();
     let numerator = (f64::from(row[pos]) / tau).exp();
     let denominator: f64 = exps.iter().map(|&e| f64::from(e)).sum();
     let mean = c.per_anchor.iter().sum::<f64>() / c.per_anchor.len().max(1) as f64;
+    let (title, formula, terms, why, trainer) = match kind {
+        ContrastiveLoss::NtXent => (
+            "Contrastive loss (InfoNCE / NT-Xent)",
+            "ℓᵢ = −log( exp(sim(xᵢ,xᵢ⁺)/τ) / Σ_{k≠i} exp(sim(xᵢ,x_k)/τ) ),   L = mean over all 2N anchors",
+            format!("Σ over the {} other views of exp(sim/τ)", n - 1),
+            "",
+            "L by the trainer (ops::nt_xent)",
+        ),
+        ContrastiveLoss::Dcl => (
+            "Decoupled contrastive loss (DCL)",
+            "ℓᵢ = −log( exp(sim(xᵢ,xᵢ⁺)/τ) / Σ_{k∉{i,i⁺}} exp(sim(xᵢ,x_k)/τ) ),   L = mean over all 2N anchors",
+            format!(
+                "Σ over the {} negatives of exp(sim/τ) (the positive left out)",
+                n.saturating_sub(2)
+            ),
+            " Unlike NT-Xent, the positive is not in the denominator: a pair already close no \
+             longer shrinks the push on the negatives (Yeh et al. 2022), and ℓ can go below 0.",
+            "L by the trainer (ops::dcl)",
+        ),
+    };
     Step {
         kind: StepKind::Contrastive,
-        title: "Contrastive loss (InfoNCE / NT-Xent)".into(),
-        formula: "ℓᵢ = −log( exp(sim(xᵢ,xᵢ⁺)/τ) / Σ_{k≠i} exp(sim(xᵢ,x_k)/τ) ),   L = mean over all 2N anchors".into(),
+        title: title.into(),
+        formula: formula.into(),
         text: format!(
             "For anchor {i}, the similarities to the other views are divided by τ and exponentiated; \
-             the loss is small when the positive (view {pos}) takes most of the sum. A small τ sharpens \
-             the competition, a large one softens it. The mean over all {n} anchors is the loss the \
-             trainer reports."
+             the loss is small when the positive (view {pos}) stands out from the negatives. A small \
+             τ sharpens the competition, a large one softens it. The mean over all {n} anchors is \
+             the loss the trainer reports.{why}"
         ),
         values: vec![
             value("τ", tau, "temperature"),
-            value(format!("sim(x{i}, x{pos})"), f64::from(row[pos]), "the positive's cosine similarity"),
-            value("numerator", numerator, format!("exp({} / {tau})", fmt(f64::from(row[pos])))),
-            value("denominator", denominator, format!("Σ over the {} other views of exp(sim/τ)", n - 1)),
-            value(format!("ℓ{i}"), c.per_anchor[i], format!("−log({} / {})", fmt(numerator), fmt(denominator))),
+            value(
+                format!("sim(x{i}, x{pos})"),
+                f64::from(row[pos]),
+                "the positive's cosine similarity",
+            ),
+            value(
+                "numerator",
+                numerator,
+                format!("exp({} / {tau})", fmt(f64::from(row[pos]))),
+            ),
+            value("denominator", denominator, terms),
+            value(
+                format!("ℓ{i}"),
+                c.per_anchor[i],
+                format!("−log({} / {})", fmt(numerator), fmt(denominator)),
+            ),
             value("L = mean ℓ", mean, format!("Σ ℓ / {n}")),
-            value("L by the trainer (ops::nt_xent)", c.loss, "the function the training step calls"),
-            value("trainer's loss at τ of the run", t.trainer_loss, "the task's forward() on this batch"),
+            value(trainer, c.loss, "the function the training step calls"),
+            value(
+                "trainer's loss at τ of the run",
+                t.trainer_loss,
+                "the task's forward() on this batch",
+            ),
         ],
         pictures: vec![
             Picture::Bars {

@@ -277,6 +277,33 @@ pub fn nt_xent(z: &Tensor, temperature: f64) -> Result<(Tensor, Tensor)> {
     Ok((cross_entropy(&logits, &targets)?, sim))
 }
 
+/// Decoupled contrastive loss (DCL; Yeh et al. 2022, "Decoupled Contrastive Learning", eq. 6,
+/// unweighted, as lightly's `DCLLoss`) over 2N views laid out as for [`nt_xent`]: NT-Xent with
+/// the positive left out of the denominator,
+/// ℓᵢ = −sim(zᵢ, zᵢ⁺)/τ + log Σ_{k∉{i, i⁺}} exp(sim(zᵢ, z_k)/τ), mean over all 2N anchors.
+/// Returns the loss and the cosine-similarity matrix. z: (2N, D).
+///
+/// # Errors
+/// Fewer than 4 views (2 images): an anchor then has no negative.
+pub fn dcl(z: &Tensor, temperature: f64) -> Result<(Tensor, Tensor)> {
+    let (two_n, _) = z.dims2()?;
+    if two_n < 4 || two_n % 2 != 0 {
+        candle_core::bail!("DCL needs two views of at least 2 images, got {two_n} views");
+    }
+    let sim = cosine_similarity_matrix(z)?;
+    let scaled = (&sim / temperature)?;
+    // 1 at each anchor's positive: picks it out, and with the diagonal leaves the denominator.
+    let positive: Vec<f32> = (0..two_n * two_n)
+        .map(|k| f32::from(u8::from(positive_index(k / two_n, two_n) == k % two_n)))
+        .collect();
+    let positive = Tensor::from_vec(positive, (two_n, two_n), z.device())?.to_dtype(z.dtype())?;
+    let eye = Tensor::eye(two_n, z.dtype(), z.device())?;
+    let negatives = (&scaled + ((eye + &positive)? * -1e9)?)?;
+    let pulled = (&scaled * &positive)?.sum(1)?;
+    let loss = (negatives.log_sum_exp(1)? - pulled)?.mean_all()?;
+    Ok((loss, sim))
+}
+
 /// Share of anchors whose positive is the most similar of the other 2N − 1 views.
 pub fn positive_top1(sim: &[Vec<f32>]) -> f64 {
     let two_n = sim.len();

@@ -1,7 +1,8 @@
 //! Contrastive learning (SimCLR, Chen et al. 2020): two random views x⁺ = T(x) of every image
 //! (random resized crop, horizontal flip, colour jitter, random grey, optional blur), the
-//! shared encoder, a projection head, and NT-Xent / InfoNCE over the 2N views with cosine
-//! similarity and temperature τ. Proxy metric: how often an anchor's positive is the most
+//! shared encoder, a projection head, and a contrastive loss over the 2N views with cosine
+//! similarity and temperature τ: DCL (Yeh et al. 2022; the default) or NT-Xent / InfoNCE
+//! ([`ContrastiveLoss`]). Proxy metric: how often an anchor's positive is the most
 //! similar of the other 2N − 1 views (chance 1/(2N − 1)).
 
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use super::{
     PretextTask, Preview, TaskOutput, inputs_to_bytes, per_sample, preview_batch, preview_factor,
     rows,
 };
-use crate::config::{Augment, TaskKind, TaskSettings};
+use crate::config::{Augment, ContrastiveLoss, TaskKind, TaskSettings};
 use crate::data::Dataset;
 use crate::data::augment::{self, AugmentRecord};
 use crate::data::ops::{INPUT_MEAN, INPUT_STD};
@@ -25,6 +26,7 @@ pub struct Contrastive {
     projector: Mlp,
     maker: Arc<ContrastiveMaker>,
     temperature: f64,
+    loss: ContrastiveLoss,
 }
 
 pub struct ContrastiveMaker {
@@ -80,6 +82,7 @@ impl Contrastive {
                 augment: settings.augment.clone(),
             }),
             temperature: settings.temperature,
+            loss: settings.contrastive_loss,
         })
     }
 
@@ -146,7 +149,10 @@ impl PretextTask for Contrastive {
 
     fn forward(&self, model: &Model, batch: &Batch, train: bool) -> Result<TaskOutput, ModelError> {
         let h = self.project(model, batch, train)?;
-        let (loss, sim) = nn::nt_xent(&h, self.temperature)?;
+        let (loss, sim) = match self.loss {
+            ContrastiveLoss::NtXent => nn::nt_xent(&h, self.temperature)?,
+            ContrastiveLoss::Dcl => nn::dcl(&h, self.temperature)?,
+        };
         let sim = sim.to_vec2::<f32>()?;
         let two_n = sim.len();
         Ok(TaskOutput {
@@ -165,6 +171,7 @@ impl PretextTask for Contrastive {
             math: crate::math::TaskMath::Contrastive {
                 projections: rows(&h)?,
                 temperature: self.temperature,
+                loss: self.loss,
             },
             z: rows(&z)?,
             inputs: inputs_to_bytes(&batch.host.inputs),

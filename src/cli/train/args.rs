@@ -9,8 +9,8 @@ use std::path::PathBuf;
 use clap::Args;
 
 use crate::config::{
-    Augment, ConfigError, DataSource, DeviceKind, HUE_LIMIT, LrSchedule, MAX_SIZE, MIN_SIZE,
-    MaskKind, SIZE_MULTIPLE, Setting, TaskKind, TaskSettings, TrainConfig,
+    Augment, ConfigError, ContrastiveLoss, DataSource, DeviceKind, HUE_LIMIT, LrSchedule, MAX_SIZE,
+    MIN_SIZE, MaskKind, SIZE_MULTIPLE, Setting, TaskKind, TaskSettings, TrainConfig,
 };
 use crate::train::Command;
 
@@ -138,6 +138,10 @@ pub struct TaskArgs {
     /// Contrastive and MoCo: the InfoNCE temperature τ.
     #[arg(long, value_name = "T", default_value_t = task_defaults().temperature)]
     pub temperature: f64,
+    /// Contrastive: the loss, DCL (the positive left out of the denominator) or NT-Xent.
+    #[arg(long, value_enum, value_name = "LOSS",
+          default_value_t = task_defaults().contrastive_loss)]
+    pub contrastive_loss: ContrastiveLoss,
     /// Inpainting: which region is hidden.
     #[arg(long, value_enum, value_name = "KIND", default_value_t = task_defaults().mask)]
     pub mask: MaskKind,
@@ -251,6 +255,7 @@ impl TrainArgs {
         let (t, a) = (&self.task, &self.augment);
         TaskSettings {
             temperature: t.temperature,
+            contrastive_loss: t.contrastive_loss,
             mask: t.mask,
             mask_size: t.mask_size,
             color_threshold: t.color_threshold,
@@ -390,6 +395,19 @@ mod tests {
     #[test]
     fn no_options_give_the_default_config() {
         assert_eq!(train_args(&[]).unwrap().config(), TrainConfig::default());
+    }
+
+    #[test]
+    fn the_contrastive_loss_is_dcl_unless_asked_for_nt_xent() {
+        let loss = |args: &[&str]| train_args(args).unwrap().config().settings.contrastive_loss;
+        assert_eq!(loss(&[]), ContrastiveLoss::Dcl);
+        assert_eq!(
+            loss(&["--contrastive-loss", "nt-xent"]),
+            ContrastiveLoss::NtXent
+        );
+        assert_eq!(loss(&["--contrastive-loss", "dcl"]), ContrastiveLoss::Dcl);
+        assert!(train_args(&["--contrastive-loss", "infonce"]).is_err());
+        assert!(train_args(&["--resume", "r", "--contrastive-loss", "dcl"]).is_err());
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use eframe::egui;
 
-use crate::config::{self as limits, LrSchedule, MaskKind, TaskKind, TrainConfig};
+use crate::config::{self as limits, ContrastiveLoss, LrSchedule, MaskKind, TaskKind, TrainConfig};
 use crate::train::Command;
 use crate::ui::{Action, DataState, RunStatus, RunView};
 
@@ -266,6 +266,19 @@ fn task_settings(ui: &mut egui::Ui, c: &mut TrainConfig) {
                 .logarithmic(true)
                 .text("temperature τ"),
         );
+        ui.horizontal(|ui| {
+            ui.label("contrastive loss");
+            for k in [ContrastiveLoss::Dcl, ContrastiveLoss::NtXent] {
+                ui.selectable_value(&mut t.contrastive_loss, k, k.name())
+                    .on_hover_text(match k {
+                        ContrastiveLoss::Dcl => {
+                            "Decoupled contrastive loss: the positive left out of the \
+                             denominator (the default; it learnt more in the same minutes)"
+                        }
+                        ContrastiveLoss::NtXent => "NT-Xent / InfoNCE, as in SimCLR",
+                    });
+            }
+        });
         ui.horizontal(|ui| {
             ui.label("mask");
             for (k, name) in [
