@@ -258,12 +258,12 @@ pub enum MaskKind {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum ContrastiveLoss {
-    /// NT-Xent / InfoNCE (Chen et al. 2020): the positive is in the denominator too.
+    /// NT-Xent / InfoNCE (Chen et al. 2020): the positive is in the denominator too. The
+    /// default: DCL learnt no more in the same minutes (README, "The default recipe").
+    #[default]
     NtXent,
     /// Decoupled contrastive loss (Yeh et al. 2022): the positive leaves the denominator, so
-    /// an easy positive no longer shrinks the negatives' gradient. The default: it learnt more
-    /// in the same minutes (README, "The default recipe").
-    #[default]
+    /// an easy positive no longer shrinks the negatives' gradient.
     Dcl,
 }
 
@@ -344,9 +344,8 @@ impl Default for Augment {
 pub struct TaskSettings {
     /// NT-Xent temperature τ.
     pub temperature: f64,
-    /// The contrastive task's loss. Runs written before this setting existed trained NT-Xent,
-    /// and read so.
-    #[serde(default = "legacy_contrastive_loss")]
+    /// The contrastive task's loss (runs written before this setting existed trained NT-Xent,
+    /// the default, and read so).
     pub contrastive_loss: ContrastiveLoss,
     pub mask: MaskKind,
     /// Side of the hidden square as a share of the image side (blocks: the covered area is
@@ -386,10 +385,6 @@ pub const DEFAULT_MOMENTUM: f64 = 0.99;
 pub const DEFAULT_QUEUE_SIZE: usize = 2048;
 /// lightly's default λ for Barlow Twins.
 pub const DEFAULT_BARLOW_LAMBDA: f64 = 0.005;
-
-fn legacy_contrastive_loss() -> ContrastiveLoss {
-    ContrastiveLoss::NtXent
-}
 
 fn default_momentum() -> f64 {
     DEFAULT_MOMENTUM
@@ -1089,20 +1084,28 @@ mod tests {
     }
 
     #[test]
-    fn new_runs_train_dcl_and_runs_written_before_it_existed_read_as_nt_xent() {
+    fn the_contrastive_loss_is_nt_xent_unless_a_run_says_dcl() {
         assert_eq!(
             TaskSettings::default().contrastive_loss,
-            ContrastiveLoss::Dcl
+            ContrastiveLoss::NtXent
         );
+        // Runs written before the setting existed trained NT-Xent.
         let old: TaskSettings = serde_json::from_str(r#"{"temperature": 0.5}"#).unwrap();
         assert_eq!(old.contrastive_loss, ContrastiveLoss::NtXent);
         assert_eq!(old.temperature, 0.5);
-        let json = serde_json::to_string(&TaskSettings::default()).unwrap();
+        let dcl = TaskSettings {
+            contrastive_loss: ContrastiveLoss::Dcl,
+            ..TaskSettings::default()
+        };
+        let json = serde_json::to_string(&dcl).unwrap();
         assert!(json.contains(r#""contrastive_loss":"dcl""#), "{json}");
         let back: TaskSettings = serde_json::from_str(&json).unwrap();
-        assert_eq!(back, TaskSettings::default());
+        assert_eq!(back, dcl);
         let nt: TaskSettings = serde_json::from_str(r#"{"contrastive_loss": "nt-xent"}"#).unwrap();
         assert_eq!(nt.contrastive_loss, ContrastiveLoss::NtXent);
+        assert!(
+            serde_json::from_str::<TaskSettings>(r#"{"contrastive_loss": "infonce"}"#).is_err()
+        );
         assert_eq!(ContrastiveLoss::Dcl.name(), "DCL");
     }
 }

@@ -233,6 +233,40 @@ fn every_task_derivation_equals_the_trainers_loss_and_the_step_lowers_it() {
 }
 
 #[test]
+fn contrastive_derivation_matches_the_dcl_fixture() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/dcl.json");
+    let f: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    for case in f["cases"].as_array().unwrap() {
+        let rows = |k: &str| -> Vec<Vec<f32>> {
+            case[k]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| {
+                    r.as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|v| v.as_f64().unwrap() as f32)
+                        .collect()
+                })
+                .collect()
+        };
+        let h: Vec<Vec<f32>> = rows("z1").into_iter().chain(rows("z2")).collect();
+        let tau = case["temperature"].as_f64().unwrap();
+        let c = math::contrastive_numbers(&h, tau, ContrastiveLoss::Dcl).unwrap();
+        let want = case["loss"].as_f64().unwrap();
+        assert!((c.loss - want).abs() < 1e-4, "{} vs {want}", c.loss);
+        // The per-anchor terms, summed from the similarity rows without the positive in the
+        // denominator, average to lightly's loss; with it (NT-Xent) they would not.
+        let mean = c.per_anchor.iter().sum::<f64>() / c.per_anchor.len() as f64;
+        assert!((mean - want).abs() < 1e-4, "{mean} vs {want}");
+        let nt = math::contrastive_numbers(&h, tau, ContrastiveLoss::NtXent).unwrap();
+        assert!(nt.loss > want + 1e-3);
+    }
+}
+
+#[test]
 fn contrastive_derivation_matches_the_nt_xent_fixture() {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/nt_xent.json");
     let f: serde_json::Value =

@@ -276,22 +276,6 @@ fn the_contrastive_loss_is_chosen_in_the_task_settings_and_kept() {
     h.run_steps(2);
     assert_eq!(
         h.state().settings.config.settings.contrastive_loss,
-        ContrastiveLoss::Dcl
-    );
-    open_task_settings(&mut h);
-    h.get_by_label("NT-Xent").click();
-    h.run_steps(2);
-    assert_eq!(
-        h.state().settings.config.settings.contrastive_loss,
-        ContrastiveLoss::NtXent
-    );
-    eframe::App::save(h.state_mut(), &mut storage);
-    drop(h);
-    let mut h = tall_app(&storage);
-    wait_until(&mut h, "data", |a| matches!(a.data, DataState::Ready(_)));
-    h.run_steps(2);
-    assert_eq!(
-        h.state().settings.config.settings.contrastive_loss,
         ContrastiveLoss::NtXent
     );
     open_task_settings(&mut h);
@@ -300,6 +284,22 @@ fn the_contrastive_loss_is_chosen_in_the_task_settings_and_kept() {
     assert_eq!(
         h.state().settings.config.settings.contrastive_loss,
         ContrastiveLoss::Dcl
+    );
+    eframe::App::save(h.state_mut(), &mut storage);
+    drop(h);
+    let mut h = tall_app(&storage);
+    wait_until(&mut h, "data", |a| matches!(a.data, DataState::Ready(_)));
+    h.run_steps(2);
+    assert_eq!(
+        h.state().settings.config.settings.contrastive_loss,
+        ContrastiveLoss::Dcl
+    );
+    open_task_settings(&mut h);
+    h.get_by_label("NT-Xent").click();
+    h.run_steps(2);
+    assert_eq!(
+        h.state().settings.config.settings.contrastive_loss,
+        ContrastiveLoss::NtXent
     );
 }
 
@@ -1151,7 +1151,10 @@ fn the_run_buttons_stay_in_view_with_every_setting_open() {
     h.get_by_label("Augmentation strengths").click();
     h.run_steps(3);
     for opened in ["temperature τ", "view scale"] {
-        assert!(h.query_all_by_label_contains(opened).next().is_some(), "{opened}");
+        assert!(
+            h.query_all_by_label_contains(opened).next().is_some(),
+            "{opened}"
+        );
     }
     h.set_size(eframe::egui::vec2(1400.0, 900.0));
     h.run_steps(3);

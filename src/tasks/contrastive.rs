@@ -1,7 +1,7 @@
 //! Contrastive learning (SimCLR, Chen et al. 2020): two random views x⁺ = T(x) of every image
 //! (random resized crop, horizontal flip, colour jitter, random grey, optional blur), the
 //! shared encoder, a projection head, and a contrastive loss over the 2N views with cosine
-//! similarity and temperature τ: DCL (Yeh et al. 2022; the default) or NT-Xent / InfoNCE
+//! similarity and temperature τ: NT-Xent / InfoNCE (the default) or DCL (Yeh et al. 2022)
 //! ([`ContrastiveLoss`]). Proxy metric: how often an anchor's positive is the most
 //! similar of the other 2N − 1 views (chance 1/(2N − 1)).
 

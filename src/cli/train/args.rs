@@ -138,7 +138,7 @@ pub struct TaskArgs {
     /// Contrastive and MoCo: the InfoNCE temperature τ.
     #[arg(long, value_name = "T", default_value_t = task_defaults().temperature)]
     pub temperature: f64,
-    /// Contrastive: the loss, DCL (the positive left out of the denominator) or NT-Xent.
+    /// Contrastive: the loss, NT-Xent or DCL (the positive left out of the denominator).
     #[arg(long, value_enum, value_name = "LOSS",
           default_value_t = task_defaults().contrastive_loss)]
     pub contrastive_loss: ContrastiveLoss,
@@ -398,9 +398,9 @@ mod tests {
     }
 
     #[test]
-    fn the_contrastive_loss_is_dcl_unless_asked_for_nt_xent() {
+    fn the_contrastive_loss_is_nt_xent_unless_asked_for_dcl() {
         let loss = |args: &[&str]| train_args(args).unwrap().config().settings.contrastive_loss;
-        assert_eq!(loss(&[]), ContrastiveLoss::Dcl);
+        assert_eq!(loss(&[]), ContrastiveLoss::NtXent);
         assert_eq!(
             loss(&["--contrastive-loss", "nt-xent"]),
             ContrastiveLoss::NtXent

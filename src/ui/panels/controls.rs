@@ -268,14 +268,14 @@ fn task_settings(ui: &mut egui::Ui, c: &mut TrainConfig) {
         );
         ui.horizontal(|ui| {
             ui.label("contrastive loss");
-            for k in [ContrastiveLoss::Dcl, ContrastiveLoss::NtXent] {
+            for k in [ContrastiveLoss::NtXent, ContrastiveLoss::Dcl] {
                 ui.selectable_value(&mut t.contrastive_loss, k, k.name())
                     .on_hover_text(match k {
+                        ContrastiveLoss::NtXent => "NT-Xent / InfoNCE, as in SimCLR (the default)",
                         ContrastiveLoss::Dcl => {
-                            "Decoupled contrastive loss: the positive left out of the \
-                             denominator (the default; it learnt more in the same minutes)"
+                            "Decoupled contrastive loss (Yeh et al. 2022): the positive left \
+                             out of the denominator"
                         }
-                        ContrastiveLoss::NtXent => "NT-Xent / InfoNCE, as in SimCLR",
                     });
             }
         });
