@@ -342,7 +342,7 @@ impl Default for Augment {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct TaskSettings {
-    /// NT-Xent temperature τ.
+    /// The temperature τ of the contrastive loss (NT-Xent or DCL) and of MoCo's InfoNCE.
     pub temperature: f64,
     /// The contrastive task's loss (runs written before this setting existed trained NT-Xent,
     /// the default, and read so).
@@ -636,7 +636,8 @@ pub const LR_LIMIT: Limit = Limit::positive();
 pub const WEIGHT_DECAY_LIMIT: Limit = Limit::at_least(0.0);
 /// Loss weight of one task.
 pub const TASK_WEIGHT_LIMIT: Limit = Limit::at_least(0.0);
-/// NT-Xent temperature τ (below 0.01 the logits overflow, above 10 nothing is learnt).
+/// Temperature τ of the contrastive losses (below 0.01 the logits overflow, above 10 nothing is
+/// learnt).
 pub const TEMPERATURE_LIMIT: Limit = Limit::between(0.01, 10.0);
 /// Inpainting's hidden square, as a share of the image side.
 pub const MASK_SIZE_LIMIT: Limit = Limit::between(0.05, 0.9);

@@ -233,6 +233,83 @@ fn every_task_derivation_equals_the_trainers_loss_and_the_step_lowers_it() {
 }
 
 #[test]
+fn a_dcl_run_trains_on_dcl_and_its_math_steps_spell_dcl_out() {
+    let out = tempfile::tempdir().unwrap();
+    let trainer = Trainer::spawn().unwrap();
+    let mut config = TrainConfig {
+        data: DataSource::Builtin { count: 32 },
+        tasks: vec![TaskKind::Contrastive],
+        task_weights: vec![1.0],
+        batch: 16,
+        epochs: 1,
+        out: out.path().to_path_buf(),
+        preview_images: 2,
+        ..TrainConfig::default()
+    };
+    config.settings.contrastive_loss = ContrastiveLoss::Dcl;
+    trainer.send(Command::Start(Box::new(config)));
+    let log = common::drive(&trainer, |_, _| {});
+    assert_eq!(log.outcome, Some(Outcome::Completed), "{:?}", log.errors);
+    let report = freeze(&trainer);
+    let t = &report.tasks[0];
+    let TaskMath::Contrastive {
+        projections,
+        temperature,
+        loss,
+    } = &t.math
+    else {
+        panic!("not the contrastive derivation");
+    };
+    assert_eq!(*loss, ContrastiveLoss::Dcl);
+    // The task's forward() computed DCL: the derivation with DCL gives its loss, NT-Xent not.
+    let dcl = math::contrastive_numbers(projections, *temperature, ContrastiveLoss::Dcl).unwrap();
+    let nt = math::contrastive_numbers(projections, *temperature, ContrastiveLoss::NtXent).unwrap();
+    assert!(
+        (dcl.loss - t.trainer_loss).abs() < 1e-4,
+        "{} vs {}",
+        dcl.loss,
+        t.trainer_loss
+    );
+    assert!((nt.loss - t.trainer_loss).abs() > 1e-3);
+    // The step shown: DCL's title, a denominator of the 2N − 2 negatives, ℓ = −log(num / den).
+    let steps = math::steps(&report, &Selection::default());
+    let step = steps
+        .iter()
+        .find(|s| s.kind == StepKind::Contrastive)
+        .unwrap();
+    assert!(step.title.starts_with("Decoupled"), "{}", step.title);
+    let value = |name: &str| step.values.iter().find(|v| v.label == name).unwrap().value;
+    let n = projections.len();
+    let denominator = step
+        .values
+        .iter()
+        .find(|v| v.label == "denominator")
+        .unwrap();
+    assert!(
+        denominator
+            .how
+            .contains(&format!("the {} negatives", n - 2)),
+        "{}",
+        denominator.how
+    );
+    let (num, den) = (value("numerator"), value("denominator"));
+    // (The bars' terms, and so the shown denominator, are f32.)
+    assert!((value("ℓ0") + (num / den).ln()).abs() < 1e-5);
+    assert!((value("ℓ0") - dcl.per_anchor[0]).abs() < 1e-9);
+    let bars = step
+        .pictures
+        .iter()
+        .find_map(|p| match p {
+            math::Picture::Bars { label, values, .. } if label.starts_with("exp(sim/τ)") => {
+                Some(values.clone())
+            }
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(bars.iter().filter(|&&v| v > 0.0).count(), n - 2);
+}
+
+#[test]
 fn contrastive_derivation_matches_the_dcl_fixture() {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/dcl.json");
     let f: serde_json::Value =

@@ -694,9 +694,16 @@ fn contrastive_step(
                 names: Vec::new(),
             },
             Picture::Bars {
-                label: "exp(sim/τ) — the denominator's terms".into(),
+                label: match kind {
+                    ContrastiveLoss::NtXent => "exp(sim/τ) — the denominator's terms".into(),
+                    ContrastiveLoss::Dcl => {
+                        format!(
+                            "exp(sim/τ) — the denominator's terms (view {pos}, the positive, left out)"
+                        )
+                    }
+                },
                 values: exps,
-                highlight: Some(pos),
+                highlight: (kind == ContrastiveLoss::NtXent).then_some(pos),
                 names: Vec::new(),
             },
             Picture::Bars {

@@ -292,12 +292,10 @@ pub fn dcl(z: &Tensor, temperature: f64) -> Result<(Tensor, Tensor)> {
     }
     let sim = cosine_similarity_matrix(z)?;
     let scaled = (&sim / temperature)?;
-    // 1 at each anchor's positive: picks it out, and with the diagonal leaves the denominator.
-    let positive: Vec<f32> = (0..two_n * two_n)
-        .map(|k| f32::from(u8::from(positive_index(k / two_n, two_n) == k % two_n)))
-        .collect();
-    let positive = Tensor::from_vec(positive, (two_n, two_n), z.device())?.to_dtype(z.dtype())?;
+    // 1 at each anchor's positive (i, i + N mod 2N), made on the device: picks it out, and with
+    // the diagonal leaves the denominator.
     let eye = Tensor::eye(two_n, z.dtype(), z.device())?;
+    let positive = eye.roll(two_n as i32 / 2, 1)?;
     let negatives = (&scaled + ((eye + &positive)? * -1e9)?)?;
     let pulled = (&scaled * &positive)?.sum(1)?;
     let loss = (negatives.log_sum_exp(1)? - pulled)?.mean_all()?;
