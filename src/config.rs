@@ -268,7 +268,8 @@ pub enum ContrastiveLoss {
 }
 
 impl ContrastiveLoss {
-    /// The name the CLI, the app and the run's config use.
+    /// The name the app and the Math panel show (the CLI and `config.json` spell it
+    /// `nt-xent` / `dcl`).
     pub fn name(self) -> &'static str {
         match self {
             Self::NtXent => "NT-Xent",

@@ -309,28 +309,40 @@ fn a_dcl_run_trains_on_dcl_and_its_math_steps_spell_dcl_out() {
     assert_eq!(bars.iter().filter(|&&v| v > 0.0).count(), n - 2);
 }
 
-#[test]
-fn contrastive_derivation_matches_the_dcl_fixture() {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/dcl.json");
+/// The cases of a two-view loss fixture in tests/data (nt_xent.json, dcl.json).
+fn fixture_cases(name: &str) -> Vec<serde_json::Value> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(name);
     let f: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    for case in f["cases"].as_array().unwrap() {
-        let rows = |k: &str| -> Vec<Vec<f32>> {
-            case[k]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|r| {
-                    r.as_array()
-                        .unwrap()
-                        .iter()
-                        .map(|v| v.as_f64().unwrap() as f32)
-                        .collect()
-                })
-                .collect()
-        };
-        let h: Vec<Vec<f32>> = rows("z1").into_iter().chain(rows("z2")).collect();
-        let tau = case["temperature"].as_f64().unwrap();
+    f["cases"].as_array().unwrap().clone()
+}
+
+/// A fixture case's 2N projections (its z1 rows, then its z2 rows) and its temperature.
+fn views_and_temperature(case: &serde_json::Value) -> (Vec<Vec<f32>>, f64) {
+    let rows = |k: &str| -> Vec<Vec<f32>> {
+        case[k]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                r.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_f64().unwrap() as f32)
+                    .collect()
+            })
+            .collect()
+    };
+    let h = rows("z1").into_iter().chain(rows("z2")).collect();
+    (h, case["temperature"].as_f64().unwrap())
+}
+
+#[test]
+fn contrastive_derivation_matches_the_dcl_fixture() {
+    for case in fixture_cases("dcl.json") {
+        let (h, tau) = views_and_temperature(&case);
         let c = math::contrastive_numbers(&h, tau, ContrastiveLoss::Dcl).unwrap();
         let want = case["loss"].as_f64().unwrap();
         assert!((c.loss - want).abs() < 1e-4, "{} vs {want}", c.loss);
@@ -345,26 +357,8 @@ fn contrastive_derivation_matches_the_dcl_fixture() {
 
 #[test]
 fn contrastive_derivation_matches_the_nt_xent_fixture() {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/nt_xent.json");
-    let f: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    for case in f["cases"].as_array().unwrap() {
-        let rows = |k: &str| -> Vec<Vec<f32>> {
-            case[k]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|r| {
-                    r.as_array()
-                        .unwrap()
-                        .iter()
-                        .map(|v| v.as_f64().unwrap() as f32)
-                        .collect()
-                })
-                .collect()
-        };
-        let h: Vec<Vec<f32>> = rows("z1").into_iter().chain(rows("z2")).collect();
-        let tau = case["temperature"].as_f64().unwrap();
+    for case in fixture_cases("nt_xent.json") {
+        let (h, tau) = views_and_temperature(&case);
         let c = math::contrastive_numbers(&h, tau, ContrastiveLoss::NtXent).unwrap();
         assert!((c.loss - case["loss"].as_f64().unwrap()).abs() < 1e-4);
         for (a, b) in c

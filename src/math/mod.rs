@@ -222,10 +222,7 @@ pub fn contrastive_numbers(
     kind: ContrastiveLoss,
 ) -> candle_core::Result<ContrastiveNumbers> {
     let h = tensor2(projections)?.to_dtype(DType::F64)?;
-    let (loss, sim) = match kind {
-        ContrastiveLoss::NtXent => ops::nt_xent(&h, temperature)?,
-        ContrastiveLoss::Dcl => ops::dcl(&h, temperature)?,
-    };
+    let (loss, sim) = ops::contrastive_loss(&h, temperature, kind)?;
     let sim64 = sim.to_vec2::<f64>()?;
     let n = sim64.len();
     let per_anchor = sim64

@@ -1,9 +1,9 @@
 //! The losses of the two-view methods beyond SimCLR (whose NT-Xent and DCL are
 //! [`super::ops::nt_xent`] and [`super::ops::dcl`]): negative cosine (SimSiam, BYOL), InfoNCE
 //! against a queue of negatives (MoCo), the cross-correlation loss of Barlow Twins and the three
-//! terms of VICReg. Each is written once
-//! here and used by the trainer, the previews and the Math panel alike; each is checked against
-//! the reference implementation's numbers (`tests/data/*.json`, from lightly and PyTorch).
+//! terms of VICReg. Each is written once here and used by the trainer, the previews and the Math
+//! panel alike; each is checked against the reference implementation's numbers
+//! (`tests/data/*.json`, from lightly and PyTorch).
 //!
 //! Shapes: `(N, D)` for N samples of D dimensions.
 

@@ -5,6 +5,7 @@ use candle_core::{D, Result, Tensor};
 
 use super::kernels;
 pub use super::kernels::norm::BatchNormOutput;
+use crate::config::ContrastiveLoss;
 
 /// 2-D convolution without bias; `x` is (N, C, H, W), `w` is (O, C, K, K).
 /// On the CPU this is [`kernels::conv::conv2d`]; elsewhere candle's own convolution.
@@ -300,6 +301,22 @@ pub fn dcl(z: &Tensor, temperature: f64) -> Result<(Tensor, Tensor)> {
     let pulled = (&scaled * &positive)?.sum(1)?;
     let loss = (negatives.log_sum_exp(1)? - pulled)?.mean_all()?;
     Ok((loss, sim))
+}
+
+/// The contrastive task's loss `kind` over 2N views laid out as for [`nt_xent`]: [`nt_xent`]
+/// or [`dcl`]. Returns the loss and the cosine-similarity matrix. z: (2N, D).
+///
+/// # Errors
+/// As the loss chosen.
+pub fn contrastive_loss(
+    z: &Tensor,
+    temperature: f64,
+    kind: ContrastiveLoss,
+) -> Result<(Tensor, Tensor)> {
+    match kind {
+        ContrastiveLoss::NtXent => nt_xent(z, temperature),
+        ContrastiveLoss::Dcl => dcl(z, temperature),
+    }
 }
 
 /// Share of anchors whose positive is the most similar of the other 2N − 1 views.

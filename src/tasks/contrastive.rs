@@ -149,10 +149,7 @@ impl PretextTask for Contrastive {
 
     fn forward(&self, model: &Model, batch: &Batch, train: bool) -> Result<TaskOutput, ModelError> {
         let h = self.project(model, batch, train)?;
-        let (loss, sim) = match self.loss {
-            ContrastiveLoss::NtXent => nn::nt_xent(&h, self.temperature)?,
-            ContrastiveLoss::Dcl => nn::dcl(&h, self.temperature)?,
-        };
+        let (loss, sim) = nn::contrastive_loss(&h, self.temperature, self.loss)?;
         let sim = sim.to_vec2::<f32>()?;
         let two_n = sim.len();
         Ok(TaskOutput {
