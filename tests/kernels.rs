@@ -391,33 +391,79 @@ fn encoder_with_kernels_matches_stock_candle_in_groups_of_images() -> Result<()>
     one_thread(|| encoder_matches_stock(12))
 }
 
-fn encoder_matches_stock(n: usize) -> Result<()> {
+/// The fused ops keep their large buffers in a pool between steps and write into them again
+/// without zeroing them first (a convolution's output, ∂L/∂y1 inside a residual block). With
+/// every buffer in the pool filled with NaN after a first step, a second step on the same
+/// batch must give the first step's values exactly: a value a kernel leaves unwritten would
+/// show as NaN. 16 px leaves even maps at every stage, 28 px a 7×7 one at the last.
+#[test]
+fn encoder_kernels_overwrite_every_value_of_the_buffers_they_reuse() -> Result<()> {
+    use pretext::model::kernels::pool;
+    let _alone = ENCODER_STEPS.lock().unwrap_or_else(|e| e.into_inner());
+    for side in [16, 28] {
+        let n = 32;
+        let (z1, g1) = encoder_step(false, n, side)?;
+        let held = pool::poison_held();
+        assert!(
+            held >= 4,
+            "{side} px: the first step gave back {held} buffers"
+        );
+        let before = pool::reuses();
+        let (z2, g2) = encoder_step(false, n, side)?;
+        let reused = pool::reuses() - before;
+        assert!(
+            reused >= 4,
+            "{side} px: the second step reused {reused} buffers"
+        );
+        assert_eq!(max_diff(&z1, &z2)?, 0.0, "{side} px: z");
+        assert_eq!(g1.len(), g2.len());
+        for ((name, a), (_, b)) in g1.iter().zip(&g2) {
+            assert_eq!(max_diff(a, b)?, 0.0, "{side} px: {name}");
+        }
+    }
+    Ok(())
+}
+
+/// Held by the tests that run whole encoder steps, so that none takes the buffers another
+/// one's steps gave back to the kernels' pool in between.
+static ENCODER_STEPS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// One training step's z and the gradients and running statistics after it, with candle's
+/// stock ops or the kernels, for a batch of `n` images of `side` px.
+fn encoder_step(stock: bool, n: usize, side: usize) -> Result<(Tensor, Vec<(String, Tensor)>)> {
     use pretext::model::{Model, kernels};
-    let run = |stock: bool| -> anyhow::Result<(Tensor, Vec<(String, Tensor)>)> {
+    let run = || -> anyhow::Result<(Tensor, Vec<(String, Tensor)>)> {
         kernels::set_stock_ops(stock);
         let model = Model::new(Device::Cpu, 3)?;
         model.init_weights(5)?;
-        let x = tensor(&[n, 3, 16, 16], 61)?;
+        let x = tensor(&[n, 3, side, side], 61)?;
         let out = model.encoder.forward(&x, true)?;
         let r = tensor(out.fmap.dims(), 62)?;
         let grads = (&out.fmap * &r)?.sum_all()?.backward()?;
         let mut g = Vec::new();
         for (name, v) in model.trainable_vars() {
             if let Some(t) = grads.get(&v) {
-                g.push((name, t.clone()));
+                g.push((name, t.detach()));
             }
         }
         let state = model.state_dict()?;
         for (name, t) in state {
             if name.ends_with("running_var") || name.ends_with("running_mean") {
-                g.push((name, t));
+                g.push((name, t.detach()));
             }
         }
-        Ok((out.z, g))
+        // Detached, so that the step's graph (and the buffers its ops keep) goes with it.
+        Ok((out.z.detach(), g))
     };
-    let (z_stock, g_stock) = run(true).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-    let (z_ours, g_ours) = run(false).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+    let result = run().map_err(|e| candle_core::Error::Msg(e.to_string()));
     kernels::set_stock_ops(false);
+    result
+}
+
+fn encoder_matches_stock(n: usize) -> Result<()> {
+    let _alone = ENCODER_STEPS.lock().unwrap_or_else(|e| e.into_inner());
+    let (z_stock, g_stock) = encoder_step(true, n, 16)?;
+    let (z_ours, g_ours) = encoder_step(false, n, 16)?;
     assert!(max_diff(&z_ours, &z_stock)? < 1e-4);
     assert_eq!(g_ours.len(), g_stock.len());
     assert!(g_ours.len() > 20, "only {} gradients", g_ours.len());

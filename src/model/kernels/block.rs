@@ -8,11 +8,12 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, bail};
 
 use super::conv::ConvGeom;
 use super::fused::{
-    Chain, ChainedStage, PrevStage, Stage, conv_bn_backward, conv_stats, conv_stats_after,
+    Chain, Input, InputGrad, PrevStage, Stage, conv_bn_backward, conv_stats, conv_stats_after,
 };
 use super::norm::{Affine, ChannelStats, Coef, NormAct};
 use super::operands::{Nchw, SavedState, f32_slice, grad_like, tensor_like, with_values};
 use super::pointwise;
+use super::pool;
 use super::simd;
 
 /// Where each parameter sits in the block's flat parameter vector: conv1 weight, bn1 weight,
@@ -89,11 +90,10 @@ impl<'a> BlockParams<'a> {
     }
 }
 
-/// What the forward pass keeps for the backward pass.
+/// What the forward pass keeps for the backward pass. Not y1 = relu(bn1(conv1(x))), conv2's
+/// input: the backward pass makes it again from `s1` group by group ([`Input::Normalised`]).
 struct Saved {
     s1: Stage,
-    /// relu(bn1(conv1(x))), the input of conv2.
-    y1: Vec<f32>,
     s2: Stage,
     shortcut: Option<Stage>,
 }
@@ -174,8 +174,8 @@ fn backward(
     eps: f32,
 ) -> Result<BlockGrads> {
     let bn = |relu| NormAct { eps, relu };
-    // Through bn2 and conv2 into ∂L/∂y1 (zeros to start from), taking bn1's first backward
-    // pass on the way.
+    // Through bn2 and conv2 into ∂L/∂y1 (written into a buffer the last step gave back, where
+    // there is one), taking bn1's first backward pass on the way.
     let chain = Chain {
         sums: None,
         prev: Some(PrevStage {
@@ -183,28 +183,48 @@ fn backward(
             relu: true,
         }),
     };
-    let dy1 = Some(simd::zeros(sv.y1.len()));
-    let mut b2 = conv_bn_backward(&sv.s2, &sv.y1, parts.c2.conv, &m, bn(false), dy1, chain)?;
-    let dy1 = b2.dx.take().unwrap_or_default();
+    let y1 = Input::Normalised {
+        prev: &sv.s1,
+        act: bn(true),
+    };
+    let y1_len = sv.s1.conv_out.len();
+    let dy1 = match pool::take(y1_len) {
+        Some(stale) => InputGrad::Write(stale),
+        None => InputGrad::AddTo(simd::zeros(y1_len)),
+    };
+    let mut b2 = conv_bn_backward(&sv.s2, y1, parts.c2.conv, &m, bn(false), dy1, chain)?;
+    let dy1 = pool::Pooled::new(b2.dx.take().unwrap_or_default());
     // ∂L/∂x gathers the main path and the shortcut in one buffer: it starts as the identity
     // shortcut's gradient (m itself, no longer needed otherwise) or as zeros for the
     // projection, whose own backward adds into it below.
     let mut m = Some(m);
     let dx0 = match &sv.shortcut {
-        Some(_) => want_x.then(|| simd::zeros(x.len())),
-        None => m.take().filter(|_| want_x),
+        Some(_) if want_x => InputGrad::AddTo(simd::zeros(x.len())),
+        None if want_x => m.take().map_or(InputGrad::Skip, InputGrad::AddTo),
+        _ => InputGrad::Skip,
     };
     let chain = Chain {
         sums: b2.prev_sums.take(),
         prev: None,
     };
-    let b1 = conv_bn_backward(&sv.s1, x, parts.c1.conv, &dy1, bn(true), dx0, chain)?;
+    let b1 = conv_bn_backward(
+        &sv.s1,
+        Input::Values(x),
+        parts.c1.conv,
+        &dy1,
+        bn(true),
+        dx0,
+        chain,
+    )?;
+    drop(dy1);
     let mut params = Vec::with_capacity(parts.len);
     b1.append_param_grads(&mut params);
     b2.append_param_grads(&mut params);
     let dx = match (&sv.shortcut, &parts.shortcut, m) {
         (Some(st), Some(sc), Some(m)) => {
-            let bs = conv_bn_backward(st, x, sc.conv, &m, bn(false), b1.dx, Chain::default())?;
+            let dx = b1.dx.map_or(InputGrad::Skip, InputGrad::AddTo);
+            let input = Input::Values(x);
+            let bs = conv_bn_backward(st, input, sc.conv, &m, bn(false), dx, Chain::default())?;
             bs.append_param_grads(&mut params);
             bs.dx
         }
@@ -251,10 +271,7 @@ impl CustomOp2 for ResidualBlock {
             eps: self.eps,
             relu: true,
         };
-        let ChainedStage {
-            stage: s2,
-            input: y1,
-        } = conv_stats_after(&s1, bn1, g2, parts.c2.conv, parts.c2.bn)?;
+        let s2 = conv_stats_after(&s1, bn1, g2, parts.c2.conv, parts.c2.bn)?;
         let shortcut = match parts.shortcut {
             Some(sc) => {
                 let gs = ConvGeom::new(&[n, cin, h, w], &[o, cin, 1, 1], sh.stride, 0)?;
@@ -271,12 +288,7 @@ impl CustomOp2 for ResidualBlock {
             None => Skip::Identity(x),
         };
         let out = add_relu_normalised(&s2.conv_out, &s2.coef(self.eps), &skip, g2.hw_out())?;
-        self.saved.put(Saved {
-            s1,
-            y1,
-            s2,
-            shortcut,
-        })?;
+        self.saved.put(Saved { s1, s2, shortcut })?;
         Ok((CpuStorage::F32(out), Shape::from((n, o, g1.ho(), g1.wo()))))
     }
 

@@ -14,13 +14,15 @@ use super::norm::{
     GradSums, Moments, NormAct, NormParams,
 };
 use super::operands::{SavedState, f32_slice, grad_like, tensor_like, with_values};
+use super::pool::{self, Pooled};
 use super::simd;
 
 /// One convolution + batch norm as kept for the backward pass and the running statistics.
 pub(super) struct Stage {
     pub(super) geom: ConvGeom,
-    /// Convolution output (N, O, Ho, Wo): what the batch norm normalises.
-    pub(super) conv_out: Vec<f32>,
+    /// Convolution output (N, O, Ho, Wo): what the batch norm normalises. Given back to
+    /// [`pool`] for the next step when the stage is dropped.
+    pub(super) conv_out: Pooled,
     /// Batch norm's weight, O values.
     pub(super) weight: Vec<f32>,
     /// Batch norm's bias, O values.
@@ -51,40 +53,50 @@ pub(super) fn conv_stats(geom: ConvGeom, x: &[f32], w: &[f32], bn: Affine<'_>) -
     conv_stats_impl(geom, x, None, w, bn)
 }
 
-/// A stage made by [`conv_stats_after`], and its input.
-pub(super) struct ChainedStage {
-    pub(super) stage: Stage,
-    /// The previous stage's normalised output (then ReLU): this stage's input (N, C, H, W),
-    /// kept for the backward pass.
-    pub(super) input: Vec<f32>,
-}
-
 /// The next stage after `prev`, whose output normalised as `act` says is this stage's input:
-/// each image is normalised just before its convolution, while it is in cache.
+/// each group of images is normalised into a small buffer just before its convolution, while
+/// it is in cache. The normalised input is not kept: the backward pass makes it again the
+/// same way ([`Input::Normalised`]), which costs less than writing it to memory and reading
+/// it back.
 pub(super) fn conv_stats_after(
     prev: &Stage,
     act: NormAct,
     geom: ConvGeom,
     w: &[f32],
     bn: Affine<'_>,
-) -> Result<ChainedStage> {
+) -> Result<Stage> {
     let coef = prev.coef(act.eps);
-    let mut input = simd::zeros(prev.conv_out.len());
     let normalise = Normalise {
         coef: &coef,
         relu: act.relu,
-        into: &mut input,
     };
-    let stage = conv_stats_impl(geom, &prev.conv_out, Some(normalise), w, bn)?;
-    Ok(ChainedStage { stage, input })
+    conv_stats_impl(geom, &prev.conv_out, Some(normalise), w, bn)
 }
 
-/// A per-channel normalisation (then ReLU) applied to a stage's input image by image, into a
-/// buffer of the input's size, just before each image's convolution.
+/// A per-channel normalisation (then ReLU) applied to a stage's input group by group, just
+/// before the group's convolution.
+#[derive(Clone, Copy)]
 struct Normalise<'a> {
     coef: &'a [Coef],
     relu: bool,
-    into: &'a mut [f32],
+}
+
+impl Normalise<'_> {
+    /// The normalised images of `src` (whole images of `g`'s input) in `scratch`.
+    fn images<'s>(&self, g: &ConvGeom, src: &[f32], scratch: &'s mut [f32]) -> &'s [f32] {
+        let image = g.in_image().max(1);
+        let out = &mut scratch[..src.len()];
+        for (xi, di) in src.chunks(image).zip(out.chunks_mut(image)) {
+            norm::apply_image(xi, self.coef, self.relu, g.h * g.w, di);
+        }
+        out
+    }
+}
+
+/// A buffer for one group's normalised input images, from [`pool`] where it has one.
+fn group_scratch(g: &ConvGeom) -> Pooled {
+    let len = g.group() * g.in_image();
+    Pooled::new(pool::take(len).unwrap_or_else(|| vec![0.0; len]))
 }
 
 fn conv_stats_impl(
@@ -103,46 +115,28 @@ fn conv_stats_impl(
         bail!("conv+batch-norm: input does not match the convolution");
     }
     let group = geom.group();
-    let mut coef = None;
-    let mut relu = false;
-    let mut into = Vec::new();
-    if let Some(nz) = normalise {
-        if nz.into.len() != x.len() || nz.coef.len() != geom.c {
-            bail!("conv+batch-norm: normalisation does not match the input");
-        }
-        coef = Some(nz.coef);
-        relu = nz.relu;
-        into = nz
-            .into
-            .chunks_mut((group * in_image).max(1))
-            .collect::<Vec<_>>();
+    if normalise.is_some_and(|nz| nz.coef.len() != geom.c) {
+        bail!("conv+batch-norm: normalisation does not match the input");
     }
-    into.resize_with(geom.n.div_ceil(group), Default::default);
     // The convolution group by group ([`ConvGeom::group`]), each image's moments per channel
-    // taken while its output is still in cache.
+    // taken while its output is still in cache. Every kernel of `forward_group` writes all of
+    // its output, so the buffer may come from the pool unzeroed.
     let mut moments = vec![Moments::default(); geom.n * c];
     let plan = geom.forward_plan(w);
-    let conv_out = simd::zeroed_chunks(
+    let conv_out = simd::overwritten_chunks(
         geom.n * geom.out_image(),
         group * geom.out_image(),
-        moments
-            .par_chunks_mut((group * c).max(1))
-            .zip(into.into_par_iter()),
-        || conv::work(&geom),
-        |work, gi, ys, (ms, ds)| {
+        moments.par_chunks_mut((group * c).max(1)),
+        || {
+            let scratch = normalise.map(|_| group_scratch(&geom)).unwrap_or_default();
+            (conv::work(&geom), scratch)
+        },
+        |(work, scratch), gi, ys, ms| {
             let first = gi * group;
             let images = ys.len() / geom.out_image().max(1);
             let src = &x[first * in_image..(first + images) * in_image];
-            let xs: &[f32] = match coef {
-                Some(coef) => {
-                    for (xi, di) in src
-                        .chunks(in_image.max(1))
-                        .zip(ds.chunks_mut(in_image.max(1)))
-                    {
-                        norm::apply_image(xi, coef, relu, geom.h * geom.w, di);
-                    }
-                    ds
-                }
+            let xs: &[f32] = match &normalise {
+                Some(nz) => nz.images(&geom, src, scratch),
                 None => src,
             };
             geom.forward_group(&plan, xs, ys, work)?;
@@ -154,7 +148,7 @@ fn conv_stats_impl(
     )?;
     Ok(Stage {
         geom,
-        conv_out,
+        conv_out: Pooled::new(conv_out),
         weight: bn.weight.to_vec(),
         bias: bn.bias.to_vec(),
         stats: ChannelStats::from_moments(&moments, c, hw),
@@ -208,10 +202,31 @@ struct RunSums {
     prev: Vec<GradSums>,
 }
 
+/// A stage's input as its backward pass gets it.
+#[derive(Clone, Copy)]
+pub(super) enum Input<'a> {
+    /// The values themselves (N, C, H, W).
+    Values(&'a [f32]),
+    /// The previous stage's output through its batch norm (then ReLU as `act` says), made
+    /// again group by group as [`conv_stats_after`] made it.
+    Normalised { prev: &'a Stage, act: NormAct },
+}
+
+/// Where a stage's backward pass puts ∂L/∂input.
+pub(super) enum InputGrad {
+    /// The input needs no gradient.
+    Skip,
+    /// Added into this buffer of the input's size (zeros, or gradient already gathered from
+    /// elsewhere).
+    AddTo(Vec<f32>),
+    /// Written into this buffer of the input's size, whatever it holds now (one from
+    /// [`pool::take`]): each group's part is zeroed just before the group's gradient is
+    /// added into it, while it is in cache.
+    Write(Vec<f32>),
+}
+
 /// Backward through one conv + bn (+ ReLU) stage, given the stage's input and weight and the
-/// gradient of its output. `dx`: `None` when the input needs no gradient, else a buffer of the
-/// input's size that ∂L/∂input is added into (zeros, or gradient already gathered from
-/// elsewhere) and returned.
+/// gradient of its output; ∂L/∂input goes where `dx` says and is returned.
 ///
 /// After one pass for batch norm's per-channel sums (or none, given `chain.sums`), each image
 /// runs its whole backward back to back: batch norm's ∂L/∂conv for that image into a small
@@ -220,18 +235,33 @@ struct RunSums {
 /// as zeros).
 pub(super) fn conv_bn_backward(
     st: &Stage,
-    input: &[f32],
+    input: Input<'_>,
     w: &[f32],
     grad: &[f32],
     act: NormAct,
-    mut dx: Option<Vec<f32>>,
+    dx: InputGrad,
     chain: Chain<'_>,
 ) -> Result<StageBackward> {
     let g = st.geom;
     let hw = g.hw_out();
-    if grad.len() != st.conv_out.len() || input.len() != g.n * g.in_image() {
+    let (input_values, normalise, coef) = match input {
+        Input::Values(v) => (v, None, Vec::new()),
+        Input::Normalised { prev, act } => {
+            if prev.geom.out_image() != g.in_image() || prev.geom.o != g.c {
+                bail!("conv+batch-norm backward: the previous stage does not feed this one");
+            }
+            (&prev.conv_out[..], Some(act.relu), prev.coef(act.eps))
+        }
+    };
+    let normalise = normalise.map(|relu| Normalise { coef: &coef, relu });
+    if grad.len() != st.conv_out.len() || input_values.len() != g.n * g.in_image() {
         bail!("conv+batch-norm backward: gradient or input does not match the forward pass");
     }
+    let (mut dx, zero_first) = match dx {
+        InputGrad::Skip => (None, false),
+        InputGrad::AddTo(d) => (Some(d), false),
+        InputGrad::Write(d) => (Some(d), true),
+    };
     let sums = match chain.sums {
         Some(s) => s,
         None => BackwardSums::new(&st.conv_out, st.norm(), grad, act, g.out_planes()),
@@ -250,7 +280,7 @@ pub(super) fn conv_bn_backward(
     let prev = match chain.prev {
         Some(p) if want_input => {
             let ps = p.stage;
-            if ps.conv_out.len() != input.len() || ps.geom.out_image() != g.in_image() {
+            if ps.conv_out.len() != input_values.len() || ps.geom.out_image() != g.in_image() {
                 bail!("conv+batch-norm backward: the previous stage does not feed this one");
             }
             let pact = NormAct {
@@ -278,6 +308,7 @@ pub(super) fn conv_bn_backward(
             let mut work = conv::work(&g);
             let group = g.group();
             let mut d_conv = vec![0f32; group * g.out_image()];
+            let mut scratch = normalise.map(|_| group_scratch(&g)).unwrap_or_default();
             let params = st.norm();
             let images = runs.images(run);
             for start in images.clone().step_by(group) {
@@ -290,11 +321,19 @@ pub(super) fn conv_bn_backward(
                 let inp = start * g.in_image()..end * g.in_image();
                 let mut dxs = if want_input {
                     let j = (start - images.start) * g.in_image();
-                    Some(&mut dx_run[j..j + (end - start) * g.in_image()])
+                    let dxs = &mut dx_run[j..j + (end - start) * g.in_image()];
+                    if zero_first {
+                        dxs.fill(0.0);
+                    }
+                    Some(dxs)
                 } else {
                     None
                 };
-                let weight = Some((&input[inp], &mut dw[..]));
+                let xs = match &normalise {
+                    Some(nz) => nz.images(&g, &input_values[inp], &mut scratch),
+                    None => &input_values[inp],
+                };
+                let weight = Some((xs, &mut dw[..]));
                 g.backward_group(&plan, d_conv, dxs.as_deref_mut(), weight, &mut work)?;
                 if let (Some(dxs), Some(pass)) = (dxs, &prev) {
                     for (i, dxi) in (start..end).zip(dxs.chunks(g.in_image().max(1))) {
@@ -381,8 +420,13 @@ impl CustomOp3 for ConvBatchNorm {
             with_values(grad, |g| {
                 with_values(w, |ws| {
                     with_values(x, |xs| {
-                        let dx = x.track_op().then(|| simd::zeros(xs.len()));
-                        conv_bn_backward(stage, xs, ws, g, act, dx, Chain::default())
+                        let dx = if x.track_op() {
+                            InputGrad::AddTo(simd::zeros(xs.len()))
+                        } else {
+                            InputGrad::Skip
+                        };
+                        let input = Input::Values(xs);
+                        conv_bn_backward(stage, input, ws, g, act, dx, Chain::default())
                     })
                 })
             })

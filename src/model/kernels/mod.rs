@@ -29,6 +29,7 @@ mod gemm;
 pub mod norm;
 mod operands;
 pub mod pointwise;
+pub mod pool;
 mod reduce;
 mod simd;
 pub mod subpixel;

@@ -8,12 +8,16 @@
 //!   followed by a pass that overwrites every value writes them twice, and the zeroing alone
 //!   was 5% of that step.
 //! - [`zeros`] zeroes a large new buffer on all the pool's threads instead of the caller's,
-//!   and [`zeroed_chunks`] in the jobs that then write it, chunk by chunk.
+//!   and [`zeroed_chunks`] in the jobs that then write it, chunk by chunk;
+//!   [`overwritten_chunks`] skips the zeros for a kernel that writes every value, into a
+//!   buffer an earlier step gave back ([`pool`]).
 
 use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use rayon::prelude::*;
+
+use super::pool;
 
 /// Runs `f` with its code compiled for AVX2 + FMA where the CPU has them, else as it is. Only
 /// what is inlined into the AVX2 function gets the wider vectors: make `f` an
@@ -137,6 +141,43 @@ where
     unsafe {
         out.set_len(n);
     }
+    Ok(out)
+}
+
+/// [`zeroed_chunks`] for a kernel `f` that writes every value of its chunk: into a buffer of
+/// `n` values from [`pool::take`] where there is one (its old values left for `f` to
+/// overwrite: no pass of zeros), else into a new zeroed one.
+///
+/// # Errors
+/// As [`zeroed_chunks`].
+pub(super) fn overwritten_chunks<W, S, E, I, F>(
+    n: usize,
+    chunk: usize,
+    items: I,
+    init: impl Fn() -> W + Sync + Send,
+    f: F,
+) -> Result<Vec<f32>, E>
+where
+    I: IndexedParallelIterator<Item = S>,
+    F: Fn(&mut W, usize, &mut [f32], S) -> Result<(), E> + Sync + Send,
+    E: From<candle_core::Error> + Send,
+{
+    let Some(mut out) = pool::take(n) else {
+        return zeroed_chunks(n, chunk, items, init, f);
+    };
+    let chunk = chunk.max(1);
+    if items.len() != n.div_ceil(chunk) {
+        return Err(candle_core::Error::Msg(format!(
+            "{} work items for {} chunks of {chunk} values",
+            items.len(),
+            n.div_ceil(chunk)
+        ))
+        .into());
+    }
+    out.par_chunks_mut(chunk)
+        .zip(items)
+        .enumerate()
+        .try_for_each_init(init, |state, (i, (values, item))| f(state, i, values, item))?;
     Ok(out)
 }
 

@@ -141,6 +141,8 @@ fn run_session(link: &Link<'_>, setup: Setup) -> Option<Session> {
             let outcome = session.train(link);
             let dir = session.run.path.clone();
             session.prefetch = None;
+            // The steps' buffers kept for the next step (the kernels' pool): none comes now.
+            crate::model::kernels::pool::clear();
             (Some(dir), outcome, Some(session))
         }
         Err(outcome) => (None, outcome, None),

@@ -34,6 +34,8 @@ impl Session {
         link: &Link<'_>,
         with_pixels: bool,
     ) -> Result<(), Outcome> {
+        // The buffers the steps keep for the next step would sit beside the pass's own.
+        crate::model::kernels::pool::clear();
         // On the training step's thread pool: its threads are awake and sized to the cores,
         // where rayon's global pool would be woken for every parallel loop of the pass.
         // The tasks are Send but not Sync: the closure borrows them exclusively.
