@@ -220,8 +220,9 @@ pub(super) enum InputGrad {
     /// elsewhere).
     AddTo(Vec<f32>),
     /// Written into this buffer of the input's size, whatever it holds now (one from
-    /// [`pool::take`]): each group's part is zeroed just before the group's gradient is
-    /// added into it, while it is in cache.
+    /// [`pool::take`]): by the ∂L/∂x kernels that can write instead of adding, else into
+    /// each group's part zeroed just before, while it is in cache
+    /// ([`conv::BackwardPlan::overwriting_input`]).
     Write(Vec<f32>),
 }
 
@@ -257,7 +258,7 @@ pub(super) fn conv_bn_backward(
     if grad.len() != st.conv_out.len() || input_values.len() != g.n * g.in_image() {
         bail!("conv+batch-norm backward: gradient or input does not match the forward pass");
     }
-    let (mut dx, zero_first) = match dx {
+    let (mut dx, overwrite) = match dx {
         InputGrad::Skip => (None, false),
         InputGrad::AddTo(d) => (Some(d), false),
         InputGrad::Write(d) => (Some(d), true),
@@ -298,7 +299,10 @@ pub(super) fn conv_bn_backward(
     };
     let prev_c = prev.as_ref().map_or(0, FirstPass::channels);
     dx_runs.resize_with(runs.count(), Default::default);
-    let plan = g.backward_plan(w, want_input);
+    let plan = match g.backward_plan(w, want_input) {
+        plan if overwrite => plan.overwriting_input(),
+        plan => plan,
+    };
     let partials: Vec<RunSums> = dx_runs
         .into_par_iter()
         .enumerate()
@@ -321,11 +325,7 @@ pub(super) fn conv_bn_backward(
                 let inp = start * g.in_image()..end * g.in_image();
                 let mut dxs = if want_input {
                     let j = (start - images.start) * g.in_image();
-                    let dxs = &mut dx_run[j..j + (end - start) * g.in_image()];
-                    if zero_first {
-                        dxs.fill(0.0);
-                    }
-                    Some(dxs)
+                    Some(&mut dx_run[j..j + (end - start) * g.in_image()])
                 } else {
                     None
                 };

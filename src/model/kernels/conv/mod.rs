@@ -118,9 +118,16 @@ pub(super) fn work(g: &ConvGeom) -> Work {
         col = col.max(c);
         product = product.max(p);
     }
+    // Grown where too short, never cut: a buffer cut to a smaller convolution's length and
+    // grown again for the next larger one would be zeroed again past the cut. Every kernel
+    // takes the part it needs from the front.
     let (mut c, mut p) = SPARE.with(std::cell::Cell::take);
-    c.resize(col, 0.0);
-    p.resize(product, 0.0);
+    if c.len() < col {
+        c.resize(col, 0.0);
+    }
+    if p.len() < product {
+        p.resize(product, 0.0);
+    }
     Work { col: c, product: p }
 }
 
@@ -231,6 +238,16 @@ impl ConvGeom {
         let n = images_in(dys.len(), self.out_image(), self.group(), "gradient group")?;
         if let Some(dx) = &dxs {
             exactly(dx.len(), self.in_image(), n, "input gradient group")?;
+        }
+        // Only the stride-1 Winograd and direct ∂L/∂x kernels can write instead of adding.
+        let writes = plan.winograd_input.is_some() && self.stride != 2
+            || plan.winograd_input.is_none() && plan.flipped.is_some() && plan.direct_input;
+        let mut dxs = dxs;
+        if plan.overwrite_input
+            && !writes
+            && let Some(dx) = dxs.as_deref_mut()
+        {
+            dx.fill(0.0);
         }
         if let Some((xs, _)) = &weight {
             exactly(xs.len(), self.in_image(), n, "input group")?;
@@ -471,6 +488,7 @@ impl ConvGeom {
             winograd_weight: self.winograd_weight(),
             winograd_input,
             flipped,
+            overwrite_input: false,
         }
     }
 
@@ -494,7 +512,8 @@ impl ConvGeom {
                     winograd::strided_input_images(self, ut, dys, dx, &mut work.col)?;
                 }
                 (Some(u), _) => {
-                    winograd::forward_images(&self.flipped(), u, dys, dx, true, &mut work.col)?;
+                    let add = !plan.overwrite_input;
+                    winograd::forward_images(&self.flipped(), u, dys, dx, add, &mut work.col)?;
                 }
                 (None, Some(wf)) if plan.direct_input => {
                     let t = self.flipped();
@@ -502,7 +521,8 @@ impl ConvGeom {
                         .chunks_exact(self.out_image())
                         .zip(dx.chunks_exact_mut(self.in_image()))
                     {
-                        direct::forward_image(&t, wf, dyi, dxi, true, &mut work.col)?;
+                        let add = !plan.overwrite_input;
+                        direct::forward_image(&t, wf, dyi, dxi, add, &mut work.col)?;
                     }
                 }
                 _ => self.backward_group_gemm(plan, dys, n, Some(dx), None, work)?,
@@ -610,6 +630,19 @@ pub(in crate::model::kernels) struct BackwardPlan<'a> {
     winograd_weight: bool,
     /// For the flipped pass: `wf[c, (o, a, b)] = w[o, c, K−1−a, K−1−b]`, (C × O·K·K).
     flipped: Option<Vec<f32>>,
+    /// Whether ∂L/∂x overwrites what the group's `dxs` held instead of adding into it
+    /// ([`BackwardPlan::overwriting_input`]).
+    overwrite_input: bool,
+}
+
+impl BackwardPlan<'_> {
+    /// This plan with ∂L/∂x written over whatever `dxs` holds (a buffer from the pool), not
+    /// added into it: the kernels that can write pass no accumulation flag, the others zero
+    /// the group's part first, while it is in cache.
+    pub(in crate::model::kernels) fn overwriting_input(mut self) -> Self {
+        self.overwrite_input = true;
+        self
+    }
 }
 
 /// How a convolution's forward pass multiplies, decided once per batch
