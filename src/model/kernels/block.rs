@@ -266,7 +266,7 @@ impl CustomOp2 for ResidualBlock {
         let g1 = ConvGeom::new(&[n, cin, h, w], &[o, cin, 3, 3], sh.stride, 1)?;
         let s1 = conv_stats(g1, x, parts.c1.conv, parts.c1.bn)?;
         let g2 = ConvGeom::new(&[n, o, g1.ho(), g1.wo()], &[o, o, 3, 3], 1, 1)?;
-        // y1 = relu(bn1(conv1)), made image by image inside conv2's loop.
+        // y1 = relu(bn1(conv1)), made group by group inside conv2's loop, not kept.
         let bn1 = NormAct {
             eps: self.eps,
             relu: true,

@@ -233,7 +233,7 @@ pub(super) enum InputGrad {
 /// runs its whole backward back to back: batch norm's ∂L/∂conv for that image into a small
 /// buffer, then the convolution's ∂L/∂x and ∂L/∂w products from it while it is in cache, and
 /// with `chain.prev` the previous stage's sums from the finished ∂L/∂x (which must then start
-/// as zeros).
+/// as zeros, or be [`InputGrad::Write`]: nothing may have been added into it before).
 pub(super) fn conv_bn_backward(
     st: &Stage,
     input: Input<'_>,

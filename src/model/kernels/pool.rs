@@ -14,12 +14,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// The smallest buffer worth keeping (256 KiB): smaller ones the allocator reuses cheaply.
 pub(super) const MIN_VALUES: usize = 1 << 16;
 
-/// The most the pool keeps in all (1 GiB): a step at 96 px and batch 128 keeps under half of
-/// it between forward and backward.
+/// The most the pool keeps in all (1 GiB). A rotation step keeps about 90 MiB of such buffers
+/// at 32 px and batch 128, about 1 GiB at 96 px and batch 128 (then the buffers past the cap
+/// are freed and made afresh, as without the pool).
 const KEEP_BYTES: usize = 1 << 30;
-
-/// At most this many buffers of one size: a step never holds more of one size at once.
-const KEEP_PER_SIZE: usize = 16;
 
 struct Pool {
     bufs: Vec<Vec<f32>>,
@@ -46,15 +44,18 @@ pub(super) fn take(n: usize) -> Option<Vec<f32>> {
     let mut pool = POOL
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let at = pool.bufs.iter().rposition(|b| b.len() == n)?;
+    let Some(at) = pool.bufs.iter().rposition(|b| b.len() == n) else {
+        MISSES.fetch_add(1, Ordering::Relaxed);
+        return None;
+    };
     let v = pool.bufs.swap_remove(at);
     pool.bytes -= bytes(&v);
     REUSES.fetch_add(1, Ordering::Relaxed);
     Some(v)
 }
 
-/// Gives `v` to the pool for a later [`take`] of its length, or frees it when it is small,
-/// the pool is full or holds enough of that size.
+/// Gives `v` to the pool for a later [`take`] of its length, or frees it when it is small or
+/// the pool is full.
 pub(super) fn give(v: Vec<f32>) {
     if v.len() < MIN_VALUES {
         return;
@@ -62,8 +63,7 @@ pub(super) fn give(v: Vec<f32>) {
     let mut pool = POOL
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let same = pool.bufs.iter().filter(|b| b.len() == v.len()).count();
-    if same >= KEEP_PER_SIZE || pool.bytes + bytes(&v) > KEEP_BYTES {
+    if pool.bytes + bytes(&v) > KEEP_BYTES {
         return;
     }
     pool.bytes += bytes(&v);
@@ -94,6 +94,14 @@ pub fn reuses() -> u64 {
 }
 
 static REUSES: AtomicU64 = AtomicU64::new(0);
+
+/// Asks for a buffer of at least [`MIN_VALUES`] values that the pool did not have, since the
+/// process started.
+pub fn misses() -> u64 {
+    MISSES.load(Ordering::Relaxed)
+}
+
+static MISSES: AtomicU64 = AtomicU64::new(0);
 
 /// Fills every buffer the pool holds with NaN and returns how many it holds: a test that runs
 /// the kernels after this sees NaN wherever one of them leaves a value of a reused buffer

@@ -174,10 +174,22 @@ where
         ))
         .into());
     }
+    // Counted, as in `zeroed_chunks`: an `items` shorter than its `len()` said would leave
+    // chunks with their old values.
+    let written = AtomicUsize::new(0);
     out.par_chunks_mut(chunk)
         .zip(items)
         .enumerate()
-        .try_for_each_init(init, |state, (i, (values, item))| f(state, i, values, item))?;
+        .try_for_each_init(init, |state, (i, (values, item))| {
+            written.fetch_add(values.len(), Ordering::Relaxed);
+            f(state, i, values, item)
+        })?;
+    if written.into_inner() != n {
+        return Err(candle_core::Error::Msg(format!(
+            "parallel buffer: {n} values, not all written by its jobs"
+        ))
+        .into());
+    }
     Ok(out)
 }
 

@@ -116,6 +116,9 @@ pub(super) fn run(
             | Command::SelectPixel { .. } => {
                 if let Some(s) = &mut last {
                     s.probe(&link, cmd);
+                    // A probe's training-mode passes (a frozen batch's step) gave their
+                    // buffers to the kernels' pool; no step comes after it to take them.
+                    crate::model::kernels::pool::clear();
                 }
                 continue;
             }

@@ -221,7 +221,8 @@ impl ConvGeom {
     }
 
     /// A group's backward pass, as `plan` says ([`BackwardPlan`]): `dxs += ∂L/∂x` image by
-    /// image when `dxs` is given (zeroed or partly summed by the caller), and `dw += ∂L/∂w`
+    /// image when `dxs` is given (zeroed or partly summed by the caller; with
+    /// [`BackwardPlan::overwriting_input`] `dxs = ∂L/∂x` over whatever it held), and `dw += ∂L/∂w`
     /// as a partial sum for [`ConvGeom::weight_grad`] when `weight = (xs, dw)` is given, each
     /// as one product over the group's columns. Unflipped, that is `col2im(wᵀ · dys)` and
     /// `im2col(xs) · dysᵀ` (laid out C·K·K × O, as [`ConvGeom::backward_weight_image`]; the
