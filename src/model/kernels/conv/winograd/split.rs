@@ -69,7 +69,7 @@ fn split_planes<const R: usize, const N: usize>(
     {
         for (p, dst) in out.chunks_exact_mut(s).enumerate() {
             let i = if p < N { 0 } else { last };
-            dst[i * q..(i + 1) * q].fill(0.0);
+            zero_row(&mut dst[i * q..(i + 1) * q]);
         }
         for (r, src) in plane.chunks_exact(t.in_w).enumerate() {
             let (a, i) = ((r + 1) % R, (r + 1) / R);
@@ -85,6 +85,22 @@ fn split_planes<const R: usize, const N: usize>(
         }
     }
     phases[R * N * t.c * s..].fill(0.0);
+}
+
+/// Zeros a border row of a plane. Rows of 4, 8 or 16 values (the tile rows of 16×16, 32×32
+/// and 64×64 maps) are stored inline: `fill` made each one a `memset` call, 1.6% of a step on
+/// 16 px views, for 16–64 bytes at a time.
+#[inline(always)]
+fn zero_row(dst: &mut [f32]) {
+    if let Ok(d) = <&mut [f32; 4]>::try_from(&mut *dst) {
+        *d = [0.0; 4];
+    } else if let Ok(d) = <&mut [f32; 8]>::try_from(&mut *dst) {
+        *d = [0.0; 8];
+    } else if let Ok(d) = <&mut [f32; 16]>::try_from(&mut *dst) {
+        *d = [0.0; 16];
+    } else {
+        dst.fill(0.0);
+    }
 }
 
 /// One input row's planes in plain loops (any CPU, and the tails of [`avx2`]'s rows).
