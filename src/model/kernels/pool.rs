@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// The smallest buffer worth keeping (256 KiB): smaller ones the allocator reuses cheaply.
 pub(super) const MIN_VALUES: usize = 1 << 16;
 
-/// The most the pool keeps in all (1 GiB). A rotation step keeps about 90 MiB of such buffers
+/// The most the pool keeps in all (1 GiB). A rotation step keeps about 110 MiB of such buffers
 /// at 32 px and batch 128, about 1 GiB at 96 px and batch 128 (then the buffers past the cap
 /// are freed and made afresh, as without the pool).
 const KEEP_BYTES: usize = 1 << 30;
