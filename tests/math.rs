@@ -311,31 +311,16 @@ fn a_dcl_run_trains_on_dcl_and_its_math_steps_spell_dcl_out() {
 
 /// The cases of a two-view loss fixture in tests/data (nt_xent.json, dcl.json).
 fn fixture_cases(name: &str) -> Vec<serde_json::Value> {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/data")
-        .join(name);
-    let f: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    f["cases"].as_array().unwrap().clone()
+    common::fixture(name)["cases"].as_array().unwrap().clone()
 }
 
 /// A fixture case's 2N projections (its z1 rows, then its z2 rows) and its temperature.
 fn views_and_temperature(case: &serde_json::Value) -> (Vec<Vec<f32>>, f64) {
-    let rows = |k: &str| -> Vec<Vec<f32>> {
-        case[k]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| {
-                r.as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|v| v.as_f64().unwrap() as f32)
-                    .collect()
-            })
-            .collect()
-    };
-    let h = rows("z1").into_iter().chain(rows("z2")).collect();
+    let h = [&case["z1"], &case["z2"]]
+        .into_iter()
+        .flat_map(common::matrix)
+        .map(|r| r.into_iter().map(|v| v as f32).collect())
+        .collect();
     (h, case["temperature"].as_f64().unwrap())
 }
 

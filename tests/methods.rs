@@ -13,32 +13,15 @@
 mod common;
 
 use candle_core::{DType, Device, Tensor};
+use common::fixture;
 use pretext::config::{DataSource, LrSchedule, TaskKind, TaskSettings, TrainConfig};
 use pretext::model::losses::{self, VicRegWeights};
 use pretext::model::{Model, optim};
 use pretext::tasks;
 use pretext::train::{Command, Event, Outcome, StepMetrics, Trainer};
 
-fn fixture(name: &str) -> serde_json::Value {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/data")
-        .join(name);
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
-
 fn tensor(v: &serde_json::Value, dtype: DType) -> Tensor {
-    let rows: Vec<Vec<f64>> = v
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            r.as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_f64().unwrap())
-                .collect()
-        })
-        .collect();
+    let rows = common::matrix(v);
     let (n, d) = (rows.len(), rows[0].len());
     let flat: Vec<f64> = rows.into_iter().flatten().collect();
     Tensor::from_vec(flat, (n, d), &Device::Cpu)

@@ -198,3 +198,26 @@ pub fn run(cmd: Command) -> Log {
     assert!(t.send(cmd));
     drive(&t, |_, _| {})
 }
+
+/// A JSON fixture from tests/data (reference values made by the scripts in scripts/).
+pub fn fixture(name: &str) -> serde_json::Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(name);
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// A fixture's matrix: an array of rows of numbers.
+pub fn matrix(v: &serde_json::Value) -> Vec<Vec<f64>> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            r.as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap())
+                .collect()
+        })
+        .collect()
+}

@@ -108,29 +108,18 @@ where
     F: Fn(&mut W, usize, &mut [f32], S) -> Result<(), E> + Sync + Send,
     E: From<candle_core::Error> + Send,
 {
-    let chunk = chunk.max(1);
-    if items.len() != n.div_ceil(chunk) {
-        return Err(candle_core::Error::Msg(format!(
-            "{} work items for {} chunks of {chunk} values",
-            items.len(),
-            n.div_ceil(chunk)
-        ))
-        .into());
-    }
     let mut out = Vec::with_capacity(n);
-    // Slots zeroed, counted: the item count above comes from `len()`, which a safe iterator
+    // Slots zeroed, counted: the item count is checked against `len()`, which a safe iterator
     // could misstate, so it is not what `set_len` relies on.
-    let zeroed = AtomicUsize::new(0);
-    out.spare_capacity_mut()[..n]
-        .par_chunks_mut(chunk)
-        .zip(items)
-        .enumerate()
-        .try_for_each_init(init, |state, (i, (slots, item))| {
-            let values = zero(slots);
-            zeroed.fetch_add(values.len(), Ordering::Relaxed);
-            f(state, i, values, item)
-        })?;
-    if zeroed.into_inner() != n {
+    let zeroed = run_chunks(
+        &mut out.spare_capacity_mut()[..n],
+        chunk,
+        items,
+        init,
+        f,
+        zero,
+    )?;
+    if zeroed != n {
         return Err(candle_core::Error::Msg(format!(
             "parallel buffer: {n} values, not all zeroed by its jobs"
         ))
@@ -165,32 +154,58 @@ where
     let Some(mut out) = pool::take(n) else {
         return zeroed_chunks(n, chunk, items, init, f);
     };
-    let chunk = chunk.max(1);
-    if items.len() != n.div_ceil(chunk) {
-        return Err(candle_core::Error::Msg(format!(
-            "{} work items for {} chunks of {chunk} values",
-            items.len(),
-            n.div_ceil(chunk)
-        ))
-        .into());
-    }
     // Counted, as in `zeroed_chunks`: an `items` shorter than its `len()` said would leave
     // chunks with their old values.
-    let written = AtomicUsize::new(0);
-    out.par_chunks_mut(chunk)
-        .zip(items)
-        .enumerate()
-        .try_for_each_init(init, |state, (i, (values, item))| {
-            written.fetch_add(values.len(), Ordering::Relaxed);
-            f(state, i, values, item)
-        })?;
-    if written.into_inner() != n {
+    let written = run_chunks(&mut out, chunk, items, init, f, |values| values)?;
+    if written != n {
         return Err(candle_core::Error::Msg(format!(
             "parallel buffer: {n} values, not all written by its jobs"
         ))
         .into());
     }
     Ok(out)
+}
+
+/// The loop of [`zeroed_chunks`] and [`overwritten_chunks`]: `f(state, i, values, item)` on
+/// chunk `i` of `slots` (`chunk` values each, a `chunk` of 0 counting as 1) made into values
+/// by `prepare`, in parallel. Returns how many values the jobs ran on.
+///
+/// # Errors
+/// If `items` does not have one item per chunk, or an error of `f`.
+fn run_chunks<T, W, S, E, I, F>(
+    slots: &mut [T],
+    chunk: usize,
+    items: I,
+    init: impl Fn() -> W + Sync + Send,
+    f: F,
+    prepare: impl Fn(&mut [T]) -> &mut [f32] + Sync + Send,
+) -> Result<usize, E>
+where
+    T: Send,
+    I: IndexedParallelIterator<Item = S>,
+    F: Fn(&mut W, usize, &mut [f32], S) -> Result<(), E> + Sync + Send,
+    E: From<candle_core::Error> + Send,
+{
+    let chunk = chunk.max(1);
+    let chunks = slots.len().div_ceil(chunk);
+    if items.len() != chunks {
+        return Err(candle_core::Error::Msg(format!(
+            "{} work items for {chunks} chunks of {chunk} values",
+            items.len()
+        ))
+        .into());
+    }
+    let done = AtomicUsize::new(0);
+    slots
+        .par_chunks_mut(chunk)
+        .zip(items)
+        .enumerate()
+        .try_for_each_init(init, |state, (i, (slots, item))| {
+            let values = prepare(slots);
+            done.fetch_add(values.len(), Ordering::Relaxed);
+            f(state, i, values, item)
+        })?;
+    Ok(done.into_inner())
 }
 
 /// Writes zeros into `slots` and gives them back as initialised values.
