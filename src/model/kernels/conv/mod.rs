@@ -8,8 +8,9 @@
 //! - [`geometry`]: [`ConvGeom`], the output range each kernel offset reaches, runs of images;
 //! - [`im2col`]: one image to and from its block of a column matrix;
 //! - [`direct`]: 3×3 stride-1 register tiles on the padded image (AVX2 / AVX-512);
-//! - [`winograd`]: F(2×2, 3×3) for stride 1 and its stride-2 form, all three passes (the
-//!   stride-2 ∂L/∂x as the algorithm turned round);
+//! - [`winograd`]: F(2×2, 3×3) and F(4×4, 3×3) for stride 1 and the stride-2 form, all
+//!   three passes (the stride-2 ∂L/∂x as the algorithm turned round; on 4×4 maps one tile per
+//!   image, the images along the lanes);
 //! - here: the per-image and per-group products (also used by [`super::fused`]), the plans
 //!   that choose among them, the batch loops, the ops.
 
@@ -91,12 +92,18 @@ pub(super) fn work(g: &ConvGeom) -> Work {
     } else {
         (g.c, g.o)
     };
-    let mut col = if g.is_pointwise() && group == 1 {
+    // No columns where nothing runs im2col: pointwise convolutions one image at a time, and
+    // 4×4 maps whose every pass runs Winograd with the images along the lanes.
+    let mut col = if g.is_pointwise() && group == 1 || winograd::whole_all_passes(g) {
         0
     } else {
         col_channels * g.k * g.k * cols
     };
-    let mut product = if group > 1 { product_rows * cols } else { 0 };
+    let mut product = if group > 1 && !winograd::whole_all_passes(g) {
+        product_rows * cols
+    } else {
+        0
+    };
     // The direct kernels ([`direct`]) keep a padded image (of x, or of dy for ∂L/∂x) in the
     // column buffer and ∂L/∂y transposed in the product buffer.
     if g.direct_forward() || g.direct_input() || g.direct_weight() {
@@ -151,6 +158,10 @@ fn exactly(values: usize, len: usize, n: usize, what: &str) -> Result<()> {
 impl ConvGeom {
     /// Images per matrix product: enough that the product has [`GROUP_COLUMNS`] columns.
     pub(in crate::model::kernels) fn group(&self) -> usize {
+        if let Some(group) = winograd::whole_group(self) {
+            // 4×4 maps whose images go along Winograd's lanes: chunks of 32 images.
+            return group;
+        }
         let group = (GROUP_COLUMNS / self.hw_out().max(1)).max(1);
         // Two where Winograd takes images two at a time (16×16 maps with F(4×4, 3×3) on
         // AVX-512), so that its pairs see two images at once.

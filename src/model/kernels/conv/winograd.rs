@@ -82,6 +82,9 @@
 //! training step's own noise, as with cuDNN's F(4×4, 3×3). `PRETEXT_NO_WINOGRAD4` keeps
 //! F(2×2, 3×3) everywhere, for comparisons.
 //!
+//! **4×4 maps** (the last stage of the 16 px views) are one F(4×4, 3×3) tile each, so there
+//! the lanes take images instead of tiles, 32 images a chunk, on AVX-512 ([`whole`]).
+//!
 //! ∂L/∂x of a stride-2 convolution is not a convolution but the forward algorithm turned
 //! round ([`strided_input_image`]): per tile `∂L/∂V_c = Σ_o U_oc ⊙ Z_o` with
 //! `Z_o = A ∂L/∂Y_o Aᵀ` (as for ∂L/∂w, but with the tiles along the lanes, from ∂L/∂y split
@@ -97,6 +100,7 @@ use super::direct::{Width, take, transposed_gradient, vector_cpu};
 use super::geometry::ConvGeom;
 
 mod split;
+mod whole;
 
 /// Transformed weight values per (channel, output channel) pair for stride 1: the 4×4 `U`.
 const XI: usize = 16;
@@ -167,7 +171,8 @@ enum Algo {
     /// Stride 2: 5×5 input patches, 25 products per tile and channel pair.
     Stride2,
     /// Stride 1, F(4×4, 3×3): 6×6 input patches, 36 products per tile of 4×4 pixels and
-    /// channel pair (2.25 per pixel instead of F(2×2, 3×3)'s 4).
+    /// channel pair (2.25 per pixel instead of F(2×2, 3×3)'s 4); on 4×4 maps one tile per
+    /// image ([`whole`]).
     F4,
 }
 
@@ -175,7 +180,8 @@ impl Algo {
     /// The algorithm for `g`: the stride-2 form for stride 2; for stride 1 F(4×4, 3×3) on
     /// maps of a height a multiple of 4 and a width a multiple of 16 (whole groups of output
     /// tiles per row for both vector widths) with at least 16 tiles (16×16: one 256-bit
-    /// chunk, or one vector of a 512-bit chunk of two images, [`pair_fits`]), else
+    /// chunk, or one vector of a 512-bit chunk of two images, [`pair_fits`]) and on 4×4 maps
+    /// where [`whole::shape`] takes them (one tile per image, on AVX-512), else
     /// F(2×2, 3×3).
     fn of(g: &ConvGeom) -> Self {
         if g.stride == 2 {
@@ -185,6 +191,9 @@ impl Algo {
             && g.h * g.w >= 256
             && f4_enabled()
         {
+            Algo::F4
+        } else if whole::shape(g) {
+            // A 4×4 map: one F(4×4, 3×3) tile per image, images along the lanes ([`whole`]).
             Algo::F4
         } else {
             Algo::Stride1
@@ -250,7 +259,7 @@ impl ConvGeom {
 
     /// Whether the forward pass runs Winograd here ([`forward_images`]).
     pub(super) fn winograd_forward(&self) -> bool {
-        self.winograd_width(self.o).is_some()
+        self.winograd_width(self.o).is_some() || whole::fits(self, self.o)
     }
 
     /// The kernel that makes ∂L/∂w with Winograd here, if any: the CPU's widest whose
@@ -261,13 +270,16 @@ impl ConvGeom {
 
     /// Whether ∂L/∂w runs Winograd here ([`weight_images`]).
     pub(super) fn winograd_weight(&self) -> bool {
-        self.winograd_weight_width().is_some()
+        self.winograd_weight_width().is_some() || whole::weight_fits(self)
     }
 
     /// Whether ∂L/∂x runs Winograd here ([`forward_images`]), as the convolution of ∂L/∂y with the
     /// turned-round weight (O input channels, C output channels).
     pub(super) fn winograd_input(&self) -> bool {
-        self.flips() && self.flipped().winograd_width(self.c).is_some()
+        self.flips() && {
+            let f = self.flipped();
+            f.winograd_width(self.c).is_some() || whole::fits(&f, self.c)
+        }
     }
 
     /// The kernel that makes ∂L/∂x of a stride-2 convolution with Winograd turned round
@@ -400,9 +412,28 @@ impl Tiles {
 }
 
 /// The working memory [`forward_images`] needs for `g` and for its ∂L/∂x geometry (C and O
-/// swapped), in values.
+/// swapped), in values: both buffers are sized for the larger of C and O, [`whole`]'s too, so
+/// the check on `g`'s shape covers its flipped geometry.
 pub(super) fn buffer_len(g: &ConvGeom) -> usize {
-    buffer_len_for(g, pairs(g))
+    let len = buffer_len_for(g, pairs(g));
+    if whole::shape(g) {
+        len.max(whole::buffer_len(g))
+    } else {
+        len
+    }
+}
+
+/// Images per group ([`super::ConvGeom::group`]) where 4×4 maps run [`whole`]'s kernels,
+/// forward or for ∂L/∂x, if they do.
+pub(super) fn whole_group(g: &ConvGeom) -> Option<usize> {
+    let f = g.flips().then(|| g.flipped());
+    (whole::fits(g, g.o) || f.is_some_and(|f| whole::fits(&f, g.c))).then_some(whole::GROUP)
+}
+
+/// Whether [`whole`]'s kernels run every pass of `g` here, so that its groups need no im2col
+/// columns.
+pub(super) fn whole_all_passes(g: &ConvGeom) -> bool {
+    whole::all_passes(g)
 }
 
 /// [`buffer_len`] with two images' split inputs (`paired`: where [`forward_images`] pairs
@@ -419,6 +450,9 @@ fn buffer_len_for(g: &ConvGeom, paired: bool) -> usize {
 /// The working memory [`weight_images`] needs for `g` in `work.col` (the split input, its
 /// transform and Z for a chunk) and `work.product` (∂L/∂y transposed), in values.
 pub(super) fn weight_buffer_len(g: &ConvGeom) -> (usize, usize) {
+    if whole::weight_fits(g) {
+        return whole::weight_buffer_len(g);
+    }
     weight_buffer_len_for(g, weight_pair_width(g).is_some())
 }
 
@@ -442,7 +476,9 @@ pub(super) fn transform_len(g: &ConvGeom) -> usize {
 /// ∂L/∂w (O, C, 3, 3) from the sums of ∂L/∂U, `du[ξ][c][o]` ([`transform_len`] values), as
 /// `Gᵀ ∂U G` with, for F(2×2, 3×3), `Gᵀ = [[1, ½, ½, 0], [0, ½, −½, 0], [0, ½, ½, 1]]`, for
 /// stride 2 `Gᵀ = [[1, 1, 0, 0, 0], [0, 0, 0, 1, 1], [0, 1, 1, 0, 0]]`, for F(4×4, 3×3) the
-/// transpose of its 6×3 G ([`transform_weight`]), in f64.
+/// transpose of its 6×3 G: as one product `∂W (9 × C·O) = (G ⊗ G)ᵀ · ∂U` ([`kron`]),
+/// column by column as [`transform_weight`] (the pair-by-pair form read ∂U O values apart in
+/// every plane).
 ///
 /// # Errors
 /// If `du` does not hold [`transform_len`] values.
@@ -454,147 +490,117 @@ pub(super) fn weight_from_transform(g: &ConvGeom, du: &[f32]) -> Result<Vec<f32>
             du.len()
         );
     }
-    let mut dw = vec![0f32; o * c * 9];
-    if Algo::of(g) == Algo::F4 {
-        // Gᵀ = [[¼, −⅙, −⅙, 1/24, 1/24, 0], [0, −⅙, ⅙, 1/12, −1/12, 0],
-        // [0, −⅙, −⅙, ⅙, ⅙, 1]], in f64.
-        const SIXTH: f64 = 1.0 / 6.0;
-        const TWELFTH: f64 = 1.0 / 12.0;
-        const TWENTY_FOURTH: f64 = 1.0 / 24.0;
-        let gt = |v: [f64; 6]| {
-            let (s12, s34) = (v[1] + v[2], v[3] + v[4]);
-            [
-                v[0] * 0.25 - s12 * SIXTH + s34 * TWENTY_FOURTH,
-                (v[2] - v[1]) * SIXTH + (v[3] - v[4]) * TWELFTH,
-                (s34 - s12) * SIXTH + v[5],
-            ]
-        };
-        for (oc, out) in dw.chunks_exact_mut(9).enumerate() {
-            let (oi, ci) = (oc / c, oc % c);
-            let m = |xi: usize| f64::from(du[(xi * c + ci) * o + oi]);
-            // Gᵀ over each column of the 6×6 sums, then over each row of that (3 × 6).
-            let cols: [[f64; 3]; 6] =
-                std::array::from_fn(|col| gt(std::array::from_fn(|row| m(row * 6 + col))));
-            for row in 0..3 {
-                let r = gt(std::array::from_fn(|col| cols[col][row]));
-                for (k, v) in r.iter().enumerate() {
-                    out[row * 3 + k] = *v as f32;
+    // ∂W (9 × C·O) = (G ⊗ G)ᵀ · ∂U, a block of columns at a time, then laid out as
+    // (O, C, 3, 3) ([`transform_weight`] the other way round).
+    let kron = kron(Algo::of(g));
+    let co = c * o;
+    let mut dwt = vec![0f32; 9 * co];
+    for j0 in (0..co).step_by(KRON_BLOCK) {
+        let len = KRON_BLOCK.min(co - j0);
+        for (x, coef) in kron.iter().enumerate() {
+            let row = &du[x * co + j0..][..len];
+            for (t, &k) in coef.iter().enumerate() {
+                if k != 0.0 {
+                    let dst = &mut dwt[t * co + j0..][..len];
+                    for (d, v) in dst.iter_mut().zip(row) {
+                        *d += k * v;
+                    }
                 }
             }
         }
-        return Ok(dw);
     }
-    if Algo::of(g) == Algo::Stride2 {
-        for (oc, out) in dw.chunks_exact_mut(9).enumerate() {
-            let (oi, ci) = (oc / c, oc % c);
-            let m = |xi: usize| du[(xi * c + ci) * o + oi];
-            // Gᵀ over each column of the 5×5 sums, then over each row of that (3 × 5).
-            let gt = |v: [f32; 5]| [v[0] + v[1], v[3] + v[4], v[1] + v[2]];
-            let cols: [[f32; 3]; 5] =
-                std::array::from_fn(|col| gt(std::array::from_fn(|row| m(row * 5 + col))));
-            for row in 0..3 {
-                let r = gt(std::array::from_fn(|col| cols[col][row]));
-                out[row * 3..row * 3 + 3].copy_from_slice(&r);
-            }
-        }
-        return Ok(dw);
-    }
+    let mut dw = vec![0f32; o * c * 9];
     for (oc, out) in dw.chunks_exact_mut(9).enumerate() {
         let (oi, ci) = (oc / c, oc % c);
-        let m = |xi: usize| du[(xi * c + ci) * o + oi];
-        // Gᵀ·M (3 × 4), then (Gᵀ·M)·G (3 × 3).
-        let cols: [[f32; 3]; 4] = std::array::from_fn(|col| {
-            let (m0, m1, m2, m3) = (m(col), m(4 + col), m(8 + col), m(12 + col));
-            [m0 + 0.5 * (m1 + m2), 0.5 * (m1 - m2), 0.5 * (m1 + m2) + m3]
-        });
-        let h: [[f32; 4]; 3] = std::array::from_fn(|row| std::array::from_fn(|col| cols[col][row]));
-        for (row, r) in h.iter().enumerate() {
-            out[row * 3] = r[0] + 0.5 * (r[1] + r[2]);
-            out[row * 3 + 1] = 0.5 * (r[1] - r[2]);
-            out[row * 3 + 2] = 0.5 * (r[1] + r[2]) + r[3];
+        for (t, v) in out.iter_mut().enumerate() {
+            *v = dwt[t * co + ci * o + oi];
         }
     }
     Ok(dw)
 }
 
+/// Columns per block of the products with `G ⊗ G` ([`transform_weight`],
+/// [`weight_from_transform`]): the block's 9 rows of W fit in L1 beside a row of U.
+const KRON_BLOCK: usize = 512;
+
+/// `G ⊗ G` for `algo`'s G (ξ × 9: `[r·n + s][a·3 + b] = G[r][a] · G[s][b]`), made in f64
+/// and rounded once: for stride 1 `G = [[1, 0, 0], [½, ½, ½], [½, −½, ½], [0, 0, 1]]`, for
+/// stride 2 `G = [[1, 0, 0], [1, 0, 1], [0, 0, 1], [0, 1, 0], [0, 1, 0]]`, for F(4×4, 3×3)
+/// `G = [[¼, 0, 0], [−⅙, −⅙, −⅙], [−⅙, ⅙, −⅙], [1/24, 1/12, ⅙], [1/24, −1/12, ⅙],
+/// [0, 0, 1]]` (Lavin & Gray 2016, points 0, ±1, ±2, ∞).
+fn kron(algo: Algo) -> Vec<[f32; 9]> {
+    let gm: &[[f64; 3]] = match algo {
+        Algo::Stride1 => &[
+            [1.0, 0.0, 0.0],
+            [0.5, 0.5, 0.5],
+            [0.5, -0.5, 0.5],
+            [0.0, 0.0, 1.0],
+        ],
+        Algo::Stride2 => &[
+            [1.0, 0.0, 0.0],
+            [1.0, 0.0, 1.0],
+            [0.0, 0.0, 1.0],
+            [0.0, 1.0, 0.0],
+            [0.0, 1.0, 0.0],
+        ],
+        Algo::F4 => &[
+            [0.25, 0.0, 0.0],
+            [-1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0],
+            [-1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0],
+            [1.0 / 24.0, 1.0 / 12.0, 1.0 / 6.0],
+            [1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0],
+            [0.0, 0.0, 1.0],
+        ],
+    };
+    let n = gm.len();
+    (0..n * n)
+        .map(|x| std::array::from_fn(|t| (gm[x / n][t / 3] * gm[x % n][t % 3]) as f32))
+        .collect()
+}
+
 /// The weight `w` (O, C, 3, 3) transformed, `U[ξ][c][o] = (G w[o, c] Gᵀ)[ξ]`, made once per
 /// batch: for stride 1 with `G = [[1, 0, 0], [½, ½, ½], [½, −½, ½], [0, 0, 1]]` (16·C·O
 /// values), for stride 2 with `G = [[1, 0, 0], [1, 0, 1], [0, 0, 1], [0, 1, 0], [0, 1, 0]]`
-/// (25·C·O), for F(4×4, 3×3) ([`Algo::of`]) with its 6×3 G (36·C·O).
+/// (25·C·O), for F(4×4, 3×3) ([`Algo::of`]) with its 6×3 G (36·C·O) ([`kron`]).
+///
+/// As one product: with the weight laid out as W (9 × C·O), tap by tap, `U (ξ × C·O) =
+/// (G ⊗ G) · W` ([`kron`]). Each plane of U is then written front to back, a block of columns at a
+/// time with W's block in L1. (Transforming pair by pair in the weight's (O, C) order had
+/// put consecutive stores O values apart in every plane: 4.4 ms for l3.c2's 128 × 128
+/// channels as F(4×4, 3×3), more than its forward pass; 0.5–1.2 ms now, on an AMD EPYC
+/// Zen 5.)
 pub(super) fn transform_weight(g: &ConvGeom, w: &[f32]) -> Vec<f32> {
     let (c, o) = (g.c, g.o);
-    let mut u = vec![0f32; transform_len(g)];
-    if Algo::of(g) == Algo::F4 {
-        // G = [[¼, 0, 0], [−⅙, −⅙, −⅙], [−⅙, ⅙, −⅙], [1/24, 1/12, ⅙], [1/24, −1/12, ⅙],
-        // [0, 0, 1]] (Lavin & Gray 2016, points 0, ±1, ±2, ∞), in f64.
-        // Multiplications by the reciprocals: this runs for every channel pair once per batch
-        // and pass, and f64 divisions made it 1% of a 32 px step.
-        const SIXTH: f64 = 1.0 / 6.0;
-        const TWELFTH: f64 = 1.0 / 12.0;
-        const TWENTY_FOURTH: f64 = 1.0 / 24.0;
-        let gw = |v: [f64; 3]| {
-            let [a, b, d] = v;
-            let (ad, a24d6) = (a + d, a * TWENTY_FOURTH + d * SIXTH);
-            [
-                a * 0.25,
-                -(ad + b) * SIXTH,
-                -(ad - b) * SIXTH,
-                a24d6 + b * TWELFTH,
-                a24d6 - b * TWELFTH,
-                d,
-            ]
-        };
-        for (oc, k) in w.chunks_exact(9).enumerate().take(c * o) {
-            let (oi, ci) = (oc / c, oc % c);
-            let k: [f64; 9] = std::array::from_fn(|i| f64::from(k[i]));
-            // G over each column of the 3×3 weight (6 × 3), then over each row (6 × 6).
-            let cols: [[f64; 6]; 3] =
-                std::array::from_fn(|col| gw([k[col], k[3 + col], k[6 + col]]));
-            for row in 0..6 {
-                let r = gw([cols[0][row], cols[1][row], cols[2][row]]);
-                for (col, v) in r.iter().enumerate() {
-                    u[((row * 6 + col) * c + ci) * o + oi] = *v as f32;
-                }
-            }
-        }
+    let algo = Algo::of(g);
+    let (xi, co) = (algo.xi(), c * o);
+    let mut u = vec![0f32; xi * co];
+    if w.len() < co * 9 {
         return u;
     }
-    if Algo::of(g) == Algo::Stride2 {
-        let gw = |v: [f32; 3]| [v[0], v[0] + v[2], v[2], v[1], v[1]];
-        for (oc, k) in w.chunks_exact(9).enumerate().take(c * o) {
-            let (oi, ci) = (oc / c, oc % c);
-            // G over each column of the 3×3 weight (5 × 3), then over each row (5 × 5).
-            let cols: [[f32; 5]; 3] =
-                std::array::from_fn(|col| gw([k[col], k[3 + col], k[6 + col]]));
-            for row in 0..5 {
-                let r = gw([cols[0][row], cols[1][row], cols[2][row]]);
-                for (col, v) in r.iter().enumerate() {
-                    u[((row * 5 + col) * c + ci) * o + oi] = *v;
-                }
+    let kron = kron(algo);
+    // W (9 × C·O): column ci·O + oi is the weight of (oi, ci).
+    let mut wt = vec![0f32; 9 * co];
+    for ci in 0..c {
+        for oi in 0..o {
+            let k = &w[(oi * c + ci) * 9..][..9];
+            for (t, v) in k.iter().enumerate() {
+                wt[t * co + ci * o + oi] = *v;
             }
         }
-        return u;
     }
-    for (oc, k) in w.chunks_exact(9).enumerate().take(c * o) {
-        let (oi, ci) = (oc / c, oc % c);
-        // G·g (4 × 3), then (G·g)·Gᵀ (4 × 4).
-        let mut gg = [[0f32; 3]; 4];
-        for col in 0..3 {
-            let (a, b, d) = (k[col], k[3 + col], k[6 + col]);
-            gg[0][col] = a;
-            gg[1][col] = 0.5 * (a + b + d);
-            gg[2][col] = 0.5 * (a - b + d);
-            gg[3][col] = d;
-        }
-        for (row, h) in gg.iter().enumerate() {
-            let t = [
-                h[0],
-                0.5 * (h[0] + h[1] + h[2]),
-                0.5 * (h[0] - h[1] + h[2]),
-                h[2],
-            ];
-            for (col, v) in t.iter().enumerate() {
-                u[((row * 4 + col) * c + ci) * o + oi] = *v;
+    for j0 in (0..co).step_by(KRON_BLOCK) {
+        let len = KRON_BLOCK.min(co - j0);
+        let rows: [&[f32]; 9] = std::array::from_fn(|t| &wt[t * co + j0..][..len]);
+        for (x, coef) in kron.iter().enumerate() {
+            let dst = &mut u[x * co + j0..][..len];
+            // U's row starts at zero; (G ⊗ G) is sparse (196 of F4's 324 coefficients are
+            // not zero, 64 of stride 1's 144).
+            for (&k, row) in coef.iter().zip(rows) {
+                if k != 0.0 {
+                    for (d, v) in dst.iter_mut().zip(row) {
+                        *d += k * v;
+                    }
+                }
             }
         }
     }
@@ -937,6 +943,9 @@ pub(super) fn forward_images(
     accumulate: bool,
     buf: &mut [f32],
 ) -> Result<()> {
+    if whole::fits(g, g.o) {
+        return whole::forward_images(g, u, xs, ys, accumulate, buf);
+    }
     let (inl, outl) = whole_images(g, xs.len(), ys.len())?;
     let mut done = 0;
     if let Some(width) = pair_width(g) {
@@ -1122,6 +1131,9 @@ pub(super) fn weight_images(
     du: &mut [f32],
     work: &mut super::Work,
 ) -> Result<()> {
+    if whole::weight_fits(g) {
+        return whole::weight_images(g, xs, dys, du, work);
+    }
     let (inl, outl) = whole_images(g, xs.len(), dys.len())?;
     let pair = weight_pair_width(g);
     let mut done = 0;
@@ -1678,10 +1690,19 @@ macro_rules! winograd_kernels {
             /// output channels at a time.
             ///
             /// # Safety
-            /// As [`weight`]; `u0 + n ≤ tiles`, `n ≤ CHUNK`.
+            /// The CPU has the module's features; `u0 + n ≤ tiles`, `n ≤ CHUNK`; every tile
+            /// u < u0 + n has its 4×4 pixels inside `dyt` (Ho·Wo·O values, or for [`super::whole`]
+            /// the chunk's images one after the other, W = 4, Q = 1); O a multiple of LANES;
+            /// `z` 36 planes of CHUNK rows of O ([`plane`]).
             #[target_feature(enable = $feature)]
             #[inline]
-            unsafe fn gradient_f4(t: &Tiles, dyt: &[f32], z: &mut [f32], u0: usize, n: usize) {
+            pub(super) unsafe fn gradient_f4(
+                t: &Tiles,
+                dyt: &[f32],
+                z: &mut [f32],
+                u0: usize,
+                n: usize,
+            ) {
                 let (o, w) = (t.o, t.w);
                 let zp = z.as_mut_ptr();
                 let dp = dyt.as_ptr();
@@ -1704,9 +1725,9 @@ macro_rules! winograd_kernels {
                     // The tile's top-left pixel.
                     let p = 4 * (u / t.q) * w + 4 * (u % t.q);
                     for ob in (0..o).step_by(LANES) {
-                        // SAFETY: the tile's 16 pixels lie in the map (H a multiple of 4, W
-                        // of 16), their channels ob..ob + LANES ≤ O; z's plane ξ holds CHUNK
-                        // rows of O.
+                        // SAFETY: the tile's 16 pixels lie in `dyt` (the caller's: H a
+                        // multiple of 4 and W of 16, or [`super::whole`]'s images of W = 4),
+                        // their channels ob..ob + LANES ≤ O; z's plane ξ holds CHUNK rows of O.
                         unsafe {
                             let d: [[_; 4]; 4] = std::array::from_fn(|r| {
                                 std::array::from_fn(|c| $load(dp.add((p + r * w + c) * o + ob)))
@@ -1800,10 +1821,18 @@ macro_rules! winograd_kernels {
             /// `du[ξ][c][o] += Σ_k v[ξ][c][k] · z[ξ][k][o]` over the chunk's `n` tiles.
             ///
             /// # Safety
-            /// As [`weight`]; `n ≤ CHUNK`.
+            /// The CPU has the module's features; `n ≤ CHUNK`; `v` holds ξ planes of C rows of
+            /// CHUNK and `z` ξ of CHUNK rows of O ([`plane`]), `du` ξ·C·O values
+            /// (ξ = [`Algo::xi`]); O a multiple of two vectors.
             #[target_feature(enable = $feature)]
             #[inline]
-            unsafe fn weight_product(t: &Tiles, v: &[f32], z: &[f32], du: &mut [f32], n: usize) {
+            pub(super) unsafe fn weight_product(
+                t: &Tiles,
+                v: &[f32],
+                z: &[f32],
+                du: &mut [f32],
+                n: usize,
+            ) {
                 let (c, o) = (t.c, t.o);
                 for xi in 0..t.xi() {
                     let vx = v.as_ptr().wrapping_add(xi * plane(c, CHUNK));
@@ -2078,10 +2107,12 @@ macro_rules! winograd_kernels {
             /// OUT_BLOCK) output channels × 2 vectors of tiles at a time.
             ///
             /// # Safety
-            /// As [`forward`].
+            /// The CPU has the module's features; `u` holds ξ·C·O values (ξ = [`Algo::xi`]),
+            /// `v` ξ planes of C rows of CHUNK and `m` ξ of O rows ([`plane`]); O a multiple
+            /// of OUT_BLOCK.
             #[target_feature(enable = $feature)]
             #[inline]
-            unsafe fn product(t: &Tiles, u: &[f32], v: &[f32], m: &mut [f32]) {
+            pub(super) unsafe fn product(t: &Tiles, u: &[f32], v: &[f32], m: &mut [f32]) {
                 let o = t.o;
                 // As many wide tiles as leave a multiple of OUT_BLOCK (O is one).
                 let mut wide = o / WIDE_BLOCK;
@@ -2527,7 +2558,7 @@ mod tests {
 
     /// `conv3×3(x, w)` (O, Ho, Wo), the geometry's stride, padding 1, and ∂L/∂w (O, C, 3, 3)
     /// and ∂L/∂x (C, H, W) for ∂L/∂y = `dy`, summed in f64.
-    fn reference(g: &ConvGeom, w: &[f32], x: &[f32], dy: &[f32]) -> [Vec<f64>; 3] {
+    pub(super) fn reference(g: &ConvGeom, w: &[f32], x: &[f32], dy: &[f32]) -> [Vec<f64>; 3] {
         let (ho, wo, st) = (g.ho(), g.wo(), g.stride);
         let mut y = vec![0f64; g.o * ho * wo];
         let mut dw = vec![0f64; g.o * g.c * 9];
@@ -2743,7 +2774,7 @@ mod tests {
     /// than F(2×2, 3×3) (measured here: outputs up to 1.0e-4 relative with 64 channels,
     /// 3.6e-6 of the largest output; ∂L/∂w 6.5e-6 of the largest, against 5e-7), and a value
     /// that cancels to near zero has no relative scale of its own.
-    fn close_to_scale(got: &[f32], want: &[f64], what: &str) {
+    pub(super) fn close_to_scale(got: &[f32], want: &[f64], what: &str) {
         assert_eq!(got.len(), want.len(), "{what}: length");
         let scale = want.iter().fold(0f64, |m, w| m.max(w.abs()));
         for (i, (g, w)) in got.iter().zip(want).enumerate() {
