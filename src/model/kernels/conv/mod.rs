@@ -94,12 +94,13 @@ pub(super) fn work(g: &ConvGeom) -> Work {
     };
     // No columns where nothing runs im2col: pointwise convolutions one image at a time, and
     // 4×4 maps whose every pass runs Winograd with the images along the lanes.
-    let mut col = if g.is_pointwise() && group == 1 || winograd::whole_all_passes(g) {
+    let whole = winograd::whole::all_passes(g);
+    let mut col = if g.is_pointwise() && group == 1 || whole {
         0
     } else {
         col_channels * g.k * g.k * cols
     };
-    let mut product = if group > 1 && !winograd::whole_all_passes(g) {
+    let mut product = if group > 1 && !whole {
         product_rows * cols
     } else {
         0
@@ -158,7 +159,7 @@ fn exactly(values: usize, len: usize, n: usize, what: &str) -> Result<()> {
 impl ConvGeom {
     /// Images per matrix product: enough that the product has [`GROUP_COLUMNS`] columns.
     pub(in crate::model::kernels) fn group(&self) -> usize {
-        if let Some(group) = winograd::whole_group(self) {
+        if let Some(group) = winograd::whole::group(self) {
             // 4×4 maps whose images go along Winograd's lanes: chunks of 32 images.
             return group;
         }

@@ -100,7 +100,7 @@ use super::direct::{Width, take, transposed_gradient, vector_cpu};
 use super::geometry::ConvGeom;
 
 mod split;
-mod whole;
+pub(super) mod whole;
 
 /// Transformed weight values per (channel, output channel) pair for stride 1: the 4×4 `U`.
 const XI: usize = 16;
@@ -421,19 +421,6 @@ pub(super) fn buffer_len(g: &ConvGeom) -> usize {
     } else {
         len
     }
-}
-
-/// Images per group ([`super::ConvGeom::group`]) where 4×4 maps run [`whole`]'s kernels,
-/// forward or for ∂L/∂x, if they do.
-pub(super) fn whole_group(g: &ConvGeom) -> Option<usize> {
-    let f = g.flips().then(|| g.flipped());
-    (whole::fits(g, g.o) || f.is_some_and(|f| whole::fits(&f, g.c))).then_some(whole::GROUP)
-}
-
-/// Whether [`whole`]'s kernels run every pass of `g` here, so that its groups need no im2col
-/// columns.
-pub(super) fn whole_all_passes(g: &ConvGeom) -> bool {
-    whole::all_passes(g)
 }
 
 /// [`buffer_len`] with two images' split inputs (`paired`: where [`forward_images`] pairs

@@ -31,7 +31,9 @@ use candle_core::{Result, bail};
 use super::super::super::gemm::count_flop;
 use super::super::direct::{Width, take, transposed_gradient, vector_cpu};
 use super::super::geometry::ConvGeom;
-use super::{Algo, MIN_CHANNELS, Tiles, XI_F4, enabled, f4_enabled, plane, transform_len};
+use super::{
+    Algo, MIN_CHANNELS, Tiles, XI_F4, enabled, f4_enabled, plane, transform_len, whole_images,
+};
 
 /// Images per chunk: two 512-bit vectors.
 const CHUNK: usize = 32;
@@ -67,9 +69,16 @@ pub(super) fn weight_fits(g: &ConvGeom) -> bool {
     fits(g, g.o) && g.o.is_multiple_of(CHUNK)
 }
 
+/// Images per group ([`super::super::ConvGeom::group`]) where `g`'s 4×4 maps run here,
+/// forward or for ∂L/∂x, if they do.
+pub(in crate::model::kernels::conv) fn group(g: &ConvGeom) -> Option<usize> {
+    let f = g.flips().then(|| g.flipped());
+    (fits(g, g.o) || f.is_some_and(|f| fits(&f, g.c))).then_some(GROUP)
+}
+
 /// Whether every pass of `g` that can run here does: the forward pass, ∂L/∂x (where `g`
 /// flips) and ∂L/∂w — then a group needs no im2col columns ([`super::super::work`]).
-pub(super) fn all_passes(g: &ConvGeom) -> bool {
+pub(in crate::model::kernels::conv) fn all_passes(g: &ConvGeom) -> bool {
     fits(g, g.o) && weight_fits(g) && (!g.flips() || fits(&g.flipped(), g.c))
 }
 
@@ -105,18 +114,6 @@ fn tiles(g: &ConvGeom) -> Tiles {
     }
 }
 
-/// Checks the sizes and counts the images.
-fn images(g: &ConvGeom, inputs: usize, outputs: usize, what: &str) -> Result<usize> {
-    let (inl, outl) = (g.in_image(), g.out_image());
-    let n = inputs / inl.max(1);
-    if n * inl != inputs || n * outl != outputs {
-        bail!(
-            "winograd convolution (4×4 maps): {inputs} input and {outputs} {what} values are not the same number of images of {g:?}"
-        );
-    }
-    Ok(n)
-}
-
 /// `ys (N, O, 4, 4) = (accumulate ? ys : 0) + conv3×3(xs (N, C, 4, 4), w)`, `u` the weight's
 /// transform (36·C·O values, [`super::transform_weight`] for `g`), 32 images at a time; for
 /// ∂L/∂x, called with the flipped geometry and weight. `buf` holds [`buffer_len`] values or
@@ -142,7 +139,8 @@ pub(super) fn forward_images(
             transform_len(g)
         );
     }
-    let n = images(g, xs.len(), ys.len(), "output")?;
+    let (inl, outl) = whole_images(g, xs.len(), ys.len())?;
+    let n = xs.len() / inl;
     let t = tiles(g);
     let buf = take(
         buf,
@@ -150,7 +148,6 @@ pub(super) fn forward_images(
         "Winograd",
     )?;
     let (v, m) = buf.split_at_mut(XI_F4 * plane(g.c, CHUNK));
-    let (inl, outl) = (g.in_image(), g.out_image());
     for (xc, yc) in xs.chunks(CHUNK * inl).zip(ys.chunks_mut(CHUNK * outl)) {
         let k = xc.len() / inl;
         #[cfg(target_arch = "x86_64")]
@@ -194,13 +191,13 @@ pub(super) fn weight_images(
             transform_len(g)
         );
     }
-    let n = images(g, xs.len(), dys.len(), "gradient")?;
+    let (inl, outl) = whole_images(g, xs.len(), dys.len())?;
+    let n = xs.len() / inl;
     let t = tiles(g);
     let (col_len, dyt_len) = weight_buffer_len(g);
     let col = take(&mut work.col, col_len, "Winograd")?;
     let (v, z) = col.split_at_mut(XI_F4 * plane(g.c, CHUNK));
     let dyt = take(&mut work.product, dyt_len, "transposed gradient")?;
-    let (inl, outl) = (g.in_image(), g.out_image());
     for (xc, dyc) in xs.chunks(CHUNK * inl).zip(dys.chunks(CHUNK * outl)) {
         let k = xc.len() / inl;
         for (dy, d) in dyc.chunks_exact(outl).zip(dyt.chunks_exact_mut(outl)) {
