@@ -42,7 +42,7 @@ fn max_abs(a: &Tensor) -> Result<f32> {
 /// (N, C, H, W, O, K, stride, padding)
 type Geometry = (usize, usize, usize, usize, usize, usize, usize, usize);
 
-const GEOMETRIES: [Geometry; 45] = [
+const GEOMETRIES: [Geometry; 47] = [
     (2, 3, 8, 8, 4, 3, 1, 1),
     (3, 4, 9, 7, 5, 3, 2, 1),
     (2, 4, 8, 8, 6, 1, 2, 0),
@@ -107,6 +107,11 @@ const GEOMETRIES: [Geometry; 45] = [
     // channels (the forward pass and ∂L/∂x there, ∂L/∂w by im2col).
     (70, 32, 4, 4, 32, 3, 1, 1),
     (5, 16, 4, 4, 24, 3, 1, 1),
+    // 8×8 maps with stride 2, which AVX-512 CPUs run with the stride-2 form, 16 images along
+    // the lanes: every pass (37 images: two full chunks and a part of one), and 24 output
+    // channels (the forward pass and ∂L/∂x there, ∂L/∂w by im2col).
+    (37, 32, 8, 8, 64, 3, 2, 1),
+    (5, 16, 8, 8, 24, 3, 2, 1),
     // Winograd's stride-2 form (sides multiples of 4, output rows of whole vectors): 8-pixel
     // output rows (256-bit form), 80 tiles ending inside a chunk of 32 with 17 channels.
     (2, 16, 16, 16, 32, 3, 2, 1),

@@ -83,7 +83,9 @@
 //! F(2×2, 3×3) everywhere, for comparisons.
 //!
 //! **4×4 maps** (the last stage of the 16 px views) are one F(4×4, 3×3) tile each, so there
-//! the lanes take images instead of tiles, 32 images a chunk, on AVX-512 ([`whole`]).
+//! the lanes take images instead of tiles, 32 images a chunk, on AVX-512 ([`whole`]); the
+//! stride-2 convolution into them (8×8 → 4×4, four tiles per image) takes the stride-2 form
+//! the same way, 16 images a chunk ([`whole_s2`]).
 //!
 //! ∂L/∂x of a stride-2 convolution is not a convolution but the forward algorithm turned
 //! round ([`strided_input_image`]): per tile `∂L/∂V_c = Σ_o U_oc ⊙ Z_o` with
@@ -101,6 +103,7 @@ use super::geometry::ConvGeom;
 
 mod split;
 pub(super) mod whole;
+pub(super) mod whole_s2;
 
 /// Transformed weight values per (channel, output channel) pair for stride 1: the 4×4 `U`.
 const XI: usize = 16;
@@ -259,7 +262,7 @@ impl ConvGeom {
 
     /// Whether the forward pass runs Winograd here ([`forward_images`]).
     pub(super) fn winograd_forward(&self) -> bool {
-        self.winograd_width(self.o).is_some() || whole::fits(self, self.o)
+        self.winograd_width(self.o).is_some() || whole::fits(self, self.o) || whole_s2::fits(self)
     }
 
     /// The kernel that makes ∂L/∂w with Winograd here, if any: the CPU's widest whose
@@ -270,7 +273,9 @@ impl ConvGeom {
 
     /// Whether ∂L/∂w runs Winograd here ([`weight_images`]).
     pub(super) fn winograd_weight(&self) -> bool {
-        self.winograd_weight_width().is_some() || whole::weight_fits(self)
+        self.winograd_weight_width().is_some()
+            || whole::weight_fits(self)
+            || whole_s2::weight_fits(self)
     }
 
     /// Whether ∂L/∂x runs Winograd here ([`forward_images`]), as the convolution of ∂L/∂y with the
@@ -286,8 +291,8 @@ impl ConvGeom {
     /// ([`strided_input_image`]) here, if any: the CPU's widest whose output block divides
     /// C (the channels its products make), on output rows of whole vectors as the forward
     /// pass's — nothing is interleaved here, but an image with fewer tiles than a chunk
-    /// (4×4 outputs: 4 tiles) would leave most lanes idle, where `gemm` takes a group of
-    /// images at once.
+    /// (4×4 outputs: 4 tiles) would leave most lanes idle; such images go along the lanes
+    /// instead ([`whole_s2`], AVX-512) or to `gemm`, a group of images at once.
     fn winograd_strided_input_width(&self) -> Option<Width> {
         if !enabled() || self.stride != 2 || !self.winograd_shape() {
             return None;
@@ -295,9 +300,10 @@ impl ConvGeom {
         widest(|width| strided_input_fits(width, self))
     }
 
-    /// Whether ∂L/∂x of this stride-2 convolution runs [`strided_input_image`] here.
+    /// Whether ∂L/∂x of this stride-2 convolution runs [`strided_input_image`] (or, for 8×8
+    /// maps on AVX-512, [`whole_s2::input_images`]) here.
     pub(super) fn winograd_strided_input(&self) -> bool {
-        self.winograd_strided_input_width().is_some()
+        self.winograd_strided_input_width().is_some() || whole_s2::input_fits(self)
     }
 }
 
@@ -418,6 +424,8 @@ pub(super) fn buffer_len(g: &ConvGeom) -> usize {
     let len = buffer_len_for(g, pairs(g));
     if whole::shape(g) {
         len.max(whole::buffer_len(g))
+    } else if whole_s2::shape(g) {
+        len.max(whole_s2::buffer_len(g))
     } else {
         len
     }
@@ -439,6 +447,9 @@ fn buffer_len_for(g: &ConvGeom, paired: bool) -> usize {
 pub(super) fn weight_buffer_len(g: &ConvGeom) -> (usize, usize) {
     if whole::weight_fits(g) {
         return whole::weight_buffer_len(g);
+    }
+    if whole_s2::weight_fits(g) {
+        return whole_s2::weight_buffer_len(g);
     }
     weight_buffer_len_for(g, weight_pair_width(g).is_some())
 }
@@ -607,7 +618,13 @@ fn strided_plane(t: &Tiles) -> usize {
 pub(super) fn strided_input_len(g: &ConvGeom) -> usize {
     let t = Tiles::of(g);
     let sp = strided_plane(&t);
-    4 * g.o * sp + XI_S2 * (plane(g.o, MAX_CHUNK) + plane(g.c, MAX_CHUNK)) + XI_S2 * g.c * sp
+    let len =
+        4 * g.o * sp + XI_S2 * (plane(g.o, MAX_CHUNK) + plane(g.c, MAX_CHUNK)) + XI_S2 * g.c * sp;
+    if whole_s2::input_fits(g) {
+        len.max(whole_s2::buffer_len(g))
+    } else {
+        len
+    }
 }
 
 /// The stride-2 weight's transform turned round, `U[ξ][o][c]` (25·O·C values): what
@@ -711,6 +728,9 @@ pub(super) fn strided_input_images(
     dxs: &mut [f32],
     buf: &mut [f32],
 ) -> Result<()> {
+    if whole_s2::input_fits(g) {
+        return whole_s2::input_images(g, ut, dys, dxs, buf);
+    }
     let (inl, outl) = whole_images(g, dxs.len(), dys.len())?;
     match strided_pair_width(g) {
         Some(width) => {
@@ -933,6 +953,9 @@ pub(super) fn forward_images(
     if whole::fits(g, g.o) {
         return whole::forward_images(g, u, xs, ys, accumulate, buf);
     }
+    if whole_s2::fits(g) {
+        return whole_s2::forward_images(g, u, xs, ys, accumulate, buf);
+    }
     let (inl, outl) = whole_images(g, xs.len(), ys.len())?;
     let mut done = 0;
     if let Some(width) = pair_width(g) {
@@ -1120,6 +1143,9 @@ pub(super) fn weight_images(
 ) -> Result<()> {
     if whole::weight_fits(g) {
         return whole::weight_images(g, xs, dys, du, work);
+    }
+    if whole_s2::weight_fits(g) {
+        return whole_s2::weight_images(g, xs, dys, du, work);
     }
     let (inl, outl) = whole_images(g, xs.len(), dys.len())?;
     let pair = weight_pair_width(g);
