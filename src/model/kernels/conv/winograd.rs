@@ -96,6 +96,7 @@
 //! 36 of `col2im(wᵀ · ∂L/∂y)`, and no column matrix.
 
 use candle_core::{Result, bail};
+use rayon::prelude::*;
 
 use super::super::gemm::count_flop;
 use super::direct::{Width, take, transposed_gradient, vector_cpu};
@@ -488,25 +489,27 @@ pub(super) fn weight_from_transform(g: &ConvGeom, du: &[f32]) -> Result<Vec<f32>
             du.len()
         );
     }
-    // ∂W (9 × C·O) = (G ⊗ G)ᵀ · ∂U, a block of columns at a time, then laid out as
-    // (O, C, 3, 3) ([`transform_weight`] the other way round).
+    // ∂W (9 × C·O) = (G ⊗ G)ᵀ · ∂U, its rows in parallel (each a block of columns at a
+    // time), then laid out as (O, C, 3, 3) ([`transform_weight`] the other way round).
     let kron = kron(Algo::of(g));
     let co = c * o;
     let mut dwt = vec![0f32; 9 * co];
-    for j0 in (0..co).step_by(KRON_BLOCK) {
-        let len = KRON_BLOCK.min(co - j0);
-        for (x, coef) in kron.iter().enumerate() {
-            let row = &du[x * co + j0..][..len];
-            for (t, &k) in coef.iter().enumerate() {
-                if k != 0.0 {
-                    let dst = &mut dwt[t * co + j0..][..len];
-                    for (d, v) in dst.iter_mut().zip(row) {
-                        *d += k * v;
+    dwt.par_chunks_mut(co.max(1))
+        .enumerate()
+        .for_each(|(t, dst_row)| {
+            for j0 in (0..co).step_by(KRON_BLOCK) {
+                let len = KRON_BLOCK.min(co - j0);
+                let dst = &mut dst_row[j0..][..len];
+                for (x, coef) in kron.iter().enumerate() {
+                    let k = coef[t];
+                    if k != 0.0 {
+                        for (d, v) in dst.iter_mut().zip(&du[x * co + j0..][..len]) {
+                            *d += k * v;
+                        }
                     }
                 }
             }
-        }
-    }
+        });
     let mut dw = vec![0f32; o * c * 9];
     for (oc, out) in dw.chunks_exact_mut(9).enumerate() {
         let (oi, ci) = (oc / c, oc % c);
@@ -576,32 +579,36 @@ pub(super) fn transform_weight(g: &ConvGeom, w: &[f32]) -> Vec<f32> {
         return u;
     }
     let kron = kron(algo);
-    // W (9 × C·O): column ci·O + oi is the weight of (oi, ci).
+    // W (9 × C·O): column ci·O + oi is the weight of (oi, ci); a row per tap, in parallel.
     let mut wt = vec![0f32; 9 * co];
-    for ci in 0..c {
-        for oi in 0..o {
-            let k = &w[(oi * c + ci) * 9..][..9];
-            for (t, v) in k.iter().enumerate() {
-                wt[t * co + ci * o + oi] = *v;
+    wt.par_chunks_mut(co.max(1))
+        .enumerate()
+        .for_each(|(t, row)| {
+            for (ci, dst) in row.chunks_exact_mut(o.max(1)).enumerate() {
+                for (oi, d) in dst.iter_mut().enumerate() {
+                    *d = w[(oi * c + ci) * 9 + t];
+                }
             }
-        }
-    }
-    for j0 in (0..co).step_by(KRON_BLOCK) {
-        let len = KRON_BLOCK.min(co - j0);
-        let rows: [&[f32]; 9] = std::array::from_fn(|t| &wt[t * co + j0..][..len]);
-        for (x, coef) in kron.iter().enumerate() {
-            let dst = &mut u[x * co + j0..][..len];
-            // U's row starts at zero; (G ⊗ G) is sparse (196 of F4's 324 coefficients are
-            // not zero, 64 of stride 1's 144).
-            for (&k, row) in coef.iter().zip(rows) {
-                if k != 0.0 {
-                    for (d, v) in dst.iter_mut().zip(row) {
-                        *d += k * v;
+        });
+    // U's rows in parallel (once per batch and pass: run alone, it left the other cores
+    // idle), each a block of columns at a time.
+    u.par_chunks_mut(co.max(1))
+        .zip(&kron)
+        .for_each(|(dst_row, coef)| {
+            for j0 in (0..co).step_by(KRON_BLOCK) {
+                let len = KRON_BLOCK.min(co - j0);
+                let dst = &mut dst_row[j0..][..len];
+                // U's row starts at zero; (G ⊗ G) is sparse (196 of F4's 324 coefficients are
+                // not zero, 64 of stride 1's 144).
+                for (t, &k) in coef.iter().enumerate() {
+                    if k != 0.0 {
+                        for (d, v) in dst.iter_mut().zip(&wt[t * co + j0..][..len]) {
+                            *d += k * v;
+                        }
                     }
                 }
             }
-        }
-    }
+        });
     u
 }
 
