@@ -223,7 +223,7 @@ pub(super) fn weight_images(
 
 #[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code)]
-pub(super) mod zmm {
+pub(in crate::model::kernels::conv) mod zmm {
     use std::arch::x86_64::{
         __m512, _mm512_add_ps, _mm512_castpd_ps, _mm512_castps_pd, _mm512_fmadd_ps,
         _mm512_loadu_ps, _mm512_mul_ps, _mm512_set1_ps, _mm512_setzero_ps, _mm512_shuffle_f32x4,
