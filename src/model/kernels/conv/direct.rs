@@ -220,7 +220,7 @@ pub(super) fn transposed_gradient<'a>(
 }
 
 /// [`transposed_gradient`]'s transpose in 16×16 blocks held in registers: 16 loads of 16
-/// pixels of 16 channels, [`super::winograd::whole::zmm::transpose16`], 16 stores of one
+/// pixels of 16 channels, [`transpose16`], 16 stores of one
 /// pixel's 16 channels (the eight-channel loop below wrote a value at a time: 1.5% of a step
 /// at the 16 px views).
 ///
@@ -237,15 +237,64 @@ unsafe fn transpose_blocks(dy: &[f32], o: usize, hw: usize, dyt: &mut [f32]) {
             // SAFETY: channels cb..cb + 16 ≤ O and pixels pb..pb + 16 ≤ H·W.
             let rows =
                 std::array::from_fn(|k| unsafe { _mm512_loadu_ps(src.add((cb + k) * hw + pb)) });
-            for (j, v) in super::winograd::whole::zmm::transpose16(rows)
-                .into_iter()
-                .enumerate()
-            {
+            for (j, v) in transpose16(rows).into_iter().enumerate() {
                 // SAFETY: pixel pb + j < H·W, its channels cb..cb + 16 ≤ O.
                 unsafe { _mm512_storeu_ps(dst.add((pb + j) * o + cb), v) };
             }
         }
     }
+}
+
+/// The 16×16 transpose of 16 vectors: `out[j][i] = rows[i][j]` (the images-along-the-lanes
+/// Winograd kernels and [`transpose_blocks`]). Two rounds of in-block unpacks make each 128-bit
+/// block a 4×4 transpose of its group of four rows; two rounds of block shuffles gather a
+/// column's four blocks.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+pub(super) fn transpose16(
+    rows: [std::arch::x86_64::__m512; 16],
+) -> [std::arch::x86_64::__m512; 16] {
+    use std::arch::x86_64::{
+        __m512, _mm512_castpd_ps, _mm512_castps_pd, _mm512_setzero_ps, _mm512_shuffle_f32x4,
+        _mm512_unpackhi_pd, _mm512_unpackhi_ps, _mm512_unpacklo_pd, _mm512_unpacklo_ps,
+    };
+    let r = rows;
+    // t[2k], t[2k+1]: rows 2k and 2k+1 interleaved, the low and high pairs of each block.
+    let t: [__m512; 16] = std::array::from_fn(|i| {
+        let (a, b) = (r[i & !1], r[i | 1]);
+        if i & 1 == 0 {
+            _mm512_unpacklo_ps(a, b)
+        } else {
+            _mm512_unpackhi_ps(a, b)
+        }
+    });
+    // u[4g + e], block b: column 4b + e of rows 4g … 4g + 3.
+    let u: [__m512; 16] = std::array::from_fn(|i| {
+        let (g, e) = (i / 4, i % 4);
+        let (a, b) = (
+            _mm512_castps_pd(t[4 * g + (e >> 1)]),
+            _mm512_castps_pd(t[4 * g + 2 + (e >> 1)]),
+        );
+        _mm512_castpd_ps(if e & 1 == 0 {
+            _mm512_unpacklo_pd(a, b)
+        } else {
+            _mm512_unpackhi_pd(a, b)
+        })
+    });
+    // Column 4b + e: blocks b of u[e], u[4 + e], u[8 + e], u[12 + e].
+    let mut out = [_mm512_setzero_ps(); 16];
+    for e in 0..4 {
+        let lo01 = _mm512_shuffle_f32x4::<0x44>(u[e], u[4 + e]);
+        let hi01 = _mm512_shuffle_f32x4::<0xEE>(u[e], u[4 + e]);
+        let lo23 = _mm512_shuffle_f32x4::<0x44>(u[8 + e], u[12 + e]);
+        let hi23 = _mm512_shuffle_f32x4::<0xEE>(u[8 + e], u[12 + e]);
+        out[e] = _mm512_shuffle_f32x4::<0x88>(lo01, lo23);
+        out[4 + e] = _mm512_shuffle_f32x4::<0xDD>(lo01, lo23);
+        out[8 + e] = _mm512_shuffle_f32x4::<0x88>(hi01, hi23);
+        out[12 + e] = _mm512_shuffle_f32x4::<0xDD>(hi01, hi23);
+    }
+    out
 }
 
 /// [`transposed_gradient`]'s transpose without AVX-512, or for channel or pixel counts that
@@ -704,6 +753,32 @@ direct_kernels!(
 #[cfg(test)]
 pub(super) mod tests {
     use super::{ConvGeom, Width, forward_with, padded_plane, transposed_gradient, weight_with};
+
+    #[allow(clippy::print_stderr)] // says when this CPU could not check it
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn the_transpose_turns_rows_into_columns() {
+        if !super::vector_cpu().avx512 {
+            eprintln!("skipping: this CPU has no AVX-512");
+            return;
+        }
+        let src: Vec<f32> = (0..256).map(|i| i as f32).collect();
+        let mut got = vec![0f32; 256];
+        #[allow(unsafe_code)]
+        // SAFETY: the CPU has AVX-512 (checked above); both buffers hold 16 rows of 16.
+        unsafe {
+            use std::arch::x86_64::{_mm512_loadu_ps, _mm512_storeu_ps};
+            let rows = std::array::from_fn(|i| _mm512_loadu_ps(src.as_ptr().add(16 * i)));
+            for (j, col) in super::transpose16(rows).into_iter().enumerate() {
+                _mm512_storeu_ps(got.as_mut_ptr().add(16 * j), col);
+            }
+        }
+        for i in 0..16 {
+            for j in 0..16 {
+                assert_eq!(got[16 * j + i], src[16 * i + j], "({i}, {j})");
+            }
+        }
+    }
 
     /// ∂L/∂y transposed — in 16×16 register blocks where the CPU has AVX-512 and both counts
     /// are multiples of 16, else in blocks of eight channels and the rest one by one — into a

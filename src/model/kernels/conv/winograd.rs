@@ -103,7 +103,7 @@ use super::direct::{Width, take, transposed_gradient, vector_cpu};
 use super::geometry::ConvGeom;
 
 mod split;
-pub(in crate::model::kernels::conv) mod whole;
+pub(super) mod whole;
 pub(super) mod whole_s2;
 
 /// Transformed weight values per (channel, output channel) pair for stride 1: the 4×4 `U`.

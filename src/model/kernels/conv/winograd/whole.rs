@@ -8,7 +8,7 @@
 //! lanes here, so the lanes take images instead: a chunk is 32 images, two vectors of 16.
 //!
 //! 1. **input transform**: per channel and vector, the 16 images' 4×4 maps (one 16-value row
-//!    each, as NCHW lays them out) are transposed in registers ([`zmm::transpose16`]) into 16
+//!    each, as NCHW lays them out) are transposed in registers ([`super::super::direct::transpose16`]) into 16
 //!    vectors, one per pixel across the images; `V = Bᵀ d B` of each lane's 6×6 patch, whose
 //!    border is the zero padding, skips the border (`bt_inner`);
 //! 2. **product**: the stride-1 paths' `M[ξ][o][k] = Σ_c U[ξ][c][o] · V[ξ][c][k]`
@@ -223,63 +223,18 @@ pub(super) fn weight_images(
 
 #[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code)]
-pub(in crate::model::kernels::conv) mod zmm {
+pub(super) mod zmm {
     use std::arch::x86_64::{
-        __m512, _mm512_add_ps, _mm512_castpd_ps, _mm512_castps_pd, _mm512_fmadd_ps,
-        _mm512_loadu_ps, _mm512_mul_ps, _mm512_set1_ps, _mm512_setzero_ps, _mm512_shuffle_f32x4,
-        _mm512_storeu_ps, _mm512_sub_ps, _mm512_unpackhi_pd, _mm512_unpackhi_ps,
-        _mm512_unpacklo_pd, _mm512_unpacklo_ps,
+        __m512, _mm512_add_ps, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_mul_ps, _mm512_set1_ps,
+        _mm512_setzero_ps, _mm512_storeu_ps, _mm512_sub_ps,
     };
 
+    use super::super::super::direct::transpose16;
     use super::super::{XI_F4, plane};
     use super::CHUNK;
 
     /// Values per vector.
     const LANES: usize = 16;
-
-    /// The 16×16 transpose: `out[j][i] = rows[i][j]`. Two rounds of in-block unpacks make
-    /// each 128-bit block a 4×4 transpose of its group of four rows; two rounds of block
-    /// shuffles gather a column's four blocks.
-    #[target_feature(enable = "avx512f")]
-    #[inline]
-    pub(in crate::model::kernels::conv) fn transpose16(rows: [__m512; 16]) -> [__m512; 16] {
-        let r = rows;
-        // t[2k], t[2k+1]: rows 2k and 2k+1 interleaved, the low and high pairs of each block.
-        let t: [__m512; 16] = std::array::from_fn(|i| {
-            let (a, b) = (r[i & !1], r[i | 1]);
-            if i & 1 == 0 {
-                _mm512_unpacklo_ps(a, b)
-            } else {
-                _mm512_unpackhi_ps(a, b)
-            }
-        });
-        // u[4g + e], block b: column 4b + e of rows 4g … 4g + 3.
-        let u: [__m512; 16] = std::array::from_fn(|i| {
-            let (g, e) = (i / 4, i % 4);
-            let (a, b) = (
-                _mm512_castps_pd(t[4 * g + (e >> 1)]),
-                _mm512_castps_pd(t[4 * g + 2 + (e >> 1)]),
-            );
-            _mm512_castpd_ps(if e & 1 == 0 {
-                _mm512_unpacklo_pd(a, b)
-            } else {
-                _mm512_unpackhi_pd(a, b)
-            })
-        });
-        // Column 4b + e: blocks b of u[e], u[4 + e], u[8 + e], u[12 + e].
-        let mut out = [_mm512_setzero_ps(); 16];
-        for e in 0..4 {
-            let lo01 = _mm512_shuffle_f32x4::<0x44>(u[e], u[4 + e]);
-            let hi01 = _mm512_shuffle_f32x4::<0xEE>(u[e], u[4 + e]);
-            let lo23 = _mm512_shuffle_f32x4::<0x44>(u[8 + e], u[12 + e]);
-            let hi23 = _mm512_shuffle_f32x4::<0xEE>(u[8 + e], u[12 + e]);
-            out[e] = _mm512_shuffle_f32x4::<0x88>(lo01, lo23);
-            out[4 + e] = _mm512_shuffle_f32x4::<0xDD>(lo01, lo23);
-            out[8 + e] = _mm512_shuffle_f32x4::<0x88>(hi01, hi23);
-            out[12 + e] = _mm512_shuffle_f32x4::<0xDD>(hi01, hi23);
-        }
-        out
-    }
 
     /// F(4×4, 3×3)'s `Bᵀ` (the module's docs of [`super::super`]) applied to six values of
     /// which the first and the last are the zero padding: `d` holds the middle four.
@@ -438,31 +393,6 @@ mod tests {
     use super::super::tests::{close_to_scale, reference};
     use super::super::{Algo, transform_weight, weight_from_transform};
     use super::{ConvGeom, buffer_len, forward_images, weight_buffer_len, weight_images};
-
-    #[allow(clippy::print_stderr)] // says when this CPU could not check it
-    #[test]
-    fn the_transpose_turns_rows_into_columns() {
-        if !super::vector_cpu().avx512 {
-            eprintln!("skipping: this CPU has no AVX-512");
-            return;
-        }
-        let src: Vec<f32> = (0..256).map(|i| i as f32).collect();
-        let mut got = vec![0f32; 256];
-        #[allow(unsafe_code)]
-        // SAFETY: the CPU has AVX-512 (checked above); both buffers hold 16 rows of 16.
-        unsafe {
-            use std::arch::x86_64::{_mm512_loadu_ps, _mm512_storeu_ps};
-            let rows = std::array::from_fn(|i| _mm512_loadu_ps(src.as_ptr().add(16 * i)));
-            for (j, col) in super::zmm::transpose16(rows).into_iter().enumerate() {
-                _mm512_storeu_ps(got.as_mut_ptr().add(16 * j), col);
-            }
-        }
-        for i in 0..16 {
-            for j in 0..16 {
-                assert_eq!(got[16 * j + i], src[16 * i + j], "({i}, {j})");
-            }
-        }
-    }
 
     #[allow(clippy::print_stderr)] // says when this CPU could not check it
     /// Forward (written and added), ∂L/∂x's turned-round pass and ∂L/∂w against sums in

@@ -10,7 +10,7 @@
 //! pair instead of 36:
 //!
 //! 1. **input transform**: per channel, the 16 images' 64 values (four 16-value blocks each,
-//!    as NCHW lays them out) are transposed in registers ([`super::whole::zmm::transpose16`])
+//!    as NCHW lays them out) are transposed in registers ([`super::super::direct::transpose16`])
 //!    into 64 vectors, one per pixel across the images; `V = Bᵀ d B` of tile (i, j)'s 5×5
 //!    patch (padded rows and columns 4i … 4i + 4 and 4j … 4j + 4; the padding is the first
 //!    tiles' top row and left column);
@@ -315,7 +315,7 @@ mod zmm {
         __m512, _mm512_add_ps, _mm512_loadu_ps, _mm512_setzero_ps, _mm512_storeu_ps, _mm512_sub_ps,
     };
 
-    use super::super::whole::zmm::transpose16;
+    use super::super::super::direct::transpose16;
     use super::super::{XI_S2, plane};
     use super::{COLUMNS, IMAGES, TILES, pair_len};
 
