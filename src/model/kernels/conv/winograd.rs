@@ -2576,6 +2576,94 @@ mod tests {
     };
     use crate::model::kernels::conv::direct::tests::{close, values};
 
+    /// A forward kernel's signature ([`super::forward_images`] and its images-along-the-lanes
+    /// forms): `(g, u, xs, ys, accumulate, buf)`.
+    pub(super) type Forward =
+        fn(&ConvGeom, &[f32], &[f32], &mut [f32], bool, &mut [f32]) -> candle_core::Result<()>;
+
+    /// An ∂L/∂w kernel's signature ([`super::weight_images`] and its forms):
+    /// `(g, xs, dys, du, work)`.
+    pub(super) type Weight = fn(
+        &ConvGeom,
+        &[f32],
+        &[f32],
+        &mut [f32],
+        &mut crate::model::kernels::conv::Work,
+    ) -> candle_core::Result<()>;
+
+    /// [`reference`] for each image of `xs` and `dys`.
+    pub(super) fn references(
+        g: &ConvGeom,
+        w: &[f32],
+        xs: &[f32],
+        dys: &[f32],
+    ) -> Vec<[Vec<f64>; 3]> {
+        xs.chunks_exact(g.in_image())
+            .zip(dys.chunks_exact(g.out_image()))
+            .map(|(x, dy)| reference(g, w, x, dy))
+            .collect()
+    }
+
+    /// `forward`'s output against `refs`, written and added into what was there.
+    pub(super) fn check_forward(
+        g: &ConvGeom,
+        u: &[f32],
+        xs: &[f32],
+        refs: &[[Vec<f64>; 3]],
+        buf_len: usize,
+        forward: Forward,
+    ) {
+        let n = refs.len();
+        let mut buf = vec![f32::NAN; buf_len];
+        let mut y = vec![f32::NAN; n * g.out_image()];
+        forward(g, u, xs, &mut y, false, &mut buf).unwrap_or_else(|e| panic!("{e}"));
+        let want: Vec<f64> = refs.iter().flat_map(|[y, _, _]| y.clone()).collect();
+        close_to_scale(&y, &want, &format!("forward of {g:?}"));
+        // Added into what was there.
+        let before = values(n * g.out_image(), 4);
+        let mut y = before.clone();
+        forward(g, u, xs, &mut y, true, &mut buf).unwrap_or_else(|e| panic!("{e}"));
+        let added: Vec<f64> = want
+            .iter()
+            .zip(&before)
+            .map(|(w, b)| w + f64::from(*b))
+            .collect();
+        close_to_scale(&y, &added, &format!("forward added on {g:?}"));
+    }
+
+    /// `weight`'s ∂L/∂w against `refs`, the images in two runs (partial sums added as the
+    /// engine does), with buffers of `lens` ([`super::weight_buffer_len`]'s).
+    pub(super) fn check_weight(
+        g: &ConvGeom,
+        xs: &[f32],
+        dys: &[f32],
+        refs: &[[Vec<f64>; 3]],
+        lens: (usize, usize),
+        weight: Weight,
+    ) {
+        let mut work = crate::model::kernels::conv::Work {
+            col: vec![f32::NAN; lens.0],
+            product: vec![f32::NAN; lens.1],
+        };
+        let mut du = vec![0f32; super::transform_len(g)];
+        let cut = refs.len() / 2;
+        let (x1, x2) = xs.split_at(cut * g.in_image());
+        let (d1, d2) = dys.split_at(cut * g.out_image());
+        for (x, d) in [(x1, d1), (x2, d2)] {
+            if !x.is_empty() {
+                weight(g, x, d, &mut du, &mut work).unwrap_or_else(|e| panic!("{e}"));
+            }
+        }
+        let dw = weight_from_transform(g, &du).unwrap_or_else(|e| panic!("{e}"));
+        let mut want = vec![0f64; g.o * g.c * 9];
+        for [_, d, _] in refs {
+            for (s, v) in want.iter_mut().zip(d) {
+                *s += v;
+            }
+        }
+        close_to_scale(&dw, &want, &format!("∂L/∂w of {g:?}"));
+    }
+
     /// `conv3×3(x, w)` (O, Ho, Wo), the geometry's stride, padding 1, and ∂L/∂w (O, C, 3, 3)
     /// and ∂L/∂x (C, H, W) for ∂L/∂y = `dy`, summed in f64.
     pub(super) fn reference(g: &ConvGeom, w: &[f32], x: &[f32], dy: &[f32]) -> [Vec<f64>; 3] {

@@ -390,8 +390,8 @@ pub(super) mod zmm {
 #[cfg(all(test, target_arch = "x86_64"))]
 mod tests {
     use super::super::super::direct::tests::values;
-    use super::super::tests::{close_to_scale, reference};
-    use super::super::{Algo, transform_weight, weight_from_transform};
+    use super::super::tests::{check_forward, check_weight, close_to_scale, references};
+    use super::super::{Algo, transform_weight};
     use super::{ConvGeom, buffer_len, forward_images, weight_buffer_len, weight_images};
 
     #[allow(clippy::print_stderr)] // says when this CPU could not check it
@@ -434,27 +434,9 @@ mod tests {
             let w = values(o * c * 9, 1);
             let xs = values(n * g.in_image(), 2);
             let dys = values(n * g.out_image(), 3);
-            let refs: Vec<[Vec<f64>; 3]> = xs
-                .chunks_exact(g.in_image())
-                .zip(dys.chunks_exact(g.out_image()))
-                .map(|(x, dy)| reference(&g, &w, x, dy))
-                .collect();
+            let refs = references(&g, &w, &xs, &dys);
             let u = transform_weight(&g, &w);
-            let mut buf = vec![f32::NAN; buffer_len(&g)];
-            let mut y = vec![f32::NAN; n * g.out_image()];
-            forward_images(&g, &u, &xs, &mut y, false, &mut buf).unwrap_or_else(|e| panic!("{e}"));
-            let want: Vec<f64> = refs.iter().flat_map(|[y, _, _]| y.clone()).collect();
-            close_to_scale(&y, &want, &format!("forward of {g:?}"));
-            // Added into what was there.
-            let before = values(n * g.out_image(), 4);
-            let mut y = before.clone();
-            forward_images(&g, &u, &xs, &mut y, true, &mut buf).unwrap_or_else(|e| panic!("{e}"));
-            let added: Vec<f64> = want
-                .iter()
-                .zip(&before)
-                .map(|(w, b)| w + f64::from(*b))
-                .collect();
-            close_to_scale(&y, &added, &format!("forward added on {g:?}"));
+            check_forward(&g, &u, &xs, &refs, buffer_len(&g), forward_images);
             // ∂L/∂x: the turned-round weight, C and O swapped, as the backward plan runs it.
             let flipped = g.flipped();
             let mut wf = vec![0f32; c * o * 9];
@@ -472,28 +454,7 @@ mod tests {
             let want: Vec<f64> = refs.iter().flat_map(|[_, _, dx]| dx.clone()).collect();
             close_to_scale(&dx, &want, &format!("∂L/∂x of {g:?}"));
             // ∂L/∂w, in two runs of images (partial sums added as the engine does).
-            let (col, product) = weight_buffer_len(&g);
-            let mut work = crate::model::kernels::conv::Work {
-                col: vec![f32::NAN; col],
-                product: vec![f32::NAN; product],
-            };
-            let mut du = vec![0f32; super::transform_len(&g)];
-            let cut = n / 2;
-            let (x1, x2) = xs.split_at(cut * g.in_image());
-            let (d1, d2) = dys.split_at(cut * g.out_image());
-            for (x, d) in [(x1, d1), (x2, d2)] {
-                if !x.is_empty() {
-                    weight_images(&g, x, d, &mut du, &mut work).unwrap_or_else(|e| panic!("{e}"));
-                }
-            }
-            let dw = weight_from_transform(&g, &du).unwrap_or_else(|e| panic!("{e}"));
-            let mut want = vec![0f64; o * c * 9];
-            for [_, d, _] in &refs {
-                for (s, v) in want.iter_mut().zip(d) {
-                    *s += v;
-                }
-            }
-            close_to_scale(&dw, &want, &format!("∂L/∂w of {g:?}"));
+            check_weight(&g, &xs, &dys, &refs, weight_buffer_len(&g), weight_images);
         }
         // Refused: 8 output channels are fine, 12 are not a whole block; 8 input channels;
         // an 8×8 map; stride 2.
