@@ -629,6 +629,19 @@ pub const MAX_SIZE: usize = 256;
 pub const SIZE_MULTIPLE: usize = 4;
 /// Fewest epochs of a run.
 pub const MIN_EPOCHS: usize = 1;
+/// The epochs of a run given minutes and no epoch count (`--minutes` alone): so many that the
+/// time limit ends the run, and with it the learning-rate schedule.
+pub const EPOCHS_UNTIL_TIME_LIMIT: usize = 1_000_000;
+
+/// The epochs a run trains for: `epochs` when given; else, with a time limit, until that
+/// limit ([`EPOCHS_UNTIL_TIME_LIMIT`]); else `default`.
+pub fn epochs_for(epochs: Option<usize>, minutes: Option<f64>, default: usize) -> usize {
+    match (epochs, minutes) {
+        (Some(e), _) => e,
+        (None, Some(_)) => EPOCHS_UNTIL_TIME_LIMIT,
+        (None, None) => default,
+    }
+}
 /// Fewest images per batch: batch norm needs two.
 pub const MIN_BATCH: usize = 2;
 /// Learning rate of AdamW.

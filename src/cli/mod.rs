@@ -64,7 +64,8 @@ pub struct AppArgs {
     /// Desktop app: train these task(s), comma-separated, instead of the saved choice.
     #[arg(long, value_enum, value_delimiter = ',', value_name = "TASK")]
     pub task: Vec<crate::config::TaskKind>,
-    /// Desktop app: end each run after this many minutes of training.
+    /// Desktop app: end each run after this many minutes of training (without --epochs, the run
+    /// lasts these minutes).
     #[arg(long, value_name = "M")]
     pub minutes: Option<f64>,
     /// Desktop app: train for this many epochs.

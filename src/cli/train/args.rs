@@ -68,7 +68,8 @@ pub struct TrainArgs {
     #[arg(long, value_name = "N", default_value_t = run_defaults().warmup_steps)]
     pub warmup_steps: usize,
     /// End the run after this many minutes of training, as at its last epoch (the learning-rate
-    /// schedule ends there too). With --resume: this many more minutes.
+    /// schedule ends there too). Without --epochs the run then lasts these minutes (its epochs
+    /// are not limited). With --resume: this many more minutes.
     #[arg(long, value_name = "M")]
     pub minutes: Option<f64>,
     /// Keep the newest N checkpoints (and the best by kNN top-1 of z, and the resume
@@ -229,7 +230,7 @@ impl TrainArgs {
             data: r.data.clone(),
             tasks: r.task.clone(),
             task_weights,
-            epochs: self.epochs.unwrap_or(d.epochs),
+            epochs: crate::config::epochs_for(self.epochs, self.minutes, d.epochs),
             batch: r.batch,
             size: r.size,
             lr: self.lr.unwrap_or(d.lr),
@@ -408,6 +409,17 @@ mod tests {
         assert_eq!(loss(&["--contrastive-loss", "dcl"]), ContrastiveLoss::Dcl);
         assert!(train_args(&["--contrastive-loss", "infonce"]).is_err());
         assert!(train_args(&["--resume", "r", "--contrastive-loss", "dcl"]).is_err());
+    }
+
+    #[test]
+    fn minutes_alone_make_a_run_of_those_minutes() -> Result<(), clap::Error> {
+        use crate::config::EPOCHS_UNTIL_TIME_LIMIT;
+        let epochs = |args: &[&str]| train_args(args).map(|a| a.config().epochs);
+        assert_eq!(epochs(&[])?, TrainConfig::default().epochs);
+        assert_eq!(epochs(&["--minutes", "2"])?, EPOCHS_UNTIL_TIME_LIMIT);
+        assert_eq!(epochs(&["--minutes", "2", "--epochs", "3"])?, 3);
+        assert_eq!(epochs(&["--epochs", "3"])?, 3);
+        Ok(())
     }
 
     #[test]
