@@ -11,7 +11,8 @@
 #   2. `pretext train --device cuda` for each task alone and all five together (a short run);
 #   3. `pretext bench --device cuda` next to `torch_bench.py --device cuda` (cuDNN, benchmark
 #      mode) for rotation, contrastive, colorization and inpainting at 32 and 96 px, batch 128
-#      and 512, alternating the two, and the ratio per case.
+#      and 512, alternating the two, and the ratio per case; and the same pretext built with
+#      `--features cudnn` (candle's convolutions through cuDNN), with its own ratio.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,16 +23,18 @@ if [ "${1:-}" = "--prepare" ]; then
         echo "gpu-check.sh: source the env.sh that scripts/cuda-toolkit.sh wrote first" >&2
         exit 2
     fi
+    cargo build --release --features cudnn
+    mkdir -p .gpu
+    rm -f .gpu/*
+    strip -o .gpu/pretext-cudnn target/release/pretext
     cargo build --release --features cuda
     test_bin="$(cargo test --release --features cuda --test cuda --no-run --message-format=json 2>/dev/null |
         sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -1)"
     # What travels is at most 64 MiB: without debug info and xz-compressed, each binary is
     # about 13 MB (the CUDA kernels make it 80 MB unpacked).
-    mkdir -p .gpu
-    rm -f .gpu/*
     strip -o .gpu/pretext target/release/pretext
     strip -o .gpu/cuda-test "$test_bin"
-    xz -T0 -6 .gpu/pretext .gpu/cuda-test
+    xz -T0 -6 .gpu/pretext .gpu/cuda-test .gpu/pretext-cudnn
     cp "$torch_bench" .gpu/torch_bench.py
     grep -qx '/.gpu/' .git/info/exclude 2>/dev/null || echo '/.gpu/' >>.git/info/exclude
     ls -l .gpu >&2
@@ -57,7 +60,7 @@ fi
 export LD_LIBRARY_PATH="$libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 
 work="$(mktemp -d)"
-for b in pretext cuda-test; do
+for b in pretext cuda-test pretext-cudnn; do
     # xz, or Python's lzma where xz is not installed.
     if ! { xz -dc ".gpu/$b.xz" 2>/dev/null ||
         "$python" -c 'import lzma, sys; sys.stdout.buffer.write(lzma.open(sys.argv[1]).read())' \
@@ -84,7 +87,7 @@ done
 
 say "## 3. pretext vs PyTorch on CUDA (images/s; views/s for contrastive)"
 csv="$out/bench.csv"
-echo "task,size,batch,pretext_images_per_s,torch_images_per_s,ratio" >"$csv"
+echo "task,size,batch,pretext_images_per_s,torch_images_per_s,ratio,pretext_cudnn_images_per_s,ratio_cudnn" >"$csv"
 value() { sed -n 's/.*"images_per_s": *\([0-9.eE+-]*\).*/\1/p' | tail -1; }
 for task in rotation contrastive colorization inpainting; do
     for size in 32 96; do
@@ -93,9 +96,12 @@ for task in rotation contrastive colorization inpainting; do
                 --steps 20 --json 2>>"$log" | value)"
             theirs="$(timeout 90 "$python" .gpu/torch_bench.py --device cuda --task "$task" --size "$size" \
                 --batch "$batch" --steps 20 2>>"$log" | value)"
+            dnn="$(timeout 90 "$work/pretext-cudnn" bench --device cuda --task "$task" --size "$size" \
+                --batch "$batch" --steps 20 --json 2>>"$log" | value)"
             ratio="$(awk -v a="${ours:-0}" -v b="${theirs:-0}" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }')"
-            say "$task ${size}px batch $batch: pretext ${ours:-failed} torch ${theirs:-failed} ratio $ratio"
-            echo "$task,$size,$batch,${ours:-},${theirs:-},$ratio" >>"$csv"
+            ratio_dnn="$(awk -v a="${dnn:-0}" -v b="${theirs:-0}" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }')"
+            say "$task ${size}px batch $batch: pretext ${ours:-failed} torch ${theirs:-failed} ratio $ratio; with cuDNN ${dnn:-failed} ratio $ratio_dnn"
+            echo "$task,$size,$batch,${ours:-},${theirs:-},$ratio,${dnn:-},$ratio_dnn" >>"$csv"
         done
     done
 done

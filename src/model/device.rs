@@ -81,7 +81,8 @@ fn cuda_unavailable() -> Option<String> {
     // What candle's CUDA device opens when it is created: the driver, then cuBLAS (+Lt),
     // cuRAND and NVRTC. Each is looked up under the names cudarc would try.
     type Probe = unsafe fn() -> bool;
-    let libraries: [(&str, Probe); 5] = [
+    #[allow(unused_mut)]
+    let mut libraries: Vec<(&str, Probe)> = vec![
         (
             "the NVIDIA driver (libcuda.so.1)",
             cudarc::driver::sys::is_culib_present,
@@ -94,6 +95,9 @@ fn cuda_unavailable() -> Option<String> {
         ("cuRAND (libcurand)", cudarc::curand::sys::is_culib_present),
         ("NVRTC (libnvrtc)", cudarc::nvrtc::sys::is_culib_present),
     ];
+    // A `--features cudnn` build runs its convolutions through cuDNN, opened at the first one.
+    #[cfg(feature = "cudnn")]
+    libraries.push(("cuDNN 9 (libcudnn)", cudarc::cudnn::sys::is_culib_present));
     let missing: Vec<&str> = libraries
         .iter()
         // SAFETY: each probe only tries to dlopen NVIDIA's library under its standard names and
