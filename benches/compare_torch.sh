@@ -7,7 +7,7 @@
 #   benches/compare_torch.sh PATH/TO/torch_bench.py [PYTHON_WITH_TORCH]
 #
 # Environment: TASKS (default: rotation contrastive colorization inpainting), SIZES (32 64 96),
-# BATCH (default 128 at 32 px and 64 above, as in issue 14's table), STEPS (20), ROUNDS (2;
+# BATCH (default 128 at 32 px and 64 above, as in README's tables), STEPS (20), ROUNDS (2;
 # the best of the rounds is kept for each side, and the last column gives the range of the
 # ratios of each round's pair, run back to back — on a machine whose speed drifts from minute to
 # minute that range says how far to trust the ratio), THREADS (2, PyTorch's thread count). Builds

@@ -6,7 +6,7 @@ there already:
   - N camera-sized JPEGs (4000x3000, quality 90);
   - M small JPEGs (640x480, quality 90), for the second opening of a large folder (a file
     taken from the cache is not decoded, so its size hardly matters there).
-The files are in the page cache after writing, as in the issue's measurement. Then times, each
+The files are in the page cache after writing (a folder just copied or opened before). Then times, each
 over a whole folder:
   - Pillow, full decode + centre crop + resize (what an ImageFolder does);
   - Pillow with draft() (JPEG's own scaled IDCT), then crop + resize;
