@@ -10,7 +10,7 @@ fn main() {
         None => match pretext::ui::run(cli.launch()) {
             Ok(()) => 0,
             Err(e) => {
-                pretext::cli::note(format_args!("error: {e:#}"));
+                pretext::cli::note(format_args!("error: {}", pretext::cli::error_chain(&e)));
                 EXIT_INPUT
             }
         },

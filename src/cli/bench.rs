@@ -2,7 +2,7 @@
 
 use clap::Args;
 
-use super::output::{note, say_or};
+use super::output::{error_chain, note, say_or};
 use super::{EXIT_FAILED, EXIT_INPUT, EXIT_PIPE_CLOSED};
 use crate::config::{DeviceKind, TaskKind};
 
@@ -68,7 +68,7 @@ pub fn bench(args: &BenchArgs) -> i32 {
             0
         }
         Err(e) => {
-            note(format_args!("error: {e:#}"));
+            note(format_args!("error: {}", error_chain(&e)));
             if e.downcast_ref::<crate::bench::InvalidInput>().is_some() {
                 EXIT_INPUT
             } else {

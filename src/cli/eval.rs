@@ -9,7 +9,7 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::Args;
 
-use super::output::{PipeClosed, note, say};
+use super::output::{PipeClosed, error_chain, note, say};
 use super::{EXIT_INPUT, EXIT_PIPE_CLOSED};
 use crate::config::{DataSource, TaskKind, TrainConfig};
 use crate::data::Dataset;
@@ -50,7 +50,7 @@ pub fn eval(args: &EvalArgs) -> i32 {
         Ok(Ok(())) => 0,
         Ok(Err(PipeClosed)) => EXIT_PIPE_CLOSED,
         Err(e) => {
-            note(format_args!("error: {e:#}"));
+            note(format_args!("error: {}", error_chain(&e)));
             EXIT_INPUT
         }
     }

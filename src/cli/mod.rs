@@ -21,7 +21,7 @@ pub use bench::BenchArgs;
 pub use cache::CacheArgs;
 pub use compare::CompareArgs;
 pub use eval::EvalArgs;
-pub use output::{PipeClosed, note, say};
+pub use output::{PipeClosed, error_chain, note, say};
 pub use train::{AugmentArgs, RunArgs, TaskArgs, TrainArgs, config_error_message};
 
 /// Exit code for input the program cannot use (bad folder, bad option, missing device).

@@ -35,3 +35,42 @@ macro_rules! say_or {
 }
 
 pub(crate) use say_or;
+
+/// An error and its causes on one line, `outer: cause: …`, leaving out a cause whose text the
+/// line already holds (an error type that writes its source into its own message, as many do,
+/// would otherwise show it twice).
+pub fn error_chain(e: &anyhow::Error) -> String {
+    let mut line = e.to_string();
+    for cause in e.chain().skip(1) {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_chain;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot read {path}: {source}")]
+    struct Repeats {
+        path: &'static str,
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn a_cause_already_in_the_message_is_shown_once() {
+        let io = || std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let e = anyhow::Error::new(Repeats {
+            path: "run",
+            source: io(),
+        });
+        assert_eq!(error_chain(&e), "cannot read run: no such file");
+        let e = anyhow::Error::new(io()).context("opening run");
+        assert_eq!(error_chain(&e), "opening run: no such file");
+    }
+}
