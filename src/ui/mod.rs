@@ -490,11 +490,9 @@ impl PretextApp {
         if let Some(m) = launch.minutes {
             settings.config.minutes = Some(m);
         }
-        if launch.epochs.is_some() || launch.minutes.is_some() {
-            // `--minutes` alone: the run lasts those minutes (as `pretext train --minutes`).
-            settings.config.epochs =
-                crate::config::epochs_for(launch.epochs, launch.minutes, settings.config.epochs);
-        }
+        // `--minutes` alone: the run lasts those minutes (as `pretext train --minutes`).
+        settings.config.epochs =
+            crate::config::epochs_for(launch.epochs, launch.minutes, settings.config.epochs);
         let given_fields = LaunchFields::of(&settings.config);
         let overrides = (given_fields != saved_fields).then_some((given_fields, saved_fields));
         let open = launch.open;

@@ -855,7 +855,7 @@ pub(super) mod tests {
     }
 
     /// `r + b`, value by value: what an accumulating kernel should leave in `b`.
-    fn plus(r: &[f64], b: &[f32]) -> Vec<f64> {
+    pub(in crate::model::kernels::conv) fn plus(r: &[f64], b: &[f32]) -> Vec<f64> {
         r.iter().zip(b).map(|(r, b)| r + f64::from(*b)).collect()
     }
 

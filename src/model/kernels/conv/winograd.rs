@@ -2574,7 +2574,7 @@ mod tests {
         transform_weight, transposed_transform, weight_buffer_len, weight_from_transform,
         weight_with,
     };
-    use crate::model::kernels::conv::direct::tests::{close, values};
+    use crate::model::kernels::conv::direct::tests::{close, plus, values};
 
     /// A forward kernel's signature ([`super::forward_images`] and its images-along-the-lanes
     /// forms): `(g, u, xs, ys, accumulate, buf)`.
@@ -2623,11 +2623,7 @@ mod tests {
         let before = values(n * g.out_image(), 4);
         let mut y = before.clone();
         forward(g, u, xs, &mut y, true, &mut buf).unwrap_or_else(|e| panic!("{e}"));
-        let added: Vec<f64> = want
-            .iter()
-            .zip(&before)
-            .map(|(w, b)| w + f64::from(*b))
-            .collect();
+        let added = plus(&want, &before);
         close_to_scale(&y, &added, &format!("forward added on {g:?}"));
     }
 
@@ -2800,11 +2796,7 @@ mod tests {
                         "{width:?} ∂L/∂x on {g:?} wrote past its buffer"
                     );
                     if fits {
-                        let summed: Vec<f64> = dx_want
-                            .iter()
-                            .zip(&before)
-                            .map(|(r, b)| r + f64::from(*b))
-                            .collect();
+                        let summed = plus(&dx_want, &before);
                         close(&dx, &summed, &format!("{width:?} dx + ∂L/∂x on {g:?}"));
                         ran += 1;
                     }
@@ -2830,11 +2822,7 @@ mod tests {
                 if !fits {
                     continue;
                 }
-                let summed: Vec<f64> = want
-                    .iter()
-                    .zip(&before)
-                    .map(|(r, b)| r + f64::from(*b))
-                    .collect();
+                let summed = plus(&want, &before);
                 // F(4×4, 3×3)'s transforms (entries up to 8, and ⅙, 1/24) round more: its
                 // error is held to the output's scale.
                 let check = if super::Algo::of(&g) == super::Algo::F4 {
@@ -2977,11 +2965,7 @@ mod tests {
                 &mut buf,
             )
             .unwrap_or_else(|e| panic!("{e}"));
-            let summed: Vec<f64> = pair_want
-                .iter()
-                .zip(&before)
-                .map(|(r, b)| r + f64::from(*b))
-                .collect();
+            let summed = plus(&pair_want, &before);
             check(&y, &summed, &format!("{width:?} y + pair on {g:?}"));
             assert!(
                 buf[used..].iter().all(|v| v.is_nan()),
@@ -3005,12 +2989,8 @@ mod tests {
                 let mut buf = vec![f32::NAN; used + 64];
                 let before = values(3 * g.in_image(), 5);
                 let summed = |k: usize| -> Vec<f64> {
-                    refs[..k]
-                        .iter()
-                        .flat_map(|r| r[2].iter().copied())
-                        .zip(&before)
-                        .map(|(r, b)| r + f64::from(*b))
-                        .collect()
+                    let want: Vec<f64> = refs[..k].iter().flat_map(|r| r[2].clone()).collect();
+                    plus(&want, &before)
                 };
                 let mut dx = before[..2 * g.in_image()].to_vec();
                 super::strided_pair_with(

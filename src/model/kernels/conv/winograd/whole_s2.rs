@@ -623,7 +623,7 @@ mod zmm {
 
 #[cfg(all(test, target_arch = "x86_64"))]
 mod tests {
-    use super::super::super::direct::tests::values;
+    use super::super::super::direct::tests::{plus, values};
     use super::super::tests::{check_forward, check_weight, close_to_scale, references};
     use super::super::{Algo, transform_weight, transposed_transform};
     use super::{
@@ -672,12 +672,8 @@ mod tests {
             let mut dx = before.clone();
             let mut buf = vec![f32::NAN; buffer_len(&g)];
             input_images(&g, &ut, &dys, &mut dx, &mut buf).unwrap_or_else(|e| panic!("{e}"));
-            let want: Vec<f64> = refs
-                .iter()
-                .flat_map(|[_, _, dx]| dx.clone())
-                .zip(&before)
-                .map(|(w, b)| w + f64::from(*b))
-                .collect();
+            let want: Vec<f64> = refs.iter().flat_map(|[_, _, dx]| dx.clone()).collect();
+            let want = plus(&want, &before);
             close_to_scale(&dx, &want, &format!("∂L/∂x of {g:?}"));
             // ∂L/∂w, in two runs of images (partial sums added as the engine does).
             check_weight(&g, &xs, &dys, &refs, weight_buffer_len(&g), weight_images);
