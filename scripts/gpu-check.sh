@@ -4,7 +4,8 @@
 # Here (with the toolkit from scripts/cuda-toolkit.sh):
 #   scripts/gpu-check.sh --prepare PATH/TO/torch_bench.py     # fills .gpu/ (git-ignored)
 # There, from the repository root, with .gpu/ copied along:
-#   scripts/gpu-check.sh [OUT]                                 # OUT defaults to ./gpu-report
+#   scripts/gpu-check.sh [OUT [PARTS]]     # OUT defaults to ./gpu-report, PARTS to 1234
+# (one device command may run 600 s at most: `OUT 12` then `OUT 34` splits the run in two).
 #
 # It runs, each with a time limit, writing everything to OUT/log and OUT/bench.csv:
 #   1. the CUDA-vs-CPU step test (tests/cuda.rs): same loss and gradients for every task;
@@ -12,7 +13,11 @@
 #   3. `pretext bench --device cuda` next to `torch_bench.py --device cuda` (cuDNN, benchmark
 #      mode) for rotation, contrastive, colorization and inpainting at 32 and 96 px, batch 128
 #      and 512, alternating the two, and the ratio per case; and the same pretext built with
-#      `--features cudnn` (candle's convolutions through cuDNN), with its own ratio.
+#      `--features cudnn` (candle's convolutions through cuDNN), with its own ratio; every
+#      bench's JSON (forward, backward, optimiser split) goes to OUT/bench.jsonl;
+#   4. ∂L/∂x of the convolutions as a conv2d (vendored candle's patch, the default on CUDA)
+#      against upstream's naive conv_transpose2d kernel (CANDLE_CONV2D_INPUT_GRAD=transpose),
+#      both builds, alternated, in OUT/input-grad.csv.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -43,9 +48,11 @@ if [ "${1:-}" = "--prepare" ]; then
 fi
 
 out="${1:-gpu-report}"
+parts="${2:-1234}"
 mkdir -p "$out"
 log="$out/log"
-: >"$log"
+touch "$log"
+part() { [[ "$parts" == *"$1"* ]]; }
 say() { echo "$*" | tee -a "$log"; }
 
 # The CUDA libraries a run opens: the driver's folder, a toolkit, and PyTorch's wheels.
@@ -75,34 +82,62 @@ say "# $(date -u +%FT%TZ) $(nvidia-smi --query-gpu=name,driver_version --format=
 say "# CPU: $(sed -n 's/^model name[^:]*: //p' /proc/cpuinfo | head -1)"
 "$python" -c 'import torch; print("# torch", torch.__version__, "cuda", torch.version.cuda, "cudnn", torch.backends.cudnn.version())' 2>&1 | tee -a "$log"
 
-say "## 1. CUDA step = CPU step"
-timeout 240 "$work/cuda-test" --nocapture --test-threads 1 2>&1 | tee -a "$log"
-
-say "## 2. training on CUDA"
-for task in rotation contrastive colorization inpainting patch rotation,contrastive,colorization,inpainting,patch; do
-    say "### $task"
-    timeout 120 "$bin" train --data builtin:1024 --task "$task" --device cuda --epochs 2 \
-        --out "$out/runs" 2>&1 | tail -4 | tee -a "$log"
-done
-
-say "## 3. pretext vs PyTorch on CUDA (images/s; views/s for contrastive)"
-csv="$out/bench.csv"
-echo "task,size,batch,pretext_images_per_s,torch_images_per_s,ratio,pretext_cudnn_images_per_s,ratio_cudnn" >"$csv"
+# The images/s of a bench's JSON line.
 value() { sed -n 's/.*"images_per_s": *\([0-9.eE+-]*\).*/\1/p' | tail -1; }
-for task in rotation contrastive colorization inpainting; do
-    for size in 32 96; do
-        for batch in 128 512; do
-            ours="$(timeout 90 "$bin" bench --device cuda --task "$task" --size "$size" --batch "$batch" \
-                --steps 20 --json 2>>"$log" | value)"
-            theirs="$(timeout 90 "$python" .gpu/torch_bench.py --device cuda --task "$task" --size "$size" \
-                --batch "$batch" --steps 20 2>>"$log" | value)"
-            dnn="$(timeout 90 "$work/pretext-cudnn" bench --device cuda --task "$task" --size "$size" \
-                --batch "$batch" --steps 20 --json 2>>"$log" | value)"
-            ratio="$(awk -v a="${ours:-0}" -v b="${theirs:-0}" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }')"
-            ratio_dnn="$(awk -v a="${dnn:-0}" -v b="${theirs:-0}" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }')"
-            say "$task ${size}px batch $batch: pretext ${ours:-failed} torch ${theirs:-failed} ratio $ratio; with cuDNN ${dnn:-failed} ratio $ratio_dnn"
-            echo "$task,$size,$batch,${ours:-},${theirs:-},$ratio,${dnn:-},$ratio_dnn" >>"$csv"
+
+if part 1; then
+    say "## 1. CUDA step = CPU step"
+    timeout 240 "$work/cuda-test" --nocapture --test-threads 1 2>&1 | tee -a "$log"
+fi
+
+if part 2; then
+    say "## 2. training on CUDA"
+    for task in rotation contrastive colorization inpainting patch rotation,contrastive,colorization,inpainting,patch; do
+        say "### $task"
+        timeout 120 "$bin" train --data builtin:1024 --task "$task" --device cuda --epochs 2 \
+            --out "$out/runs" 2>&1 | tail -4 | tee -a "$log"
+    done
+fi
+
+if part 3; then
+    say "## 3. pretext vs PyTorch on CUDA (images/s; views/s for contrastive)"
+    csv="$out/bench.csv"
+    echo "task,size,batch,pretext_images_per_s,torch_images_per_s,ratio,pretext_cudnn_images_per_s,ratio_cudnn" >"$csv"
+    for task in rotation contrastive colorization inpainting; do
+        for size in 32 96; do
+            for batch in 128 512; do
+                ours="$(timeout 90 "$bin" bench --device cuda --task "$task" --size "$size" --batch "$batch" \
+                    --steps 20 --json 2>>"$log" | tee -a "$out/bench.jsonl" | value)"
+                theirs="$(timeout 90 "$python" .gpu/torch_bench.py --device cuda --task "$task" --size "$size" \
+                    --batch "$batch" --steps 20 2>>"$log" | value)"
+                dnn="$(timeout 90 "$work/pretext-cudnn" bench --device cuda --task "$task" --size "$size" \
+                    --batch "$batch" --steps 20 --json 2>>"$log" | tee -a "$out/bench.jsonl" | value)"
+                ratio="$(awk -v a="${ours:-0}" -v b="${theirs:-0}" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }')"
+                ratio_dnn="$(awk -v a="${dnn:-0}" -v b="${theirs:-0}" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }')"
+                say "$task ${size}px batch $batch: pretext ${ours:-failed} torch ${theirs:-failed} ratio $ratio; with cuDNN ${dnn:-failed} ratio $ratio_dnn"
+                echo "$task,$size,$batch,${ours:-},${theirs:-},$ratio,${dnn:-},$ratio_dnn" >>"$csv"
+            done
         done
     done
-done
+fi
+
+if part 4; then
+    say "## 4. ∂L/∂x as conv2d (default) vs conv_transpose2d (upstream), images/s"
+    grads="$out/input-grad.csv"
+    echo "build,task,size,batch,round,conv2d_images_per_s,transpose_images_per_s" >"$grads"
+    for build in pretext pretext-cudnn; do
+        for case in "contrastive 32 128" "rotation 96 128" "inpainting 96 512"; do
+            set -- $case
+            for round in 1 2; do
+                a="$(timeout 90 "$work/$build" bench --device cuda --task "$1" --size "$2" --batch "$3" \
+                    --steps 20 --json 2>>"$log" | tee -a "$out/bench.jsonl" | value)"
+                b="$(CANDLE_CONV2D_INPUT_GRAD=transpose timeout 90 "$work/$build" bench --device cuda \
+                    --task "$1" --size "$2" --batch "$3" --steps 20 --json 2>>"$log" |
+                    tee -a "$out/bench.jsonl" | value)"
+                say "$build $1 ${2}px batch $3 round $round: conv2d ${a:-failed} transpose ${b:-failed}"
+                echo "$build,$1,$2,$3,$round,${a:-},${b:-}" >>"$grads"
+            done
+        done
+    done
+fi
 say "# done $(date -u +%FT%TZ)"

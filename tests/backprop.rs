@@ -68,3 +68,102 @@ fn a_first_gradient_that_is_a_strided_view_is_stored_as_a_plain_tensor() -> Resu
     );
     Ok(())
 }
+
+/// The second patch: ∂L/∂x of a conv2d is computed as a stride-1 conv2d of the zero-inserted,
+/// padded output gradient with the flipped, transposed weight, instead of upstream's
+/// `conv_transpose2d`. For every geometry the encoder uses, and odd ones (odd sizes, where
+/// the transposed convolution needs an output padding; wide kernels; H ≠ W; dilation, which
+/// falls back), the input gradient equals upstream's formula on the same output gradient.
+///
+/// On the CPU the patch applies only with `CANDLE_CONV2D_INPUT_GRAD=conv2d`, read once per
+/// process, so the test runs itself again in a child process with it set.
+#[test]
+fn conv2d_input_gradient_equals_the_transposed_convolution() -> Result<()> {
+    const NAME: &str = "conv2d_input_gradient_equals_the_transposed_convolution";
+    if std::env::var("CANDLE_CONV2D_INPUT_GRAD").as_deref() != Ok("conv2d") {
+        let exe = std::env::current_exe()?;
+        let out = std::process::Command::new(exe)
+            .args([NAME, "--exact", "--nocapture", "--test-threads=1"])
+            .env("CANDLE_CONV2D_INPUT_GRAD", "conv2d")
+            .output()?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("1 passed"),
+            "the child run failed:\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        return Ok(());
+    }
+    let dev = Device::Cpu;
+    // (C, O, H, W, K, padding, stride, dilation)
+    let cases = [
+        (3, 4, 8, 8, 3, 1, 1, 1),
+        (3, 4, 8, 8, 3, 1, 2, 1),
+        (3, 4, 7, 7, 3, 1, 2, 1),
+        (3, 4, 8, 6, 1, 0, 2, 1),
+        (3, 4, 9, 8, 1, 0, 2, 1),
+        (2, 5, 8, 7, 3, 0, 1, 1),
+        (2, 3, 11, 10, 5, 2, 2, 1),
+        (2, 3, 10, 10, 5, 1, 3, 1),
+        (2, 3, 9, 9, 3, 1, 1, 2),
+        (2, 3, 6, 6, 3, 3, 1, 1),
+    ];
+    for (c, o, h, w, k, padding, stride, dilation) in cases {
+        let len = 2 * c * h * w;
+        let x = Var::from_tensor(&Tensor::from_vec(
+            (0..len)
+                .map(|i| ((i * 37 % 101) as f64 - 50.0) / 25.0)
+                .collect::<Vec<_>>(),
+            (2, c, h, w),
+            &dev,
+        )?)?;
+        let kernel = Tensor::from_vec(
+            (0..o * c * k * k)
+                .map(|i| ((i * 53 % 97) as f64 - 48.0) / 40.0)
+                .collect::<Vec<_>>(),
+            (o, c, k, k),
+            &dev,
+        )?;
+        let y = x
+            .as_tensor()
+            .conv2d(&kernel, padding, stride, dilation, 1)?;
+        // A loss whose ∂L/∂y is not uniform: L = Σ y ⊙ r.
+        let r = Tensor::from_vec(
+            (0..y.elem_count())
+                .map(|i| ((i * 29 % 61) as f64 - 30.0) / 15.0)
+                .collect::<Vec<_>>(),
+            y.dims(),
+            &dev,
+        )?;
+        let grads = (&y * &r)?.sum_all()?.backward()?;
+        let got = grads
+            .get(x.as_tensor())
+            .ok_or_else(|| candle_core::Error::Msg("no gradient for x".into()))?;
+        // Upstream's formula; conv_transpose2d takes one output padding for both axes, so
+        // use the larger one and cut the other axis back (it only adds trailing rows).
+        let out = |axis: usize| -> Result<usize> {
+            Ok((y.dim(axis)? - 1) * stride + dilation * (k - 1) + 1 - 2 * padding)
+        };
+        let out_padding = (h - out(2)?).max(w - out(3)?);
+        let want = r
+            .conv_transpose2d(&kernel, padding, out_padding, stride, dilation)?
+            .narrow(2, 0, h)?
+            .narrow(3, 0, w)?;
+        assert_eq!(
+            got.dims(),
+            &[2, c, h, w],
+            "case {:?}",
+            (c, o, h, w, k, padding, stride)
+        );
+        let got: Vec<f64> = got.flatten_all()?.to_vec1()?;
+        let want: Vec<f64> = want.flatten_all()?.to_vec1()?;
+        for (i, (g, e)) in got.iter().zip(&want).enumerate() {
+            assert!(
+                (g - e).abs() <= 1e-9 * (1.0 + e.abs()),
+                "case {:?}: ∂x[{i}] = {g}, conv_transpose2d gives {e}",
+                (c, o, h, w, k, padding, stride, dilation)
+            );
+        }
+    }
+    Ok(())
+}

@@ -278,13 +278,16 @@ impl Tensor {
                         let out_size =
                             (grad_h - 1) * stride + dilation * (k_h - 1) + 1 - 2 * padding;
                         let out_padding = arg.dim(2)? - out_size;
-                        let grad_arg = grad.conv_transpose2d(
-                            kernel,
-                            *padding,
-                            out_padding,
-                            *stride,
-                            *dilation,
-                        )?;
+                        let grad_arg = match conv2d_input_grad(&grad, kernel, arg, *padding, *stride, *dilation)? {
+                            Some(grad_arg) => grad_arg,
+                            None => grad.conv_transpose2d(
+                                kernel,
+                                *padding,
+                                out_padding,
+                                *stride,
+                                *dilation,
+                            )?,
+                        };
                         grads.accumulate(arg, &grad_arg)?;
 
                         let grad_kernel = arg
@@ -786,4 +789,84 @@ impl GradStore {
     pub fn get_ids(&self) -> impl Iterator<Item = &TensorId> {
         self.0.keys()
     }
+}
+
+/// pretext patch: whether ∂L/∂x of a conv2d on `device` is computed as a conv2d. By default
+/// it is on every device but the CPU, where candle's im2col conv2d is slower than its
+/// `conv_transpose2d` (contrastive step at 32 px with candle's stock CPU ops: 9.6–10.1 s
+/// against 8.7–9.1 s). `CANDLE_CONV2D_INPUT_GRAD=conv2d` in the environment uses the conv2d
+/// everywhere, `=transpose` nowhere (upstream), to measure one against the other. Read once.
+fn conv2d_input_grad_as_conv2d(device: &crate::Device) -> bool {
+    static MODE: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
+    let forced = *MODE.get_or_init(|| {
+        match std::env::var("CANDLE_CONV2D_INPUT_GRAD").as_deref().map(str::trim) {
+            Ok("conv2d") => Some(true),
+            Ok("transpose") => Some(false),
+            _ => None,
+        }
+    });
+    forced.unwrap_or(!device.is_cpu())
+}
+
+/// pretext patch: ∂L/∂x of `y = conv2d(x, w, padding p, stride s)` (dilation 1) as a stride-1
+/// conv2d, so that it runs on the backend's convolution (cuDNN, or im2col + a matmul) instead
+/// of `conv_transpose2d`, which on CUDA is a naive kernel with one thread per output value.
+///
+/// ∂L/∂x = conv2d(pad(insert_zeros(∂L/∂y, s)), flip(wᵀ)): the output gradient (N, O, Ho, Wo)
+/// with s − 1 zeros after each value along H and W, padded by K − 1 − p before and by what
+/// makes the input's size after, convolved with the weight transposed to (C, O, K, K) and
+/// turned by 180°. For stride 1 and a square kernel the padding is the same on every side,
+/// so it is the convolution's own. Returns `None` where this does not apply (dilation, or a
+/// padding wider than K − 1); the caller then takes upstream's path.
+fn conv2d_input_grad(
+    grad: &Tensor,
+    kernel: &Tensor,
+    arg: &Tensor,
+    padding: usize,
+    stride: usize,
+    dilation: usize,
+) -> Result<Option<Tensor>> {
+    let (_, _, kh, kw) = kernel.dims4()?;
+    let (_, _, h, w) = arg.dims4()?;
+    let (n, o, ho, wo) = grad.dims4()?;
+    if dilation != 1 || stride == 0 || padding >= kh || padding >= kw || !conv2d_input_grad_as_conv2d(grad.device()) {
+        return Ok(None);
+    }
+    let flipped = kernel.contiguous()?.flip(&[2, 3])?.transpose(0, 1)?.contiguous()?;
+    if stride == 1 && kh == kw {
+        let grad_arg = grad.conv2d(&flipped, kh - 1 - padding, 1, 1, 1)?;
+        return checked(grad_arg, arg);
+    }
+    let mut g = if stride > 1 {
+        grad.reshape((n, o, ho, 1, wo, 1))?
+            .pad_with_zeros(3, 0, stride - 1)?
+            .pad_with_zeros(5, 0, stride - 1)?
+            .reshape((n, o, ho * stride, wo * stride))?
+    } else {
+        grad.clone()
+    };
+    // Along each spatial axis: K − 1 − p zeros before; after, what makes the length size + K − 1.
+    for (axis, size, k) in [(2, h, kh), (3, w, kw)] {
+        let before = k - 1 - padding;
+        let len = g.dim(axis)?;
+        let want = size + k - 1;
+        g = if before + len <= want {
+            g.pad_with_zeros(axis, before, want - before - len)?
+        } else {
+            g.pad_with_zeros(axis, before, 0)?.narrow(axis, 0, want)?
+        };
+    }
+    checked(g.conv2d(&flipped, 0, 1, 1, 1)?, arg)
+}
+
+/// The input gradient, if it has the input's shape (it always should; an error otherwise).
+fn checked(grad_arg: Tensor, arg: &Tensor) -> Result<Option<Tensor>> {
+    if grad_arg.dims() != arg.dims() {
+        crate::bail!(
+            "conv2d backward: input gradient {:?} for an input of {:?}",
+            grad_arg.dims(),
+            arg.dims()
+        )
+    }
+    Ok(Some(grad_arg))
 }
