@@ -271,22 +271,26 @@ impl Tensor {
                         stride,
                         dilation,
                     } => {
-                        // The output height for conv_transpose2d is:
-                        // (i_h - 1) * stride - 2 * padding + dilation * (k_h - 1) + out_padding + 1
-                        let grad_h = grad.dim(2)?;
-                        let k_h = kernel.dim(2)?;
-                        let out_size =
-                            (grad_h - 1) * stride + dilation * (k_h - 1) + 1 - 2 * padding;
-                        let out_padding = arg.dim(2)? - out_size;
-                        let grad_arg = match conv2d_input_grad(&grad, kernel, arg, *padding, *stride, *dilation)? {
+                        let grad_arg = match conv2d_input_grad(
+                            &grad, kernel, arg, *padding, *stride, *dilation,
+                        )? {
                             Some(grad_arg) => grad_arg,
-                            None => grad.conv_transpose2d(
-                                kernel,
-                                *padding,
-                                out_padding,
-                                *stride,
-                                *dilation,
-                            )?,
+                            None => {
+                                // The output height for conv_transpose2d is:
+                                // (i_h - 1) * stride - 2 * padding + dilation * (k_h - 1) + out_padding + 1
+                                let grad_h = grad.dim(2)?;
+                                let k_h = kernel.dim(2)?;
+                                let out_size =
+                                    (grad_h - 1) * stride + dilation * (k_h - 1) + 1 - 2 * padding;
+                                let out_padding = arg.dim(2)? - out_size;
+                                grad.conv_transpose2d(
+                                    kernel,
+                                    *padding,
+                                    out_padding,
+                                    *stride,
+                                    *dilation,
+                                )?
+                            }
                         };
                         grads.accumulate(arg, &grad_arg)?;
 
@@ -799,7 +803,10 @@ impl GradStore {
 fn conv2d_input_grad_as_conv2d(device: &crate::Device) -> bool {
     static MODE: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
     let forced = *MODE.get_or_init(|| {
-        match std::env::var("CANDLE_CONV2D_INPUT_GRAD").as_deref().map(str::trim) {
+        match std::env::var("CANDLE_CONV2D_INPUT_GRAD")
+            .as_deref()
+            .map(str::trim)
+        {
             Ok("conv2d") => Some(true),
             Ok("transpose") => Some(false),
             _ => None,
@@ -829,10 +836,18 @@ fn conv2d_input_grad(
     let (_, _, kh, kw) = kernel.dims4()?;
     let (_, _, h, w) = arg.dims4()?;
     let (n, o, ho, wo) = grad.dims4()?;
-    if dilation != 1 || stride == 0 || padding >= kh || padding >= kw || !conv2d_input_grad_as_conv2d(grad.device()) {
+    if dilation != 1
+        || padding >= kh
+        || padding >= kw
+        || !conv2d_input_grad_as_conv2d(grad.device())
+    {
         return Ok(None);
     }
-    let flipped = kernel.contiguous()?.flip(&[2, 3])?.transpose(0, 1)?.contiguous()?;
+    let flipped = kernel
+        .contiguous()?
+        .flip(&[2, 3])?
+        .transpose(0, 1)?
+        .contiguous()?;
     if stride == 1 && kh == kw {
         let grad_arg = grad.conv2d(&flipped, kh - 1 - padding, 1, 1, 1)?;
         return checked(grad_arg, arg);
