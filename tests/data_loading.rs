@@ -87,11 +87,21 @@ fn every_format_and_pixel_kind_becomes_working_size_rgb() {
         &d.join("palette.png"),
         &common::palette_png(20, 20, &[[250, 10, 10], [10, 10, 250]], &indices),
     );
-    // A README next to the images is not an image and is not reported.
+    // A README next to the images is not an image: not skipped as a failure, but listed as
+    // ignored, with its type.
     common::write(&d.join("README.txt"), b"notes");
 
     let data = load(d).unwrap();
     assert!(data.skipped.is_empty(), "{:?}", data.skipped);
+    assert_eq!(data.ignored.len(), 1, "{:?}", data.ignored);
+    assert!(data.ignored[0].path.ends_with("README.txt"));
+    assert!(
+        data.ignored[0]
+            .reason
+            .starts_with("not an image file (.txt)"),
+        "{}",
+        data.ignored[0].reason
+    );
     assert_eq!(data.len(), 14, "{:?}", data.names);
     assert!(data.labels.is_none(), "a flat folder is unlabelled");
     assert_eq!(data.image(0).len(), SIZE * SIZE * 3);

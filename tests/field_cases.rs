@@ -87,6 +87,37 @@ fn hidden_entries_are_neither_classes_nor_images_and_are_counted() {
     assert_eq!(summary.classes.len(), 2);
 }
 
+#[test]
+fn files_that_are_not_images_are_listed_as_ignored_with_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    images(&root.join("cats"), 10);
+    images(&root.join("dogs"), 10);
+    common::write(&root.join("labels.csv"), b"file,label\n");
+    common::write(&root.join("cats/IMG_0001.CR2"), b"II*\0raw");
+    common::write(&root.join("dogs/IMG_0002.HEIC"), b"\0\0\0\x18ftypheic");
+    common::write(&root.join("dogs/Makefile"), b"all:\n");
+    // A folder of only such files is not a class.
+    common::write(&root.join("notes/today.txt"), b"notes");
+
+    let data = load(root).unwrap();
+    assert_eq!(data.len(), 20);
+    assert_eq!(data.class_names, ["cats", "dogs"]);
+    assert!(data.skipped.is_empty(), "{:?}", data.skipped);
+    assert_eq!(data.ignored.len(), 5, "{:?}", data.ignored);
+    assert!(reason_of(&data.ignored, "labels.csv").starts_with("not an image file (.csv)"));
+    assert!(reason_of(&data.ignored, "IMG_0001.CR2").contains("camera raw"));
+    assert!(reason_of(&data.ignored, "IMG_0002.HEIC").contains("HEIF"));
+    assert!(reason_of(&data.ignored, "Makefile").contains("no extension"));
+    assert!(reason_of(&data.ignored, "today.txt").starts_with("not an image file (.txt)"));
+    // The report names them, so nothing in the folder is silently dropped.
+    let lines = pretext::report::data_lines(&data.summary(0.0));
+    assert!(
+        lines.iter().any(|l| l == "Ignored 5 entr(ies) on purpose:"),
+        "{lines:#?}"
+    );
+}
+
 #[cfg(unix)]
 #[test]
 fn links_are_followed_once_and_loops_end() {

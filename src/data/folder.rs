@@ -44,6 +44,25 @@ fn is_image_path(p: &Path) -> bool {
         .is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)))
 }
 
+/// Why a file whose name is not that of an image type is left out: its type, and for the formats
+/// people most often expect to work (camera raw, HEIF, SVG) what to do instead.
+fn not_an_image_reason(p: &Path) -> String {
+    let ext = p.extension().map(|e| e.to_string_lossy().to_lowercase());
+    let Some(ext) = ext else {
+        return "not an image file (no extension; images are .jpg, .png, .webp, .bmp, .gif, .tif)"
+            .into();
+    };
+    let hint = match ext.as_str() {
+        "cr2" | "cr3" | "nef" | "arw" | "dng" | "orf" | "rw2" | "raf" | "pef" | "srw" => {
+            ": a camera raw file, not decoded (export it as JPEG or PNG)"
+        }
+        "heic" | "heif" | "avif" => ": HEIF/AVIF is not decoded (convert it to JPEG or PNG)",
+        "svg" => ": a vector drawing, not decoded (render it to PNG)",
+        _ => " (images are .jpg, .png, .webp, .bmp, .gif, .tif)",
+    };
+    format!("not an image file (.{ext}){hint}")
+}
+
 /// Why an entry is left out on purpose, when it is: hidden names (`.git`, `.DS_Store`,
 /// `.ipynb_checkpoints`, AppleDouble `._x.jpg`) and macOS archive metadata (`__MACOSX`).
 pub fn hidden_reason(name: &std::ffi::OsStr) -> Option<&'static str> {
@@ -76,7 +95,8 @@ pub struct Scan {
     pub files: Vec<PathBuf>,
     /// Entries that could not be used (unreadable folders, dangling links).
     pub skipped: Vec<Skipped>,
-    /// Entries left out on purpose (hidden, links back up, second links to the same target).
+    /// Entries left out on purpose (hidden, not an image type, links back up, second links to
+    /// the same target).
     pub ignored: Vec<Skipped>,
 }
 
@@ -143,7 +163,14 @@ pub fn scan(root: &Path) -> Result<Scan, DataError> {
     for entry in walk {
         match entry {
             Ok(e) => {
-                if !e.file_type().is_file() || !is_image_path(e.path()) {
+                if !e.file_type().is_file() {
+                    continue;
+                }
+                if !is_image_path(e.path()) {
+                    out.ignored.push(Skipped {
+                        reason: not_an_image_reason(e.path()),
+                        path: e.into_path(),
+                    });
                     continue;
                 }
                 let id = e.metadata().ok().and_then(|m| identity(e.path(), &m));

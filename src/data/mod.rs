@@ -168,8 +168,9 @@ pub struct Dataset {
     pub class_names: Vec<String>,
     /// Files that were found but could not be used.
     pub skipped: Vec<Skipped>,
-    /// Entries left out on purpose: hidden files and folders (`.name`, `__MACOSX`), links back
-    /// to an enclosing folder, second links to a file or folder already included.
+    /// Entries left out on purpose: hidden files and folders (`.name`, `__MACOSX`), files that
+    /// are not of an image type (`notes.txt`, camera raw), links back to an enclosing folder,
+    /// second links to a file or folder already included.
     pub ignored: Vec<Skipped>,
     /// Files used although only part of them decoded (e.g. a truncated JPEG: the rest is grey).
     pub partial: Vec<Skipped>,
@@ -280,7 +281,8 @@ pub struct DatasetSummary {
     pub classes: Vec<(String, usize)>,
     /// (path, reason) for every skipped file.
     pub skipped: Vec<(String, String)>,
-    /// (path, reason) for every entry ignored on purpose (hidden, links already followed).
+    /// (path, reason) for every entry ignored on purpose (hidden, not an image type, links
+    /// already followed).
     pub ignored: Vec<(String, String)>,
     /// (path, reason) for every file used although only part of it decoded.
     pub partial: Vec<(String, String)>,
