@@ -596,7 +596,9 @@ impl Default for TrainConfig {
             // recipe"): SimCLR at τ = 0.2 with a cosine schedule.
             tasks: vec![TaskKind::Contrastive],
             task_weights: vec![1.0],
-            epochs: 5,
+            // Enough for the curves and the kNN monitor to show learning on a small folder (the
+            // built-in scenes: 360 steps); `--minutes` bounds a run by time instead.
+            epochs: 20,
             batch: 128,
             size: 32,
             lr: 1e-3,

@@ -54,8 +54,19 @@ pub fn checkpoints_line(c: &crate::train::run_dir::Checkpoints) -> String {
     line
 }
 
+/// `3/5`, or `3` alone in a run the time limit ends (its epochs are not limited:
+/// [`crate::config::EPOCHS_UNTIL_TIME_LIMIT`]).
+pub fn epoch_of(epoch: usize, epochs: usize) -> String {
+    if epochs >= crate::config::EPOCHS_UNTIL_TIME_LIMIT {
+        epoch.to_string()
+    } else {
+        format!("{epoch}/{epochs}")
+    }
+}
+
+/// `Epoch 3/5 Loss: 1.982 Proxy accuracy: 62%` (`Epoch 3 …` in a run the time limit ends).
 pub fn epoch_line(e: &EpochSummary) -> String {
-    let mut line = format!("Epoch {}/{} Loss: {:.3}", e.epoch, e.epochs, e.loss);
+    let mut line = format!("Epoch {} Loss: {:.3}", epoch_of(e.epoch, e.epochs), e.loss);
     if let [t] = e.tasks.as_slice() {
         line.push_str(&format!(
             " {}: {}{}",
@@ -87,12 +98,12 @@ fn baseline(t: &TaskMetrics) -> String {
 }
 
 /// One epoch as a JSON object: the first task's metric at the top level (one-task runs read
-/// just that), every task's under `tasks`.
+/// just that), every task's under `tasks`; `epochs` is `null` in a run the time limit ends.
 pub fn epoch_json(e: &EpochSummary) -> serde_json::Value {
     let first = e.tasks.first();
     serde_json::json!({
         "epoch": e.epoch,
-        "epochs": e.epochs,
+        "epochs": (e.epochs < crate::config::EPOCHS_UNTIL_TIME_LIMIT).then_some(e.epochs),
         "task": e.tasks.iter().map(|t| t.task.name()).collect::<Vec<_>>().join(","),
         "loss": e.loss,
         "proxy_metric": first.map(|t| t.metric_info.name),
@@ -110,6 +121,56 @@ pub fn epoch_json(e: &EpochSummary) -> serde_json::Value {
             "baseline_name": t.metric_info.baseline,
         })).collect::<Vec<_>>(),
     })
+}
+
+/// One measurement of the kNN monitor as a JSON object under `knn`: kNN top-1 per encoder stage
+/// (`stem`, `l1`, `l2`, `l3`; l3 is z) and on raw pixels, the gauges of z, and the gauges of each
+/// two-view method's own output; or only why nothing was measured.
+/// `{"knn":{"step":200,"epoch":3,"top1":{"stem":0.31,…},"raw_pixels":0.29,"gauges":{"rankme":…}}}`
+pub fn knn_json(k: &KnnMetrics) -> serde_json::Value {
+    let gauges = |g: &crate::eval::embed::Gauges| {
+        serde_json::json!({
+            "rankme": finite(g.rankme),
+            "dimensions": g.dimensions,
+            "std_of_l2_normalized": finite(g.std_of_l2_normalized),
+            "std_reference": finite(g.std_reference),
+            "uniformity": finite(g.uniformity),
+            "alignment": g.alignment.and_then(finite),
+        })
+    };
+    if k.stages.is_empty() {
+        return serde_json::json!({"knn": {
+            "step": k.step,
+            "epoch": k.epoch,
+            "not_measured": k.not_measured.map(|why| why.to_string()),
+        }});
+    }
+    let top1: serde_json::Map<String, serde_json::Value> = k
+        .stages
+        .iter()
+        .map(|(stage, acc)| {
+            let name = stage.split_whitespace().next().unwrap_or(stage);
+            (name.to_string(), serde_json::json!(acc))
+        })
+        .collect();
+    let outputs: serde_json::Map<String, serde_json::Value> = k
+        .head_gauges
+        .iter()
+        .map(|(task, g)| (task.name().to_string(), gauges(g)))
+        .collect();
+    serde_json::json!({"knn": {
+        "step": k.step,
+        "epoch": k.epoch,
+        "top1": top1,
+        "raw_pixels": k.raw_pixels,
+        "gauges": gauges(&k.gauges),
+        "output_gauges": outputs,
+    }})
+}
+
+/// `Some(v)` for a finite number (JSON has no NaN), else `None` (`null`).
+fn finite(v: f64) -> Option<f64> {
+    v.is_finite().then_some(v)
 }
 
 /// `loss 1.234  rotation accuracy 56%  1234 img/s`: the running numbers of one step.
@@ -150,7 +211,8 @@ pub fn knn_line(k: &KnnMetrics) -> Option<String> {
 }
 
 /// `Data: 2400 images (8 classes) from builtin at 32 px, loaded in 0.41 s (5854 files/s)` (a
-/// folder loaded through the image cache adds `; 2400 from the cache`, and a line saying what
+/// folder loaded through the image cache adds `; 2400 of 2400 from the cache` — files, a skipped
+/// one's outcome being cached as well — and a line saying what
 /// went wrong with the cache when something did), then each non-empty file list: its heading,
 /// the first [`LISTED_FILES`] entries (`  path: reason`) and `  … and N more`.
 pub fn data_lines(s: &DatasetSummary) -> Vec<String> {
@@ -159,10 +221,12 @@ pub fn data_lines(s: &DatasetSummary) -> Vec<String> {
     } else {
         format!("{} classes", s.classes.len())
     };
+    // Files read: the images and the files that could not be used (their outcome is cached too).
+    let files = s.images + s.skipped.len();
     let from_cache = s
         .cache
         .as_ref()
-        .map(|c| format!("; {} from the cache", c.hits))
+        .map(|c| format!("; {} of {files} from the cache", c.hits))
         .unwrap_or_default();
     let mut lines = vec![format!(
         "Data: {} images ({classes}) from {} at {} px, loaded in {:.2} s ({:.0} files/s{from_cache})",
@@ -170,7 +234,7 @@ pub fn data_lines(s: &DatasetSummary) -> Vec<String> {
         s.source,
         s.size,
         s.load_secs,
-        (s.images + s.skipped.len()) as f64 / s.load_secs.max(1e-9)
+        files as f64 / s.load_secs.max(1e-9)
     )];
     if let Some(note) = s.cache.as_ref().and_then(|c| c.note.as_ref()) {
         lines.push(format!("Image cache: {note}"));
@@ -183,6 +247,20 @@ pub fn data_lines(s: &DatasetSummary) -> Vec<String> {
         lines.extend(file_list(list, heading));
     }
     lines
+}
+
+/// On a labelled folder of more than [`crate::eval::embed::MONITOR_IMAGES`] images: that the
+/// live kNN monitor measures on an even subset, so `pretext eval` (every image) gives other
+/// figures. `kNN monitor: on 1000 of 1906 images, evenly spread (…)`.
+pub fn monitor_subset_line(s: &DatasetSummary) -> Option<String> {
+    let n = crate::eval::embed::MONITOR_IMAGES;
+    (!s.classes.is_empty() && s.images > n).then(|| {
+        format!(
+            "kNN monitor: on {n} of {} images, evenly spread, the same each time (pretext eval \
+             judges all of them, so its figures differ a little)",
+            s.images
+        )
+    })
 }
 
 /// A heading with `{}` for the count, then the entries; nothing for an empty list.
@@ -223,6 +301,21 @@ mod tests {
     }
 
     #[test]
+    fn a_large_labelled_folder_says_the_monitor_measures_a_subset() {
+        let mut s = summary(0);
+        assert_eq!(monitor_subset_line(&s), None, "unlabelled");
+        s.classes = vec![("a".into(), 950), ("b".into(), 956)];
+        s.images = 1906;
+        let line = monitor_subset_line(&s).unwrap();
+        assert!(
+            line.starts_with("kNN monitor: on 1000 of 1906 images"),
+            "{line}"
+        );
+        s.images = 1000;
+        assert_eq!(monitor_subset_line(&s), None, "all of them");
+    }
+
+    #[test]
     fn data_lines_name_five_files_then_count_the_rest() {
         let lines = data_lines(&summary(7));
         assert_eq!(
@@ -247,7 +340,7 @@ mod tests {
         let lines = data_lines(&s);
         assert_eq!(
             lines[0],
-            "Data: 10 images (unlabelled) from photos at 32 px, loaded in 2.00 s (5 files/s; 9 from the cache)"
+            "Data: 10 images (unlabelled) from photos at 32 px, loaded in 2.00 s (5 files/s; 9 of 10 from the cache)"
         );
         assert_eq!(lines[1], "Image cache: damaged");
     }

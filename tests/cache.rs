@@ -388,10 +388,13 @@ fn train_reports_the_cache_and_no_cache_bypasses_it() {
     assert!(!off.contains("from the cache"), "{off}");
     assert!(cache_files(&dir).is_empty(), "--no-cache writes nothing");
     let first = train(&[]);
-    assert!(first.contains("; 0 from the cache)"), "{first}");
+    assert!(
+        first.contains(&format!("; 0 of {FILES} from the cache)")),
+        "{first}"
+    );
     let second = train(&[]);
     assert!(
-        second.contains(&format!("; {FILES} from the cache)")),
+        second.contains(&format!("; {FILES} of {FILES} from the cache)")),
         "{second}"
     );
 }

@@ -140,6 +140,50 @@ fn train_prints_epoch_lines_and_writes_a_complete_run_directory() {
     assert_eq!(count(&csv, "knn"), 17, "{csv}");
 }
 
+/// Previews are a timeline of the run in a bounded number of files: the first epoch's, the
+/// newest, and others spread between, however many epochs the run has.
+#[test]
+fn previews_stay_a_bounded_timeline_of_the_run() {
+    let out = tempfile::tempdir().unwrap();
+    let o = pretext(&[
+        "train",
+        "--data",
+        "builtin:32",
+        "--task",
+        "rotation",
+        "--epochs",
+        "40",
+        "--batch",
+        "16",
+        "--monitor-budget",
+        "100",
+        "--knn-every",
+        "0",
+        "--out",
+        out.path().to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let dir = run_dir_from(&text(&o.stdout));
+    let mut epochs: Vec<usize> = std::fs::read_dir(dir.join("previews"))
+        .unwrap()
+        .map(|e| {
+            let name = e.unwrap().file_name().to_string_lossy().into_owned();
+            let rest = name.strip_prefix("epoch-").unwrap();
+            assert!(rest.ends_with("-rotation.png"), "{name}");
+            rest[..4].parse().unwrap()
+        })
+        .collect();
+    epochs.sort_unstable();
+    assert!(epochs.len() <= 17 && epochs.len() >= 9, "{epochs:?}");
+    assert_eq!(epochs.first(), Some(&1), "{epochs:?}");
+    assert_eq!(epochs.last(), Some(&40), "{epochs:?}");
+    // Spread over the run, not bunched at its end.
+    assert!(
+        epochs.iter().filter(|&&e| e <= 20).count() >= 4,
+        "{epochs:?}"
+    );
+}
+
 #[test]
 fn json_mode_prints_one_object_per_line() {
     let out = tempfile::tempdir().unwrap();
@@ -149,6 +193,30 @@ fn json_mode_prints_one_object_per_line() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
         .collect();
+    // The kNN monitor's measurements (builtin is labelled) come as objects under `knn`, between
+    // the epochs' lines; at least one before training and one after the last epoch.
+    let (knn, lines): (Vec<_>, Vec<_>) = lines.into_iter().partition(|l| l.get("knn").is_some());
+    assert!(knn.len() >= 2, "{knn:?}");
+    assert_eq!(knn[0]["knn"]["step"], 0);
+    for k in &knn {
+        let k = &k["knn"];
+        for stage in ["stem", "l1", "l2", "l3"] {
+            let acc = k["top1"][stage]
+                .as_f64()
+                .unwrap_or_else(|| panic!("{stage}: {k}"));
+            assert!((0.0..=1.0).contains(&acc), "{k}");
+        }
+        let rankme = k["gauges"]["rankme"].as_f64().unwrap();
+        assert!(
+            rankme >= 1.0 && rankme <= k["gauges"]["dimensions"].as_f64().unwrap(),
+            "{k}"
+        );
+    }
+    assert!(
+        knn[0]["knn"]["raw_pixels"].as_f64().is_some(),
+        "{:?}",
+        knn[0]
+    );
     assert_eq!(lines.len(), 3);
     for (i, e) in lines[..2].iter().enumerate() {
         assert_eq!(e["epoch"], i + 1);

@@ -60,7 +60,10 @@ impl Bars {
         if self.epoch.as_ref().is_none_or(|(e, _)| *e != m.epoch) {
             self.clear();
             let bar = self.bar(STEPS, m.batches);
-            bar.set_prefix(format!("Epoch {}/{}", m.epoch, m.epochs));
+            bar.set_prefix(format!(
+                "Epoch {}",
+                crate::report::epoch_of(m.epoch, m.epochs)
+            ));
             // Count the time left from here: a continued run starts mid-epoch, and the first
             // step's jump from 0 is no rate.
             bar.set_position(m.batch as u64);

@@ -49,7 +49,7 @@ pub const RESULTS_CSV: &str = "results.csv";
 pub const RESULTS_JSON: &str = "results.json";
 pub const CHART_FILE: &str = "chart.png";
 /// Epochs a task is given under a time budget: the time limit ends it long before.
-pub const MINUTES_EPOCHS: usize = 1_000_000;
+pub const MINUTES_EPOCHS: usize = crate::config::EPOCHS_UNTIL_TIME_LIMIT;
 /// How often a training task is asked for a resume checkpoint (the engine's own come at epoch
 /// ends, as its monitoring budget allows): a contest killed mid-task loses at most this much.
 pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(60);

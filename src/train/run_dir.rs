@@ -371,7 +371,63 @@ impl RunDir {
             .join(PREVIEW_DIR)
             .join(format!("epoch-{epoch:04}-{task}.png"))
     }
+
+    /// Keeps `task`'s preview pictures a timeline of the run in at most [`PREVIEWS_KEPT`] files:
+    /// past that, the first and the newest stay, and of the others those whose epoch is a
+    /// multiple of the smallest power of two that brings the count within the limit; so what
+    /// stays is evenly spread over the run, the newest epochs closer together. Other files are
+    /// never touched. Returns how many were removed.
+    ///
+    /// # Errors
+    /// When the folder cannot be listed or a picture cannot be removed.
+    pub fn thin_previews(&self, task: &str) -> Result<usize, RunDirError> {
+        let dir = self.path.join(PREVIEW_DIR);
+        let mut found: Vec<(usize, PathBuf)> = Vec::new();
+        for entry in std::fs::read_dir(&dir).map_err(write_err(&dir))?.flatten() {
+            let path = entry.path();
+            let epoch = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_prefix("epoch-"))
+                .and_then(|n| n.strip_suffix(".png"))
+                .and_then(|n| n.split_once('-'))
+                .filter(|(_, t)| *t == task)
+                .and_then(|(e, _)| e.parse::<usize>().ok());
+            if let Some(e) = epoch {
+                found.push((e, path));
+            }
+        }
+        if found.len() <= PREVIEWS_KEPT {
+            return Ok(0);
+        }
+        found.sort();
+        let last = found.len() - 1;
+        let kept = |stride: usize, i: usize, epoch: usize| {
+            i == 0 || i == last || epoch.is_multiple_of(stride)
+        };
+        let mut stride = 2;
+        while found
+            .iter()
+            .enumerate()
+            .filter(|(i, (e, _))| kept(stride, *i, *e))
+            .count()
+            > PREVIEWS_KEPT
+        {
+            stride *= 2;
+        }
+        let mut removed = 0;
+        for (i, (e, path)) in found.iter().enumerate() {
+            if !kept(stride, i, *e) {
+                std::fs::remove_file(path).map_err(write_err(path))?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
 }
+
+/// Preview pictures kept per task at most ([`RunDir::thin_previews`]).
+pub const PREVIEWS_KEPT: usize = 17;
 
 /// What the checkpoints folder holds after [`RunDir::prune_checkpoints`].
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]

@@ -86,10 +86,8 @@ pub struct Persisted {
 impl Default for Persisted {
     fn default() -> Self {
         Self {
-            config: TrainConfig {
-                epochs: 20,
-                ..TrainConfig::default()
-            },
+            // The same new run as `pretext train` with no options.
+            config: TrainConfig::default(),
             recent: Vec::new(),
             smoothing: 0.8,
             log_scale: false,

@@ -82,6 +82,9 @@ impl<'a> Session<'a> {
             Event::DataReady(s) => {
                 self.bars.clear();
                 report::data_lines(&s).into_iter().for_each(note);
+                if let Some(line) = report::monitor_subset_line(&s) {
+                    note(line);
+                }
             }
             Event::RunStarted {
                 run_dir,
@@ -135,18 +138,24 @@ impl<'a> Session<'a> {
         self.bars.step(m);
     }
 
-    /// kNN accuracies as text (not in JSON mode); why they are missing, once.
+    /// kNN accuracies and gauges, as text or (`--json`) one object per measurement; why they
+    /// are missing, once.
     fn knn(&mut self, k: &KnnMetrics) {
-        if self.args.json {
-            return;
-        }
         if k.stages.is_empty() {
             if self.knn_explained {
                 return;
             }
             self.knn_explained = k.not_measured.is_some();
         }
-        if let Some(line) = report::knn_line(k) {
+        if self.args.json {
+            if (!k.stages.is_empty() || k.not_measured.is_some())
+                && !self.pipe_closed
+                && say(report::knn_json(k)).is_err()
+            {
+                self.pipe_closed = true;
+                self.trainer.send(Command::Stop);
+            }
+        } else if let Some(line) = report::knn_line(k) {
             self.bars.note(line);
         }
     }

@@ -140,6 +140,11 @@ impl Session {
                                 path.display()
                             )));
                         }
+                        if let Err(err) = self.run.thin_previews(task.kind().name()) {
+                            link.emit(Event::Warning(format!(
+                                "cannot thin out the previews: {err}"
+                            )));
+                        }
                     }
                     link.emit(Event::Preview(Box::new(p)));
                 }

@@ -131,7 +131,7 @@ fn summary(ui: &mut egui::Ui, s: &DatasetSummary) {
     let cached = s
         .cache
         .as_ref()
-        .map(|c| format!(" · {} from the cache, {} decoded", c.hits, c.decoded))
+        .map(|c| format!(" · files: {} from the cache, {} decoded", c.hits, c.decoded))
         .unwrap_or_default();
     ui.label(format!("{} images at {} px{cached}", s.images, s.size))
         .on_hover_text(format!("loaded in {:.2} s", s.load_secs));

@@ -56,8 +56,11 @@ pub fn show(ui: &mut egui::Ui, run: &RunView, actions: &mut Vec<Action>) {
                     String::new()
                 };
                 ui.label(format!(
-                    "epoch {}/{}{batch}  step {}  loss {:.4}  {:.0} img/s",
-                    m.epoch, m.epochs, m.step, m.loss, m.images_per_s
+                    "epoch {}{batch}  step {}  loss {:.4}  {:.0} img/s",
+                    crate::report::epoch_of(m.epoch, m.epochs),
+                    m.step,
+                    m.loss,
+                    m.images_per_s
                 ));
             }
             if let Some(o) = &run.overhead {
