@@ -26,7 +26,7 @@ pub enum Activity {
 
 impl Activity {
     /// This kind's share of the budget.
-    fn share(self) -> f64 {
+    pub fn share(self) -> f64 {
         match self {
             Self::Monitor => 0.6,
             Self::Previews | Self::Checkpoints => 0.2,
@@ -116,6 +116,22 @@ impl Overhead {
         spent.secs + 2.0 * expected <= what.share() * budget * (wall_s + expected)
     }
 
+    /// The wall-clock second of the run from which [`Overhead::allows`] lets `what` run again,
+    /// as things stand; `None` when the budget allows everything (1 or more).
+    pub fn allowed_from(&self, what: Activity, budget: f64) -> Option<f64> {
+        if budget >= 1.0 {
+            return None;
+        }
+        let spent = self.get(what);
+        let expected = if spent.count == 0 {
+            what.first_guess_s()
+        } else {
+            spent.last_s
+        };
+        let share = what.share() * budget.max(f64::MIN_POSITIVE);
+        Some(((spent.secs + 2.0 * expected) / share - expected).max(0.0))
+    }
+
     /// Counts `secs` spent on `what`; `forced` when the budget was not asked.
     pub fn add(&mut self, what: Activity, secs: f64, forced: bool) {
         let s = self.get_mut(what);
@@ -189,6 +205,28 @@ mod tests {
         assert!(o.previews.count > 100, "{o:?}");
         assert!(o.checkpoints.count > 100, "{o:?}");
         assert!(o.monitor.count >= 3, "{o:?}");
+    }
+
+    /// What a window tells a person ("next measurement in about …") agrees with the rule.
+    #[test]
+    fn allowed_from_is_the_first_second_the_rule_allows() {
+        let mut o = Overhead::default();
+        for (cost, forced) in [(0.7, true), (0.9, false), (0.4, false)] {
+            for what in [Activity::Monitor, Activity::Previews] {
+                for budget in [0.005, 0.05, 0.3] {
+                    let from = o.allowed_from(what, budget).unwrap();
+                    assert!(o.allows(what, budget, from + 1e-6), "{o:?} {budget}");
+                    if from > 1e-3 {
+                        assert!(!o.allows(what, budget, from - 1e-3), "{o:?} {budget}");
+                    }
+                }
+            }
+            o.add(Activity::Monitor, cost, forced);
+        }
+        // 0.7 + 0.9 + 0.4 s measured, 0.4 s expected next: 2.8 s is 3% of 93.3 s, less the 0.4.
+        let from = o.allowed_from(Activity::Monitor, 0.05).unwrap();
+        assert!((from - (2.8 / 0.03 - 0.4)).abs() < 1e-9, "{from}");
+        assert_eq!(o.allowed_from(Activity::Monitor, 1.0), None);
     }
 
     #[test]

@@ -96,8 +96,17 @@ fn settings(ui: &mut egui::Ui, c: &mut TrainConfig, actions: &mut Vec<Action>) {
     let old_size = c.size;
     egui::Grid::new("settings").num_columns(2).show(ui, |ui| {
         let l = ui.label("Epochs");
-        ui.add(egui::DragValue::new(&mut c.epochs).range(limits::EPOCHS_RANGE))
-            .labelled_by(l.id);
+        ui.add(
+            egui::DragValue::new(&mut c.epochs)
+                .range(limits::EPOCHS_RANGE)
+                .custom_formatter(|v, _| epochs_text(v))
+                .custom_parser(parse_epochs),
+        )
+        .labelled_by(l.id)
+        .on_hover_text(
+            "Epochs of the run; \"no limit\" (or 1000000 and more) trains until the time limit \
+             or Stop",
+        );
         ui.end_row();
         let l = ui.label("Batch");
         ui.add(egui::DragValue::new(&mut c.batch).range(limits::BATCH_RANGE))
@@ -210,6 +219,25 @@ fn settings(ui: &mut egui::Ui, c: &mut TrainConfig, actions: &mut Vec<Action>) {
     if c.size != old_size {
         // The data is kept at the working size: load it again.
         actions.push(Action::OpenData(c.data.clone()));
+    }
+}
+
+/// `20`, or `no limit` for a run only its time limit (or Stop) ends.
+fn epochs_text(v: f64) -> String {
+    if v >= limits::EPOCHS_UNTIL_TIME_LIMIT as f64 {
+        "no limit".to_string()
+    } else {
+        format!("{v:.0}")
+    }
+}
+
+/// A typed epoch count: a number, or `no limit` / `∞`.
+fn parse_epochs(text: &str) -> Option<f64> {
+    let t = text.trim();
+    if t.eq_ignore_ascii_case("no limit") || t == "∞" {
+        Some(limits::EPOCHS_UNTIL_TIME_LIMIT as f64)
+    } else {
+        t.parse().ok()
     }
 }
 

@@ -48,11 +48,14 @@ pub fn draw(app: &mut PretextApp, ui: &mut egui::Ui) -> Vec<Action> {
             egui::Panel::bottom("run buttons").show(ui, |ui| {
                 controls::run_buttons(ui, &app.run, &app.data, &mut app.inputs.lr, &mut actions);
             });
-            egui::ScrollArea::vertical().show(ui, |ui| {
-                data::show(ui, &app.data, &mut app.settings.config.cache, &mut actions);
-                ui.separator();
-                controls::show(ui, &app.run, &mut app.settings.config, &mut actions);
-            });
+            // The bar always shows: the settings go on below the run's buttons.
+            egui::ScrollArea::vertical()
+                .scroll_bar_visibility(egui::scroll_area::ScrollBarVisibility::AlwaysVisible)
+                .show(ui, |ui| {
+                    data::show(ui, &app.data, &mut app.settings.config.cache, &mut actions);
+                    ui.separator();
+                    controls::show(ui, &app.run, &mut app.settings.config, &mut actions);
+                });
         });
     egui::CentralPanel::default_margins().show(ui, |ui| central(ui, app, &mut actions));
     zoom::show(ui, &app.tabs.previews, &mut app.tabs.zoom, &mut actions);

@@ -1,7 +1,7 @@
 //! The training tab's plots, one function each, drawn from the run model's curves.
 
 use eframe::egui::{self, Color32, RichText};
-use egui_plot::{Legend, Line, Plot, PlotPoints};
+use egui_plot::{Corner, Legend, Line, Plot, PlotPoints, Points};
 
 use crate::config::TaskKind;
 use crate::ui::{Persisted, RunView};
@@ -28,6 +28,56 @@ fn tick_label(v: f64, step: f64) -> String {
     format!("{v:.decimals$}")
 }
 
+/// Grid steps of 1, 2 or 5 × 10ᵏ for a value axis of steps or epochs: the smallest at least
+/// `base` (egui_plot's finest useful spacing), then two coarser ones up to ten times it, each a
+/// multiple of the one before. With powers of ten alone (egui_plot's default) the labelled
+/// level can jump from 100 to 1000 steps and leave a plot of 1,500 steps with two labels.
+pub fn nice_grid_steps(base: f64) -> [f64; 3] {
+    if !(base.is_finite() && base > 0.0) {
+        return [1.0, 5.0, 10.0];
+    }
+    let decade = 10f64.powf(base.log10().floor());
+    let mantissa = [1.0, 2.0, 5.0, 10.0]
+        .into_iter()
+        .find(|m| m * decade >= base * (1.0 - 1e-9))
+        .unwrap_or(10.0);
+    let small = mantissa * decade;
+    let middle = if mantissa == 1.0 || mantissa == 10.0 {
+        5.0 * small
+    } else {
+        // 2 → 10, 5 → 10: the next power of ten.
+        small * 10.0 / mantissa
+    };
+    [small, middle, 10.0 * small]
+}
+
+/// While a run trains with a monitoring budget: how many times the kNN monitor and gauges have
+/// measured, and about when the next measurement comes — the budget spaces them, so on a short
+/// run the plots below hold only the measurement before training for a while.
+pub fn monitor_hint(run: &RunView) -> Option<String> {
+    use crate::train::overhead::Activity;
+    if !run.is_training() {
+        return None;
+    }
+    let budget = run.config.as_ref()?.monitor_budget / 100.0;
+    let overhead = run.overhead.as_ref()?;
+    let from = overhead.allowed_from(Activity::Monitor, budget)?;
+    let measured = run.curves.series.get("gauge/rankme")?.points();
+    let last = measured.last()?[0];
+    let now = run.last_step.as_ref().map_or(overhead.wall_s, |m| m.wall_s);
+    let next = match from - now {
+        left if left > 1.0 => format!("in about {left:.0} s"),
+        _ => "at the next epoch end or step mark".to_string(),
+    };
+    Some(format!(
+        "{} measurement(s), the last at step {last}. Next {next}: measuring may take {:.0}% of \
+         the run's time (Monitoring budget {:.0}%). Measure now measures at once.",
+        measured.len(),
+        Activity::Monitor.share() * budget * 100.0,
+        budget * 100.0
+    ))
+}
+
 /// A colour per encoder stage, in [`crate::eval::embed::STAGES`] order.
 const STAGE_COLORS: [Color32; 4] = [
     Color32::from_rgb(120, 160, 255),
@@ -44,6 +94,30 @@ enum Style {
     Baseline,
 }
 
+/// How a plot is framed.
+struct Frame<'f> {
+    height: f32,
+    /// Fixes the value axis (e.g. 0 to the largest learning rate, so a constant curve does not
+    /// sit on an arbitrary axis).
+    y_range: Option<(f64, f64)>,
+    /// Values the value axis always shows (0 and 1 for a gauge on that scale).
+    include_y: &'f [f64],
+    /// The x axis spans the run so far (plots of measurements, which are few).
+    span_run: bool,
+    legend: Corner,
+}
+
+impl Frame<'_> {
+    /// A curve of every step, its legend in the top right.
+    const CURVE: Frame<'static> = Frame {
+        height: 190.0,
+        y_range: None,
+        include_y: &[],
+        span_run: false,
+        legend: Corner::RightTop,
+    };
+}
+
 /// What the plots read: the run's curves and how the person wants them shown.
 pub struct Plots<'a> {
     pub run: &'a RunView,
@@ -51,26 +125,43 @@ pub struct Plots<'a> {
 }
 
 impl Plots<'_> {
-    fn line<'b>(&self, name: &str, label: String, style: Style) -> Option<Line<'b>> {
+    /// A series as plotted: x in steps or epochs, y on a log scale if asked, smoothed if asked.
+    fn xy(&self, name: &str, smoothed: bool) -> Option<Vec<[f64; 2]>> {
         let h = self.run.curves.series.get(name)?;
         let mut pts = h.points();
-        if style != Style::Raw {
+        if smoothed {
             pts = smooth(&pts, self.settings.smoothing);
         }
         let per_epoch = self.run.curves.batches_per_epoch.max(1) as f64;
         let log = self.settings.log_scale;
-        let pts: Vec<[f64; 2]> = pts
-            .into_iter()
-            .map(|[x, y]| {
-                let x = if self.settings.x_in_epochs {
-                    x / per_epoch
-                } else {
-                    x
-                };
-                let y = if log { y.max(1e-12).log10() } else { y };
-                [x, y]
-            })
-            .collect();
+        Some(
+            pts.into_iter()
+                .map(|[x, y]| {
+                    let x = if self.settings.x_in_epochs {
+                        x / per_epoch
+                    } else {
+                        x
+                    };
+                    let y = if log { y.max(1e-12).log10() } else { y };
+                    [x, y]
+                })
+                .collect(),
+        )
+    }
+
+    /// A measured series' points as dots, so that a single measurement (the one before
+    /// training) shows before there is a line to draw.
+    fn dots<'b>(&self, name: &str, label: &str, color: Color32) -> Option<Points<'b>> {
+        let pts = self.xy(name, false)?;
+        Some(
+            Points::new(label.to_string(), PlotPoints::from(pts))
+                .color(color)
+                .radius(2.5),
+        )
+    }
+
+    fn line<'b>(&self, name: &str, label: String, style: Style) -> Option<Line<'b>> {
+        let pts = self.xy(name, style != Style::Raw)?;
         let color = task_color(name);
         let line = Line::new(label, PlotPoints::from(pts));
         Some(match style {
@@ -82,23 +173,42 @@ impl Plots<'_> {
         })
     }
 
-    /// A plot; `y_range` fixes the value axis (e.g. 0 to the largest learning rate, so a
-    /// constant curve does not sit on an arbitrary axis).
+    /// The step (or epoch, as the x axis is) the run has reached: monitor plots span the run so
+    /// far, so a measurement before training sits at the left of an axis that grows.
+    fn x_now(&self) -> Option<f64> {
+        let step = self.run.last_step.as_ref()?.step as f64;
+        Some(if self.settings.x_in_epochs {
+            step / self.run.curves.batches_per_epoch.max(1) as f64
+        } else {
+            step
+        })
+    }
+
+    /// A plot of `lines` and `dots` drawn as `frame` says.
     fn plot(
         &self,
         ui: &mut egui::Ui,
         id: &str,
         title: &str,
-        lines: Vec<Line<'_>>,
-        height: f32,
-        y_range: Option<(f64, f64)>,
+        (lines, dots): (Vec<Line<'_>>, Vec<Points<'_>>),
+        frame: &Frame<'_>,
     ) {
         ui.vertical(|ui| {
             ui.label(RichText::new(title).strong());
             let log = self.settings.log_scale;
             let mut p = Plot::new(id)
-                .height(height)
-                .legend(Legend::default())
+                .height(frame.height)
+                .legend(Legend::default().position(frame.legend))
+                .x_grid_spacer(egui_plot::uniform_grid_spacer(|g| {
+                    nice_grid_steps(g.base_step_size)
+                }))
+                .y_grid_spacer(egui_plot::uniform_grid_spacer(|g| {
+                    nice_grid_steps(g.base_step_size)
+                }))
+                // Labels a little closer than egui_plot's 20 px: a plot of 0–75% keeps its 10s.
+                .custom_y_axes(vec![
+                    egui_plot::AxisHints::new_y().label_spacing(15.0..=25.0),
+                ])
                 .x_axis_label(if self.settings.x_in_epochs {
                     "epoch"
                 } else {
@@ -109,9 +219,22 @@ impl Plots<'_> {
             } else {
                 p = p.y_axis_formatter(|m, _| tick_label(m.value, m.step_size));
             }
+            if frame.span_run {
+                p = p.include_x(0.0);
+                if let Some(x) = self.x_now() {
+                    p = p.include_x(x);
+                }
+            }
+            for &y in frame.include_y {
+                p = p.include_y(y);
+            }
+            let y_range = frame.y_range;
             p.show(ui, |plot_ui| {
                 for l in lines {
                     plot_ui.line(l);
+                }
+                for d in dots {
+                    plot_ui.points(d);
                 }
                 if let Some((lo, hi)) = y_range {
                     let (lo, hi) = if log {
@@ -134,7 +257,8 @@ impl Plots<'_> {
             lines.extend(self.line(&n, format!("{t}"), Style::Smoothed));
         }
         lines.extend(self.line("loss/total", "total".into(), Style::Smoothed));
-        self.plot(ui, "loss", "Loss", lines, 190.0, None);
+        // Losses fall: the top right is where the curve has left.
+        self.plot(ui, "loss", "Loss", (lines, Vec::new()), &Frame::CURVE);
     }
 
     /// Each task's proxy metric with its trivial baseline dashed.
@@ -148,15 +272,37 @@ impl Plots<'_> {
                 Style::Baseline,
             ));
         }
-        self.plot(ui, "metric", "Proxy metric (% or dB)", lines, 190.0, None);
+        // Proxy metrics rise (every one is higher-is-better): the legend goes where they
+        // started, not over the newest values.
+        self.plot(
+            ui,
+            "metric",
+            "Proxy metric (% or dB)",
+            (lines, Vec::new()),
+            &Frame {
+                legend: Corner::LeftTop,
+                ..Frame::CURVE
+            },
+        );
     }
 
     /// Two gauges of z in one plot, drawn once `series` has been measured: each `(series,
     /// label, colour)`.
-    fn gauges(&self, ui: &mut egui::Ui, id: &str, title: &str, lines: [(&str, &str, Color32); 2]) {
+    fn gauges(
+        &self,
+        ui: &mut egui::Ui,
+        id: &str,
+        title: &str,
+        lines: [(&str, &str, Color32); 2],
+        include_y: &[f64],
+    ) {
         if !self.run.curves.series.contains_key(lines[0].0) {
             return;
         }
+        let dots = lines
+            .iter()
+            .filter_map(|(name, label, color)| self.dots(name, label, *color))
+            .collect();
         let lines = lines
             .into_iter()
             .filter_map(|(name, label, color)| {
@@ -164,7 +310,18 @@ impl Plots<'_> {
                     .map(|l| l.width(2.0).color(color))
             })
             .collect();
-        self.plot(ui, id, title, lines, 110.0, None);
+        self.plot(
+            ui,
+            id,
+            title,
+            (lines, dots),
+            &Frame {
+                height: 110.0,
+                include_y,
+                span_run: true,
+                ..Frame::CURVE
+            },
+        );
     }
 
     /// RankMe / d and std × √d of z, on a common 0..1 scale; and the same of each two-view
@@ -173,24 +330,29 @@ impl Plots<'_> {
         if !self.run.curves.series.contains_key("gauge/rankme") {
             return;
         }
-        let mut lines: Vec<Line<'_>> = [
+        let of_z = [
             (
                 "gauge/rankme",
-                "RankMe / d of z (share of dimensions in use)".to_string(),
+                "RankMe / d of z (share of dimensions in use)",
                 Color32::from_rgb(120, 200, 255),
             ),
             (
                 "gauge/std",
-                "std of L2-normalised z × √d (1 = evenly spread)".to_string(),
+                "std of L2-normalised z × √d (1 = evenly spread)",
                 Color32::from_rgb(240, 170, 90),
             ),
-        ]
-        .into_iter()
-        .filter_map(|(name, label, color)| {
-            self.line(name, label, Style::Raw)
-                .map(|l| l.width(2.0).color(color))
-        })
-        .collect();
+        ];
+        let dots = of_z
+            .iter()
+            .filter_map(|(name, label, color)| self.dots(name, label, *color))
+            .collect();
+        let mut lines: Vec<Line<'_>> = of_z
+            .into_iter()
+            .filter_map(|(name, label, color)| {
+                self.line(name, label.to_string(), Style::Raw)
+                    .map(|l| l.width(2.0).color(color))
+            })
+            .collect();
         for name in self.run.curves.series.keys() {
             let Some(rest) = name.strip_prefix("gauge/") else {
                 continue;
@@ -214,9 +376,13 @@ impl Plots<'_> {
             ui,
             "gauges",
             "Collapse gauges (1 = fully spread, 0 = collapsed)",
-            lines,
-            110.0,
-            None,
+            (lines, dots),
+            &Frame {
+                height: 110.0,
+                include_y: &[0.0, 1.0],
+                span_run: true,
+                ..Frame::CURVE
+            },
         );
     }
 
@@ -238,6 +404,7 @@ impl Plots<'_> {
                     Color32::from_rgb(220, 130, 220),
                 ),
             ],
+            &[0.0],
         );
     }
 
@@ -261,38 +428,65 @@ impl Plots<'_> {
                     .map(|l| l.width(2.0).color(color))
             })
             .collect();
+        let dots: Vec<Points<'_>> = crate::eval::embed::STAGES
+            .iter()
+            .zip(STAGE_COLORS)
+            .filter_map(|(stage, color)| self.dots(&format!("knn/{stage}"), stage, color))
+            .collect();
         let pixels = self.run.knn.pixels;
         let start = self.run.knn.start;
         ui.vertical(|ui| {
+            let subset = self
+                .run
+                .data
+                .as_ref()
+                .and_then(crate::report::monitor_subset_line);
             ui.label(
                 RichText::new("kNN accuracy per encoder stage (%) — held-out labels, k = 20")
                     .strong(),
             );
-            Plot::new("knn")
+            if let Some(subset) = subset {
+                ui.add(egui::Label::new(RichText::new(subset).color(super::MUTED)).wrap());
+            }
+            let mut plot = Plot::new("knn")
                 .height(140.0)
-                .legend(Legend::default())
-                .x_axis_label("step")
+                .legend(Legend::default().position(Corner::LeftBottom))
+                .x_grid_spacer(egui_plot::uniform_grid_spacer(|g| {
+                    nice_grid_steps(g.base_step_size)
+                }))
+                .x_axis_label(if self.settings.x_in_epochs {
+                    "epoch"
+                } else {
+                    "step"
+                })
+                .include_x(0.0)
                 .include_y(0.0)
-                .include_y(100.0)
-                .show(ui, |plot_ui| {
-                    for l in lines {
-                        plot_ui.line(l);
-                    }
-                    if let Some(p) = pixels {
-                        plot_ui.hline(
-                            egui_plot::HLine::new("raw pixels", p)
-                                .color(Color32::from_gray(160))
-                                .style(egui_plot::LineStyle::dashed_loose()),
-                        );
-                    }
-                    if let Some(z) = start {
-                        plot_ui.hline(
-                            egui_plot::HLine::new("z before training (random init)", z)
-                                .color(STAGE_COLORS[3])
-                                .style(egui_plot::LineStyle::dotted_loose()),
-                        );
-                    }
-                });
+                .include_y(100.0);
+            if let Some(x) = self.x_now() {
+                plot = plot.include_x(x);
+            }
+            plot.show(ui, |plot_ui| {
+                for l in lines {
+                    plot_ui.line(l);
+                }
+                for d in dots {
+                    plot_ui.points(d);
+                }
+                if let Some(p) = pixels {
+                    plot_ui.hline(
+                        egui_plot::HLine::new("raw pixels", p)
+                            .color(Color32::from_gray(160))
+                            .style(egui_plot::LineStyle::dashed_loose()),
+                    );
+                }
+                if let Some(z) = start {
+                    plot_ui.hline(
+                        egui_plot::HLine::new("z before training (random init)", z)
+                            .color(STAGE_COLORS[3])
+                            .style(egui_plot::LineStyle::dotted_loose()),
+                    );
+                }
+            });
         });
     }
 
@@ -315,7 +509,17 @@ impl Plots<'_> {
             .line("lr", "lr".into(), Style::Raw)
             .into_iter()
             .collect();
-        self.plot(ui, "lr", "Learning rate", lines, 120.0, Some(range));
+        self.plot(
+            ui,
+            "lr",
+            "Learning rate",
+            (lines, Vec::new()),
+            &Frame {
+                height: 120.0,
+                y_range: Some(range),
+                ..Frame::CURVE
+            },
+        );
     }
 
     /// Training throughput, smoothed.
@@ -324,6 +528,94 @@ impl Plots<'_> {
             .line("images_per_s", "images/s".into(), Style::Smoothed)
             .into_iter()
             .collect();
-        self.plot(ui, "ips", "Images per second", lines, 120.0, None);
+        self.plot(
+            ui,
+            "ips",
+            "Images per second",
+            (lines, Vec::new()),
+            &Frame {
+                height: 120.0,
+                legend: Corner::RightBottom,
+                ..Frame::CURVE
+            },
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{monitor_hint, nice_grid_steps};
+    use crate::train::overhead::{Activity, Overhead};
+    use crate::train::{Event, KnnMetrics};
+    use crate::view::{RunStatus, RunView};
+
+    #[test]
+    fn the_window_says_when_the_next_measurement_comes() {
+        let mut v = RunView::default();
+        v.apply(&Event::Knn(KnnMetrics {
+            step: 0,
+            epoch: 0,
+            stages: Vec::new(),
+            not_measured: None,
+            raw_pixels: None,
+            gauges: crate::eval::embed::gauges(&[vec![1.0, 0.0], vec![0.0, 1.0]]),
+            head_gauges: Vec::new(),
+        }));
+        v.status = RunStatus::Running;
+        v.config = Some(crate::config::TrainConfig::default());
+        let mut o = Overhead::default();
+        o.add(Activity::Monitor, 0.7, true);
+        o.wall_s = 10.0;
+        v.overhead = Some(o);
+        // (0.7 s spent + 2 × 0.7 s expected) / 3% − 0.7 s = 69.3 s; 10 s have passed.
+        let hint = monitor_hint(&v).unwrap();
+        assert!(
+            hint.starts_with("1 measurement(s), the last at step 0. Next in about 59 s"),
+            "{hint}"
+        );
+        assert!(
+            hint.contains("3% of the run's time (Monitoring budget 5%)"),
+            "{hint}"
+        );
+        o.wall_s = 80.0;
+        v.overhead = Some(o);
+        assert!(
+            monitor_hint(&v)
+                .unwrap()
+                .contains("Next at the next epoch end")
+        );
+        // A budget of 100%: measured after every epoch, nothing to wait for.
+        v.config.as_mut().unwrap().monitor_budget = 100.0;
+        assert_eq!(monitor_hint(&v), None);
+        v.status = RunStatus::Idle;
+        assert_eq!(monitor_hint(&v), None);
+    }
+
+    #[test]
+    fn grid_steps_are_one_two_five_and_reach_ten_times_the_finest() {
+        for (base, want) in [
+            (1.0, [1.0, 5.0, 10.0]),
+            (23.4, [50.0, 100.0, 500.0]),
+            (150.0, [200.0, 1000.0, 2000.0]),
+            (0.03, [0.05, 0.1, 0.5]),
+            (500.0, [500.0, 1000.0, 5000.0]),
+        ] {
+            let got = nice_grid_steps(base);
+            for (g, w) in got.iter().zip(want) {
+                assert!((g - w).abs() < 1e-9 * w, "{base}: {got:?}");
+            }
+        }
+        for base in [0.7, 3.0, 8.9, 12.0, 19.0, 99.0, 4321.0] {
+            let [a, b, c] = nice_grid_steps(base);
+            assert!(a >= base && a < 2.5 * base, "{base}");
+            for (fine, coarse) in [(a, b), (b, c)] {
+                let k = coarse / fine;
+                assert!(
+                    (k - k.round()).abs() < 1e-9 && k >= 2.0,
+                    "{base}: {a} {b} {c}"
+                );
+            }
+            assert!((c / a - 10.0).abs() < 1e-9);
+        }
     }
 }

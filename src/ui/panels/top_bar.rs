@@ -33,7 +33,7 @@ pub fn show(
             ui.add(
                 egui::TextEdit::singleline(&mut inputs.path)
                     .hint_text("type a folder path, or drop a folder on the window")
-                    .desired_width(280.0),
+                    .desired_width(230.0),
             )
             .labelled_by(label.id);
             if ui.button("Open").clicked() {
@@ -65,7 +65,7 @@ pub fn show(
             ui.add(
                 egui::TextEdit::singleline(&mut inputs.run)
                     .hint_text("runs/…")
-                    .desired_width(180.0),
+                    .desired_width(150.0),
             )
             .labelled_by(label.id);
             if ui
@@ -93,10 +93,14 @@ pub fn show(
             if settings.show_frame_time
                 && let Some((median, p95)) = frame_time
             {
-                ui.label(
-                    RichText::new(format!("{median:.1} ms (p95 {p95:.1})"))
-                        .monospace()
-                        .color(MUTED),
+                // One piece: moved whole to the next row if the bar is full, never split.
+                ui.add(
+                    egui::Label::new(
+                        RichText::new(format!("{median:.1} ms (p95 {p95:.1})"))
+                            .monospace()
+                            .color(MUTED),
+                    )
+                    .extend(),
                 );
             }
         });

@@ -24,14 +24,7 @@ pub fn show(
         ui.checkbox(&mut settings.x_in_epochs, "x in epochs");
     });
     if let Some(e) = &run.last_epoch {
-        ui.add(
-            egui::Label::new(
-                RichText::new(crate::report::epoch_line(e))
-                    .small()
-                    .color(MUTED),
-            )
-            .wrap(),
-        );
+        ui.add(egui::Label::new(RichText::new(crate::report::epoch_line(e)).color(MUTED)).wrap());
     }
     let tasks: Vec<TaskKind> = settings.config.tasks.clone();
     let plots = Plots {
@@ -48,6 +41,9 @@ pub fn show(
                 .show(ui, |ui| {
                     plots.loss(ui, &tasks);
                     plots.metric(ui, &tasks);
+                    if let Some(hint) = super::plots::monitor_hint(run) {
+                        ui.add(egui::Label::new(RichText::new(hint).color(MUTED)).wrap());
+                    }
                     plots.collapse_gauges(ui);
                     plots.alignment(ui);
                     plots.knn(ui);
