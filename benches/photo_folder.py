@@ -11,7 +11,7 @@ over a whole folder:
   - Pillow, full decode + centre crop + resize (what an ImageFolder does);
   - Pillow with draft() (JPEG's own scaled IDCT), then crop + resize;
   - pretext, first opening (image cache cleared) and second opening (cache warm): the
-    "loaded in ... (files/s; K from the cache)" line of `pretext train`, both cores.
+    "loaded in ... (files/s; K of N from the cache)" line of `pretext train`, both cores.
 The image cache is a scratch folder (PRETEXT_CACHE_DIR), never the home folder's.
 
     python3 benches/photo_folder.py [--count 100] [--many 10000] [--size 32]
@@ -72,7 +72,7 @@ def pretext(folder, size, binary, cache_dir):
                        capture_output=True, text=True, env=env)
     shutil.rmtree(out, ignore_errors=True)
     text = r.stderr + r.stdout
-    m = re.search(r"loaded in ([0-9.]+) s \(([0-9.]+) files/s(?:; ([0-9]+) from the cache)?\)", text)
+    m = re.search(r"loaded in ([0-9.]+) s \(([0-9.]+) files/s(?:; ([0-9]+) of [0-9]+ from the cache)?\)", text)
     if not m:
         sys.exit(f"no load time in pretext's output:\n{text}")
     return float(m.group(1)), float(m.group(2)), m.group(3)

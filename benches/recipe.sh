@@ -24,7 +24,7 @@ for recipe in "$@"; do
     opts="${recipe#*|}"
     dir="$out/$name"
     # shellcheck disable=SC2086
-    "$bin" train --data "$data" --minutes "$minutes" --epochs 100000 --out "$dir" $opts \
+    "$bin" train --data "$data" --minutes "$minutes" --out "$dir" $opts \
         --json >"$dir.train.json" 2>"$dir.train.log" || true
     run="$(ls -d "$dir"/*/ | head -1)"
     "$bin" eval --run "$run" --json >"$dir.eval.json" 2>>"$dir.train.log"

@@ -58,7 +58,10 @@ fn main() {
             task_weights: vec![1.0; tasks.len()],
             tasks,
             batch: 32,
-            epochs: 20,
+            // Until it is stopped below: the inspection needs a run that is going, and a fixed
+            // number of epochs can end before the 90 s on a fast machine.
+            epochs: pretext::config::EPOCHS_UNTIL_TIME_LIMIT,
+            minutes: Some(30.0),
             preview_images: 4,
             out: out.path().to_path_buf(),
             // A denser schedule than the default 5%, so that every curve has points after the
@@ -200,7 +203,8 @@ fn two_view_methods(h: &mut Harness<'_, PretextApp>, out: &Path) {
         task_weights: vec![1.0; tasks.len()],
         tasks,
         batch: 64,
-        epochs: 20,
+        epochs: pretext::config::EPOCHS_UNTIL_TIME_LIMIT,
+        minutes: Some(30.0),
         preview_images: 4,
         out: out.to_path_buf(),
         monitor_budget: 25.0,
@@ -237,6 +241,10 @@ fn two_view_methods(h: &mut Harness<'_, PretextApp>, out: &Path) {
     h.state_mut().tabs.math.step = 2;
     h.run_steps(4);
     save(h, "math-cross-correlation.png");
+    h.state_mut().send(pretext::train::Command::Stop);
+    frames_until(h, "the two-view run's end", |a| {
+        matches!(a.run.status, pretext::ui::RunStatus::Finished(_))
+    });
     h.state_mut().reset();
     h.run_steps(4);
 }

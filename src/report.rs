@@ -221,12 +221,14 @@ pub fn data_lines(s: &DatasetSummary) -> Vec<String> {
     } else {
         format!("{} classes", s.classes.len())
     };
-    // Files read: the images and the files that could not be used (their outcome is cached too).
+    // Files read: the images and the files that could not be used.
     let files = s.images + s.skipped.len();
+    // Of the files the cache could serve (a dangling link is never read), how many it did; a
+    // skipped file's outcome is cached too.
     let from_cache = s
         .cache
         .as_ref()
-        .map(|c| format!("; {} of {files} from the cache", c.hits))
+        .map(|c| format!("; {} of {} from the cache", c.hits, c.hits + c.decoded))
         .unwrap_or_default();
     let mut lines = vec![format!(
         "Data: {} images ({classes}) from {} at {} px, loaded in {:.2} s ({:.0} files/s{from_cache})",
@@ -254,7 +256,8 @@ pub fn data_lines(s: &DatasetSummary) -> Vec<String> {
 /// figures. `kNN monitor: on 1000 of 1906 images, evenly spread (…)`.
 pub fn monitor_subset_line(s: &DatasetSummary) -> Option<String> {
     let n = crate::eval::embed::MONITOR_IMAGES;
-    (!s.classes.is_empty() && s.images > n).then(|| {
+    // With fewer than two classes the monitor measures no accuracy at all.
+    (s.classes.len() >= 2 && s.images > n).then(|| {
         format!(
             "kNN monitor: on {n} of {} images, evenly spread, the same each time (pretext eval \
              judges all of them, so its figures differ a little)",
@@ -300,6 +303,70 @@ mod tests {
         }
     }
 
+    fn epoch(epochs: usize) -> EpochSummary {
+        use crate::config::TaskKind;
+        EpochSummary {
+            epoch: 56,
+            epochs,
+            step: 900,
+            tasks: vec![crate::train::TaskMetrics {
+                task: TaskKind::Rotation,
+                loss: 0.5,
+                metric: 0.75,
+                baseline: None,
+                metric_info: crate::tasks::metric_info(TaskKind::Rotation),
+            }],
+            loss: 0.5,
+            images_per_s: 100.0,
+            wall_s: 60.0,
+        }
+    }
+
+    #[test]
+    fn a_run_the_time_limit_ends_counts_epochs_without_a_total() {
+        let unlimited = crate::config::EPOCHS_UNTIL_TIME_LIMIT;
+        assert!(epoch_line(&epoch(60)).starts_with("Epoch 56/60 Loss: 0.500"));
+        assert!(epoch_line(&epoch(unlimited)).starts_with("Epoch 56 Loss: 0.500"));
+        assert_eq!(epoch_json(&epoch(60))["epochs"], 60);
+        assert!(epoch_json(&epoch(unlimited))["epochs"].is_null());
+        assert_eq!(epoch_of(3, unlimited + 1), "3");
+    }
+
+    #[test]
+    fn a_knn_measurement_in_json_has_every_stage_or_says_why_not() {
+        let gauges = crate::eval::embed::gauges(&[vec![1.0, 0.0], vec![0.0, 1.0]]);
+        let mut k = KnnMetrics {
+            step: 200,
+            epoch: 3,
+            stages: vec![("stem".into(), 0.25), ("l3 (z)".into(), 0.5)],
+            not_measured: None,
+            raw_pixels: Some(0.2),
+            gauges,
+            head_gauges: vec![(
+                crate::config::TaskKind::Simsiam,
+                crate::eval::embed::gauges(&[vec![1.0, 1.0], vec![1.0, 1.0]]),
+            )],
+        };
+        let v = knn_json(&k);
+        assert_eq!(v["knn"]["step"], 200);
+        assert_eq!(v["knn"]["top1"]["l3"], 0.5);
+        assert_eq!(v["knn"]["raw_pixels"], 0.2);
+        assert_eq!(v["knn"]["gauges"]["dimensions"], 2);
+        // No NaN in JSON: a gauge that could not be computed is null.
+        assert!(v["knn"]["output_gauges"]["simsiam"].is_object(), "{v}");
+        assert!(serde_json::to_string(&v).is_ok());
+        k.stages.clear();
+        k.not_measured = Some(crate::eval::NotMeasured::NoLabels);
+        let v = knn_json(&k);
+        assert!(v["knn"]["top1"].is_null(), "{v}");
+        assert!(
+            v["knn"]["not_measured"]
+                .as_str()
+                .unwrap()
+                .starts_with("no labels")
+        );
+    }
+
     #[test]
     fn a_large_labelled_folder_says_the_monitor_measures_a_subset() {
         let mut s = summary(0);
@@ -313,6 +380,13 @@ mod tests {
         );
         s.images = 1000;
         assert_eq!(monitor_subset_line(&s), None, "all of them");
+        s.images = 1906;
+        s.classes.truncate(1);
+        assert_eq!(
+            monitor_subset_line(&s),
+            None,
+            "one class: no accuracy measured"
+        );
     }
 
     #[test]

@@ -118,6 +118,29 @@ fn files_that_are_not_images_are_listed_as_ignored_with_what_to_do() {
     );
 }
 
+#[test]
+fn a_folder_of_only_heic_photos_is_refused_with_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    for i in 0..3 {
+        common::write(
+            &dir.path().join(format!("IMG_{i:04}.HEIC")),
+            b"\0\0\0\x18ftypheic",
+        );
+    }
+    let e = load(dir.path()).unwrap_err();
+    assert!(matches!(e, DataError::NoImages { .. }), "{e:?}");
+    let message = e.to_string();
+    assert!(message.contains("3 entr(ies) ignored"), "{message}");
+    assert!(
+        message.contains("HEIF/AVIF is not decoded (convert it to JPEG or PNG)"),
+        "{message}"
+    );
+    // An empty folder still says what was looked for.
+    let empty = tempfile::tempdir().unwrap();
+    let message = load(empty.path()).unwrap_err().to_string();
+    assert!(message.contains("(looked for jpg, jpeg, png"), "{message}");
+}
+
 #[cfg(unix)]
 #[test]
 fn links_are_followed_once_and_loops_end() {

@@ -44,23 +44,28 @@ fn is_image_path(p: &Path) -> bool {
         .is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)))
 }
 
+/// How the reason for a file of a type that is not decoded begins.
+pub const NOT_AN_IMAGE: &str = "not an image file";
+
 /// Why a file whose name is not that of an image type is left out: its type, and for the formats
 /// people most often expect to work (camera raw, HEIF, SVG) what to do instead.
 fn not_an_image_reason(p: &Path) -> String {
     let ext = p.extension().map(|e| e.to_string_lossy().to_lowercase());
     let Some(ext) = ext else {
-        return "not an image file (no extension; images are .jpg, .png, .webp, .bmp, .gif, .tif)"
-            .into();
+        return format!(
+            "{NOT_AN_IMAGE} (no extension; images are .{})",
+            IMAGE_EXTENSIONS.join(", .")
+        );
     };
     let hint = match ext.as_str() {
         "cr2" | "cr3" | "nef" | "arw" | "dng" | "orf" | "rw2" | "raf" | "pef" | "srw" => {
-            ": a camera raw file, not decoded (export it as JPEG or PNG)"
+            ": a camera raw file, not decoded (export it as JPEG or PNG)".to_string()
         }
-        "heic" | "heif" | "avif" => ": HEIF/AVIF is not decoded (convert it to JPEG or PNG)",
-        "svg" => ": a vector drawing, not decoded (render it to PNG)",
-        _ => " (images are .jpg, .png, .webp, .bmp, .gif, .tif)",
+        "heic" | "heif" | "avif" => ": HEIF/AVIF is not decoded (convert it to JPEG or PNG)".into(),
+        "svg" => ": a vector drawing, not decoded (render it to PNG)".into(),
+        _ => format!(" (images are .{})", IMAGE_EXTENSIONS.join(", .")),
     };
-    format!("not an image file (.{ext}){hint}")
+    format!("{NOT_AN_IMAGE} (.{ext}){hint}")
 }
 
 /// Why an entry is left out on purpose, when it is: hidden names (`.git`, `.DS_Store`,
@@ -845,6 +850,7 @@ pub fn load_folder_with(
         return Err(DataError::NoImages {
             path: root.to_path_buf(),
             skipped,
+            ignored,
         });
     }
     disambiguate(&mut names);

@@ -96,10 +96,12 @@ pub enum DataError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("no readable image in {path}{}", describe_skipped(.skipped))]
+    #[error("no readable image in {path}{}", describe_skipped(.skipped, .ignored))]
     NoImages {
         path: PathBuf,
         skipped: Vec<Skipped>,
+        /// Entries left out on purpose: a folder of HEIC or camera raw files says so here.
+        ignored: Vec<Skipped>,
     },
     #[error("loading was cancelled")]
     Cancelled,
@@ -140,10 +142,20 @@ pub fn check_generated(count: usize, size: usize) -> Result<(), DataError> {
     Ok(())
 }
 
-fn describe_skipped(skipped: &[Skipped]) -> String {
-    match skipped.first() {
-        None => " (looked for jpg, jpeg, png, webp, bmp, gif, tif, tiff)".to_string(),
-        Some(first) => format!(
+fn describe_skipped(skipped: &[Skipped], ignored: &[Skipped]) -> String {
+    // A file of a type that is not decoded says best what the folder holds instead.
+    let not_an_image = ignored
+        .iter()
+        .find(|s| s.reason.starts_with(folder::NOT_AN_IMAGE));
+    match (skipped.first(), not_an_image) {
+        (None, Some(first)) => format!(
+            " ({} entr(ies) ignored, e.g. {}: {})",
+            ignored.len(),
+            first.path.display(),
+            first.reason
+        ),
+        (None, None) => format!(" (looked for {})", folder::IMAGE_EXTENSIONS.join(", ")),
+        (Some(first), _) => format!(
             " ({} file(s) skipped; first: {}: {})",
             skipped.len(),
             first.path.display(),

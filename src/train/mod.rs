@@ -124,7 +124,8 @@ pub struct StepMetrics {
     /// Seconds the step computed (without the data wait).
     pub step_s: f64,
     pub timing: StepTiming,
-    /// Seconds since the run (or its continuation) started.
+    /// Seconds since the run (or its continuation) started, pauses left out: the clock of the
+    /// time limit and of the monitoring budget.
     pub wall_s: f64,
 }
 

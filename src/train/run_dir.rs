@@ -6,7 +6,7 @@
 //!   metrics.csv                      one row per task per step
 //!   checkpoints/epoch-0001.safetensors   model weights (PyTorch state_dict names)
 //!   checkpoints/resume.safetensors   weights + optimiser state + position, for --resume
-//!   previews/epoch-0001-rotation.png
+//!   previews/epoch-0001-rotation.png   at most 17 per task: a timeline of the run
 //! ```
 
 use std::fs::{File, OpenOptions};
@@ -372,16 +372,24 @@ impl RunDir {
             .join(format!("epoch-{epoch:04}-{task}.png"))
     }
 
-    /// Keeps `task`'s preview pictures a timeline of the run in at most [`PREVIEWS_KEPT`] files:
-    /// past that, the first and the newest stay, and of the others those whose epoch is a
-    /// multiple of the smallest power of two that brings the count within the limit; so what
-    /// stays is evenly spread over the run, the newest epochs closer together. Other files are
-    /// never touched. Returns how many were removed.
+    /// Keeps `task`'s preview pictures a timeline of the run in at most [`PREVIEWS_KEPT`] files.
+    /// Past that, the epochs are cut into windows of a power-of-two length — the smallest that
+    /// brings the count within the limit — and the first picture of each window stays, with the
+    /// newest; so what stays is spread over the whole run however irregularly the budget let
+    /// pictures be written, and the windows nest as they grow, so a kept picture stays kept
+    /// until its window doubles. Other files are never touched. Returns how many were removed.
     ///
     /// # Errors
     /// When the folder cannot be listed or a picture cannot be removed.
     pub fn thin_previews(&self, task: &str) -> Result<usize, RunDirError> {
-        let dir = self.path.join(PREVIEW_DIR);
+        thin_preview_folder(&self.path.join(PREVIEW_DIR), task)
+    }
+}
+
+/// [`RunDir::thin_previews`] on the folder `dir`.
+fn thin_preview_folder(dir: &Path, task: &str) -> Result<usize, RunDirError> {
+    {
+        let dir = dir.to_path_buf();
         let mut found: Vec<(usize, PathBuf)> = Vec::new();
         for entry in std::fs::read_dir(&dir).map_err(write_err(&dir))?.flatten() {
             let path = entry.path();
@@ -391,7 +399,9 @@ impl RunDir {
                 .and_then(|n| n.strip_prefix("epoch-"))
                 .and_then(|n| n.strip_suffix(".png"))
                 .and_then(|n| n.split_once('-'))
-                .filter(|(_, t)| *t == task)
+                .filter(|(e, t)| {
+                    *t == task && !e.is_empty() && e.bytes().all(|b| b.is_ascii_digit())
+                })
                 .and_then(|(e, _)| e.parse::<usize>().ok());
             if let Some(e) = epoch {
                 found.push((e, path));
@@ -401,29 +411,34 @@ impl RunDir {
             return Ok(0);
         }
         found.sort();
-        let last = found.len() - 1;
-        let kept = |stride: usize, i: usize, epoch: usize| {
-            i == 0 || i == last || epoch.is_multiple_of(stride)
-        };
-        let mut stride = 2;
-        while found
-            .iter()
-            .enumerate()
-            .filter(|(i, (e, _))| kept(stride, *i, *e))
-            .count()
-            > PREVIEWS_KEPT
-        {
-            stride *= 2;
+        let epochs: Vec<usize> = found.iter().map(|(e, _)| *e).collect();
+        let newest = epochs.len() - 1;
+        let mut window = 2usize;
+        let mut keep = timeline(&epochs, window);
+        while keep.iter().filter(|&&k| k).count() > PREVIEWS_KEPT && window <= epochs[newest] {
+            window = window.saturating_mul(2);
+            keep = timeline(&epochs, window);
         }
         let mut removed = 0;
-        for (i, (e, path)) in found.iter().enumerate() {
-            if !kept(stride, i, *e) {
+        for ((_, path), kept) in found.iter().zip(keep) {
+            if !kept {
                 std::fs::remove_file(path).map_err(write_err(path))?;
                 removed += 1;
             }
         }
         Ok(removed)
     }
+}
+
+/// Which of the sorted `epochs` a timeline with windows of `window` epochs keeps: the first of
+/// each window, and the newest.
+fn timeline(epochs: &[usize], window: usize) -> Vec<bool> {
+    let last = epochs.len().saturating_sub(1);
+    epochs
+        .iter()
+        .enumerate()
+        .map(|(i, e)| i == last || i == 0 || epochs[i - 1] / window != e / window)
+        .collect()
 }
 
 /// Preview pictures kept per task at most ([`RunDir::thin_previews`]).
@@ -783,6 +798,69 @@ fn complete_lines(text: &[u8]) -> &[u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Writes `epoch-NNNN-<task>.png` for each epoch (as the budget lets previews be written:
+    /// irregularly), thinning after each as a run does; returns the epochs left.
+    fn previews_left(epochs: impl Iterator<Item = usize>, task: &str) -> Vec<usize> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("notes.txt"), b"mine").unwrap();
+        // Not a number of digits: not a preview of this run, never removed.
+        let foreign = dir.path().join(format!("epoch-+5-{task}.png"));
+        std::fs::write(&foreign, b"not ours").unwrap();
+        for e in epochs {
+            std::fs::write(dir.path().join(format!("epoch-{e:04}-{task}.png")), b"png").unwrap();
+            std::fs::write(
+                dir.path().join(format!("epoch-{e:04}-{task}-bins.png")),
+                b"png",
+            )
+            .unwrap();
+            thin_preview_folder(dir.path(), task).unwrap();
+        }
+        let mut left: Vec<usize> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| {
+                let name = e.unwrap().file_name().into_string().unwrap();
+                let e = name
+                    .strip_suffix(&format!("-{task}.png"))?
+                    .strip_prefix("epoch-")?;
+                e.bytes()
+                    .all(|b| b.is_ascii_digit())
+                    .then(|| e.parse().ok())?
+            })
+            .collect();
+        left.sort_unstable();
+        assert!(
+            dir.path().join("notes.txt").is_file(),
+            "not a preview: kept"
+        );
+        assert!(foreign.is_file(), "not a preview of this run: kept");
+        assert!(
+            dir.path()
+                .join(format!("epoch-0001-{task}-bins.png"))
+                .is_file()
+        );
+        left
+    }
+
+    #[test]
+    fn previews_stay_a_timeline_of_the_whole_run_however_irregular() {
+        // Every epoch: the first, every 128th, the newest.
+        let left = previews_left(1..=2000, "colorization");
+        assert_eq!(left.len(), PREVIEWS_KEPT, "{left:?}");
+        assert_eq!((left[0], left[1], left[16]), (1, 128, 2000), "{left:?}");
+        // One epoch in three or so, as a budget allows: still spread over the run.
+        let irregular = (1..=2000).filter(|e| e % 7 == 1 || e % 11 == 3);
+        let left = previews_left(irregular, "colorization");
+        assert!(left.len() <= PREVIEWS_KEPT, "{left:?}");
+        assert_eq!(left[0], 1);
+        assert_eq!(*left.last().unwrap(), 1996);
+        for pair in left.windows(2) {
+            assert!(
+                pair[1] - pair[0] <= 2 * 128,
+                "a gap in the timeline: {left:?}"
+            );
+        }
+    }
 
     #[test]
     fn timestamps_are_civil_utc() {

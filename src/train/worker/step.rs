@@ -296,7 +296,7 @@ impl Session {
                 optimizer_s,
                 matmul_flop: crate::model::kernels::flop_count().saturating_sub(flop0),
             },
-            wall_s: self.started.elapsed().as_secs_f64(),
+            wall_s: self.wall_s(),
         };
         self.run.append_metrics(&step).map_err(failed)?;
         link.emit(Event::Step(step));
@@ -455,7 +455,7 @@ impl Session {
             tasks,
             loss: acc.loss / n,
             images_per_s: acc.images as f64 / acc.train_secs.max(1e-9),
-            wall_s: self.started.elapsed().as_secs_f64(),
+            wall_s: self.wall_s(),
         }));
         self.report_overhead(link);
         Ok(())

@@ -231,13 +231,21 @@ fn epochs_text(v: f64) -> String {
     }
 }
 
-/// A typed epoch count: a number, or `no limit` / `∞`.
+/// A typed epoch count: a number (`1 000` too), or `no limit` / `∞`; anything from
+/// [`limits::EPOCHS_UNTIL_TIME_LIMIT`] up (`inf`, `1e30`) is no limit, so the count of steps
+/// cannot overflow.
 fn parse_epochs(text: &str) -> Option<f64> {
+    let unlimited = limits::EPOCHS_UNTIL_TIME_LIMIT as f64;
     let t = text.trim();
     if t.eq_ignore_ascii_case("no limit") || t == "∞" {
-        Some(limits::EPOCHS_UNTIL_TIME_LIMIT as f64)
+        return Some(unlimited);
+    }
+    let digits: String = t.chars().filter(|c| !c.is_whitespace()).collect();
+    let v: f64 = digits.parse().ok()?;
+    if v.is_nan() {
+        None
     } else {
-        t.parse().ok()
+        Some(v.min(unlimited))
     }
 }
 
@@ -386,4 +394,25 @@ fn task_settings(ui: &mut egui::Ui, c: &mut TrainConfig) {
         ui.add(egui::Slider::new(&mut a.gray_p, p.clone()).text("grey p"));
         ui.add(egui::Slider::new(&mut a.blur_p, p).text("blur p"));
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{epochs_text, parse_epochs};
+    use crate::config::EPOCHS_UNTIL_TIME_LIMIT;
+
+    #[test]
+    fn epochs_read_and_show_no_limit() {
+        let unlimited = EPOCHS_UNTIL_TIME_LIMIT as f64;
+        assert_eq!(parse_epochs(" 20 "), Some(20.0));
+        assert_eq!(parse_epochs("1 000"), Some(1000.0));
+        for t in ["no limit", "No Limit", "∞", "inf", "1e30", "99999999"] {
+            assert_eq!(parse_epochs(t), Some(unlimited), "{t}");
+        }
+        assert_eq!(parse_epochs("NaN"), None);
+        assert_eq!(parse_epochs("twenty"), None);
+        assert_eq!(epochs_text(20.0), "20");
+        assert_eq!(epochs_text(unlimited), "no limit");
+        assert_eq!(parse_epochs(&epochs_text(unlimited)), Some(unlimited));
+    }
 }

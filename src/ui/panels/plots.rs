@@ -34,7 +34,8 @@ fn tick_label(v: f64, step: f64) -> String {
 /// level can jump from 100 to 1000 steps and leave a plot of 1,500 steps with two labels.
 pub fn nice_grid_steps(base: f64) -> [f64; 3] {
     if !(base.is_finite() && base > 0.0) {
-        return [1.0, 5.0, 10.0];
+        // No usable spacing (a plot of no width): no grid lines, as egui_plot's own spacer.
+        return [f64::INFINITY; 3];
     }
     let decade = 10f64.powf(base.log10().floor());
     let mantissa = [1.0, 2.0, 5.0, 10.0]
@@ -59,22 +60,35 @@ pub fn monitor_hint(run: &RunView) -> Option<String> {
     if !run.is_training() {
         return None;
     }
-    let budget = run.config.as_ref()?.monitor_budget / 100.0;
+    let config = run.config.as_ref()?;
+    let budget = config.monitor_budget / 100.0;
     let overhead = run.overhead.as_ref()?;
     let from = overhead.allowed_from(Activity::Monitor, budget)?;
     let measured = run.curves.series.get("gauge/rankme")?.points();
     let last = measured.last()?[0];
+    // The step's clock is the budget's: seconds of the run, pauses left out.
     let now = run.last_step.as_ref().map_or(overhead.wall_s, |m| m.wall_s);
     let next = match from - now {
         left if left > 1.0 => format!("in about {left:.0} s"),
-        _ => "at the next epoch end or step mark".to_string(),
+        _ if config.knn_every > 0 => {
+            format!("at the next epoch end or {}-step mark", config.knn_every)
+        }
+        _ => "at the next epoch end".to_string(),
+    };
+    let percent = |share: f64| {
+        let p = share * 100.0;
+        if p < 1.0 {
+            format!("{p:.1}%")
+        } else {
+            format!("{p:.0}%")
+        }
     };
     Some(format!(
-        "{} measurement(s), the last at step {last}. Next {next}: measuring may take {:.0}% of \
-         the run's time (Monitoring budget {:.0}%). Measure now measures at once.",
+        "{} measurement(s), the last at step {last:.0}. Next {next}: measuring may take {} of \
+         the run's time (Monitoring budget {}). Measure now measures at once.",
         measured.len(),
-        Activity::Monitor.share() * budget * 100.0,
-        budget * 100.0
+        percent(Activity::Monitor.share() * budget),
+        percent(budget)
     ))
 }
 
@@ -226,7 +240,12 @@ impl Plots<'_> {
                 }
             }
             for &y in frame.include_y {
-                p = p.include_y(y);
+                // On a log scale the axis holds log10 of the values; 0 has none.
+                match (log, y > 0.0) {
+                    (false, _) => p = p.include_y(y),
+                    (true, true) => p = p.include_y(y.log10()),
+                    (true, false) => {}
+                }
             }
             let y_range = frame.y_range;
             p.show(ui, |plot_ui| {
@@ -582,7 +601,13 @@ mod tests {
         assert!(
             monitor_hint(&v)
                 .unwrap()
-                .contains("Next at the next epoch end")
+                .contains("Next at the next epoch end or 100-step mark")
+        );
+        v.config.as_mut().unwrap().monitor_budget = 1.0;
+        assert!(
+            monitor_hint(&v)
+                .unwrap()
+                .contains("may take 0.6% of the run's time")
         );
         // A budget of 100%: measured after every epoch, nothing to wait for.
         v.config.as_mut().unwrap().monitor_budget = 100.0;
