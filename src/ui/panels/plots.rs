@@ -11,10 +11,18 @@ use crate::view::history::smooth;
 fn task_color(name: &str) -> Color32 {
     match name.rsplit('/').next().unwrap_or(name) {
         "colorization" => Color32::from_rgb(240, 150, 60),
+        "colorization-bins" => Color32::from_rgb(250, 205, 150),
         "inpainting" => Color32::from_rgb(170, 120, 240),
         "rotation" => Color32::from_rgb(70, 200, 190),
         "patch" => Color32::from_rgb(230, 210, 80),
+        "jigsaw" => Color32::from_rgb(150, 210, 90),
         "contrastive" => Color32::from_rgb(240, 100, 140),
+        "moco" => Color32::from_rgb(90, 150, 250),
+        "byol" => Color32::from_rgb(250, 110, 90),
+        "simsiam" => Color32::from_rgb(120, 230, 140),
+        "barlow-twins" => Color32::from_rgb(205, 165, 250),
+        "vicreg" => Color32::from_rgb(80, 215, 245),
+        // The weighted total of several tasks.
         _ => Color32::from_rgb(200, 200, 210),
     }
 }
@@ -391,13 +399,15 @@ impl Plots<'_> {
                 );
             }
         }
+        // Room for the legend: two entries of z, two more per two-view method.
+        let height = 110.0 + 18.0 * lines.len().saturating_sub(2) as f32;
         self.plot(
             ui,
             "gauges",
             "Collapse gauges (1 = fully spread, 0 = collapsed)",
             (lines, dots),
             &Frame {
-                height: 110.0,
+                height,
                 include_y: &[0.0, 1.0],
                 span_run: true,
                 ..Frame::CURVE
