@@ -260,7 +260,7 @@ pub fn monitor_subset_line(s: &DatasetSummary) -> Option<String> {
     (s.classes.len() >= 2 && s.images > n).then(|| {
         format!(
             "kNN monitor: on {n} of {} images, evenly spread, the same each time (pretext eval \
-             judges all of them, so its figures differ a little)",
+             judges all of them: its kNN bank is larger, so its figures are usually higher)",
             s.images
         )
     })

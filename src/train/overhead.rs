@@ -6,7 +6,9 @@
 //! time. So these happen when they are due *and* the budget allows, judged by time, not by
 //! epoch: each kind of work has its share of the budget (the monitor 3/5, previews and
 //! checkpoints 1/5 each), and runs only if what it has spent so far plus what it cost last time
-//! stays within its share of the wall-clock time, with room kept for the last one. The
+//! stays within its share of the wall-clock time, with room kept for the last one, and — so that
+//! a budget saved up is not spent in a burst — not sooner after the last one than its cost
+//! takes to earn at that share. The
 //! measurements a run's report needs — at the start (the random-init reference) and at the
 //! end — and the ones a person asks for ("Measure now", a checkpoint) are always made, and
 //! counted.
@@ -52,6 +54,8 @@ pub struct Spent {
     pub count: u32,
     /// Seconds the last one took (the estimate for the next).
     pub last_s: f64,
+    /// The run's wall-clock second when the last one ended.
+    pub last_at: f64,
 }
 
 /// Everything a run spent not training, by kind.
@@ -107,13 +111,24 @@ impl Overhead {
             return true;
         }
         let spent = self.get(what);
-        let expected = if spent.count == 0 {
+        let expected = self.expected(what);
+        // Room is kept for one more: the end of the run measures, previews and saves anyway.
+        let within = spent.secs + 2.0 * expected <= what.share() * budget * (wall_s + expected);
+        // Paced: no sooner than the time the last one's cost takes to earn at this share.
+        let paced =
+            spent.count == 0 || wall_s - spent.last_at >= expected / (what.share() * budget);
+        within && paced
+    }
+
+    /// What `what` is expected to cost: what it cost the last time (a generous guess before
+    /// the first time).
+    fn expected(&self, what: Activity) -> f64 {
+        let spent = self.get(what);
+        if spent.count == 0 {
             what.first_guess_s()
         } else {
             spent.last_s
-        };
-        // Room is kept for one more: the end of the run measures, previews and saves anyway.
-        spent.secs + 2.0 * expected <= what.share() * budget * (wall_s + expected)
+        }
     }
 
     /// The wall-clock second of the run from which [`Overhead::allows`] lets `what` run again,
@@ -123,21 +138,25 @@ impl Overhead {
             return None;
         }
         let spent = self.get(what);
-        let expected = if spent.count == 0 {
-            what.first_guess_s()
-        } else {
-            spent.last_s
-        };
+        let expected = self.expected(what);
         let share = what.share() * budget.max(f64::MIN_POSITIVE);
-        Some(((spent.secs + 2.0 * expected) / share - expected).max(0.0))
+        let within = (spent.secs + 2.0 * expected) / share - expected;
+        let paced = if spent.count == 0 {
+            0.0
+        } else {
+            spent.last_at + expected / share
+        };
+        Some(within.max(paced).max(0.0))
     }
 
-    /// Counts `secs` spent on `what`; `forced` when the budget was not asked.
-    pub fn add(&mut self, what: Activity, secs: f64, forced: bool) {
+    /// Counts `secs` spent on `what`, ending at the run's wall-clock second `at`; `forced` when
+    /// the budget was not asked.
+    pub fn add(&mut self, what: Activity, secs: f64, forced: bool, at: f64) {
         let s = self.get_mut(what);
         s.secs += secs;
         s.count += 1;
         s.last_s = secs;
+        s.last_at = at;
         if forced {
             self.forced_s += secs;
         }
@@ -158,8 +177,8 @@ mod tests {
             for (what, cost) in costs {
                 let forced = i == 0 || i + 1 == steps;
                 if forced || o.allows(what, budget, wall) {
-                    o.add(what, cost, forced);
                     wall += cost;
+                    o.add(what, cost, forced, wall);
                 }
             }
         }
@@ -211,7 +230,7 @@ mod tests {
     #[test]
     fn allowed_from_is_the_first_second_the_rule_allows() {
         let mut o = Overhead::default();
-        for (cost, forced) in [(0.7, true), (0.9, false), (0.4, false)] {
+        for (cost, forced, at) in [(0.7, true, 1.0), (0.9, false, 120.0), (0.4, false, 150.0)] {
             for what in [Activity::Monitor, Activity::Previews] {
                 for budget in [0.005, 0.05, 0.3] {
                     let from = o.allowed_from(what, budget).unwrap();
@@ -221,12 +240,35 @@ mod tests {
                     }
                 }
             }
-            o.add(Activity::Monitor, cost, forced);
+            o.add(Activity::Monitor, cost, forced, at);
         }
-        // 0.7 + 0.9 + 0.4 s measured, 0.4 s expected next: 2.8 s is 3% of 93.3 s, less the 0.4.
+        // 0.7 + 0.9 + 0.4 s measured, 0.4 s expected next: within the budget from 2.8 s / 3%
+        // − 0.4 s = 92.9 s, but paced: 0.4 s / 3% = 13.3 s after the last, at 150 s.
         let from = o.allowed_from(Activity::Monitor, 0.05).unwrap();
-        assert!((from - (2.8 / 0.03 - 0.4)).abs() < 1e-9, "{from}");
+        assert!((from - (150.0 + 0.4 / 0.03)).abs() < 1e-9, "{from}");
         assert_eq!(o.allowed_from(Activity::Monitor, 1.0), None);
+    }
+
+    /// A budget saved up (the start's measurement cost more than the later ones) is spent
+    /// evenly, not in a burst of measurements one step apart.
+    #[test]
+    fn a_saved_up_budget_is_not_spent_in_a_burst() {
+        let mut o = Overhead::default();
+        let mut wall = 0.0;
+        o.add(Activity::Monitor, 1.0, true, 1.0);
+        let mut times = Vec::new();
+        while wall < 300.0 {
+            wall += 0.1;
+            if o.allows(Activity::Monitor, 0.05, wall) {
+                wall += 0.4;
+                o.add(Activity::Monitor, 0.4, false, wall);
+                times.push(wall);
+            }
+        }
+        assert!(times.len() >= 5, "{times:?}");
+        for pair in times.windows(2) {
+            assert!(pair[1] - pair[0] >= 0.4 / 0.03 - 0.2, "a burst: {times:?}");
+        }
     }
 
     #[test]

@@ -53,7 +53,7 @@ impl Session {
         } = result;
         let k = KnnMetrics {
             step: self.pos.step,
-            epoch: self.pos.epoch,
+            epoch: self.epoch_of_step(),
             stages: embed::STAGES
                 .iter()
                 .map(|s| (*s).to_string())

@@ -138,7 +138,9 @@ impl Session {
     ) -> T {
         let t0 = Instant::now();
         let out = work(self);
-        self.overhead.add(what, t0.elapsed().as_secs_f64(), forced);
+        let at = self.wall_s();
+        self.overhead
+            .add(what, t0.elapsed().as_secs_f64(), forced, at);
         out
     }
 
@@ -362,12 +364,23 @@ impl Session {
     /// The end of a run that reached its time limit mid-epoch: what the last epoch's end does —
     /// a checkpoint (named by step), the resume checkpoint, previews and the last measurement.
     fn end_at_time_limit(&mut self, link: &Link<'_>) -> Result<(), Outcome> {
+        let epoch = self.epoch_of_step();
         link.emit(Event::TimeLimitReached {
             step: self.pos.step,
-            epoch: self.pos.epoch + 1,
+            epoch,
         });
         let name = format!("step-{:06}.safetensors", self.pos.step);
-        self.save_and_watch(link, &name, self.pos.epoch + 1, true)
+        self.save_and_watch(link, &name, epoch, true)
+    }
+
+    /// The 1-based epoch the last step belonged to: the one in progress, or at an epoch's end
+    /// the one just finished (0 before the first step).
+    pub(super) fn epoch_of_step(&self) -> usize {
+        if self.pos.batch == 0 {
+            self.pos.epoch
+        } else {
+            self.pos.epoch + 1
+        }
     }
 
     /// Checkpoint `name` with the resume point, the previews of `epoch` and a measurement: each
@@ -385,8 +398,11 @@ impl Session {
                 s.save_resume()
             })?;
         }
-        if last || self.affordable(Activity::Previews) {
-            self.timed(Activity::Previews, last, |s| {
+        // The first epoch's pictures start the previews/ timeline: always written (they are
+        // cheap), as the last ones are.
+        let first = epoch == 1;
+        if last || first || self.affordable(Activity::Previews) {
+            self.timed(Activity::Previews, last || first, |s| {
                 s.send_previews(link, Some(epoch));
             });
         }

@@ -116,6 +116,11 @@ enum Style {
     Baseline,
 }
 
+/// A legend in `corner`, its background see-through enough that the points under it show.
+fn legend(corner: Corner) -> Legend {
+    Legend::default().position(corner).background_alpha(0.45)
+}
+
 /// How a plot is framed.
 struct Frame<'f> {
     height: f32,
@@ -220,7 +225,9 @@ impl Plots<'_> {
             let log = self.settings.log_scale;
             let mut p = Plot::new(id)
                 .height(frame.height)
-                .legend(Legend::default().position(frame.legend))
+                .legend(legend(frame.legend))
+                // The mouse wheel scrolls the tab, not the plot (dragging still pans it).
+                .allow_scroll(false)
                 .x_grid_spacer(egui_plot::uniform_grid_spacer(|g| {
                     nice_grid_steps(g.base_step_size)
                 }))
@@ -477,9 +484,11 @@ impl Plots<'_> {
             if let Some(subset) = subset {
                 ui.add(egui::Label::new(RichText::new(subset).color(super::MUTED)).wrap());
             }
+            // Tall enough for its legend (four stages and two reference lines) inside the frame.
             let mut plot = Plot::new("knn")
-                .height(140.0)
-                .legend(Legend::default().position(Corner::LeftBottom))
+                .height(190.0)
+                .legend(legend(Corner::LeftBottom))
+                .allow_scroll(false)
                 .x_grid_spacer(egui_plot::uniform_grid_spacer(|g| {
                     nice_grid_steps(g.base_step_size)
                 }))
@@ -511,7 +520,7 @@ impl Plots<'_> {
                 if let Some(z) = start {
                     plot_ui.hline(
                         egui_plot::HLine::new("z before training (random init)", z)
-                            .color(STAGE_COLORS[3])
+                            .color(STAGE_COLORS[3].gamma_multiply(0.55))
                             .style(egui_plot::LineStyle::dotted_loose()),
                     );
                 }
@@ -593,7 +602,7 @@ mod tests {
         v.status = RunStatus::Running;
         v.config = Some(crate::config::TrainConfig::default());
         let mut o = Overhead::default();
-        o.add(Activity::Monitor, 0.7, true);
+        o.add(Activity::Monitor, 0.7, true, 0.7);
         o.wall_s = 10.0;
         v.overhead = Some(o);
         // (0.7 s spent + 2 × 0.7 s expected) / 3% − 0.7 s = 69.3 s; 10 s have passed.

@@ -141,6 +141,8 @@ fn overlay_plot(ui: &mut egui::Ui, tab: &RunsTab, q: Quantity, smoothing: f64, s
             .height(size[1])
             .width(size[0])
             .legend(Legend::default())
+            // The mouse wheel scrolls the tab, not the plot (dragging still pans it).
+            .allow_scroll(false)
             .x_axis_label(tab.x_axis.label());
         if matches!(q, Quantity::Knn(_)) {
             plot = plot.include_y(0.0).include_y(100.0);
