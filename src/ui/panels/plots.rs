@@ -91,10 +91,13 @@ pub fn monitor_hint(run: &RunView) -> Option<String> {
             format!("{p:.0}%")
         }
     };
+    let count = match measured.len() {
+        1 => "1 measurement".to_string(),
+        n => format!("{n} measurements"),
+    };
     Some(format!(
-        "{} measurement(s), the last at step {last:.0}. Next {next}: measuring may take {} of \
-         the run's time (Monitoring budget {}). Measure now measures at once.",
-        measured.len(),
+        "{count}, the last at step {last:.0}. Next {next}: measuring may take {} of the run's \
+         time (Monitoring budget {}). Measure now measures at once.",
         percent(Activity::Monitor.share() * budget),
         percent(budget)
     ))
@@ -608,7 +611,7 @@ mod tests {
         // (0.7 s spent + 2 × 0.7 s expected) / 3% − 0.7 s = 69.3 s; 10 s have passed.
         let hint = monitor_hint(&v).unwrap();
         assert!(
-            hint.starts_with("1 measurement(s), the last at step 0. Next in about 59 s"),
+            hint.starts_with("1 measurement, the last at step 0. Next in about 59 s"),
             "{hint}"
         );
         assert!(

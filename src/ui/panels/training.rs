@@ -44,9 +44,10 @@ pub fn show(
                     if let Some(hint) = super::plots::monitor_hint(run) {
                         ui.add(egui::Label::new(RichText::new(hint).color(MUTED)).wrap());
                     }
+                    // What the representation is worth first: in view at 1400 × 900.
+                    plots.knn(ui);
                     plots.collapse_gauges(ui);
                     plots.alignment(ui);
-                    plots.knn(ui);
                     ui.columns(2, |cols| {
                         plots.learning_rate(&mut cols[0]);
                         plots.throughput(&mut cols[1]);
