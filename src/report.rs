@@ -149,7 +149,7 @@ pub fn knn_json(k: &KnnMetrics) -> serde_json::Value {
         .stages
         .iter()
         .map(|(stage, acc)| {
-            let name = stage.split_whitespace().next().unwrap_or(stage);
+            let name = crate::eval::embed::stage_key(stage);
             (name.to_string(), serde_json::json!(acc))
         })
         .collect();

@@ -14,6 +14,11 @@ use crate::model::{Model, ModelError};
 /// Stage names, first to last.
 pub const STAGES: [&str; 4] = ["stem", "l1", "l2", "l3 (z)"];
 
+/// A stage's name without its note, as files and JSON keys have it: `l3 (z)` → `l3`.
+pub fn stage_key(stage: &str) -> &str {
+    stage.split_whitespace().next().unwrap_or(stage)
+}
+
 /// kNN defaults (as lightly's benchmarks).
 pub const KNN_K: usize = 20;
 pub const KNN_T: f64 = 0.1;

@@ -295,7 +295,7 @@ impl SummaryFold {
                     .iter()
                     .filter_map(|s| {
                         let stage = s["stage"].as_str()?;
-                        let short = stage.split_whitespace().next().unwrap_or(stage);
+                        let short = crate::eval::embed::stage_key(stage);
                         Some((short.to_string(), s["trained"].as_f64()?))
                     })
                     .collect()
@@ -335,23 +335,14 @@ pub fn newest_previews(dir: &Path) -> BTreeMap<TaskKind, (usize, PathBuf)> {
     };
     for entry in entries.flatten() {
         let path = entry.path();
-        let Some(stem) = path
+        let Some((epoch, task)) = path
             .file_name()
             .and_then(|n| n.to_str())
-            .and_then(|n| n.strip_suffix(".png"))
+            .and_then(run_dir::preview_name)
         else {
             continue;
         };
-        let Some((epoch, task)) = stem
-            .strip_prefix("epoch-")
-            .and_then(|rest| rest.split_once('-'))
-        else {
-            continue;
-        };
-        let (Ok(epoch), Some(task)) = (
-            epoch.parse::<usize>(),
-            TaskKind::ALL.into_iter().find(|k| k.name() == task),
-        ) else {
+        let Some(task) = TaskKind::ALL.into_iter().find(|k| k.name() == task) else {
             continue;
         };
         if out.get(&task).is_none_or(|(e, _)| *e < epoch) {

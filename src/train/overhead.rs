@@ -107,17 +107,8 @@ impl Overhead {
     /// 1 or more: always). Judged by what it cost the last time (a generous guess before the
     /// first time).
     pub fn allows(&self, what: Activity, budget: f64, wall_s: f64) -> bool {
-        if budget >= 1.0 {
-            return true;
-        }
-        let spent = self.get(what);
-        let expected = self.expected(what);
-        // Room is kept for one more: the end of the run measures, previews and saves anyway.
-        let within = spent.secs + 2.0 * expected <= what.share() * budget * (wall_s + expected);
-        // Paced: no sooner than the time the last one's cost takes to earn at this share.
-        let paced =
-            spent.count == 0 || wall_s - spent.last_at >= expected / (what.share() * budget);
-        within && paced
+        self.allowed_from(what, budget)
+            .is_none_or(|from| wall_s >= from)
     }
 
     /// What `what` is expected to cost: what it cost the last time (a generous guess before
@@ -140,7 +131,10 @@ impl Overhead {
         let spent = self.get(what);
         let expected = self.expected(what);
         let share = what.share() * budget.max(f64::MIN_POSITIVE);
+        // Within the share once spent + 2 × expected ≤ share × (wall + expected): room is kept
+        // for one more, as the end of the run measures, previews and saves anyway.
         let within = (spent.secs + 2.0 * expected) / share - expected;
+        // Paced: no sooner than the time the last one's cost takes to earn at this share.
         let paced = if spent.count == 0 {
             0.0
         } else {

@@ -283,7 +283,7 @@ impl RunDir {
             step_loss: None,
         };
         for (stage, acc) in &k.stages {
-            let name = stage.split_whitespace().next().unwrap_or(stage);
+            let name = crate::eval::embed::stage_key(stage);
             self.write_row(&monitor_row(KNN_TASK, format!("{KNN_PREFIX}{name}"), *acc))?;
         }
         if let Some(acc) = k.raw_pixels {
@@ -388,46 +388,47 @@ impl RunDir {
 
 /// [`RunDir::thin_previews`] on the folder `dir`.
 fn thin_preview_folder(dir: &Path, task: &str) -> Result<usize, RunDirError> {
-    {
-        let dir = dir.to_path_buf();
-        let mut found: Vec<(usize, PathBuf)> = Vec::new();
-        for entry in std::fs::read_dir(&dir).map_err(write_err(&dir))?.flatten() {
-            let path = entry.path();
-            let epoch = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .and_then(|n| n.strip_prefix("epoch-"))
-                .and_then(|n| n.strip_suffix(".png"))
-                .and_then(|n| n.split_once('-'))
-                .filter(|(e, t)| {
-                    *t == task && !e.is_empty() && e.bytes().all(|b| b.is_ascii_digit())
-                })
-                .and_then(|(e, _)| e.parse::<usize>().ok());
-            if let Some(e) = epoch {
-                found.push((e, path));
-            }
+    let mut found: Vec<(usize, PathBuf)> = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(write_err(dir))?.flatten() {
+        let path = entry.path();
+        let name = path.file_name().and_then(|n| n.to_str());
+        if let Some((e, _)) = name.and_then(preview_name).filter(|(_, t)| *t == task) {
+            found.push((e, path));
         }
-        if found.len() <= PREVIEWS_KEPT {
-            return Ok(0);
-        }
-        found.sort();
-        let epochs: Vec<usize> = found.iter().map(|(e, _)| *e).collect();
-        let newest = epochs.len() - 1;
-        let mut window = 2usize;
-        let mut keep = timeline(&epochs, window);
-        while keep.iter().filter(|&&k| k).count() > PREVIEWS_KEPT && window <= epochs[newest] {
-            window = window.saturating_mul(2);
-            keep = timeline(&epochs, window);
-        }
-        let mut removed = 0;
-        for ((_, path), kept) in found.iter().zip(keep) {
-            if !kept {
-                std::fs::remove_file(path).map_err(write_err(path))?;
-                removed += 1;
-            }
-        }
-        Ok(removed)
     }
+    if found.len() <= PREVIEWS_KEPT {
+        return Ok(0);
+    }
+    found.sort();
+    let epochs: Vec<usize> = found.iter().map(|(e, _)| *e).collect();
+    let newest = epochs.len() - 1;
+    let mut window = 2usize;
+    let mut keep = timeline(&epochs, window);
+    while keep.iter().filter(|&&k| k).count() > PREVIEWS_KEPT && window <= epochs[newest] {
+        window = window.saturating_mul(2);
+        keep = timeline(&epochs, window);
+    }
+    let mut removed = 0;
+    for ((_, path), kept) in found.iter().zip(keep) {
+        if !kept {
+            std::fs::remove_file(path).map_err(write_err(path))?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+/// The epoch and task of a preview picture's file name, `epoch-NNNN-<task>.png` as
+/// [`RunDir::preview_path`] writes it (the epoch all digits); `None` for any other name.
+pub fn preview_name(name: &str) -> Option<(usize, &str)> {
+    let (epoch, task) = name
+        .strip_prefix("epoch-")?
+        .strip_suffix(".png")?
+        .split_once('-')?;
+    if epoch.is_empty() || !epoch.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((epoch.parse().ok()?, task))
 }
 
 /// Which of the sorted `epochs` a timeline with windows of `window` epochs keeps: the first of
@@ -743,7 +744,7 @@ fn knn_from_rows(step: u64, epoch: usize, rows: &[MetricsRow]) -> super::KnnMetr
     let stages = crate::eval::embed::STAGES
         .iter()
         .filter_map(|stage| {
-            let short = stage.split_whitespace().next().unwrap_or(stage);
+            let short = crate::eval::embed::stage_key(stage);
             value(KNN_TASK, &format!("{KNN_PREFIX}{short}")).map(|v| ((*stage).to_string(), v))
         })
         .collect();

@@ -184,7 +184,7 @@ fn task_row(ui: &mut egui::Ui, rank: usize, row: &TaskResult) {
 
 fn knn_text(s: Option<&crate::compare::StageScore>) -> String {
     s.map_or("—".into(), |s| {
-        let short = s.stage.split_whitespace().next().unwrap_or(&s.stage);
+        let short = crate::eval::embed::stage_key(&s.stage);
         format!("{:.1}% ({short})", s.top1 * 100.0)
     })
 }

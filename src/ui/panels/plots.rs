@@ -60,6 +60,11 @@ pub fn nice_grid_steps(base: f64) -> [f64; 3] {
     [small, middle, 10.0 * small]
 }
 
+/// egui_plot's grid spacer on [`nice_grid_steps`].
+fn nice_spacer() -> impl Fn(egui_plot::GridInput) -> Vec<egui_plot::GridMark> {
+    egui_plot::uniform_grid_spacer(|g| nice_grid_steps(g.base_step_size))
+}
+
 /// While a run trains with a monitoring budget: how many times the kNN monitor and gauges have
 /// measured, and about when the next measurement comes — the budget spaces them, so on a short
 /// run the plots below hold only the measurement before training for a while.
@@ -214,6 +219,27 @@ impl Plots<'_> {
         })
     }
 
+    /// The x axis every plot of the tab shares: steps or epochs, 1/2/5 grid steps, and the run
+    /// so far when `span_run`; the mouse wheel scrolls the tab, not the plot (dragging still
+    /// pans it).
+    fn x_axis<'p>(&self, plot: Plot<'p>, span_run: bool) -> Plot<'p> {
+        let mut plot = plot
+            .allow_scroll(false)
+            .x_grid_spacer(nice_spacer())
+            .x_axis_label(if self.settings.x_in_epochs {
+                "epoch"
+            } else {
+                "step"
+            });
+        if span_run {
+            plot = plot.include_x(0.0);
+            if let Some(x) = self.x_now() {
+                plot = plot.include_x(x);
+            }
+        }
+        plot
+    }
+
     /// A plot of `lines` and `dots` drawn as `frame` says.
     fn plot(
         &self,
@@ -226,36 +252,19 @@ impl Plots<'_> {
         ui.vertical(|ui| {
             ui.label(RichText::new(title).strong());
             let log = self.settings.log_scale;
-            let mut p = Plot::new(id)
+            let plot = Plot::new(id)
                 .height(frame.height)
                 .legend(legend(frame.legend))
-                // The mouse wheel scrolls the tab, not the plot (dragging still pans it).
-                .allow_scroll(false)
-                .x_grid_spacer(egui_plot::uniform_grid_spacer(|g| {
-                    nice_grid_steps(g.base_step_size)
-                }))
-                .y_grid_spacer(egui_plot::uniform_grid_spacer(|g| {
-                    nice_grid_steps(g.base_step_size)
-                }))
+                .y_grid_spacer(nice_spacer())
                 // Labels a little closer than egui_plot's 20 px: a plot of 0–75% keeps its 10s.
                 .custom_y_axes(vec![
                     egui_plot::AxisHints::new_y().label_spacing(15.0..=25.0),
-                ])
-                .x_axis_label(if self.settings.x_in_epochs {
-                    "epoch"
-                } else {
-                    "step"
-                });
+                ]);
+            let mut p = self.x_axis(plot, frame.span_run);
             if log {
                 p = p.y_axis_formatter(|m, _| format!("1e{:.1}", m.value));
             } else {
                 p = p.y_axis_formatter(|m, _| tick_label(m.value, m.step_size));
-            }
-            if frame.span_run {
-                p = p.include_x(0.0);
-                if let Some(x) = self.x_now() {
-                    p = p.include_x(x);
-                }
             }
             for &y in frame.include_y {
                 // On a log scale the axis holds log10 of the values; 0 has none.
@@ -488,25 +497,12 @@ impl Plots<'_> {
                 ui.add(egui::Label::new(RichText::new(subset).color(super::MUTED)).wrap());
             }
             // Tall enough for its legend (four stages and two reference lines) inside the frame.
-            let mut plot = Plot::new("knn")
+            let plot = Plot::new("knn")
                 .height(190.0)
                 .legend(legend(Corner::LeftBottom))
-                .allow_scroll(false)
-                .x_grid_spacer(egui_plot::uniform_grid_spacer(|g| {
-                    nice_grid_steps(g.base_step_size)
-                }))
-                .x_axis_label(if self.settings.x_in_epochs {
-                    "epoch"
-                } else {
-                    "step"
-                })
-                .include_x(0.0)
                 .include_y(0.0)
                 .include_y(100.0);
-            if let Some(x) = self.x_now() {
-                plot = plot.include_x(x);
-            }
-            plot.show(ui, |plot_ui| {
+            self.x_axis(plot, true).show(ui, |plot_ui| {
                 for l in lines {
                     plot_ui.line(l);
                 }
