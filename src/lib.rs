@@ -17,6 +17,7 @@ pub mod report;
 pub mod rng;
 pub mod runs;
 pub mod tasks;
+pub mod text;
 pub mod train;
 pub mod ui;
 pub mod view;

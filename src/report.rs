@@ -241,12 +241,20 @@ pub fn data_lines(s: &DatasetSummary) -> Vec<String> {
     if let Some(note) = s.cache.as_ref().and_then(|c| c.note.as_ref()) {
         lines.push(format!("Image cache: {note}"));
     }
-    for (list, heading) in [
-        (&s.skipped, "Skipped {} file(s) that could not be used:"),
-        (&s.partial, "Used {} file(s) only partly decoded:"),
-        (&s.ignored, "Ignored {} entr(ies) on purpose:"),
+    for (list, heading, noun) in [
+        (
+            &s.skipped,
+            "Skipped {} that could not be used:",
+            ("file", "files"),
+        ),
+        (
+            &s.partial,
+            "Used {} only partly decoded:",
+            ("file", "files"),
+        ),
+        (&s.ignored, "Ignored {} on purpose:", ("entry", "entries")),
     ] {
-        lines.extend(file_list(list, heading));
+        lines.extend(file_list(list, heading, noun));
     }
     lines
 }
@@ -266,12 +274,13 @@ pub fn monitor_subset_line(s: &DatasetSummary) -> Option<String> {
     })
 }
 
-/// A heading with `{}` for the count, then the entries; nothing for an empty list.
-fn file_list(list: &[(String, String)], heading: &str) -> Vec<String> {
+/// A heading whose `{}` becomes the count with its noun (singular, plural), then the entries;
+/// nothing for an empty list.
+fn file_list(list: &[(String, String)], heading: &str, noun: (&str, &str)) -> Vec<String> {
     if list.is_empty() {
         return Vec::new();
     }
-    let mut lines = vec![heading.replace("{}", &list.len().to_string())];
+    let mut lines = vec![heading.replace("{}", &crate::text::count(list.len(), noun.0, noun.1))];
     lines.extend(
         list.iter()
             .take(LISTED_FILES)
@@ -396,7 +405,7 @@ mod tests {
             lines[0],
             "Data: 10 images (unlabelled) from photos at 32 px, loaded in 2.00 s (8 files/s)"
         );
-        assert_eq!(lines[1], "Skipped 7 file(s) that could not be used:");
+        assert_eq!(lines[1], "Skipped 7 files that could not be used:");
         assert_eq!(lines[2], "  bad0.png: not an image");
         assert_eq!(lines[7], "  … and 2 more");
         assert_eq!(lines.len(), 8);

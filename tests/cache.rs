@@ -352,14 +352,14 @@ fn clearing_removes_only_the_caches_files() {
     assert!(shown.status.success());
     let text = String::from_utf8_lossy(&shown.stdout);
     assert!(
-        text.contains(&dir.display().to_string()) && text.contains("2 file(s)"),
+        text.contains(&dir.display().to_string()) && text.contains("2 files"),
         "{text}"
     );
 
     let cleared = pretext(&["cache", "--clear"]);
     assert_eq!(cleared.status.code(), Some(0));
     let text = String::from_utf8_lossy(&cleared.stdout);
-    assert!(text.contains("Removed 2 cache file(s)"), "{text}");
+    assert!(text.contains("Removed 2 cache files"), "{text}");
     assert!(cache_files(&dir).is_empty());
     assert!(dir.join("keep-me.txt").exists(), "not the cache's: kept");
     assert_eq!(use_of(&load(&root, &dir, SIZE)), (0, FILES));

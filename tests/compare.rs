@@ -76,19 +76,19 @@ fn compare_ranks_two_tasks_and_writes_a_complete_folder() {
     let (stdout, stderr) = (text(&o.stdout), text(&o.stderr));
     assert_eq!(o.status.code(), Some(0), "{stdout}\n{stderr}");
     assert!(
-        stderr.contains("Budget: 96 images seen per task → 2 epoch(s)"),
+        stderr.contains("Budget: 96 images seen per task → 2 epochs"),
         "{stderr}"
     );
     assert!(
         stdout
             .lines()
-            .any(|l| l.starts_with("rotation: 2 epoch(s), 6 steps")),
+            .any(|l| l.starts_with("rotation: 2 epochs, 6 steps")),
         "{stdout}"
     );
     assert!(
         stdout
             .lines()
-            .any(|l| l.starts_with("contrastive: 2 epoch(s), 6 steps")),
+            .any(|l| l.starts_with("contrastive: 2 epochs, 6 steps")),
         "{stdout}"
     );
     assert!(

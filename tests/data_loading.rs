@@ -237,7 +237,7 @@ fn unusable_folders_are_clear_errors() {
     let junk = dir.path().join("junk");
     common::write(&junk.join("x.png"), b"garbage");
     let e = load(&junk).unwrap_err();
-    assert!(e.to_string().contains("1 file(s) skipped"), "{e}");
+    assert!(e.to_string().contains("1 file skipped"), "{e}");
 }
 
 #[test]

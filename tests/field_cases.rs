@@ -113,7 +113,7 @@ fn files_that_are_not_images_are_listed_as_ignored_with_what_to_do() {
     // The report names them, so nothing in the folder is silently dropped.
     let lines = pretext::report::data_lines(&data.summary(0.0));
     assert!(
-        lines.iter().any(|l| l == "Ignored 5 entr(ies) on purpose:"),
+        lines.iter().any(|l| l == "Ignored 5 entries on purpose:"),
         "{lines:#?}"
     );
 }
@@ -130,7 +130,7 @@ fn a_folder_of_only_heic_photos_is_refused_with_what_to_do() {
     let e = load(dir.path()).unwrap_err();
     assert!(matches!(e, DataError::NoImages { .. }), "{e:?}");
     let message = e.to_string();
-    assert!(message.contains("3 entr(ies) ignored"), "{message}");
+    assert!(message.contains("3 entries ignored"), "{message}");
     assert!(
         message.contains("HEIF/AVIF is not decoded (convert it to JPEG or PNG)"),
         "{message}"

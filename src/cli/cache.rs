@@ -31,8 +31,8 @@ pub fn cache(args: &CacheArgs) -> i32 {
             Ok(removed) => {
                 say_or!(
                     EXIT_PIPE_CLOSED,
-                    "Removed {} cache file(s) from {shown}: {} freed",
-                    removed.files,
+                    "Removed {} from {shown}: {} freed",
+                    crate::text::count(removed.files, "cache file", "cache files"),
                     crate::report::bytes(removed.bytes)
                 );
                 0
@@ -49,8 +49,8 @@ pub fn cache(args: &CacheArgs) -> i32 {
             Ok(u) => {
                 say_or!(
                     EXIT_PIPE_CLOSED,
-                    "Image cache: {shown} ({} file(s), {})",
-                    u.files,
+                    "Image cache: {shown} ({}, {})",
+                    crate::text::count(u.files, "file", "files"),
                     crate::report::bytes(u.bytes)
                 );
                 0

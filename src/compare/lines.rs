@@ -5,6 +5,7 @@ use std::time::SystemTime;
 
 use super::{Budget, ContestSpec, ContestState, Ranking, Reference, TaskResult};
 use crate::data::Dataset;
+use crate::text::count;
 
 /// `2026-11-28 20:54:00 UTC`.
 pub fn date(t: SystemTime) -> String {
@@ -42,15 +43,16 @@ fn thousands(n: u64) -> String {
 /// images)` or `Budget: 2 minutes of training per task`.
 pub fn budget_line(spec: &ContestSpec, data: &Dataset, epochs: usize) -> String {
     match spec.budget {
-        Budget::Minutes(m) => format!("Budget: {m} minute(s) of training per task"),
+        Budget::Minutes(m) => format!("Budget: {} of training per task", minutes(m)),
         Budget::Images(n) => {
             let len = data.len().max(1);
             let batch = spec.base.batch.min(len);
             let per_epoch = (len / batch).max(1) * batch;
             let seen = (epochs * per_epoch) as u64;
             let mut line = format!(
-                "Budget: {} images seen per task → {epochs} epoch(s) of {} images",
+                "Budget: {} images seen per task → {} of {} images",
                 thousands(n),
+                count(epochs, "epoch", "epochs"),
                 thousands(len as u64)
             );
             if seen != n {
@@ -61,6 +63,16 @@ pub fn budget_line(spec: &ContestSpec, data: &Dataset, epochs: usize) -> String 
             }
             line
         }
+    }
+}
+
+/// `1 minute`, `0.5 minutes`, `2 minutes`.
+fn minutes(m: f64) -> String {
+    let n = m.to_string();
+    if n == "1" {
+        "1 minute".to_string()
+    } else {
+        format!("{n} minutes")
     }
 }
 
@@ -76,10 +88,10 @@ fn opt(v: Option<f64>, f: impl Fn(f64) -> String) -> String {
 /// (l2), linear probe 38.0%, RankMe 23.4, uniformity -2.10, alignment 0.52`.
 pub fn task_line(r: &TaskResult) -> String {
     let mut line = format!(
-        "{}: {} epoch(s), {} steps, {} images in {:.1} s, final loss {:.3}",
+        "{}: {}, {}, {} images in {:.1} s, final loss {:.3}",
         r.task,
-        r.epochs,
-        r.steps,
+        count(r.epochs, "epoch", "epochs"),
+        count(r.steps, "step", "steps"),
         thousands(r.images_seen),
         r.train_s,
         r.final_loss
@@ -225,11 +237,11 @@ pub fn markdown(
         format!(
             "- Budget: {}",
             match spec.budget {
-                Budget::Minutes(m) => format!("{m} minute(s) of training per task"),
+                Budget::Minutes(m) => format!("{} of training per task", minutes(m)),
                 Budget::Images(n) => format!(
-                    "{} source images seen per task, rounded to {} whole epoch(s)",
+                    "{} source images seen per task, rounded to {}",
                     thousands(n),
-                    spec.budget.epochs(images)
+                    count(spec.budget.epochs(images), "whole epoch", "whole epochs")
                 ),
             }
         ),

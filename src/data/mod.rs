@@ -149,15 +149,15 @@ fn describe_skipped(skipped: &[Skipped], ignored: &[Skipped]) -> String {
         .find(|s| s.reason.starts_with(folder::NOT_AN_IMAGE));
     match (skipped.first(), not_an_image) {
         (None, Some(first)) => format!(
-            " ({} entr(ies) ignored, e.g. {}: {})",
-            ignored.len(),
+            " ({} ignored, e.g. {}: {})",
+            crate::text::count(ignored.len(), "entry", "entries"),
             first.path.display(),
             first.reason
         ),
         (None, None) => format!(" (looked for {})", folder::IMAGE_EXTENSIONS.join(", ")),
         (Some(first), _) => format!(
-            " ({} file(s) skipped; first: {}: {})",
-            skipped.len(),
+            " ({} skipped; first: {}: {})",
+            crate::text::count(skipped.len(), "file", "files"),
             first.path.display(),
             first.reason
         ),

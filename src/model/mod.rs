@@ -198,8 +198,8 @@ impl Model {
             return Err(ModelError::Checkpoint {
                 path: origin.to_string(),
                 message: format!(
-                    "{} encoder tensor(s) missing, first: {}",
-                    missing_encoder.len(),
+                    "{} missing, first: {}",
+                    crate::text::count(missing_encoder.len(), "encoder tensor", "encoder tensors"),
                     missing_encoder
                         .iter()
                         .take(3)

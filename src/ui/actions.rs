@@ -400,8 +400,8 @@ impl PretextApp {
                 Ok(removed) => (
                     false,
                     format!(
-                        "image cache cleared: {} file(s), {} freed ({})",
-                        removed.files,
+                        "image cache cleared: {}, {} freed ({})",
+                        crate::text::count(removed.files, "file", "files"),
                         crate::report::bytes(removed.bytes),
                         dir.display()
                     ),
@@ -451,12 +451,13 @@ impl PretextApp {
                 let summary = d.summary(secs);
                 let source = d.source.clone();
                 for (n, what) in [
-                    (summary.skipped.len(), "file(s) skipped"),
-                    (summary.partial.len(), "file(s) only partly decoded"),
+                    (summary.skipped.len(), "skipped"),
+                    (summary.partial.len(), "only partly decoded"),
                 ] {
                     if n > 0 {
+                        let files = crate::text::count(n, "file", "files");
                         self.run
-                            .message(false, format!("{n} {what} (see the data panel)"));
+                            .message(false, format!("{files} {what} (see the data panel)"));
                     }
                 }
                 let thumb_indices = super::panels::thumbnail_indices(d.len());

@@ -151,23 +151,28 @@ fn summary(ui: &mut egui::Ui, s: &DatasetSummary) {
             });
         });
     }
-    for (list, what, color) in [
-        (&s.skipped, "file(s) skipped", ERROR),
-        (&s.partial, "file(s) partly decoded", WARN),
-        (&s.ignored, "entr(ies) ignored", MUTED),
+    for (list, one, many, color) in [
+        (&s.skipped, "file skipped", "files skipped", ERROR),
+        (
+            &s.partial,
+            "file partly decoded",
+            "files partly decoded",
+            WARN,
+        ),
+        (&s.ignored, "entry ignored", "entries ignored", MUTED),
     ] {
         if list.is_empty() {
             continue;
         }
-        egui::CollapsingHeader::new(RichText::new(format!("{} {what}", list.len())).color(color))
-            .show(ui, |ui| {
-                for (path, reason) in list.iter().take(100) {
-                    ui.label(format!("{path}: {reason}"));
-                }
-                if list.len() > 100 {
-                    ui.label(format!("… and {} more", list.len() - 100));
-                }
-            });
+        let heading = crate::text::count(list.len(), one, many);
+        egui::CollapsingHeader::new(RichText::new(heading).color(color)).show(ui, |ui| {
+            for (path, reason) in list.iter().take(100) {
+                ui.label(format!("{path}: {reason}"));
+            }
+            if list.len() > 100 {
+                ui.label(format!("… and {} more", list.len() - 100));
+            }
+        });
     }
 }
 
