@@ -2,7 +2,11 @@
 
 /// `n` and the noun in the number it takes: `count(1, "file", "files")` is "1 file",
 /// `count(7, "file", "files")` is "7 files" (and "0 files").
-pub fn count<N: std::fmt::Display + PartialEq + From<u8>>(n: N, one: &str, many: &str) -> String {
+pub fn count<N: Copy + std::fmt::Display + PartialEq + From<u8>>(
+    n: N,
+    one: &str,
+    many: &str,
+) -> String {
     if n == N::from(1) {
         format!("1 {one}")
     } else {
