@@ -125,7 +125,7 @@ enum Style {
 }
 
 /// A legend in `corner`, its background see-through enough that the points under it show.
-fn legend(corner: Corner) -> Legend {
+pub(super) fn legend(corner: Corner) -> Legend {
     Legend::default().position(corner).background_alpha(0.45)
 }
 

@@ -7,7 +7,7 @@ use std::cmp::Ordering;
 use std::path::{Path, PathBuf};
 
 use eframe::egui::{self, Color32, RichText};
-use egui_plot::{Legend, Line, Plot, PlotPoints};
+use egui_plot::{Corner, Line, Plot, PlotPoints};
 
 use super::MUTED;
 use crate::runs::RunSummary;
@@ -80,7 +80,8 @@ pub fn show(
             .color(MUTED),
         );
     }
-    egui::ScrollArea::vertical()
+    // Both ways: on a narrow window the last columns scroll into view instead of being cut.
+    egui::ScrollArea::both()
         .id_salt("runs-table")
         .max_height(TABLE_HEIGHT)
         .show(ui, |ui| table(ui, tab, following, actions));
@@ -140,7 +141,13 @@ fn overlay_plot(ui: &mut egui::Ui, tab: &RunsTab, q: Quantity, smoothing: f64, s
         let mut plot = Plot::new(("runs-overlay", q.title()))
             .height(size[1])
             .width(size[0])
-            .legend(Legend::default())
+            // A falling loss leaves the top right free; rising accuracies and gauges the
+            // bottom right.
+            .legend(super::plots::legend(if matches!(q, Quantity::Loss) {
+                Corner::RightTop
+            } else {
+                Corner::RightBottom
+            }))
             // The mouse wheel scrolls the tab, not the plot (dragging still pans it).
             .allow_scroll(false)
             .x_axis_label(tab.x_axis.label());
@@ -182,7 +189,7 @@ fn table(
         .num_columns(11)
         .spacing([14.0, 4.0])
         .show(ui, |ui| {
-            for (label, column) in [
+            for (i, (label, column)) in [
                 ("Run", RunColumn::Name),
                 ("Tasks", RunColumn::Tasks),
                 ("Data", RunColumn::Data),
@@ -193,7 +200,10 @@ fn table(
                 ("Proxy metric", RunColumn::Proxy),
                 ("kNN top-1", RunColumn::Knn),
                 ("Probe", RunColumn::Probe),
-            ] {
+            ]
+            .into_iter()
+            .enumerate()
+            {
                 let arrow = match (tab.sort == column, tab.descending) {
                     (true, true) => " ▼",
                     (true, false) => " ▲",
@@ -209,8 +219,12 @@ fn table(
                 {
                     sort = Some(column);
                 }
+                if i == 0 {
+                    // Over the run's actions, which follow its name so that they are in view
+                    // however wide the table is.
+                    ui.label("");
+                }
             }
-            ui.label("");
             ui.end_row();
             for r in order {
                 row(ui, r, tab, following, actions);
@@ -249,6 +263,39 @@ fn row(
     {
         actions.push(Action::ToggleRun(r.dir.clone()));
     }
+    ui.horizontal(|ui| {
+        let live = r
+            .modified
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|d| d.as_secs() < 30);
+        let shown = following == Some(r.dir.as_path());
+        if ui
+            .add_enabled(!shown, egui::Button::new("Follow").small())
+            .on_hover_text("Show this run in the Training tab, following it as it is written")
+            .clicked()
+        {
+            actions.push(Action::FollowRun(r.dir.clone()));
+        }
+        if ui
+            .add(egui::Button::new("Continue").small())
+            .on_hover_text("Train this run on from its last checkpoint")
+            .clicked()
+        {
+            actions.push(Action::ContinueRun {
+                dir: r.dir.clone(),
+                epochs: None,
+            });
+        }
+        // After the buttons, so that they line up from row to row.
+        if live {
+            ui.label(
+                RichText::new("● writing")
+                    .small()
+                    .color(Color32::from_rgb(90, 200, 120)),
+            )
+            .on_hover_text("metrics.csv was written in the last 30 s");
+        }
+    });
     ui.scope(|ui| {
         ui.set_max_width(TASKS_WIDTH);
         ui.add(egui::Label::new(&r.tasks).truncate())
@@ -279,38 +326,6 @@ fn row(
     .on_hover_text("the best encoder stage by kNN top-1 (k = 20, held-out labels)");
     ui.label(r.probe.map_or("—".into(), |p| format!("{:.1}%", p * 100.0)))
         .on_hover_text("linear probe on z, from `pretext eval` or a contest (eval.json)");
-    ui.horizontal(|ui| {
-        let live = r
-            .modified
-            .and_then(|t| t.elapsed().ok())
-            .is_some_and(|d| d.as_secs() < 30);
-        if live {
-            ui.label(
-                RichText::new("● writing")
-                    .small()
-                    .color(Color32::from_rgb(90, 200, 120)),
-            )
-            .on_hover_text("metrics.csv was written in the last 30 s");
-        }
-        let shown = following == Some(r.dir.as_path());
-        if ui
-            .add_enabled(!shown, egui::Button::new("Follow").small())
-            .on_hover_text("Show this run in the Training tab, following it as it is written")
-            .clicked()
-        {
-            actions.push(Action::FollowRun(r.dir.clone()));
-        }
-        if ui
-            .add(egui::Button::new("Continue").small())
-            .on_hover_text("Train this run on from its last checkpoint")
-            .clicked()
-        {
-            actions.push(Action::ContinueRun {
-                dir: r.dir.clone(),
-                epochs: None,
-            });
-        }
-    });
 }
 
 /// `12.3 s`, `4.5 min`, `2.1 h`.
