@@ -17,6 +17,8 @@ use crate::view::overlay::{Gauge, Quantity};
 
 /// The most height the table of runs takes before it scrolls, px.
 const TABLE_HEIGHT: f32 = 230.0;
+/// The most width a run's name takes (longer names are cut, whole on hover), px.
+const NAME_WIDTH: f32 = 250.0;
 /// The most width the tasks column takes (longer lists are cut, whole on hover), px.
 const TASKS_WIDTH: f32 = 170.0;
 /// Height of each overlay plot, px.
@@ -256,11 +258,17 @@ fn row(
     if let Some(c) = &r.contest {
         hover.push_str(&format!("\nmade by the contest {c}"));
     }
-    if ui
-        .checkbox(&mut ticked, name)
-        .on_hover_text(hover)
-        .changed()
-    {
+    // A long name (many tasks) is cut, whole on hover, so that the numbers stay in view.
+    let toggled = ui
+        .scope(|ui| {
+            ui.set_max_width(NAME_WIDTH);
+            ui.style_mut().wrap_mode = Some(egui::TextWrapMode::Truncate);
+            ui.checkbox(&mut ticked, name)
+                .on_hover_text(hover)
+                .changed()
+        })
+        .inner;
+    if toggled {
         actions.push(Action::ToggleRun(r.dir.clone()));
     }
     ui.horizontal(|ui| {
