@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use pretext::config::{ContrastiveLoss, DataSource, TaskKind, TrainConfig};
-use pretext::math::{self, MathReport, Selection, StepKind, TaskMath};
+use pretext::math::{self, MathReport, Picture, Selection, StepKind, TaskMath};
 use pretext::train::{Command, Event, Outcome, Trainer};
 
 fn freeze(trainer: &Trainer) -> MathReport {
@@ -136,6 +136,15 @@ fn every_task_derivation_equals_the_trainers_loss_and_the_step_lowers_it() {
                 .iter()
                 .all(|s| !s.formula.is_empty() && !s.text.is_empty())
         );
+        // Every picture's bytes fit its size (the two-view tasks' 16 px views beside the 32 px
+        // original: a mismatch once brought the whole app down in egui).
+        for s in &steps {
+            for p in &s.pictures {
+                if let Picture::Image { label, size, rgb } = p {
+                    assert_eq!(rgb.len(), size * size * 3, "{}: {label}", t.task);
+                }
+            }
+        }
     }
     // Colorization-bins: its step says the trainer's loss, and a clicked pixel is spelled out.
     let bi = report

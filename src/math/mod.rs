@@ -63,8 +63,11 @@ pub struct TaskReport {
     /// What the network saw, per example, as RGB bytes (`size × size`).
     pub inputs: Vec<Vec<u8>>,
     pub input_size: usize,
-    /// The originals the examples came from (before any transformation).
+    /// The originals the examples came from (before any transformation), as RGB bytes
+    /// (`original_size × original_size`: the data set's working size, which two-view tasks'
+    /// smaller views do not share).
     pub originals: Vec<Vec<u8>>,
+    pub original_size: usize,
     /// Representation z = f(x) of each input.
     pub z: Vec<Vec<f32>>,
     /// Descriptions of the transformation per example (contrastive views), if any.
@@ -525,7 +528,7 @@ fn transformation_step(t: &TaskReport, i: usize) -> Step {
     if let Some(o) = t.originals.get(i) {
         pictures.push(Picture::Image {
             label: "x".into(),
-            size: t.input_size,
+            size: t.original_size,
             rgb: o.clone(),
         });
     }

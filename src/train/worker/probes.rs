@@ -224,6 +224,7 @@ impl Session {
                 inputs: e.inputs,
                 input_size: e.input_size,
                 originals,
+                original_size: self.data.size,
                 z: e.z,
                 transforms: e.transforms,
                 math: e.math,

@@ -5,6 +5,7 @@ use std::hash::{Hash, Hasher};
 
 use eframe::egui::{self, Color32, RichText, Sense};
 
+use super::MUTED;
 use crate::math::{self, MathReport, Picture, Step};
 use crate::train::Command;
 use crate::ui::{Action, MathTab, RunStatus, RunView};
@@ -195,6 +196,17 @@ fn picture_ui(m: &mut MathTab, ui: &mut egui::Ui, p: &Picture) -> Option<Pick> {
     match p {
         Picture::Image { label, size, rgb } => {
             ui.label(RichText::new(label).small());
+            if rgb.len() != size * size * 3 {
+                // Never handed to egui, which panics on a mismatch: the whole app would go.
+                ui.label(
+                    RichText::new(format!(
+                        "(no picture: {} bytes for {size}×{size} px)",
+                        rgb.len()
+                    ))
+                    .color(MUTED),
+                );
+                return None;
+            }
             let mut h = std::collections::hash_map::DefaultHasher::new();
             rgb.hash(&mut h);
             let key = h.finish();
