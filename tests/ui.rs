@@ -938,11 +938,20 @@ fn a_run_the_command_line_is_writing_is_followed_live() {
         );
         std::thread::sleep(Duration::from_millis(50));
     };
-    let storage = storage_with(small_config(out.path()));
+    // The left panel ticks another task than the run has: the curves drawn are the run's.
+    let storage = storage_with(TrainConfig {
+        tasks: vec![TaskKind::Contrastive],
+        ..small_config(out.path())
+    });
     let mut h = app(&storage, None);
     h.state_mut().inputs.run = dir.display().to_string();
     h.get_by_label("Follow run").click();
     wait_until(&mut h, "the first rows", |a| a.run.curves.steps_seen > 0);
+    assert_eq!(
+        h.state().run.shown_tasks(&h.state().settings.config.tasks),
+        [TaskKind::Rotation]
+    );
+    assert!(h.state().run.curves.series.contains_key("loss/rotation"));
     assert!(matches!(h.state().run.status, RunStatus::Following { .. }));
     assert_eq!(h.state().following.as_ref(), Some(&dir));
     let first = h.state().run.curves.steps_seen;

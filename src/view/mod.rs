@@ -256,6 +256,14 @@ impl Default for RunView {
 }
 
 impl RunView {
+    /// The tasks whose curves are drawn: the shown run's (a followed run's may differ from the
+    /// left panel's ticks), or `ticked` before any run has started.
+    pub fn shown_tasks(&self, ticked: &[TaskKind]) -> Vec<TaskKind> {
+        self.config
+            .as_ref()
+            .map_or_else(|| ticked.to_vec(), |c| c.tasks.clone())
+    }
+
     /// Whether a run is under way (starting, running or paused).
     pub fn is_training(&self) -> bool {
         matches!(

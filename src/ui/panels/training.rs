@@ -26,7 +26,7 @@ pub fn show(
     if let Some(e) = &run.last_epoch {
         ui.add(egui::Label::new(RichText::new(crate::report::epoch_line(e)).color(MUTED)).wrap());
     }
-    let tasks: Vec<TaskKind> = settings.config.tasks.clone();
+    let tasks = run.shown_tasks(&settings.config.tasks);
     let plots = Plots {
         run,
         settings: &*settings,
