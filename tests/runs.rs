@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use pretext::runs::watch::{WatchCommand, WatchUpdate, Watcher, no_notify};
-use pretext::runs::{MetricsTail, SummaryFold, find_runs};
+use pretext::runs::{MetricsTail, RunSummary, SummaryFold, find_runs};
 use pretext::train::run_dir::{self, METRICS_HEADER, RowEvents};
 use pretext::view::overlay::{Quantity, overlay};
 use pretext::view::{RunView, WALL_SERIES, XAxis};
@@ -357,6 +357,31 @@ fn follow_until(w: &Watcher, view: &mut RunView, dir: &Path, cond: impl Fn(&RunV
                 view.apply(e);
             }
         }
+    }
+}
+
+/// The next listing the watcher sends, within 20 s.
+fn next_listing(w: &Watcher) -> Option<Vec<RunSummary>> {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(20) {
+        if let Ok(WatchUpdate::Listed(list)) = w.updates().recv_timeout(Duration::from_millis(200))
+        {
+            return Some(list);
+        }
+    }
+    None
+}
+
+#[test]
+fn listing_the_same_folder_again_sends_its_runs_again() {
+    // The app empties its table when List is pressed; an unchanged folder must fill it again.
+    let out = tempfile::tempdir().unwrap();
+    let run = tiny_run(out.path(), "rotation");
+    let w = Watcher::spawn(no_notify()).unwrap();
+    for time in ["first", "second"] {
+        assert!(w.send(WatchCommand::Root(out.path().to_path_buf())));
+        let list = next_listing(&w).unwrap_or_else(|| panic!("no listing the {time} time"));
+        assert!(list.iter().any(|s| s.dir == run), "{time}: {list:?}");
     }
 }
 

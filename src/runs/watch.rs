@@ -176,6 +176,9 @@ impl State {
         match c {
             WatchCommand::Root(p) => {
                 self.root = Some(p);
+                // The front end empties its table when it asks for a folder (again): the next
+                // listing goes out even if nothing changed since the last.
+                self.sent.clear();
                 true
             }
             WatchCommand::Add(p) => {

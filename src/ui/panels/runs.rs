@@ -54,9 +54,11 @@ pub fn show(
     let full_width = ui.available_width();
     ui.horizontal(|ui| {
         let l = ui.label("Runs folder");
-        let edit = ui.add(egui::TextEdit::singleline(root).desired_width(260.0));
-        edit.labelled_by(l.id);
-        if ui.button("List").clicked() {
+        let edit = ui
+            .add(egui::TextEdit::singleline(root).desired_width(260.0))
+            .labelled_by(l.id);
+        let entered = edit.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter));
+        if ui.button("List").clicked() || entered {
             actions.push(Action::SetRunsRoot(PathBuf::from(root.trim())));
         }
         ui.label(
