@@ -677,4 +677,23 @@ fn a_time_limit_ends_the_run_like_its_last_epoch_and_the_schedule_with_it() {
         more > steps,
         "{more} steps after continuing, {steps} before"
     );
+
+    // Continued without --minutes, as the app's Continue does: its limit is spent, so it
+    // trains as long again instead of ending at once having trained nothing.
+    let o = pretext(&["train", "--resume", dir.to_str().unwrap()]);
+    let stderr = text(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("the run had used its time limit (0.1 minutes): training 0.1 minutes more"),
+        "{stderr}"
+    );
+    let csv = std::fs::read_to_string(dir.join("metrics.csv")).unwrap();
+    let again = csv
+        .lines()
+        .filter(|l| l.split(',').nth(2) == Some("rotation"))
+        .count();
+    assert!(
+        again > more,
+        "{again} steps after continuing again, {more} before"
+    );
 }

@@ -5,7 +5,7 @@ use std::time::SystemTime;
 
 use super::{Budget, ContestSpec, ContestState, Ranking, Reference, TaskResult};
 use crate::data::Dataset;
-use crate::text::count;
+use crate::text::{count, minutes};
 
 /// `2026-11-28 20:54:00 UTC`.
 pub fn date(t: SystemTime) -> String {
@@ -63,16 +63,6 @@ pub fn budget_line(spec: &ContestSpec, data: &Dataset, epochs: usize) -> String 
             }
             line
         }
-    }
-}
-
-/// `1 minute`, `0.5 minutes`, `2 minutes`.
-fn minutes(m: f64) -> String {
-    let n = m.to_string();
-    if n == "1" {
-        "1 minute".to_string()
-    } else {
-        format!("{n} minutes")
     }
 }
 
