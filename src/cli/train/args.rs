@@ -69,7 +69,8 @@ pub struct TrainArgs {
     pub warmup_steps: usize,
     /// End the run after this many minutes of training, as at its last epoch (the learning-rate
     /// schedule ends there too). Without --epochs the run then lasts these minutes (its epochs
-    /// are not limited). With --resume: this many more minutes.
+    /// are not limited). With --resume: this many more minutes (without it, a run that ended by
+    /// its time limit trains as long again).
     #[arg(long, value_name = "M")]
     pub minutes: Option<f64>,
     /// Keep the newest N checkpoints (and the best by kNN top-1 of z, and the resume
