@@ -9,6 +9,9 @@ use crate::eval::embed::{Embedding, collapsed, neighbours};
 use crate::train::Command;
 use crate::ui::{Action, DataState, ExplorerTab, MapKind, RunStatus, RunView, TsneMap};
 
+/// Width of a nearest neighbour's cell (its 64 px picture, its cosine and class), px.
+const NEIGHBOUR_CELL: f32 = 76.0;
+
 const PALETTE: [Color32; 10] = [
     Color32::from_rgb(230, 120, 60),
     Color32::from_rgb(80, 160, 240),
@@ -280,12 +283,29 @@ fn draw(ui: &mut egui::Ui, data: &DataState, x: &mut ExplorerTab, e: &Embedding)
         });
         ui.vertical(|ui| {
             if let Some(sel) = x.selected {
+                let class_of = |j: usize| {
+                    labels
+                        .as_ref()
+                        .and_then(|l| l.get(j))
+                        .and_then(|&c| classes.get(c as usize))
+                        .cloned()
+                };
                 ui.label(
                     RichText::new(format!(
                         "Image {sel} and its nearest neighbours in z (cosine)"
                     ))
                     .strong(),
                 );
+                // Which file it is, and its class where the folder has them.
+                let name = match data {
+                    DataState::Ready(d) => d.data.names.get(sel).cloned().unwrap_or_default(),
+                    _ => String::new(),
+                };
+                let what = match class_of(sel) {
+                    Some(c) => format!("{name} · class {c}"),
+                    None => name,
+                };
+                ui.add(egui::Label::new(RichText::new(what).small()).truncate());
                 if let Some(tex) = image_texture(x, data, ui.ctx(), sel) {
                     ui.add(egui::Image::new((tex.id(), egui::vec2(96.0, 96.0))));
                 }
@@ -297,21 +317,32 @@ fn draw(ui: &mut egui::Ui, data: &DataState, x: &mut ExplorerTab, e: &Embedding)
                     .as_ref()
                     .map(|(_, n)| n.clone())
                     .unwrap_or_default();
-                ui.horizontal_wrapped(|ui| {
-                    for (j, sim) in near {
-                        if let Some(tex) = image_texture(x, data, ui.ctx(), j) {
-                            ui.vertical(|ui| {
-                                ui.add(egui::Image::new((tex.id(), egui::vec2(64.0, 64.0))));
-                                let class = labels
-                                    .as_ref()
-                                    .and_then(|l| classes.get(l[j] as usize))
-                                    .cloned()
-                                    .unwrap_or_default();
-                                ui.label(RichText::new(format!("{sim:.3} {class}")).small());
-                            });
+                // Rows of as many fixed-width cells as fit (egui cannot wrap a nested layout
+                // whose width it learns only after drawing it: the last one was cut off).
+                let gap = ui.spacing().item_spacing.x;
+                let per_row = (((ui.available_width() + gap) / (NEIGHBOUR_CELL + gap)).floor()
+                    as usize)
+                    .max(1);
+                for row in near.chunks(per_row) {
+                    ui.horizontal(|ui| {
+                        for &(j, sim) in row {
+                            if let Some(tex) = image_texture(x, data, ui.ctx(), j) {
+                                ui.vertical(|ui| {
+                                    ui.set_width(NEIGHBOUR_CELL);
+                                    ui.add(egui::Image::new((tex.id(), egui::vec2(64.0, 64.0))));
+                                    let class = class_of(j).unwrap_or_default();
+                                    ui.add(
+                                        egui::Label::new(
+                                            RichText::new(format!("{sim:.3} {class}")).small(),
+                                        )
+                                        .truncate(),
+                                    )
+                                    .on_hover_text(format!("cosine {sim:.4}, class {class}"));
+                                });
+                            }
                         }
-                    }
-                });
+                    });
+                }
             } else {
                 ui.label("Hover a point to see its image; click it to see its nearest neighbours.");
             }
