@@ -178,6 +178,13 @@ fn compare_ranks_two_tasks_and_writes_a_complete_folder() {
     let rgb = img.to_rgb8();
     let coloured = rgb.pixels().filter(|p| p.0 != [255, 255, 255]).count();
     assert!(coloured > 1000, "the chart has something drawn on it");
+    // The legend is a strip under the chart (over the bars, at the top right, it hid the last
+    // task's): the kNN bars' swatch is in the bottom rows.
+    let h = rgb.height();
+    let swatch_below = rgb
+        .enumerate_pixels()
+        .any(|(_, y, p)| y + 40 >= h && p.0 == [66, 118, 189]);
+    assert!(swatch_below, "the legend's kNN swatch under the chart");
 
     // Each task's run directory, with its eval.json in the keys the runs view reads.
     let runs = run_dirs(&dir);

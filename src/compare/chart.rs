@@ -155,6 +155,44 @@ fn unlabelled(ranking: &Ranking) -> Content {
     }
 }
 
+/// A legend entry's mark: a bar's colour, or a line's colour and width.
+enum Mark {
+    Bar(RGBColor),
+    Line(RGBColor, u32),
+}
+
+/// Each legend entry's (x, row) in pixels, and the strip's height.
+type Layout = (Vec<(i32, i32)>, i32);
+
+/// Height of a legend row, px.
+const KEY_ROW: i32 = 20;
+
+/// Lays the legend's entries out in rows under the chart, as wide as `width`: each entry's
+/// (x, row) in pixels, and the strip's height.
+fn legend_layout<DB: DrawingBackend>(
+    root: &DrawingArea<DB, plotters::coord::Shift>,
+    keys: &[(String, Mark)],
+    width: i32,
+) -> Result<Layout, Box<dyn std::error::Error>>
+where
+    DB::ErrorType: 'static,
+{
+    let font = TextStyle::from(("sans-serif", 13).into_font());
+    let (left, right) = (68, width - 12);
+    let (mut x, mut row) = (left, 0);
+    let mut at = Vec::new();
+    for (label, _) in keys {
+        let (w, _) = root.estimate_text_size(label, &font)?;
+        let entry = 20 + w as i32 + 18;
+        if x > left && x + entry > right {
+            (x, row) = (left, row + 1);
+        }
+        at.push((x, row));
+        x += entry;
+    }
+    Ok((at, (row + 1) * KEY_ROW + 10))
+}
+
 fn draw_into(buf: &mut [u8], size: (u32, u32), ranking: &Ranking) -> DrawResult {
     let root = BitMapBackend::with_buffer(buf, size).into_drawing_area();
     root.fill(&WHITE)?;
@@ -168,6 +206,40 @@ fn draw_into(buf: &mut [u8], size: (u32, u32), ranking: &Ranking) -> DrawResult 
     } else {
         unlabelled(ranking)
     };
+    // The legend goes in a strip under the chart, never over the bars (at the top right it hid
+    // the last task's).
+    let keys: Vec<(String, Mark)> = series
+        .iter()
+        .map(|s| (s.label.to_string(), Mark::Bar(s.color)))
+        .chain(
+            levels
+                .iter()
+                .map(|l| (l.label.clone(), Mark::Line(l.color, l.width))),
+        )
+        .collect();
+    let (at, strip) = legend_layout(&root, &keys, size.0 as i32)?;
+    let (upper, lower) = root.split_vertically(size.1 as i32 - strip);
+    for ((label, mark), (x, row)) in keys.iter().zip(at) {
+        let y = 6 + row * KEY_ROW + KEY_ROW / 2;
+        match mark {
+            Mark::Bar(c) => {
+                lower.draw(&Rectangle::new([(x, y - 5), (x + 14, y + 5)], c.filled()))?;
+            }
+            Mark::Line(c, w) => {
+                lower.draw(&PathElement::new(
+                    vec![(x, y), (x + 14, y)],
+                    c.stroke_width(*w),
+                ))?;
+            }
+        }
+        let style = TextStyle::from(("sans-serif", 13).into_font()).pos(
+            plotters::style::text_anchor::Pos::new(
+                plotters::style::text_anchor::HPos::Left,
+                plotters::style::text_anchor::VPos::Center,
+            ),
+        );
+        lower.draw(&Text::new(label.clone(), (x + 20, y), style))?;
+    }
     let top = if ranking.labelled {
         100.0
     } else {
@@ -179,7 +251,7 @@ fn draw_into(buf: &mut [u8], size: (u32, u32), ranking: &Ranking) -> DrawResult 
         most * 1.2
     };
     let title = format!("Contest — ranked by {}", ranking.criterion);
-    let mut chart = ChartBuilder::on(&root)
+    let mut chart = ChartBuilder::on(&upper)
         .caption(title, ("sans-serif", 22))
         .margin(12)
         .x_label_area_size(36)
@@ -194,43 +266,22 @@ fn draw_into(buf: &mut [u8], size: (u32, u32), ranking: &Ranking) -> DrawResult 
         .label_style(("sans-serif", 14))
         .draw()?;
     let k = series.len() as f64;
-    for (
-        s,
-        Series {
-            label,
-            color,
-            values,
-        },
-    ) in series.iter().enumerate()
-    {
+    for (s, Series { color, values, .. }) in series.iter().enumerate() {
         let color = *color;
         let bar = |i: usize, v: f64| {
             let x0 = i as f64 + 0.12 + 0.76 * s as f64 / k;
             let x1 = x0 + 0.76 / k - 0.02;
             Rectangle::new([(x0, 0.0), (x1, v)], color.filled())
         };
-        chart
-            .draw_series(values.iter().enumerate().map(|(i, &v)| bar(i, v)))?
-            .label(*label)
-            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 14, y + 5)], color.filled()));
+        chart.draw_series(values.iter().enumerate().map(|(i, &v)| bar(i, v)))?;
     }
     for l in levels {
         let style = l.color.stroke_width(l.width);
-        chart
-            .draw_series(std::iter::once(PathElement::new(
-                vec![(0.0, l.value), (n.max(1) as f64, l.value)],
-                style,
-            )))?
-            .label(l.label)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 14, y)], style));
+        chart.draw_series(std::iter::once(PathElement::new(
+            vec![(0.0, l.value), (n.max(1) as f64, l.value)],
+            style,
+        )))?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK.mix(0.3))
-        .label_font(("sans-serif", 13))
-        .draw()?;
     // Task names under their bars, in the drawing area's own pixels.
     let name_style = TextStyle::from(("sans-serif", 16).into_font()).pos(
         plotters::style::text_anchor::Pos::new(
