@@ -389,10 +389,43 @@ fn spectrum_ui(ui: &mut egui::Ui, spectrum: &[f64]) {
 fn confusion_ui(ui: &mut egui::Ui, m: &[Vec<usize>], classes: &[String]) {
     let n = m.len().max(1);
     let cell = (220.0 / n as f32).clamp(8.0, 28.0);
+    // Each row's class name at its left (the columns are in the same order).
+    let font = egui::FontId::proportional(cell.clamp(9.0, 12.0));
+    let name = |k: usize| classes.get(k).cloned().unwrap_or_else(|| k.to_string());
+    let names: Vec<String> = (0..m.len())
+        .map(|k| {
+            let s = name(k);
+            if s.chars().count() > 14 {
+                s.chars().take(13).chain(['…']).collect()
+            } else {
+                s
+            }
+        })
+        .collect();
+    let label_w = names
+        .iter()
+        .map(|s| {
+            ui.painter()
+                .layout_no_wrap(s.clone(), font.clone(), Color32::WHITE)
+                .size()
+                .x
+        })
+        .fold(0.0f32, f32::max)
+        + 6.0;
     let (resp, painter) = ui.allocate_painter(
-        egui::vec2(cell * n as f32, cell * n as f32),
+        egui::vec2(label_w + cell * n as f32, cell * n as f32),
         egui::Sense::hover(),
     );
+    let text = ui.visuals().text_color();
+    for (r, s) in names.iter().enumerate() {
+        painter.text(
+            resp.rect.min + egui::vec2(label_w - 6.0, (r as f32 + 0.5) * cell),
+            egui::Align2::RIGHT_CENTER,
+            s,
+            font.clone(),
+            text,
+        );
+    }
     let max = m.iter().flatten().copied().max().unwrap_or(1).max(1) as f32;
     for (r, row) in m.iter().enumerate() {
         for (c, &v) in row.iter().enumerate() {
@@ -407,21 +440,24 @@ fn confusion_ui(ui: &mut egui::Ui, m: &[Vec<usize>], classes: &[String]) {
                 Color32::from_rgb((30.0 + 200.0 * t) as u8, 40, 45)
             };
             let rect = egui::Rect::from_min_size(
-                resp.rect.min + egui::vec2(c as f32 * cell, r as f32 * cell),
+                resp.rect.min + egui::vec2(label_w + c as f32 * cell, r as f32 * cell),
                 egui::vec2(cell - 1.0, cell - 1.0),
             );
             painter.rect_filled(rect, 1.0, color);
         }
     }
     if let Some(pos) = resp.hover_pos() {
-        let c = ((pos.x - resp.rect.left()) / cell) as usize;
+        let x = pos.x - resp.rect.left() - label_w;
+        let c = (x / cell) as usize;
         let r = ((pos.y - resp.rect.top()) / cell) as usize;
-        if let Some(v) = m.get(r).and_then(|row| row.get(c)) {
-            let name = |k: usize| classes.get(k).cloned().unwrap_or_else(|| k.to_string());
+        if let Some(v) = m.get(r).and_then(|row| row.get(c)).filter(|_| x >= 0.0) {
             resp.on_hover_text(format!("true {} → predicted {}: {v}", name(r), name(c)));
         }
     }
     ui.label(
-        RichText::new("rows: true class, columns: predicted (green diagonal = right)").small(),
+        RichText::new(
+            "rows: true class, columns: predicted in the same order (green diagonal = right)",
+        )
+        .small(),
     );
 }
