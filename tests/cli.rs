@@ -598,6 +598,15 @@ fn bench_reports_a_json_line_and_refuses_a_device_the_build_lacks() {
     }
 }
 
+/// The rotation task's rows in a run's metrics.csv: one per step.
+fn rotation_rows(dir: &Path) -> usize {
+    std::fs::read_to_string(dir.join("metrics.csv"))
+        .unwrap()
+        .lines()
+        .filter(|l| l.split(',').nth(2) == Some("rotation"))
+        .count()
+}
+
 /// `--minutes` ends the run as its last epoch would (a checkpoint, the resume point, the last
 /// measurement), with the cosine schedule's learning rate annealed towards zero by then; a
 /// continued run trains that many more minutes.
@@ -668,11 +677,7 @@ fn a_time_limit_ends_the_run_like_its_last_epoch_and_the_schedule_with_it() {
         stderr.contains("Time limit reached after step "),
         "{stderr}"
     );
-    let csv = std::fs::read_to_string(dir.join("metrics.csv")).unwrap();
-    let more = csv
-        .lines()
-        .filter(|l| l.split(',').nth(2) == Some("rotation"))
-        .count();
+    let more = rotation_rows(&dir);
     assert!(
         more > steps,
         "{more} steps after continuing, {steps} before"
@@ -687,11 +692,7 @@ fn a_time_limit_ends_the_run_like_its_last_epoch_and_the_schedule_with_it() {
         stderr.contains("the run had used its time limit (0.1 minutes): training 0.1 minutes more"),
         "{stderr}"
     );
-    let csv = std::fs::read_to_string(dir.join("metrics.csv")).unwrap();
-    let again = csv
-        .lines()
-        .filter(|l| l.split(',').nth(2) == Some("rotation"))
-        .count();
+    let again = rotation_rows(&dir);
     assert!(
         again > more,
         "{again} steps after continuing again, {more} before"

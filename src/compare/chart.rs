@@ -219,6 +219,12 @@ fn draw_into(buf: &mut [u8], size: (u32, u32), ranking: &Ranking) -> DrawResult 
         .collect();
     let (at, strip) = legend_layout(&root, &keys, size.0 as i32)?;
     let (upper, lower) = root.split_vertically(size.1 as i32 - strip);
+    let key_style = TextStyle::from(("sans-serif", 13).into_font()).pos(
+        plotters::style::text_anchor::Pos::new(
+            plotters::style::text_anchor::HPos::Left,
+            plotters::style::text_anchor::VPos::Center,
+        ),
+    );
     for ((label, mark), (x, row)) in keys.iter().zip(at) {
         let y = 6 + row * KEY_ROW + KEY_ROW / 2;
         match mark {
@@ -232,13 +238,7 @@ fn draw_into(buf: &mut [u8], size: (u32, u32), ranking: &Ranking) -> DrawResult 
                 ))?;
             }
         }
-        let style = TextStyle::from(("sans-serif", 13).into_font()).pos(
-            plotters::style::text_anchor::Pos::new(
-                plotters::style::text_anchor::HPos::Left,
-                plotters::style::text_anchor::VPos::Center,
-            ),
-        );
-        lower.draw(&Text::new(label.clone(), (x + 20, y), style))?;
+        lower.draw(&Text::new(label.as_str(), (x + 20, y), key_style.clone()))?;
     }
     let top = if ranking.labelled {
         100.0

@@ -335,7 +335,6 @@ impl Session {
         let (model, tasks) = build_model(link, &config, device, &data)?;
         let mut opt = AdamW::new(model.trainable_vars(), config.lr, config.weight_decay);
         let more_minutes = resumed.as_ref().and_then(|r| r.minutes);
-        let resumed_any = resumed.is_some();
         let Continued {
             run,
             pos,
@@ -353,17 +352,17 @@ impl Session {
         let base_lr = opt.lr;
         // The run's end in training seconds: its own limit, or this many more minutes. A
         // resumed run whose limit is already spent (it ended by its time limit) trains for as
-        // long again: continuing it would otherwise end at once, having trained nothing.
+        // long again: continuing it would otherwise end at once, having trained nothing. (Limits
+        // are positive, so only a resumed run can have spent one.)
         let time_limit_s = match more_minutes {
             Some(m) => Some(prior_train_s + m * 60.0),
             None => config.minutes.map(|m| {
                 let limit = m * 60.0;
-                if resumed_any && prior_train_s >= limit {
+                if prior_train_s >= limit {
+                    let m = crate::text::minutes(m);
                     link.emit(Event::Warning(format!(
-                        "the run had used its time limit ({}): training {} more (--minutes, or \
-                         the Time limit, sets how long)",
-                        crate::text::minutes(m),
-                        crate::text::minutes(m)
+                        "the run had used its time limit ({m}): training {m} more (--minutes, or \
+                         the Time limit, sets how long)"
                     )));
                     prior_train_s + limit
                 } else {

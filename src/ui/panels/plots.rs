@@ -96,10 +96,7 @@ pub fn monitor_hint(run: &RunView) -> Option<String> {
             format!("{p:.0}%")
         }
     };
-    let count = match measured.len() {
-        1 => "1 measurement".to_string(),
-        n => format!("{n} measurements"),
-    };
+    let count = crate::text::count(measured.len(), "measurement", "measurements");
     Some(format!(
         "{count}, the last at step {last:.0}. Next {next}: measuring may take {} of the run's \
          time (Monitoring budget {}). Measure now measures at once.",

@@ -274,10 +274,6 @@ fn row(
         actions.push(Action::ToggleRun(r.dir.clone()));
     }
     ui.horizontal(|ui| {
-        let live = r
-            .modified
-            .and_then(|t| t.elapsed().ok())
-            .is_some_and(|d| d.as_secs() < 30);
         let shown = following == Some(r.dir.as_path());
         if ui
             .add_enabled(!shown, egui::Button::new("Follow").small())
@@ -297,6 +293,10 @@ fn row(
             });
         }
         // After the buttons, so that they line up from row to row.
+        let live = r
+            .modified
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|d| d.as_secs() < 30);
         if live {
             ui.label(
                 RichText::new("● writing")
