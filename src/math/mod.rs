@@ -63,10 +63,11 @@ pub struct TaskReport {
     /// What the network saw, per example, as RGB bytes (`size × size`).
     pub inputs: Vec<Vec<u8>>,
     pub input_size: usize,
-    /// The originals the examples came from (before any transformation), as RGB bytes
-    /// (`original_size × original_size`: the data set's working size, which two-view tasks'
-    /// smaller views do not share).
+    /// The originals the examples came from (before any transformation), as RGB bytes,
+    /// `original_size × original_size × 3`.
     pub originals: Vec<Vec<u8>>,
+    /// Side of the originals in px: the data set's working size, which two-view tasks'
+    /// smaller views (`input_size`) do not share.
     pub original_size: usize,
     /// Representation z = f(x) of each input.
     pub z: Vec<Vec<f32>>,
