@@ -432,6 +432,7 @@ impl Session {
             );
         let t1 = Instant::now();
         let grads = total.backward().map_err(step_failed)?;
+        self.wait_for_device()?;
         let backward_s = t1.elapsed().as_secs_f64();
         let t2 = Instant::now();
         self.opt.step(&grads).map_err(step_failed)?;
@@ -439,7 +440,18 @@ impl Session {
         for task in &self.tasks {
             task.after_update(&self.model, progress).map_err(failed)?;
         }
+        self.wait_for_device()?;
         Ok((backward_s, t2.elapsed().as_secs_f64()))
+    }
+
+    /// On a GPU, kernels run after their launch returns: wait for them, so that the backward
+    /// pass, the optimiser and the step are timed as the GPU ran them (as PyTorch's
+    /// `torch.cuda.synchronize()` does), not as they were queued. Nothing to wait for on the CPU.
+    fn wait_for_device(&self) -> Result<(), Outcome> {
+        if self.model.device.is_cpu() {
+            return Ok(());
+        }
+        self.model.device.synchronize().map_err(step_failed)
     }
 
     fn end_epoch(&mut self, link: &Link<'_>) -> Result<(), Outcome> {
