@@ -4,20 +4,27 @@
 # Here (with the toolkit from scripts/cuda-toolkit.sh):
 #   scripts/gpu-check.sh --prepare PATH/TO/torch_bench.py     # fills .gpu/ (git-ignored)
 # There, from the repository root, with .gpu/ copied along:
-#   scripts/gpu-check.sh [OUT [PARTS]]     # OUT defaults to ./gpu-report, PARTS to 1234
-# (one device command may run 600 s at most: `OUT 12` then `OUT 34` splits the run in two).
+#   scripts/gpu-check.sh [OUT [PARTS]]     # OUT defaults to ./gpu-report, PARTS to 12345
+# (one device command may run 600 s at most: `OUT 12` then `OUT 345` splits the run in two).
 #
 # It runs, each with a time limit, writing everything to OUT/log and OUT/bench.csv:
-#   1. the CUDA-vs-CPU step test (tests/cuda.rs): same loss and gradients for every task;
+#   1. tests/cuda.rs, built with cuDNN: a convolution's gradients and a step's loss and gradients
+#      for every task equal the CPU's, and the app trains all five tasks with every panel; run
+#      again with candle's own backward convolutions (CANDLE_CONV2D_CUDNN_BACKWARD=0);
 #   2. `pretext train --device cuda` for each task alone and all five together (a short run);
 #   3. `pretext bench --device cuda` next to `torch_bench.py --device cuda` (cuDNN, benchmark
 #      mode) for rotation, contrastive, colorization and inpainting at 32 and 96 px, batch 128
 #      and 512, alternating the two, and the ratio per case; and the same pretext built with
 #      `--features cudnn` (candle's convolutions through cuDNN), with its own ratio; every
 #      bench's JSON (forward, backward, optimiser split) goes to OUT/bench.jsonl;
-#   4. ∂L/∂x of the convolutions as a conv2d (vendored candle's patch, the default on CUDA)
-#      against upstream's naive conv_transpose2d kernel (CANDLE_CONV2D_INPUT_GRAD=transpose),
-#      both builds, alternated, in OUT/input-grad.csv.
+#   4. the backward convolutions, alternated, in OUT/backward.csv (ROUNDS=1 halves it): in the
+#      cuDNN build, cuDNN's backward-data and backward-filter (vendored candle's patch, the
+#      default) against candle's conv2d formulations (CANDLE_CONV2D_CUDNN_BACKWARD=0); in the
+#      plain CUDA build, ∂L/∂x as a conv2d (the default) against upstream's naive
+#      conv_transpose2d kernel (CANDLE_CONV2D_INPUT_GRAD=transpose);
+#   5. what the CUDA step's time goes to: Nsight Compute's GPU time of every kernel of a few
+#      bench steps of the cuDNN build (contrastive 32 px and rotation 96 px), in OUT/kernels-*.csv.
+#   Part 5 runs before part 4, which matters least, so a run cut short loses part 4.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,14 +40,26 @@ if [ "${1:-}" = "--prepare" ]; then
     rm -f .gpu/*
     strip -o .gpu/pretext-cudnn target/release/pretext
     cargo build --release --features cuda
-    test_bin="$(cargo test --release --features cuda --test cuda --no-run --message-format=json 2>/dev/null |
+    # Before the test build: `cargo test` builds the binary too, with the test's features.
+    strip -o .gpu/pretext target/release/pretext
+    # The test binary is the cuDNN build's (part 1 also runs it without cuDNN's backward):
+    # a fourth binary would not fit in what travels.
+    test_bin="$(cargo test --release --features cudnn --test cuda --no-run --message-format=json 2>/dev/null |
         sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -1)"
     # What travels is at most 64 MiB: without debug info and xz-compressed, each binary is
     # about 13 MB (the CUDA kernels make it 80 MB unpacked).
-    strip -o .gpu/pretext target/release/pretext
     strip -o .gpu/cuda-test "$test_bin"
+    if cmp -s .gpu/pretext .gpu/pretext-cudnn; then
+        echo "gpu-check.sh: the CUDA and cuDNN builds came out the same binary" >&2
+        exit 1
+    fi
     xz -T0 -6 .gpu/pretext .gpu/cuda-test .gpu/pretext-cudnn
-    cp "$torch_bench" .gpu/torch_bench.py
+    # The reference's NT-Xent makes its targets on the CPU, so its contrastive task fails on
+    # CUDA ("Expected all tensors to be on the same device"): the copy makes them on z's device.
+    sed 's/torch.cat(\[torch.arange(n, 2\*n), torch.arange(0, n)\])/&.to(z.device)/' \
+        "$torch_bench" >.gpu/torch_bench.py
+    grep -q 'torch.arange(0, n)\]).to(z.device)' .gpu/torch_bench.py ||
+        echo "gpu-check.sh: the reference's NT-Xent targets were not moved to z's device" >&2
     grep -qx '/.gpu/' .git/info/exclude 2>/dev/null || echo '/.gpu/' >>.git/info/exclude
     ls -l .gpu >&2
     echo "ready: carry .gpu and run scripts/gpu-check.sh there" >&2
@@ -48,12 +67,16 @@ if [ "${1:-}" = "--prepare" ]; then
 fi
 
 out="${1:-gpu-report}"
-parts="${2:-1234}"
+parts="${2:-12345}"
 mkdir -p "$out"
 log="$out/log"
 touch "$log"
 part() { [[ "$parts" == *"$1"* ]]; }
+# Timed steps per bench (after 3 warm-up steps), both sides.
+steps="${STEPS:-10}"
 say() { echo "$*" | tee -a "$log"; }
+start=$SECONDS
+header() { say "$* (at $((SECONDS - start)) s)"; }
 
 # The CUDA libraries a run opens: the driver's folder, a toolkit, and PyTorch's wheels.
 python="${PYTHON:-python3}"
@@ -86,32 +109,43 @@ say "# CPU: $(sed -n 's/^model name[^:]*: //p' /proc/cpuinfo | head -1)"
 value() { sed -n 's/.*"images_per_s": *\([0-9.eE+-]*\).*/\1/p' | tail -1; }
 
 if part 1; then
-    say "## 1. CUDA step = CPU step"
+    header "## 1. CUDA step = CPU step"
     timeout 240 "$work/cuda-test" --nocapture --test-threads 1 2>&1 | tee -a "$log"
+    say "### again with candle's own backward convolutions (CANDLE_CONV2D_CUDNN_BACKWARD=0)"
+    CANDLE_CONV2D_CUDNN_BACKWARD=0 timeout 240 "$work/cuda-test" --nocapture --test-threads 1 \
+        a_cuda_ 2>&1 | grep -E '^test |test result' | tee -a "$log"
 fi
 
 if part 2; then
-    say "## 2. training on CUDA"
+    header "## 2. training on CUDA"
     for task in rotation contrastive colorization inpainting patch rotation,contrastive,colorization,inpainting,patch; do
         say "### $task"
         timeout 120 "$bin" train --data builtin:1024 --task "$task" --device cuda --epochs 2 \
             --out "$out/runs" 2>&1 | tail -4 | tee -a "$log"
     done
+    # The last run (all five tasks) evaluated on the CPU: its checkpoint is an ordinary one.
+    last="$(ls -td "$out"/runs/*/ 2>/dev/null | head -1)"
+    if [ -n "$last" ]; then
+        say "### files of $last"
+        ls "$last" | tr '\n' ' ' | tee -a "$log"
+        say ""
+        timeout 120 "$bin" eval --run "$last" 2>&1 | tail -12 | tee -a "$log"
+    fi
 fi
 
 if part 3; then
-    say "## 3. pretext vs PyTorch on CUDA (images/s; views/s for contrastive)"
+    header "## 3. pretext vs PyTorch on CUDA (images/s; views/s for contrastive)"
     csv="$out/bench.csv"
     echo "task,size,batch,pretext_images_per_s,torch_images_per_s,ratio,pretext_cudnn_images_per_s,ratio_cudnn" >"$csv"
     for task in rotation contrastive colorization inpainting; do
         for size in 32 96; do
             for batch in 128 512; do
                 ours="$(timeout 90 "$bin" bench --device cuda --task "$task" --size "$size" --batch "$batch" \
-                    --steps 20 --json 2>>"$log" | tee -a "$out/bench.jsonl" | value)"
+                    --steps "$steps" --json 2>>"$log" | tee -a "$out/bench.jsonl" | value)"
                 theirs="$(timeout 90 "$python" .gpu/torch_bench.py --device cuda --task "$task" --size "$size" \
-                    --batch "$batch" --steps 20 2>>"$log" | value)"
+                    --batch "$batch" --steps "$steps" 2>>"$log" | value)"
                 dnn="$(timeout 90 "$work/pretext-cudnn" bench --device cuda --task "$task" --size "$size" \
-                    --batch "$batch" --steps 20 --json 2>>"$log" | tee -a "$out/bench.jsonl" | value)"
+                    --batch "$batch" --steps "$steps" --json 2>>"$log" | tee -a "$out/bench.jsonl" | value)"
                 ratio="$(awk -v a="${ours:-0}" -v b="${theirs:-0}" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }')"
                 ratio_dnn="$(awk -v a="${dnn:-0}" -v b="${theirs:-0}" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }')"
                 say "$task ${size}px batch $batch: pretext ${ours:-failed} torch ${theirs:-failed} ratio $ratio; with cuDNN ${dnn:-failed} ratio $ratio_dnn"
@@ -121,23 +155,44 @@ if part 3; then
     done
 fi
 
+if part 5; then
+    header "## 5. GPU time per kernel (Nsight Compute)"
+    ncu="$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)"
+    if [ -z "$ncu" ]; then
+        say "no ncu on this machine"
+    else
+        for case in "contrastive 32 512" "rotation 96 128"; do
+            set -- $case
+            # Three warm-up steps and three timed ones; the first 2,000 launches after start.
+            timeout 150 "$ncu" --clock-control none --metrics gpu__time_duration.sum \
+                --launch-count 2000 --csv --print-summary per-kernel \
+                --log-file "$out/kernels-$1-$2.csv" \
+                "$work/pretext-cudnn" bench --device cuda --task "$1" --size "$2" --batch "$3" --steps 3 --json \
+                >>"$out/bench.jsonl" 2>>"$log"
+            say "$1 ${2}px batch $3: $(wc -l <"$out/kernels-$1-$2.csv" 2>/dev/null || echo no) lines of kernels"
+        done
+    fi
+fi
 if part 4; then
-    say "## 4. ∂L/∂x as conv2d (default) vs conv_transpose2d (upstream), images/s"
-    grads="$out/input-grad.csv"
-    echo "build,task,size,batch,round,conv2d_images_per_s,transpose_images_per_s" >"$grads"
-    for build in pretext pretext-cudnn; do
+    header "## 4. backward convolutions: the default against the alternative, images/s"
+    grads="$out/backward.csv"
+    echo "build,task,size,batch,round,default_images_per_s,alternative_images_per_s,alternative" >"$grads"
+    for variant in "pretext-cudnn CANDLE_CONV2D_CUDNN_BACKWARD=0" "pretext CANDLE_CONV2D_INPUT_GRAD=transpose"; do
+        set -- $variant
+        build="$1"
+        alternative="$2"
         for case in "contrastive 32 128" "rotation 96 128" "inpainting 96 512"; do
             set -- $case
-            for round in 1 2; do
+            for round in $(seq "${ROUNDS:-2}"); do
                 a="$(timeout 90 "$work/$build" bench --device cuda --task "$1" --size "$2" --batch "$3" \
-                    --steps 20 --json 2>>"$log" | tee -a "$out/bench.jsonl" | value)"
-                b="$(CANDLE_CONV2D_INPUT_GRAD=transpose timeout 90 "$work/$build" bench --device cuda \
-                    --task "$1" --size "$2" --batch "$3" --steps 20 --json 2>>"$log" |
+                    --steps "$steps" --json 2>>"$log" | tee -a "$out/bench.jsonl" | value)"
+                b="$(env "$alternative" timeout 90 "$work/$build" bench --device cuda \
+                    --task "$1" --size "$2" --batch "$3" --steps "$steps" --json 2>>"$log" |
                     tee -a "$out/bench.jsonl" | value)"
-                say "$build $1 ${2}px batch $3 round $round: conv2d ${a:-failed} transpose ${b:-failed}"
-                echo "$build,$1,$2,$3,$round,${a:-},${b:-}" >>"$grads"
+                say "$build $1 ${2}px batch $3 round $round: default ${a:-failed}, $alternative ${b:-failed}"
+                echo "$build,$1,$2,$3,$round,${a:-},${b:-},$alternative" >>"$grads"
             done
         done
     done
 fi
-say "# done $(date -u +%FT%TZ)"
+say "# done $(date -u +%FT%TZ) ($((SECONDS - start)) s)"
