@@ -479,6 +479,11 @@ fn eval_judges_a_run_against_random_init_and_raw_pixels() {
     assert_eq!(file["report"], v["report"]);
     assert_eq!(file["gauges"], r["gauges_trained"]);
     assert!(file["seconds"].as_f64().unwrap() >= 0.0);
+    // …with the step of the weights judged (the run's last), so a continued run can tell.
+    let rows = pretext::train::run_dir::read_metrics(&dir).unwrap();
+    let last = rows.iter().map(|r| r.step).max().unwrap();
+    assert!(last > 0);
+    assert_eq!(file["step"], last);
     // Text mode with an export of the embeddings, and unusable input.
     let export = out.path().join("export");
     let o = pretext(&[

@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use pretext::runs::watch::{WatchCommand, WatchUpdate, Watcher, no_notify};
-use pretext::runs::{MetricsTail, RunSummary, SummaryFold, find_runs};
+use pretext::runs::{Judged, MetricsTail, RunSummary, SummaryFold, find_runs};
 use pretext::train::run_dir::{self, METRICS_HEADER, RowEvents};
 use pretext::view::overlay::{Quantity, overlay};
 use pretext::view::{RunView, WALL_SERIES, XAxis};
@@ -275,11 +275,31 @@ fn a_summary_has_the_runs_numbers_and_takes_an_evaluation() {
             "probe_trained": 0.8,
         }
     });
+    assert_eq!(s.knn_from, Some(Judged::Monitor(last_step)));
     assert!(fold.set_eval(&eval));
     assert_eq!(fold.summary().best_knn, Some(("l3".into(), 0.9)));
+    assert_eq!(fold.summary().knn_from, Some(Judged::Eval(None)));
     assert_eq!(fold.summary().probe, Some(0.8));
     assert!(!fold.set_eval(&eval), "nothing changed");
     assert!(!fold.set_eval(&serde_json::json!({"not_measured": "no labels"})));
+
+    // An evaluation of the latest weights (eval.json records their step) wins too…
+    let mut judged = eval.clone();
+    judged["step"] = serde_json::json!(s.steps);
+    assert!(fold.set_eval(&judged));
+    assert_eq!(fold.summary().knn_from, Some(Judged::Eval(Some(s.steps))));
+    assert_eq!(fold.summary().best_knn, Some(("l3".into(), 0.9)));
+    assert!(!fold.summary().eval_outgrown());
+    // …but once the run has trained past the step it judged (continued), the table shows the
+    // monitor's newer figure, and the probe is marked as the older weights'.
+    judged["step"] = serde_json::json!(s.steps - 1);
+    assert!(fold.set_eval(&judged));
+    let outgrown = fold.summary();
+    assert!(outgrown.eval_outgrown());
+    assert_eq!(outgrown.knn_from, Some(Judged::Monitor(last_step)));
+    assert_eq!(outgrown.best_knn, Some((stage.clone(), knn)));
+    assert_eq!(outgrown.probe, Some(0.8));
+    assert_eq!(outgrown.eval_step, Some(s.steps - 1));
 }
 
 #[test]

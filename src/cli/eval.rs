@@ -85,7 +85,9 @@ fn eval_inner(args: &EvalArgs) -> anyhow::Result<Result<(), PipeClosed>> {
             Ok(r) => {
                 let seconds = started.elapsed().as_secs_f64();
                 if let Some(run) = &args.run {
-                    EvalFile::new(&j.data, Ok(&r), &r.gauges_trained, seconds).write(run)?;
+                    EvalFile::new(&j.data, Ok(&r), &r.gauges_trained, seconds)
+                        .judging(&j.weights)
+                        .write(run)?;
                 }
                 if args.json {
                     say(serde_json::json!({
@@ -181,7 +183,9 @@ fn print_unmeasured(
     let g: Gauges = embed::z_gauges(&j.models.trained, &j.data)?;
     if let Some(run) = &args.run {
         let seconds = started.elapsed().as_secs_f64();
-        EvalFile::new(&j.data, Err(why), &g, seconds).write(run)?;
+        EvalFile::new(&j.data, Err(why), &g, seconds)
+            .judging(&j.weights)
+            .write(run)?;
     }
     if args.json {
         return Ok(say(serde_json::json!({

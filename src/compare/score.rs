@@ -146,7 +146,9 @@ pub(super) fn judge_task(
         Err(_) => embed::z_gauges(&models.trained, data)?,
     };
     let eval_s = started.elapsed().as_secs_f64();
-    EvalFile::new(data, scored.as_ref().map_err(|w| *w), &gauges, eval_s).write(run)?;
+    EvalFile::new(data, scored.as_ref().map_err(|w| *w), &gauges, eval_s)
+        .judging(&weights)
+        .write(run)?;
     let knn = match &scored {
         Ok(r) => r
             .knn

@@ -149,6 +149,10 @@ pub struct EvalFile<'a> {
     pub gauges: &'a Gauges,
     /// Seconds the evaluation took.
     pub seconds: f64,
+    /// The training step of the weights judged (their checkpoint's metadata), where known: a
+    /// run trained on since then has outgrown this file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub step: Option<u64>,
 }
 
 impl<'a> EvalFile<'a> {
@@ -170,7 +174,15 @@ impl<'a> EvalFile<'a> {
             not_measured,
             gauges,
             seconds,
+            step: None,
         }
+    }
+
+    /// The same, for the weights of this checkpoint file (its training step, from its metadata).
+    #[must_use]
+    pub fn judging(mut self, weights: &Path) -> Self {
+        self.step = crate::train::run_dir::checkpoint_step(weights);
+        self
     }
 
     /// Writes it into `run_dir` as `eval.json` (atomically); returns the path.

@@ -171,12 +171,38 @@ pub struct RunSummary {
     /// fraction (shown in percent).
     pub proxy: Option<(String, f64, bool)>,
     /// The best encoder stage by kNN top-1 and its accuracy (a fraction): from eval.json when
-    /// the run was evaluated, else from the monitor's last measurement.
+    /// the run was evaluated and has not trained on since, else from the monitor's last
+    /// measurement. [`RunSummary::knn_from`] says which.
     pub best_knn: Option<(String, f64)>,
+    /// Where `best_knn` comes from.
+    pub knn_from: Option<Judged>,
     /// Linear-probe accuracy (a fraction), from eval.json.
     pub probe: Option<f64>,
+    /// The step eval.json judged (None: no eval.json, or one written before steps were
+    /// recorded).
+    pub eval_step: Option<u64>,
     /// When metrics.csv was last written.
     pub modified: Option<SystemTime>,
+}
+
+/// Where a run's kNN top-1 figure comes from: the two are measured on different images, so
+/// the table says which.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Judged {
+    /// `pretext eval` or a contest (eval.json): every held-out image, at this step (None: a
+    /// file written before steps were recorded).
+    Eval(Option<u64>),
+    /// The training monitor's last measurement, at this step: its fixed subset of the
+    /// held-out images.
+    Monitor(u64),
+}
+
+impl RunSummary {
+    /// Whether the run has trained past the step its eval.json judged (its kNN figure is then
+    /// the monitor's, and its probe figure is an older encoder's).
+    pub fn eval_outgrown(&self) -> bool {
+        self.eval_step.is_some_and(|e| self.steps > e)
+    }
 }
 
 /// A [`RunSummary`] kept up to date from a run's rows as they arrive.
@@ -188,8 +214,9 @@ pub struct SummaryFold {
     /// The monitor's last measurement: its step and kNN per stage.
     knn_step: Option<u64>,
     knn: BTreeMap<String, f64>,
-    /// Whether best_knn and probe came from eval.json (they then win over the monitor).
-    evaluated: bool,
+    /// eval.json's best stage, if it measured kNN (it wins over the monitor until the run
+    /// trains past the step it judged).
+    eval_knn: Option<(String, f64)>,
 }
 
 impl SummaryFold {
@@ -220,14 +247,16 @@ impl SummaryFold {
                 final_loss: None,
                 proxy: None,
                 best_knn: None,
+                knn_from: None,
                 probe: None,
+                eval_step: None,
                 modified: None,
             },
             first_task: config.tasks.first().copied(),
             wall: crate::view::WallClock::default(),
             knn_step: None,
             knn: BTreeMap::new(),
-            evaluated: false,
+            eval_knn: None,
         }
     }
 
@@ -242,9 +271,23 @@ impl SummaryFold {
         (s.steps, s.epoch, s.wall_s, s.final_loss, s.proxy) = (0, 0, 0.0, None, None);
         (self.wall, self.knn_step) = (crate::view::WallClock::default(), None);
         self.knn.clear();
-        if !self.evaluated {
-            self.summary.best_knn = None;
-        }
+        self.choose_knn();
+    }
+
+    /// eval.json's kNN figure while it judged the run's latest weights, else the monitor's.
+    fn choose_knn(&mut self) {
+        let s = &mut self.summary;
+        let monitor = self
+            .knn_step
+            .and_then(|step| Some((best(&self.knn)?, step)));
+        (s.best_knn, s.knn_from) = match (&self.eval_knn, monitor) {
+            (Some(e), _) if !s.eval_outgrown() => {
+                (Some(e.clone()), Some(Judged::Eval(s.eval_step)))
+            }
+            (_, Some((m, step))) => (Some(m), Some(Judged::Monitor(step))),
+            (Some(e), None) => (Some(e.clone()), Some(Judged::Eval(s.eval_step))),
+            (None, None) => (None, None),
+        };
     }
 
     /// Takes new rows.
@@ -264,9 +307,6 @@ impl SummaryFold {
                         self.knn_step = Some(r.step);
                     }
                     self.knn.insert(stage.to_string(), r.proxy_value);
-                    if !self.evaluated {
-                        s.best_knn = best(&self.knn);
-                    }
                 }
                 continue;
             }
@@ -282,10 +322,12 @@ impl SummaryFold {
                 s.proxy = Some((info.name.to_string(), r.proxy_value, info.percent));
             }
         }
+        self.choose_knn();
     }
 
     /// Takes the run's eval.json (`pretext eval`, `pretext compare`): kNN per stage of the
-    /// trained encoder and the linear probe. Returns whether it changed anything.
+    /// trained encoder, the linear probe and the step judged. Returns whether it changed
+    /// anything.
     pub fn set_eval(&mut self, json: &serde_json::Value) -> bool {
         let report = &json["report"];
         let knn: BTreeMap<String, f64> = report["knn"]
@@ -305,11 +347,12 @@ impl SummaryFold {
         if knn.is_empty() && probe.is_none() {
             return false;
         }
-        let before = (self.summary.best_knn.clone(), self.summary.probe);
-        self.evaluated = true;
-        self.summary.best_knn = best(&knn).or(self.summary.best_knn.take());
+        let before = self.summary.clone();
+        self.eval_knn = best(&knn);
         self.summary.probe = probe;
-        before != (self.summary.best_knn.clone(), self.summary.probe)
+        self.summary.eval_step = json["step"].as_u64();
+        self.choose_knn();
+        before != self.summary
     }
 
     /// When metrics.csv was last written.

@@ -10,7 +10,7 @@ use eframe::egui::{self, Color32, RichText};
 use egui_plot::{Corner, Line, Plot, PlotPoints};
 
 use super::MUTED;
-use crate::runs::RunSummary;
+use crate::runs::{Judged, RunSummary};
 use crate::ui::{Action, RunColumn, RunsTab};
 use crate::view::XAxis;
 use crate::view::overlay::{Gauge, Quantity};
@@ -330,12 +330,60 @@ fn row(
             ui.label("—");
         }
     }
-    ui.label(r.best_knn.as_ref().map_or("—".into(), |(stage, v)| {
-        format!("{:.1}% ({stage})", v * 100.0)
-    }))
-    .on_hover_text("the best encoder stage by kNN top-1 (k = 20, held-out labels)");
-    ui.label(r.probe.map_or("—".into(), |p| format!("{:.1}%", p * 100.0)))
-        .on_hover_text("linear probe on z, from `pretext eval` or a contest (eval.json)");
+    let (knn, knn_hover) = knn_cell(r);
+    ui.label(knn).on_hover_text(knn_hover);
+    let (probe, probe_hover) = probe_cell(r);
+    ui.label(probe).on_hover_text(probe_hover);
+}
+
+/// The kNN column: the best stage's top-1 and where it was measured ("eval": every held-out
+/// image; "monitor": the training monitor's subset), with the step in the hover.
+fn knn_cell(r: &RunSummary) -> (String, String) {
+    let what = "the best encoder stage by kNN top-1 (k = 20, held-out labels)";
+    match (&r.best_knn, r.knn_from) {
+        (Some((stage, v)), Some(from)) => {
+            let pct = v * 100.0;
+            match from {
+                Judged::Eval(step) => (
+                    format!("{pct:.1}% ({stage}, eval)"),
+                    format!(
+                        "{what}, from `pretext eval` or a contest (eval.json){}: every held-out image",
+                        step.map_or(String::new(), |s| format!(" at step {s}"))
+                    ),
+                ),
+                Judged::Monitor(step) => (
+                    format!("{pct:.1}% ({stage}, monitor)"),
+                    format!(
+                        "{what}, from the training monitor at step {step}: its fixed subset of \
+                         the held-out images{}. `pretext eval --run DIR` judges them all.",
+                        if r.eval_outgrown() {
+                            " (eval.json judged an earlier step)"
+                        } else {
+                            ""
+                        }
+                    ),
+                ),
+            }
+        }
+        _ => ("—".into(), what.into()),
+    }
+}
+
+/// The probe column, from eval.json: marked with its step when the run has trained on since.
+fn probe_cell(r: &RunSummary) -> (String, String) {
+    let what = "linear probe on z, from `pretext eval` or a contest (eval.json)";
+    match (r.probe, r.eval_step) {
+        (Some(p), Some(step)) if r.eval_outgrown() => (
+            format!("{:.1}% (step {step})", p * 100.0),
+            format!(
+                "{what}, of the weights at step {step}; the run has trained to step {} since. \
+                 `pretext eval --run DIR` judges it again.",
+                r.steps
+            ),
+        ),
+        (Some(p), _) => (format!("{:.1}%", p * 100.0), what.into()),
+        (None, _) => ("—".into(), what.into()),
+    }
 }
 
 /// `12.3 s`, `4.5 min`, `2.1 h`.
