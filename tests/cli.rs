@@ -121,6 +121,18 @@ fn train_prints_epoch_lines_and_writes_a_complete_run_directory() {
     let png = image::open(dir.join("previews/epoch-0002-rotation.png")).unwrap();
     assert!(png.width() > 100 && png.height() > 100);
 
+    // Not while another process writes it (this one holds its lock, as a training process
+    // does): one line, exit code 2, and the run untouched.
+    let before = std::fs::read_to_string(dir.join("metrics.csv")).unwrap();
+    let lock = pretext::train::run_dir::WriterLock::take(&dir).unwrap();
+    let o = pretext(&["train", "--resume", dir.to_str().unwrap(), "--epochs", "3"]);
+    assert_one_line_error(&o, "is being written by another pretext process");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("metrics.csv")).unwrap(),
+        before
+    );
+    drop(lock);
+
     // Continue the same run to 3 epochs.
     let o = pretext(&["train", "--resume", dir.to_str().unwrap(), "--epochs", "3"]);
     let stdout = text(&o.stdout);

@@ -389,6 +389,10 @@ fn a_killed_contest_is_resumed_from_the_command_line() {
         }
         std::thread::sleep(Duration::from_millis(20));
     };
+    // While it runs, a second process cannot take the folder over.
+    let o = pretext(&["compare", "--resume", dir.to_str().unwrap()]);
+    assert_one_line_error(&o, "is being written by another pretext process");
+    // Killed, it leaves no lock behind.
     child.kill().unwrap();
     child.wait().unwrap();
     let o = pretext(&["compare", "--resume", dir.to_str().unwrap()]);

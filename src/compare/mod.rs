@@ -345,6 +345,9 @@ pub enum CompareError {
     Model(#[from] ModelError),
     #[error(transparent)]
     Judge(#[from] JudgeError),
+    /// The folder is being written by another process (or cannot be locked).
+    #[error(transparent)]
+    Folder(#[from] crate::train::run_dir::RunDirError),
     #[error("cannot start the training thread: {0}")]
     Thread(std::io::Error),
     #[error("the training thread ended unexpectedly")]
@@ -359,6 +362,7 @@ impl CompareError {
     pub fn is_input(&self) -> bool {
         match self {
             Self::NotAContest { .. } | Self::Spec(_) | Self::Config(_) | Self::Data(_) => true,
+            Self::Folder(e) => matches!(e, crate::train::run_dir::RunDirError::Busy { .. }),
             Self::Model(e) | Self::Judge(JudgeError::Model(e)) => {
                 matches!(e, ModelError::DeviceNotUsable { .. })
             }
@@ -546,6 +550,8 @@ pub fn run(
 ) -> Result<ContestOutcome, CompareError> {
     let (spec, state) = open(dir)?;
     spec.validate()?;
+    // Held to the end: a second `compare --resume` (or the app's) on this folder is refused.
+    let _lock = crate::train::run_dir::WriterLock::take(dir)?;
     let started = std::time::Instant::now();
     let data = match data.filter(|d| d.source == spec.base.data && d.size == spec.base.size) {
         Some(d) => d,

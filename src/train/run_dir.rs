@@ -25,6 +25,8 @@ pub const METRICS_FILE: &str = "metrics.csv";
 pub const CHECKPOINT_DIR: &str = "checkpoints";
 pub const PREVIEW_DIR: &str = "previews";
 pub const RESUME_FILE: &str = "resume.safetensors";
+/// The file a process locks while it writes a run or contest folder ([`WriterLock`]).
+pub const LOCK_FILE: &str = "writing.lock";
 /// The columns of metrics.csv, in [`MetricsRow`]'s field order. Files written before the last
 /// two columns existed read as well (they are optional).
 pub const METRICS_HEADER: &str =
@@ -39,6 +41,45 @@ pub enum RunDirError {
     },
     #[error("{path} is not a run directory: {message}")]
     NotARun { path: PathBuf, message: String },
+    #[error(
+        "{path} is being written by another pretext process (the app, `pretext train` or \
+         `pretext compare`): stop that one first"
+    )]
+    Busy { path: PathBuf },
+}
+
+/// An exclusive lock on a run or contest folder's [`LOCK_FILE`] (`flock`), held while a
+/// process writes the folder: a second process (or a second run in the same one) that would
+/// continue it is refused instead of interleaving its rows and checkpoints with the first's.
+/// The system drops the lock when its holder ends, killed or not, so a crash leaves nothing to
+/// clean up. Where the file system cannot lock (some network shares), the folder is written
+/// without one, as before locks existed.
+#[derive(Debug)]
+pub struct WriterLock {
+    _file: File,
+}
+
+impl WriterLock {
+    /// Takes the lock on `dir` (an existing folder).
+    ///
+    /// # Errors
+    /// [`RunDirError::Busy`] while another holder has it; [`RunDirError::Write`] when the lock
+    /// file cannot be made.
+    pub fn take(dir: &Path) -> Result<Self, RunDirError> {
+        let path = dir.join(LOCK_FILE);
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(write_err(&path))?;
+        match file.try_lock() {
+            Ok(()) | Err(std::fs::TryLockError::Error(_)) => Ok(Self { _file: file }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(RunDirError::Busy {
+                path: dir.to_path_buf(),
+            }),
+        }
+    }
 }
 
 pub struct RunDir {
@@ -46,6 +87,8 @@ pub struct RunDir {
     metrics: csv::Writer<BufWriter<File>>,
     /// When metrics.csv was last written to disk.
     flushed: std::time::Instant,
+    /// Held while the run trains ([`RunDir::release`]).
+    lock: Option<WriterLock>,
 }
 
 /// Rows reach the disk at least this often, so a person following the run from another
@@ -107,6 +150,7 @@ impl RunDir {
             let p = path.join(sub);
             std::fs::create_dir_all(&p).map_err(write_err(&p))?;
         }
+        let lock = WriterLock::take(&path)?;
         Self::write_config(&path, config)?;
         let metrics_path = path.join(METRICS_FILE);
         let mut f = File::create(&metrics_path).map_err(write_err(&metrics_path))?;
@@ -115,6 +159,7 @@ impl RunDir {
             path,
             metrics: metrics_writer(f),
             flushed: std::time::Instant::now(),
+            lock: Some(lock),
         })
     }
 
@@ -134,6 +179,8 @@ impl RunDir {
                 "no {CHECKPOINT_DIR}/{RESUME_FILE} to continue from"
             )));
         }
+        // Before anything is changed: the run may be training in another process.
+        let lock = WriterLock::take(path)?;
         for sub in [CHECKPOINT_DIR, PREVIEW_DIR] {
             let p = path.join(sub);
             std::fs::create_dir_all(&p).map_err(write_err(&p))?;
@@ -153,9 +200,16 @@ impl RunDir {
                 path: path.to_path_buf(),
                 metrics: metrics_writer(f),
                 flushed: std::time::Instant::now(),
+                lock: Some(lock),
             },
             config,
         ))
+    }
+
+    /// Lets go of the folder's lock once the run has stopped training (its session stays for
+    /// inspection and writes nothing more): another process may then continue it.
+    pub fn release(&mut self) {
+        self.lock = None;
     }
 
     /// After a crash, metrics.csv may hold rows past the checkpoint a run continues from, and a

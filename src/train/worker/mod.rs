@@ -142,6 +142,7 @@ fn run_session(link: &Link<'_>, setup: Setup) -> Option<Session> {
     let (run_dir, outcome, session) = match Session::start(link, setup) {
         Ok(mut session) => {
             let outcome = session.train(link);
+            session.run.release();
             let dir = session.run.path.clone();
             session.prefetch = None;
             // The steps' buffers kept for the next step (the kernels' pool): none comes now.
