@@ -187,7 +187,12 @@ impl Queue {
             .map(|&w| if w < 0.0 { -1.0 } else { updates as f32 - w })
             .collect();
         let filled: Vec<f32> = ages.iter().copied().filter(|a| *a >= 0.0).collect();
-        let mean = filled.iter().map(|&a| f64::from(a)).sum::<f64>() / filled.len().max(1) as f64;
+        // An empty sum of floats is −0.0 (printed "-0.0"): no filled slot has age 0.
+        let mean = if filled.is_empty() {
+            0.0
+        } else {
+            filled.iter().map(|&a| f64::from(a)).sum::<f64>() / filled.len() as f64
+        };
         Ok((filled.len(), written.len(), mean, ages))
     }
 }
@@ -646,5 +651,33 @@ impl PretextTask for Siamese {
             image: canvas,
             pixels: None,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An empty queue's mean age reads "0.0", not "-0.0" (an empty float sum is −0.0); a
+    /// filled one counts updates since each slot was written.
+    #[test]
+    fn the_queue_reports_its_fill_and_the_age_of_its_keys() {
+        let dev = candle_core::Device::Cpu;
+        let q = Queue {
+            keys: Var::zeros((4, 2), candle_core::DType::F32, &dev).unwrap(),
+            written: Var::from_tensor(&Tensor::full(-1f32, 4, &dev).unwrap()).unwrap(),
+            state: Var::zeros(2, candle_core::DType::F32, &dev).unwrap(),
+        };
+        let (filled, size, mean, _) = q.fill_and_age().unwrap();
+        assert_eq!((filled, size), (0, 4));
+        assert_eq!(format!("{mean:.1}"), "0.0");
+        q.enqueue(&Tensor::ones((2, 2), candle_core::DType::F32, &dev).unwrap())
+            .unwrap();
+        q.enqueue(&Tensor::ones((1, 2), candle_core::DType::F32, &dev).unwrap())
+            .unwrap();
+        let (filled, _, mean, ages) = q.fill_and_age().unwrap();
+        assert_eq!(filled, 3);
+        assert_eq!(ages, vec![1.0, 1.0, 0.0, -1.0]);
+        assert!((mean - 2.0 / 3.0).abs() < 1e-9);
     }
 }
