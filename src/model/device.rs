@@ -15,6 +15,9 @@ use super::{ModelError, Result};
 use crate::config::DeviceKind;
 
 /// Every device kind, in the order the app lists them.
+/// Whether this build runs convolutions through cuDNN (the `cudnn` feature).
+pub const CUDNN_BUILD: bool = cfg!(feature = "cudnn");
+
 pub const ALL: [DeviceKind; 3] = [DeviceKind::Cpu, DeviceKind::Cuda, DeviceKind::Metal];
 
 /// Why `kind` cannot be used on this machine with this build, or `None` when it can.

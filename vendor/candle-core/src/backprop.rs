@@ -803,15 +803,19 @@ impl GradStore {
     }
 }
 
-/// pretext patch: whether ∂L/∂x of a conv2d on `device` is computed as a conv2d. By default
-/// it is on every device but the CPU, where candle's im2col conv2d is slower than its
-/// `conv_transpose2d` (contrastive step at 32 px with candle's stock CPU ops: 9.6–10.1 s
-/// against 8.7–9.1 s). `CANDLE_CONV2D_INPUT_GRAD=conv2d` in the environment uses the conv2d
-/// everywhere, `=transpose` nowhere (upstream), to measure one against the other. Read once.
 /// pretext patch: both gradients of `y = conv2d(x, w)` from cuDNN's own backward convolutions
 /// (backward data for ∂L/∂x, backward filter for ∂L/∂w), as PyTorch takes them: in a build with
 /// the `cudnn` feature, on CUDA, for f32. `None` elsewhere, or with
 /// `CANDLE_CONV2D_CUDNN_BACKWARD=0`; the caller then takes the conv2d formulations below.
+/// pretext patch: how many convolutions' gradients this process took from cuDNN's backward
+/// convolutions ([`cudnn_conv2d_grads`]); always 0 without the `cudnn` feature. Tests read it to
+/// know that the path they check was the one taken.
+pub fn conv2d_cudnn_backward_count() -> usize {
+    CUDNN_BACKWARD_CALLS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+static CUDNN_BACKWARD_CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 #[cfg(feature = "cudnn")]
 fn cudnn_conv2d_grads(
     grad: &Tensor,
@@ -861,6 +865,7 @@ fn cudnn_conv2d_grads(
     let grad_kernel = arg
         .contiguous()?
         .apply_op2_no_bwd(&grad, &cudnn_grads::Filter(params))?;
+    CUDNN_BACKWARD_CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     Ok(Some((grad_arg, grad_kernel)))
 }
 
@@ -950,6 +955,14 @@ mod cudnn_grads {
     }
 }
 
+/// pretext patch: whether ∂L/∂x of a conv2d on `device` is computed as a conv2d (where
+/// [`cudnn_conv2d_grads`] does not take both gradients). By default only in a `cudnn` build off
+/// the CPU, where it was measured to pay (3% on an H200, with cuDNN's forward convolution); in
+/// the plain CUDA build upstream's `conv_transpose2d` was 2–6% faster, and on the CPU candle's
+/// im2col conv2d is slower than its `conv_transpose2d` (contrastive step at 32 px with candle's
+/// stock CPU ops: 9.6–10.1 s against 8.7–9.1 s). `CANDLE_CONV2D_INPUT_GRAD=conv2d` in the
+/// environment uses the conv2d everywhere, `=transpose` nowhere (upstream), to measure one
+/// against the other. Read once.
 fn conv2d_input_grad_as_conv2d(device: &crate::Device) -> bool {
     static MODE: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
     let forced = *MODE.get_or_init(|| {
