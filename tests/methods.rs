@@ -176,8 +176,25 @@ fn a_momentum_teacher_starts_as_the_student_follows_it_and_is_never_trained() {
         let teacher = format!("heads.{}.teacher.encoder.l1.c1.weight", kind.name());
         let student = "l1.c1.weight";
         assert_ne!(var_values(&model, &teacher), var_values(&model, student));
-        task.start(&model).unwrap();
+        task.start(&model, 1).unwrap();
         assert_eq!(var_values(&model, &teacher), var_values(&model, student));
+        if kind == TaskKind::Moco {
+            // MoCo's queue starts as random unit vectors (as MoCo's code starts it), drawn from
+            // the run's seed: negatives from the first step, the same for the same seed.
+            let name = "heads.moco.queue.keys";
+            let (k, d) = model.named_vars()[name].as_tensor().dims2().unwrap();
+            assert_eq!(k, settings.queue_size);
+            let keys = var_values(&model, name);
+            for row in keys.chunks(d) {
+                let len = row.iter().map(|v| v * v).sum::<f32>().sqrt();
+                assert!((len - 1.0).abs() < 1e-5, "a key of length {len}");
+            }
+            assert_ne!(keys[..d], keys[d..2 * d], "keys differ");
+            task.start(&model, 2).unwrap();
+            assert_ne!(var_values(&model, name), keys, "another seed, other keys");
+            task.start(&model, 1).unwrap();
+            assert_eq!(var_values(&model, name), keys, "the same seed, the same keys");
+        }
         // No teacher tensor (nor the queue) is given to the optimiser.
         assert!(
             model

@@ -21,7 +21,7 @@ pub struct SiameseMath {
     /// The target branch (2N, D): SimSiam's projections behind the stop-gradient, BYOL's and
     /// MoCo's momentum teacher's; empty for Barlow Twins and VICReg.
     pub target: Vec<Vec<f32>>,
-    /// MoCo: the queue's filled keys (K, D).
+    /// MoCo: the queue's keys (K, D).
     pub queue: Vec<Vec<f32>>,
     pub temperature: f64,
     pub barlow_lambda: f64,
@@ -243,7 +243,7 @@ fn queue_step(t: &TaskReport, m: &SiameseMath, c: &SiameseNumbers, i: usize) -> 
         value(
             "keys in the queue (K)",
             k as f64,
-            "negatives from earlier batches",
+            "negatives: earlier batches' keys (random unit vectors until they come)",
         ),
         value(
             format!("q{i}·k₊"),
@@ -278,9 +278,11 @@ fn queue_step(t: &TaskReport, m: &SiameseMath, c: &SiameseNumbers, i: usize) -> 
         formula: "ℓ = −log( exp(q·k₊/τ) / (exp(q·k₊/τ) + Σⱼ exp(q·kⱼ/τ)) ),   kⱼ ∈ queue".into(),
         text: format!(
             "The query q comes from the student, the key k₊ of the other view from the momentum \
-             encoder, and the negatives kⱼ are the keys of earlier batches kept in a queue of up to \
+             encoder, and the negatives kⱼ are the keys of earlier batches kept in a queue of \
              {} — many more negatives than one batch holds, at the price of keys made by slightly \
-             older weights. After the update this batch's keys enter the queue and the oldest leave.",
+             older weights. The queue starts as random unit vectors, as MoCo's code starts it, so \
+             the first steps have negatives too. After the update this batch's keys enter the \
+             queue and the oldest leave.",
             k.max(1)
         ),
         values,

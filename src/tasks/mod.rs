@@ -327,11 +327,11 @@ pub trait PretextTask: Send {
     fn select_pixel(&self, _pixel: (usize, usize)) {}
     /// Once the weights are initialised or loaded from `--init-from` (not when a run resumes:
     /// the checkpoint holds this state): a momentum teacher starts as a copy of the student,
-    /// MoCo's queue empty.
+    /// MoCo's queue as random unit vectors drawn from `seed` (the run's).
     ///
     /// # Errors
     /// When the state cannot be written.
-    fn start(&self, _model: &Model) -> Result<(), ModelError> {
+    fn start(&self, _model: &Model, _seed: u64) -> Result<(), ModelError> {
         Ok(())
     }
     /// After every optimiser update, with `progress` ∈ [0, 1] of the run done: a momentum

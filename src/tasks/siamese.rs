@@ -106,11 +106,13 @@ struct Teacher {
     example: Option<(String, Var, Var)>,
 }
 
-/// MoCo's queue of keys, as model state.
+/// MoCo's queue of keys, as model state. It starts full of random unit vectors, as MoCo's and
+/// lightly's code start it (`normalize(randn(K, D))`): every slot is a negative from the first
+/// step, and the batches' keys replace them oldest first.
 struct Queue {
     /// (K, D) L2-normalised keys.
     keys: Var,
-    /// (K,): the update that wrote each slot, −1 while empty.
+    /// (K,): the update that wrote each slot, −1 while it holds its random starting vector.
     written: Var,
     /// (2,): the next slot to write, and the number of updates so far.
     state: Var,
@@ -126,28 +128,26 @@ impl Queue {
         Ok((keys, written, ptr, updates))
     }
 
-    /// The filled slots' keys (F, D), or None while empty.
-    fn filled(&self) -> Result<Option<Tensor>, ModelError> {
-        let written = self.written.as_tensor().to_vec1::<f32>()?;
-        let filled: Vec<u32> = (0..written.len() as u32)
-            .filter(|&i| written[i as usize] >= 0.0)
-            .collect();
-        if filled.is_empty() {
-            return Ok(None);
-        }
+    /// The negatives: every slot's key (K, D), the random starting ones included; None for a
+    /// queue of size 0.
+    fn negatives(&self) -> Option<Tensor> {
         let keys = self.keys.as_tensor();
-        if filled.len() == written.len() {
-            return Ok(Some(keys.clone()));
-        }
-        let idx = Tensor::new(filled.as_slice(), keys.device())?;
-        Ok(Some(keys.index_select(&idx, 0)?))
+        (keys.dim(0).ok()? > 0).then(|| keys.clone())
     }
 
-    fn reset(&self) -> Result<(), ModelError> {
+    /// Every slot a random unit vector (normal coordinates, then L2-normalised) from `seed`;
+    /// nothing written yet.
+    fn reset(&self, seed: u64) -> Result<(), ModelError> {
         let (k, d) = self.keys.as_tensor().dims2()?;
         let device = self.keys.as_tensor().device().clone();
-        self.keys
-            .set(&Tensor::zeros((k, d), candle_core::DType::F32, &device)?)?;
+        let mut rng = crate::rng::Rng::derive(seed, &[0x6d6f_636f]);
+        let mut keys = Vec::with_capacity(k * d);
+        for _ in 0..k {
+            let row: Vec<f32> = (0..d).map(|_| rng.normal()).collect();
+            let len = row.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
+            keys.extend(row.iter().map(|v| v / len));
+        }
+        self.keys.set(&Tensor::from_vec(keys, (k, d), &device)?)?;
         self.written.set(&Tensor::full(-1f32, k, &device)?)?;
         self.state
             .set(&Tensor::zeros(2, candle_core::DType::F32, &device)?)?;
@@ -179,7 +179,8 @@ impl Queue {
         Ok(())
     }
 
-    /// (filled slots, K, mean age in updates of the filled slots, age of every slot or −1).
+    /// (slots written by an update, K, mean age in updates of those, age of every slot or −1
+    /// for a random starting key).
     fn fill_and_age(&self) -> Result<(usize, usize, f64, Vec<f32>), ModelError> {
         let (_, written, _, updates) = self.host()?;
         let ages: Vec<f32> = written
@@ -381,10 +382,7 @@ impl Siamese {
                     return Err(ModelError::Invalid("no momentum encoder".into()));
                 };
                 let k = teacher_out(t)?;
-                let queue = match &self.queue {
-                    Some(q) => q.filled()?,
-                    None => None,
-                };
+                let queue = self.queue.as_ref().and_then(Queue::negatives);
                 let (loss, _) =
                     losses::moco_info_nce(&h, &swap_views(&k)?, queue.as_ref(), s.temperature)?;
                 (h, Some(k), loss, None)
@@ -431,11 +429,8 @@ impl Siamese {
 
     /// The queue's keys as rows (MoCo), for the Math panel.
     fn queue_rows(&self) -> Result<Vec<Vec<f32>>, ModelError> {
-        match &self.queue {
-            Some(q) => match q.filled()? {
-                Some(keys) => rows(&keys),
-                None => Ok(Vec::new()),
-            },
+        match self.queue.as_ref().and_then(Queue::negatives) {
+            Some(keys) => rows(&keys),
             None => Ok(Vec::new()),
         }
     }
@@ -474,14 +469,14 @@ impl PretextTask for Siamese {
         Ok(Some(self.projector.forward(z, false)?))
     }
 
-    fn start(&self, _model: &Model) -> Result<(), ModelError> {
+    fn start(&self, _model: &Model, seed: u64) -> Result<(), ModelError> {
         if let Some(t) = &self.teacher {
             for (teacher, student) in &t.pairs {
                 teacher.set(&student.as_tensor().copy()?)?;
             }
         }
         if let Some(q) = &self.queue {
-            q.reset()?;
+            q.reset(seed)?;
         }
         *lock(&self.live) = Live::default();
         Ok(())
@@ -641,8 +636,13 @@ impl PretextTask for Siamese {
                 })
                 .collect();
             canvas.bars(left, heat + 2 * pad, heat, 40, &bars, None);
+            let random = if filled < size {
+                format!(", the other {} random as MoCo starts them", size - filled)
+            } else {
+                String::new()
+            };
             caption.push_str(&format!(
-                "; queue {filled}/{size} keys, mean age {mean_age:.1} updates (bars: slots, lower = older)"
+                "; queue {filled}/{size} keys from batches{random}, mean age {mean_age:.1} updates (bars: slots, lower = older)"
             ));
         }
         Ok(Preview {

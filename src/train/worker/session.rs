@@ -251,10 +251,10 @@ fn build_model(
             )));
         }
     }
-    // Momentum teachers start as copies of the student, queues empty (a resumed run then
-    // loads both from its checkpoint).
+    // Momentum teachers start as copies of the student, queues as random unit vectors (a
+    // resumed run then loads both from its checkpoint).
     for task in &tasks {
-        task.start(&model).map_err(failed)?;
+        task.start(&model, config.seed).map_err(failed)?;
     }
     Ok((model, tasks))
 }
