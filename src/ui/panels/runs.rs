@@ -18,7 +18,7 @@ use crate::view::overlay::{Gauge, Quantity};
 /// The most height the table of runs takes before it scrolls, px.
 const TABLE_HEIGHT: f32 = 230.0;
 /// The most width a run's name takes (longer names are cut, whole on hover), px.
-const NAME_WIDTH: f32 = 250.0;
+const NAME_WIDTH: f32 = 210.0;
 /// The most width the tasks column takes (longer lists are cut, whole on hover), px.
 const TASKS_WIDTH: f32 = 170.0;
 /// Height of each overlay plot, px.
@@ -330,29 +330,38 @@ fn row(
             ui.label("—");
         }
     }
-    let (knn, knn_hover) = knn_cell(r);
-    ui.label(knn).on_hover_text(knn_hover);
+    let (knn, source, knn_hover) = knn_cell(r);
+    ui.horizontal(|ui| {
+        ui.spacing_mut().item_spacing.x = 3.0;
+        ui.label(knn).on_hover_text(&knn_hover);
+        if !source.is_empty() {
+            ui.label(RichText::new(source).small().color(MUTED))
+                .on_hover_text(knn_hover);
+        }
+    });
     let (probe, probe_hover) = probe_cell(r);
     ui.label(probe).on_hover_text(probe_hover);
 }
 
-/// The kNN column: the best stage's top-1 and where it was measured ("eval": every held-out
-/// image; "monitor": the training monitor's subset), with the step in the hover.
-fn knn_cell(r: &RunSummary) -> (String, String) {
+/// The kNN column: the best stage's top-1, where it was measured ("eval": every held-out
+/// image; "monitor": the training monitor's subset), and the hover with the step.
+fn knn_cell(r: &RunSummary) -> (String, &'static str, String) {
     let what = "the best encoder stage by kNN top-1 (k = 20, held-out labels)";
     match (&r.best_knn, r.knn_from) {
         (Some((stage, v)), Some(from)) => {
             let pct = v * 100.0;
             match from {
                 Judged::Eval(step) => (
-                    format!("{pct:.1}% ({stage}, eval)"),
+                    format!("{pct:.1}% ({stage})"),
+                    "eval",
                     format!(
                         "{what}, from `pretext eval` or a contest (eval.json){}: every held-out image",
                         step.map_or(String::new(), |s| format!(" at step {s}"))
                     ),
                 ),
                 Judged::Monitor(step) => (
-                    format!("{pct:.1}% ({stage}, monitor)"),
+                    format!("{pct:.1}% ({stage})"),
+                    "monitor",
                     format!(
                         "{what}, from the training monitor at step {step}: its fixed subset of \
                          the held-out images{}. `pretext eval --run DIR` judges them all.",
@@ -365,7 +374,7 @@ fn knn_cell(r: &RunSummary) -> (String, String) {
                 ),
             }
         }
-        _ => ("—".into(), what.into()),
+        _ => ("—".into(), "", what.into()),
     }
 }
 
