@@ -193,7 +193,11 @@ fn a_momentum_teacher_starts_as_the_student_follows_it_and_is_never_trained() {
             task.start(&model, 2).unwrap();
             assert_ne!(var_values(&model, name), keys, "another seed, other keys");
             task.start(&model, 1).unwrap();
-            assert_eq!(var_values(&model, name), keys, "the same seed, the same keys");
+            assert_eq!(
+                var_values(&model, name),
+                keys,
+                "the same seed, the same keys"
+            );
         }
         // No teacher tensor (nor the queue) is given to the optimiser.
         assert!(

@@ -357,17 +357,38 @@ fn continuing_a_run_directory_written_by_the_command_line() {
     };
     drop(trainer);
 
-    let storage = storage_with(TrainConfig {
+    // The person's own settings differ from the run's (its seed).
+    let own = TrainConfig {
         epochs: 2,
+        seed: 7,
         ..small_config(out.path())
-    });
+    };
+    let mut storage = storage_with(own.clone());
     let mut h = app(&storage, None);
     wait_until(&mut h, "data", |a| matches!(a.data, DataState::Ready(_)));
     h.state_mut().inputs.run = run_dir.display().to_string();
     h.get_by_label("Continue run").click();
+    wait_until(&mut h, "the continued run's settings", |a| {
+        a.settings.config.seed == 0
+    });
+    // Saved meanwhile (the window closed, say): the person's own, not the run's.
+    eframe::App::save(h.state_mut(), &mut storage);
+    let saved: Persisted = eframe::get_value(&storage, "pretext-settings").unwrap();
+    assert_eq!(saved.config, own);
     wait_until(&mut h, "the continued run", |a| {
         matches!(a.run.status, RunStatus::Finished(_))
     });
+    // Once it has ended, the left panel is the person's again.
+    assert_eq!(h.state().settings.config, own);
+    assert!(
+        h.state()
+            .run
+            .messages
+            .iter()
+            .any(|m| m.text.contains("your own settings again")),
+        "{:?}",
+        h.state().run.messages
+    );
     let a = h.state();
     assert_eq!(
         a.run.status,

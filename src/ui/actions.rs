@@ -527,6 +527,22 @@ impl PretextApp {
         });
     }
 
+    /// After a continued run: the person's own settings back in the left panel, unless they
+    /// edited the run's meanwhile (the edit then stays).
+    pub(super) fn restore_own_settings(&mut self) {
+        if let Some((own, shown)) = self.own_settings.take()
+            && self.settings.config == shown
+            && own != shown
+        {
+            self.settings.config = own;
+            self.run.message(
+                false,
+                "the left panel shows your own settings again (the continued run's were shown \
+                 while it trained)",
+            );
+        }
+    }
+
     fn reset_view(&mut self) {
         self.run.clear_run();
         self.tabs.previews.clear();
@@ -542,6 +558,7 @@ impl PretextApp {
         self.stop_following();
         self.reset_view();
         self.run.status = RunStatus::Idle;
+        self.restore_own_settings();
     }
 
     /// Asks for every task's prediction on data-set image `index`.
@@ -658,10 +675,16 @@ impl PretextApp {
                     }
                     if let Some(config) = &self.run.config {
                         let epochs = epochs.unwrap_or(config.epochs);
-                        self.settings.config = crate::config::TrainConfig {
+                        let shown = crate::config::TrainConfig {
                             epochs,
                             ..config.clone()
                         };
+                        let own = match self.own_settings.take() {
+                            Some((own, _)) => own,
+                            None => self.settings.config.clone(),
+                        };
+                        self.settings.config = shown.clone();
+                        self.own_settings = Some((own, shown));
                     }
                     self.send(Command::Continue {
                         run_dir: dir,

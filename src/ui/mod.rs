@@ -367,6 +367,10 @@ pub struct PretextApp {
     frame_stats: FrameStats,
     /// What the command line asked the window to do by itself (`--start`, `--quit-after-run`).
     launch: LaunchState,
+    /// While a continued run's settings fill the left panel: the person's own (restored when
+    /// that run ends, and the ones saved meanwhile) and the run's as shown (an edit of them
+    /// keeps the edit instead).
+    own_settings: Option<(crate::config::TrainConfig, crate::config::TrainConfig)>,
 }
 
 /// How the window starts: what the command line asked of it (`pretext [PATH] [--start] …`).
@@ -549,6 +553,7 @@ impl PretextApp {
                 quit_after_run: launch.start && launch.quit_after_run,
                 overrides,
             },
+            own_settings: None,
         };
         app.perform(Action::OpenData(source));
         Ok(app)
@@ -579,6 +584,9 @@ impl PretextApp {
             return;
         }
         self.run.apply(&event);
+        if matches!(event, Event::Finished { .. }) {
+            self.restore_own_settings();
+        }
         let t = &mut self.tabs;
         match event {
             Event::Preview(p) => {
@@ -701,14 +709,17 @@ impl eframe::App for PretextApp {
     }
 
     fn save(&mut self, storage: &mut dyn eframe::Storage) {
-        match &self.launch.overrides {
-            Some((given, saved)) => {
-                let mut settings = self.settings.clone();
-                LaunchFields::restore(given, saved, &mut settings.config);
-                eframe::set_value(storage, STORAGE_KEY, &settings);
-            }
-            None => eframe::set_value(storage, STORAGE_KEY, &self.settings),
+        let mut settings = self.settings.clone();
+        // A continued run's settings are its own, not the person's next run's.
+        if let Some((own, shown)) = &self.own_settings
+            && settings.config == *shown
+        {
+            settings.config = own.clone();
         }
+        if let Some((given, saved)) = &self.launch.overrides {
+            LaunchFields::restore(given, saved, &mut settings.config);
+        }
+        eframe::set_value(storage, STORAGE_KEY, &settings);
     }
 
     fn on_exit(&mut self) {
