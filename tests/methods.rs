@@ -199,6 +199,24 @@ fn a_momentum_teacher_starts_as_the_student_follows_it_and_is_never_trained() {
                 "the same seed, the same keys"
             );
         }
+        // The Math panel's m: the schedule's start on a fresh run; on a resumed one, the m
+        // of its next update (not the start again).
+        let momentum = |task: &dyn tasks::PretextTask| {
+            let batch = task
+                .maker()
+                .make(&data, &[0, 1, 2, 3], 5)
+                .upload(&Device::Cpu)
+                .unwrap();
+            match task.explain(&model, &batch).unwrap().math {
+                pretext::math::TaskMath::Siamese(m) => m.momentum,
+                _ => panic!("{kind}: not a two-view task's math"),
+            }
+        };
+        assert_eq!(momentum(task.as_ref()), Some(settings.momentum));
+        task.resumed(0.5);
+        let at_half = optim::cosine_momentum_at(0.5, settings.momentum, 1.0);
+        assert!(at_half > settings.momentum);
+        assert_eq!(momentum(task.as_ref()), Some(at_half));
         // No teacher tensor (nor the queue) is given to the optimiser.
         assert!(
             model

@@ -334,6 +334,10 @@ pub trait PretextTask: Send {
     fn start(&self, _model: &Model, _seed: u64) -> Result<(), ModelError> {
         Ok(())
     }
+    /// When a run resumes from its checkpoint, `progress` ∈ [0, 1] of it done: what the task
+    /// shows of its schedules before its first update here (BYOL's and MoCo's momentum m in
+    /// the Math panel) is the next update's, not the schedule's start.
+    fn resumed(&self, _progress: f64) {}
     /// After every optimiser update, with `progress` ∈ [0, 1] of the run done: a momentum
     /// teacher follows the student, MoCo's queue takes the batch's keys.
     ///

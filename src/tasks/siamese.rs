@@ -482,6 +482,13 @@ impl PretextTask for Siamese {
         Ok(())
     }
 
+    fn resumed(&self, progress: f64) {
+        if self.teacher.is_some() {
+            let m = optim::cosine_momentum_at(progress, self.settings.momentum, 1.0);
+            lock(&self.live).momentum = Some(m);
+        }
+    }
+
     fn after_update(&self, _model: &Model, progress: f64) -> Result<(), ModelError> {
         if let Some(t) = &self.teacher {
             let m = optim::cosine_momentum_at(progress, self.settings.momentum, 1.0);

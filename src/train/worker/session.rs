@@ -335,6 +335,7 @@ impl Session {
         let (model, tasks) = build_model(link, &config, device, &data)?;
         let mut opt = AdamW::new(model.trainable_vars(), config.lr, config.weight_decay);
         let more_minutes = resumed.as_ref().and_then(|r| r.minutes);
+        let was_resumed = resumed.is_some();
         let Continued {
             run,
             pos,
@@ -403,6 +404,12 @@ impl Session {
             last_checkpoint: None,
             best_checkpoint,
         };
+        if was_resumed {
+            let progress = session.progress();
+            for task in &session.tasks {
+                task.resumed(progress);
+            }
+        }
         link.emit(Event::RunStarted {
             run_dir: session.run.path.clone(),
             config: Box::new(session.config.clone()),

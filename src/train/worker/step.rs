@@ -108,7 +108,7 @@ impl Session {
 
     /// How much of the run is done, 0–1: by steps towards the last epoch, or by time towards
     /// the time limit, whichever is further.
-    fn progress(&self) -> f64 {
+    pub(super) fn progress(&self) -> f64 {
         let total = (self.config.epochs * self.batches_per_epoch).max(1) as f64;
         let by_steps = self.pos.step as f64 / total;
         let by_time = self
