@@ -366,6 +366,16 @@ fn continuing_a_run_directory_written_by_the_command_line() {
     let mut storage = storage_with(own.clone());
     let mut h = app(&storage, None);
     wait_until(&mut h, "data", |a| matches!(a.data, DataState::Ready(_)));
+    // Reset while a Continue is still reading its run back: nothing starts, the settings stay
+    // the person's, and nothing of a later run is taken for a stopped one's.
+    h.state_mut().continue_run(&run_dir, None);
+    h.state_mut().reset();
+    for _ in 0..100 {
+        h.step();
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(h.state().run.status, RunStatus::Idle);
+    assert_eq!(h.state().settings.config, own);
     h.state_mut().inputs.run = run_dir.display().to_string();
     h.get_by_label("Continue run").click();
     wait_until(&mut h, "the continued run's settings", |a| {

@@ -86,7 +86,7 @@ fn eval_inner(args: &EvalArgs) -> anyhow::Result<Result<(), PipeClosed>> {
                 let seconds = started.elapsed().as_secs_f64();
                 if let Some(run) = &args.run {
                     EvalFile::new(&j.data, Ok(&r), &r.gauges_trained, seconds)
-                        .judging(&j.weights)
+                        .at_step(j.models.step)
                         .write(run)?;
                 }
                 if args.json {
@@ -184,7 +184,7 @@ fn print_unmeasured(
     if let Some(run) = &args.run {
         let seconds = started.elapsed().as_secs_f64();
         EvalFile::new(&j.data, Err(why), &g, seconds)
-            .judging(&j.weights)
+            .at_step(j.models.step)
             .write(run)?;
     }
     if args.json {

@@ -147,7 +147,7 @@ pub(super) fn judge_task(
     };
     let eval_s = started.elapsed().as_secs_f64();
     EvalFile::new(data, scored.as_ref().map_err(|w| *w), &gauges, eval_s)
-        .judging(&weights)
+        .at_step(models.step)
         .write(run)?;
     let knn = match &scored {
         Ok(r) => r

@@ -46,6 +46,9 @@ pub enum JudgeError {
 pub struct Models {
     pub trained: Model,
     pub random: Model,
+    /// The training step in the metadata of the checkpoint the trained weights were read
+    /// from (None: given already read, or not recorded).
+    pub step: Option<u64>,
     _heads: [Vec<Box<dyn PretextTask>>; 2],
 }
 
@@ -110,15 +113,19 @@ pub fn models(
         Ok((m, t))
     };
     let (trained, trained_heads) = build()?;
-    let tensors = match tensors {
-        Some(tensors) => tensors,
-        None => crate::model::checkpoint::read(weights, &device)?.0,
+    let (tensors, step) = match tensors {
+        Some(tensors) => (tensors, None),
+        None => {
+            let (tensors, meta) = crate::model::checkpoint::read(weights, &device)?;
+            (tensors, meta.get("step").and_then(|s| s.parse().ok()))
+        }
     };
     trained.load_state_dict(&tensors, &weights.display().to_string())?;
     let (random, random_heads) = build()?;
     Ok(Models {
         trained,
         random,
+        step,
         _heads: [trained_heads, random_heads],
     })
 }
@@ -178,10 +185,11 @@ impl<'a> EvalFile<'a> {
         }
     }
 
-    /// The same, for the weights of this checkpoint file (its training step, from its metadata).
+    /// The same, for weights of this training step (read with them: a run training on may
+    /// have replaced their file since).
     #[must_use]
-    pub fn judging(mut self, weights: &Path) -> Self {
-        self.step = crate::train::run_dir::checkpoint_step(weights);
+    pub fn at_step(mut self, step: Option<u64>) -> Self {
+        self.step = step;
         self
     }
 

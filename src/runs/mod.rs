@@ -198,8 +198,8 @@ pub enum Judged {
 }
 
 impl RunSummary {
-    /// Whether the run has trained past the step its eval.json judged (its kNN figure is then
-    /// the monitor's, and its probe figure is an older encoder's).
+    /// Whether the run has trained past the step its eval.json judged: its probe figure is an
+    /// older encoder's (and its kNN figure the monitor's, once the monitor has measured since).
     pub fn eval_outgrown(&self) -> bool {
         self.eval_step.is_some_and(|e| self.steps > e)
     }
@@ -274,14 +274,15 @@ impl SummaryFold {
         self.choose_knn();
     }
 
-    /// eval.json's kNN figure while it judged the run's latest weights, else the monitor's.
+    /// The newer of eval.json's kNN figure and the monitor's: eval.json's unless the monitor
+    /// measured a later step than it judged (an eval.json without a step always wins).
     fn choose_knn(&mut self) {
         let s = &mut self.summary;
         let monitor = self
             .knn_step
             .and_then(|step| Some((best(&self.knn)?, step)));
         (s.best_knn, s.knn_from) = match (&self.eval_knn, monitor) {
-            (Some(e), _) if !s.eval_outgrown() => {
+            (Some(e), Some((_, step))) if s.eval_step.is_none_or(|e| e >= step) => {
                 (Some(e.clone()), Some(Judged::Eval(s.eval_step)))
             }
             (_, Some((m, step))) => (Some(m), Some(Judged::Monitor(step))),

@@ -325,9 +325,9 @@ pub trait PretextTask: Send {
     /// (colorization-bins then shows the predicted colour distribution there). Ignored by
     /// tasks whose previews have no such detail.
     fn select_pixel(&self, _pixel: (usize, usize)) {}
-    /// Once the weights are initialised or loaded from `--init-from` (not when a run resumes:
-    /// the checkpoint holds this state): a momentum teacher starts as a copy of the student,
-    /// MoCo's queue as random unit vectors drawn from `seed` (the run's).
+    /// Once the weights are initialised or loaded from `--init-from`: a momentum teacher starts
+    /// as a copy of the student, MoCo's queue as random unit vectors drawn from `seed` (the
+    /// run's). A resumed run then loads this state from its checkpoint over it.
     ///
     /// # Errors
     /// When the state cannot be written.

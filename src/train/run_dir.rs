@@ -209,6 +209,9 @@ impl RunDir {
     /// Lets go of the folder's lock once the run has stopped training (its session stays for
     /// inspection and writes nothing more): another process may then continue it.
     pub fn release(&mut self) {
+        // Rows still buffered go out first (best effort: a run that failed to write has said
+        // so already), so nothing of this run is appended after another process's.
+        let _ = self.flush();
         self.lock = None;
     }
 

@@ -518,9 +518,13 @@ impl PretextApp {
         self.stop_following();
         self.reset_view();
         self.run.status = RunStatus::Starting;
+        self.replays += 1;
+        let replay = self.replays;
+        self.pending_replay = Some(replay);
         let dir = dir.to_path_buf();
         let d = dir.clone();
         self.engine.jobs.spawn(move || Done::Replay {
+            replay,
             dir: d.clone(),
             epochs,
             events: crate::train::run_dir::replay(&d).map_err(|e| e.to_string()),
@@ -552,7 +556,10 @@ impl PretextApp {
     /// Stops any run and clears curves and previews; what the stopped run still sends is not
     /// shown (see `Engine::stale_runs`).
     pub fn reset(&mut self) {
-        if self.is_training() && self.send(Command::Stop) {
+        // A Continue still reading its run back has asked the worker for nothing: dropping the
+        // read-back is all there is to stop (no Finished will come to wait for).
+        let replaying = self.pending_replay.take().is_some();
+        if !replaying && self.is_training() && self.send(Command::Stop) {
             self.engine.stale_runs += 1;
         }
         self.stop_following();
@@ -665,10 +672,13 @@ impl PretextApp {
     pub(super) fn job_done(&mut self, ctx: &egui::Context, done: Done) {
         match done {
             Done::Replay {
+                replay,
                 dir,
                 epochs,
                 events,
             } => match events {
+                // A Reset (or another Continue) came while it was read back.
+                _ if self.pending_replay != Some(replay) => {}
                 Ok(events) => {
                     for e in &events {
                         self.run.apply(e);
@@ -686,6 +696,7 @@ impl PretextApp {
                         self.settings.config = shown.clone();
                         self.own_settings = Some((own, shown));
                     }
+                    self.pending_replay = None;
                     self.send(Command::Continue {
                         run_dir: dir,
                         epochs,
@@ -695,6 +706,7 @@ impl PretextApp {
                     self.run.status = RunStatus::Starting;
                 }
                 Err(e) => {
+                    self.pending_replay = None;
                     self.run.message(true, e);
                     self.run.status = RunStatus::Idle;
                 }

@@ -15,6 +15,8 @@ use crate::train::Event;
 pub enum Done {
     /// A run directory read back as its events, to continue it.
     Replay {
+        /// Which Continue asked for it (a later Reset or Continue drops it).
+        replay: u64,
         dir: PathBuf,
         epochs: Option<usize>,
         events: Result<Vec<Event>, String>,

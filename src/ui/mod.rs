@@ -371,6 +371,10 @@ pub struct PretextApp {
     /// that run ends, and the ones saved meanwhile) and the run's as shown (an edit of them
     /// keeps the edit instead).
     own_settings: Option<(crate::config::TrainConfig, crate::config::TrainConfig)>,
+    /// A Continue whose run is still being read back (its number): the worker has not been
+    /// asked for anything yet, and a Reset meanwhile drops the read-back.
+    pending_replay: Option<u64>,
+    replays: u64,
 }
 
 /// How the window starts: what the command line asked of it (`pretext [PATH] [--start] …`).
@@ -554,6 +558,8 @@ impl PretextApp {
                 overrides,
             },
             own_settings: None,
+            pending_replay: None,
+            replays: 0,
         };
         app.perform(Action::OpenData(source));
         Ok(app)

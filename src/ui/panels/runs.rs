@@ -365,8 +365,8 @@ fn knn_cell(r: &RunSummary) -> (String, &'static str, String) {
                     format!(
                         "{what}, from the training monitor at step {step}: its fixed subset of \
                          the held-out images{}. `pretext eval --run DIR` judges them all.",
-                        if r.eval_outgrown() {
-                            " (eval.json judged an earlier step)"
+                        if r.eval_step.is_some() {
+                            " (newer than the step eval.json judged)"
                         } else {
                             ""
                         }
