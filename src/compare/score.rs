@@ -127,6 +127,9 @@ pub(super) fn judge_task(
     refs: &References,
 ) -> Result<TaskResult, CompareError> {
     let started = Instant::now();
+    // Its training has let go of the folder; held until eval.json is written, so no other
+    // process continues the run between its training and its judging.
+    let _lock = crate::train::run_dir::WriterLock::take(run)?;
     let (config, weights, models) = judge::load_run(run, data)?;
     let channels = crate::tasks::input_channels(&config.tasks);
     let random: Option<&EncoderScores> = refs
