@@ -121,6 +121,15 @@ fn train_prints_epoch_lines_and_writes_a_complete_run_directory() {
     let png = image::open(dir.join("previews/epoch-0002-rotation.png")).unwrap();
     assert!(png.width() > 100 && png.height() > 100);
 
+    // Continued as it was, a finished run has nothing left to train, and says so.
+    let o = pretext(&["train", "--resume", dir.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("nothing left to train"),
+        "{}",
+        text(&o.stderr)
+    );
+
     // Not while another process writes it (this one holds its lock, as a training process
     // does): one line, exit code 2, and the run untouched.
     let before = std::fs::read_to_string(dir.join("metrics.csv")).unwrap();

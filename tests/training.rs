@@ -455,3 +455,41 @@ fn contrastive_views_at_half_the_working_size_train_and_are_judged_at_the_workin
     assert!(log.previews >= 2, "{}", log.previews);
     assert!(!log.knn.is_empty());
 }
+
+/// A run can be continued from its first epoch's end on, whatever the monitoring budget: the
+/// first checkpoint (with the resume point) is written then. The budget's first guess had let
+/// it wait about 40 s, so a run killed before that could not be continued at all.
+#[test]
+fn the_first_epoch_leaves_a_resume_checkpoint_however_small_the_budget() {
+    let out = tempfile::tempdir().unwrap();
+    let t = Trainer::spawn().unwrap();
+    t.send(Command::Start(Box::new(TrainConfig {
+        monitor_budget: 0.5,
+        ..config(out.path(), 64, 16, 1000)
+    })));
+    let mut checked = false;
+    let log = drive(&t, |e, log| {
+        if let Event::Epoch(s) = e
+            && !checked
+        {
+            checked = true;
+            let dir = log.run_dir.clone().or_else(|| {
+                std::fs::read_dir(out.path())
+                    .ok()?
+                    .flatten()
+                    .map(|e| e.path())
+                    .find(|p| p.join("config.json").is_file())
+            });
+            let dir = dir.expect("the run's directory");
+            let resume = dir.join("checkpoints").join("resume.safetensors");
+            assert!(
+                resume.is_file(),
+                "no resume checkpoint after epoch {}",
+                s.epoch
+            );
+            t.send(Command::Stop);
+        }
+    });
+    assert!(checked, "{:?} {:?}", log.outcome, log.errors);
+    assert_eq!(log.outcome, Some(Outcome::Stopped));
+}

@@ -371,6 +371,15 @@ impl Session {
                 }
             }),
         };
+        // A finished run continued as it was has nothing left to do: say so, rather than end at
+        // once with only "finished".
+        if was_resumed && pos.epoch >= config.epochs {
+            link.emit(Event::Warning(format!(
+                "the run has already trained all its {}: nothing left to train (raise the \
+                 epochs, --epochs or the Epochs setting, to train on)",
+                crate::text::count(config.epochs, "epoch", "epochs")
+            )));
+        }
         let batch = config.batch.min(data.len());
         let batches_per_epoch = (data.len() / batch).max(1);
         let k = config.preview_images.min(data.len());

@@ -384,7 +384,10 @@ impl Session {
     }
 
     /// Checkpoint `name` with the resume point, the previews of `epoch` and a measurement: each
-    /// as the monitoring budget allows, or all of them at the run's end (`last`).
+    /// as the monitoring budget allows, or all of them at the run's end (`last`). The first
+    /// checkpoint of a session is written whatever the budget: until it exists, a killed run
+    /// could not be continued (the budget's first guess let the first one wait about 40 s, and
+    /// a run killed before then lost everything).
     fn save_and_watch(
         &mut self,
         link: &Link<'_>,
@@ -392,8 +395,9 @@ impl Session {
         epoch: usize,
         last: bool,
     ) -> Result<(), Outcome> {
-        if last || self.affordable(Activity::Checkpoints) {
-            self.timed(Activity::Checkpoints, last, |s| {
+        let first = self.last_checkpoint.is_none();
+        if last || first || self.affordable(Activity::Checkpoints) {
+            self.timed(Activity::Checkpoints, last || first, |s| {
                 s.save_model(link, name)?;
                 s.save_resume()
             })?;
