@@ -21,6 +21,8 @@ const TABLE_HEIGHT: f32 = 230.0;
 const NAME_WIDTH: f32 = 210.0;
 /// The most width the tasks column takes (longer lists are cut, whole on hover), px.
 const TASKS_WIDTH: f32 = 170.0;
+/// The most width the data column takes (a folder's name; the path on hover), px.
+const DATA_WIDTH: f32 = 110.0;
 /// Height of each overlay plot, px.
 const PLOT_HEIGHT: f32 = 220.0;
 
@@ -311,7 +313,16 @@ fn row(
         ui.add(egui::Label::new(&r.tasks).truncate())
             .on_hover_text(&r.tasks);
     });
-    ui.label(RichText::new(&r.data).small());
+    // A folder by its name (the whole path on hover), cut to the column's width.
+    let data = Path::new(&r.data)
+        .file_name()
+        .filter(|_| r.data.contains(std::path::MAIN_SEPARATOR))
+        .map_or_else(|| r.data.clone(), |n| n.to_string_lossy().into_owned());
+    ui.scope(|ui| {
+        ui.set_max_width(DATA_WIDTH);
+        ui.add(egui::Label::new(RichText::new(data).small()).truncate())
+            .on_hover_text(&r.data);
+    });
     ui.label(r.size.to_string());
     ui.label(r.steps.to_string());
     ui.label(minutes(r.wall_s));
