@@ -541,8 +541,7 @@ impl PretextApp {
             self.settings.config = own;
             self.run.message(
                 false,
-                "the left panel shows your own settings again (the continued run's were shown \
-                 while it trained)",
+                "the left panel shows your own settings again (it showed the continued run's)",
             );
         }
     }
