@@ -8,6 +8,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
+mod app_harness;
+
 use std::sync::atomic::AtomicBool;
 
 use candle_core::{Device, Tensor};
@@ -57,6 +59,16 @@ fn step(
     (loss, g)
 }
 
+/// The GPU, or None after printing why this process cannot use CUDA (the test then passes
+/// without comparing).
+fn gpu_or_skip() -> Option<Device> {
+    if let Some(reason) = device::unavailable(DeviceKind::Cuda) {
+        eprintln!("skipped: CUDA cannot be used here: {reason}");
+        return None;
+    }
+    Some(device::open(DeviceKind::Cuda).unwrap())
+}
+
 fn norm(v: impl Iterator<Item = f32>) -> f64 {
     v.map(|x| f64::from(x).powi(2)).sum::<f64>().sqrt()
 }
@@ -93,11 +105,9 @@ fn assert_close(a: &[f32], b: &[f32], floor: f64, what: &str) {
 /// and 2, 3×3 and 1×1 kernels, padding 0 and 1, a non-square input.
 #[test]
 fn a_cuda_convolution_gives_the_cpus_gradients() {
-    if let Some(reason) = device::unavailable(DeviceKind::Cuda) {
-        eprintln!("skipped: CUDA cannot be used here: {reason}");
+    let Some(gpu) = gpu_or_skip() else {
         return;
-    }
-    let gpu = device::open(DeviceKind::Cuda).unwrap();
+    };
     // (N, C, H, W, O, K, stride, padding)
     let cases = [
         (4, 3, 16, 16, 8, 3, 1, 1),
@@ -157,11 +167,9 @@ fn a_cuda_convolution_gives_the_cpus_gradients() {
 
 #[test]
 fn a_cuda_step_gives_the_cpu_steps_loss_and_gradients() {
-    if let Some(reason) = device::unavailable(DeviceKind::Cuda) {
-        eprintln!("skipped: CUDA cannot be used here: {reason}");
+    let Some(gpu) = gpu_or_skip() else {
         return;
-    }
-    let gpu = device::open(DeviceKind::Cuda).unwrap();
+    };
     let data = pretext::data::load(
         &DataSource::Builtin { count: 16 },
         32,
@@ -199,80 +207,25 @@ fn a_cuda_step_gives_the_cpu_steps_loss_and_gradients() {
     }
 }
 
-/// Settings in memory, as eframe would keep them.
-#[derive(Default)]
-struct MemoryStorage(std::collections::HashMap<String, String>);
-
-impl eframe::Storage for MemoryStorage {
-    fn get_string(&self, key: &str) -> Option<String> {
-        self.0.get(key).cloned()
-    }
-    fn set_string(&mut self, key: &str, value: String) {
-        self.0.insert(key.to_string(), value);
-    }
-    fn remove_string(&mut self, key: &str) {
-        self.0.remove(key);
-    }
-    fn flush(&mut self) {}
-}
-
-type App = egui_kittest::Harness<'static, pretext::ui::PretextApp>;
-
-/// Runs frames until `cond` holds (the worker runs in real time, so frames are spaced).
-fn wait_until(h: &mut App, what: &str, cond: impl Fn(&pretext::ui::PretextApp) -> bool) {
-    let start = std::time::Instant::now();
-    while !cond(h.state()) {
-        let a = h.state();
-        assert!(
-            start.elapsed() < std::time::Duration::from_secs(180),
-            "timed out waiting for {what}: status {:?}, {} steps, messages {:?}",
-            a.run.status,
-            a.run.curves.steps_seen,
-            a.run.messages
-        );
-        h.step();
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    h.step();
-}
-
 #[test]
 fn the_app_trains_every_task_on_cuda_and_every_panel_shows_it() {
+    use app_harness::{app, small_config, storage_with, wait_until, walk_math_task};
     use egui_kittest::kittest::Queryable;
-    use pretext::config::{LrSchedule, TrainConfig};
-    use pretext::ui::{DataState, Persisted, PretextApp, RunStatus};
+    use pretext::config::TrainConfig;
+    use pretext::ui::{DataState, RunStatus};
 
-    if let Some(reason) = device::unavailable(DeviceKind::Cuda) {
-        eprintln!("skipped: CUDA cannot be used here: {reason}");
+    if gpu_or_skip().is_none() {
         return;
     }
     let out = tempfile::tempdir().unwrap();
     let tasks = TaskKind::ALL.to_vec();
-    let config = TrainConfig {
-        data: DataSource::Builtin { count: 64 },
+    let storage = storage_with(TrainConfig {
         device: DeviceKind::Cuda,
         task_weights: vec![1.0; tasks.len()],
         tasks,
-        lr_schedule: LrSchedule::Constant,
-        batch: 16,
-        epochs: 50,
-        out: out.path().to_path_buf(),
-        preview_images: 2,
-        cache_dir: Some(out.path().join("image-cache")),
-        ..TrainConfig::default()
-    };
-    let mut storage = MemoryStorage::default();
-    eframe::set_value(
-        &mut storage,
-        "pretext-settings",
-        &Persisted {
-            config,
-            ..Persisted::default()
-        },
-    );
-    let mut h: App = egui_kittest::Harness::builder()
-        .with_size(eframe::egui::vec2(1400.0, 900.0))
-        .build_eframe(|cc| PretextApp::new(&cc.egui_ctx, Some(&storage), None).unwrap());
+        ..small_config(out.path())
+    });
+    let mut h = app(&storage, None);
     wait_until(&mut h, "data", |a| matches!(a.data, DataState::Ready(_)));
     assert!(
         h.query_by_label_contains("cannot be used here").is_none(),
@@ -299,20 +252,7 @@ fn the_app_trains_every_task_on_cuda_and_every_panel_shows_it() {
     h.get_by_label("Freeze batch").click();
     wait_until(&mut h, "the frozen batch", |a| a.tabs.math.report.is_some());
     for task in 0..TaskKind::ALL.len() {
-        h.state_mut().tabs.math.sel.task = task;
-        h.state_mut().tabs.math.step = 0;
-        h.run_steps(2);
-        let mut seen = 1;
-        loop {
-            let before = h.state().tabs.math.step;
-            h.get_by_label("Next").click();
-            h.run_steps(2);
-            if h.state().tabs.math.step == before {
-                break;
-            }
-            seen += 1;
-            assert!(seen < 20);
-        }
+        let seen = walk_math_task(&mut h, task);
         assert!(seen >= 3, "task {task}: only {seen} steps");
     }
 

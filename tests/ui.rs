@@ -3,81 +3,19 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod app_harness;
 mod common;
 
-use std::collections::HashMap;
+use app_harness::{MemoryStorage, app, small_config, storage_with, wait_until, walk_math_task};
+
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use egui_kittest::Harness;
 use egui_kittest::kittest::{NodeT, Queryable};
-use pretext::config::{ContrastiveLoss, DataSource, LrSchedule, TaskKind, TrainConfig};
+use pretext::config::{ContrastiveLoss, DataSource, TaskKind, TrainConfig};
 use pretext::train::{Outcome, PauseReason};
 use pretext::ui::{DataState, Persisted, PretextApp, RunStatus};
-
-#[derive(Default)]
-struct MemoryStorage(HashMap<String, String>);
-
-impl eframe::Storage for MemoryStorage {
-    fn get_string(&self, key: &str) -> Option<String> {
-        self.0.get(key).cloned()
-    }
-    fn set_string(&mut self, key: &str, value: String) {
-        self.0.insert(key.to_string(), value);
-    }
-    fn remove_string(&mut self, key: &str) {
-        self.0.remove(key);
-    }
-    fn flush(&mut self) {}
-}
-
-fn storage_with(config: TrainConfig) -> MemoryStorage {
-    let mut s = MemoryStorage::default();
-    let settings = Persisted {
-        config,
-        ..Persisted::default()
-    };
-    eframe::set_value(&mut s, "pretext-settings", &settings);
-    s
-}
-
-fn small_config(out: &std::path::Path) -> TrainConfig {
-    TrainConfig {
-        data: DataSource::Builtin { count: 64 },
-        tasks: vec![TaskKind::Rotation],
-        lr_schedule: LrSchedule::Constant,
-        batch: 16,
-        epochs: 50,
-        out: out.to_path_buf(),
-        preview_images: 2,
-        // Never the home folder's image cache: the test's own.
-        cache_dir: Some(out.join("image-cache")),
-        ..TrainConfig::default()
-    }
-}
-
-fn app(storage: &MemoryStorage, open: Option<PathBuf>) -> Harness<'static, PretextApp> {
-    Harness::builder()
-        .with_size(eframe::egui::vec2(1400.0, 900.0))
-        .build_eframe(|cc| PretextApp::new(&cc.egui_ctx, Some(storage), open).unwrap())
-}
-
-/// Runs frames until `cond` holds (the worker runs in real time, so frames are spaced).
-fn wait_until(h: &mut Harness<'_, PretextApp>, what: &str, cond: impl Fn(&PretextApp) -> bool) {
-    let start = Instant::now();
-    while !cond(h.state()) {
-        if start.elapsed() > Duration::from_secs(120) {
-            let a = h.state();
-            panic!(
-                "timed out waiting for {what}: status {:?}, {} steps, messages {:?}",
-                a.run.status, a.run.curves.steps_seen, a.run.messages
-            );
-        }
-        h.step();
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    h.step();
-}
 
 /// The app on its data, one step trained, paused.
 fn started_and_paused(storage: &MemoryStorage) -> Harness<'static, PretextApp> {
@@ -426,20 +364,7 @@ fn the_math_panel_walks_every_step_of_every_task() {
     h.get_by_label("Freeze batch").click();
     wait_until(&mut h, "the frozen batch", |a| a.tabs.math.report.is_some());
     for task in 0..TaskKind::ALL.len() {
-        h.state_mut().tabs.math.sel.task = task;
-        h.state_mut().tabs.math.step = 0;
-        h.run_steps(2);
-        let mut seen = 1;
-        loop {
-            let before = h.state().tabs.math.step;
-            h.get_by_label("Next").click();
-            h.run_steps(2);
-            if h.state().tabs.math.step == before {
-                break;
-            }
-            seen += 1;
-            assert!(seen < 20);
-        }
+        let seen = walk_math_task(&mut h, task);
         assert!(seen >= 3, "task {task}: only {seen} steps");
         // Arrow keys walk back.
         h.key_press(eframe::egui::Key::ArrowLeft);
