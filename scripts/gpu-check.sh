@@ -4,11 +4,15 @@
 # Here (with the toolkit from scripts/cuda-toolkit.sh):
 #   scripts/gpu-check.sh --prepare PATH/TO/torch_bench.py     # fills .gpu/ (git-ignored)
 # There, from the repository root, with .gpu/ copied along:
-#   scripts/gpu-check.sh [OUT [PARTS]]     # OUT defaults to ./gpu-report, PARTS to 12345
+#   scripts/gpu-check.sh [OUT [PARTS]]     # OUT defaults to ./gpu-report, PARTS to 12354
+# (the parts run in the order given; part 3's cases can be narrowed with TASKS, SIZES and
+# BATCHES, e.g. TASKS="rotation contrastive" SIZES=96 BATCHES=512, STEPS sets its steps, and
+# PLAIN=0 leaves out the plain CUDA build there)
 # (one device command may run 600 s at most: `OUT 12` then `OUT 345` splits the run in two).
 #
 # It runs, each with a time limit, writing everything to OUT/log and OUT/bench.csv:
-#   1. tests/cuda.rs, built with cuDNN: a convolution's gradients and a step's loss and gradients
+#   1. tests/cuda.rs, built with cuDNN: batch norm's and a convolution's values and gradients, a
+#      step's loss and gradients
 #      for every task equal the CPU's, and the app trains all five tasks with every panel; run
 #      again with candle's own backward convolutions (CANDLE_CONV2D_CUDNN_BACKWARD=0);
 #   2. `pretext train --device cuda` for each task alone and all five together (a short run);
@@ -17,14 +21,16 @@
 #      and 512, alternating the two, and the ratio per case; and the same pretext built with
 #      `--features cudnn` (candle's convolutions through cuDNN), with its own ratio; every
 #      bench's JSON (forward, backward, optimiser split) goes to OUT/bench.jsonl;
-#   4. the backward convolutions, alternated, in OUT/backward.csv (ROUNDS=1 halves it): in the
-#      cuDNN build, cuDNN's backward-data and backward-filter (vendored candle's patch, the
-#      default) against candle's conv2d formulations (CANDLE_CONV2D_CUDNN_BACKWARD=0); in the
+#   4. pretext's batch norm kernels and the backward convolutions, each alternated with what
+#      they replace, in OUT/backward.csv (ROUNDS=1 halves it): in the cuDNN build, the batch
+#      norm kernels against candle-nn's chain of ops (PRETEXT_STOCK_OPS=1), then cuDNN's
+#      backward-data and backward-filter (vendored candle's patch, the default) against
+#      candle's conv2d formulations (CANDLE_CONV2D_CUDNN_BACKWARD=0); in the
 #      plain CUDA build, ∂L/∂x as a conv2d (the default) against upstream's naive
 #      conv_transpose2d kernel (CANDLE_CONV2D_INPUT_GRAD=transpose);
 #   5. what the CUDA step's time goes to: Nsight Compute's GPU time of every kernel of a few
 #      bench steps of the cuDNN build (contrastive 32 px and rotation 96 px), in OUT/kernels-*.csv.
-#   Part 5 runs before part 4, which matters least, so a run cut short loses part 4.
+#   By default part 5 runs before part 4, which matters least, so a run cut short loses part 4.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -67,11 +73,10 @@ if [ "${1:-}" = "--prepare" ]; then
 fi
 
 out="${1:-gpu-report}"
-parts="${2:-12345}"
+parts="${2:-12354}"
 mkdir -p "$out"
 log="$out/log"
 touch "$log"
-part() { [[ "$parts" == *"$1"* ]]; }
 # Timed steps per bench (after 3 warm-up steps), both sides.
 steps="${STEPS:-10}"
 say() { echo "$*" | tee -a "$log"; }
@@ -108,15 +113,15 @@ say "# CPU: $(sed -n 's/^model name[^:]*: //p' /proc/cpuinfo | head -1)"
 # The images/s of a bench's JSON line.
 value() { sed -n 's/.*"images_per_s": *\([0-9.eE+-]*\).*/\1/p' | tail -1; }
 
-if part 1; then
+part_1() {
     header "## 1. CUDA step = CPU step"
     timeout 240 "$work/cuda-test" --nocapture --test-threads 1 2>&1 | tee -a "$log"
     say "### again with candle's own backward convolutions (CANDLE_CONV2D_CUDNN_BACKWARD=0)"
     CANDLE_CONV2D_CUDNN_BACKWARD=0 timeout 240 "$work/cuda-test" --nocapture --test-threads 1 \
         a_cuda_ 2>&1 | grep -E '^test |test result' | tee -a "$log"
-fi
+}
 
-if part 2; then
+part_2() {
     header "## 2. training on CUDA"
     for task in rotation contrastive colorization inpainting patch rotation,contrastive,colorization,inpainting,patch; do
         say "### $task"
@@ -131,31 +136,34 @@ if part 2; then
         say ""
         timeout 120 "$bin" eval --run "$last" 2>&1 | tail -12 | tee -a "$log"
     fi
-fi
+}
 
-if part 3; then
+part_3() {
     header "## 3. pretext vs PyTorch on CUDA (images/s; views/s for contrastive)"
     csv="$out/bench.csv"
     echo "task,size,batch,pretext_images_per_s,torch_images_per_s,ratio,pretext_cudnn_images_per_s,ratio_cudnn" >"$csv"
-    for task in rotation contrastive colorization inpainting; do
-        for size in 32 96; do
-            for batch in 128 512; do
-                ours="$(timeout 90 "$bin" bench --device cuda --task "$task" --size "$size" --batch "$batch" \
-                    --steps "$steps" --json 2>>"$log" | tee -a "$out/bench.jsonl" | value)"
+    for task in ${TASKS:-rotation contrastive colorization inpainting}; do
+        for size in ${SIZES:-32 96}; do
+            for batch in ${BATCHES:-128 512}; do
+                ours=""
+                if [ "${PLAIN:-1}" != 0 ]; then
+                    ours="$(timeout 90 "$bin" bench --device cuda --task "$task" --size "$size" --batch "$batch" \
+                        --steps "$steps" --json 2>>"$log" | tee -a "$out/bench.jsonl" | value)"
+                fi
                 theirs="$(timeout 90 "$python" .gpu/torch_bench.py --device cuda --task "$task" --size "$size" \
                     --batch "$batch" --steps "$steps" 2>>"$log" | value)"
                 dnn="$(timeout 90 "$work/pretext-cudnn" bench --device cuda --task "$task" --size "$size" \
                     --batch "$batch" --steps "$steps" --json 2>>"$log" | tee -a "$out/bench.jsonl" | value)"
-                ratio="$(awk -v a="${ours:-0}" -v b="${theirs:-0}" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }')"
-                ratio_dnn="$(awk -v a="${dnn:-0}" -v b="${theirs:-0}" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }')"
+                ratio="$(awk -v a="${ours:-0}" -v b="${theirs:-0}" 'BEGIN { if (a > 0 && b > 0) printf "%.2f", a / b; else print "-" }')"
+                ratio_dnn="$(awk -v a="${dnn:-0}" -v b="${theirs:-0}" 'BEGIN { if (a > 0 && b > 0) printf "%.2f", a / b; else print "-" }')"
                 say "$task ${size}px batch $batch: pretext ${ours:-failed} torch ${theirs:-failed} ratio $ratio; with cuDNN ${dnn:-failed} ratio $ratio_dnn"
                 echo "$task,$size,$batch,${ours:-},${theirs:-},$ratio,${dnn:-},$ratio_dnn" >>"$csv"
             done
         done
     done
-fi
+}
 
-if part 5; then
+part_5() {
     header "## 5. GPU time per kernel (Nsight Compute)"
     ncu="$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)"
     if [ -z "$ncu" ]; then
@@ -172,12 +180,12 @@ if part 5; then
             say "$1 ${2}px batch $3: $(wc -l <"$out/kernels-$1-$2.csv" 2>/dev/null || echo no) lines of kernels"
         done
     fi
-fi
-if part 4; then
-    header "## 4. backward convolutions: the default against the alternative, images/s"
+}
+part_4() {
+    header "## 4. batch norm and backward convolutions: the default against the alternative, images/s"
     grads="$out/backward.csv"
     echo "build,task,size,batch,round,default_images_per_s,alternative_images_per_s,alternative" >"$grads"
-    for variant in "pretext-cudnn CANDLE_CONV2D_CUDNN_BACKWARD=0" "pretext CANDLE_CONV2D_INPUT_GRAD=transpose"; do
+    for variant in "pretext-cudnn PRETEXT_STOCK_OPS=1" "pretext-cudnn CANDLE_CONV2D_CUDNN_BACKWARD=0" "pretext CANDLE_CONV2D_INPUT_GRAD=transpose"; do
         set -- $variant
         build="$1"
         alternative="$2"
@@ -194,5 +202,9 @@ if part 4; then
             done
         done
     done
-fi
+}
+# The parts in the order given.
+for p in $(echo "$parts" | grep -o .); do
+    if declare -F "part_$p" >/dev/null; then "part_$p"; else say "no part $p"; fi
+done
 say "# done $(date -u +%FT%TZ) ($((SECONDS - start)) s)"

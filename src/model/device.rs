@@ -14,10 +14,21 @@ use candle_core::Device;
 use super::{ModelError, Result};
 use crate::config::DeviceKind;
 
-/// Every device kind, in the order the app lists them.
 /// Whether this build runs convolutions through cuDNN (the `cudnn` feature).
 pub const CUDNN_BUILD: bool = cfg!(feature = "cudnn");
 
+/// Whether cuDNN's f32 convolutions may use TF32 tensor cores (10-bit mantissa products, f32
+/// sums): on by default, as PyTorch's `torch.backends.cudnn.allow_tf32`; off, they compute in
+/// f32 (to compare a GPU step with the CPU's). Does nothing without the `cudnn` feature, whose
+/// convolutions are candle's im2col and cuBLAS in f32.
+pub fn set_conv_tf32(allow: bool) {
+    #[cfg(feature = "cudnn")]
+    candle_core::cuda_backend::cudnn::set_conv_tf32(allow);
+    #[cfg(not(feature = "cudnn"))]
+    let _ = allow;
+}
+
+/// Every device kind, in the order the app lists them.
 pub const ALL: [DeviceKind; 3] = [DeviceKind::Cpu, DeviceKind::Cuda, DeviceKind::Metal];
 
 /// Why `kind` cannot be used on this machine with this build, or `None` when it can.

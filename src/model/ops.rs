@@ -113,7 +113,7 @@ pub fn batch_norm_train(
     eps: f64,
     relu: bool,
 ) -> Result<BatchNormOutput> {
-    if kernels::applies(x.device(), x.dtype()) {
+    if kernels::batch_norm_applies(x.device(), x.dtype()) {
         return kernels::norm::batch_norm_train(x, weight, bias, eps, relu);
     }
     let (mean, var, _) = batch_stats(x)?;
@@ -148,7 +148,7 @@ pub fn conv_batch_norm_train(
 }
 
 /// Evaluation-mode batch norm with the running statistics (each of shape (C,)), optionally
-/// followed by ReLU. For inference: on the CPU no gradient flows through it.
+/// followed by ReLU. For inference: on the CPU and CUDA no gradient flows through it.
 pub fn batch_norm_eval(
     x: &Tensor,
     weight: &Tensor,
@@ -158,7 +158,7 @@ pub fn batch_norm_eval(
     eps: f64,
     relu: bool,
 ) -> Result<Tensor> {
-    if kernels::applies(x.device(), x.dtype()) {
+    if kernels::batch_norm_applies(x.device(), x.dtype()) {
         return kernels::norm::batch_norm_eval(x, weight, bias, mean, var, eps, relu);
     }
     let shape = (1, (), 1, 1);

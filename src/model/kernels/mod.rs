@@ -112,6 +112,17 @@ pub fn applies(device: &Device, dtype: DType) -> bool {
     device.is_cpu() && dtype == DType::F32 && !STOCK.load(Ordering::Relaxed)
 }
 
+/// Whether batch norm on this device and dtype goes through [`norm`]'s ops: on the CPU as
+/// [`applies`], and on CUDA (f32, the `cuda` feature) through their CUDA kernels unless the
+/// stock ops are asked for (`--stock-ops`, `PRETEXT_STOCK_OPS`: candle-nn's chain, to compare).
+pub fn batch_norm_applies(device: &Device, dtype: DType) -> bool {
+    applies(device, dtype)
+        || (cfg!(feature = "cuda")
+            && device.is_cuda()
+            && dtype == DType::F32
+            && !STOCK.load(Ordering::Relaxed))
+}
+
 /// Process start-up for training: reads `PRETEXT_STOCK_OPS`, on glibc keeps freed
 /// activation buffers in the heap (see [`keep_freed_memory`]), and names rayon's global pool
 /// (`pretext-rayon-N`: decoding, augmentation, candle's own loops). Unnamed, its threads took

@@ -304,4 +304,21 @@ impl CustomOp3 for BatchNormBackward {
         backward_into(x, params, g, act, planes, &mut out);
         Ok((CpuStorage::F32(out), Shape::from(len)))
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let act = NormAct {
+            eps: self.eps,
+            relu: self.relu,
+        };
+        super::cuda::backward(s1, l1, s2, l2, s3, l3, act)
+    }
 }

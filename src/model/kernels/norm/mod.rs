@@ -7,10 +7,17 @@
 //!
 //! - [`stats`]: batch statistics ([`ChannelStats`]), from the batch or from per-image moments;
 //! - [`backward`]: the training-mode backward pass;
+//! - `cuda` (the `cuda` feature): the three ops' CUDA kernels (batch_norm.cu), so that on a GPU
+//!   batch norm is three to four kernel launches instead of candle-nn's chain of small ops;
 //! - here: the parameter types, the normalisation itself, the forward op and the functions
 //!   the model calls.
 
 mod backward;
+// Allocating device memory for a kernel to fill and launching kernels are unsafe in cudarc;
+// each such call says what makes it sound.
+#[cfg(feature = "cuda")]
+#[allow(unsafe_code)]
+mod cuda;
 mod stats;
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, bail};
@@ -185,6 +192,21 @@ impl CustomOp2 for BatchNorm {
         let coef = NormParams::unpack(p, planes.c, "batch norm")?.coef(self.eps);
         let y = apply(x, &coef, self.relu, planes.hw);
         Ok((CpuStorage::F32(y), Shape::from(l1.dims())))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let act = NormAct {
+            eps: self.eps,
+            relu: self.relu,
+        };
+        cuda::apply(s1, l1, s2, l2, act)
     }
 
     fn bwd(

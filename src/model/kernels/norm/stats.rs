@@ -95,4 +95,13 @@ impl CustomOp1 for BatchStats {
         mean.extend(var);
         Ok((CpuStorage::F32(mean), Shape::from((2, planes.c))))
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        super::cuda::stats(s, l)
+    }
 }

@@ -49,12 +49,13 @@ pub(crate) fn launch_conv2d<
         }
         c
     })?;
-    let conv = cudnn.create_conv2d::<Y>(
+    let mut conv = cudnn.create_conv2d::<Y>(
         /* pad */ [params.padding as i32, params.padding as i32],
         /* stride */ [params.stride as i32, params.stride as i32],
         /* dilation */ [params.dilation as i32, params.dilation as i32],
         cudarc::cudnn::sys::cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION,
     )?;
+    conv.set_math_type(math_type())?;
     let x_shape = [
         params.b_size as i32,
         params.c_in as i32,
@@ -253,12 +254,13 @@ fn conv2d_descriptors(
 )> {
     use cudarc::cudnn::sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW;
     let p = params;
-    let conv = cudnn.create_conv2d::<f32>(
+    let mut conv = cudnn.create_conv2d::<f32>(
         [p.padding as i32, p.padding as i32],
         [p.stride as i32, p.stride as i32],
         [p.dilation as i32, p.dilation as i32],
         cudarc::cudnn::sys::cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION,
     )?;
+    conv.set_math_type(math_type())?;
     let x = cudnn.create_4d_tensor::<f32>(
         CUDNN_TENSOR_NCHW,
         [p.b_size as i32, p.c_in as i32, p.i_h as i32, p.i_w as i32],
@@ -339,4 +341,29 @@ pub(crate) fn launch_conv2d_backward_data(
         op.launch::<CudaSlice<u8>, _, _, _>(alg, ws.as_mut(), (1f32, 0f32), dx, w, dy)?;
     }
     Ok(())
+}
+
+/// pretext patch: whether cuDNN's f32 convolutions may use TF32 tensor cores (10-bit mantissa
+/// products, f32 sums), as PyTorch's `torch.backends.cudnn.allow_tf32` (on by default there
+/// too). On by default; [`set_conv_tf32`] turns it off for exact f32 (`CUDNN_FMA_MATH`), e.g. to
+/// compare a GPU step with the CPU's. Applies to the 2D convolutions and their cuDNN gradients.
+static CONV_TF32: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// pretext patch: see [`CONV_TF32`].
+pub fn conv_tf32() -> bool {
+    CONV_TF32.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// pretext patch: see [`CONV_TF32`]; applies to convolutions launched afterwards.
+pub fn set_conv_tf32(allow: bool) {
+    CONV_TF32.store(allow, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// The math type [`CONV_TF32`] asks for.
+fn math_type() -> cudarc::cudnn::sys::cudnnMathType_t {
+    if conv_tf32() {
+        cudarc::cudnn::sys::cudnnMathType_t::CUDNN_DEFAULT_MATH
+    } else {
+        cudarc::cudnn::sys::cudnnMathType_t::CUDNN_FMA_MATH
+    }
 }
