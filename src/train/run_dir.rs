@@ -53,10 +53,12 @@ pub enum RunDirError {
 /// continue it is refused instead of interleaving its rows and checkpoints with the first's.
 /// The system drops the lock when its holder ends, killed or not, so a crash leaves nothing to
 /// clean up. Where the file system cannot lock (some network shares), the folder is written
-/// without one, as before locks existed.
+/// without one, as before locks existed, and [`WriterLock::unlocked`] says so.
 #[derive(Debug)]
 pub struct WriterLock {
     _file: File,
+    /// Why the folder is not locked after all, where its file system cannot lock.
+    unlocked: Option<String>,
 }
 
 impl WriterLock {
@@ -73,12 +75,40 @@ impl WriterLock {
             .write(true)
             .open(&path)
             .map_err(write_err(&path))?;
-        match file.try_lock() {
-            Ok(()) | Err(std::fs::TryLockError::Error(_)) => Ok(Self { _file: file }),
+        let attempt = file.try_lock();
+        Self::after(dir, file, attempt)
+    }
+
+    /// The lock on `dir` after `attempt` to lock its open lock `file`.
+    fn after(
+        dir: &Path,
+        file: File,
+        attempt: Result<(), std::fs::TryLockError>,
+    ) -> Result<Self, RunDirError> {
+        match attempt {
+            Ok(()) => Ok(Self {
+                _file: file,
+                unlocked: None,
+            }),
+            Err(std::fs::TryLockError::Error(e)) => Ok(Self {
+                _file: file,
+                unlocked: Some(format!(
+                    "{} cannot be locked ({e}; some network shares cannot): it is written \
+                     anyway, but nothing stops a second pretext process from writing it at the \
+                     same time, so continue it from one process only",
+                    dir.display()
+                )),
+            }),
             Err(std::fs::TryLockError::WouldBlock) => Err(RunDirError::Busy {
                 path: dir.to_path_buf(),
             }),
         }
+    }
+
+    /// Why the folder is written without a lock, where its file system cannot lock: a
+    /// sentence for a warning. `None` when it is locked.
+    pub fn unlocked(&self) -> Option<&str> {
+        self.unlocked.as_deref()
     }
 }
 
@@ -204,6 +234,12 @@ impl RunDir {
             },
             config,
         ))
+    }
+
+    /// Why this run's folder is written without a lock (its file system cannot lock), for a
+    /// warning; `None` when it is locked or the lock was let go.
+    pub fn lock_warning(&self) -> Option<&str> {
+        self.lock.as_ref().and_then(WriterLock::unlocked)
     }
 
     /// Lets go of the folder's lock once the run has stopped training (its session stays for
@@ -856,6 +892,35 @@ fn complete_lines(text: &[u8]) -> &[u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A folder whose file system cannot lock is written anyway, with a warning that says so;
+    /// one locked by another holder is refused; a locked one gives no warning.
+    #[test]
+    fn a_folder_that_cannot_be_locked_is_written_with_a_warning() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = || File::create(dir.path().join(LOCK_FILE)).unwrap();
+        let unsupported = std::io::Error::from(std::io::ErrorKind::Unsupported);
+        let lock = WriterLock::after(
+            dir.path(),
+            file(),
+            Err(std::fs::TryLockError::Error(unsupported)),
+        )
+        .unwrap();
+        let warning = lock.unlocked().unwrap();
+        assert!(warning.contains("cannot be locked"), "{warning}");
+        assert!(
+            warning.contains(&dir.path().display().to_string()),
+            "{warning}"
+        );
+        let busy = WriterLock::after(dir.path(), file(), Err(std::fs::TryLockError::WouldBlock));
+        assert!(matches!(busy, Err(RunDirError::Busy { .. })), "{busy:?}");
+        let held = WriterLock::take(dir.path()).unwrap();
+        assert_eq!(held.unlocked(), None);
+        assert!(matches!(
+            WriterLock::take(dir.path()),
+            Err(RunDirError::Busy { .. })
+        ));
+    }
 
     /// Writes `epoch-NNNN-<task>.png` for each epoch (as the budget lets previews be written:
     /// irregularly), thinning after each as a run does; returns the epochs left.

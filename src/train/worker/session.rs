@@ -426,6 +426,9 @@ impl Session {
             batches_per_epoch,
             parameters,
         });
+        if let Some(why) = session.run.lock_warning() {
+            link.emit(Event::Warning(why.to_owned()));
+        }
         Ok(session)
     }
 }
