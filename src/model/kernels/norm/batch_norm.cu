@@ -5,14 +5,24 @@
 //
 // Per-channel sums run over a grid of (chunks, C) blocks, each summing one stretch of one
 // channel's N·H·W values in f64 and writing its partial sums; a second kernel adds a channel's
-// partials. The element-wise kernels are grid-stride loops.
+// partials. The element-wise kernels are grid-stride loops; each block first works out every
+// channel's coefficients into shared memory (C·4 bytes per row of them, dynamic), so a value
+// costs one 32-bit division for its channel and no square root. Indices within a tensor are
+// 32-bit (cuda.rs refuses tensors of 2³¹ values or more, so a grid-stride step cannot wrap).
 
 #define THREADS 256
 
 // The index of the j-th value of channel `ch`, counting image by image.
-__device__ __forceinline__ size_t channel_value(size_t j, int c, int hw, int ch) {
-    size_t image = j / hw;
+__device__ __forceinline__ unsigned int channel_value(unsigned int j, unsigned int c,
+                                                      unsigned int hw, unsigned int ch) {
+    unsigned int image = j / hw;
     return (image * c + ch) * hw + (j - image * hw);
+}
+
+// The channel of value i of an (N, C, H, W) tensor.
+__device__ __forceinline__ unsigned int channel_of(unsigned int i, unsigned int c,
+                                                   unsigned int hw) {
+    return (i / hw) % c;
 }
 
 // The block's totals of (a, b) land in thread 0's.
@@ -34,11 +44,16 @@ __device__ __forceinline__ void block_sums(double &a, double &b) {
 }
 
 // The stretch [begin, end) of a channel's `n * hw` values that block (chunk, ·) sums.
-__device__ __forceinline__ void stretch(int n, int hw, int chunks, size_t &begin, size_t &end) {
-    size_t m = (size_t)n * hw;
-    size_t per = (m + chunks - 1) / chunks;
-    begin = (size_t)blockIdx.x * per;
-    end = begin + per < m ? begin + per : m;
+__device__ __forceinline__ void stretch(int n, int hw, int chunks, unsigned int &begin,
+                                        unsigned int &end) {
+    unsigned int m = (unsigned int)n * (unsigned int)hw;
+    unsigned int per = (m + chunks - 1) / chunks;
+    begin = blockIdx.x * per;
+    if (begin >= m) {
+        begin = end = m;
+        return;
+    }
+    end = per < m - begin ? begin + per : m;
 }
 
 // One channel's normalisation: y = x · scale + shift; as NormParams::coef.
@@ -62,10 +77,10 @@ __device__ __forceinline__ Coef coef_of(const float *p, int c, int ch, float eps
 extern "C" __global__ void bn_stats_partial(const float *x, int n, int c, int hw, int chunks,
                                             double *partial) {
     int ch = blockIdx.y;
-    size_t begin, end;
+    unsigned int begin, end;
     stretch(n, hw, chunks, begin, end);
     double s = 0.0, q = 0.0;
-    for (size_t j = begin + threadIdx.x; j < end; j += THREADS) {
+    for (unsigned int j = begin + threadIdx.x; j < end; j += THREADS) {
         double v = x[channel_value(j, c, hw, ch)];
         s += v;
         q += v * v;
@@ -95,14 +110,24 @@ extern "C" __global__ void bn_stats_finish(const double *partial, int c, int chu
     out[c + ch] = (float)(var > 0.0 ? var : 0.0);
 }
 
-// y = x · scale + shift per channel (then ReLU); p = [weight; bias; mean; var] (4, C).
-extern "C" __global__ void bn_apply(const float *x, const float *p, int c, int hw, size_t numel,
-                                    float eps, int relu, float *y) {
-    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < numel;
-         i += (size_t)blockDim.x * gridDim.x) {
-        int ch = (int)((i / hw) % c);
+// The block's copy of every channel's coefficients: rows of C floats in dynamic shared memory.
+extern __shared__ float coefs[];
+
+// y = x · scale + shift per channel (then ReLU); p = [weight; bias; mean; var] (4, C). Shared
+// memory: 2 rows.
+extern "C" __global__ void bn_apply(const float *x, const float *p, int c, int hw,
+                                    unsigned int numel, float eps, int relu, float *y) {
+    float *scale = coefs, *shift = coefs + c;
+    for (int ch = threadIdx.x; ch < c; ch += blockDim.x) {
         Coef k = coef_of(p, c, ch, eps);
-        float v = x[i] * k.scale + k.shift;
+        scale[ch] = k.scale;
+        shift[ch] = k.shift;
+    }
+    __syncthreads();
+    for (unsigned int i = blockIdx.x * blockDim.x + threadIdx.x; i < numel;
+         i += blockDim.x * gridDim.x) {
+        unsigned int ch = channel_of(i, c, hw);
+        float v = x[i] * scale[ch] + shift[ch];
         y[i] = relu && v <= 0.0f ? 0.0f : v;
     }
 }
@@ -118,11 +143,11 @@ extern "C" __global__ void bn_grad_partial(const float *x, const float *p, const
                                            double *partial) {
     int ch = blockIdx.y;
     Coef k = coef_of(p, c, ch, eps);
-    size_t begin, end;
+    unsigned int begin, end;
     stretch(n, hw, chunks, begin, end);
     double s = 0.0, q = 0.0;
-    for (size_t j = begin + threadIdx.x; j < end; j += THREADS) {
-        size_t at = channel_value(j, c, hw, ch);
+    for (unsigned int j = begin + threadIdx.x; j < end; j += THREADS) {
+        unsigned int at = channel_value(j, c, hw, ch);
         float xv = x[at];
         float gv = masked(xv, g[at], k, relu);
         s += gv;
@@ -138,7 +163,8 @@ extern "C" __global__ void bn_grad_partial(const float *x, const float *p, const
 
 // ∂L/∂weight = Σg·x̂ and ∂L/∂bias = Σg per channel into out[numel..numel + 2C].
 extern "C" __global__ void bn_grad_finish(const double *partial, const float *p, int c,
-                                          int chunks, float eps, size_t numel, float *out) {
+                                          int chunks, float eps, unsigned int numel,
+                                          float *out) {
     int ch = blockIdx.x * blockDim.x + threadIdx.x;
     if (ch >= c) return;
     double s = 0.0, q = 0.0;
@@ -152,18 +178,30 @@ extern "C" __global__ void bn_grad_finish(const double *partial, const float *p,
 }
 
 // ∂L/∂x = weight · inv_std / M · (M·g − Σg − x̂·Σ(g·x̂)) into out[0..numel], with the sums
-// bn_grad_finish left in out[numel..]; `count` is M = N·H·W.
+// bn_grad_finish left in out[numel..]; `count` is M = N·H·W. Shared memory: 7 rows.
 extern "C" __global__ void bn_grad_input(const float *x, const float *p, const float *g, int c,
-                                         int hw, size_t numel, float eps, int relu, float count,
-                                         float *out) {
-    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < numel;
-         i += (size_t)blockDim.x * gridDim.x) {
-        int ch = (int)((i / hw) % c);
+                                         int hw, unsigned int numel, float eps, int relu,
+                                         float count, float *out) {
+    float *scale = coefs, *shift = coefs + c, *mean = coefs + 2 * c, *inv = coefs + 3 * c;
+    float *gain = coefs + 4 * c, *sum_g = coefs + 5 * c, *sum_gx = coefs + 6 * c;
+    for (int ch = threadIdx.x; ch < c; ch += blockDim.x) {
         Coef k = coef_of(p, c, ch, eps);
-        float sgx = out[numel + ch], sg = out[numel + c + ch];
+        scale[ch] = k.scale;
+        shift[ch] = k.shift;
+        mean[ch] = k.mean;
+        inv[ch] = k.inv_std;
+        // dx = gain · (M·g − Σg − x̂·Σ(g·x̂)), with gain = weight · inv_std / M as the CPU's.
+        gain[ch] = k.weight * k.inv_std / count;
+        sum_gx[ch] = out[numel + ch];
+        sum_g[ch] = out[numel + c + ch];
+    }
+    __syncthreads();
+    for (unsigned int i = blockIdx.x * blockDim.x + threadIdx.x; i < numel;
+         i += blockDim.x * gridDim.x) {
+        unsigned int ch = channel_of(i, c, hw);
         float xv = x[i];
-        float gv = masked(xv, g[i], k, relu);
-        float xhat = (xv - k.mean) * k.inv_std;
-        out[i] = k.weight * k.inv_std / count * (count * gv - sg - xhat * sgx);
+        float gv = relu && xv * scale[ch] + shift[ch] <= 0.0f ? 0.0f : g[i];
+        float xhat = (xv - mean[ch]) * inv[ch];
+        out[i] = gain[ch] * (count * gv - sum_g[ch] - xhat * sum_gx[ch]);
     }
 }

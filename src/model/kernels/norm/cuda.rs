@@ -20,6 +20,16 @@ const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/batch_norm.ptx"));
 const MODULE: &str = "pretext-batch-norm";
 /// Threads per block (`THREADS` in batch_norm.cu, which the reductions rely on).
 const THREADS: u32 = 256;
+/// Blocks of an element-wise kernel at most (grid-stride loops beyond): each block first works
+/// out every channel's coefficients, so more blocks would repeat that for nothing. About eight
+/// blocks per multiprocessor of an H100/H200.
+const MAX_BLOCKS: usize = 1024;
+/// Rows of C coefficients the element-wise kernels keep in shared memory: `bn_apply`'s 2 and
+/// `bn_grad_input`'s 7 (batch_norm.cu).
+const APPLY_ROWS: usize = 2;
+const GRAD_ROWS: usize = 7;
+/// Shared memory a block may ask for without opting in (48 KiB on every CUDA GPU).
+const SHARED_LIMIT: usize = 48 * 1024;
 
 /// A contiguous f32 operand's values from its first.
 fn view<'a>(s: &'a CudaStorage, l: &Layout, what: &str) -> Result<CudaView<'a, f32>> {
@@ -29,8 +39,13 @@ fn view<'a>(s: &'a CudaStorage, l: &Layout, what: &str) -> Result<CudaView<'a, f
     Ok(s.as_cuda_slice::<f32>()?.slice(start..end))
 }
 
-/// (N, C, H·W) as the kernels take them.
-fn dims(planes: Planes, what: &str) -> Result<(i32, i32, i32)> {
+/// (N, C, H·W) as the kernels take them, and the number of values: the kernels index with 32
+/// bits and a grid-stride step must not wrap, so there must be fewer than 2³¹.
+fn dims(planes: Planes, what: &str) -> Result<(i32, i32, i32, u32)> {
+    let numel = planes.numel();
+    let Some(numel) = u32::try_from(numel).ok().filter(|&v| v < 1 << 31) else {
+        bail!("{what}: {numel} values are too many for the CUDA kernels (at most 2³¹ − 1)");
+    };
     let int = |v: usize| {
         i32::try_from(v).map_err(|_| {
             candle_core::Error::Msg(format!(
@@ -38,12 +53,17 @@ fn dims(planes: Planes, what: &str) -> Result<(i32, i32, i32)> {
             ))
         })
     };
-    Ok((int(planes.n)?, int(planes.c)?, int(planes.hw.max(1))?))
+    Ok((
+        int(planes.n)?,
+        int(planes.c)?,
+        int(planes.hw.max(1))?,
+        numel,
+    ))
 }
 
 /// The grid of a per-channel reduction: (chunks, C) blocks, about 1,024 in all, each summing
 /// at least 2,048 values where there are that many.
-fn reduction_grid(planes: Planes) -> (u32, LaunchConfig) {
+fn reduction_grid(planes: Planes) -> (i32, LaunchConfig) {
     let c = planes.c.max(1);
     let per_channel = planes.per_channel().max(1);
     let chunks = 1024usize
@@ -55,7 +75,7 @@ fn reduction_grid(planes: Planes) -> (u32, LaunchConfig) {
         block_dim: (THREADS, 1, 1),
         shared_mem_bytes: 0,
     };
-    (chunks as u32, cfg)
+    (chunks as i32, cfg)
 }
 
 /// One thread per channel.
@@ -67,17 +87,22 @@ fn per_channel(c: usize) -> LaunchConfig {
     }
 }
 
-/// A grid-stride loop over `numel` values.
-fn elementwise(numel: usize) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (
-            numel.div_ceil(THREADS as usize).clamp(1, 65_535) as u32,
-            1,
-            1,
-        ),
-        block_dim: (THREADS, 1, 1),
-        shared_mem_bytes: 0,
+/// A grid-stride loop over `numel` values whose blocks keep `rows` rows of `c` coefficients in
+/// shared memory.
+fn elementwise(numel: u32, c: usize, rows: usize, what: &str) -> Result<LaunchConfig> {
+    let shared = rows * c * std::mem::size_of::<f32>();
+    if shared > SHARED_LIMIT {
+        bail!(
+            "{what}: {c} channels are too many for the CUDA kernels (at most {})",
+            SHARED_LIMIT / (rows * std::mem::size_of::<f32>())
+        );
     }
+    let blocks = (numel as usize).div_ceil(THREADS as usize);
+    Ok(LaunchConfig {
+        grid_dim: (blocks.clamp(1, MAX_BLOCKS) as u32, 1, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: shared as u32,
+    })
 }
 
 /// [`BatchStats`](super::BatchStats): [mean; biased variance] (2, C).
@@ -85,13 +110,12 @@ pub(super) fn stats(x: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)>
     let dev = x.device().clone();
     let planes = Planes::of(l.dims(), "batch norm")?;
     let xs = view(x, l, "batch norm input")?;
-    let (n, c, hw) = dims(planes, "batch norm")?;
+    let (n, c, hw, _) = dims(planes, "batch norm")?;
     let (chunks, grid) = reduction_grid(planes);
     // SAFETY: every block writes its two partial sums.
     let partial: CudaSlice<f64> = unsafe { dev.alloc::<f64>(2 * planes.c * chunks as usize)? };
     let f = dev.get_or_load_custom_func("bn_stats_partial", MODULE, PTX)?;
     let mut b = f.builder();
-    let chunks = chunks as i32;
     b.arg(&xs)
         .arg(&n)
         .arg(&c)
@@ -134,10 +158,10 @@ pub(super) fn apply(
             planes.c
         );
     }
-    let (_, c, hw) = dims(planes, "batch norm")?;
-    let numel = planes.numel();
+    let (_, c, hw, numel) = dims(planes, "batch norm")?;
+    let cfg = elementwise(numel, planes.c, APPLY_ROWS, "batch norm")?;
     // SAFETY: the kernel writes every value.
-    let y: CudaSlice<f32> = unsafe { dev.alloc::<f32>(numel)? };
+    let y: CudaSlice<f32> = unsafe { dev.alloc::<f32>(planes.numel())? };
     let relu = i32::from(act.relu);
     let f = dev.get_or_load_custom_func("bn_apply", MODULE, PTX)?;
     let mut b = f.builder();
@@ -149,8 +173,9 @@ pub(super) fn apply(
         .arg(&act.eps)
         .arg(&relu)
         .arg(&y);
-    // SAFETY: reads `numel` values of `xs` and 4·C of `ps`, writes `y`'s `numel`.
-    unsafe { b.launch(elementwise(numel)) }.w()?;
+    // SAFETY: reads `numel` values of `xs` and 4·C of `ps`, writes `y`'s `numel`; the shared
+    // memory holds the kernel's two rows of C.
+    unsafe { b.launch(cfg) }.w()?;
     Ok((CudaStorage::wrap_cuda_slice(y, dev), Shape::from(xl.dims())))
 }
 
@@ -179,13 +204,12 @@ pub(super) fn backward(
     if gs.len() != xs.len() {
         bail!("batch norm backward: the gradient does not match the input");
     }
-    let (n, c, hw) = dims(planes, "batch norm")?;
-    let numel = planes.numel();
+    let (n, c, hw, numel) = dims(planes, "batch norm backward")?;
+    let cfg = elementwise(numel, planes.c, GRAD_ROWS, "batch norm backward")?;
     let relu = i32::from(act.relu);
     let (chunks, grid) = reduction_grid(planes);
     // SAFETY: every block writes its two partial sums.
     let partial: CudaSlice<f64> = unsafe { dev.alloc::<f64>(2 * planes.c * chunks as usize)? };
-    let chunks = chunks as i32;
     let f = dev.get_or_load_custom_func("bn_grad_partial", MODULE, PTX)?;
     let mut b = f.builder();
     b.arg(&xs)
@@ -199,8 +223,9 @@ pub(super) fn backward(
     b.arg(&relu).arg(&partial);
     // SAFETY: reads `numel` values of `xs` and `gs` and 4·C of `ps`, writes `partial`.
     unsafe { b.launch(grid) }.w()?;
+    let len = planes.numel() + 2 * planes.c;
     // SAFETY: bn_grad_finish writes the last 2·C values, bn_grad_input the first `numel`.
-    let out: CudaSlice<f32> = unsafe { dev.alloc::<f32>(numel + 2 * planes.c)? };
+    let out: CudaSlice<f32> = unsafe { dev.alloc::<f32>(len)? };
     let f = dev.get_or_load_custom_func("bn_grad_finish", MODULE, PTX)?;
     let mut b = f.builder();
     b.arg(&partial)
@@ -224,8 +249,8 @@ pub(super) fn backward(
         .arg(&act.eps)
         .arg(&relu);
     b.arg(&count).arg(&out);
-    // SAFETY: reads `xs`, `gs`, `ps` and out[numel..], writes out[..numel].
-    unsafe { b.launch(elementwise(numel)) }.w()?;
-    let len = numel + 2 * planes.c;
+    // SAFETY: reads `xs`, `gs`, `ps` and out[numel..], writes out[..numel]; the shared memory
+    // holds the kernel's seven rows of C.
+    unsafe { b.launch(cfg) }.w()?;
     Ok((CudaStorage::wrap_cuda_slice(out, dev), Shape::from(len)))
 }
