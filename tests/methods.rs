@@ -213,7 +213,7 @@ fn a_momentum_teacher_starts_as_the_student_follows_it_and_is_never_trained() {
             }
         };
         assert_eq!(momentum(task.as_ref()), Some(settings.momentum));
-        task.resumed(0.5);
+        task.resumed(0.5).unwrap();
         let at_half = optim::cosine_momentum_at(0.5, settings.momentum, 1.0);
         assert!(at_half > settings.momentum);
         assert_eq!(momentum(task.as_ref()), Some(at_half));

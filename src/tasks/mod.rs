@@ -336,8 +336,14 @@ pub trait PretextTask: Send {
     }
     /// When a run resumes from its checkpoint, `progress` ∈ [0, 1] of it done: what the task
     /// shows of its schedules before its first update here (BYOL's and MoCo's momentum m in
-    /// the Math panel) is the next update's, not the schedule's start.
-    fn resumed(&self, _progress: f64) {}
+    /// the Math panel) is the next update's, not the schedule's start; state an older build
+    /// saved differently is brought up to date (MoCo's never-written queue slots).
+    ///
+    /// # Errors
+    /// When the state cannot be read or written.
+    fn resumed(&self, _progress: f64) -> Result<(), ModelError> {
+        Ok(())
+    }
     /// After every optimiser update, with `progress` ∈ [0, 1] of the run done: a momentum
     /// teacher follows the student, MoCo's queue takes the batch's keys.
     ///

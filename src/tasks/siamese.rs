@@ -154,6 +154,41 @@ impl Queue {
         Ok(())
     }
 
+    /// Makes every slot that holds no key (all zeros: a checkpoint of an older build, whose
+    /// queue started empty, saved before it filled) a random unit vector, as [`Queue::reset`]
+    /// starts them, so that it is a negative like any other instead of a logit of 0. The
+    /// vectors come from the number of updates, so a resume is reproducible. Returns how many
+    /// slots it filled.
+    fn fill_unwritten(&self) -> Result<usize, ModelError> {
+        let (mut keys, mut written, ptr, updates) = self.host()?;
+        let k = written.len();
+        let Some(d) = keys.len().checked_div(k) else {
+            return Ok(0);
+        };
+        let mut rng = crate::rng::Rng::derive(updates, &[0x6d6f_636f, 0x656d_7074]);
+        let mut filled = 0;
+        for (row, w) in keys.chunks_mut(d.max(1)).zip(written.iter_mut()) {
+            if row.iter().any(|v| *v != 0.0) {
+                continue;
+            }
+            let fresh: Vec<f32> = (0..d).map(|_| rng.normal()).collect();
+            let len = fresh.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
+            for (o, v) in row.iter_mut().zip(&fresh) {
+                *o = v / len;
+            }
+            *w = -1.0;
+            filled += 1;
+        }
+        if filled > 0 {
+            let device = self.keys.as_tensor().device().clone();
+            self.keys.set(&Tensor::from_vec(keys, (k, d), &device)?)?;
+            self.written.set(&Tensor::from_vec(written, k, &device)?)?;
+            self.state
+                .set(&Tensor::new(&[ptr as f32, updates as f32], &device)?)?;
+        }
+        Ok(filled)
+    }
+
     /// Writes `new` (B, D) keys at the write position (wrapping), oldest first out.
     fn enqueue(&self, new: &Tensor) -> Result<(), ModelError> {
         let (mut keys, mut written, mut ptr, updates) = self.host()?;
@@ -482,11 +517,15 @@ impl PretextTask for Siamese {
         Ok(())
     }
 
-    fn resumed(&self, progress: f64) {
+    fn resumed(&self, progress: f64) -> Result<(), ModelError> {
         if self.teacher.is_some() {
             let m = optim::cosine_momentum_at(progress, self.settings.momentum, 1.0);
             lock(&self.live).momentum = Some(m);
         }
+        if let Some(q) = &self.queue {
+            q.fill_unwritten()?;
+        }
+        Ok(())
     }
 
     fn after_update(&self, _model: &Model, progress: f64) -> Result<(), ModelError> {
@@ -686,5 +725,33 @@ mod tests {
         assert_eq!(filled, 3);
         assert_eq!(ages, vec![1.0, 1.0, 0.0, -1.0]);
         assert!((mean - 2.0 / 3.0).abs() < 1e-9);
+    }
+
+    /// A queue saved by an older build before it filled (zero keys in its unwritten slots)
+    /// gets random unit vectors there on resume; the keys written stay as they were.
+    #[test]
+    fn an_older_queues_empty_slots_become_random_unit_keys() {
+        let dev = candle_core::Device::Cpu;
+        let q = Queue {
+            keys: Var::zeros((4, 3), candle_core::DType::F32, &dev).unwrap(),
+            written: Var::from_tensor(&Tensor::full(-1f32, 4, &dev).unwrap()).unwrap(),
+            state: Var::zeros(2, candle_core::DType::F32, &dev).unwrap(),
+        };
+        let key = Tensor::new(&[[0.6f32, 0.8, 0.0]], &dev).unwrap();
+        q.enqueue(&key).unwrap();
+        assert_eq!(q.fill_unwritten().unwrap(), 3);
+        let keys = q.keys.as_tensor().to_vec2::<f32>().unwrap();
+        assert_eq!(keys[0], vec![0.6, 0.8, 0.0]);
+        for row in &keys[1..] {
+            let len: f32 = row.iter().map(|v| v * v).sum::<f32>().sqrt();
+            assert!((len - 1.0).abs() < 1e-5, "{row:?}");
+        }
+        assert_ne!(keys[1], keys[2]);
+        let (filled, _, _, ages) = q.fill_and_age().unwrap();
+        assert_eq!((filled, ages[0], ages[1]), (1, 0.0, -1.0));
+        // The next key still goes to the next slot, and nothing is left to fill.
+        let (_, _, ptr, updates) = q.host().unwrap();
+        assert_eq!((ptr, updates), (1, 1));
+        assert_eq!(q.fill_unwritten().unwrap(), 0);
     }
 }

@@ -416,7 +416,7 @@ impl Session {
         if was_resumed {
             let progress = session.progress();
             for task in &session.tasks {
-                task.resumed(progress);
+                task.resumed(progress).map_err(failed)?;
             }
         }
         link.emit(Event::RunStarted {
