@@ -113,7 +113,7 @@ pub fn batch_norm_train(
     eps: f64,
     relu: bool,
 ) -> Result<BatchNormOutput> {
-    if kernels::batch_norm_applies(x.device(), x.dtype()) {
+    if kernels::batch_norm_applies(x.device(), x.dtype(), x.dim(1)?) {
         return kernels::norm::batch_norm_train(x, weight, bias, eps, relu);
     }
     let (mean, var, _) = batch_stats(x)?;
@@ -158,7 +158,7 @@ pub fn batch_norm_eval(
     eps: f64,
     relu: bool,
 ) -> Result<Tensor> {
-    if kernels::batch_norm_applies(x.device(), x.dtype()) {
+    if kernels::batch_norm_applies(x.device(), x.dtype(), x.dim(1)?) {
         return kernels::norm::batch_norm_eval(x, weight, bias, mean, var, eps, relu);
     }
     let shape = (1, (), 1, 1);

@@ -112,14 +112,17 @@ pub fn applies(device: &Device, dtype: DType) -> bool {
     device.is_cpu() && dtype == DType::F32 && !STOCK.load(Ordering::Relaxed)
 }
 
-/// Whether batch norm on this device and dtype goes through [`norm`]'s ops: on the CPU as
-/// [`applies`], and on CUDA (f32, the `cuda` feature) through their CUDA kernels unless the
-/// stock ops are asked for (`--stock-ops`, `PRETEXT_STOCK_OPS`: candle-nn's chain, to compare).
-pub fn batch_norm_applies(device: &Device, dtype: DType) -> bool {
+/// Whether a batch norm of `channels` channels on this device and dtype goes through
+/// [`norm`]'s ops: on the CPU as [`applies`], and on CUDA (f32, the `cuda` feature) through
+/// their CUDA kernels unless the stock ops are asked for (`--stock-ops`, `PRETEXT_STOCK_OPS`:
+/// candle-nn's chain, to compare) or there are more channels than those kernels keep in shared
+/// memory ([`norm::CUDA_MAX_CHANNELS`]; wider ones take candle-nn's chain too).
+pub fn batch_norm_applies(device: &Device, dtype: DType, channels: usize) -> bool {
     applies(device, dtype)
         || (cfg!(feature = "cuda")
             && device.is_cuda()
             && dtype == DType::F32
+            && channels <= norm::CUDA_MAX_CHANNELS
             && !STOCK.load(Ordering::Relaxed))
 }
 

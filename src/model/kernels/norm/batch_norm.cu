@@ -9,6 +9,8 @@
 // channel's coefficients into shared memory (C·4 bytes per row of them, dynamic), so a value
 // costs one 32-bit division for its channel and no square root. Indices within a tensor are
 // 32-bit (cuda.rs refuses tensors of 2³¹ values or more, so a grid-stride step cannot wrap).
+// build.rs compiles this with --fmad=false: a product and a sum are rounded apart, as in the
+// CPU's Rust, so x·scale + shift and the ReLU's mask agree with the CPU's to the last bit.
 
 #define THREADS 256
 
@@ -128,7 +130,8 @@ extern "C" __global__ void bn_apply(const float *x, const float *p, int c, int h
          i += blockDim.x * gridDim.x) {
         unsigned int ch = channel_of(i, c, hw);
         float v = x[i] * scale[ch] + shift[ch];
-        y[i] = relu && v <= 0.0f ? 0.0f : v;
+        // fmaxf as the CPU's f32::max: NaN becomes 0 there too.
+        y[i] = relu ? fmaxf(v, 0.0f) : v;
     }
 }
 

@@ -25,7 +25,8 @@ const THREADS: u32 = 256;
 /// blocks per multiprocessor of an H100/H200.
 const MAX_BLOCKS: usize = 1024;
 /// Rows of C coefficients the element-wise kernels keep in shared memory: `bn_apply`'s 2 and
-/// `bn_grad_input`'s 7 (batch_norm.cu).
+/// `bn_grad_input`'s 7 (batch_norm.cu; [`super::CUDA_MAX_CHANNELS`] follows from the 7, and
+/// wider batch norms never reach these kernels).
 const APPLY_ROWS: usize = 2;
 const GRAD_ROWS: usize = 7;
 /// Shared memory a block may ask for without opting in (48 KiB on every CUDA GPU).
@@ -110,7 +111,15 @@ pub(super) fn stats(x: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)>
     let dev = x.device().clone();
     let planes = Planes::of(l.dims(), "batch norm")?;
     let xs = view(x, l, "batch norm input")?;
-    let (n, c, hw, _) = dims(planes, "batch norm")?;
+    let (n, c, hw, numel) = dims(planes, "batch norm")?;
+    if numel == 0 {
+        // No values (C may be 0 too): mean and variance 0, as the CPU's.
+        let out = dev.alloc_zeros::<f32>(2 * planes.c)?;
+        return Ok((
+            CudaStorage::wrap_cuda_slice(out, dev),
+            Shape::from((2, planes.c)),
+        ));
+    }
     let (chunks, grid) = reduction_grid(planes);
     // SAFETY: every block writes its two partial sums.
     let partial: CudaSlice<f64> = unsafe { dev.alloc::<f64>(2 * planes.c * chunks as usize)? };
@@ -159,6 +168,10 @@ pub(super) fn apply(
         );
     }
     let (_, c, hw, numel) = dims(planes, "batch norm")?;
+    if numel == 0 {
+        let y = dev.alloc_zeros::<f32>(0)?;
+        return Ok((CudaStorage::wrap_cuda_slice(y, dev), Shape::from(xl.dims())));
+    }
     let cfg = elementwise(numel, planes.c, APPLY_ROWS, "batch norm")?;
     // SAFETY: the kernel writes every value.
     let y: CudaSlice<f32> = unsafe { dev.alloc::<f32>(planes.numel())? };
@@ -205,6 +218,14 @@ pub(super) fn backward(
         bail!("batch norm backward: the gradient does not match the input");
     }
     let (n, c, hw, numel) = dims(planes, "batch norm backward")?;
+    if numel == 0 {
+        // No values: no gradient, dweight and dbias 0, as the CPU's.
+        let out = dev.alloc_zeros::<f32>(2 * planes.c)?;
+        return Ok((
+            CudaStorage::wrap_cuda_slice(out, dev),
+            Shape::from(2 * planes.c),
+        ));
+    }
     let cfg = elementwise(numel, planes.c, GRAD_ROWS, "batch norm backward")?;
     let relu = i32::from(act.relu);
     let (chunks, grid) = reduction_grid(planes);

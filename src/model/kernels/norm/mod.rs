@@ -29,6 +29,11 @@ pub(super) use backward::{BackwardSums, FirstPass, GradSums};
 pub(super) use stats::Moments;
 pub use stats::{BatchStats, ChannelStats};
 
+/// The most channels the CUDA kernels take: their backward pass keeps 7 rows of C f32
+/// coefficients in a block's 48 KiB of shared memory (`cuda.rs`). Wider batch norms run as
+/// candle-nn's chain of ops on CUDA ([`super::batch_norm_applies`]).
+pub const CUDA_MAX_CHANNELS: usize = 48 * 1024 / (7 * 4);
+
 /// What a training-mode batch norm gives: the output (N, C, H, W) and the batch's per-channel
 /// mean and biased variance, each (C,), for the running statistics.
 pub struct BatchNormOutput {

@@ -55,7 +55,7 @@ pub(crate) fn launch_conv2d<
         /* dilation */ [params.dilation as i32, params.dilation as i32],
         cudarc::cudnn::sys::cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION,
     )?;
-    conv.set_math_type(math_type())?;
+    conv.set_math_type(math_type(T::DTYPE))?;
     let x_shape = [
         params.b_size as i32,
         params.c_in as i32,
@@ -260,7 +260,7 @@ fn conv2d_descriptors(
         [p.dilation as i32, p.dilation as i32],
         cudarc::cudnn::sys::cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION,
     )?;
-    conv.set_math_type(math_type())?;
+    conv.set_math_type(math_type(crate::DType::F32))?;
     let x = cudnn.create_4d_tensor::<f32>(
         CUDNN_TENSOR_NCHW,
         [p.b_size as i32, p.c_in as i32, p.i_h as i32, p.i_w as i32],
@@ -359,9 +359,10 @@ pub fn set_conv_tf32(allow: bool) {
     CONV_TF32.store(allow, std::sync::atomic::Ordering::Relaxed)
 }
 
-/// The math type [`CONV_TF32`] asks for.
-fn math_type() -> cudarc::cudnn::sys::cudnnMathType_t {
-    if conv_tf32() {
+/// The math type [`CONV_TF32`] asks for convolutions of `dtype`: it applies to f32 alone, and
+/// f16/bf16 keep cuDNN's default (their tensor cores).
+fn math_type(dtype: crate::DType) -> cudarc::cudnn::sys::cudnnMathType_t {
+    if dtype != crate::DType::F32 || conv_tf32() {
         cudarc::cudnn::sys::cudnnMathType_t::CUDNN_DEFAULT_MATH
     } else {
         cudarc::cudnn::sys::cudnnMathType_t::CUDNN_FMA_MATH
