@@ -126,7 +126,9 @@ pub fn batch_norm_applies(device: &Device, dtype: DType, channels: usize) -> boo
             && !STOCK.load(Ordering::Relaxed))
 }
 
-/// Process start-up for training: reads `PRETEXT_STOCK_OPS`, on glibc keeps freed
+/// Process start-up for training: reads `PRETEXT_STOCK_OPS` and `PRETEXT_CONV_TF32` (`0` or
+/// `false`: cuDNN's convolutions in f32, not TF32; see
+/// [`crate::model::device::set_conv_tf32`]), on glibc keeps freed
 /// activation buffers in the heap (see [`keep_freed_memory`]), and names rayon's global pool
 /// (`pretext-rayon-N`: decoding, augmentation, candle's own loops). Unnamed, its threads took
 /// the name of whichever thread first used it (the data loader's), so profiles showed
@@ -134,6 +136,12 @@ pub fn batch_norm_applies(device: &Device, dtype: DType, channels: usize) -> boo
 pub fn init() {
     if switch_on("PRETEXT_STOCK_OPS") {
         set_stock_ops(true);
+    }
+    if let Some(v) = std::env::var_os("PRETEXT_CONV_TF32")
+        && !v.is_empty()
+        && !switch_value_on(Some(&v))
+    {
+        crate::model::device::set_conv_tf32(false);
     }
     keep_freed_memory();
     // An error means the pool already exists (a second call): it keeps its names.
