@@ -341,7 +341,7 @@ fn a_cuda_step_gives_the_cpu_steps_loss_and_gradients() {
 
 #[test]
 fn the_app_trains_every_task_on_cuda_and_every_panel_shows_it() {
-    use app_harness::{app, small_config, storage_with, wait_until, walk_math_task};
+    use app_harness::{app, embed_all, small_config, storage_with, wait_until, walk_math_task};
     use egui_kittest::kittest::Queryable;
     use pretext::config::TrainConfig;
     use pretext::ui::{DataState, RunStatus};
@@ -391,13 +391,7 @@ fn the_app_trains_every_task_on_cuda_and_every_panel_shows_it() {
     }
 
     // The Explorer: every image embedded with the trained encoder, probe and neighbours.
-    h.get_by_label("Explorer").click();
-    h.run_steps(2);
-    h.get_by_label("Embed all images").click();
-    wait_until(&mut h, "the embedding", |a| {
-        a.tabs.explorer.embedding.is_some()
-    });
-    let e = h.state().tabs.explorer.embedding.clone().unwrap();
+    let e = embed_all(&mut h);
     assert_eq!(e.z.len(), 64);
     assert!(e.probe.is_ok(), "the built-in set is labelled");
     h.state_mut().tabs.explorer.selected = Some(3);

@@ -6,7 +6,9 @@
 mod app_harness;
 mod common;
 
-use app_harness::{MemoryStorage, app, small_config, storage_with, wait_until, walk_math_task};
+use app_harness::{
+    MemoryStorage, app, embed_all, small_config, storage_with, wait_until, walk_math_task,
+};
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -396,13 +398,7 @@ fn the_explorer_embeds_every_image_and_shows_gauges_probe_and_neighbours() {
             .count()
             >= 1
     );
-    h.get_by_label("Explorer").click();
-    h.run_steps(2);
-    h.get_by_label("Embed all images").click();
-    wait_until(&mut h, "the embedding", |a| {
-        a.tabs.explorer.embedding.is_some()
-    });
-    let e = h.state().tabs.explorer.embedding.clone().unwrap();
+    let e = embed_all(&mut h);
     assert_eq!(e.z.len(), 64);
     assert_eq!(e.projection.len(), 64);
     assert!(e.probe.is_ok(), "the built-in set is labelled");

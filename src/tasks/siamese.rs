@@ -118,6 +118,18 @@ struct Queue {
     state: Var,
 }
 
+/// Fills `row` with a random unit vector: normal coordinates, then L2-normalised (MoCo's and
+/// lightly's `normalize(randn(K, D))`, row by row).
+fn random_unit(rng: &mut crate::rng::Rng, row: &mut [f32]) {
+    for v in row.iter_mut() {
+        *v = rng.normal();
+    }
+    let len = row.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
+    for v in row.iter_mut() {
+        *v /= len;
+    }
+}
+
 impl Queue {
     fn host(&self) -> Result<(Vec<f32>, Vec<f32>, usize, u64), ModelError> {
         let keys = self.keys.as_tensor().flatten_all()?.to_vec1::<f32>()?;
@@ -141,11 +153,9 @@ impl Queue {
         let (k, d) = self.keys.as_tensor().dims2()?;
         let device = self.keys.as_tensor().device().clone();
         let mut rng = crate::rng::Rng::derive(seed, &[0x6d6f_636f]);
-        let mut keys = Vec::with_capacity(k * d);
-        for _ in 0..k {
-            let row: Vec<f32> = (0..d).map(|_| rng.normal()).collect();
-            let len = row.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
-            keys.extend(row.iter().map(|v| v / len));
+        let mut keys = vec![0f32; k * d];
+        for row in keys.chunks_mut(d.max(1)) {
+            random_unit(&mut rng, row);
         }
         self.keys.set(&Tensor::from_vec(keys, (k, d), &device)?)?;
         self.written.set(&Tensor::full(-1f32, k, &device)?)?;
@@ -171,11 +181,7 @@ impl Queue {
             if row.iter().any(|v| *v != 0.0) {
                 continue;
             }
-            let fresh: Vec<f32> = (0..d).map(|_| rng.normal()).collect();
-            let len = fresh.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
-            for (o, v) in row.iter_mut().zip(&fresh) {
-                *o = v / len;
-            }
+            random_unit(&mut rng, row);
             *w = -1.0;
             filled += 1;
         }
@@ -704,16 +710,22 @@ impl PretextTask for Siamese {
 mod tests {
     use super::*;
 
+    /// A queue of `k` slots of `d` zeros on the CPU, none written: as an older build started it.
+    fn empty_queue(k: usize, d: usize) -> Queue {
+        let dev = candle_core::Device::Cpu;
+        Queue {
+            keys: Var::zeros((k, d), candle_core::DType::F32, &dev).unwrap(),
+            written: Var::from_tensor(&Tensor::full(-1f32, k, &dev).unwrap()).unwrap(),
+            state: Var::zeros(2, candle_core::DType::F32, &dev).unwrap(),
+        }
+    }
+
     /// An empty queue's mean age reads "0.0", not "-0.0" (an empty float sum is −0.0); a
     /// filled one counts updates since each slot was written.
     #[test]
     fn the_queue_reports_its_fill_and_the_age_of_its_keys() {
         let dev = candle_core::Device::Cpu;
-        let q = Queue {
-            keys: Var::zeros((4, 2), candle_core::DType::F32, &dev).unwrap(),
-            written: Var::from_tensor(&Tensor::full(-1f32, 4, &dev).unwrap()).unwrap(),
-            state: Var::zeros(2, candle_core::DType::F32, &dev).unwrap(),
-        };
+        let q = empty_queue(4, 2);
         let (filled, size, mean, _) = q.fill_and_age().unwrap();
         assert_eq!((filled, size), (0, 4));
         assert_eq!(format!("{mean:.1}"), "0.0");
@@ -732,11 +744,7 @@ mod tests {
     #[test]
     fn an_older_queues_empty_slots_become_random_unit_keys() {
         let dev = candle_core::Device::Cpu;
-        let q = Queue {
-            keys: Var::zeros((4, 3), candle_core::DType::F32, &dev).unwrap(),
-            written: Var::from_tensor(&Tensor::full(-1f32, 4, &dev).unwrap()).unwrap(),
-            state: Var::zeros(2, candle_core::DType::F32, &dev).unwrap(),
-        };
+        let q = empty_queue(4, 3);
         let key = Tensor::new(&[[0.6f32, 0.8, 0.0]], &dev).unwrap();
         q.enqueue(&key).unwrap();
         assert_eq!(q.fill_unwritten().unwrap(), 3);

@@ -1,6 +1,6 @@
 //! The desktop app under egui_kittest, shared by the UI tests (`tests/ui.rs`) and the CUDA
 //! test's run of the app (`tests/cuda.rs`): settings in memory, a small run's settings, the
-//! window, waiting for the engine, and the Math tab's walk.
+//! window, waiting for the engine, the Math tab's walk and the Explorer's embedding.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
@@ -97,4 +97,13 @@ pub fn walk_math_task(h: &mut Harness<'static, PretextApp>, task: usize) -> usiz
         seen += 1;
         assert!(seen < 20);
     }
+}
+
+/// Opens the Explorer, embeds every image with the current encoder and returns the embedding.
+pub fn embed_all(h: &mut Harness<'static, PretextApp>) -> pretext::eval::embed::Embedding {
+    h.get_by_label("Explorer").click();
+    h.run_steps(2);
+    h.get_by_label("Embed all images").click();
+    wait_until(h, "the embedding", |a| a.tabs.explorer.embedding.is_some());
+    h.state().tabs.explorer.embedding.clone().unwrap()
 }

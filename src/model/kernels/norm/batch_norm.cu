@@ -45,6 +45,29 @@ __device__ __forceinline__ void block_sums(double &a, double &b) {
     b = sb[0];
 }
 
+// Block (chunk, ch)'s two sums (a thread's share each), added over the block, into
+// partial[2·(ch·chunks + chunk) + {0, 1}].
+__device__ __forceinline__ void write_partial(double s, double q, int ch, int chunks,
+                                              double *partial) {
+    block_sums(s, q);
+    if (threadIdx.x == 0) {
+        size_t at = 2 * ((size_t)ch * chunks + blockIdx.x);
+        partial[at] = s;
+        partial[at + 1] = q;
+    }
+}
+
+// Channel ch's two sums over its chunks' partial sums.
+__device__ __forceinline__ void channel_totals(const double *partial, int ch, int chunks,
+                                               double &s, double &q) {
+    s = 0.0;
+    q = 0.0;
+    for (int k = 0; k < chunks; k++) {
+        s += partial[2 * ((size_t)ch * chunks + k)];
+        q += partial[2 * ((size_t)ch * chunks + k) + 1];
+    }
+}
+
 // The stretch [begin, end) of a channel's `n * hw` values that block (chunk, ·) sums.
 __device__ __forceinline__ void stretch(int n, int hw, int chunks, unsigned int &begin,
                                         unsigned int &end) {
@@ -87,12 +110,7 @@ extern "C" __global__ void bn_stats_partial(const float *x, int n, int c, int hw
         s += v;
         q += v * v;
     }
-    block_sums(s, q);
-    if (threadIdx.x == 0) {
-        size_t at = 2 * ((size_t)ch * chunks + blockIdx.x);
-        partial[at] = s;
-        partial[at + 1] = q;
-    }
+    write_partial(s, q, ch, chunks, partial);
 }
 
 // Per channel, out = [mean (C); biased variance (C)] from the partial sums over `count`
@@ -101,11 +119,8 @@ extern "C" __global__ void bn_stats_finish(const double *partial, int c, int chu
                                            double count, float *out) {
     int ch = blockIdx.x * blockDim.x + threadIdx.x;
     if (ch >= c) return;
-    double s = 0.0, q = 0.0;
-    for (int k = 0; k < chunks; k++) {
-        s += partial[2 * ((size_t)ch * chunks + k)];
-        q += partial[2 * ((size_t)ch * chunks + k) + 1];
-    }
+    double s, q;
+    channel_totals(partial, ch, chunks, s, q);
     double mean = s / count;
     double var = q / count - mean * mean;
     out[ch] = (float)mean;
@@ -156,12 +171,7 @@ extern "C" __global__ void bn_grad_partial(const float *x, const float *p, const
         s += gv;
         q += (double)gv * (double)(xv - k.mean);
     }
-    block_sums(s, q);
-    if (threadIdx.x == 0) {
-        size_t at = 2 * ((size_t)ch * chunks + blockIdx.x);
-        partial[at] = s;
-        partial[at + 1] = q;
-    }
+    write_partial(s, q, ch, chunks, partial);
 }
 
 // ∂L/∂weight = Σg·x̂ and ∂L/∂bias = Σg per channel into out[numel..numel + 2C].
@@ -170,11 +180,8 @@ extern "C" __global__ void bn_grad_finish(const double *partial, const float *p,
                                           float *out) {
     int ch = blockIdx.x * blockDim.x + threadIdx.x;
     if (ch >= c) return;
-    double s = 0.0, q = 0.0;
-    for (int k = 0; k < chunks; k++) {
-        s += partial[2 * ((size_t)ch * chunks + k)];
-        q += partial[2 * ((size_t)ch * chunks + k) + 1];
-    }
+    double s, q;
+    channel_totals(partial, ch, chunks, s, q);
     Coef k = coef_of(p, c, ch, eps);
     out[numel + ch] = (float)(q * (double)k.inv_std);
     out[numel + c + ch] = (float)s;

@@ -40,6 +40,28 @@ fn view<'a>(s: &'a CudaStorage, l: &Layout, what: &str) -> Result<CudaView<'a, f
     Ok(s.as_cuda_slice::<f32>()?.slice(start..end))
 }
 
+/// The input x (N, C, H, W) laid out as planes, its values and the packed parameters
+/// [weight; bias; mean; var] (4·C values), checked.
+fn operands<'a>(
+    x: &'a CudaStorage,
+    xl: &Layout,
+    p: &'a CudaStorage,
+    pl: &Layout,
+    what: &str,
+) -> Result<(Planes, CudaView<'a, f32>, CudaView<'a, f32>)> {
+    let planes = Planes::of(xl.dims(), what)?;
+    let xs = view(x, xl, "batch norm input")?;
+    let ps = view(p, pl, "batch norm parameters")?;
+    if ps.len() != 4 * planes.c {
+        bail!(
+            "{what}: parameters hold {} values, need 4 × {}",
+            ps.len(),
+            planes.c
+        );
+    }
+    Ok((planes, xs, ps))
+}
+
 /// (N, C, H·W) as the kernels take them, and the number of values: the kernels index with 32
 /// bits and a grid-stride step must not wrap, so there must be fewer than 2³¹.
 fn dims(planes: Planes, what: &str) -> Result<(i32, i32, i32, u32)> {
@@ -157,16 +179,7 @@ pub(super) fn apply(
     act: NormAct,
 ) -> Result<(CudaStorage, Shape)> {
     let dev = x.device().clone();
-    let planes = Planes::of(xl.dims(), "batch norm")?;
-    let xs = view(x, xl, "batch norm input")?;
-    let ps = view(p, pl, "batch norm parameters")?;
-    if ps.len() != 4 * planes.c {
-        bail!(
-            "batch norm: parameters hold {} values, need 4 × {}",
-            ps.len(),
-            planes.c
-        );
-    }
+    let (planes, xs, ps) = operands(x, xl, p, pl, "batch norm")?;
     let (_, c, hw, numel) = dims(planes, "batch norm")?;
     if numel == 0 {
         let y = dev.alloc_zeros::<f32>(0)?;
@@ -203,17 +216,8 @@ pub(super) fn backward(
     act: NormAct,
 ) -> Result<(CudaStorage, Shape)> {
     let dev = x.device().clone();
-    let planes = Planes::of(xl.dims(), "batch norm")?;
-    let xs = view(x, xl, "batch norm input")?;
-    let ps = view(p, pl, "batch norm parameters")?;
+    let (planes, xs, ps) = operands(x, xl, p, pl, "batch norm backward")?;
     let gs = view(g, gl, "batch norm output gradient")?;
-    if ps.len() != 4 * planes.c {
-        bail!(
-            "batch norm backward: parameters hold {} values, need 4 × {}",
-            ps.len(),
-            planes.c
-        );
-    }
     if gs.len() != xs.len() {
         bail!("batch norm backward: the gradient does not match the input");
     }
