@@ -427,19 +427,31 @@ fn a_run_another_process_writes_is_followed_live_and_listed() {
         steps.windows(2).all(|w| w[1] > w[0]),
         "no step twice: {steps:?}"
     );
-    drop(writer);
-    // The listing has it too, with its steps.
-    let start = Instant::now();
-    loop {
-        assert!(start.elapsed() < Duration::from_secs(30), "never listed");
-        if let Ok(WatchUpdate::Listed(list)) = w.updates().recv_timeout(Duration::from_millis(200))
-            && let Some(s) = list.iter().find(|s| s.dir == dir)
-            && s.steps > 0
-        {
-            assert_eq!(s.tasks, "rotation");
-            break;
+    // The listing has it too, with its steps, as being written while its writer holds the
+    // lock, and as not once the writer has gone.
+    let listed_until = |cond: &dyn Fn(&RunSummary) -> bool, what: &str| {
+        let start = Instant::now();
+        loop {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "never listed {what}"
+            );
+            if let Ok(WatchUpdate::Listed(list)) =
+                w.updates().recv_timeout(Duration::from_millis(200))
+                && let Some(s) = list.iter().find(|s| s.dir == dir)
+                && cond(s)
+            {
+                assert_eq!(s.tasks, "rotation");
+                break;
+            }
         }
-    }
+    };
+    listed_until(&|s| s.steps > 0 && s.writing == Some(true), "as written");
+    drop(writer);
+    listed_until(
+        &|s| s.steps > 0 && s.writing == Some(false),
+        "as no longer written",
+    );
     // A folder that is not a run is a problem, said once, not a panic.
     assert!(w.send(WatchCommand::Follow(out.path().join("nothing"))));
     let start = Instant::now();

@@ -183,6 +183,9 @@ pub struct RunSummary {
     pub eval_step: Option<u64>,
     /// When metrics.csv was last written.
     pub modified: Option<SystemTime>,
+    /// Whether a process holds the run's writer lock now ([`run_dir::being_written`]); `None`
+    /// where that cannot be told, and [`RunSummary::modified`] is all there is to go by.
+    pub writing: Option<bool>,
 }
 
 /// Where a run's kNN top-1 figure comes from: the two are measured on different images, so
@@ -251,6 +254,7 @@ impl SummaryFold {
                 probe: None,
                 eval_step: None,
                 modified: None,
+                writing: None,
             },
             first_task: config.tasks.first().copied(),
             wall: crate::view::WallClock::default(),
@@ -359,6 +363,11 @@ impl SummaryFold {
     /// When metrics.csv was last written.
     pub fn set_modified(&mut self, t: Option<SystemTime>) {
         self.summary.modified = t;
+    }
+
+    /// Whether a process holds the run's writer lock now (None: cannot be told).
+    pub fn set_writing(&mut self, writing: Option<bool>) {
+        self.summary.writing = writing;
     }
 }
 

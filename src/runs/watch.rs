@@ -338,6 +338,7 @@ impl State {
             }
             l.fold
                 .set_modified(modified(&dir.join(run_dir::METRICS_FILE)));
+            l.fold.set_writing(run_dir::being_written(&dir));
             let eval_path = dir.join(super::EVAL_FILE);
             let eval_modified = modified(&eval_path);
             if eval_modified.is_some() && eval_modified != l.eval_modified {

@@ -75,7 +75,17 @@ impl WriterLock {
             .write(true)
             .open(&path)
             .map_err(write_err(&path))?;
-        let attempt = file.try_lock();
+        // The runs view probes the lock with a shared one for a moment ([`being_written`]):
+        // a holder that is only that probe lets go within microseconds, so try again a few
+        // times before calling the folder busy.
+        let mut attempt = file.try_lock();
+        for _ in 0..TAKE_RETRIES {
+            if !matches!(attempt, Err(std::fs::TryLockError::WouldBlock)) {
+                break;
+            }
+            std::thread::sleep(TAKE_RETRY_WAIT);
+            attempt = file.try_lock();
+        }
         Self::after(dir, file, attempt)
     }
 
@@ -109,6 +119,25 @@ impl WriterLock {
     /// sentence for a warning. `None` when it is locked.
     pub fn unlocked(&self) -> Option<&str> {
         self.unlocked.as_deref()
+    }
+}
+
+/// How often [`WriterLock::take`] tries again while the lock is held, and how long it waits
+/// between tries: together far longer than a [`being_written`] probe holds it.
+const TAKE_RETRIES: u32 = 10;
+const TAKE_RETRY_WAIT: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Whether a process is writing the run or contest folder `dir` now: it holds the folder's
+/// [`WriterLock`]. Probed with a shared lock that is let go at once. `None` when it cannot be
+/// told: no lock file (a folder written by a build from before the lock, or never opened for
+/// writing), or a file system that cannot lock.
+pub fn being_written(dir: &Path) -> Option<bool> {
+    let file = File::open(dir.join(LOCK_FILE)).ok()?;
+    match file.try_lock_shared() {
+        // Dropping the file lets the shared lock go.
+        Ok(()) => Some(false),
+        Err(std::fs::TryLockError::WouldBlock) => Some(true),
+        Err(std::fs::TryLockError::Error(_)) => None,
     }
 }
 
@@ -916,6 +945,41 @@ mod tests {
         assert!(matches!(busy, Err(RunDirError::Busy { .. })), "{busy:?}");
         let held = WriterLock::take(dir.path()).unwrap();
         assert_eq!(held.unlocked(), None);
+        assert!(matches!(
+            WriterLock::take(dir.path()),
+            Err(RunDirError::Busy { .. })
+        ));
+    }
+
+    /// The runs view's probe tells a folder being written from one that is not, and where it
+    /// cannot tell (no lock file) says so; a writer that starts while a probe holds its shared
+    /// lock waits for it instead of calling the folder busy.
+    #[test]
+    fn the_writer_lock_is_probed_without_turning_a_writer_away() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(being_written(dir.path()), None, "no lock file yet");
+        let held = WriterLock::take(dir.path()).unwrap();
+        assert_eq!(being_written(dir.path()), Some(true));
+        drop(held);
+        assert_eq!(being_written(dir.path()), Some(false));
+        // The probe let its shared lock go: the writer takes the folder again.
+        let held = WriterLock::take(dir.path()).unwrap();
+        drop(held);
+
+        // A shared holder (as a probe is, for a moment) that lets go within the retries.
+        let probe = File::open(dir.path().join(LOCK_FILE)).unwrap();
+        probe.lock_shared().unwrap();
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(TAKE_RETRY_WAIT * 2);
+            drop(probe);
+        });
+        let taken = WriterLock::take(dir.path());
+        release.join().unwrap();
+        assert!(taken.is_ok(), "{taken:?}");
+        // One that does not let go: busy after the retries.
+        let stays = File::open(dir.path().join(LOCK_FILE)).unwrap();
+        drop(taken);
+        stays.lock_shared().unwrap();
         assert!(matches!(
             WriterLock::take(dir.path()),
             Err(RunDirError::Busy { .. })

@@ -295,17 +295,24 @@ fn row(
             });
         }
         // After the buttons, so that they line up from row to row.
-        let live = r
-            .modified
-            .and_then(|t| t.elapsed().ok())
-            .is_some_and(|d| d.as_secs() < 30);
+        // The writer's lock where it can be probed; else whether metrics.csv moved lately
+        // (a run written by an older build, or on a file system that cannot lock).
+        let (live, why) = match r.writing {
+            Some(w) => (w, "a pretext process is writing this run now"),
+            None => (
+                r.modified
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|d| d.as_secs() < 30),
+                "metrics.csv was written in the last 30 s",
+            ),
+        };
         if live {
             ui.label(
                 RichText::new("● writing")
                     .small()
                     .color(Color32::from_rgb(90, 200, 120)),
             )
-            .on_hover_text("metrics.csv was written in the last 30 s");
+            .on_hover_text(why);
         }
     });
     ui.scope(|ui| {
