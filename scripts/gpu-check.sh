@@ -6,8 +6,9 @@
 # There, from the repository root, with .gpu/ copied along:
 #   scripts/gpu-check.sh [OUT [PARTS]]     # OUT defaults to ./gpu-report, PARTS to 12354
 # (the parts run in the order given; part 3's cases can be narrowed with TASKS, SIZES and
-# BATCHES, e.g. TASKS="rotation contrastive" SIZES=96 BATCHES=512, STEPS sets its steps, and
-# PLAIN=0 leaves out the plain CUDA build there)
+# BATCHES, e.g. TASKS="rotation contrastive" SIZES=96 BATCHES=512, STEPS sets its steps,
+# PLAIN=0 leaves out the plain CUDA build there and BENCHMARK=0 the cuDNN build's searched
+# algorithms)
 # (one device command may run 600 s at most: `OUT 12` then `OUT 345` splits the run in two).
 #
 # It runs, each with a time limit, writing everything to OUT/log and OUT/bench.csv:
@@ -19,7 +20,9 @@
 #   3. `pretext bench --device cuda` next to `torch_bench.py --device cuda` (cuDNN, benchmark
 #      mode) for rotation, contrastive, colorization and inpainting at 32 and 96 px, batch 128
 #      and 512, alternating the two, and the ratio per case; and the same pretext built with
-#      `--features cudnn` (candle's convolutions through cuDNN), with its own ratio; every
+#      `--features cudnn` (candle's convolutions through cuDNN), with its own ratio, and that
+#      build again with cuDNN's algorithms found by timing (PRETEXT_CUDNN_BENCHMARK=1; BENCHMARK=0
+#      leaves it out); every
 #      bench's JSON (forward, backward, optimiser split) goes to OUT/bench.jsonl;
 #   4. pretext's batch norm kernels and the backward convolutions, each alternated with what
 #      they replace, in OUT/backward.csv (ROUNDS=1 halves it): in the cuDNN build, the batch
@@ -141,7 +144,7 @@ part_2() {
 part_3() {
     header "## 3. pretext vs PyTorch on CUDA (images/s; views/s for contrastive)"
     csv="$out/bench.csv"
-    echo "task,size,batch,pretext_images_per_s,torch_images_per_s,ratio,pretext_cudnn_images_per_s,ratio_cudnn" >"$csv"
+    echo "task,size,batch,pretext_images_per_s,torch_images_per_s,ratio,pretext_cudnn_images_per_s,ratio_cudnn,pretext_cudnn_benchmark_images_per_s,ratio_cudnn_benchmark" >"$csv"
     for task in ${TASKS:-rotation contrastive colorization inpainting}; do
         for size in ${SIZES:-32 96}; do
             for batch in ${BATCHES:-128 512}; do
@@ -154,10 +157,16 @@ part_3() {
                     --batch "$batch" --steps "$steps" 2>>"$log" | value)"
                 dnn="$(timeout 90 "$work/pretext-cudnn" bench --device cuda --task "$task" --size "$size" \
                     --batch "$batch" --steps "$steps" --json 2>>"$log" | tee -a "$out/bench.jsonl" | value)"
+                found=""
+                if [ "${BENCHMARK:-1}" != 0 ]; then
+                    found="$(PRETEXT_CUDNN_BENCHMARK=1 timeout 90 "$work/pretext-cudnn" bench --device cuda --task "$task" \
+                        --size "$size" --batch "$batch" --steps "$steps" --json 2>>"$log" | tee -a "$out/bench.jsonl" | value)"
+                fi
                 ratio="$(awk -v a="${ours:-0}" -v b="${theirs:-0}" 'BEGIN { if (a > 0 && b > 0) printf "%.2f", a / b; else print "-" }')"
                 ratio_dnn="$(awk -v a="${dnn:-0}" -v b="${theirs:-0}" 'BEGIN { if (a > 0 && b > 0) printf "%.2f", a / b; else print "-" }')"
-                say "$task ${size}px batch $batch: pretext ${ours:-failed} torch ${theirs:-failed} ratio $ratio; with cuDNN ${dnn:-failed} ratio $ratio_dnn"
-                echo "$task,$size,$batch,${ours:-},${theirs:-},$ratio,${dnn:-},$ratio_dnn" >>"$csv"
+                ratio_found="$(awk -v a="${found:-0}" -v b="${theirs:-0}" 'BEGIN { if (a > 0 && b > 0) printf "%.2f", a / b; else print "-" }')"
+                say "$task ${size}px batch $batch: pretext ${ours:-failed} torch ${theirs:-failed} ratio $ratio; with cuDNN ${dnn:-failed} ratio $ratio_dnn; cuDNN's algorithms searched ${found:--} ratio $ratio_found"
+                echo "$task,$size,$batch,${ours:-},${theirs:-},$ratio,${dnn:-},$ratio_dnn,${found:-},$ratio_found" >>"$csv"
             done
         done
     done

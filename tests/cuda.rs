@@ -60,16 +60,23 @@ fn step(
     (loss, g)
 }
 
-/// Held by each test that sets cuDNN's TF32 mode (a flag of the process) for as long as it
-/// relies on it, so tests running in parallel do not change it under each other.
-static TF32_MODE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+/// Held by each test that sets cuDNN's TF32 or benchmark mode (flags of the process) for as
+/// long as it relies on them, so tests running in parallel do not change them under each other.
+static CONV_MODE: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-/// Sets cuDNN's TF32 mode for the caller until the guard is dropped.
+/// Sets cuDNN's TF32 mode for the caller until the guard is dropped, with the algorithms from
+/// cuDNN's heuristics.
 fn tf32_mode(allow: bool) -> std::sync::MutexGuard<'static, ()> {
-    let guard = TF32_MODE
+    conv_mode(allow, false)
+}
+
+/// Sets cuDNN's TF32 and benchmark modes for the caller until the guard is dropped.
+fn conv_mode(tf32: bool, benchmark: bool) -> std::sync::MutexGuard<'static, ()> {
+    let guard = CONV_MODE
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    device::set_conv_tf32(allow);
+    device::set_conv_tf32(tf32);
+    device::set_conv_benchmark(benchmark);
     guard
 }
 
@@ -128,8 +135,6 @@ fn a_cuda_convolution_gives_the_cpus_gradients() {
     let Some(gpu) = gpu_or_skip() else {
         return;
     };
-    // f32 convolutions, as the CPU's.
-    let _mode = tf32_mode(false);
     // (N, C, H, W, O, K, stride, padding)
     let cases = [
         (4, 3, 16, 16, 8, 3, 1, 1),
@@ -137,7 +142,13 @@ fn a_cuda_convolution_gives_the_cpus_gradients() {
         (2, 8, 10, 10, 16, 1, 2, 0),
         (2, 4, 8, 8, 4, 3, 1, 0),
     ];
-    for (n, c, h, w, o, k, s, p) in cases {
+    // With cuDNN's heuristic algorithms, then with the ones its search times fastest.
+    for ((n, c, h, w, o, k, s, p), benchmark) in
+        cases.iter().flat_map(|&case| [(case, false), (case, true)])
+    {
+        // f32 convolutions, as the CPU's.
+        let _mode = conv_mode(false, benchmark);
+        let searches = device::conv_benchmark_searches();
         let values = |len: usize, seed: u32| -> Vec<f32> {
             (0..len as u32)
                 .map(|i| (i.wrapping_mul(2_654_435_761) ^ seed) % 1000)
@@ -166,7 +177,25 @@ fn a_cuda_convolution_gives_the_cpus_gradients() {
         let calls = candle_core::backprop::conv2d_cudnn_backward_count();
         let cuda = grads(&gpu);
         let by_cudnn = candle_core::backprop::conv2d_cudnn_backward_count() > calls;
-        let what = format!("{n}×{c}×{h}×{w}, {o} filters {k}×{k}, stride {s}, padding {p}");
+        let searched = device::conv_benchmark_searches() - searches;
+        let what = format!(
+            "{n}×{c}×{h}×{w}, {o} filters {k}×{k}, stride {s}, padding {p}{}",
+            if benchmark {
+                ", searched algorithms"
+            } else {
+                ""
+            }
+        );
+        // A new shape is searched once for each of the forward pass and the two gradients.
+        assert_eq!(
+            searched,
+            if benchmark && device::CUDNN_BUILD && by_cudnn {
+                3
+            } else {
+                0
+            },
+            "{what}: algorithm searches"
+        );
         assert_close(&cpu[0], &cuda[0], 0.0, &format!("{what}: ∂L/∂x"));
         assert_close(&cpu[1], &cuda[1], 0.0, &format!("{what}: ∂L/∂w"));
         // The path checked is the one meant: cuDNN's backward in a cuDNN build unless switched

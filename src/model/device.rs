@@ -28,6 +28,27 @@ pub fn set_conv_tf32(allow: bool) {
     let _ = allow;
 }
 
+/// Whether cuDNN chooses each convolution's algorithm by timing its candidates once per shape
+/// (`cudnnFind…Algorithm`), as PyTorch's `torch.backends.cudnn.benchmark`, instead of by its
+/// heuristics: off by default (`PRETEXT_CUDNN_BENCHMARK=1` at start-up turns it on). Costs a
+/// search the first time each shape is seen on a thread. Does nothing without the `cudnn`
+/// feature.
+pub fn set_conv_benchmark(on: bool) {
+    #[cfg(feature = "cudnn")]
+    candle_core::cuda_backend::cudnn::set_conv_benchmark(on);
+    #[cfg(not(feature = "cudnn"))]
+    let _ = on;
+}
+
+/// How many algorithm searches ([`set_conv_benchmark`]) the calling thread has run; always 0
+/// without the `cudnn` feature.
+pub fn conv_benchmark_searches() -> usize {
+    #[cfg(feature = "cudnn")]
+    return candle_core::cuda_backend::cudnn::conv_benchmark_searches();
+    #[cfg(not(feature = "cudnn"))]
+    0
+}
+
 /// Every device kind, in the order the app lists them.
 pub const ALL: [DeviceKind; 3] = [DeviceKind::Cpu, DeviceKind::Cuda, DeviceKind::Metal];
 

@@ -969,10 +969,13 @@ mod tests {
         // A shared holder (as a probe is, for a moment) that lets go within the retries.
         let probe = File::open(dir.path().join(LOCK_FILE)).unwrap();
         probe.lock_shared().unwrap();
-        let release = std::thread::spawn(move || {
-            std::thread::sleep(TAKE_RETRY_WAIT * 2);
-            drop(probe);
-        });
+        let release = std::thread::Builder::new()
+            .name("probe".into())
+            .spawn(move || {
+                std::thread::sleep(TAKE_RETRY_WAIT * 2);
+                drop(probe);
+            })
+            .unwrap();
         let taken = WriterLock::take(dir.path());
         release.join().unwrap();
         assert!(taken.is_ok(), "{taken:?}");

@@ -126,9 +126,10 @@ pub fn batch_norm_applies(device: &Device, dtype: DType, channels: usize) -> boo
             && !STOCK.load(Ordering::Relaxed))
 }
 
-/// Process start-up for training: reads `PRETEXT_STOCK_OPS` and `PRETEXT_CONV_TF32` (`0` or
+/// Process start-up for training: reads `PRETEXT_STOCK_OPS`, `PRETEXT_CONV_TF32` (`0` or
 /// `false`: cuDNN's convolutions in f32, not TF32; see
-/// [`crate::model::device::set_conv_tf32`]), on glibc keeps freed
+/// [`crate::model::device::set_conv_tf32`]) and `PRETEXT_CUDNN_BENCHMARK` (`1`: cuDNN's
+/// algorithms found by timing, [`crate::model::device::set_conv_benchmark`]), on glibc keeps freed
 /// activation buffers in the heap (see [`keep_freed_memory`]), and names rayon's global pool
 /// (`pretext-rayon-N`: decoding, augmentation, candle's own loops). Unnamed, its threads took
 /// the name of whichever thread first used it (the data loader's), so profiles showed
@@ -142,6 +143,9 @@ pub fn init() {
         && !switch_value_on(Some(&v))
     {
         crate::model::device::set_conv_tf32(false);
+    }
+    if switch_on("PRETEXT_CUDNN_BENCHMARK") {
+        crate::model::device::set_conv_benchmark(true);
     }
     keep_freed_memory();
     // An error means the pool already exists (a second call): it keeps its names.

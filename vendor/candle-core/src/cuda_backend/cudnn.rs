@@ -89,6 +89,37 @@ pub(crate) fn launch_conv2d<
         cudarc::cudnn::sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW,
         [params.b_size as i32, params.c_out as i32, h_out, w_out],
     )?;
+    // pretext patch: the algorithm found by timing (item 6), where no algorithm is asked for.
+    let found = if params.cudnn_fwd_algo.is_none() && conv_benchmark() {
+        let s = src_l.stride();
+        let key = find::Key {
+            op: find::Op::Forward,
+            device: device_id,
+            data_type: T::DATA_TYPE as i32,
+            compute: Y::DATA_TYPE as i32,
+            math: math_type(T::DTYPE) as i32,
+            x: x_shape,
+            x_strides: (!src_l.is_contiguous())
+                .then(|| [s[0] as i32, s[1] as i32, s[2] as i32, s[3] as i32]),
+            w: [
+                params.c_out as i32,
+                params.c_in as i32,
+                params.k_h as i32,
+                params.k_w as i32,
+            ],
+            y: [params.b_size as i32, params.c_out as i32, h_out, w_out],
+            pad: params.padding as i32,
+            stride: params.stride as i32,
+            dilation: params.dilation as i32,
+        };
+        find::fastest(key, dev.cuda_stream().cu_stream() as *mut _)
+            .and_then(|f| Some((find::fwd_algo(f.algo)?, f.math)))
+    } else {
+        None
+    };
+    if let Some((_, math)) = found {
+        conv.set_math_type(math)?;
+    }
     let conv2d = ConvForward {
         conv: &conv,
         x: &x,
@@ -96,7 +127,10 @@ pub(crate) fn launch_conv2d<
         y: &y,
     };
     let alg = match params.cudnn_fwd_algo {
-        None => conv2d.pick_algorithm()?,
+        None => match found {
+            Some((a, _)) => a,
+            None => conv2d.pick_algorithm()?,
+        },
         Some(CandleAlgo::ImplicitGemm) => A::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM,
         Some(CandleAlgo::ImplicitPrecompGemm) => {
             A::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM
@@ -276,6 +310,40 @@ fn conv2d_descriptors(
     Ok((conv, x, w, y))
 }
 
+/// pretext patch: the algorithm found by timing (item 6) for one of the f32 gradients of
+/// `conv2d` ([`conv2d_descriptors`]), or `None` (benchmark mode off, or the search failed).
+/// Sets `conv`'s math type to the one the algorithm was timed with.
+fn found_grad(
+    op: find::Op,
+    conv: &mut cudarc::cudnn::safe::ConvDescriptor<f32>,
+    p: &crate::conv::ParamsConv2D,
+    dev: &crate::cuda_backend::CudaDevice,
+) -> crate::Result<Option<i32>> {
+    if !conv_benchmark() {
+        return Ok(None);
+    }
+    use cudarc::cudnn::CudnnDataType;
+    let key = find::Key {
+        op,
+        device: dev.id(),
+        data_type: f32::DATA_TYPE as i32,
+        compute: f32::DATA_TYPE as i32,
+        math: math_type(crate::DType::F32) as i32,
+        x: [p.b_size as i32, p.c_in as i32, p.i_h as i32, p.i_w as i32],
+        x_strides: None,
+        w: [p.c_out as i32, p.c_in as i32, p.k_h as i32, p.k_w as i32],
+        y: [p.b_size as i32, p.c_out as i32, p.out_h() as i32, p.out_w() as i32],
+        pad: p.padding as i32,
+        stride: p.stride as i32,
+        dilation: p.dilation as i32,
+    };
+    let Some(f) = find::fastest(key, dev.cuda_stream().cu_stream() as *mut _) else {
+        return Ok(None);
+    };
+    conv.set_math_type(f.math)?;
+    Ok(Some(f.algo))
+}
+
 /// A workspace of `bytes` (none for 0).
 fn workspace(
     dev: &crate::cuda_backend::CudaDevice,
@@ -302,14 +370,19 @@ pub(crate) fn launch_conv2d_backward_filter(
     dev: &crate::cuda_backend::CudaDevice,
 ) -> crate::Result<()> {
     let cudnn = handle(dev)?;
-    let (conv, x_d, w_d, y_d) = conv2d_descriptors(&cudnn, params)?;
+    let (mut conv, x_d, w_d, y_d) = conv2d_descriptors(&cudnn, params)?;
+    let found = found_grad(find::Op::BackwardFilter, &mut conv, params, dev)?
+        .and_then(find::bwd_filter_algo);
     let op = cudarc::cudnn::safe::ConvBackwardFilter {
         conv: &conv,
         x: &x_d,
         dw: &w_d,
         dy: &y_d,
     };
-    let alg = op.pick_algorithm()?;
+    let alg = match found {
+        Some(a) => a,
+        None => op.pick_algorithm()?,
+    };
     let mut ws = workspace(dev, op.get_workspace_size(alg)?)?;
     unsafe {
         op.launch::<CudaSlice<u8>, _, _, _>(alg, ws.as_mut(), (1f32, 0f32), x, dw, dy)?;
@@ -328,14 +401,19 @@ pub(crate) fn launch_conv2d_backward_data(
     dev: &crate::cuda_backend::CudaDevice,
 ) -> crate::Result<()> {
     let cudnn = handle(dev)?;
-    let (conv, x_d, w_d, y_d) = conv2d_descriptors(&cudnn, params)?;
+    let (mut conv, x_d, w_d, y_d) = conv2d_descriptors(&cudnn, params)?;
+    let found = found_grad(find::Op::BackwardData, &mut conv, params, dev)?
+        .and_then(find::bwd_data_algo);
     let op = cudarc::cudnn::safe::ConvBackwardData {
         conv: &conv,
         dx: &x_d,
         w: &w_d,
         dy: &y_d,
     };
-    let alg = op.pick_algorithm()?;
+    let alg = match found {
+        Some(a) => a,
+        None => op.pick_algorithm()?,
+    };
     let mut ws = workspace(dev, op.get_workspace_size(alg)?)?;
     unsafe {
         op.launch::<CudaSlice<u8>, _, _, _>(alg, ws.as_mut(), (1f32, 0f32), dx, w, dy)?;
@@ -366,5 +444,378 @@ fn math_type(dtype: crate::DType) -> cudarc::cudnn::sys::cudnnMathType_t {
         cudarc::cudnn::sys::cudnnMathType_t::CUDNN_DEFAULT_MATH
     } else {
         cudarc::cudnn::sys::cudnnMathType_t::CUDNN_FMA_MATH
+    }
+}
+
+/// pretext patch: whether a convolution's algorithm is chosen by timing cuDNN's candidates
+/// once per shape (`cudnnFind…Algorithm`), as PyTorch's `torch.backends.cudnn.benchmark`,
+/// instead of taken from cuDNN's heuristics (`cudnnGet…Algorithm_v7`). Off by default;
+/// [`set_conv_benchmark`] turns it on. Applies to the forward 2D convolution (where no
+/// algorithm is asked for) and to item 4's two gradients.
+static CONV_BENCHMARK: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// pretext patch: see [`CONV_BENCHMARK`].
+pub fn conv_benchmark() -> bool {
+    CONV_BENCHMARK.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// pretext patch: see [`CONV_BENCHMARK`]; applies to convolutions launched afterwards.
+pub fn set_conv_benchmark(on: bool) {
+    CONV_BENCHMARK.store(on, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// pretext patch: how many algorithm searches this thread ran ([`CONV_BENCHMARK`]); a shape
+/// seen again takes the algorithm found before.
+pub fn conv_benchmark_searches() -> usize {
+    find::SEARCHES.with(|s| s.get())
+}
+
+/// pretext patch: cuDNN's algorithm search ([`CONV_BENCHMARK`]). cudarc keeps the raw
+/// descriptors of its safe types to itself, so the search describes the convolution again with
+/// its own, on its own handle on the device's stream. `cudnnFind…Algorithm` (not `…Ex`)
+/// allocates its own buffers, so the search never writes the tensors being computed.
+mod find {
+    use cudarc::cudnn::result;
+    use cudarc::cudnn::sys;
+    use std::cell::{Cell, RefCell};
+    use std::collections::HashMap;
+
+    /// Which of the three convolutions.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub(super) enum Op {
+        Forward,
+        BackwardData,
+        BackwardFilter,
+    }
+
+    /// Everything the algorithm's speed depends on.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub(super) struct Key {
+        pub op: Op,
+        pub device: crate::cuda_backend::DeviceId,
+        /// `cudnnDataType_t` of the tensors, as its number.
+        pub data_type: i32,
+        /// `cudnnDataType_t` the convolution computes in, as its number.
+        pub compute: i32,
+        /// `cudnnMathType_t` as its number.
+        pub math: i32,
+        /// x: (N, C, H, W).
+        pub x: [i32; 4],
+        /// x's strides where it is not contiguous.
+        pub x_strides: Option<[i32; 4]>,
+        /// w: (O, C, Kh, Kw).
+        pub w: [i32; 4],
+        /// y: (N, O, Ho, Wo).
+        pub y: [i32; 4],
+        pub pad: i32,
+        pub stride: i32,
+        pub dilation: i32,
+    }
+
+    /// An algorithm (its `cudnnConvolution…Algo_t` number) and the math type it was timed with.
+    #[derive(Clone, Copy, Debug)]
+    pub(super) struct Found {
+        pub algo: i32,
+        pub math: sys::cudnnMathType_t,
+    }
+
+    thread_local! {
+        /// This thread's handles for the search, per device (cuDNN handles are not `Send`).
+        static HANDLES: RefCell<HashMap<crate::cuda_backend::DeviceId, Handle>> =
+            RefCell::new(HashMap::new());
+        /// What each search found (`None`: no candidate ran; the heuristics choose).
+        static FOUND: RefCell<HashMap<Key, Option<Found>>> = RefCell::new(HashMap::new());
+        pub(super) static SEARCHES: Cell<usize> = const { Cell::new(0) };
+    }
+
+    struct Handle(sys::cudnnHandle_t);
+
+    impl Drop for Handle {
+        fn drop(&mut self) {
+            // Nothing to do about a failure while the thread ends.
+            let _ = unsafe { result::destroy_handle(self.0) };
+        }
+    }
+
+    /// The raw descriptors of one convolution, destroyed on drop.
+    struct Descriptors {
+        conv: sys::cudnnConvolutionDescriptor_t,
+        x: sys::cudnnTensorDescriptor_t,
+        w: sys::cudnnFilterDescriptor_t,
+        y: sys::cudnnTensorDescriptor_t,
+    }
+
+    impl Drop for Descriptors {
+        fn drop(&mut self) {
+            // Null where creation stopped early; destroying null is a no-op in cuDNN.
+            unsafe {
+                let _ = result::destroy_convolution_descriptor(self.conv);
+                let _ = result::destroy_tensor_descriptor(self.x);
+                let _ = result::destroy_filter_descriptor(self.w);
+                let _ = result::destroy_tensor_descriptor(self.y);
+            }
+        }
+    }
+
+    fn data_type(n: i32) -> sys::cudnnDataType_t {
+        use sys::cudnnDataType_t as D;
+        [
+            D::CUDNN_DATA_FLOAT,
+            D::CUDNN_DATA_HALF,
+            D::CUDNN_DATA_BFLOAT16,
+            D::CUDNN_DATA_DOUBLE,
+            D::CUDNN_DATA_UINT8,
+            D::CUDNN_DATA_INT8,
+            D::CUDNN_DATA_INT32,
+        ]
+            .into_iter()
+            .find(|d| *d as i32 == n)
+            .unwrap_or(D::CUDNN_DATA_FLOAT)
+    }
+
+    fn math_type(n: i32) -> sys::cudnnMathType_t {
+        use sys::cudnnMathType_t as M;
+        [
+            M::CUDNN_DEFAULT_MATH,
+            M::CUDNN_TENSOR_OP_MATH,
+            M::CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION,
+            M::CUDNN_FMA_MATH,
+        ]
+        .into_iter()
+        .find(|m| *m as i32 == n)
+        .unwrap_or(M::CUDNN_DEFAULT_MATH)
+    }
+
+    impl Descriptors {
+        fn new(key: &Key) -> Result<Self, cudarc::cudnn::CudnnError> {
+            use sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW;
+            let mut d = Descriptors {
+                conv: std::ptr::null_mut(),
+                x: std::ptr::null_mut(),
+                w: std::ptr::null_mut(),
+                y: std::ptr::null_mut(),
+            };
+            let dt = data_type(key.data_type);
+            let compute = data_type(key.compute);
+            d.conv = result::create_convolution_descriptor()?;
+            d.x = result::create_tensor_descriptor()?;
+            d.w = result::create_filter_descriptor()?;
+            d.y = result::create_tensor_descriptor()?;
+            unsafe {
+                result::set_convolution2d_descriptor(
+                    d.conv,
+                    key.pad,
+                    key.pad,
+                    key.stride,
+                    key.stride,
+                    key.dilation,
+                    key.dilation,
+                    sys::cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION,
+                    compute,
+                )?;
+                result::set_convolution_math_type(d.conv, math_type(key.math))?;
+                match key.x_strides {
+                    None => result::set_tensor4d_descriptor(d.x, CUDNN_TENSOR_NCHW, dt, key.x)?,
+                    Some(s) => result::set_tensor4d_descriptor_ex(d.x, dt, key.x, s)?,
+                }
+                result::set_filter4d_descriptor(d.w, dt, CUDNN_TENSOR_NCHW, key.w)?;
+                result::set_tensor4d_descriptor(d.y, CUDNN_TENSOR_NCHW, dt, key.y)?;
+            }
+            Ok(d)
+        }
+    }
+
+    /// Whether a candidate timed with `math` may run where `asked` was asked for: with TF32
+    /// switched off (FMA), no tensor-core candidate.
+    fn allowed(asked: sys::cudnnMathType_t, math: sys::cudnnMathType_t) -> bool {
+        use sys::cudnnMathType_t as M;
+        asked != M::CUDNN_FMA_MATH
+            || !matches!(
+                math,
+                M::CUDNN_TENSOR_OP_MATH | M::CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION
+            )
+    }
+
+    /// How many results a search may return (cuDNN may time an algorithm with more than one
+    /// math type, so it can be more than the algorithms): cuDNN's answer, else `fallback`.
+    unsafe fn max_count(
+        handle: sys::cudnnHandle_t,
+        get: unsafe fn(sys::cudnnHandle_t, *mut std::ffi::c_int) -> sys::cudnnStatus_t,
+        fallback: i32,
+    ) -> i32 {
+        let mut n = 0;
+        match unsafe { get(handle, &mut n) }.result() {
+            Ok(()) if n > 0 => n.max(fallback),
+            _ => fallback,
+        }
+    }
+
+    /// The fastest algorithm for `key`, searched on the first call for each key and kept for
+    /// the thread's lifetime. `None` when the search failed or ran no candidate: the caller
+    /// falls back to the heuristics, as without the search (a failure is not tried again).
+    /// `stream` is the device's stream, for the search's own handle.
+    pub(super) fn fastest(key: Key, stream: sys::cudaStream_t) -> Option<Found> {
+        if let Some(f) = FOUND.with(|m| m.borrow().get(&key).copied()) {
+            return f;
+        }
+        let found = search(key, stream).ok().flatten();
+        FOUND.with(|m| m.borrow_mut().insert(key, found));
+        found
+    }
+
+    fn search(
+        key: Key,
+        stream: sys::cudaStream_t,
+    ) -> Result<Option<Found>, cudarc::cudnn::CudnnError> {
+        let handle = HANDLES.with(|h| -> Result<_, cudarc::cudnn::CudnnError> {
+            let mut h = h.borrow_mut();
+            if let Some(handle) = h.get(&key.device) {
+                return Ok(handle.0);
+            }
+            let handle = Handle(result::create_handle()?);
+            unsafe { result::set_stream(handle.0, stream)? };
+            let raw = handle.0;
+            h.insert(key.device, handle);
+            Ok(raw)
+        })?;
+        let d = Descriptors::new(&key)?;
+        let asked = math_type(key.math);
+        // Each arm: the candidates in cuDNN's order (fastest first) as (algo, status, math).
+        let candidates: Vec<(i32, sys::cudnnStatus_t, sys::cudnnMathType_t)> = unsafe {
+            match key.op {
+                Op::Forward => {
+                    let n = max_count(
+                        handle,
+                        sys::cudnnGetConvolutionForwardAlgorithmMaxCount,
+                        sys::cudnnConvolutionFwdAlgo_t::CUDNN_CONVOLUTION_FWD_ALGO_COUNT as i32,
+                    );
+                    let mut perf: Vec<sys::cudnnConvolutionFwdAlgoPerf_t> =
+                        Vec::with_capacity(n as usize);
+                    let mut got = 0;
+                    sys::cudnnFindConvolutionForwardAlgorithm(
+                        handle,
+                        d.x,
+                        d.w,
+                        d.conv,
+                        d.y,
+                        n,
+                        &mut got,
+                        perf.as_mut_ptr(),
+                    )
+                    .result()?;
+                    perf.set_len(got.clamp(0, n) as usize);
+                    perf.iter()
+                        .map(|p| (p.algo as i32, p.status, p.mathType))
+                        .collect()
+                }
+                Op::BackwardData => {
+                    let n = max_count(
+                        handle,
+                        sys::cudnnGetConvolutionBackwardDataAlgorithmMaxCount,
+                        sys::cudnnConvolutionBwdDataAlgo_t::CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT
+                            as i32,
+                    );
+                    let mut perf: Vec<sys::cudnnConvolutionBwdDataAlgoPerf_t> =
+                        Vec::with_capacity(n as usize);
+                    let mut got = 0;
+                    sys::cudnnFindConvolutionBackwardDataAlgorithm(
+                        handle,
+                        d.w,
+                        d.y,
+                        d.conv,
+                        d.x,
+                        n,
+                        &mut got,
+                        perf.as_mut_ptr(),
+                    )
+                    .result()?;
+                    perf.set_len(got.clamp(0, n) as usize);
+                    perf.iter()
+                        .map(|p| (p.algo as i32, p.status, p.mathType))
+                        .collect()
+                }
+                Op::BackwardFilter => {
+                    let n = max_count(
+                        handle,
+                        sys::cudnnGetConvolutionBackwardFilterAlgorithmMaxCount,
+                        sys::cudnnConvolutionBwdFilterAlgo_t::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT
+                            as i32,
+                    );
+                    let mut perf: Vec<sys::cudnnConvolutionBwdFilterAlgoPerf_t> =
+                        Vec::with_capacity(n as usize);
+                    let mut got = 0;
+                    sys::cudnnFindConvolutionBackwardFilterAlgorithm(
+                        handle,
+                        d.x,
+                        d.y,
+                        d.conv,
+                        d.w,
+                        n,
+                        &mut got,
+                        perf.as_mut_ptr(),
+                    )
+                    .result()?;
+                    perf.set_len(got.clamp(0, n) as usize);
+                    perf.iter()
+                        .map(|p| (p.algo as i32, p.status, p.mathType))
+                        .collect()
+                }
+            }
+        };
+        SEARCHES.with(|s| s.set(s.get() + 1));
+        Ok(candidates
+            .into_iter()
+            .find(|&(_, status, math)| {
+                status == sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS && allowed(asked, math)
+            })
+            .map(|(algo, _, math)| Found { algo, math }))
+    }
+
+    /// The forward algorithm numbered `n` (one cuDNN returned).
+    pub(super) fn fwd_algo(n: i32) -> Option<sys::cudnnConvolutionFwdAlgo_t> {
+        use sys::cudnnConvolutionFwdAlgo_t as A;
+        [
+            A::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM,
+            A::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM,
+            A::CUDNN_CONVOLUTION_FWD_ALGO_GEMM,
+            A::CUDNN_CONVOLUTION_FWD_ALGO_DIRECT,
+            A::CUDNN_CONVOLUTION_FWD_ALGO_FFT,
+            A::CUDNN_CONVOLUTION_FWD_ALGO_FFT_TILING,
+            A::CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD,
+            A::CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD_NONFUSED,
+        ]
+        .into_iter()
+        .find(|a| *a as i32 == n)
+    }
+
+    /// The backward-data algorithm numbered `n`.
+    pub(super) fn bwd_data_algo(n: i32) -> Option<sys::cudnnConvolutionBwdDataAlgo_t> {
+        use sys::cudnnConvolutionBwdDataAlgo_t as A;
+        [
+            A::CUDNN_CONVOLUTION_BWD_DATA_ALGO_0,
+            A::CUDNN_CONVOLUTION_BWD_DATA_ALGO_1,
+            A::CUDNN_CONVOLUTION_BWD_DATA_ALGO_FFT,
+            A::CUDNN_CONVOLUTION_BWD_DATA_ALGO_FFT_TILING,
+            A::CUDNN_CONVOLUTION_BWD_DATA_ALGO_WINOGRAD,
+            A::CUDNN_CONVOLUTION_BWD_DATA_ALGO_WINOGRAD_NONFUSED,
+        ]
+        .into_iter()
+        .find(|a| *a as i32 == n)
+    }
+
+    /// The backward-filter algorithm numbered `n`.
+    pub(super) fn bwd_filter_algo(n: i32) -> Option<sys::cudnnConvolutionBwdFilterAlgo_t> {
+        use sys::cudnnConvolutionBwdFilterAlgo_t as A;
+        [
+            A::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_0,
+            A::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1,
+            A::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_FFT,
+            A::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_3,
+            A::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_WINOGRAD,
+            A::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_WINOGRAD_NONFUSED,
+            A::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_FFT_TILING,
+        ]
+        .into_iter()
+        .find(|a| *a as i32 == n)
     }
 }
