@@ -157,16 +157,17 @@ part_3() {
                     --batch "$batch" --steps "$steps" 2>>"$log" | value)"
                 dnn="$(timeout 90 "$work/pretext-cudnn" bench --device cuda --task "$task" --size "$size" \
                     --batch "$batch" --steps "$steps" --json 2>>"$log" | tee -a "$out/bench.jsonl" | value)"
-                found=""
+                found="-"
                 if [ "${BENCHMARK:-1}" != 0 ]; then
                     found="$(PRETEXT_CUDNN_BENCHMARK=1 timeout 90 "$work/pretext-cudnn" bench --device cuda --task "$task" \
                         --size "$size" --batch "$batch" --steps "$steps" --json 2>>"$log" | tee -a "$out/bench.jsonl" | value)"
+                    found="${found:-failed}"
                 fi
                 ratio="$(awk -v a="${ours:-0}" -v b="${theirs:-0}" 'BEGIN { if (a > 0 && b > 0) printf "%.2f", a / b; else print "-" }')"
                 ratio_dnn="$(awk -v a="${dnn:-0}" -v b="${theirs:-0}" 'BEGIN { if (a > 0 && b > 0) printf "%.2f", a / b; else print "-" }')"
-                ratio_found="$(awk -v a="${found:-0}" -v b="${theirs:-0}" 'BEGIN { if (a > 0 && b > 0) printf "%.2f", a / b; else print "-" }')"
-                say "$task ${size}px batch $batch: pretext ${ours:-failed} torch ${theirs:-failed} ratio $ratio; with cuDNN ${dnn:-failed} ratio $ratio_dnn; cuDNN's algorithms searched ${found:--} ratio $ratio_found"
-                echo "$task,$size,$batch,${ours:-},${theirs:-},$ratio,${dnn:-},$ratio_dnn,${found:-},$ratio_found" >>"$csv"
+                ratio_found="$(awk -v a="${found//[!0-9.]/}" -v b="${theirs:-0}" 'BEGIN { if (a > 0 && b > 0) printf "%.2f", a / b; else print "-" }')"
+                say "$task ${size}px batch $batch: pretext ${ours:-failed} torch ${theirs:-failed} ratio $ratio; with cuDNN ${dnn:-failed} ratio $ratio_dnn; cuDNN's algorithms searched $found ratio $ratio_found"
+                echo "$task,$size,$batch,${ours:-},${theirs:-},$ratio,${dnn:-},$ratio_dnn,${found//[!0-9.]/},$ratio_found" >>"$csv"
             done
         done
     done

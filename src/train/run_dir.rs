@@ -134,8 +134,11 @@ const TAKE_RETRY_WAIT: std::time::Duration = std::time::Duration::from_millis(20
 pub fn being_written(dir: &Path) -> Option<bool> {
     let file = File::open(dir.join(LOCK_FILE)).ok()?;
     match file.try_lock_shared() {
-        // Dropping the file lets the shared lock go.
-        Ok(()) => Some(false),
+        Ok(()) => {
+            // Let go at once (closing the file would too; Windows asks for it explicitly).
+            let _ = file.unlock();
+            Some(false)
+        }
         Err(std::fs::TryLockError::WouldBlock) => Some(true),
         Err(std::fs::TryLockError::Error(_)) => None,
     }

@@ -295,14 +295,19 @@ fn row(
             });
         }
         // After the buttons, so that they line up from row to row.
-        // The writer's lock where it can be probed; else whether metrics.csv moved lately
-        // (a run written by an older build, or on a file system that cannot lock).
+        // A process holds the run's writer lock, or metrics.csv moved lately: a run written
+        // by an older build, on a file system that cannot lock, or by a machine whose locks
+        // this one does not see (some network shares) — within seconds where the lock says
+        // no one holds it (rows reach the disk every second), 30 s where it cannot be told.
+        let age = r.modified.and_then(|t| t.elapsed().ok());
         let (live, why) = match r.writing {
-            Some(w) => (w, "a pretext process is writing this run now"),
+            Some(true) => (true, "a pretext process holds this run's writer lock"),
+            Some(false) => (
+                age.is_some_and(|d| d.as_secs() < 5),
+                "metrics.csv was written in the last 5 s (its writer's lock is not visible here)",
+            ),
             None => (
-                r.modified
-                    .and_then(|t| t.elapsed().ok())
-                    .is_some_and(|d| d.as_secs() < 30),
+                age.is_some_and(|d| d.as_secs() < 30),
                 "metrics.csv was written in the last 30 s",
             ),
         };

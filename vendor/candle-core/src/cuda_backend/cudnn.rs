@@ -92,15 +92,17 @@ pub(crate) fn launch_conv2d<
     // pretext patch: the algorithm found by timing (item 6), where no algorithm is asked for.
     let found = if params.cudnn_fwd_algo.is_none() && conv_benchmark() {
         let s = src_l.stride();
+        let stream = dev.cuda_stream();
         let key = find::Key {
             op: find::Op::Forward,
-            device: device_id,
-            data_type: T::DATA_TYPE as i32,
-            compute: Y::DATA_TYPE as i32,
-            math: math_type(T::DTYPE) as i32,
+            gpu: stream.context().ordinal(),
+            data_type: T::DATA_TYPE,
+            compute: Y::DATA_TYPE,
+            math: math_type(T::DTYPE),
             x: x_shape,
             x_strides: (!src_l.is_contiguous())
                 .then(|| [s[0] as i32, s[1] as i32, s[2] as i32, s[3] as i32]),
+            x_misalign: (src_l.start_offset() * std::mem::size_of::<T>()) % 16,
             w: [
                 params.c_out as i32,
                 params.c_in as i32,
@@ -112,8 +114,7 @@ pub(crate) fn launch_conv2d<
             stride: params.stride as i32,
             dilation: params.dilation as i32,
         };
-        find::fastest(key, dev.cuda_stream().cu_stream() as *mut _)
-            .and_then(|f| Some((find::fwd_algo(f.algo)?, f.math)))
+        find::fastest(key, &stream).and_then(|f| Some((find::fwd_algo(f.algo)?, f.math)))
     } else {
         None
     };
@@ -143,12 +144,13 @@ pub(crate) fn launch_conv2d<
         Some(CandleAlgo::WinogradNonFused) => A::CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD_NONFUSED,
         Some(CandleAlgo::Count) => A::CUDNN_CONVOLUTION_FWD_ALGO_COUNT,
     };
-    let workspace_size = conv2d.get_workspace_size(alg)?;
-    let mut workspace = dev.cuda_stream().alloc_zeros::<u8>(workspace_size)?;
+    // pretext patch: cuDNN writes its workspace before reading it, so it is not zeroed first
+    // (a searched algorithm's can be hundreds of MB).
+    let mut workspace = workspace(dev, conv2d.get_workspace_size(alg)?)?;
     unsafe {
         conv2d.launch::<CudaSlice<u8>, _, _, _>(
             alg,
-            Some(&mut workspace),
+            workspace.as_mut(),
             (T::one(), T::zero()),
             src,
             filter,
@@ -318,28 +320,39 @@ fn found_grad(
     conv: &mut cudarc::cudnn::safe::ConvDescriptor<f32>,
     p: &crate::conv::ParamsConv2D,
     dev: &crate::cuda_backend::CudaDevice,
-) -> crate::Result<Option<i32>> {
+) -> crate::Result<Option<u32>> {
     if !conv_benchmark() {
         return Ok(None);
     }
     use cudarc::cudnn::CudnnDataType;
+    let stream = dev.cuda_stream();
     let key = find::Key {
         op,
-        device: dev.id(),
-        data_type: f32::DATA_TYPE as i32,
-        compute: f32::DATA_TYPE as i32,
-        math: math_type(crate::DType::F32) as i32,
+        gpu: stream.context().ordinal(),
+        data_type: f32::DATA_TYPE,
+        compute: f32::DATA_TYPE,
+        math: math_type(crate::DType::F32),
         x: [p.b_size as i32, p.c_in as i32, p.i_h as i32, p.i_w as i32],
         x_strides: None,
+        // The gradients' operands are whole contiguous tensors of their own.
+        x_misalign: 0,
         w: [p.c_out as i32, p.c_in as i32, p.k_h as i32, p.k_w as i32],
         y: [p.b_size as i32, p.c_out as i32, p.out_h() as i32, p.out_w() as i32],
         pad: p.padding as i32,
         stride: p.stride as i32,
         dilation: p.dilation as i32,
     };
-    let Some(f) = find::fastest(key, dev.cuda_stream().cu_stream() as *mut _) else {
+    let Some(f) = find::fastest(key, &stream) else {
         return Ok(None);
     };
+    let known = match op {
+        find::Op::BackwardData => find::bwd_data_algo(f.algo).is_some(),
+        find::Op::BackwardFilter => find::bwd_filter_algo(f.algo).is_some(),
+        find::Op::Forward => find::fwd_algo(f.algo).is_some(),
+    };
+    if !known {
+        return Ok(None);
+    }
     conv.set_math_type(f.math)?;
     Ok(Some(f.algo))
 }
@@ -477,8 +490,10 @@ pub fn conv_benchmark_searches() -> usize {
 mod find {
     use cudarc::cudnn::result;
     use cudarc::cudnn::sys;
+    use cudarc::driver::CudaStream;
     use std::cell::{Cell, RefCell};
     use std::collections::HashMap;
+    use std::sync::Arc;
 
     /// Which of the three convolutions.
     #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -488,21 +503,25 @@ mod find {
         BackwardFilter,
     }
 
-    /// Everything the algorithm's speed depends on.
+    /// Everything the algorithm's speed and validity depend on.
     #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
     pub(super) struct Key {
         pub op: Op,
-        pub device: crate::cuda_backend::DeviceId,
-        /// `cudnnDataType_t` of the tensors, as its number.
-        pub data_type: i32,
-        /// `cudnnDataType_t` the convolution computes in, as its number.
-        pub compute: i32,
-        /// `cudnnMathType_t` as its number.
-        pub math: i32,
+        /// The GPU's ordinal: the app opens a new `CudaDevice` (a new `DeviceId`) for every
+        /// run on the same GPU, whose shapes need no new search.
+        pub gpu: usize,
+        /// The tensors' data type.
+        pub data_type: sys::cudnnDataType_t,
+        /// The type the convolution computes in.
+        pub compute: sys::cudnnDataType_t,
+        /// The math type asked for ([`super::math_type`]).
+        pub math: sys::cudnnMathType_t,
         /// x: (N, C, H, W).
         pub x: [i32; 4],
         /// x's strides where it is not contiguous.
         pub x_strides: Option<[i32; 4]>,
+        /// x's start in bytes modulo 16 (an algorithm timed on aligned buffers may need it).
+        pub x_misalign: usize,
         /// w: (O, C, Kh, Kw).
         pub w: [i32; 4],
         /// y: (N, O, Ho, Wo).
@@ -515,25 +534,29 @@ mod find {
     /// An algorithm (its `cudnnConvolution…Algo_t` number) and the math type it was timed with.
     #[derive(Clone, Copy, Debug)]
     pub(super) struct Found {
-        pub algo: i32,
+        pub algo: u32,
         pub math: sys::cudnnMathType_t,
     }
 
     thread_local! {
-        /// This thread's handles for the search, per device (cuDNN handles are not `Send`).
-        static HANDLES: RefCell<HashMap<crate::cuda_backend::DeviceId, Handle>> =
-            RefCell::new(HashMap::new());
+        /// This thread's handles for the search, per GPU (cuDNN handles are not `Send`).
+        static HANDLES: RefCell<HashMap<usize, Handle>> = RefCell::new(HashMap::new());
         /// What each search found (`None`: no candidate ran; the heuristics choose).
         static FOUND: RefCell<HashMap<Key, Option<Found>>> = RefCell::new(HashMap::new());
         pub(super) static SEARCHES: Cell<usize> = const { Cell::new(0) };
     }
 
-    struct Handle(sys::cudnnHandle_t);
+    /// A cuDNN handle of the search's own, and the stream it was made on (kept alive, with
+    /// its context, for as long as the handle).
+    struct Handle {
+        raw: sys::cudnnHandle_t,
+        _stream: Arc<CudaStream>,
+    }
 
     impl Drop for Handle {
         fn drop(&mut self) {
             // Nothing to do about a failure while the thread ends.
-            let _ = unsafe { result::destroy_handle(self.0) };
+            let _ = unsafe { result::destroy_handle(self.raw) };
         }
     }
 
@@ -547,43 +570,22 @@ mod find {
 
     impl Drop for Descriptors {
         fn drop(&mut self) {
-            // Null where creation stopped early; destroying null is a no-op in cuDNN.
+            // Null where creation stopped early.
             unsafe {
-                let _ = result::destroy_convolution_descriptor(self.conv);
-                let _ = result::destroy_tensor_descriptor(self.x);
-                let _ = result::destroy_filter_descriptor(self.w);
-                let _ = result::destroy_tensor_descriptor(self.y);
+                if !self.conv.is_null() {
+                    let _ = result::destroy_convolution_descriptor(self.conv);
+                }
+                if !self.x.is_null() {
+                    let _ = result::destroy_tensor_descriptor(self.x);
+                }
+                if !self.w.is_null() {
+                    let _ = result::destroy_filter_descriptor(self.w);
+                }
+                if !self.y.is_null() {
+                    let _ = result::destroy_tensor_descriptor(self.y);
+                }
             }
         }
-    }
-
-    fn data_type(n: i32) -> sys::cudnnDataType_t {
-        use sys::cudnnDataType_t as D;
-        [
-            D::CUDNN_DATA_FLOAT,
-            D::CUDNN_DATA_HALF,
-            D::CUDNN_DATA_BFLOAT16,
-            D::CUDNN_DATA_DOUBLE,
-            D::CUDNN_DATA_UINT8,
-            D::CUDNN_DATA_INT8,
-            D::CUDNN_DATA_INT32,
-        ]
-            .into_iter()
-            .find(|d| *d as i32 == n)
-            .unwrap_or(D::CUDNN_DATA_FLOAT)
-    }
-
-    fn math_type(n: i32) -> sys::cudnnMathType_t {
-        use sys::cudnnMathType_t as M;
-        [
-            M::CUDNN_DEFAULT_MATH,
-            M::CUDNN_TENSOR_OP_MATH,
-            M::CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION,
-            M::CUDNN_FMA_MATH,
-        ]
-        .into_iter()
-        .find(|m| *m as i32 == n)
-        .unwrap_or(M::CUDNN_DEFAULT_MATH)
     }
 
     impl Descriptors {
@@ -595,8 +597,7 @@ mod find {
                 w: std::ptr::null_mut(),
                 y: std::ptr::null_mut(),
             };
-            let dt = data_type(key.data_type);
-            let compute = data_type(key.compute);
+            let dt = key.data_type;
             d.conv = result::create_convolution_descriptor()?;
             d.x = result::create_tensor_descriptor()?;
             d.w = result::create_filter_descriptor()?;
@@ -611,9 +612,9 @@ mod find {
                     key.dilation,
                     key.dilation,
                     sys::cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION,
-                    compute,
+                    key.compute,
                 )?;
-                result::set_convolution_math_type(d.conv, math_type(key.math))?;
+                result::set_convolution_math_type(d.conv, key.math)?;
                 match key.x_strides {
                     None => result::set_tensor4d_descriptor(d.x, CUDNN_TENSOR_NCHW, dt, key.x)?,
                     Some(s) => result::set_tensor4d_descriptor_ex(d.x, dt, key.x, s)?,
@@ -625,15 +626,55 @@ mod find {
         }
     }
 
-    /// Whether a candidate timed with `math` may run where `asked` was asked for: with TF32
-    /// switched off (FMA), no tensor-core candidate.
-    fn allowed(asked: sys::cudnnMathType_t, math: sys::cudnnMathType_t) -> bool {
+    /// `cudnnConvolution{Fwd,BwdData,BwdFilter}AlgoPerf_t` with its enums read as plain
+    /// numbers: the three have this layout, and a cuDNN other than the one cudarc's bindings
+    /// were made from may write a status or algorithm that is no value of their Rust enums
+    /// (reading it as one would be undefined behaviour).
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Perf {
+        algo: u32,
+        status: u32,
+        time: f32,
+        memory: usize,
+        determinism: u32,
+        math: u32,
+        reserved: [i32; 3],
+    }
+
+    // The layouts match the bindings' (checked when this compiles).
+    const _: () = {
+        assert!(
+            std::mem::size_of::<Perf>() == std::mem::size_of::<sys::cudnnConvolutionFwdAlgoPerf_t>()
+        );
+        assert!(
+            std::mem::size_of::<Perf>()
+                == std::mem::size_of::<sys::cudnnConvolutionBwdDataAlgoPerf_t>()
+        );
+        assert!(
+            std::mem::size_of::<Perf>()
+                == std::mem::size_of::<sys::cudnnConvolutionBwdFilterAlgoPerf_t>()
+        );
+    };
+
+    /// The math type numbered `n`.
+    fn math_type(n: u32) -> Option<sys::cudnnMathType_t> {
         use sys::cudnnMathType_t as M;
-        asked != M::CUDNN_FMA_MATH
-            || !matches!(
-                math,
-                M::CUDNN_TENSOR_OP_MATH | M::CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION
-            )
+        [
+            M::CUDNN_DEFAULT_MATH,
+            M::CUDNN_TENSOR_OP_MATH,
+            M::CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION,
+            M::CUDNN_FMA_MATH,
+        ]
+        .into_iter()
+        .find(|m| *m as u32 == n)
+    }
+
+    /// Whether a candidate timed with `math` may run where `asked` was asked for: with TF32
+    /// switched off (FMA), only an FMA candidate (for f32, the default math type allows TF32
+    /// too).
+    fn allowed(asked: sys::cudnnMathType_t, math: sys::cudnnMathType_t) -> bool {
+        asked != sys::cudnnMathType_t::CUDNN_FMA_MATH || math == sys::cudnnMathType_t::CUDNN_FMA_MATH
     }
 
     /// How many results a search may return (cuDNN may time an algorithm with more than one
@@ -654,125 +695,131 @@ mod find {
     /// the thread's lifetime. `None` when the search failed or ran no candidate: the caller
     /// falls back to the heuristics, as without the search (a failure is not tried again).
     /// `stream` is the device's stream, for the search's own handle.
-    pub(super) fn fastest(key: Key, stream: sys::cudaStream_t) -> Option<Found> {
-        if let Some(f) = FOUND.with(|m| m.borrow().get(&key).copied()) {
+    pub(super) fn fastest(key: Key, stream: &Arc<CudaStream>) -> Option<Found> {
+        if let Ok(Some(f)) = FOUND.try_with(|m| m.borrow().get(&key).copied()) {
             return f;
         }
         let found = search(key, stream).ok().flatten();
-        FOUND.with(|m| m.borrow_mut().insert(key, found));
+        // A thread being torn down keeps nothing.
+        let _ = FOUND.try_with(|m| m.borrow_mut().insert(key, found));
         found
+    }
+
+    /// This thread's search handle for `stream`'s GPU, set to `stream`.
+    fn handle(
+        gpu: usize,
+        stream: &Arc<CudaStream>,
+    ) -> Result<sys::cudnnHandle_t, cudarc::cudnn::CudnnError> {
+        let err = |_| cudarc::cudnn::CudnnError(sys::cudnnStatus_t::CUDNN_STATUS_INTERNAL_ERROR);
+        HANDLES
+            .try_with(|h| -> Result<_, cudarc::cudnn::CudnnError> {
+                let mut h = h.borrow_mut();
+                let raw = match h.get(&gpu) {
+                    Some(handle) => handle.raw,
+                    None => {
+                        // cuDNN creates its handle in the current context: the stream's.
+                        stream.context().bind_to_thread().map_err(err)?;
+                        let handle = Handle {
+                            raw: result::create_handle()?,
+                            _stream: stream.clone(),
+                        };
+                        let raw = handle.raw;
+                        h.insert(gpu, handle);
+                        raw
+                    }
+                };
+                // The run's stream: a new device on the same GPU brings a new one.
+                unsafe { result::set_stream(raw, stream.cu_stream() as *mut _)? };
+                Ok(raw)
+            })
+            .map_err(|_| {
+                cudarc::cudnn::CudnnError(sys::cudnnStatus_t::CUDNN_STATUS_INTERNAL_ERROR)
+            })?
     }
 
     fn search(
         key: Key,
-        stream: sys::cudaStream_t,
+        stream: &Arc<CudaStream>,
     ) -> Result<Option<Found>, cudarc::cudnn::CudnnError> {
-        let handle = HANDLES.with(|h| -> Result<_, cudarc::cudnn::CudnnError> {
-            let mut h = h.borrow_mut();
-            if let Some(handle) = h.get(&key.device) {
-                return Ok(handle.0);
-            }
-            let handle = Handle(result::create_handle()?);
-            unsafe { result::set_stream(handle.0, stream)? };
-            let raw = handle.0;
-            h.insert(key.device, handle);
-            Ok(raw)
-        })?;
+        let handle = handle(key.gpu, stream)?;
         let d = Descriptors::new(&key)?;
-        let asked = math_type(key.math);
-        // Each arm: the candidates in cuDNN's order (fastest first) as (algo, status, math).
-        let candidates: Vec<(i32, sys::cudnnStatus_t, sys::cudnnMathType_t)> = unsafe {
+        // The candidates in cuDNN's order, fastest first.
+        let perf: Vec<Perf> = unsafe {
+            let n = match key.op {
+                Op::Forward => max_count(
+                    handle,
+                    sys::cudnnGetConvolutionForwardAlgorithmMaxCount,
+                    sys::cudnnConvolutionFwdAlgo_t::CUDNN_CONVOLUTION_FWD_ALGO_COUNT as i32,
+                ),
+                Op::BackwardData => max_count(
+                    handle,
+                    sys::cudnnGetConvolutionBackwardDataAlgorithmMaxCount,
+                    sys::cudnnConvolutionBwdDataAlgo_t::CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT
+                        as i32,
+                ),
+                Op::BackwardFilter => max_count(
+                    handle,
+                    sys::cudnnGetConvolutionBackwardFilterAlgorithmMaxCount,
+                    sys::cudnnConvolutionBwdFilterAlgo_t::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT
+                        as i32,
+                ),
+            };
+            let mut perf: Vec<Perf> = Vec::with_capacity(n as usize);
+            let mut got = 0;
             match key.op {
-                Op::Forward => {
-                    let n = max_count(
-                        handle,
-                        sys::cudnnGetConvolutionForwardAlgorithmMaxCount,
-                        sys::cudnnConvolutionFwdAlgo_t::CUDNN_CONVOLUTION_FWD_ALGO_COUNT as i32,
-                    );
-                    let mut perf: Vec<sys::cudnnConvolutionFwdAlgoPerf_t> =
-                        Vec::with_capacity(n as usize);
-                    let mut got = 0;
-                    sys::cudnnFindConvolutionForwardAlgorithm(
-                        handle,
-                        d.x,
-                        d.w,
-                        d.conv,
-                        d.y,
-                        n,
-                        &mut got,
-                        perf.as_mut_ptr(),
-                    )
-                    .result()?;
-                    perf.set_len(got.clamp(0, n) as usize);
-                    perf.iter()
-                        .map(|p| (p.algo as i32, p.status, p.mathType))
-                        .collect()
-                }
-                Op::BackwardData => {
-                    let n = max_count(
-                        handle,
-                        sys::cudnnGetConvolutionBackwardDataAlgorithmMaxCount,
-                        sys::cudnnConvolutionBwdDataAlgo_t::CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT
-                            as i32,
-                    );
-                    let mut perf: Vec<sys::cudnnConvolutionBwdDataAlgoPerf_t> =
-                        Vec::with_capacity(n as usize);
-                    let mut got = 0;
-                    sys::cudnnFindConvolutionBackwardDataAlgorithm(
-                        handle,
-                        d.w,
-                        d.y,
-                        d.conv,
-                        d.x,
-                        n,
-                        &mut got,
-                        perf.as_mut_ptr(),
-                    )
-                    .result()?;
-                    perf.set_len(got.clamp(0, n) as usize);
-                    perf.iter()
-                        .map(|p| (p.algo as i32, p.status, p.mathType))
-                        .collect()
-                }
-                Op::BackwardFilter => {
-                    let n = max_count(
-                        handle,
-                        sys::cudnnGetConvolutionBackwardFilterAlgorithmMaxCount,
-                        sys::cudnnConvolutionBwdFilterAlgo_t::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT
-                            as i32,
-                    );
-                    let mut perf: Vec<sys::cudnnConvolutionBwdFilterAlgoPerf_t> =
-                        Vec::with_capacity(n as usize);
-                    let mut got = 0;
-                    sys::cudnnFindConvolutionBackwardFilterAlgorithm(
-                        handle,
-                        d.x,
-                        d.y,
-                        d.conv,
-                        d.w,
-                        n,
-                        &mut got,
-                        perf.as_mut_ptr(),
-                    )
-                    .result()?;
-                    perf.set_len(got.clamp(0, n) as usize);
-                    perf.iter()
-                        .map(|p| (p.algo as i32, p.status, p.mathType))
-                        .collect()
-                }
+                Op::Forward => sys::cudnnFindConvolutionForwardAlgorithm(
+                    handle,
+                    d.x,
+                    d.w,
+                    d.conv,
+                    d.y,
+                    n,
+                    &mut got,
+                    perf.as_mut_ptr().cast(),
+                ),
+                Op::BackwardData => sys::cudnnFindConvolutionBackwardDataAlgorithm(
+                    handle,
+                    d.w,
+                    d.y,
+                    d.conv,
+                    d.x,
+                    n,
+                    &mut got,
+                    perf.as_mut_ptr().cast(),
+                ),
+                Op::BackwardFilter => sys::cudnnFindConvolutionBackwardFilterAlgorithm(
+                    handle,
+                    d.x,
+                    d.y,
+                    d.conv,
+                    d.w,
+                    n,
+                    &mut got,
+                    perf.as_mut_ptr().cast(),
+                ),
             }
+            .result()?;
+            // cuDNN wrote `got` entries (plain numbers: any bit pattern is a value).
+            perf.set_len(got.clamp(0, n) as usize);
+            perf
         };
-        SEARCHES.with(|s| s.set(s.get() + 1));
-        Ok(candidates
-            .into_iter()
-            .find(|&(_, status, math)| {
-                status == sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS && allowed(asked, math)
-            })
-            .map(|(algo, _, math)| Found { algo, math }))
+        let _ = SEARCHES.try_with(|s| s.set(s.get() + 1));
+        let valid = |algo: u32| match key.op {
+            Op::Forward => fwd_algo(algo).is_some(),
+            Op::BackwardData => bwd_data_algo(algo).is_some(),
+            Op::BackwardFilter => bwd_filter_algo(algo).is_some(),
+        };
+        Ok(perf.iter().find_map(|p| {
+            let math = math_type(p.math)?;
+            (p.status == sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS as u32
+                && valid(p.algo)
+                && allowed(key.math, math))
+            .then_some(Found { algo: p.algo, math })
+        }))
     }
 
     /// The forward algorithm numbered `n` (one cuDNN returned).
-    pub(super) fn fwd_algo(n: i32) -> Option<sys::cudnnConvolutionFwdAlgo_t> {
+    pub(super) fn fwd_algo(n: u32) -> Option<sys::cudnnConvolutionFwdAlgo_t> {
         use sys::cudnnConvolutionFwdAlgo_t as A;
         [
             A::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM,
@@ -785,11 +832,11 @@ mod find {
             A::CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD_NONFUSED,
         ]
         .into_iter()
-        .find(|a| *a as i32 == n)
+        .find(|a| *a as u32 == n)
     }
 
     /// The backward-data algorithm numbered `n`.
-    pub(super) fn bwd_data_algo(n: i32) -> Option<sys::cudnnConvolutionBwdDataAlgo_t> {
+    pub(super) fn bwd_data_algo(n: u32) -> Option<sys::cudnnConvolutionBwdDataAlgo_t> {
         use sys::cudnnConvolutionBwdDataAlgo_t as A;
         [
             A::CUDNN_CONVOLUTION_BWD_DATA_ALGO_0,
@@ -800,11 +847,11 @@ mod find {
             A::CUDNN_CONVOLUTION_BWD_DATA_ALGO_WINOGRAD_NONFUSED,
         ]
         .into_iter()
-        .find(|a| *a as i32 == n)
+        .find(|a| *a as u32 == n)
     }
 
     /// The backward-filter algorithm numbered `n`.
-    pub(super) fn bwd_filter_algo(n: i32) -> Option<sys::cudnnConvolutionBwdFilterAlgo_t> {
+    pub(super) fn bwd_filter_algo(n: u32) -> Option<sys::cudnnConvolutionBwdFilterAlgo_t> {
         use sys::cudnnConvolutionBwdFilterAlgo_t as A;
         [
             A::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_0,
@@ -816,6 +863,6 @@ mod find {
             A::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_FFT_TILING,
         ]
         .into_iter()
-        .find(|a| *a as i32 == n)
+        .find(|a| *a as u32 == n)
     }
 }
