@@ -714,11 +714,12 @@ mod find {
         HANDLES
             .try_with(|h| -> Result<_, cudarc::cudnn::CudnnError> {
                 let mut h = h.borrow_mut();
+                // cuDNN creates its handle, and the search allocates, in the current
+                // context: the stream's.
+                stream.context().bind_to_thread().map_err(err)?;
                 let raw = match h.get(&gpu) {
                     Some(handle) => handle.raw,
                     None => {
-                        // cuDNN creates its handle in the current context: the stream's.
-                        stream.context().bind_to_thread().map_err(err)?;
                         let handle = Handle {
                             raw: result::create_handle()?,
                             _stream: stream.clone(),
@@ -804,6 +805,10 @@ mod find {
             perf
         };
         let _ = SEARCHES.try_with(|s| s.set(s.get() + 1));
+        // A candidate whose workspace would take more than half the free memory (of the
+        // context [`handle`] bound) is passed over: running out
+        // of memory at launch is an error, where a slower algorithm is not. Unknown: no limit.
+        let budget = cudarc::driver::result::mem_get_info().map_or(usize::MAX, |(free, _)| free / 2);
         let valid = |algo: u32| match key.op {
             Op::Forward => fwd_algo(algo).is_some(),
             Op::BackwardData => bwd_data_algo(algo).is_some(),
@@ -813,6 +818,7 @@ mod find {
             let math = math_type(p.math)?;
             (p.status == sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS as u32
                 && valid(p.algo)
+                && p.memory <= budget
                 && allowed(key.math, math))
             .then_some(Found { algo: p.algo, math })
         }))
