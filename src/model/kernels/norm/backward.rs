@@ -269,8 +269,7 @@ fn backward_into(
 /// the packed parameters [weight; bias; mean; var] (4, C), ∂L/∂y. Returns one flat tensor
 /// [dx; dweight; dbias].
 pub struct BatchNormBackward {
-    pub eps: f32,
-    pub relu: bool,
+    pub(super) act: NormAct,
 }
 
 impl CustomOp3 for BatchNormBackward {
@@ -295,13 +294,9 @@ impl CustomOp3 for BatchNormBackward {
         if g.len() != x.len() {
             bail!("batch norm backward: the gradient does not match the input");
         }
-        let act = NormAct {
-            eps: self.eps,
-            relu: self.relu,
-        };
         let len = planes.numel() + 2 * planes.c;
         let mut out = vec![0f32; len];
-        backward_into(x, params, g, act, planes, &mut out);
+        backward_into(x, params, g, self.act, planes, &mut out);
         Ok((CpuStorage::F32(out), Shape::from(len)))
     }
 
@@ -315,10 +310,6 @@ impl CustomOp3 for BatchNormBackward {
         s3: &candle_core::CudaStorage,
         l3: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        let act = NormAct {
-            eps: self.eps,
-            relu: self.relu,
-        };
-        super::cuda::backward(s1, l1, s2, l2, s3, l3, act)
+        super::cuda::backward(s1, l1, s2, l2, s3, l3, self.act)
     }
 }

@@ -175,8 +175,7 @@ pub(super) fn apply_image(x: &[f32], coef: &[Coef], relu: bool, hw: usize, out: 
 /// `y = (x − mean) / √(var + eps) · weight + bias`, then ReLU when `relu` is set. Operands:
 /// x, the packed parameters [weight; bias; mean; var] (4, C).
 pub struct BatchNorm {
-    pub eps: f32,
-    pub relu: bool,
+    pub(super) act: NormAct,
 }
 
 impl CustomOp2 for BatchNorm {
@@ -194,8 +193,8 @@ impl CustomOp2 for BatchNorm {
         let x = f32_slice(s1, l1, "batch norm input")?;
         let p = f32_slice(s2, l2, "batch norm parameters")?;
         let planes = Planes::of(l1.dims(), "batch norm")?;
-        let coef = NormParams::unpack(p, planes.c, "batch norm")?.coef(self.eps);
-        let y = apply(x, &coef, self.relu, planes.hw);
+        let coef = NormParams::unpack(p, planes.c, "batch norm")?.coef(self.act.eps);
+        let y = apply(x, &coef, self.act.relu, planes.hw);
         Ok((CpuStorage::F32(y), Shape::from(l1.dims())))
     }
 
@@ -207,11 +206,7 @@ impl CustomOp2 for BatchNorm {
         s2: &candle_core::CudaStorage,
         l2: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        let act = NormAct {
-            eps: self.eps,
-            relu: self.relu,
-        };
-        cuda::apply(s1, l1, s2, l2, act)
+        cuda::apply(s1, l1, s2, l2, self.act)
     }
 
     fn bwd(
@@ -223,14 +218,7 @@ impl CustomOp2 for BatchNorm {
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let c = p.dim(1)?;
         let grad = grad.contiguous()?;
-        let packed = x.apply_op3_no_bwd(
-            p,
-            &grad,
-            &BatchNormBackward {
-                eps: self.eps,
-                relu: self.relu,
-            },
-        )?;
+        let packed = x.apply_op3_no_bwd(p, &grad, &BatchNormBackward { act: self.act })?;
         let numel = x.elem_count();
         let dx = packed.narrow(0, 0, numel)?.reshape(x.shape())?;
         let dwb = packed.narrow(0, numel, 2 * c)?.reshape((2, c))?;
@@ -257,8 +245,10 @@ pub fn batch_norm_train(
     let y = x.apply_op2(
         &p,
         BatchNorm {
-            eps: eps as f32,
-            relu,
+            act: NormAct {
+                eps: eps as f32,
+                relu,
+            },
         },
     )?;
     Ok(BatchNormOutput {
@@ -284,8 +274,10 @@ pub fn batch_norm_eval(
     x.apply_op2_no_bwd(
         &p,
         &BatchNorm {
-            eps: eps as f32,
-            relu,
+            act: NormAct {
+                eps: eps as f32,
+                relu,
+            },
         },
     )
 }

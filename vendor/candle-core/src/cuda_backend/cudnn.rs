@@ -342,17 +342,10 @@ fn found_grad(
         stride: p.stride as i32,
         dilation: p.dilation as i32,
     };
+    // The search returns only algorithms of `op` that the bindings know.
     let Some(f) = find::fastest(key, &stream) else {
         return Ok(None);
     };
-    let known = match op {
-        find::Op::BackwardData => find::bwd_data_algo(f.algo).is_some(),
-        find::Op::BackwardFilter => find::bwd_filter_algo(f.algo).is_some(),
-        find::Op::Forward => find::fwd_algo(f.algo).is_some(),
-    };
-    if !known {
-        return Ok(None);
-    }
     conv.set_math_type(f.math)?;
     Ok(Some(f.algo))
 }
@@ -531,7 +524,8 @@ mod find {
         pub dilation: i32,
     }
 
-    /// An algorithm (its `cudnnConvolution…Algo_t` number) and the math type it was timed with.
+    /// An algorithm of the key's op that the bindings know (its `cudnnConvolution…Algo_t` number)
+    /// and the math type it was timed with.
     #[derive(Clone, Copy, Debug)]
     pub(super) struct Found {
         pub algo: u32,
@@ -710,13 +704,13 @@ mod find {
         gpu: usize,
         stream: &Arc<CudaStream>,
     ) -> Result<sys::cudnnHandle_t, cudarc::cudnn::CudnnError> {
-        let err = |_| cudarc::cudnn::CudnnError(sys::cudnnStatus_t::CUDNN_STATUS_INTERNAL_ERROR);
+        let internal = || cudarc::cudnn::CudnnError(sys::cudnnStatus_t::CUDNN_STATUS_INTERNAL_ERROR);
         HANDLES
             .try_with(|h| -> Result<_, cudarc::cudnn::CudnnError> {
                 let mut h = h.borrow_mut();
                 // cuDNN creates its handle, and the search allocates, in the current
                 // context: the stream's.
-                stream.context().bind_to_thread().map_err(err)?;
+                stream.context().bind_to_thread().map_err(|_| internal())?;
                 let raw = match h.get(&gpu) {
                     Some(handle) => handle.raw,
                     None => {
@@ -733,9 +727,7 @@ mod find {
                 unsafe { result::set_stream(raw, stream.cu_stream() as *mut _)? };
                 Ok(raw)
             })
-            .map_err(|_| {
-                cudarc::cudnn::CudnnError(sys::cudnnStatus_t::CUDNN_STATUS_INTERNAL_ERROR)
-            })?
+            .map_err(|_| internal())?
     }
 
     fn search(
