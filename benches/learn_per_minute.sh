@@ -12,7 +12,9 @@
 #   benches/learn_per_minute.sh ../shared/data/emoji-twitter 3 ~/torchref/bin/python
 #
 # PYTHON needs torch and safetensors. The window run needs xvfb-run and mesa-vulkan-drivers.
-# Run it on an otherwise idle machine.
+# Run it on an otherwise idle machine. One run's z moves by about ±2 points, so a kind of CPU
+# is judged on several runs: save each table and `benches/lead_summary.py run1.md run2.md …`
+# prints them as one table with the mean lead on z, headless and with the window open.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=benches/lib.sh
