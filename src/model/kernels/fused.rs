@@ -267,7 +267,12 @@ pub(super) fn conv_bn_backward(
         Some(s) => s,
         None => BackwardSums::new(&st.conv_out, st.norm(), grad, act, g.out_planes()),
     };
-    let runs = g.runs();
+    let want_input = dx.as_ref().is_some_and(|d| !d.is_empty());
+    let plan = match g.backward_plan(w, want_input) {
+        plan if overwrite => plan.overwriting_input(),
+        plan => plan,
+    };
+    let runs = g.runs(g.weight_partial_len(&plan));
     if let Some(d) = &dx
         && d.len() != g.n * g.in_image()
     {
@@ -277,7 +282,6 @@ pub(super) fn conv_bn_backward(
         Some(d) => d.chunks_mut((runs.per_run * g.in_image()).max(1)).collect(),
         None => Vec::new(),
     };
-    let want_input = !dx_runs.is_empty();
     let prev = match chain.prev {
         Some(p) if want_input => {
             let ps = p.stage;
@@ -299,10 +303,6 @@ pub(super) fn conv_bn_backward(
     };
     let prev_c = prev.as_ref().map_or(0, FirstPass::channels);
     dx_runs.resize_with(runs.count(), Default::default);
-    let plan = match g.backward_plan(w, want_input) {
-        plan if overwrite => plan.overwriting_input(),
-        plan => plan,
-    };
     let partials: Vec<RunSums> = dx_runs
         .into_par_iter()
         .enumerate()

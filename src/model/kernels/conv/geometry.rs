@@ -134,16 +134,23 @@ impl ConvGeom {
         }
     }
 
-    /// The batch cut into runs of contiguous images, for loops that keep one partial sum per
-    /// run: a few runs per thread, so a thread slowed by other work does not hold the others
-    /// up.
+    /// The batch cut into runs of contiguous images, for loops that keep one partial sum of
+    /// `partial` values per run: a few runs per thread ([`RUNS_PER_THREAD`]), so a thread
+    /// slowed by other work does not hold the others up, but no more than keep a thread's
+    /// partial sums within [`PARTIALS_PER_THREAD`] bytes — each run's sum is zeroed, added
+    /// into and summed with the others, so for ∂L/∂U of the last stage's convolutions (2.4 MB
+    /// per run for l3.c2, 0.8 MB for l3.c1) runs beyond one per thread cost more memory
+    /// traffic than they save in balance (`pretext bench --task contrastive --size 16` on an
+    /// AMD EPYC Zen 4: +2.3%, the same in three alternations).
     ///
     /// Runs are whole groups of images ([`ConvGeom::group`]) where there is more than one
     /// image per product, so no product is cut short by a run's end.
-    pub(in crate::model::kernels) fn runs(&self) -> ImageRuns {
+    pub(in crate::model::kernels) fn runs(&self, partial: usize) -> ImageRuns {
+        let bytes = (partial * std::mem::size_of::<f32>()).max(1);
+        let per_thread = (PARTIALS_PER_THREAD / bytes).clamp(1, RUNS_PER_THREAD);
         let per_run = self
             .n
-            .div_ceil(4 * rayon::current_num_threads().max(1))
+            .div_ceil(per_thread * rayon::current_num_threads().max(1))
             .max(1);
         ImageRuns {
             n: self.n,
@@ -151,6 +158,13 @@ impl ConvGeom {
         }
     }
 }
+
+/// Runs per thread of [`ConvGeom::runs`] where the partial sums are small.
+const RUNS_PER_THREAD: usize = 4;
+
+/// The most bytes of partial sums [`ConvGeom::runs`] gives a thread where runs have large
+/// ones (1 MiB: about an L2 cache), down to one run per thread.
+const PARTIALS_PER_THREAD: usize = 1 << 20;
 
 /// A batch of `n` images cut into runs of `per_run` contiguous images (the last may be
 /// shorter); at least one run, even for an empty batch.
@@ -171,5 +185,43 @@ impl ImageRuns {
     /// The images of run `run`.
     pub(in crate::model::kernels) fn images(&self, run: usize) -> Range<usize> {
         run * self.per_run..((run + 1) * self.per_run).min(self.n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ConvGeom;
+
+    /// Runs cover the batch in whole groups; small partial sums give four runs per thread,
+    /// the last stage's ∂L/∂U sums (2.4 MB for l3.c2 at the 16 px views) one per thread.
+    #[test]
+    fn runs_cover_the_batch_and_shrink_with_large_partial_sums() {
+        let g = ConvGeom {
+            n: 256,
+            c: 128,
+            h: 4,
+            w: 4,
+            o: 128,
+            k: 3,
+            stride: 1,
+            pad: 1,
+        };
+        let threads = rayon::current_num_threads().max(1);
+        for partial in [1, 37 << 10, 36 * 128 * 128] {
+            let runs = g.runs(partial);
+            assert_eq!(runs.per_run % g.group(), 0, "{partial}: {runs:?}");
+            let covered: usize = (0..runs.count()).map(|r| runs.images(r).len()).sum();
+            assert_eq!(covered, g.n, "{partial}: {runs:?}");
+        }
+        // 147 KB of partial sums (l1 at the 16 px views): four runs per thread, as far as
+        // whole groups allow.
+        let small = g.runs(36 * 32 * 32);
+        let per_run = g.n.div_ceil(4 * threads).next_multiple_of(g.group());
+        assert_eq!(small.per_run, per_run, "{small:?}");
+        // 2.4 MB (l3.c2): one run per thread.
+        let large = g.runs(36 * 128 * 128);
+        let per_run = g.n.div_ceil(threads).next_multiple_of(g.group());
+        assert_eq!(large.per_run, per_run, "{large:?}");
+        assert!(large.count() <= threads && large.count() <= small.count());
     }
 }

@@ -733,9 +733,9 @@ pub(super) fn backward_input(g: &ConvGeom, dy: &[f32], w: &[f32]) -> Result<Vec<
 /// ∂L/∂w from the input and ∂L/∂y, summed over the batch: one partial sum per run of images
 /// (a product per group inside it), then summed and transposed.
 pub(super) fn backward_weight(g: &ConvGeom, x: &[f32], dy: &[f32]) -> Result<Vec<f32>> {
-    let runs = g.runs();
-    let group = g.group();
     let plan = g.backward_plan(&[], false);
+    let runs = g.runs(g.weight_partial_len(&plan));
+    let group = g.group();
     let partials: Vec<Vec<f32>> = (0..runs.count())
         .into_par_iter()
         .map(|run| -> Result<Vec<f32>> {
