@@ -94,7 +94,9 @@ pub(super) fn work(g: &ConvGeom) -> Work {
     };
     // No columns where nothing runs im2col: pointwise convolutions one image at a time, and
     // 4×4 maps whose every pass runs Winograd with the images along the lanes.
-    let whole = winograd::whole::all_passes(g) || winograd::whole_s2::all_passes(g);
+    let whole = winograd::whole::all_passes(g)
+        || winograd::whole8::all_passes(g)
+        || winograd::whole_s2::all_passes(g);
     let mut col = if g.is_pointwise() && group == 1 || whole {
         0
     } else {
@@ -161,6 +163,10 @@ impl ConvGeom {
     pub(in crate::model::kernels) fn group(&self) -> usize {
         if let Some(group) = winograd::whole::group(self) {
             // 4×4 maps whose images go along Winograd's lanes: chunks of 32 images.
+            return group;
+        }
+        if let Some(group) = winograd::whole8::group(self) {
+            // 8×8 maps with F(4×4, 3×3), the images along Winograd's lanes: chunks of 16.
             return group;
         }
         if let Some(group) = winograd::whole_s2::group(self) {
