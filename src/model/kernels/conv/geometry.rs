@@ -136,12 +136,13 @@ impl ConvGeom {
 
     /// The batch cut into runs of contiguous images, for loops that keep one partial sum of
     /// `partial` values per run: a few runs per thread ([`RUNS_PER_THREAD`]), so a thread
-    /// slowed by other work does not hold the others up, but no more than keep a thread's
-    /// partial sums within [`PARTIALS_PER_THREAD`] bytes — each run's sum is zeroed, added
-    /// into and summed with the others, so for ∂L/∂U of the last stage's convolutions (2.4 MB
-    /// per run for l3.c2, 0.8 MB for l3.c1) runs beyond one per thread cost more memory
-    /// traffic than they save in balance (`pretext bench --task contrastive --size 16` on an
-    /// AMD EPYC Zen 4: +2.3%, the same in three alternations).
+    /// slowed by other work does not hold the others up, but only as many as keep a thread's
+    /// partial sums within [`PARTIALS_PER_THREAD`] bytes (at least one run per thread) — each
+    /// run's sum is zeroed, added into and summed with the others, so for large ∂L/∂U sums
+    /// (at the 16 px views 2.4 MB per run for l3.c2, 0.8 MB for l3.c1, 0.6 MB for l2.c2)
+    /// runs beyond one per thread cost more memory traffic than they save in balance
+    /// (`pretext bench --task contrastive --size 16` on an AMD EPYC Zen 4: +2.3%, the same in
+    /// three alternations).
     ///
     /// Runs are whole groups of images ([`ConvGeom::group`]) where there is more than one
     /// image per product, so no product is cut short by a run's end.

@@ -93,7 +93,8 @@ pub(super) fn work(g: &ConvGeom) -> Work {
         (g.c, g.o)
     };
     // No columns where nothing runs im2col: pointwise convolutions one image at a time, and
-    // 4×4 maps whose every pass runs Winograd with the images along the lanes.
+    // 4×4 and 8×8 maps (stride 1, or stride 2 from 8×8) whose every pass runs Winograd with
+    // the images along the lanes.
     let whole = winograd::whole::all_passes(g)
         || winograd::whole8::all_passes(g)
         || winograd::whole_s2::all_passes(g);

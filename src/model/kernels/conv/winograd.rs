@@ -179,7 +179,7 @@ enum Algo {
     Stride2,
     /// Stride 1, F(4×4, 3×3): 6×6 input patches, 36 products per tile of 4×4 pixels and
     /// channel pair (2.25 per pixel instead of F(2×2, 3×3)'s 4); on 4×4 maps one tile per
-    /// image ([`whole`]).
+    /// image ([`whole`]), on 8×8 maps four ([`whole8`]), the images along the lanes.
     F4,
 }
 
@@ -187,9 +187,9 @@ impl Algo {
     /// The algorithm for `g`: the stride-2 form for stride 2; for stride 1 F(4×4, 3×3) on
     /// maps of a height a multiple of 4 and a width a multiple of 16 (whole groups of output
     /// tiles per row for both vector widths) with at least 16 tiles (16×16: one 256-bit
-    /// chunk, or one vector of a 512-bit chunk of two images, [`pair_fits`]) and on 4×4 maps
-    /// where [`whole::shape`] takes them (one tile per image, on AVX-512), else
-    /// F(2×2, 3×3).
+    /// chunk, or one vector of a 512-bit chunk of two images, [`pair_fits`]), on 4×4 maps
+    /// where [`whole::shape`] takes them (one tile per image, on AVX-512) and on 8×8 maps
+    /// where [`whole8::shape`] does (four), else F(2×2, 3×3).
     fn of(g: &ConvGeom) -> Self {
         if g.stride == 2 {
             Algo::Stride2
@@ -432,19 +432,25 @@ impl Tiles {
 }
 
 /// The working memory [`forward_images`] needs for `g` and for its ∂L/∂x geometry (C and O
-/// swapped), in values: both buffers are sized for the larger of C and O, [`whole`]'s too, so
-/// the check on `g`'s shape covers its flipped geometry.
+/// swapped), in values: every buffer is sized for the larger of C and O, and each geometry is
+/// asked about (which algorithm and path take a map can depend on its output channels,
+/// [`whole8::shape`]).
 pub(super) fn buffer_len(g: &ConvGeom) -> usize {
-    let len = buffer_len_for(g, pairs(g));
-    if whole::shape(g) {
-        len.max(whole::buffer_len(g))
-    } else if whole8::shape(g) {
-        len.max(whole8::buffer_len(g))
-    } else if whole_s2::shape(g) {
-        len.max(whole_s2::buffer_len(g))
-    } else {
-        len
+    let mut len = 0;
+    let flipped = g.flips().then(|| g.flipped());
+    for h in std::iter::once(*g).chain(flipped) {
+        len = len.max(buffer_len_for(&h, pairs(&h)));
+        if whole::shape(&h) {
+            len = len.max(whole::buffer_len(&h));
+        }
+        if whole8::shape(&h) {
+            len = len.max(whole8::buffer_len(&h));
+        }
     }
+    if whole_s2::shape(g) {
+        len = len.max(whole_s2::buffer_len(g));
+    }
+    len
 }
 
 /// [`buffer_len`] with two images' split inputs (`paired`: where [`forward_images`] pairs
@@ -1027,8 +1033,9 @@ fn pair_width(g: &ConvGeom) -> Option<Width> {
 }
 
 /// Whether `width`'s kernel takes `g` two images at a time ([`zmm::forward_pair`]): maps of
-/// one vector of tiles whose output rows are half a vector of pixels (for 512 bits the 8×8
-/// maps of a 32 px input's last stage, which would otherwise run in 256-bit form), or with
+/// one vector of tiles whose output rows are half a vector of pixels (for 512 bits 8×8 maps
+/// that [`whole8`] does not take — all of them with `PRETEXT_NO_WINOGRAD4=1` — which would
+/// otherwise run in 256-bit form), or with
 /// F(4×4, 3×3) a whole vector (16×16: the second stage at 32 px, the first of 16 px views,
 /// which would leave half of every 512-bit chunk idle), O a multiple of the output block.
 fn pair_fits(width: Width, g: &ConvGeom) -> bool {
@@ -2628,7 +2635,12 @@ mod tests {
             .collect()
     }
 
-    /// `forward`'s output against `refs`, written and added into what was there.
+    /// Values of NaN after each working buffer of [`check_forward`] and [`check_weight`]:
+    /// still NaN afterwards, or a kernel wrote past the length it was given.
+    const TAIL: usize = 64;
+
+    /// `forward`'s output against `refs`, written and added into what was there; its working
+    /// memory `buf_len` values, checked not to be written past.
     pub(super) fn check_forward(
         g: &ConvGeom,
         u: &[f32],
@@ -2638,21 +2650,26 @@ mod tests {
         forward: Forward,
     ) {
         let n = refs.len();
-        let mut buf = vec![f32::NAN; buf_len];
+        let mut buf = vec![f32::NAN; buf_len + TAIL];
         let mut y = vec![f32::NAN; n * g.out_image()];
-        forward(g, u, xs, &mut y, false, &mut buf).unwrap_or_else(|e| panic!("{e}"));
+        forward(g, u, xs, &mut y, false, &mut buf[..buf_len]).unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            buf[buf_len..].iter().all(|v| v.is_nan()),
+            "forward of {g:?} wrote past its buffer"
+        );
         let want: Vec<f64> = refs.iter().flat_map(|[y, _, _]| y.clone()).collect();
         close_to_scale(&y, &want, &format!("forward of {g:?}"));
         // Added into what was there.
         let before = values(n * g.out_image(), 4);
         let mut y = before.clone();
-        forward(g, u, xs, &mut y, true, &mut buf).unwrap_or_else(|e| panic!("{e}"));
+        forward(g, u, xs, &mut y, true, &mut buf[..buf_len]).unwrap_or_else(|e| panic!("{e}"));
         let added = plus(&want, &before);
         close_to_scale(&y, &added, &format!("forward added on {g:?}"));
     }
 
     /// `weight`'s ∂L/∂w against `refs`, the images in two runs (partial sums added as the
-    /// engine does), with buffers of `lens` ([`super::weight_buffer_len`]'s).
+    /// engine does), with buffers of `lens` ([`super::weight_buffer_len`]'s), checked not to be
+    /// written past.
     pub(super) fn check_weight(
         g: &ConvGeom,
         xs: &[f32],
@@ -2673,6 +2690,20 @@ mod tests {
             if !x.is_empty() {
                 weight(g, x, d, &mut du, &mut work).unwrap_or_else(|e| panic!("{e}"));
             }
+        }
+        // The same with buffers that have a NaN tail, taken from the front as the engine's.
+        {
+            let mut du2 = vec![0f32; super::transform_len(g)];
+            let mut tailed = crate::model::kernels::conv::Work {
+                col: vec![f32::NAN; lens.0 + TAIL],
+                product: vec![f32::NAN; lens.1 + TAIL],
+            };
+            weight(g, xs, dys, &mut du2, &mut tailed).unwrap_or_else(|e| panic!("{e}"));
+            assert!(
+                tailed.col[lens.0..].iter().all(|v| v.is_nan())
+                    && tailed.product[lens.1..].iter().all(|v| v.is_nan()),
+                "∂L/∂w of {g:?} wrote past its buffers"
+            );
         }
         let dw = weight_from_transform(g, &du).unwrap_or_else(|e| panic!("{e}"));
         let mut want = vec![0f64; g.o * g.c * 9];

@@ -55,9 +55,12 @@ const PAIRS: usize = 2;
 /// is 16 jobs.
 pub(in crate::model::kernels::conv) const GROUP: usize = IMAGES;
 
-/// Whether `g` is a map this path takes, whatever its output channels: a 3×3 convolution,
-/// stride 1, padding 1, of an 8×8 map with at least [`MIN_CHANNELS`] input channels, on a CPU
-/// with AVX-512 ([`vector_cpu`]), F(4×4, 3×3) not turned off. [`Algo::of`] gives it F4.
+/// Whether `g` is a map this path takes: a 3×3 convolution, stride 1, padding 1, of an 8×8
+/// map with at least [`MIN_CHANNELS`] input channels and output channels a multiple of two
+/// vectors (so that the forward pass and ∂L/∂w both run here), on a CPU with AVX-512
+/// ([`vector_cpu`]), F(4×4, 3×3) not turned off. [`Algo::of`] gives it F4; other 8×8 maps
+/// keep F(2×2, 3×3), whose tiled paths take them. ∂L/∂x runs here where the flipped geometry
+/// (C and O swapped) is such a map too.
 pub(super) fn shape(g: &ConvGeom) -> bool {
     g.k == 3
         && g.pad == 1
@@ -65,20 +68,22 @@ pub(super) fn shape(g: &ConvGeom) -> bool {
         && g.h == 8
         && g.w == 8
         && g.c >= MIN_CHANNELS
+        && g.o.is_multiple_of(COLUMNS)
         && vector_cpu().avx512
         && enabled()
         && f4_enabled()
 }
 
-/// Whether the forward pass of `g` with `out` output channels runs here: [`shape`], `out` a
-/// multiple of the 512-bit product's output block.
+/// Whether the forward pass of `g` with `out` output channels (`g.o`, or C for the flipped
+/// geometry's caller) runs here: [`shape`], `out` a multiple of the 512-bit product's output
+/// block.
 pub(super) fn fits(g: &ConvGeom, out: usize) -> bool {
     shape(g) && out.is_multiple_of(Width::Avx512.out_block())
 }
 
-/// Whether ∂L/∂w of `g` runs here: [`fits`], O a multiple of two vectors.
+/// Whether ∂L/∂w of `g` runs here: [`fits`] (O is then a multiple of two vectors).
 pub(super) fn weight_fits(g: &ConvGeom) -> bool {
-    fits(g, g.o) && g.o.is_multiple_of(COLUMNS)
+    fits(g, g.o)
 }
 
 /// Images per group ([`super::super::ConvGeom::group`]) where `g`'s 8×8 maps run here,
@@ -525,13 +530,13 @@ mod tests {
             return;
         }
         // (images, C, O): l2.c2 at the 16 px views over three chunks ending inside one; l3.c2
-        // at 32 px; a partial chunk alone; exactly one chunk; 48 channels in, 32 out.
+        // at 32 px; a partial chunk alone; exactly one chunk; 96 channels in, 32 out.
         let cases = [
             (37, 64, 64),
             (18, 128, 128),
             (5, 32, 32),
-            (16, 16, 32),
-            (20, 48, 32),
+            (16, 32, 64),
+            (20, 96, 32),
         ];
         for (n, c, o) in cases {
             let g = ConvGeom {
@@ -564,17 +569,22 @@ mod tests {
                 }
             }
             let uf = transform_weight(&flipped, &wf);
-            let mut fbuf = vec![f32::NAN; buffer_len(&g)];
+            // A NaN tail after the buffer shows a write past its length.
+            let mut fbuf = vec![f32::NAN; buffer_len(&g) + 64];
             let mut dx = vec![f32::NAN; n * g.in_image()];
             forward_images(&flipped, &uf, &dys, &mut dx, false, &mut fbuf)
                 .unwrap_or_else(|e| panic!("{e}"));
+            assert!(
+                fbuf[buffer_len(&g)..].iter().all(|v| v.is_nan()),
+                "∂L/∂x of {g:?} wrote past its buffer"
+            );
             let want: Vec<f64> = refs.iter().flat_map(|[_, _, dx]| dx.clone()).collect();
             close_to_scale(&dx, &want, &format!("∂L/∂x of {g:?}"));
             // ∂L/∂w, in two runs of images (partial sums added as the engine does).
             check_weight(&g, &xs, &dys, &refs, weight_buffer_len(&g), weight_images);
         }
-        // Refused: 12 output channels are not a whole block, 16 are for the forward pass but
-        // not for ∂L/∂w; 8 input channels; a 16×16 map; stride 2.
+        // Refused: 12 output channels are not a whole block, 16 and 48 not two vectors (those
+        // maps keep F(2×2, 3×3)); 8 input channels; a 16×16 map; stride 2.
         let base = ConvGeom {
             n: 1,
             c: 32,
@@ -586,8 +596,9 @@ mod tests {
             pad: 1,
         };
         assert!(!super::fits(&base, 12));
-        assert!(super::fits(&base, 16));
-        assert!(!super::weight_fits(&ConvGeom { o: 16, ..base }));
+        assert!(!super::shape(&ConvGeom { o: 16, ..base }));
+        assert!(!super::shape(&ConvGeom { o: 48, ..base }));
+        assert_eq!(Algo::of(&ConvGeom { o: 48, ..base }), Algo::Stride1);
         assert!(!super::shape(&ConvGeom { c: 8, ..base }));
         assert!(!super::shape(&ConvGeom {
             h: 16,
