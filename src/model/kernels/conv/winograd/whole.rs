@@ -263,7 +263,7 @@ pub(super) mod zmm {
     /// F(4×4, 3×3)'s `Aᵀ` applied to six values.
     #[target_feature(enable = "avx512f")]
     #[inline]
-    fn at(m: [__m512; 6]) -> [__m512; 4] {
+    pub(in crate::model::kernels::conv::winograd) fn at(m: [__m512; 6]) -> [__m512; 4] {
         let (s12, d12) = (_mm512_add_ps(m[1], m[2]), _mm512_sub_ps(m[1], m[2]));
         let (s34, d34) = (_mm512_add_ps(m[3], m[4]), _mm512_sub_ps(m[3], m[4]));
         [

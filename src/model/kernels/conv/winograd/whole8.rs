@@ -259,6 +259,10 @@ mod zmm {
     };
 
     use super::super::super::direct::transpose16;
+    // F(4×4, 3×3)'s `Aᵀ` is 4×4 maps' ([`super::super::whole`]); the load-and-transpose of
+    // 16 images' blocks the stride-2 8×8 path's ([`super::super::whole_s2`]).
+    use super::super::whole::zmm::at;
+    use super::super::whole_s2::zmm::gather;
     use super::super::{XI_F4, plane};
     use super::{COLUMNS, IMAGES};
 
@@ -288,20 +292,6 @@ mod zmm {
         ]
     }
 
-    /// F(4×4, 3×3)'s `Aᵀ` applied to six values.
-    #[target_feature(enable = "avx512f")]
-    #[inline]
-    fn at(m: [__m512; 6]) -> [__m512; 4] {
-        let (s12, d12) = (_mm512_add_ps(m[1], m[2]), _mm512_sub_ps(m[1], m[2]));
-        let (s34, d34) = (_mm512_add_ps(m[3], m[4]), _mm512_sub_ps(m[3], m[4]));
-        [
-            _mm512_add_ps(_mm512_add_ps(m[0], s12), s34),
-            _mm512_fmadd_ps(_mm512_set1_ps(2.0), d34, d12),
-            _mm512_fmadd_ps(_mm512_set1_ps(4.0), s34, s12),
-            _mm512_fmadd_ps(_mm512_set1_ps(8.0), d34, _mm512_add_ps(d12, m[5])),
-        ]
-    }
-
     /// `A = (Aᵀ)ᵀ` applied to four values of a tile's output gradient:
     /// `[d0, d0 + d1 + d2 + d3, d0 − d1 + d2 − d3, d0 + 2d1 + 4d2 + 8d3, d0 − 2d1 + 4d2 − 8d3, d3]`.
     #[target_feature(enable = "avx512f")]
@@ -321,36 +311,6 @@ mod zmm {
             _mm512_fmadd_ps(_mm512_set1_ps(-2.0), q13, q02),
             d[3],
         ]
-    }
-
-    /// Loads `blocks` 16-value blocks of each of the first `n` images of `src` (images
-    /// `image` values apart, the blocks from `at`), zeros for the lanes past `n`, and
-    /// transposes them: value j of block b of every image, one vector each, at `16b + j`.
-    ///
-    /// # Safety
-    /// The CPU has AVX-512F; image k < n ≤ IMAGES of `src` holds `16·blocks` values from
-    /// `at + k·image`; `out` holds 16·blocks vectors.
-    #[target_feature(enable = "avx512f")]
-    #[inline]
-    unsafe fn gather(
-        src: *const f32,
-        image: usize,
-        at: usize,
-        n: usize,
-        blocks: usize,
-        out: &mut [__m512],
-    ) {
-        for b in 0..blocks {
-            // SAFETY: the caller's.
-            let rows = std::array::from_fn(|i| unsafe {
-                if i < n {
-                    _mm512_loadu_ps(src.add(i * image + at + 16 * b))
-                } else {
-                    _mm512_setzero_ps()
-                }
-            });
-            out[16 * b..16 * b + 16].copy_from_slice(&transpose16(rows));
-        }
     }
 
     /// Step 1 for tile row `pair`: `v[ξ][ch][j · 16 + k] = (Bᵀ d B)[ξ]` for image k < `n` of

@@ -310,7 +310,7 @@ pub(super) fn weight_images(
 
 #[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code)]
-mod zmm {
+pub(super) mod zmm {
     use std::arch::x86_64::{
         __m512, _mm512_add_ps, _mm512_loadu_ps, _mm512_setzero_ps, _mm512_storeu_ps, _mm512_sub_ps,
     };
@@ -383,7 +383,7 @@ mod zmm {
     /// `at + k·image`; `out` holds 16·blocks vectors.
     #[target_feature(enable = "avx512f")]
     #[inline]
-    unsafe fn gather(
+    pub(in crate::model::kernels::conv::winograd) unsafe fn gather(
         src: *const f32,
         image: usize,
         at: usize,
